@@ -1,0 +1,133 @@
+"""Model profile: per-block FLOPs, parameters and activation sizes, measured once per input shape.
+
+FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` (FLOP = 2 MAC; it counts matrix
+multiplies and convolutions, not element-wise ops). Backward FLOPs are measured, not assumed to be
+2× forward: a block whose input comes straight from the data skips the input gradient, so it is
+profiled both ways.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+@dataclass(frozen=True)
+class BlockProfile:
+    """Per-sample costs of one block for one input shape.
+
+    Attributes:
+        name: block name.
+        in_shape: per-sample input shape.
+        out_shape: per-sample output shape.
+        flops_fwd: forward FLOPs per sample.
+        flops_bwd: backward FLOPs per sample when the input gradient is computed.
+        flops_bwd_no_input_grad: backward FLOPs per sample when it is not (the block reads data).
+        params: parameter count (trainable).
+        param_bytes: bytes of the parameters.
+        out_bytes: bytes of the output activation per sample.
+        saved_bytes: bytes autograd keeps for backward per sample (measured with saved-tensor hooks).
+        sync_numel: floating-point state entries (parameters and float buffers such as BatchNorm
+            running statistics) -- what a sync message carries for this block.
+    """
+
+    name: str
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    flops_fwd: int
+    flops_bwd: int
+    flops_bwd_no_input_grad: int
+    params: int
+    param_bytes: int
+    out_bytes: int
+    saved_bytes: int
+    sync_numel: int
+
+
+def count_flops(fn) -> int:
+    """Total FLOPs FlopCounterMode counts while ``fn()`` runs."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def _saved_bytes(block: nn.Module, x: torch.Tensor) -> int:
+    seen: dict[int, int] = {}
+    skip = {x.untyped_storage().data_ptr()} | {p.untyped_storage().data_ptr() for p in block.parameters()}
+
+    def pack(t: torch.Tensor):
+        # Count each distinct storage once; the input belongs to the previous block, parameters
+        # are counted as parameters.
+        if t.untyped_storage().data_ptr() not in skip:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        block(x)
+    return sum(seen.values())
+
+
+def profile_block(name: str, block: nn.Module, in_shape: tuple[int, ...]) -> BlockProfile:
+    """Measure one block on a batch of one sample of shape ``in_shape``.
+
+    Runs in train mode on a copy's state (BatchNorm running statistics are restored afterwards).
+    """
+    state = {k: v.clone() for k, v in block.state_dict().items()}
+    was_training = block.training
+    block.train()
+    try:
+        x = torch.zeros((1, *in_shape))
+        with torch.no_grad():
+            out = block(x)
+        flops_fwd = count_flops(lambda: block(x))
+
+        def backward(input_grad: bool) -> int:
+            xi = torch.zeros((1, *in_shape), requires_grad=input_grad)
+            y = block(xi)
+            if not y.requires_grad:
+                return 0
+            grad = torch.ones_like(y)
+            return count_flops(lambda: torch.autograd.backward(y, grad))
+
+        flops_bwd = backward(True)
+        flops_bwd_nig = backward(False)
+        xs = torch.zeros((1, *in_shape), requires_grad=True)
+        saved = _saved_bytes(block, xs)
+        params = [p for p in block.parameters() if p.requires_grad]
+        block.zero_grad(set_to_none=True)
+    finally:
+        block.load_state_dict(state)
+        block.train(was_training)
+    return BlockProfile(
+        name=name, in_shape=tuple(in_shape), out_shape=tuple(out.shape[1:]), flops_fwd=flops_fwd,
+        flops_bwd=flops_bwd, flops_bwd_no_input_grad=flops_bwd_nig,
+        params=sum(p.numel() for p in params), param_bytes=sum(p.numel() * p.element_size() for p in params),
+        out_bytes=out[0].numel() * out.element_size(), saved_bytes=saved,
+        sync_numel=sum(v.numel() for v in state.values() if v.is_floating_point()),
+    )
+
+
+def profile_sequence(model: nn.Sequential, in_shape: tuple[int, ...]) -> list[BlockProfile]:
+    """Profile every block of a layer sequence in order, feeding each the previous output shape."""
+    profiles = []
+    shape = tuple(in_shape)
+    for name, block in model.named_children():
+        prof = profile_block(name, block, shape)
+        profiles.append(prof)
+        shape = prof.out_shape
+    return profiles
+
+
+@lru_cache(maxsize=64)
+def profile_model(model_name: str, in_shape: tuple[int, ...], num_classes: int) -> tuple[BlockProfile, ...]:
+    """Profile a registered model (built with a fixed seed; costs do not depend on the weights)."""
+    from fplstudy.models import build_model
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = build_model(model_name, in_shape, num_classes)
+    return tuple(profile_sequence(model, in_shape))

@@ -1,0 +1,308 @@
+"""Plans: the whole distribution of one learning task, as plain validated data.
+
+:func:`resolve` turns a :class:`~fplstudy.config.Config` into a :class:`Plan`: which node holds which
+blocks of which branch or of the trunk, where the junction is and in which mode, who owns data,
+who computes the loss, who aggregates, and with which device profile. Every check that can be made
+without data happens here, so a bad config is refused before any training.
+
+Node naming: ``n0, n1, …`` — branch stage holders first (branch 0 stage 0, branch 0 stage 1, …),
+then the trunk stages in order, then a dedicated aggregator if the strategy has one (``fl``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fplstudy.config import Config, ConfigError
+from fplstudy.datasets import DATASET_META, DATASETS
+from fplstudy.flops import BlockProfile, profile_model
+from fplstudy.models import DATASET_DEFAULT_MODEL, MODELS
+from fplstudy.strategies import preset
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A contiguous run of blocks ``[start, stop)`` held by one node."""
+
+    node: str
+    start: int
+    stop: int
+    blocks: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Branch:
+    """One copy of the lower part of the model, trained on one shard.
+
+    Attributes:
+        index: branch number d.
+        stages: its stages in order (empty in ``mp``: the branch holds no blocks).
+        data_node: node that holds the shard (first stage holder, or the first trunk node in ``mp``).
+        adapter_node: node holding this branch's junction adapter (``adapter`` junction), else None.
+        view: for ``concat``, the input rows ``(start, stop)`` this branch sees; else None.
+    """
+
+    index: int
+    stages: tuple[Stage, ...]
+    data_node: str
+    adapter_node: str | None = None
+    view: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class Node:
+    """A participant: a name, the role it plays and its device profile name."""
+
+    name: str
+    role: str
+    device: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A resolved plan (see module docstring). Build with :func:`resolve`."""
+
+    config: Config
+    model: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    block_names: tuple[str, ...]
+    junction: str
+    junction_at: int
+    branches: tuple[Branch, ...]
+    trunk: tuple[Stage, ...]
+    sync: str
+    sync_every: int
+    aggregator: str | None
+    nodes: tuple[Node, ...]
+    profile: tuple[BlockProfile, ...] = field(repr=False)
+
+    @property
+    def strategy(self) -> str:
+        return self.config.strategy
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.block_names)
+
+    @property
+    def schedule(self) -> str:
+        """How branches share a round: ``lockstep`` (concat: every branch on the same batch),
+        ``turns`` (relay: one branch after another) or ``interleaved`` (batch by batch, round-robin)."""
+        if self.junction == "concat":
+            return "lockstep"
+        if self.sync == "relay":
+            return "turns"
+        return "interleaved"
+
+    def loss_node(self, branch: int) -> str:
+        """Node that computes the loss for a batch of ``branch``."""
+        if self.trunk:
+            return self.trunk[-1].node
+        return self.branches[branch].stages[-1].node
+
+    def junction_shape(self) -> tuple[int, ...]:
+        """Per-sample activation shape at the junction (the trunk's input)."""
+        if self.junction_at == 0:
+            return tuple(self.input_shape)
+        return self.profile[self.junction_at - 1].out_shape
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def describe(self) -> str:
+        """A human-readable table: which node holds which layers, and where the junction is."""
+        lines = [f"plan: strategy={self.strategy} model={self.model} dataset={self.config.dataset} "
+                 f"nodes={len(self.nodes)} branches={len(self.branches)} junction={self.junction}"
+                 f"@{self.junction_at} sync={self.sync}"
+                 + (f"/every {self.sync_every} round(s)" if self.sync != "none" else "")
+                 + f" schedule={self.schedule}"]
+        params = [p.params for p in self.profile]
+        for b in self.branches:
+            view = f" view rows {b.view[0]}:{b.view[1]}" if b.view else ""
+            lines.append(f"  branch {b.index} (data on {b.data_node}{view})")
+            for s in b.stages:
+                lines.append(f"    {s.node:>4} [{self.node(s.node).device}] blocks {s.start}:{s.stop} "
+                             f"{','.join(s.blocks)}  params={sum(params[s.start:s.stop])}")
+            if b.adapter_node:
+                lines.append(f"    {b.adapter_node:>4} junction adapter for {self.junction_shape()}")
+        lines.append(f"  --- junction after block {self.junction_at} ({self.junction}) ---")
+        for s in self.trunk:
+            lines.append(f"  trunk {s.node:>4} [{self.node(s.node).device}] blocks {s.start}:{s.stop} "
+                         f"{','.join(s.blocks)}  params={sum(params[s.start:s.stop])}")
+        if self.aggregator:
+            lines.append(f"  aggregator: {self.aggregator} [{self.node(self.aggregator).device}]")
+        return "\n".join(lines)
+
+
+def balanced_cuts(costs: list[int], parts: int) -> list[int]:
+    """Split ``costs`` into ``parts`` contiguous non-empty groups minimising the largest group sum.
+
+    Classic linear-partition dynamic program; ties go to the earliest cut. Returns the start index
+    of every group after the first (``parts - 1`` cuts, relative to ``costs``).
+    """
+    n = len(costs)
+    prefix = np.concatenate([[0], np.cumsum(costs)])
+    inf = float("inf")
+    best = [[inf] * (n + 1) for _ in range(parts + 1)]
+    arg = [[0] * (n + 1) for _ in range(parts + 1)]
+    best[0][0] = 0
+    for k in range(1, parts + 1):
+        for i in range(k, n + 1):
+            for j in range(k - 1, i):
+                val = max(best[k - 1][j], prefix[i] - prefix[j])
+                if val < best[k][i]:
+                    best[k][i], arg[k][i] = val, j
+    cuts, i = [], n
+    for k in range(parts, 0, -1):
+        i = arg[k][i]
+        cuts.append(i)
+    return sorted(cuts)[1:]
+
+
+def _default_cuts(lo: int, hi: int, parts: int, cfg: Config, profile: tuple[BlockProfile, ...]) -> list[int]:
+    if cfg.cut_by == "count":
+        sizes = [len(a) for a in np.array_split(np.arange(lo, hi), parts)]
+        return [lo + int(c) for c in np.cumsum(sizes)[:-1]]
+    costs = [p.flops_fwd + p.flops_bwd for p in profile[lo:hi]]
+    return [lo + c for c in balanced_cuts(costs, parts)]
+
+
+def _check_cuts(key: str, cuts: list[int] | None, lo: int, hi: int, parts: int, cfg: Config,
+                profile: tuple[BlockProfile, ...]) -> list[int]:
+    if parts == 0:
+        if cuts:
+            raise ConfigError(key, cuts, "this part has no stages, so it takes no cuts; leave it out")
+        return []
+    if hi - lo < parts:
+        raise ConfigError(key.replace("_cuts", "_stages"), parts,
+                          f"blocks {lo}:{hi} ({hi - lo} blocks) cannot fill {parts} stages; use at most {hi - lo}")
+    if cuts is None:
+        return _default_cuts(lo, hi, parts, cfg, profile)
+    if len(cuts) != parts - 1:
+        raise ConfigError(key, cuts, f"{parts} stages need exactly {parts - 1} cut(s)")
+    prev = lo
+    for c in cuts:
+        if not prev < c < hi:
+            raise ConfigError(key, cuts, f"cuts must be strictly increasing block indices inside ({lo}, {hi}) "
+                                         f"so that every stage has at least one block")
+        prev = c
+    return list(cuts)
+
+
+def _stages(bounds: list[int], names: tuple[str, ...], node_names: list[str]) -> tuple[Stage, ...]:
+    return tuple(Stage(node, a, b, names[a:b]) for node, a, b in zip(node_names, bounds[:-1], bounds[1:]))
+
+
+def resolve(cfg: Config) -> Plan:
+    """Resolve a config into a :class:`Plan`, checking everything that can be checked without data.
+
+    Raises:
+        ConfigError: naming the key, the value and the fix.
+    """
+    if cfg.dataset not in DATASETS:
+        raise ConfigError("dataset", cfg.dataset, f"known datasets: {', '.join(DATASETS)}")
+    model = cfg.model or DATASET_DEFAULT_MODEL[cfg.dataset]
+    if model not in MODELS:
+        raise ConfigError("model", model, f"known models: {', '.join(sorted(MODELS))}")
+    input_shape, num_classes = DATASET_META[cfg.dataset]
+    profile = profile_model(model, input_shape, num_classes)
+    names = tuple(p.name for p in profile)
+    n_blocks = len(names)
+    shape = preset(cfg, n_blocks, MODELS[model].default_junction)
+    j = shape.junction_at
+    if cfg.strategy in ("sl", "sfl", "fpl") and not 1 <= j <= n_blocks - 1:
+        raise ConfigError("junction_at", j, f"the head must hold 1..{n_blocks - 1} of the {n_blocks} blocks "
+                                            f"of {model} so that the trunk is not empty")
+    if (cfg.partition == "features") != (shape.junction == "concat"):
+        if shape.junction == "concat":
+            raise ConfigError("partition", cfg.partition, "junction=concat needs partition=features "
+                                                          "(every branch sees a view of the same samples)")
+        raise ConfigError("partition", cfg.partition, "partition=features needs strategy=fpl with junction=concat")
+    if shape.sync == "relay" and shape.trunk_stages == 0:
+        raise ConfigError("sync", "relay", "relay passes heads through the server; it needs a trunk "
+                                           "(use sync=fedavg or none)")
+
+    branch_cuts = _check_cuts("branch_cuts", cfg.branch_cuts, 0, j, shape.branch_stages, cfg, profile)
+    trunk_cuts = _check_cuts("trunk_cuts", cfg.trunk_cuts, j, n_blocks, shape.trunk_stages, cfg, profile)
+
+    nodes: list[Node] = []
+    counter = iter(range(10_000))
+    branches = []
+    views = _concat_views(cfg, shape.branches, input_shape, j, profile, model, num_classes) \
+        if shape.junction == "concat" else [None] * shape.branches
+    for d in range(shape.branches):
+        node_names = [f"n{next(counter)}" for _ in range(shape.branch_stages)]
+        for s, name in enumerate(node_names):
+            nodes.append(Node(name, f"branch{d}/stage{s}", cfg.device))
+        stages = _stages([0, *branch_cuts, j], names, node_names) if shape.branch_stages else ()
+        branches.append((d, stages, node_names))
+    trunk_names = [f"n{next(counter)}" for _ in range(shape.trunk_stages)]
+    trunk_device = cfg.server_device if j > 0 else cfg.device
+    for s, name in enumerate(trunk_names):
+        nodes.append(Node(name, f"trunk/stage{s}", trunk_device))
+    trunk = _stages([j, *trunk_cuts, n_blocks], names, trunk_names) if shape.trunk_stages else ()
+
+    aggregator = None
+    if shape.sync != "none" or shape.dedicated_aggregator:
+        if shape.dedicated_aggregator:
+            aggregator = f"n{next(counter)}"
+            nodes.append(Node(aggregator, "aggregator", cfg.server_device))
+        elif trunk:
+            aggregator = trunk[0].node
+            nodes[[n.name for n in nodes].index(aggregator)] = Node(aggregator, "trunk/stage0+aggregator",
+                                                                     trunk_device)
+        else:
+            raise ConfigError("sync", shape.sync, "there is no node to aggregate on; use sync=none")
+
+    built = []
+    for d, stages, node_names in branches:
+        data_node = node_names[0] if node_names else trunk_names[0]
+        adapter_node = stages[-1].node if shape.junction == "adapter" and stages else None
+        built.append(Branch(d, stages, data_node, adapter_node, views[d]))
+
+    overrides = cfg.node_devices or {}
+    known = {n.name for n in nodes}
+    for name in overrides:
+        if name not in known:
+            raise ConfigError("node_devices", {name: overrides[name]},
+                              f"no node named {name!r} in this plan; nodes are {', '.join(sorted(known))}")
+    nodes = [Node(n.name, n.role, overrides.get(n.name, n.device)) for n in nodes]
+    return Plan(cfg, model, tuple(input_shape), num_classes, names, shape.junction, j, tuple(built), trunk,
+                shape.sync, cfg.sync_every, aggregator, tuple(nodes), profile)
+
+
+def _concat_views(cfg: Config, parts: int, input_shape: tuple[int, ...], j: int,
+                  profile: tuple[BlockProfile, ...], model: str, num_classes: int) -> list[tuple[int, int]]:
+    """Row views of the input for ``concat``: D equal horizontal strips whose branch outputs,
+    concatenated along the height, have exactly the trunk's input shape."""
+    height = input_shape[1] if len(input_shape) == 3 else input_shape[0]
+    if height % parts:
+        raise ConfigError("branches", parts, f"junction=concat splits the {height} input rows into equal views; "
+                                             f"use a number of branches that divides {height}")
+    rows = height // parts
+    from fplstudy.flops import profile_sequence
+    from fplstudy.models import build_model, cut
+
+    import torch
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        head = cut(build_model(model, input_shape, num_classes), 0, j)
+    strip = (input_shape[0], rows, *input_shape[2:])
+    try:
+        out = profile_sequence(head, strip)[-1].out_shape
+    except RuntimeError as exc:
+        raise ConfigError("junction_at", j, f"the head cannot run on a {strip} view ({exc}); "
+                                            f"move the junction below the first dense block") from None
+    full = profile[j - 1].out_shape
+    joined = (out[0], out[1] * parts, *out[2:]) if len(out) == 3 else None
+    if joined != full:
+        raise ConfigError("junction_at", j, f"{parts} views of {strip} give {out} each at the junction; "
+                                            f"joined along the height they must equal {full}; choose another "
+                                            f"junction_at or number of branches")
+    return [(d * rows, (d + 1) * rows) for d in range(parts)]

@@ -1,11 +1,22 @@
 """Datasets as in-memory tensors: the embedded ``digits`` (offline default) and torchvision's own.
 
-Every loader returns a :class:`DatasetSplit` of float32 images ``(N, C, H, W)`` and int64 labels.
+Every loader returns a :class:`DatasetSplit` of float32 images ``(N, C, H, W)`` with pixels scaled to
+0..1 (``pixel / 255``, or ``/ 16`` for digits; no mean/std standardisation, so the values are exactly
+what is on disk, divided once) and int64 labels.
+
+- ``digits``: scikit-learn's 8×8 digits, shipped inside scikit-learn, so it works offline. It has no
+  official test set; the test split is a stratified ``test_fraction`` drawn with the seed.
+- ``mnist``, ``fashion_mnist``, ``cifar10``: read by torchvision's own classes
+  (:class:`torchvision.datasets.MNIST`, ``FashionMNIST``, ``CIFAR10``) from ``data_dir``
+  (default :data:`fplstudy.paths.DATA`); the test split is the dataset's official test set. They are
+  downloaded only when ``download=True``; otherwise missing files raise :class:`FileNotFoundError`
+  naming the folder searched and the fix.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,6 +29,18 @@ DATASET_META: dict[str, tuple[tuple[int, int, int], int]] = {
     "mnist": ((1, 28, 28), 10),
     "fashion_mnist": ((1, 28, 28), 10),
     "cifar10": ((3, 32, 32), 10),
+}
+
+# torchvision class name, folder under the root that it reads, and the files it needs there.
+# (Mirrors torchvision 0.29: MNIST._check_exists looks for the *uncompressed* idx files under
+# <root>/<ClassName>/raw; CIFAR10._check_integrity looks for the pickled batches, md5-checked.)
+_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+_TORCHVISION: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+    "mnist": ("MNIST", ("MNIST", "raw"), _IDX_FILES),
+    "fashion_mnist": ("FashionMNIST", ("FashionMNIST", "raw"), _IDX_FILES),
+    "cifar10": ("CIFAR10", ("cifar-10-batches-py",),
+                tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")),
 }
 
 
@@ -51,10 +74,23 @@ def load_digits(seed: int, test_fraction: float = 0.2) -> DatasetSplit:
     """scikit-learn's 8×8 digits (1797 samples, shipped inside scikit-learn), split by ``seed``.
 
     Pixels are scaled from 0..16 to 0..1. The split is stratified and depends only on the seed.
+
+    Args:
+        seed: fixes the split.
+        test_fraction: held-out fraction, strictly between 0 and 1.
+
+    Returns:
+        The :class:`DatasetSplit`.
+
+    Raises:
+        ValueError: if ``test_fraction`` is not strictly between 0 and 1.
     """
     from sklearn.datasets import load_digits as sk_digits
     from sklearn.model_selection import train_test_split
 
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction: got {test_fraction!r}; it must lie strictly between 0 and 1 "
+                         f"(e.g. 0.2)")
     bunch = sk_digits()
     x = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]  # (1797, 1, 8, 8)
     y = bunch.target.astype(np.int64)
@@ -63,33 +99,126 @@ def load_digits(seed: int, test_fraction: float = 0.2) -> DatasetSplit:
                         torch.from_numpy(x_te), torch.from_numpy(y_te), 10)
 
 
-def subsample(split: DatasetSplit, max_train_samples: int | None, seed: int) -> DatasetSplit:
-    """Keep a seeded random subset of at most ``max_train_samples`` training samples."""
-    if max_train_samples is None or max_train_samples >= len(split.y_train):
-        return split
+def _keep_indices(n_train: int, max_train_samples: int | None, seed: int) -> torch.Tensor | None:
+    """Sorted indices of a seeded subset of ``max_train_samples`` out of ``n_train``; None = keep all."""
+    if max_train_samples is not None and max_train_samples < 1:
+        raise ValueError(f"max_train_samples: got {max_train_samples!r}; it must be >= 1, or None to keep "
+                         f"the whole training set")
+    if max_train_samples is None or max_train_samples >= n_train:
+        return None
     gen = torch.Generator().manual_seed(seed)
-    keep = torch.randperm(len(split.y_train), generator=gen)[:max_train_samples].sort().values
+    return torch.randperm(n_train, generator=gen)[:max_train_samples].sort().values
+
+
+def subsample(split: DatasetSplit, max_train_samples: int | None, seed: int) -> DatasetSplit:
+    """Keep a seeded random subset of at most ``max_train_samples`` training samples.
+
+    Args:
+        split: the full split.
+        max_train_samples: how many training samples to keep; None keeps all.
+        seed: fixes which samples are kept (their order stays the original order).
+
+    Returns:
+        The subset (the test set is unchanged).
+    """
+    keep = _keep_indices(len(split.y_train), max_train_samples, seed)
+    if keep is None:
+        return split
     return DatasetSplit(split.name, split.x_train[keep], split.y_train[keep], split.x_test, split.y_test,
                         split.num_classes)
 
 
-def load_dataset(name: str, *, seed: int = 0, data_dir: str | None = None, download: bool = False,
+def dataset_folder(name: str, data_dir: str | Path | None = None) -> Path:
+    """The folder in which torchvision looks for the files of dataset ``name``.
+
+    Args:
+        name: one of the torchvision datasets in :data:`DATASETS` (not ``digits``).
+        data_dir: torchvision root folder; None = :data:`fplstudy.paths.DATA`.
+
+    Returns:
+        For example ``<data_dir>/MNIST/raw`` or ``<data_dir>/cifar-10-batches-py``.
+    """
+    _, parts, _ = _TORCHVISION[name]
+    return _root(data_dir).joinpath(*parts)
+
+
+def _root(data_dir: str | Path | None) -> Path:
+    if data_dir is None:
+        from fplstudy.paths import DATA
+        return Path(DATA)
+    return Path(data_dir).expanduser()
+
+
+def _fix_hint(name: str, folder: Path, root: Path) -> str:
+    archive = ("unpack cifar-10-python.tar.gz in that folder's parent" if name == "cifar10"
+               else "gunzip the four *-ubyte.gz files into that folder")
+    return (f"fix: rerun with downloads allowed on a machine with network access "
+            f"(`fplstudy run <config.yaml> --set dataset={name} --set download=true`, or "
+            f"load_dataset({name!r}, download=True)), or place the files in {folder} yourself ({archive}); "
+            f"to read another root folder, --set data_dir=<folder> (now {root})")
+
+
+def _load_torchvision(name: str, root: Path, download: bool, max_train_samples: int | None,
+                      seed: int) -> DatasetSplit:
+    """Read one torchvision dataset through its own class and convert it to tensors."""
+    import torchvision.datasets as tvd
+
+    cls_name, _, files = _TORCHVISION[name]
+    cls = getattr(tvd, cls_name)
+    folder = dataset_folder(name, root)
+    legacy = root / cls_name / "processed"  # torchvision still reads MNIST's old training.pt/test.pt
+    has_legacy = name != "cifar10" and all((legacy / f).is_file() for f in ("training.pt", "test.pt"))
+    missing = [f for f in files if not (folder / f).is_file()]
+    if missing and not has_legacy and not download:
+        raise FileNotFoundError(f"dataset {name!r}: searched {folder} and did not find "
+                                f"{', '.join(missing)} (download=False); {_fix_hint(name, folder, root)}")
+    try:
+        train = cls(root=str(root), train=True, download=download)
+        test = cls(root=str(root), train=False, download=False)
+    except (RuntimeError, OSError) as exc:  # a failed download, or files that fail torchvision's checks
+        what = "could not download it" if download and missing else "its files failed torchvision's checks"
+        raise RuntimeError(f"dataset {name!r} in {folder}: {what} ({exc}); replace the files "
+                           f"({', '.join(files)}) with intact copies; {_fix_hint(name, folder, root)}") from exc
+
+    keep = _keep_indices(len(train.targets), max_train_samples, seed)
+    x_train, y_train = _to_tensors(train.data, train.targets, keep)
+    x_test, y_test = _to_tensors(test.data, test.targets, None)
+    return DatasetSplit(name, x_train, y_train, x_test, y_test, DATASET_META[name][1])
+
+
+def _to_tensors(data, targets, keep: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images ``(N, H, W)`` (MNIST) or ``(N, H, W, C)`` (CIFAR) → float32 ``(N, C, H, W)`` in 0..1."""
+    x = torch.as_tensor(np.asarray(data))
+    x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)  # (N, C, H, W)
+    y = torch.as_tensor(np.asarray(targets), dtype=torch.int64)
+    if keep is not None:  # subset before the float copy: CIFAR-10 in float32 is 600 MB
+        x, y = x[keep], y[keep]
+    return x.to(torch.float32).div_(255.0).contiguous(), y.contiguous()
+
+
+def load_dataset(name: str, *, seed: int = 0, data_dir: str | Path | None = None, download: bool = False,
                  test_fraction: float = 0.2, max_train_samples: int | None = None) -> DatasetSplit:
     """Load a dataset by name.
 
     Args:
         name: one of :data:`DATASETS`.
         seed: fixes the digits split and the training subset.
-        data_dir: torchvision root folder (ignored for digits).
-        download: let torchvision download a missing dataset.
-        test_fraction: digits only.
-        max_train_samples: optional seeded subset of the training set.
+        data_dir: torchvision root folder (ignored for digits); None = :data:`fplstudy.paths.DATA`.
+        download: let torchvision download a missing dataset (needs network).
+        test_fraction: digits only; the torchvision datasets use their official test set.
+        max_train_samples: optional seeded subset of the training set (the test set is kept whole).
 
     Returns:
         The :class:`DatasetSplit`.
+
+    Raises:
+        KeyError: for an unknown name, listing the known ones.
+        FileNotFoundError: when a torchvision dataset's files are missing and ``download`` is False;
+            the message names the folder searched and how to fix it.
+        RuntimeError: when a download fails or the files on disk fail torchvision's checks.
     """
     if name == "digits":
-        split = load_digits(seed, test_fraction)
-    else:
-        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-    return subsample(split, max_train_samples, seed)
+        return subsample(load_digits(seed, test_fraction), max_train_samples, seed)
+    if name in _TORCHVISION:
+        return _load_torchvision(name, _root(data_dir), download, max_train_samples, seed)
+    raise KeyError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")

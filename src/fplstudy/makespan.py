@@ -1,0 +1,277 @@
+"""Makespan: when every event of a round runs, by list scheduling of the event DAG on the plan's nodes.
+
+The event stream (:mod:`fplstudy.events`) says *what* ran; this module decides *when*, given each
+event's duration (compute: FLOPs / device FLOP/s; transfer: bits / link rate + latency, see
+:mod:`fplstudy.ledger`). Every round is scheduled on its own, from time 0; the run's makespan is
+the sum of the rounds' (a round starts when the previous one, sync included, has ended).
+
+Resources. A node computes one chunk at a time; a directed link ``src → dst`` carries one message at a
+time; a node may compute while its links carry messages. A task with zero duration occupies nothing.
+
+Dependencies, derived from the events (emission order) and the plan:
+
+- data flow inside one micro-batch ``(step, micro)``: a compute on node X waits for everything handed
+  to X in that micro-batch since X last computed (activations, gradients, labels) and for X's previous
+  chunk; a transfer ``src → dst`` waits for what ``src`` last computed in that micro-batch. So a
+  branch's stages run in sequence, the loss waits for its labels, and a ``concat`` trunk waits for
+  every branch's activations;
+- parameters: every compute of a step on X waits for X's computes of its previous step (the optimizer
+  step in between), so the trunk serves the branches' batches one after another while the branches'
+  own stages run in parallel; ``params_up`` from X waits for X's computes so far; ``params_down`` of
+  stage position s waits for every ``params_up`` of position s in the same sync ("sync waits for the
+  slowest branch"); X's next compute waits for its ``params_down`` (split learning's turns);
+- pipeline (``config.pipeline``), inside one batch of M micro-batches:
+  ``sequential`` — micro-batch m+1 starts when micro-batch m has ended everywhere;
+  ``gpipe`` — on every node, all forwards of the batch before any backward (Huang et al. 2019);
+  ``1f1b`` — on a node at depth w from the end of the chain (w = number of nodes from it to the loss
+  node, itself included), the forward of micro-batch m+w waits for the backward of micro-batch m, and
+  a ready backward goes before a ready forward (PipeDream-Flush, Narayanan et al. 2021).
+
+Scheduling is non-delay list scheduling: whenever a resource is free and has ready tasks, it starts
+the one with the highest priority (earlier step first; in ``1f1b`` backward before forward; then
+emission order). For S uniform stages with forward time t_f and backward time t_b this gives
+(M + S − 1)(t_f + t_b) for GPipe and 1F1B and M·S·(t_f + t_b) for sequential (tests/test_costs.py).
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+from fplstudy.events import Compute, Event, Transfer
+
+PIPELINES = ("sequential", "gpipe", "1f1b")
+
+
+@dataclass(frozen=True)
+class RoundSchedule:
+    """When each event of one round ran (seconds from the round's start).
+
+    Attributes:
+        start: start time of each event, in the order given.
+        finish: finish time of each event.
+        makespan_s: when the round's last event finished (0 for an empty round).
+    """
+
+    start: list[float]
+    finish: list[float]
+    makespan_s: float
+
+
+def chain_depths(plan) -> dict[str, int]:
+    """Pipeline depth of every node that computes: nodes from it to the loss node, itself included.
+
+    Taken over each branch's chain (its stages, its adapter, the trunk), consecutive chunks on one node
+    counting once; the largest depth where a node serves several chains.
+    """
+    depth: dict[str, int] = {}
+    for b in plan.branches:
+        nodes = [s.node for s in b.stages]
+        if b.adapter_node:
+            nodes.append(b.adapter_node)
+        nodes += [s.node for s in plan.trunk]
+        chain = [n for i, n in enumerate(nodes) if i == 0 or nodes[i - 1] != n]
+        for i, n in enumerate(chain):
+            depth[n] = max(depth.get(n, 0), len(chain) - i)
+    return depth
+
+
+def _stage_positions(plan) -> dict[str, int]:
+    return {s.node: i for b in plan.branches for i, s in enumerate(b.stages)}
+
+
+def build_dag(plan, events: list[Event], pipeline: str | None = None) -> tuple[list[list[int]], int]:
+    """Dependencies of one round's events (see module docstring).
+
+    Args:
+        plan: the plan the events belong to.
+        events: one round's events in emission order.
+        pipeline: ``sequential``/``gpipe``/``1f1b``; None = ``plan.config.pipeline``.
+
+    Returns:
+        ``(deps, n_tasks)``: ``deps[i]`` lists the tasks task i waits for. Tasks ``0..len(events)-1``
+        are the events; tasks from ``len(events)`` on are zero-time barriers.
+    """
+    pipeline = pipeline or plan.config.pipeline
+    if pipeline not in PIPELINES:
+        raise ValueError(f"pipeline {pipeline!r}; use one of {', '.join(PIPELINES)}")
+    deps: list[list[int]] = [[] for _ in events]
+
+    def barrier(over) -> int:
+        deps.append(list(over))
+        return len(deps) - 1
+
+    positions = _stage_positions(plan)
+    group_pending: dict[tuple[int, int], dict[str, set[int]]] = {}
+    group_events: dict[tuple[int, int], list[int]] = {}
+    last_group_of_step: dict[int, tuple[int, int]] = {}
+    node_step: dict[str, int] = {}
+    node_step_computes: dict[str, list[int]] = {}
+    node_barrier: dict[str, int] = {}
+    node_params_in: dict[str, list[int]] = {}
+    sync_ups: dict[int, list[int]] = {}
+    in_sync = False
+    # per (step, node): forward/backward computes in order, and their micro-batches
+    per_step_node: dict[tuple[int, str], list[int]] = {}
+
+    for i, ev in enumerate(events):
+        if ev.micro == -1:  # parameters: sync or relay
+            if not isinstance(ev, Transfer):
+                raise ValueError(f"event {i}: only transfers may have micro=-1, got {ev}")
+            if not in_sync:
+                sync_ups, in_sync = {}, True
+            if ev.kind == "params_up":
+                deps[i] = list(node_step_computes.get(ev.src, ())) + (
+                    [node_barrier[ev.src]] if ev.src in node_barrier else []) + node_params_in.get(ev.src, [])
+                sync_ups.setdefault(positions.get(ev.src, -1), []).append(i)
+            else:
+                pos = positions.get(ev.dst, -1)
+                ups = sync_ups.get(pos) or [u for v in sync_ups.values() for u in v]
+                deps[i] = list(ups) if ups else list(node_step_computes.get(ev.src, ()))
+                node_params_in.setdefault(ev.dst, []).append(i)
+            continue
+        in_sync = False
+        key = (ev.step, ev.micro)
+        if key not in group_pending:
+            group_pending[key], group_events[key] = {}, []
+            prev = last_group_of_step.get(ev.step)
+            if pipeline == "sequential" and prev is not None:
+                group_pending[key]["__prev__"] = {barrier(group_events[prev])}
+            last_group_of_step[ev.step] = key
+        pending = group_pending[key]
+        prev_micro = pending.get("__prev__", set())
+        if isinstance(ev, Compute):
+            x = ev.node
+            if node_step.get(x) != ev.step:
+                if node_step_computes.get(x):
+                    node_barrier[x] = barrier(node_step_computes[x])
+                node_step[x], node_step_computes[x] = ev.step, []
+            d = set(pending.get(x, ())) | prev_micro
+            if x in node_barrier:
+                d.add(node_barrier[x])
+            d.update(node_params_in.pop(x, ()))
+            deps[i] = sorted(d)
+            pending[x] = {i}
+            node_step_computes[x].append(i)
+            per_step_node.setdefault((ev.step, x), []).append(i)
+        else:
+            deps[i] = sorted(set(pending.get(ev.src, ())) | prev_micro)
+            pending.setdefault(ev.dst, set()).add(i)
+        group_events[key].append(i)
+
+    if pipeline in ("gpipe", "1f1b"):
+        depth = chain_depths(plan)
+        for (step, node), ids in per_step_node.items():
+            fwd = [i for i in ids if events[i].phase == "forward"]
+            bwd = [i for i in ids if events[i].phase == "backward"]
+            if not fwd or not bwd:
+                continue
+            if pipeline == "gpipe":
+                all_fwd = barrier(fwd)
+                for i in bwd:
+                    deps[i].append(all_fwd)
+            else:
+                first_fwd: dict[int, int] = {}
+                last_bwd: dict[int, int] = {}
+                for i in fwd:
+                    first_fwd.setdefault(events[i].micro, i)
+                for i in bwd:
+                    last_bwd[events[i].micro] = i
+                w = depth.get(node, 1)
+                for m, i in first_fwd.items():
+                    if m - w in last_bwd:
+                        deps[i].append(last_bwd[m - w])
+    return deps, len(deps)
+
+
+def schedule_round(plan, events: list[Event], durations: list[float], pipeline: str | None = None,
+                   ) -> RoundSchedule:
+    """List-schedule one round's events (see module docstring).
+
+    Args:
+        plan: the plan.
+        events: one round's events in emission order.
+        durations: seconds each event takes (same order).
+        pipeline: ``sequential``/``gpipe``/``1f1b``; None = ``plan.config.pipeline``.
+
+    Returns:
+        The :class:`RoundSchedule`.
+    """
+    pipeline = pipeline or plan.config.pipeline
+    deps, n = build_dag(plan, events, pipeline)
+    n_ev = len(events)
+    dur = list(durations) + [0.0] * (n - n_ev)
+    succ: list[list[int]] = [[] for _ in range(n)]
+    indeg = [0] * n
+    for i, ds in enumerate(deps):
+        for d in set(ds):
+            succ[d].append(i)
+            indeg[i] += 1
+    resource: list[tuple | None] = []
+    prio: list[tuple] = []
+    for i, ev in enumerate(events):
+        if isinstance(ev, Compute):
+            resource.append(("node", ev.node))
+            rank = (0 if ev.phase == "backward" else 1) if pipeline == "1f1b" else 0
+            prio.append((ev.step, rank, i))
+        else:
+            resource.append(("link", ev.src, ev.dst))
+            prio.append((ev.step, 0, i))
+    resource += [None] * (n - n_ev)
+    prio += [(0, 0, i) for i in range(n_ev, n)]
+
+    start = [0.0] * n
+    finish = [0.0] * n
+    ready_at = [0.0] * n
+    queues: dict[tuple, list] = {}
+    busy_until: dict[tuple, float] = {}
+    dirty: set[tuple] = set()
+    clock: list[tuple[float, int]] = []  # (finish time, task)
+
+    def complete(i: int, t: float) -> None:
+        stack = [(i, t)]
+        while stack:
+            j, tj = stack.pop()
+            finish[j] = tj
+            for k in succ[j]:
+                ready_at[k] = max(ready_at[k], tj)
+                indeg[k] -= 1
+                if indeg[k] == 0:
+                    release(k, stack)
+
+    def release(k: int, stack) -> None:
+        if resource[k] is None or dur[k] == 0.0:
+            start[k] = ready_at[k]
+            stack.append((k, ready_at[k]))
+        else:
+            heapq.heappush(queues.setdefault(resource[k], []), (prio[k], k))
+            dirty.add(resource[k])
+
+    boot: list[tuple[int, float]] = []
+    for i in range(n):
+        if indeg[i] == 0:
+            release(i, boot)
+    for j, tj in boot:
+        complete(j, tj)
+    now = 0.0
+    while True:
+        for res in list(dirty):
+            q = queues.get(res)
+            if q and busy_until.get(res, 0.0) <= now:
+                _, k = heapq.heappop(q)
+                start[k] = max(now, ready_at[k])
+                busy_until[res] = start[k] + dur[k]
+                heapq.heappush(clock, (busy_until[res], k))
+            if not q or busy_until.get(res, 0.0) > now:
+                dirty.discard(res)
+        if not clock:
+            break
+        now = clock[0][0]
+        while clock and clock[0][0] == now:
+            _, k = heapq.heappop(clock)
+            dirty.add(resource[k])
+            complete(k, now)
+    if any(indeg[i] > 0 for i in range(n)):  # pragma: no cover - a bug in build_dag
+        raise RuntimeError("the event DAG has a cycle; cannot schedule")
+    makespan = max(finish[:n_ev], default=0.0)
+    return RoundSchedule(start[:n_ev], finish[:n_ev], makespan)

@@ -1,0 +1,259 @@
+"""Device and link profiles: the numbers that turn FLOPs and bytes into seconds and joules.
+
+Profiles are data files. fplstudy ships ``profiles/devices.yaml`` and ``profiles/links.yaml`` (every
+number with a ``source`` and a ``status``: M measured, S spec, D derived, E estimate, U remembered and
+not re-read; see ``shared/reference/edge-profiles.md``). A user adds profiles, or overrides single
+numbers of shipped ones, with ``profiles_file`` in the config: a YAML file with a ``devices:`` and/or
+``links:`` section of the same shape. A user number may be written plainly (``flops_per_s: 2.0e+10``)
+or as ``{value: …, status: …, source: …}``; a new profile must give every required number.
+
+Fields (units in the names):
+
+- device: ``flops_per_s`` (> 0, sustained training FLOP/s), ``active_w`` (≥ 0, while computing),
+  ``idle_w`` (≥ 0, while waiting), ``memory_bytes`` (> 0, optional).
+- link: ``up_bps`` / ``down_bps`` (> 0; *up* is every message except those sent from the server side —
+  a trunk stage or the aggregator — to an edge node, which use *down*), ``tx_j_per_bit`` /
+  ``rx_j_per_bit`` (≥ 0, radio energy at the sender / receiver), ``latency_s`` (≥ 0, optional, added
+  to every message).
+
+A plan's nodes name their device profile (:attr:`fplstudy.plan.Node.device`); every link of the plan
+uses the profile ``config.link``. :func:`check_profiles` refuses a plan whose profiles are missing or
+broken before any work starts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fplstudy.config import Config, ConfigError
+from fplstudy.paths import PACKAGE
+
+SHIPPED_DIR = PACKAGE / "profiles"
+STATUSES = ("M", "S", "D", "E", "U")
+
+# field -> (required, strictly positive)
+DEVICE_FIELDS = {"flops_per_s": (True, True), "active_w": (True, False), "idle_w": (True, False),
+                 "memory_bytes": (False, True)}
+LINK_FIELDS = {"up_bps": (True, True), "down_bps": (True, True), "tx_j_per_bit": (True, False),
+               "rx_j_per_bit": (True, False), "latency_s": (False, False)}
+SECTIONS = {"devices": DEVICE_FIELDS, "links": LINK_FIELDS}
+
+
+class ProfileError(ConfigError):
+    """A profile file that cannot be used; the message names the file, the key and the value."""
+
+    def __init__(self, file: str | Path, key: str, value: Any, allowed: str):
+        self.file = str(file)
+        ValueError.__init__(self, f"profile file '{file}', key '{key}': got {value!r}; {allowed}")
+        self.key, self.value, self.allowed = key, value, allowed
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """A node's hardware: sustained training FLOP/s, power while computing and while waiting."""
+
+    name: str
+    flops_per_s: float
+    active_w: float
+    idle_w: float
+    memory_bytes: float | None = None
+    description: str = ""
+    status: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    source: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class LinkProfile:
+    """A link: rates up and down, radio energy per bit at each end, fixed per-message latency."""
+
+    name: str
+    up_bps: float
+    down_bps: float
+    tx_j_per_bit: float
+    rx_j_per_bit: float
+    latency_s: float = 0.0
+    description: str = ""
+    status: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    source: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Profiles:
+    """Every known device and link profile (shipped plus a user's file)."""
+
+    devices: dict[str, DeviceProfile]
+    links: dict[str, LinkProfile]
+
+    def device(self, name: str) -> DeviceProfile:
+        if name not in self.devices:
+            raise ConfigError("device", name, f"unknown device profile; known: {', '.join(sorted(self.devices))}")
+        return self.devices[name]
+
+    def link(self, name: str) -> LinkProfile:
+        if name not in self.links:
+            raise ConfigError("link", name, f"unknown link profile; known: {', '.join(sorted(self.links))}")
+        return self.links[name]
+
+
+def _number(file: Path, key: str, raw: Any, positive: bool) -> float:
+    value = raw
+    if isinstance(value, str):  # YAML 1.1 reads 1.6e10 (no dot/sign in the exponent) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            raise ProfileError(file, key, raw, "must be a number") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ProfileError(file, key, raw, "must be a finite number")
+    if positive and not value > 0:
+        raise ProfileError(file, key, raw, "must be a number > 0")
+    if value < 0:
+        raise ProfileError(file, key, raw, "must be a number >= 0")
+    return float(value)
+
+
+def _read_entry(file: Path, section: str, name: str, entry: Any, base: dict | None,
+                require_sources: bool) -> dict:
+    """Validate one profile mapping; merge it over ``base`` (an existing profile's fields)."""
+    fields_spec = SECTIONS[section]
+    if not isinstance(entry, dict):
+        raise ProfileError(file, f"{section}.{name}", entry, "must be a mapping of profile fields")
+    out = dict(base) if base else {"status": {}, "source": {}, "description": ""}
+    out["status"], out["source"] = dict(out["status"]), dict(out["source"])
+    for key, raw in entry.items():
+        where = f"{section}.{name}.{key}"
+        if key == "description":
+            out["description"] = str(raw)
+            continue
+        if key not in fields_spec:
+            raise ProfileError(file, where, raw, f"unknown field; known fields: description, {', '.join(fields_spec)}")
+        status, source = "U", "user file"
+        if isinstance(raw, dict):
+            unknown = set(raw) - {"value", "status", "source"}
+            if unknown or "value" not in raw:
+                raise ProfileError(file, where, raw, "write a number or {value: …, status: …, source: …}")
+            status, source = raw.get("status", status), raw.get("source", source)
+            raw = raw["value"]
+            if status not in STATUSES:
+                raise ProfileError(file, where + ".status", status, f"status must be one of {', '.join(STATUSES)}")
+        elif require_sources:
+            raise ProfileError(file, where, raw, "a shipped profile gives {value, status, source} for every number")
+        if require_sources and not str(source).strip():
+            raise ProfileError(file, where + ".source", source, "every shipped number needs a source")
+        out[key] = _number(file, where, raw, fields_spec[key][1])
+        out["status"][key], out["source"][key] = str(status), str(source)
+    for key, (required, _) in fields_spec.items():
+        if required and key not in out:
+            raise ProfileError(file, f"{section}.{name}.{key}", None,
+                               "missing; every profile needs " + ", ".join(k for k, (r, _) in fields_spec.items() if r))
+    return out
+
+
+def _read_file(file: Path, merged: dict[str, dict[str, dict]], require_sources: bool) -> None:
+    if not file.is_file():
+        raise ProfileError(file, "profiles_file", str(file), "no such file; give a YAML file with devices:/links:")
+    try:
+        data = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        raise ProfileError(file, "(file)", str(file), f"not valid YAML ({exc})") from None
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ProfileError(file, "(top level)", type(data).__name__, "must be a mapping with devices: and/or links:")
+    for section, entries in data.items():
+        if section not in SECTIONS:
+            raise ProfileError(file, str(section), entries, "unknown section; use devices: and/or links:")
+        if not isinstance(entries, dict):
+            raise ProfileError(file, section, entries, "must map profile names to their fields")
+        for name, entry in entries.items():
+            merged[section][str(name)] = _read_entry(file, section, str(name), entry,
+                                                     merged[section].get(str(name)), require_sources)
+
+
+@lru_cache(maxsize=32)
+def _load_cached(profiles_file: str | None, mtime: float | None) -> Profiles:
+    merged: dict[str, dict[str, dict]] = {"devices": {}, "links": {}}
+    for shipped in ("devices.yaml", "links.yaml"):
+        _read_file(SHIPPED_DIR / shipped, merged, require_sources=True)
+    if profiles_file is not None:
+        _read_file(Path(profiles_file), merged, require_sources=False)
+    devices = {n: DeviceProfile(name=n, **f) for n, f in merged["devices"].items()}
+    links = {n: LinkProfile(name=n, **f) for n, f in merged["links"].items()}
+    return Profiles(devices, links)
+
+
+def load_profiles(profiles_file: str | Path | None = None) -> Profiles:
+    """The shipped profiles, with a user's file of extra or overriding profiles applied on top.
+
+    Args:
+        profiles_file: YAML file with ``devices:`` and/or ``links:`` sections, or None.
+
+    Returns:
+        The merged :class:`Profiles`.
+
+    Raises:
+        ProfileError: (a :class:`~fplstudy.config.ConfigError`) naming the file, the key and the value
+            of a missing, negative, non-numeric or unknown entry.
+    """
+    if profiles_file is None:
+        return _load_cached(None, None)
+    path = Path(profiles_file)
+    mtime = path.stat().st_mtime if path.is_file() else None
+    return _load_cached(str(path), mtime)
+
+
+def _config_of(plan_or_cfg) -> Config:
+    return plan_or_cfg if isinstance(plan_or_cfg, Config) else plan_or_cfg.config
+
+
+def device_key(plan, node: str) -> str:
+    """The config key that chose ``node``'s device profile (for error messages)."""
+    cfg = plan.config
+    if cfg.node_devices and node in cfg.node_devices:
+        return f"node_devices.{node}"
+    role = plan.node(node).role
+    if role == "aggregator" or (role.startswith("trunk") and plan.junction_at > 0):
+        return "server_device"  # plan.resolve: the server side runs on server_device unless mp
+    return "device"
+
+
+def check_profiles(plan_or_cfg) -> Profiles:
+    """Refuse a plan (or config) whose device or link profiles are unknown or broken.
+
+    With a :class:`~fplstudy.plan.Plan`, every node's device profile is checked; with a bare
+    :class:`~fplstudy.config.Config`, the profiles it names (``device``, ``server_device``, every
+    ``node_devices`` value, ``link``) are.
+
+    Args:
+        plan_or_cfg: a Plan or a Config.
+
+    Returns:
+        The loaded :class:`Profiles` (pass them on to the ledger).
+
+    Raises:
+        ConfigError: naming the key, the unknown profile and the known names; or
+            :class:`ProfileError` naming the file, key and value of a broken profile file.
+    """
+    cfg = _config_of(plan_or_cfg)
+    profiles = load_profiles(cfg.profiles_file)
+    known_dev = ", ".join(sorted(profiles.devices))
+    wanted: list[tuple[str, str]] = []
+    if isinstance(plan_or_cfg, Config):
+        wanted = [("device", cfg.device), ("server_device", cfg.server_device)]
+        wanted += [(f"node_devices.{k}", v) for k, v in (cfg.node_devices or {}).items()]
+    else:
+        wanted = [(device_key(plan_or_cfg, n.name), n.device) for n in plan_or_cfg.nodes]
+    for key, name in wanted:
+        if not name:
+            raise ConfigError(key, name, f"this role has no device profile; name one of: {known_dev}")
+        if name not in profiles.devices:
+            raise ConfigError(key, name, f"unknown device profile; known: {known_dev}"
+                                         + ("" if cfg.profiles_file else "; add your own with profiles_file"))
+    if not cfg.link or cfg.link not in profiles.links:
+        raise ConfigError("link", cfg.link, f"unknown link profile; known: {', '.join(sorted(profiles.links))}"
+                                            + ("" if cfg.profiles_file else "; add your own with profiles_file"))
+    return profiles

@@ -131,3 +131,18 @@ def profile_model(model_name: str, in_shape: tuple[int, ...], num_classes: int) 
         torch.manual_seed(0)
         model = build_model(model_name, in_shape, num_classes)
     return tuple(profile_sequence(model, in_shape))
+
+
+@lru_cache(maxsize=256)
+def profile_blocks(model_name: str, model_input_shape: tuple[int, ...], num_classes: int, start: int, stop: int,
+                   in_shape: tuple[int, ...]) -> tuple[BlockProfile, ...]:
+    """Profile blocks ``[start, stop)`` of a registered model fed inputs of per-sample ``in_shape``.
+
+    Used where a part sees another shape than in the whole model: the views of a ``concat`` junction.
+    """
+    from fplstudy.models import build_model, cut
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = build_model(model_name, model_input_shape, num_classes)
+    return tuple(profile_sequence(cut(model, start, stop), in_shape))

@@ -1,0 +1,625 @@
+"""The training engine: runs any plan, round by round, and emits the event stream.
+
+One loop serves all six strategies. A round is: every branch trains on its shard for
+``local_epochs`` (batches interleaved round-robin, in turns for ``relay``, in lockstep for
+``concat``); each batch runs the branch's chain of chunks (its stages, its junction adapter, the
+trunk's stages), handing activations forward and gradients back across every node boundary through a
+:class:`Transport`; replicated parts are then synchronised as the plan says; every branch is
+evaluated as its data owner would deploy it (its blocks + its adapter + the trunk).
+
+The code is written node-locally (SPMD): every tensor operation is guarded by
+``transport.is_local(node)``, and every hand-off goes through ``transport.move``. The
+:class:`SimulatedTransport` owns every node and hands tensors over in memory; a distributed transport
+owns one node per process and sends them over the wire. The same code decides what is sent.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fplstudy.datasets import DatasetSplit, load_dataset
+from fplstudy.events import Compute, Event, Transfer
+from fplstudy.flops import profile_blocks
+from fplstudy.models import build_model, cut, make_adapter
+from fplstudy.partition import Partition, make_partition
+from fplstudy.plan import Plan
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite; completed rounds are kept."""
+
+
+# --------------------------------------------------------------------------- schedule (no tensors)
+
+@dataclass(frozen=True)
+class Batch:
+    """One step of a round: a batch of ``size`` samples of ``branch`` (-1: every branch, lockstep)."""
+
+    step: int
+    branch: int
+    size: int
+    micro_sizes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A module call on one node inside a branch's chain: a stage, or the junction adapter."""
+
+    node: str
+    blocks: tuple[str, ...]
+    start: int
+    stop: int
+    kind: str  # 'stage' | 'adapter'
+
+
+def _micro_sizes(size: int, parts: int) -> tuple[int, ...]:
+    return tuple(int(len(a)) for a in np.array_split(np.arange(size), parts) if len(a))
+
+
+def _epoch_sizes(n: int, batch_size: int) -> list[int]:
+    return [batch_size] * (n // batch_size) + ([n % batch_size] if n % batch_size else [])
+
+
+def round_batches(plan: Plan, shard_sizes: list[int]) -> list[Batch]:
+    """The batches of one round in execution order.
+
+    Args:
+        plan: the plan.
+        shard_sizes: training samples per branch (for ``concat``: every branch holds the same samples).
+
+    Returns:
+        Batches; steps are numbered 0.. in execution order.
+    """
+    cfg = plan.config
+    per_branch = [_epoch_sizes(n, cfg.batch_size) * cfg.local_epochs for n in shard_sizes]
+    order: list[tuple[int, int]] = []
+    if plan.schedule == "lockstep":
+        order = [(-1, s) for s in per_branch[0]]
+    elif plan.schedule == "turns":
+        order = [(d, s) for d, sizes in enumerate(per_branch) for s in sizes]
+    else:
+        for p in range(max(len(s) for s in per_branch)):
+            order += [(d, sizes[p]) for d, sizes in enumerate(per_branch) if p < len(sizes)]
+    return [Batch(k, d, s, _micro_sizes(s, cfg.micro_batches)) for k, (d, s) in enumerate(order)]
+
+
+def branch_chain(plan: Plan, d: int) -> list[Chunk]:
+    """The chunks a batch of branch ``d`` runs through, in forward order (for ``concat``: the
+    branch's own chunks only; the trunk follows the join)."""
+    b = plan.branches[d]
+    chain = [Chunk(s.node, s.blocks, s.start, s.stop, "stage") for s in b.stages]
+    if b.adapter_node:
+        chain.append(Chunk(b.adapter_node, ("adapter",), plan.junction_at, plan.junction_at, "adapter"))
+    if plan.junction != "concat":
+        chain += trunk_chain(plan)
+    return chain
+
+
+def trunk_chain(plan: Plan) -> list[Chunk]:
+    """The trunk's chunks in forward order."""
+    return [Chunk(s.node, s.blocks, s.start, s.stop, "stage") for s in plan.trunk]
+
+
+def sync_due(plan: Plan, rnd: int) -> bool:
+    """Whether replicated parts are averaged at the end of round ``rnd`` (0-based)."""
+    return plan.sync == "fedavg" and (rnd + 1) % plan.sync_every == 0
+
+
+def load_partitioned(plan: Plan) -> tuple[DatasetSplit, Partition]:
+    """Load the plan's dataset and partition its training set among the branches.
+
+    Raises:
+        fplstudy.config.ConfigError: when a branch would get no samples.
+    """
+    from fplstudy.config import ConfigError
+
+    cfg = plan.config
+    data = load_dataset(cfg.dataset, seed=cfg.seed, data_dir=cfg.data_dir, download=cfg.download,
+                        test_fraction=cfg.test_fraction, max_train_samples=cfg.max_train_samples)
+    try:
+        part = make_partition(cfg.partition, data.y_train.numpy(), len(plan.branches), seed=cfg.seed,
+                              alpha=cfg.alpha, classes_per_node=cfg.classes_per_node,
+                              input_shape=data.input_shape)
+    except ValueError as exc:
+        raise ConfigError("partition", cfg.partition, str(exc)) from None
+    empty = [d for d, n in enumerate(part.samples()) if n == 0]
+    if empty:
+        raise ConfigError("branches", len(plan.branches),
+                          f"branch(es) {empty} get no training samples with partition={cfg.partition}; "
+                          f"use fewer branches or more samples")
+    return data, part
+
+
+# --------------------------------------------------------------------------- transports
+
+class Transport:
+    """Moves tensors between nodes and records the event stream. Subclasses decide locality."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def is_local(self, node: str) -> bool:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def move(self, tensor: torch.Tensor | None, *, src: str, dst: str, kind: str, shape: tuple[int, ...],
+             dtype: torch.dtype, where: tuple[int, int, int, int]) -> torch.Tensor | None:
+        """Hand ``tensor`` (held by ``src``) to ``dst``; returns it on ``dst`` (None elsewhere).
+
+        ``where`` is ``(round, step, branch, micro)``. ``shape``/``dtype`` are what ``dst`` expects.
+        """
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def compute(self, ev: Compute) -> None:
+        self.events.append(ev)
+
+    def barrier(self) -> None:
+        """Wait for every node (no-op in one process)."""
+
+
+class SimulatedTransport(Transport):
+    """Every node lives in this process; a hand-off is an in-memory copy, recorded as a Transfer."""
+
+    def is_local(self, node: str) -> bool:
+        return True
+
+    def move(self, tensor, *, src, dst, kind, shape, dtype, where):
+        if tuple(tensor.shape) != tuple(shape) or tensor.dtype != dtype:
+            raise RuntimeError(f"{kind} {src}->{dst} at {where}: tensor {tuple(tensor.shape)} {tensor.dtype} "
+                               f"differs from the expected {tuple(shape)} {dtype}")
+        rnd, step, branch, micro = where
+        self.events.append(Transfer(rnd, step, branch, micro, src, dst, kind, tuple(tensor.shape),
+                                    str(tensor.dtype).removeprefix("torch."),
+                                    tensor.numel() * tensor.element_size()))
+        return tensor.detach().clone()
+
+
+# --------------------------------------------------------------------------- the model, held by nodes
+
+@dataclass
+class Holdings:
+    """The modules of a plan, by branch and trunk stage, and one optimizer per module."""
+
+    branch_parts: list[list[nn.Module]]  # [d][s] stage modules of branch d
+    adapters: list[nn.Module | None]  # [d] junction adapter of branch d
+    trunk_parts: list[nn.Module]  # [s] trunk stage modules (shared by every branch)
+    optimizers: dict[int, torch.optim.Optimizer] = field(default_factory=dict)  # id(module) -> optimizer
+
+    def chain_modules(self, plan: Plan, d: int) -> list[nn.Module]:
+        mods: list[nn.Module] = list(self.branch_parts[d])
+        if self.adapters[d] is not None:
+            mods.append(self.adapters[d])
+        if plan.junction != "concat":
+            mods += self.trunk_parts
+        return mods
+
+    def all_modules(self) -> list[nn.Module]:
+        mods = [m for parts in self.branch_parts for m in parts]
+        mods += [a for a in self.adapters if a is not None]
+        return mods + list(self.trunk_parts)
+
+
+def build_holdings(plan: Plan) -> Holdings:
+    """Build every node's modules from one seeded initialisation of the model.
+
+    Every branch starts as a copy of the same lower part (FedAvg's common initialisation); adapters
+    are identity-initialised. Only nodes local to the transport need theirs, but building all is cheap
+    and keeps the initialisation identical across backends.
+    """
+    cfg = plan.config
+    torch.manual_seed(cfg.seed)
+    whole = build_model(plan.model, plan.input_shape, plan.num_classes)
+    j = plan.junction_at
+    lower = cut(whole, 0, j)
+    branch_parts, adapters = [], []
+    for b in plan.branches:
+        mine = copy.deepcopy(lower)
+        branch_parts.append([cut(mine, s.start, s.stop) for s in b.stages])
+        adapters.append(make_adapter(plan.junction_shape()) if b.adapter_node else None)
+    trunk_parts = [cut(whole, s.start, s.stop) for s in plan.trunk]
+    hold = Holdings(branch_parts, adapters, trunk_parts)
+    for mod in hold.all_modules():
+        params = list(mod.parameters())
+        if params:
+            hold.optimizers[id(mod)] = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                                                       weight_decay=cfg.weight_decay)
+    return hold
+
+
+# --------------------------------------------------------------------------- one batch
+
+def _out_shape(plan: Plan, ch: Chunk, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Per-sample output shape of a chunk (from the plan's profile; measured for concat views)."""
+    if ch.kind == "adapter":
+        return tuple(in_shape)
+    if tuple(in_shape) != plan.profile[ch.start].in_shape:  # a concat view: measure on its shape
+        return profile_blocks(plan.model, plan.input_shape, plan.num_classes, ch.start, ch.stop,
+                              tuple(in_shape))[-1].out_shape
+    return plan.profile[ch.stop - 1].out_shape
+
+
+def chain_in_shapes(plan: Plan, chain: list[Chunk], first_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Per-sample input shape of every chunk of ``chain`` given the first chunk's input shape."""
+    shapes = [tuple(first_shape)]
+    for ch in chain[:-1]:
+        shapes.append(_out_shape(plan, ch, shapes[-1]))
+    return shapes
+
+
+def branch_in_shape(plan: Plan, d: int) -> tuple[int, ...]:
+    """Per-sample input shape a branch reads (a row view of the input for ``concat``)."""
+    view = plan.branches[d].view
+    if view is None:
+        return tuple(plan.input_shape)
+    c, _, *rest = plan.input_shape
+    return (c, view[1] - view[0], *rest)
+
+
+def _forward_chain(T, chain, mods, h, shapes, where, k, reads_data=True):
+    """Run ``chain`` forward from ``h`` (held by chain[0].node); hand activations across nodes.
+
+    Returns:
+        (inputs, outputs) per chunk; an input is a leaf that will receive its gradient.
+    """
+    rnd, step, d, micro = where
+    ins, outs = [], []
+    for i, (ch, mod) in enumerate(zip(chain, mods)):
+        if i > 0 and ch.node != chain[i - 1].node:
+            h = T.move(h, src=chain[i - 1].node, dst=ch.node, kind="activations", shape=(k, *shapes[i]),
+                       dtype=torch.float32, where=where)
+        x = None
+        if T.is_local(ch.node):
+            x = h if (i == 0 and reads_data) else h.detach().requires_grad_(True)
+            h = mod(x)
+        T.compute(Compute(rnd, step, d, micro, ch.node, ch.blocks, shapes[i], k, "forward", False))
+        ins.append(x)
+        outs.append(h)
+    return ins, outs
+
+
+def _backward_chain(T, chain, ins, outs, grad_out, shapes, where, k, reads_data=True):
+    """Backward through ``chain``; ``grad_out`` is the gradient at its output (None: outs[-1] is a
+    loss). Returns the gradient w.r.t. the chain's input on chain[0].node (None if it reads data)."""
+    rnd, step, d, micro = where
+    g = grad_out
+    for i in range(len(chain) - 1, -1, -1):
+        ch = chain[i]
+        input_grad = i > 0 or not reads_data
+        if T.is_local(ch.node):
+            torch.autograd.backward(outs[i], g)
+            g = ins[i].grad if input_grad else None
+        T.compute(Compute(rnd, step, d, micro, ch.node, ch.blocks, shapes[i], k, "backward", input_grad))
+        if i > 0 and chain[i - 1].node != ch.node:
+            g = T.move(g, src=ch.node, dst=chain[i - 1].node, kind="gradients", shape=(k, *shapes[i]),
+                       dtype=torch.float32, where=where)
+    return g
+
+
+def _loss(T, logits, y, loss_node, data_node, k, batch_size, where):
+    """Labels travel to the loss node; the loss is the batch mean (a micro-batch weighs k / B)."""
+    if loss_node != data_node:
+        y = T.move(y, src=data_node, dst=loss_node, kind="labels", shape=(k,), dtype=torch.int64, where=where)
+    if not T.is_local(loss_node):
+        return None
+    return F.cross_entropy(logits, y) * (k / batch_size)
+
+
+def run_batch(plan: Plan, T: Transport, hold: Holdings, batch: Batch, xs: list[torch.Tensor | None],
+              y: torch.Tensor | None, rnd: int) -> float | None:
+    """Forward and backward one batch through its chain(s), micro-batch by micro-batch, then step
+    every optimizer the batch touched once (gradients of the micro-batches accumulate).
+
+    Args:
+        plan: the plan.
+        T: the transport.
+        hold: the modules.
+        batch: which branch, how many samples, which micro-batches.
+        xs: per branch, the batch inputs as that branch sees them (None where not local); an
+            interleaved/turns batch uses ``xs[batch.branch]`` only.
+        y: the batch labels on the data owner (None where not local).
+        rnd: round number.
+
+    Returns:
+        The batch's mean training loss on the loss node (None elsewhere).
+    """
+    touched: list[nn.Module] = []
+    total: float | None = None
+    offsets = np.cumsum((0, *batch.micro_sizes))
+    for micro, k in enumerate(batch.micro_sizes):
+        sl = slice(int(offsets[micro]), int(offsets[micro + 1]))
+        xs_m = [x[sl] if x is not None else None for x in xs]
+        y_m = y[sl] if y is not None else None
+        where = (rnd, batch.step, batch.branch, micro)
+        if plan.schedule == "lockstep":
+            loss = _lockstep_micro(plan, T, hold, xs_m, y_m, where, k, batch.size, touched)
+        else:
+            d = batch.branch
+            chain, mods = branch_chain(plan, d), hold.chain_modules(plan, d)
+            shapes = chain_in_shapes(plan, chain, branch_in_shape(plan, d))
+            ins, outs = _forward_chain(T, chain, mods, xs_m[d], shapes, where, k)
+            loss = _loss(T, outs[-1], y_m, chain[-1].node, plan.branches[d].data_node, k, batch.size, where)
+            if loss is not None:
+                outs[-1] = loss
+            _backward_chain(T, chain, ins, outs, None, shapes, where, k)
+            touched += mods
+        if loss is not None:
+            total = (total or 0.0) + float(loss.detach())
+    for mod in dict.fromkeys(touched):  # each module steps once per batch, in chain order
+        opt = hold.optimizers.get(id(mod))
+        if opt is not None and any(p.grad is not None for p in mod.parameters()):
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    return total
+
+
+def _lockstep_micro(plan, T, hold, xs, y, where, k, batch_size, touched):
+    """concat: every branch runs its view of the same micro-batch; the trunk joins them along H."""
+    trunk = trunk_chain(plan)
+    join_node = trunk[0].node
+    results = []
+    for d in range(len(plan.branches)):
+        chain, mods = branch_chain(plan, d), hold.chain_modules(plan, d)
+        shapes = chain_in_shapes(plan, chain, branch_in_shape(plan, d))
+        ins, outs = _forward_chain(T, chain, mods, xs[d], shapes, where, k)
+        out_shape = _out_shape(plan, chain[-1], shapes[-1])
+        h = outs[-1]
+        if chain[-1].node != join_node:
+            h = T.move(h, src=chain[-1].node, dst=join_node, kind="activations", shape=(k, *out_shape),
+                       dtype=torch.float32, where=where)
+        leaf = h.detach().requires_grad_(True) if T.is_local(join_node) else None
+        results.append((chain, ins, outs, shapes, out_shape, leaf))
+        touched += mods
+    joined = torch.cat([r[-1] for r in results], dim=2) if T.is_local(join_node) else None  # (k, C, H, W)
+    tshapes = chain_in_shapes(plan, trunk, plan.junction_shape())
+    ins, outs = _forward_chain(T, trunk, hold.trunk_parts, joined, tshapes, where, k, reads_data=False)
+    loss = _loss(T, outs[-1], y, trunk[-1].node, plan.branches[0].data_node, k, batch_size, where)
+    if loss is not None:
+        outs[-1] = loss
+    g_join = _backward_chain(T, trunk, ins, outs, None, tshapes, where, k, reads_data=False)
+    if T.is_local(join_node):
+        torch.autograd.backward(joined, g_join)  # split the join's gradient into the branch leaves
+    touched += hold.trunk_parts
+    for chain, bins, bouts, shapes, out_shape, leaf in results:
+        g = leaf.grad if leaf is not None else None
+        if chain[-1].node != join_node:
+            g = T.move(g, src=join_node, dst=chain[-1].node, kind="gradients", shape=(k, *out_shape),
+                       dtype=torch.float32, where=where)
+        _backward_chain(T, chain, bins, bouts, g, shapes, where, k)
+    return loss
+
+
+# --------------------------------------------------------------------------- sync
+
+def _flat_state(mod: nn.Module) -> torch.Tensor:
+    """The floating-point state of a module (parameters and float buffers), as one vector."""
+    return torch.cat([v.detach().reshape(-1) for v in mod.state_dict().values() if v.is_floating_point()])
+
+
+def _load_flat(mod: nn.Module, vec: torch.Tensor) -> None:
+    offset = 0
+    with torch.no_grad():
+        for v in mod.state_dict(keep_vars=True).values():
+            if v.is_floating_point():
+                n = v.numel()
+                v.copy_(vec[offset:offset + n].view_as(v))
+                offset += n
+
+
+def fedavg(vectors: list[torch.Tensor], samples: list[int]) -> torch.Tensor:
+    """Sample-weighted mean of replicas (McMahan et al. 2017, FedAvg): sum_d (n_d / n) * w_d."""
+    total = sum(samples)
+    out = torch.zeros_like(vectors[0])
+    for vec, n in zip(vectors, samples):
+        out += (n / total) * vec
+    return out
+
+
+def sync_branches(plan: Plan, T: Transport, hold: Holdings, samples: list[int], rnd: int, step: int) -> None:
+    """FedAvg of every branch stage across branches, through the aggregator (adapters stay local)."""
+    agg = plan.aggregator
+    n_stages = len(plan.branches[0].stages)
+    for s in range(n_stages):
+        numel = _flat_state(hold.branch_parts[0][s]).numel()
+        received = []
+        for d, b in enumerate(plan.branches):
+            node = b.stages[s].node
+            vec = _flat_state(hold.branch_parts[d][s]) if T.is_local(node) else None
+            if node != agg:
+                vec = T.move(vec, src=node, dst=agg, kind="params_up", shape=(numel,), dtype=torch.float32,
+                             where=(rnd, step, d, -1))
+            received.append(vec)
+        avg = fedavg(received, samples) if T.is_local(agg) else None
+        for d, b in enumerate(plan.branches):
+            node = b.stages[s].node
+            vec = avg
+            if node != agg:
+                vec = T.move(avg, src=agg, dst=node, kind="params_down", shape=(numel,), dtype=torch.float32,
+                             where=(rnd, step, d, -1))
+            if T.is_local(node):
+                _load_flat(hold.branch_parts[d][s], vec)
+
+
+def relay(plan: Plan, T: Transport, hold: Holdings, src_branch: int, dst_branch: int, rnd: int, step: int) -> None:
+    """Split learning's hand-over: the previous client's head goes up to the server and down to the next."""
+    agg = plan.aggregator
+    for s, (a, b) in enumerate(zip(plan.branches[src_branch].stages, plan.branches[dst_branch].stages)):
+        numel = _flat_state(hold.branch_parts[src_branch][s]).numel()
+        vec = _flat_state(hold.branch_parts[src_branch][s]) if T.is_local(a.node) else None
+        if a.node != agg:
+            vec = T.move(vec, src=a.node, dst=agg, kind="params_up", shape=(numel,), dtype=torch.float32,
+                         where=(rnd, step, dst_branch, -1))
+        if b.node != agg:
+            vec = T.move(vec, src=agg, dst=b.node, kind="params_down", shape=(numel,), dtype=torch.float32,
+                         where=(rnd, step, dst_branch, -1))
+        if T.is_local(b.node):
+            _load_flat(hold.branch_parts[dst_branch][s], vec)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def evaluate(plan: Plan, hold: Holdings, x: torch.Tensor, y: torch.Tensor, batch: int = 1024,
+             ) -> tuple[list[float], list[float]]:
+    """Test accuracy and loss of every branch as its data owner deploys it (branch + adapter + trunk).
+
+    For ``concat`` the branches form one model together; every entry is that model's score.
+    """
+    mods = hold.all_modules()
+    modes = [m.training for m in mods]
+    for m in mods:
+        m.eval()
+    try:
+        if plan.schedule == "lockstep":
+            logits = torch.cat([_joint_logits(plan, hold, x[i:i + batch]) for i in range(0, len(x), batch)])
+            acc = float((logits.argmax(1) == y).float().mean())
+            loss = float(F.cross_entropy(logits, y))
+            return [acc] * len(plan.branches), [loss] * len(plan.branches)
+        accs, losses = [], []
+        for d in range(len(plan.branches)):
+            seq = nn.Sequential(*hold.chain_modules(plan, d))
+            logits = torch.cat([seq(x[i:i + batch]) for i in range(0, len(x), batch)])
+            accs.append(float((logits.argmax(1) == y).float().mean()))
+            losses.append(float(F.cross_entropy(logits, y)))
+        return accs, losses
+    finally:
+        for m, mode in zip(mods, modes):
+            m.train(mode)
+
+
+def _joint_logits(plan: Plan, hold: Holdings, x: torch.Tensor) -> torch.Tensor:
+    parts = []
+    for d, b in enumerate(plan.branches):
+        h = x[:, :, b.view[0]:b.view[1]]
+        for mod in hold.chain_modules(plan, d):
+            h = mod(h)
+        parts.append(h)
+    h = torch.cat(parts, dim=2)
+    for mod in hold.trunk_parts:
+        h = mod(h)
+    return h
+
+
+# --------------------------------------------------------------------------- training
+
+@dataclass
+class TrainResult:
+    """What a training run produced.
+
+    Attributes:
+        plan: the plan.
+        rounds: one dict per completed round (round, train_loss, test_loss_mean, test_acc_mean,
+            test_acc_worst, test_acc_per_branch, wall_s).
+        events: the event stream.
+        status: ``completed`` or ``diverged``.
+        message: why it stopped early ('' when completed).
+        holdings: the trained modules.
+        shard_sizes: training samples per branch.
+        wall_s: wall-clock seconds of training and evaluation.
+    """
+
+    plan: Plan
+    rounds: list[dict]
+    events: list[Event]
+    status: str
+    message: str
+    holdings: Holdings
+    shard_sizes: list[int]
+    wall_s: float
+
+
+def _shuffled(shard: np.ndarray, cfg, rnd: int, d: int) -> np.ndarray:
+    """The shard's samples in this round's order: one fresh permutation per local epoch."""
+    return np.concatenate([shard[np.random.default_rng([cfg.seed, rnd, d, e]).permutation(len(shard))]
+                           for e in range(cfg.local_epochs)])
+
+
+def train(plan: Plan, transport: Transport | None = None, *, progress: bool = False,
+          data: tuple[DatasetSplit, Partition] | None = None,
+          on_round: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train a plan for ``plan.config.rounds`` rounds.
+
+    Args:
+        plan: a resolved plan.
+        transport: defaults to :class:`SimulatedTransport` (one process, every node).
+        progress: show a tqdm bar over rounds.
+        data: the loaded dataset and partition (loaded from the plan when None).
+        on_round: called with each completed round's row (e.g. to write results as they come).
+
+    Returns:
+        A :class:`TrainResult`; a NaN/infinite loss ends it early with status ``diverged``.
+    """
+    cfg = plan.config
+    T = transport or SimulatedTransport()
+    split, part = data if data is not None else load_partitioned(plan)
+    shards = [np.asarray(ix) for ix in part.indices]
+    samples = [len(ix) for ix in shards]
+    hold = build_holdings(plan)
+    torch.manual_seed(cfg.seed)
+    rows: list[dict] = []
+    status, message = "completed", ""
+    t0 = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.rounds, desc=f"{plan.strategy} rounds", unit="round")
+    views = [b.view for b in plan.branches]
+    try:
+        for rnd in range(cfg.rounds):
+            order = [_shuffled(sh, cfg, rnd, 0 if plan.schedule == "lockstep" else d)
+                     for d, sh in enumerate(shards)]
+            pos = [0] * len(shards)
+            losses, turn = [], None
+            for batch in round_batches(plan, samples):
+                d = 0 if batch.branch < 0 else batch.branch
+                if plan.schedule == "turns" and batch.branch != turn:
+                    if len(plan.branches) > 1 and not (rnd == 0 and turn is None):
+                        relay(plan, T, hold, (batch.branch - 1) % len(plan.branches), batch.branch, rnd, batch.step)
+                    turn = batch.branch
+                idx = order[d][pos[d]:pos[d] + batch.size]
+                pos[d] += batch.size
+                x, y = split.x_train[idx], split.y_train[idx]
+                if plan.schedule == "lockstep":
+                    xs = [x[:, :, v[0]:v[1]] for v in views]
+                else:
+                    xs = [None] * len(shards)
+                    xs[batch.branch] = x
+                loss = run_batch(plan, T, hold, batch, xs, y, rnd)
+                if loss is not None:
+                    if not math.isfinite(loss):
+                        raise TrainingDiverged(
+                            f"round {rnd}, step {batch.step}, branch {batch.branch}: the training loss became "
+                            f"{loss}; lower lr (now {cfg.lr}) or check the data")
+                    losses.append(loss)
+            if sync_due(plan, rnd):
+                sync_branches(plan, T, hold, samples, rnd, len(round_batches(plan, samples)))
+            accs, test_losses = evaluate(plan, hold, split.x_test, split.y_test)
+            row = {
+                "round": rnd,
+                "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                "test_loss_mean": float(np.mean(test_losses)),
+                "test_acc_mean": float(np.mean(accs)),
+                "test_acc_worst": float(np.min(accs)),
+                "test_acc_per_branch": " ".join(f"{a:.4f}" for a in accs),
+                "wall_s": time.perf_counter() - t0,
+            }
+            rows.append(row)
+            if on_round:
+                on_round(row)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(acc=f"{row['test_acc_mean']:.3f}")
+    except TrainingDiverged as exc:
+        status, message = "diverged", str(exc)
+    finally:
+        if bar is not None:
+            bar.close()
+    return TrainResult(plan, rows, T.events, status, message, hold, samples, time.perf_counter() - t0)

@@ -175,9 +175,13 @@ def price(plan, events: list[Event], profiles: Profiles | None = None, pipeline:
         row[5] += e
 
     makespans: dict[int, float] = {}
+    schedules: dict[tuple, object] = {}  # rounds without a sync repeat the same events: schedule once
     for rnd, ids in sorted(by_round.items()):
         evs = [events[i] for i in ids]
-        sched = schedule_round(plan, evs, [seconds[i] for i in ids], pipeline)
+        signature = tuple(tuple(ev.__dict__.values())[1:] for ev in evs)  # every field but the round
+        if signature not in schedules:
+            schedules[signature] = schedule_round(plan, evs, [seconds[i] for i in ids], pipeline)
+        sched = schedules[signature]
         makespans[rnd] = sched.makespan_s
         busy: dict[str, list[tuple[float, float]]] = defaultdict(list)
         for j, i in enumerate(ids):

@@ -1,0 +1,125 @@
+"""Command line: ``fplstudy run|plan|cost|keys``.
+
+Examples::
+
+    fplstudy run --set strategy=fpl --set nodes=6 --set branches=2 --out runs/fpl6
+    fplstudy run study.yaml --set seed=1 --out runs/fpl6-s1
+    fplstudy plan --set strategy=sl --set nodes=4
+    fplstudy cost --set strategy=mp --set nodes=8 --out runs/mp8-cost
+    fplstudy keys
+
+Bad input exits with code 2 and one line naming the key, the value and what is allowed; a run whose
+loss diverges exits with code 3 and keeps the rounds it completed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from fplstudy.config import Config, ConfigError, load_config
+
+EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="YAML file of config keys (optional; see `fplstudy keys`)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (repeatable), e.g. --set nodes=6")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fplstudy", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="train a plan; write metrics.json, rounds.csv, ledger.csv")
+    _add_config_args(p)
+    p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--backend", default="simulated", choices=["simulated", "distributed"],
+                   help="simulated: one process; distributed: one process per node (torch.distributed, gloo)")
+
+    p = sub.add_parser("plan", help="print which node holds which layers, without training")
+    _add_config_args(p)
+    p.add_argument("--figure", help="also draw the plan to this PNG file")
+
+    p = sub.add_parser("cost", help="price a plan without training (dry run): ledger.csv and metrics.json")
+    _add_config_args(p)
+    p.add_argument("--out", help="folder to write ledger.csv and metrics.json (default: print totals only)")
+
+    sub.add_parser("keys", help="list every config key with its default")
+    return parser
+
+
+def _print_keys() -> None:
+    for name, field in Config.model_fields.items():
+        print(f"{name:18} default={field.default!r}")
+
+
+def _cmd_plan(cfg: Config, args) -> int:
+    from fplstudy.plan import resolve
+    from fplstudy.profiles import check_profiles
+    from fplstudy.engine import load_partitioned
+
+    plan = resolve(cfg)
+    check_profiles(plan)
+    _, part = load_partitioned(plan)
+    print(plan.describe())
+    print("  samples per branch: " + ", ".join(f"branch {d}: {n}" for d, n in enumerate(part.samples())))
+    if args.figure:
+        from fplstudy.plots import draw_plan
+
+        draw_plan(plan, path=args.figure)
+        print(f"figure: {args.figure}")
+    return 0
+
+
+def _cmd_cost(cfg: Config, args) -> int:
+    from fplstudy.runner import cost
+
+    dry = cost(cfg, args.out)
+    for key, value in dry.totals.items():
+        print(f"{key:24} {value}")
+    if args.out:
+        print(f"wrote {args.out}/ledger.csv and metrics.json")
+    return 0
+
+
+def _cmd_run(cfg: Config, args) -> int:
+    from fplstudy.runner import run
+
+    outcome = run(cfg, args.out, progress=False if args.quiet else None, backend=args.backend)
+    m = outcome.metrics
+    print(f"{outcome.status}: {m['rounds_completed']} rounds, test accuracy mean {m['test_acc_mean']:.4f} "
+          f"worst {m['test_acc_worst']:.4f}, energy {m.get('energy_j', float('nan')):.4g} J, "
+          f"bytes {m.get('bytes_total', 0):.4g}; wrote {args.out}")
+    if outcome.status != "completed":
+        print(f"fplstudy: training stopped: {outcome.message} (completed rounds kept in {args.out})",
+              file=sys.stderr)
+        return EXIT_DIVERGED
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fplstudy`` command."""
+    args = build_parser().parse_args(argv)
+    if args.command == "keys":
+        _print_keys()
+        return 0
+    try:
+        cfg = load_config(args.config, args.overrides)
+        handler = {"run": _cmd_run, "plan": _cmd_plan, "cost": _cmd_cost}[args.command]
+        return handler(cfg, args)
+    except ConfigError as exc:
+        print(f"fplstudy: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except FileNotFoundError as exc:
+        print(f"fplstudy: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -19,7 +19,6 @@ from collections import OrderedDict
 
 import pandas as pd
 import pytest
-import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 

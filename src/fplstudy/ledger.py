@@ -49,7 +49,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from fplstudy.events import Compute, Event, Transfer
+from fplstudy.events import Compute, Event
 from fplstudy.flops import BlockProfile, profile_block, profile_blocks
 from fplstudy.makespan import schedule_round
 from fplstudy.models import make_adapter

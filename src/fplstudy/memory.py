@@ -28,7 +28,7 @@ import math
 
 import pandas as pd
 
-from fplstudy.ledger import adapter_profile, chunk_profiles
+from fplstudy.ledger import chunk_profiles
 from fplstudy.makespan import chain_depths
 
 FLOAT_BYTES = 4  # float32
@@ -37,55 +37,36 @@ MEMORY_COLUMNS = ("node", "role", "params_bytes", "grads_bytes", "optimizer_byte
                   "sync_bytes", "total_bytes")
 
 
-def _branch_in_shape(plan, d: int) -> tuple[int, ...]:
-    view = plan.branches[d].view
-    if view is None:
-        return tuple(plan.input_shape)
-    c, _, *rest = plan.input_shape
-    return (c, view[1] - view[0], *rest)
+def node_chunks(plan, d: int) -> list[tuple[str, str, tuple, tuple[int, ...], bool]]:
+    """The chunks a batch of branch ``d`` runs through: ``(node, kind, profiles, in_shape, received)``.
 
-
-def node_chunks(plan, d: int) -> list[tuple[str, tuple, tuple[int, ...], bool]]:
-    """The chunks a batch of branch ``d`` runs through: ``(node, profiles, in_shape, received)``.
-
-    ``received`` says whether the chunk's input came from another node. For ``concat`` the trunk
-    follows the branch's own chunks and reads the joined activations.
+    ``kind`` is ``branch``, ``adapter`` or ``trunk``; ``received`` says whether the chunk's input came
+    from another node. For ``concat`` the trunk follows the branch's own chunks and reads the joined
+    activations.
     """
-    b = plan.branches[d]
-    out = []
-    shape = _branch_in_shape(plan, d)
-    prev = None
-    parts = [(s.node, s.blocks) for s in b.stages]
-    if b.adapter_node:
-        parts.append((b.adapter_node, ("adapter",)))
-    for node, blocks in parts:
-        profs = chunk_profiles(plan, blocks, shape)
-        out.append((node, profs, shape, prev is not None and prev != node))
-        shape, prev = profs[-1].out_shape, node
+    from fplstudy.engine import branch_chain, branch_in_shape, chain_in_shapes, trunk_chain
+
+    chain = branch_chain(plan, d)
+    shapes = chain_in_shapes(plan, chain, branch_in_shape(plan, d))
     if plan.junction == "concat":
-        shape = plan.junction_shape()
-    for s in plan.trunk:
-        profs = chunk_profiles(plan, s.blocks, shape)
-        out.append((s.node, profs, shape, prev is not None and prev != s.node))
-        shape, prev = profs[-1].out_shape, s.node
+        trunk = trunk_chain(plan)
+        chain, shapes = chain + trunk, shapes + chain_in_shapes(plan, trunk, plan.junction_shape())
+    n_branch = len(plan.branches[d].stages)
+    out = []
+    for i, (ch, shape) in enumerate(zip(chain, shapes)):
+        kind = "adapter" if ch.kind == "adapter" else ("branch" if i < n_branch else "trunk")
+        out.append((ch.node, kind, chunk_profiles(plan, ch.blocks, shape), tuple(shape),
+                    i > 0 and chain[i - 1].node != ch.node))
     return out
 
 
 def _held(plan) -> dict[str, list]:
-    """Profiles of the blocks each node holds (each block once per node)."""
+    """Profiles of the blocks each node holds (each block once per node; the trunk is shared)."""
     held: dict[str, dict[tuple, object]] = {n.name: {} for n in plan.nodes}
-    for d, b in enumerate(plan.branches):
-        shape = _branch_in_shape(plan, d)
-        for s in b.stages:
-            profs = chunk_profiles(plan, s.blocks, shape)
+    for d in range(len(plan.branches)):
+        for node, kind, profs, _shape, _received in node_chunks(plan, d):
             for p in profs:
-                held[s.node][("branch", d, p.name)] = p
-            shape = profs[-1].out_shape
-        if b.adapter_node:
-            held[b.adapter_node][("adapter", d)] = adapter_profile(plan.junction_shape())
-    for s in plan.trunk:
-        for p in plan.profile[s.start:s.stop]:
-            held[s.node][("trunk", p.name)] = p
+                held[node][(kind, -1 if kind == "trunk" else d, p.name)] = p
     return {k: list(v.values()) for k, v in held.items()}
 
 
@@ -107,8 +88,8 @@ def peak_memory(plan) -> pd.DataFrame:
     per_sample: dict[str, int] = {}
     for d in range(len(plan.branches)):
         mine: dict[str, int] = {}
-        for node, profs, _shape, received in node_chunks(plan, d):
-            extra = math.prod(_shape) * FLOAT_BYTES if received else 0
+        for node, _kind, profs, shape, received in node_chunks(plan, d):
+            extra = math.prod(shape) * FLOAT_BYTES if received else 0
             mine[node] = mine.get(node, 0) + sum(p.saved_bytes for p in profs) + extra
         for node, b in mine.items():
             per_sample[node] = max(per_sample.get(node, 0), b)
@@ -143,17 +124,8 @@ def model_size(plan) -> dict:
     """
     original = sum(p.params for p in plan.profile)
     trunk = sum(p.params for s in plan.trunk for p in plan.profile[s.start:s.stop])
-    deployed = []
-    for d, b in enumerate(plan.branches):
-        own = 0
-        shape = _branch_in_shape(plan, d)
-        for s in b.stages:
-            profs = chunk_profiles(plan, s.blocks, shape)
-            own += sum(p.params for p in profs)
-            shape = profs[-1].out_shape
-        if b.adapter_node:
-            own += adapter_profile(plan.junction_shape()).params
-        deployed.append(own)
+    deployed = [sum(p.params for _n, kind, profs, _s, _r in node_chunks(plan, d) if kind != "trunk" for p in profs)
+                for d in range(len(plan.branches))]
     if plan.junction == "concat":  # the views' branches form one model together with the trunk
         model_params = sum(deployed) + trunk
     else:

@@ -392,6 +392,11 @@ def test_dry_run_equals_the_real_run_and_flops_equal_flopcountermode(name, monke
     assert dry.shard_sizes == real.shard_sizes
     assert dry.events == real.events
     pd.testing.assert_frame_equal(dry.ledger, real_ledger)
+    led = dry.ledger  # tidy: one row per round x node x kind, an idle row for every node every round
+    assert not led.duplicated(["round", "node", "kind"]).any()
+    assert (led.kind == "idle").sum() == plan.config.rounds * len(plan.nodes)
+    busy = led[led.kind.isin(["forward", "backward", "idle"])].groupby(["round", "node"])["seconds"].sum()
+    assert (busy <= led.groupby("round")["round_makespan_s"].first().reindex(busy.index, level=0) + 1e-12).all()
     path = write_ledger_csv(dry.ledger, tmp_path / "ledger.csv")
     back = read_ledger_csv(path)
     pd.testing.assert_frame_equal(back, dry.ledger)

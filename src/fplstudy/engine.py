@@ -164,6 +164,18 @@ class Transport:
     def barrier(self) -> None:
         """Wait for every node (no-op in one process)."""
 
+    def score(self, plan: Plan, hold: Holdings, losses: list[float], x: torch.Tensor, y: torch.Tensor,
+              ) -> tuple[list[float], list[float], list[float]]:
+        """End of a round: every batch's training loss, and every branch's test accuracy and loss.
+
+        A measurement, not training: it emits no events. In one process every module and every loss
+        is here; a transport whose nodes live in other processes gathers them first.
+
+        Returns:
+            ``(train losses, test accuracies, test losses)``.
+        """
+        return losses, *evaluate(plan, hold, x, y)
+
 
 class SimulatedTransport(Transport):
     """Every node lives in this process; a hand-off is an in-memory copy, recorded as a Transfer."""
@@ -192,6 +204,7 @@ class Holdings:
     adapters: list[nn.Module | None]  # [d] junction adapter of branch d
     trunk_parts: list[nn.Module]  # [s] trunk stage modules (shared by every branch)
     optimizers: dict[int, torch.optim.Optimizer] = field(default_factory=dict)  # id(module) -> optimizer
+    chains: dict[int, tuple] = field(default_factory=dict)  # d -> (chunks, modules, input shapes), a cache
 
     def chain_modules(self, plan: Plan, d: int) -> list[nn.Module]:
         mods: list[nn.Module] = list(self.branch_parts[d])
@@ -312,6 +325,14 @@ def _loss(T, logits, y, loss_node, data_node, k, batch_size, where):
     return F.cross_entropy(logits, y) * (k / batch_size)
 
 
+def _chain_of(plan: Plan, hold: Holdings, d: int):
+    """Branch ``d``'s chunks, modules and per-chunk input shapes (computed once per run)."""
+    if d not in hold.chains:
+        chain = branch_chain(plan, d)
+        hold.chains[d] = (chain, hold.chain_modules(plan, d), chain_in_shapes(plan, chain, branch_in_shape(plan, d)))
+    return hold.chains[d]
+
+
 def run_batch(plan: Plan, T: Transport, hold: Holdings, batch: Batch, xs: list[torch.Tensor | None],
               y: torch.Tensor | None, rnd: int) -> float | None:
     """Forward and backward one batch through its chain(s), micro-batch by micro-batch, then step
@@ -342,8 +363,7 @@ def run_batch(plan: Plan, T: Transport, hold: Holdings, batch: Batch, xs: list[t
             loss = _lockstep_micro(plan, T, hold, xs_m, y_m, where, k, batch.size, touched)
         else:
             d = batch.branch
-            chain, mods = branch_chain(plan, d), hold.chain_modules(plan, d)
-            shapes = chain_in_shapes(plan, chain, branch_in_shape(plan, d))
+            chain, mods, shapes = _chain_of(plan, hold, d)
             ins, outs = _forward_chain(T, chain, mods, xs_m[d], shapes, where, k)
             loss = _loss(T, outs[-1], y_m, chain[-1].node, plan.branches[d].data_node, k, batch.size, where)
             if loss is not None:
@@ -366,8 +386,7 @@ def _lockstep_micro(plan, T, hold, xs, y, where, k, batch_size, touched):
     join_node = trunk[0].node
     results = []
     for d in range(len(plan.branches)):
-        chain, mods = branch_chain(plan, d), hold.chain_modules(plan, d)
-        shapes = chain_in_shapes(plan, chain, branch_in_shape(plan, d))
+        chain, mods, shapes = _chain_of(plan, hold, d)
         ins, outs = _forward_chain(T, chain, mods, xs[d], shapes, where, k)
         out_shape = _out_shape(plan, chain[-1], shapes[-1])
         h = outs[-1]
@@ -465,12 +484,21 @@ def relay(plan: Plan, T: Transport, hold: Holdings, src_branch: int, dst_branch:
 
 # --------------------------------------------------------------------------- evaluation
 
+def _replicas_identical(plan: Plan, hold: Holdings) -> bool:
+    """Whether every branch holds exactly the same weights (e.g. just after FedAvg, no adapters)."""
+    if len(plan.branches) == 1 or any(a is not None for a in hold.adapters):
+        return False
+    first = [_flat_state(m) for m in hold.branch_parts[0]]
+    return all(torch.equal(a, _flat_state(m)) for parts in hold.branch_parts[1:] for a, m in zip(first, parts))
+
+
 @torch.no_grad()
 def evaluate(plan: Plan, hold: Holdings, x: torch.Tensor, y: torch.Tensor, batch: int = 1024,
              ) -> tuple[list[float], list[float]]:
     """Test accuracy and loss of every branch as its data owner deploys it (branch + adapter + trunk).
 
     For ``concat`` the branches form one model together; every entry is that model's score.
+    Identical replicas (just averaged, no adapters) are scored once.
     """
     mods = hold.all_modules()
     modes = [m.training for m in mods]
@@ -482,12 +510,15 @@ def evaluate(plan: Plan, hold: Holdings, x: torch.Tensor, y: torch.Tensor, batch
             acc = float((logits.argmax(1) == y).float().mean())
             loss = float(F.cross_entropy(logits, y))
             return [acc] * len(plan.branches), [loss] * len(plan.branches)
+        identical = _replicas_identical(plan, hold)
         accs, losses = [], []
-        for d in range(len(plan.branches)):
+        for d in range(1 if identical else len(plan.branches)):
             seq = nn.Sequential(*hold.chain_modules(plan, d))
             logits = torch.cat([seq(x[i:i + batch]) for i in range(0, len(x), batch)])
             accs.append(float((logits.argmax(1) == y).float().mean()))
             losses.append(float(F.cross_entropy(logits, y)))
+        if identical:
+            return accs * len(plan.branches), losses * len(plan.branches)
         return accs, losses
     finally:
         for m, mode in zip(mods, modes):
@@ -601,7 +632,7 @@ def train(plan: Plan, transport: Transport | None = None, *, progress: bool = Fa
                     losses.append(loss)
             if sync_due(plan, rnd):
                 sync_branches(plan, T, hold, samples, rnd, len(round_batches(plan, samples)))
-            accs, test_losses = evaluate(plan, hold, split.x_test, split.y_test)
+            losses, accs, test_losses = T.score(plan, hold, losses, split.x_test, split.y_test)
             row = {
                 "round": rnd,
                 "train_loss": float(np.mean(losses)) if losses else float("nan"),

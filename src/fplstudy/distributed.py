@@ -1,0 +1,561 @@
+"""The ``distributed`` backend: one process per node, real ``send``/``recv`` over ``torch.distributed``.
+
+The engine is written node-locally (SPMD): every process runs the same loop, computes only for its own
+node and hands tensors over through :class:`DistributedTransport`, which sends them with gloo
+point-to-point operations. Rank ``i`` plays node ``plan.nodes[i].name`` (``n0``, ``n1``, …).
+
+Two ways to start:
+
+- **on this machine** (no ``RANK``/``WORLD_SIZE`` in the environment): :func:`train_distributed` spawns
+  one process per node, rendezvous on a free loopback port (``127.0.0.1``), and stays in the parent
+  to collect the rounds as they complete;
+- **across hosts** (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT`` set, as ``torchrun``
+  does): the calling process *is* rank ``RANK``; rank 0 holds the results.
+
+The ledger check: every process counts the payload bytes it really passes to ``isend`` and receives
+with ``irecv``, per round, peer and kind (:data:`WIRE_COLUMNS`); the run fails with
+:class:`WireMismatch` when they differ from the bytes the event stream (hence the ledger) records.
+Evaluation traffic (each round's trained state gathered to rank 0 to score the branches) is a
+measurement, not training: it travels by collectives outside the transport and is not counted.
+
+Failures: every point-to-point operation waits at most ``timeout_s`` and every collective uses the
+process group's ``timeout_s``; a node process that dies is noticed at once (its connections close),
+one that hangs within ``timeout_s``. The run then stops with :class:`DistributedError`, which names the
+node and the round and carries the completed rounds (``on_round`` has seen them too); every child
+process is stopped before it is raised.
+
+Dropout draws its masks from each process's own generator, so models with dropout (``vgg11``,
+``mobilenetv2``) train with other masks than in the simulated backend; models without it train alike
+(up to float summation order).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import queue as queue_mod
+import socket
+import threading
+import time
+import traceback
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from fplstudy import engine
+from fplstudy.events import TRANSFER_KINDS, Compute, Transfer
+from fplstudy.plan import Plan
+
+DEFAULT_TIMEOUT_S = 60  # longest wait for one message or collective (s); above the longest compute gap
+FAULT_ENV = "FPLSTUDY_DISTRIBUTED_FAULT"  # test hook: "<node>@<round>" exits that node, "...:hang" hangs it
+WIRE_COLUMNS = ("round", "node", "peer", "kind", "messages_tx", "bytes_tx", "messages_rx", "bytes_rx")
+_STOP_GRACE_S = 5.0  # after terminate(), seconds before kill()
+_REPORT_GRACE_S = 1.5  # after the first failure, seconds to collect the other processes' reports
+
+
+class DistributedError(RuntimeError):
+    """A node process died, hung or failed. ``result`` holds the completed rounds (status ``failed``)."""
+
+    def __init__(self, message: str, result: engine.TrainResult | None = None):
+        super().__init__(message)
+        self.result = result
+
+
+class WireMismatch(RuntimeError):
+    """The payload bytes measured on the wire differ from the ledger's."""
+
+
+@dataclass
+class DistributedResult(engine.TrainResult):
+    """:class:`fplstudy.engine.TrainResult` plus what only the distributed backend measures.
+
+    Attributes:
+        wire: bytes really sent and received, one row per round × node × peer × kind
+            (:data:`WIRE_COLUMNS`); on ranks other than 0 of a multi-host run, that rank's rows only.
+        rank: the rank of this process (0 in the parent of a local run): only rank 0 writes results.
+        world_size: processes in the run (= nodes of the plan).
+    """
+
+    wire: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=WIRE_COLUMNS))
+    rank: int = 0
+    world_size: int = 1
+
+
+# --------------------------------------------------------------------------- the transport
+
+class _NodeFailure(RuntimeError):
+    """A point-to-point operation or collective of this node failed or timed out."""
+
+    def __init__(self, message: str, rnd: int | None):
+        super().__init__(message)
+        self.round = rnd
+
+
+def module_owners(plan: Plan, hold: engine.Holdings) -> list[tuple[str, str, nn.Module]]:
+    """``(key, owner node, module)`` for every module of the plan, in a fixed order."""
+    out = []
+    for d, b in enumerate(plan.branches):
+        out += [(f"branch{d}/stage{s}", st.node, hold.branch_parts[d][s]) for s, st in enumerate(b.stages)]
+        if hold.adapters[d] is not None:
+            out.append((f"branch{d}/adapter", b.adapter_node, hold.adapters[d]))
+    out += [(f"trunk/stage{s}", st.node, hold.trunk_parts[s]) for s, st in enumerate(plan.trunk)]
+    return out
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    if "Timed out" in text or "timed out" in text or "Timeout" in text:
+        return "timed out"
+    if "Connection closed by peer" in text or "Connection reset" in text or "pair closure" in text:
+        return "connection closed (the peer process died or stopped)"
+    return text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
+
+
+class DistributedTransport(engine.Transport):
+    """Owns one node; hands tensors to other nodes' processes with gloo ``isend``/``irecv``.
+
+    Every process records every event exactly as :class:`fplstudy.engine.SimulatedTransport` would
+    (the SPMD loop visits every hand-off and every compute on every rank), so each rank's event stream
+    is the whole run's. The bytes really sent and received are counted apart, in :attr:`wire`.
+
+    Args:
+        plan: the plan; rank ``i`` is node ``plan.nodes[i].name``.
+        rank: this process's rank in the default process group.
+        timeout_s: longest wait for one message.
+    """
+
+    def __init__(self, plan: Plan, rank: int, timeout_s: float = DEFAULT_TIMEOUT_S):
+        super().__init__()
+        self.plan = plan
+        self.rank = rank
+        self.node = plan.nodes[rank].name
+        self.ranks = {n.name: i for i, n in enumerate(plan.nodes)}
+        self.timeout_s = timeout_s
+        self.wire: dict[tuple[int, str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])  # (round, peer, kind)
+        self.round = 0
+        self._fault = _parse_fault(os.environ.get(FAULT_ENV, ""))
+
+    def is_local(self, node: str) -> bool:
+        return node == self.node
+
+    def _maybe_fault(self, rnd: int) -> None:
+        if self._fault and self._fault[0] == self.node and self._fault[1] == rnd:
+            if self._fault[2] == "hang":
+                while True:  # pragma: no cover - stopped from outside
+                    time.sleep(1)
+            os._exit(86)  # pragma: no cover - the test hook: die without a word
+
+    def compute(self, ev: Compute) -> None:
+        self.round = ev.round
+        self._maybe_fault(ev.round)
+        super().compute(ev)
+
+    def move(self, tensor, *, src, dst, kind, shape, dtype, where):
+        rnd, step, branch, micro = where
+        self.round = rnd
+        self._maybe_fault(rnd)
+        shape = tuple(int(s) for s in shape)
+        size = torch.empty((), dtype=dtype).element_size()
+        at = f"round {rnd}, step {step}, branch {branch}, micro {micro}"
+        out = None
+        if self.node == src:
+            if tuple(tensor.shape) != shape or tensor.dtype != dtype:
+                raise RuntimeError(f"{kind} {src}->{dst} at {where}: tensor {tuple(tensor.shape)} {tensor.dtype} "
+                                   f"differs from the expected {shape} {dtype}")
+            buf = tensor.detach().contiguous()
+            self._wait(dist.isend(buf, dst=self.ranks[dst]), f"sending {kind} to {dst} at {at}", rnd)
+            count = self.wire[(rnd, dst, kind)]
+            count[0] += 1
+            count[1] += buf.numel() * buf.element_size()
+        elif self.node == dst:
+            buf = torch.empty(shape, dtype=dtype)
+            self._wait(dist.irecv(buf, src=self.ranks[src]), f"waiting for {kind} from {src} at {at}", rnd)
+            count = self.wire[(rnd, src, kind)]
+            count[2] += 1
+            count[3] += buf.numel() * buf.element_size()
+            out = buf
+        self.events.append(Transfer(rnd, step, branch, micro, src, dst, kind, shape,
+                                    str(dtype).removeprefix("torch."), math.prod(shape) * size))
+        return out
+
+    def _wait(self, work, what: str, rnd: int) -> None:
+        try:
+            ok = work.wait(timedelta(seconds=self.timeout_s))
+        except RuntimeError as exc:
+            reason = _short(exc)
+            if reason == "timed out":
+                reason = f"timed out after {self.timeout_s:g} s"
+            raise _NodeFailure(f"node {self.node} (rank {self.rank}) {what}: {reason}", rnd) from None
+        if ok is False:
+            raise _NodeFailure(f"node {self.node} (rank {self.rank}) {what}: timed out after {self.timeout_s:g} s",
+                               rnd)
+
+    def barrier(self) -> None:
+        self._collective(lambda: dist.barrier(), "at a barrier")
+
+    def _collective(self, fn: Callable[[], Any], what: str) -> Any:
+        try:
+            return fn()
+        except RuntimeError as exc:
+            raise _NodeFailure(f"node {self.node} (rank {self.rank}) {what} in round {self.round}: {_short(exc)}",
+                               self.round) from None
+
+    def score(self, plan, hold, losses, x, y):
+        """Gather every node's trained modules and training losses to rank 0, which scores the branches
+        and broadcasts the scores (collectives outside the wire count: evaluation is a measurement)."""
+        owned = {key: mod.state_dict() for key, node, mod in module_owners(plan, hold) if node == self.node}
+        gathered: list[Any] | None = [None] * dist.get_world_size() if self.rank == 0 else None
+        self._collective(lambda: dist.gather_object((losses, owned), gathered, dst=0),
+                         "gathering the trained state for evaluation")
+        scores: list[Any] = [None, None, None]
+        if self.rank == 0:
+            mods = {key: mod for key, _, mod in module_owners(plan, hold)}
+            all_losses: list[float] = []
+            for rank_losses, states in gathered:
+                all_losses += rank_losses
+                for key, state in states.items():
+                    if key not in owned:
+                        mods[key].load_state_dict(state)
+            scores = [all_losses, *engine.evaluate(plan, hold, x, y)]
+        self._collective(lambda: dist.broadcast_object_list(scores, src=0), "broadcasting the round's scores")
+        return tuple(scores)
+
+    def wire_rows(self) -> list[dict]:
+        """This node's wire counts as rows of :data:`WIRE_COLUMNS`."""
+        return [dict(zip(WIRE_COLUMNS, (rnd, self.node, peer, kind, *c))) for (rnd, peer, kind), c in self.wire.items()]
+
+
+def _parse_fault(spec: str) -> tuple[str, int, str] | None:
+    if not spec:
+        return None
+    node, _, rest = spec.partition("@")
+    rnd, _, mode = rest.partition(":")
+    return node, int(rnd), mode or "exit"
+
+
+# --------------------------------------------------------------------------- the wire table
+
+def wire_table(rows: list[dict], plan: Plan) -> pd.DataFrame:
+    """Wire counts of every node as one table, sorted by round, plan node order, peer, kind."""
+    df = pd.DataFrame(rows, columns=WIRE_COLUMNS)
+    if df.empty:
+        return df
+    order = {n.name: i for i, n in enumerate(plan.nodes)}
+    kinds = {k: i for i, k in enumerate(TRANSFER_KINDS)}
+    df = df.groupby(["round", "node", "peer", "kind"], as_index=False).sum()
+    key = df["round"] * 10**6 + df["node"].map(order) * 10**4 + df["peer"].map(order) * 10 + df["kind"].map(kinds)
+    return df.iloc[key.argsort(kind="stable")].reset_index(drop=True)[list(WIRE_COLUMNS)]
+
+
+def write_wire_csv(wire: pd.DataFrame, path: str | Path) -> Path:
+    """Write the wire table beside the ledger, atomically (``<run>/wire.csv``)."""
+    from fplstudy.results import write_rows_csv
+
+    return write_rows_csv(path, wire.to_dict("records"), WIRE_COLUMNS)
+
+
+def _per_node_kind(df: pd.DataFrame) -> dict[tuple[int, str, str], tuple[int, int]]:
+    if df.empty:
+        return {}
+    df = df[df["kind"].isin(TRANSFER_KINDS)]
+    sums = df.groupby(["round", "node", "kind"])[["bytes_tx", "bytes_rx"]].sum()
+    return {(int(r), n, k): (int(tx), int(rx)) for (r, n, k), (tx, rx) in sums.iterrows() if tx or rx}
+
+
+def events_bytes(events) -> pd.DataFrame:
+    """Payload bytes per round, node and kind as the ledger counts them (sender tx, receiver rx)."""
+    acc: dict[tuple[int, str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for ev in events:
+        if isinstance(ev, Transfer):
+            acc[(ev.round, ev.src, ev.kind)][0] += ev.nbytes
+            acc[(ev.round, ev.dst, ev.kind)][1] += ev.nbytes
+    return pd.DataFrame([(r, n, k, tx, rx) for (r, n, k), (tx, rx) in acc.items()],
+                        columns=["round", "node", "kind", "bytes_tx", "bytes_rx"])
+
+
+def check_wire(wire: pd.DataFrame, ledger: pd.DataFrame) -> None:
+    """Fail loudly when the wire's payload bytes differ from the ledger's, per round, node and kind.
+
+    Args:
+        wire: the wire table (:data:`WIRE_COLUMNS`).
+        ledger: a priced ledger (:func:`fplstudy.ledger.price`) or :func:`events_bytes` of the events.
+
+    Raises:
+        WireMismatch: listing every (round, node, kind) whose bytes differ.
+    """
+    got, want = _per_node_kind(wire), _per_node_kind(ledger)
+    bad = [f"round {k[0]} {k[1]} {k[2]}: wire tx/rx {got.get(k, (0, 0))} != ledger {want.get(k, (0, 0))}"
+           for k in sorted(set(got) | set(want)) if got.get(k, (0, 0)) != want.get(k, (0, 0))]
+    if bad:
+        raise WireMismatch(f"{len(bad)} (round, node, kind) differ between the wire and the ledger: "
+                           + "; ".join(bad[:10]) + (" …" if len(bad) > 10 else ""))
+
+
+# --------------------------------------------------------------------------- one rank
+
+def _loopback_ifname() -> str | None:
+    try:
+        names = [n for _, n in socket.if_nameindex()]
+    except OSError:  # pragma: no cover - no interface listing
+        return None
+    return next((n for n in names if n == "lo" or n.startswith("lo")), None)
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """End this process when its parent is gone (no orphan is left behind, even after a kill -9)."""
+
+    def loop() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(0.5)
+
+    threading.Thread(target=loop, daemon=True, name="fplstudy-parent-watch").start()
+
+
+def _report(reports, *message) -> None:
+    """Send a message to the parent as plain pickled bytes: tensors travel by value, not as shared
+    memory that would vanish with this process."""
+    reports.put(pickle.dumps(message))
+
+
+def _spawned_rank(rank: int, world: int, plan: Plan, data, port: int, timeout_s: float, parent_pid: int,
+                  reports) -> None:
+    """A child process of a local run: rendezvous on loopback, train as node ``rank``, report back."""
+    _watch_parent(parent_pid)
+    ifname = _loopback_ifname()
+    if ifname:
+        os.environ["GLOO_SOCKET_IFNAME"] = ifname
+    torch.set_num_threads(1)  # one core per node process; the processes share the machine
+    node = plan.nodes[rank].name
+    T = None
+    try:
+        store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=timedelta(seconds=timeout_s))
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s))
+        T = DistributedTransport(plan, rank, timeout_s)
+        sent = [0]
+
+        def on_round(row: dict) -> None:
+            if rank == 0:
+                _report(reports, "round", rank, row, T.events[sent[0]:])
+                sent[0] = len(T.events)
+
+        result = engine.train(plan, T, data=data, on_round=on_round)
+        states = ({key: mod.state_dict() for key, _, mod in module_owners(plan, result.holdings)}
+                  if rank == 0 else None)
+        events = T.events if rank == 0 else None
+        _report(reports, "done", rank, dict(status=result.status, message=result.message, wire=T.wire_rows(),
+                                         events=events, states=states, round=T.round))
+    except BaseException as exc:  # report, then die: the parent stops the others
+        msg = str(exc) if isinstance(exc, _NodeFailure) else (
+            f"node {node} (rank {rank}) failed in round {T.round if T else 0}: "
+            f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}")
+        _report(reports, "error", rank, dict(message=msg, round=getattr(exc, "round", T.round if T else None)))
+        reports.close()
+        reports.join_thread()
+        os._exit(1)
+    reports.close()
+    reports.join_thread()
+    try:
+        dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - the run is over; nothing to keep
+        pass
+
+
+# --------------------------------------------------------------------------- the parent (local run)
+
+def _external_launch() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def train_distributed(plan: Plan, *, data=None, progress: bool = False, on_round: Callable[[dict], None] | None = None,
+                      timeout_s: float = DEFAULT_TIMEOUT_S) -> DistributedResult:
+    """Train ``plan`` with one process per node over ``torch.distributed`` (gloo).
+
+    Without ``RANK``/``WORLD_SIZE`` in the environment, spawns the node processes on this machine
+    (loopback) and collects the results here; with them (``torchrun`` or the standard variables), this
+    process is one rank of a multi-host run.
+
+    Args:
+        plan: a resolved plan; the run has ``len(plan.nodes)`` processes.
+        data: the loaded dataset and partition (loaded from the plan when None).
+        progress: show a tqdm bar over rounds (rank 0).
+        on_round: called with each completed round's row, in this process (rank 0 of a multi-host run).
+        timeout_s: longest wait for one message or collective; a hung node stops the run after it.
+
+    Returns:
+        A :class:`DistributedResult` with the full event stream (equal to the simulated backend's)
+        and the wire table.
+
+    Raises:
+        DistributedError: a node process died, hung or failed (names the node and the round; carries
+            the completed rounds); every child process is stopped first.
+        WireMismatch: the wire's bytes differ from the ledger's.
+    """
+    if data is None:
+        data = engine.load_partitioned(plan)
+    if _external_launch():
+        return _train_this_rank(plan, data, progress, on_round, timeout_s)
+    return _train_local(plan, data, progress, on_round, timeout_s)
+
+
+def _result(plan, rows, events, status, message, states, data, wall_s, wire, rank=0) -> DistributedResult:
+    hold = engine.build_holdings(plan)
+    if states:
+        mods = {key: mod for key, _, mod in module_owners(plan, hold)}
+        for key, state in states.items():
+            mods[key].load_state_dict(state)
+    shard_sizes = [len(ix) for ix in data[1].indices]
+    return DistributedResult(plan, rows, list(events), status, message, hold, shard_sizes, wall_s,
+                             wire=wire, rank=rank, world_size=len(plan.nodes))
+
+
+def _train_local(plan, data, progress, on_round, timeout_s) -> DistributedResult:
+    import multiprocessing as mp
+
+    world = len(plan.nodes)
+    names = [n.name for n in plan.nodes]
+    t0 = time.perf_counter()
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
+                          timeout=timedelta(seconds=timeout_s))  # port 0: the OS picks a free port, no race
+    ctx = mp.get_context("spawn")
+    reports = ctx.Queue()
+    procs = [ctx.Process(target=_spawned_rank, name=f"fplstudy-{names[r]}", daemon=True,
+                         args=(r, world, plan, data, store.port, timeout_s, os.getpid(), reports))
+             for r in range(world)]
+    rows: list[dict] = []
+    events: list = []
+    done: dict[int, dict] = {}
+    errors: dict[int, dict] = {}
+    dead: dict[int, int] = {}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=plan.config.rounds, desc=f"{plan.strategy} rounds (distributed)", unit="round")
+    failed_at = None
+    try:
+        for p in procs:
+            p.start()
+        while len(done) < world:
+            try:
+                kind, rank, *payload = pickle.loads(reports.get(timeout=0.2))
+            except queue_mod.Empty:
+                kind = None
+            if kind == "round":
+                row, new_events = payload
+                rows.append(row)
+                events += new_events
+                if on_round:
+                    on_round(row)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(acc=f"{row['test_acc_mean']:.3f}")
+            elif kind == "done":
+                done[rank] = payload[0]
+            elif kind == "error":
+                errors[rank] = payload[0]
+            if kind is None:  # nothing to read: has a process died without a word?
+                for r, p in enumerate(procs):
+                    if r not in done and r not in errors and r not in dead and not p.is_alive():
+                        dead[r] = p.exitcode
+            diverged = [r for r, d in done.items() if d["status"] != "completed"]
+            if errors or dead or diverged:
+                if failed_at is None:
+                    failed_at = time.monotonic()
+                if diverged and not errors and not dead:
+                    break  # the others wait for the diverged node: stop them
+                if time.monotonic() - failed_at > _REPORT_GRACE_S:
+                    break
+        hung = [r for r, p in enumerate(procs) if r not in done and r not in errors and r not in dead and p.is_alive()]
+    finally:
+        _stop(procs)
+        if bar is not None:
+            bar.close()
+        reports.close()
+        reports.cancel_join_thread()
+        del store
+    wall = time.perf_counter() - t0
+    diverged = [r for r, d in done.items() if d["status"] != "completed"]
+    if errors or dead:
+        msg = _failure_message(plan, rows, errors, dead, hung)
+        result = _result(plan, rows, events, "failed", msg, None, data, wall, pd.DataFrame(columns=WIRE_COLUMNS))
+        raise DistributedError(msg, result)
+    if diverged:
+        d = done[diverged[0]]
+        full = done.get(0, {}).get("events") or events
+        return _result(plan, rows, full, d["status"], d["message"], done.get(0, {}).get("states"), data, wall,
+                       pd.DataFrame(columns=WIRE_COLUMNS))
+    wire = wire_table([row for r in range(world) for row in done[r]["wire"]], plan)
+    result = _result(plan, rows, done[0]["events"], "completed", "", done[0]["states"], data, wall, wire)
+    check_wire(wire, events_bytes(result.events))
+    return result
+
+
+def _failure_message(plan, rows, errors, dead, hung) -> str:
+    names = [n.name for n in plan.nodes]
+    rounds = [e["round"] for e in errors.values() if e.get("round") is not None]
+    rnd = min(rounds) if rounds else len(rows)
+    parts = [f"node {names[r]} (rank {r}) died (exit code {code}) without reporting an error"
+             for r, code in sorted(dead.items())]
+    parts += [e["message"] for _, e in sorted(errors.items())]
+    parts += [f"node {names[r]} (rank {r}) was still running (hung?) and was stopped" for r in hung]
+    kept = f"rounds 0..{len(rows) - 1}" if rows else "none"
+    return (f"distributed run stopped in round {rnd}: " + "; ".join(parts)
+            + f". Completed rounds kept: {len(rows)} ({kept}).")
+
+
+def _stop(procs) -> None:
+    """Terminate, then kill, every child process still alive, and reap them all."""
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + _STOP_GRACE_S
+    for p in procs:
+        if p.pid is None:
+            continue
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join(5)
+
+
+# --------------------------------------------------------------------------- multi-host (torchrun)
+
+def _train_this_rank(plan, data, progress, on_round, timeout_s) -> DistributedResult:
+    from fplstudy.config import ConfigError
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if world != len(plan.nodes):
+        raise ConfigError("nodes", plan.config.nodes,
+                          f"the plan has {len(plan.nodes)} node processes ({', '.join(n.name for n in plan.nodes)}) "
+                          f"but WORLD_SIZE={world}; launch exactly one process per node")
+    t0 = time.perf_counter()
+    dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=timeout_s))
+    try:
+        T = DistributedTransport(plan, rank, timeout_s)
+        try:
+            result = engine.train(plan, T, data=data, progress=progress and rank == 0,
+                                  on_round=on_round if rank == 0 else None)
+            wires: list[Any] | None = [None] * world if rank == 0 else None
+            T._collective(lambda: dist.gather_object(T.wire_rows(), wires, dst=0), "gathering the wire counts")
+        except _NodeFailure as exc:
+            raise DistributedError(f"distributed run stopped in round {exc.round}: {exc}") from None
+        rows = [r for w in wires for r in w] if rank == 0 else T.wire_rows()
+        out = DistributedResult(plan, result.rounds, result.events, result.status, result.message, result.holdings,
+                                result.shard_sizes, time.perf_counter() - t0, wire=wire_table(rows, plan),
+                                rank=rank, world_size=world)
+        if rank == 0 and result.status == "completed":
+            check_wire(out.wire, events_bytes(out.events))
+        return out
+    finally:
+        dist.destroy_process_group()

@@ -1,0 +1,73 @@
+"""The real pipeline end to end: a fresh copy of the repository, a reduced params.yaml,
+``dvc pull data.dvc`` from the committed store, ``dvc repro``; then the summary and every figure exist,
+a second ``dvc repro`` has nothing to do and ``git status`` stays clean."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from fplstudy import study
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # dvc and papermill of the interpreter running the tests
+
+REDUCED = {"study": {
+    "train": {"dataset": "digits", "model": "cnn", "download": False, "max_train_samples": 120, "rounds": 2,
+              "local_epochs": 1, "batch_size": 32, "lr": 0.05, "alpha": 0.5, "seed": 0, "device": "rpi4",
+              "server_device": "minipc", "link": "wifi5", "threads": 1},
+    "sweep": {"nodes": [2], "data_parallel": ["fl"], "junctions": ["adapter"], "partitions": ["iid", "dirichlet"],
+              "concat_nodes": [4]}}}
+
+
+def _sh(args: list[str], cwd: Path, env: dict) -> str:
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def _fresh_copy(dest: Path) -> None:
+    """The files a clone would hold (tracked, plus untracked files git does not ignore), as a new repo."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout.split("\0")
+    for rel in filter(None, listed):
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+
+
+@pytest.mark.slow
+def test_dvc_repro_end_to_end(tmp_path: Path):
+    repo = tmp_path / "repo"
+    _fresh_copy(repo)
+    (repo / "params.yaml").write_text(yaml.safe_dump(REDUCED, sort_keys=False))
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+           "PYTHONPATH": str(repo / "src"), "CI": "1"}  # the copy's fplstudy, not the checkout's
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
+    _sh([*git, "init", "-q"], repo, env)
+    _sh([*git, "add", "-A"], repo, env)
+    _sh([*git, "commit", "-q", "-m", "fresh clone"], repo, env)
+
+    _sh(["dvc", "pull", "data.dvc"], repo, env)
+    _sh(["dvc", "repro"], repo, env)
+
+    summary = pd.read_csv(repo / "results" / "summary.csv")
+    assert list(summary["name"]) == [p.name for p in study.study_grid(REDUCED)]
+    assert (summary["status"] == "completed").all()
+    assert (repo / "results" / "findings.md").read_text().startswith("# Findings")
+    for figure in yaml.safe_load((repo / "dvc.yaml").read_text())["plots"]:
+        assert (repo / figure).stat().st_size > 10_000, figure
+    again = _sh(["dvc", "repro"], repo, env)
+    assert "Running stage" not in again
+    # everything new is either committed-with-the-study (cache: false outputs) or git-ignored
+    status = _sh(["git", "status", "--porcelain", "--untracked-files=all"], repo, env).splitlines()
+    expected = {"dvc.lock", "figures/", "results/"}
+    assert {line[3:].split("/")[0] + ("/" if "/" in line[3:] else "") for line in status} <= expected, status

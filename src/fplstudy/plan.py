@@ -12,6 +12,7 @@ then the trunk stages in order, then a dedicated aggregator if the strategy has 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -277,6 +278,25 @@ def resolve(cfg: Config) -> Plan:
                 shape.sync, cfg.sync_every, aggregator, tuple(nodes), profile)
 
 
+@lru_cache(maxsize=256)
+def _view_out_shape(model: str, input_shape: tuple[int, ...], num_classes: int, j: int,
+                    strip: tuple[int, ...]) -> tuple[int, ...] | str:
+    """Per-sample output shape of the model's first ``j`` blocks on an input view of shape ``strip``,
+    or the error message when the head cannot run on it. Cached: a search over plans
+    (:mod:`fplstudy.explore`) asks for the same views many times."""
+    from fplstudy.flops import profile_sequence
+    from fplstudy.models import build_model, cut
+
+    import torch
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        head = cut(build_model(model, input_shape, num_classes), 0, j)
+    try:
+        return profile_sequence(head, strip)[-1].out_shape
+    except RuntimeError as exc:
+        return str(exc)
+
+
 def _concat_views(cfg: Config, parts: int, input_shape: tuple[int, ...], j: int,
                   profile: tuple[BlockProfile, ...], model: str, num_classes: int) -> list[tuple[int, int]]:
     """Row views of the input for ``concat``: D equal horizontal strips whose branch outputs,
@@ -286,19 +306,11 @@ def _concat_views(cfg: Config, parts: int, input_shape: tuple[int, ...], j: int,
         raise ConfigError("branches", parts, f"junction=concat splits the {height} input rows into equal views; "
                                              f"use a number of branches that divides {height}")
     rows = height // parts
-    from fplstudy.flops import profile_sequence
-    from fplstudy.models import build_model, cut
-
-    import torch
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        head = cut(build_model(model, input_shape, num_classes), 0, j)
     strip = (input_shape[0], rows, *input_shape[2:])
-    try:
-        out = profile_sequence(head, strip)[-1].out_shape
-    except RuntimeError as exc:
-        raise ConfigError("junction_at", j, f"the head cannot run on a {strip} view ({exc}); "
-                                            f"move the junction below the first dense block") from None
+    out = _view_out_shape(model, tuple(input_shape), num_classes, j, strip)
+    if isinstance(out, str):
+        raise ConfigError("junction_at", j, f"the head cannot run on a {strip} view ({out}); "
+                                            f"move the junction below the first dense block")
     full = profile[j - 1].out_shape
     joined = (out[0], out[1] * parts, *out[2:]) if len(out) == 3 else None
     if joined != full:

@@ -25,6 +25,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 SMOKE: dict[str, dict] = {
     "train.ipynb": {"smoke_test": True, "strategy": "fpl", "nodes": 4, "junction": "adapter"},
     "tradeoffs.ipynb": {"smoke_test": True},
+    "teach.ipynb": {"smoke_test": True},
 }
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``fplstudy run|plan|cost|keys``.
+"""Command line: ``fplstudy run|plan|cost|explore|keys``.
 
 Examples::
 
@@ -6,6 +6,7 @@ Examples::
     fplstudy run study.yaml --set seed=1 --out runs/fpl6-s1
     fplstudy plan --set strategy=sl --set nodes=4
     fplstudy cost --set strategy=mp --set nodes=8 --out runs/mp8-cost
+    fplstudy explore --set nodes=8 --cuts balanced --budget-bytes-per-round 5e7 --out front.csv
     fplstudy keys
 
 Bad input exits with code 2 and one line naming the key, the value and what is allowed; a run whose
@@ -50,6 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--out", help="folder to write ledger.csv and metrics.json (default: print totals only)")
 
+    p = sub.add_parser("explore", help="price every valid plan for --set nodes=N (dry runs); write the Pareto front")
+    _add_config_args(p)
+    p.add_argument("--out", help="CSV file for the front (default: print it)")
+    p.add_argument("--all-out", help="also write every priced plan to this CSV file")
+    p.add_argument("--cuts", default="all", choices=["all", "balanced"],
+                   help="all: every placement of the stage cuts; balanced: only FLOP- or count-balanced cuts")
+    p.add_argument("--budget-energy-j-per-node", type=float, help="max joules of the busiest node over the run")
+    p.add_argument("--budget-bytes-per-round", type=float, help="max payload bytes moved per round")
+    p.add_argument("--workers", type=int, default=1, help="processes pricing plans in parallel")
+
     sub.add_parser("keys", help="list every config key with its default")
     return parser
 
@@ -88,6 +99,26 @@ def _cmd_cost(cfg: Config, args) -> int:
     return 0
 
 
+def _cmd_explore(cfg: Config, args) -> int:
+    from fplstudy.explore import explore, front_csv
+
+    res = explore(cfg, cuts=args.cuts, budget_energy_j_per_node=args.budget_energy_j_per_node,
+                  budget_bytes_per_round=args.budget_bytes_per_round, workers=args.workers)
+    front = front_csv(res)
+    print(f"{len(res.plans)} valid plans ({res.refused} candidates refused), "
+          f"{int(res.plans['within_budget'].sum())} within budget, {len(front)} on the front; {res.seconds:.1f} s")
+    if args.all_out:
+        from fplstudy.explore import plans_csv
+
+        plans_csv(res).to_csv(args.all_out, index=False)
+    if args.out:
+        front.to_csv(args.out, index=False)
+        print(f"wrote {args.out}")
+    else:
+        print(front[["name", *res.objectives]].to_string(index=False))
+    return 0
+
+
 def _cmd_run(cfg: Config, args) -> int:
     from fplstudy.runner import run
 
@@ -111,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         cfg = load_config(args.config, args.overrides)
-        handler = {"run": _cmd_run, "plan": _cmd_plan, "cost": _cmd_cost}[args.command]
+        handler = {"run": _cmd_run, "plan": _cmd_plan, "cost": _cmd_cost, "explore": _cmd_explore}[args.command]
         return handler(cfg, args)
     except ConfigError as exc:
         print(f"fplstudy: error: {exc}", file=sys.stderr)

@@ -201,7 +201,7 @@ def plan_key(plan: Plan) -> tuple:
     stages = tuple(tuple((s.start, s.stop) for s in b.stages) for b in plan.branches)
     return (plan.strategy, stages,
             tuple((s.start, s.stop) for s in plan.trunk), plan.junction_at, junction, sync,
-            plan.sync_every if sync == "fedavg" else 1, plan.aggregator is not None)
+            plan.sync_every if sync == "fedavg" else 1, plan.aggregator is not None and sync != "none")
 
 
 _SHARDS: dict[tuple, list[int]] = {}
@@ -392,12 +392,21 @@ def explore(base: Config | dict | None = None, nodes: int | None = None, *,
     return Exploration(table, front, objectives, time.perf_counter() - t0, refused)
 
 
+def _csv(rows: pd.DataFrame, drop: list[str]) -> pd.DataFrame:
+    out = rows.drop(columns=["overrides", *drop]).copy()
+    out["set"] = [" ".join(f"{k}={_yaml_value(v)}" for k, v in o.items()) for o in rows["overrides"]]
+    return out
+
+
 def front_csv(result: Exploration) -> pd.DataFrame:
     """The front as written by ``fplstudy explore --out``: shape and cost columns, plus ``set`` (the
-    ``--set`` arguments that rebuild each plan)."""
-    out = result.front.drop(columns=["overrides", "within_budget", "on_front"]).copy()
-    out["set"] = [" ".join(f"{k}={_yaml_value(v)}" for k, v in o.items()) for o in result.front["overrides"]]
-    return out
+    ``--set`` arguments that rebuild each plan: ``fplstudy run --set …`` trains it)."""
+    return _csv(result.front, ["within_budget", "on_front"])
+
+
+def plans_csv(result: Exploration) -> pd.DataFrame:
+    """Every priced plan (``fplstudy explore --all-out``), with ``within_budget``, ``on_front`` and ``set``."""
+    return _csv(result.plans, [])
 
 
 def _yaml_value(value: Any) -> str:

@@ -225,3 +225,5 @@ def save_figure(fig, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI, metadata={"Software": None})
     return path
+
+from fplstudy.planfig import draw_plan, plan_graph  # noqa: E402,F401  (the plan picture lives in planfig)

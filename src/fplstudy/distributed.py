@@ -130,9 +130,11 @@ class DistributedTransport(engine.Transport):
         plan: the plan; rank ``i`` is node ``plan.nodes[i].name``.
         rank: this process's rank in the default process group.
         timeout_s: longest wait for one message.
+        fault: test hook, ``"<node>@<round>"`` (that node exits at its first step of the round) or
+            ``"<node>@<round>:hang"``; None reads :data:`FAULT_ENV`.
     """
 
-    def __init__(self, plan: Plan, rank: int, timeout_s: float = DEFAULT_TIMEOUT_S):
+    def __init__(self, plan: Plan, rank: int, timeout_s: float = DEFAULT_TIMEOUT_S, fault: str | None = None):
         super().__init__()
         self.plan = plan
         self.rank = rank
@@ -141,7 +143,7 @@ class DistributedTransport(engine.Transport):
         self.timeout_s = timeout_s
         self.wire: dict[tuple[int, str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])  # (round, peer, kind)
         self.round = 0
-        self._fault = _parse_fault(os.environ.get(FAULT_ENV, ""))
+        self._fault = _parse_fault(os.environ.get(FAULT_ENV, "") if fault is None else fault)
 
     def is_local(self, node: str) -> bool:
         return node == self.node
@@ -314,7 +316,11 @@ def _watch_parent(parent_pid: int) -> None:
 
     def loop() -> None:
         while True:
-            if os.getppid() != parent_pid:
+            try:
+                os.kill(parent_pid, 0)  # the parent of the run, not the fork server this was forked from
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:  # pragma: no cover - the pid was reused by another user's process
                 os._exit(1)
             time.sleep(0.5)
 
@@ -328,7 +334,7 @@ def _report(reports, *message) -> None:
 
 
 def _spawned_rank(rank: int, world: int, plan: Plan, data, port: int, timeout_s: float, parent_pid: int,
-                  reports) -> None:
+                  fault: str, reports) -> None:
     """A child process of a local run: rendezvous on loopback, train as node ``rank``, report back."""
     _watch_parent(parent_pid)
     ifname = _loopback_ifname()
@@ -340,7 +346,7 @@ def _spawned_rank(rank: int, world: int, plan: Plan, data, port: int, timeout_s:
     try:
         store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=timedelta(seconds=timeout_s))
         dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s))
-        T = DistributedTransport(plan, rank, timeout_s)
+        T = DistributedTransport(plan, rank, timeout_s, fault)
         sent = [0]
 
         def on_round(row: dict) -> None:
@@ -418,18 +424,30 @@ def _result(plan, rows, events, status, message, states, data, wall_s, wire, ran
                              wire=wire, rank=rank, world_size=len(plan.nodes))
 
 
-def _train_local(plan, data, progress, on_round, timeout_s) -> DistributedResult:
+def _context():
+    """Node processes are forked from a fork server that has imported this module once (and never
+    started a thread pool): starting four is then about as cheap as forking, and as safe as spawning.
+    The fork server lives as long as this interpreter, like multiprocessing's resource tracker.
+    """
     import multiprocessing as mp
 
+    ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+    if ctx.get_start_method() == "forkserver":
+        ctx.set_forkserver_preload(["fplstudy.distributed"])
+    return ctx
+
+
+def _train_local(plan, data, progress, on_round, timeout_s) -> DistributedResult:
     world = len(plan.nodes)
     names = [n.name for n in plan.nodes]
     t0 = time.perf_counter()
     store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
                           timeout=timedelta(seconds=timeout_s))  # port 0: the OS picks a free port, no race
-    ctx = mp.get_context("spawn")
+    ctx = _context()
     reports = ctx.Queue()
     procs = [ctx.Process(target=_spawned_rank, name=f"fplstudy-{names[r]}", daemon=True,
-                         args=(r, world, plan, data, store.port, timeout_s, os.getpid(), reports))
+                         args=(r, world, plan, data, store.port, timeout_s, os.getpid(),
+                               os.environ.get(FAULT_ENV, ""), reports))  # the fork server's env is older
              for r in range(world)]
     rows: list[dict] = []
     events: list = []

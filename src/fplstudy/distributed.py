@@ -56,7 +56,8 @@ from fplstudy.plan import Plan
 
 DEFAULT_TIMEOUT_S = 60  # longest wait for one message or collective (s); above the longest compute gap
 FAULT_ENV = "FPLSTUDY_DISTRIBUTED_FAULT"  # test hook: "<node>@<round>" exits that node, "...:hang" hangs it
-WIRE_COLUMNS = ("round", "node", "peer", "kind", "messages_tx", "bytes_tx", "messages_rx", "bytes_rx")
+WIRE_COLUMNS = ("round", "node", "peer", "kind", "messages_tx", "bytes_tx", "header_bytes_tx", "messages_rx",
+                "bytes_rx", "header_bytes_rx")  # bytes_*: payload, as the ledger counts; header_*: strides
 _STOP_GRACE_S = 5.0  # after terminate(), seconds before kill()
 _REPORT_GRACE_S = 1.5  # after the first failure, seconds to collect the other processes' reports
 
@@ -141,8 +142,9 @@ class DistributedTransport(engine.Transport):
         self.node = plan.nodes[rank].name
         self.ranks = {n.name: i for i, n in enumerate(plan.nodes)}
         self.timeout_s = timeout_s
-        self.wire: dict[tuple[int, str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])  # (round, peer, kind)
+        self.wire: dict[tuple[int, str, str], list[int]] = defaultdict(lambda: [0] * 6)  # (round, peer, kind)
         self.round = 0
+        self._steps: dict[int, int] = {}  # step -> branch, this round
         self._fault = _parse_fault(os.environ.get(FAULT_ENV, "") if fault is None else fault)
 
     def is_local(self, node: str) -> bool:
@@ -158,35 +160,49 @@ class DistributedTransport(engine.Transport):
     def compute(self, ev: Compute) -> None:
         self.round = ev.round
         self._maybe_fault(ev.round)
+        self._steps.setdefault(ev.step, ev.branch)  # the round's batches, in step order
         super().compute(ev)
 
     def move(self, tensor, *, src, dst, kind, shape, dtype, where):
+        """Send ``tensor`` from ``src`` to ``dst`` as one message: its payload bytes in memory order,
+        then its strides (8 bytes per dimension, framing the ledger does not count), so that ``dst``
+        gets exactly what :meth:`SimulatedTransport.move` hands over (``clone()`` keeps a conv's
+        channels-last layout) and computes bit for bit what the simulated backend computes."""
         rnd, step, branch, micro = where
         self.round = rnd
         self._maybe_fault(rnd)
         shape = tuple(int(s) for s in shape)
-        size = torch.empty((), dtype=dtype).element_size()
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        header = 8 * len(shape)  # int64 strides
         at = f"round {rnd}, step {step}, branch {branch}, micro {micro}"
         out = None
         if self.node == src:
             if tuple(tensor.shape) != shape or tensor.dtype != dtype:
                 raise RuntimeError(f"{kind} {src}->{dst} at {where}: tensor {tuple(tensor.shape)} {tensor.dtype} "
                                    f"differs from the expected {shape} {dtype}")
-            buf = tensor.detach().contiguous()
+            dense = tensor.detach().clone()  # dense, with the strides the simulated hand-off gives
+            flat = dense.as_strided((dense.numel(),), (1,))  # its memory, in memory order
+            buf = torch.empty(flat.numel() * flat.element_size() + header, dtype=torch.uint8)
+            buf[:buf.numel() - header].view(dtype).copy_(flat)
+            buf[buf.numel() - header:] = torch.tensor(dense.stride(), dtype=torch.int64).view(torch.uint8)
             self._wait(dist.isend(buf, dst=self.ranks[dst]), f"sending {kind} to {dst} at {at}", rnd)
-            count = self.wire[(rnd, dst, kind)]
-            count[0] += 1
-            count[1] += buf.numel() * buf.element_size()
+            self._count(rnd, dst, kind, 0, buf.numel() - header, header)
         elif self.node == dst:
-            buf = torch.empty(shape, dtype=dtype)
+            buf = torch.empty(nbytes + header, dtype=torch.uint8)
             self._wait(dist.irecv(buf, src=self.ranks[src]), f"waiting for {kind} from {src} at {at}", rnd)
-            count = self.wire[(rnd, src, kind)]
-            count[2] += 1
-            count[3] += buf.numel() * buf.element_size()
-            out = buf
+            payload = buf.numel() - header
+            strides = tuple(buf[payload:].clone().view(torch.int64).tolist())
+            out = buf[:payload].view(dtype).as_strided(shape, strides)
+            self._count(rnd, src, kind, 1, payload, header)
         self.events.append(Transfer(rnd, step, branch, micro, src, dst, kind, shape,
-                                    str(dtype).removeprefix("torch."), math.prod(shape) * size))
+                                    str(dtype).removeprefix("torch."), nbytes))
         return out
+
+    def _count(self, rnd: int, peer: str, kind: str, rx: int, payload: int, header: int) -> None:
+        count = self.wire[(rnd, peer, kind)]
+        count[3 * rx] += 1
+        count[3 * rx + 1] += payload
+        count[3 * rx + 2] += header
 
     def _wait(self, work, what: str, rnd: int) -> None:
         try:
@@ -220,15 +236,23 @@ class DistributedTransport(engine.Transport):
         scores: list[Any] = [None, None, None]
         if self.rank == 0:
             mods = {key: mod for key, _, mod in module_owners(plan, hold)}
-            all_losses: list[float] = []
-            for rank_losses, states in gathered:
-                all_losses += rank_losses
+            for _, states in gathered:
                 for key, state in states.items():
                     if key not in owned:
                         mods[key].load_state_dict(state)
-            scores = [all_losses, *engine.evaluate(plan, hold, x, y)]
+            scores = [self._in_step_order(plan, [rank_losses for rank_losses, _ in gathered]),
+                      *engine.evaluate(plan, hold, x, y)]
         self._collective(lambda: dist.broadcast_object_list(scores, src=0), "broadcasting the round's scores")
+        self._steps = {}
         return tuple(scores)
+
+    def _in_step_order(self, plan: Plan, per_rank: list[list[float]]) -> list[float]:
+        """Every batch's training loss in step order, as one process would have listed them: each
+        rank lists the losses of the batches it computed the loss of, in step order."""
+        queues = [list(reversed(losses)) for losses in per_rank]
+        if sum(map(len, queues)) != len(self._steps):  # pragma: no cover - a batch without a loss
+            return [v for losses in per_rank for v in losses]
+        return [queues[self.ranks[plan.loss_node(max(b, 0))]].pop() for _, b in sorted(self._steps.items())]
 
     def wire_rows(self) -> list[dict]:
         """This node's wire counts as rows of :data:`WIRE_COLUMNS`."""

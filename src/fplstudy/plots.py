@@ -179,8 +179,11 @@ def non_iid(summary: pd.DataFrame):
     grid.set_axis_labels("strategy", LABELS["test_acc_mean"])
     grid.set_titles("{col_name} nodes")
     for ax in grid.axes.flat:
-        ax.tick_params(axis="x", labelrotation=45)
-    grid.figure.suptitle("Effect of non-IID (Dirichlet) data on accuracy", y=1.02)
+        ax.tick_params(axis="x", labelrotation=30)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
+    grid.figure.suptitle("Effect of non-IID (Dirichlet) data on accuracy")
+    grid.figure.tight_layout()
     return grid.figure
 
 

@@ -43,15 +43,18 @@ import math
 import os
 import tempfile
 from collections import defaultdict
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
 from fplstudy.events import Compute, Event
 from fplstudy.flops import BlockProfile, profile_block, profile_blocks
-from fplstudy.makespan import schedule_round
+from fplstudy.makespan import (TASK_COMPUTE, TASK_DATA, TASK_DOWN, TASK_UP, fast_path_applies, schedule_fixed_order,
+                               schedule_round)
 from fplstudy.models import make_adapter
 from fplstudy.profiles import Profiles, check_profiles
 
@@ -144,7 +147,7 @@ def _union_length(intervals: list[tuple[float, float]]) -> float:
 
 
 def price(plan, events: list[Event], profiles: Profiles | None = None, pipeline: str | None = None,
-          ) -> pd.DataFrame:
+          fast: bool = True) -> pd.DataFrame:
     """Price an event stream into the ledger (schema in the module docstring).
 
     Args:
@@ -152,11 +155,20 @@ def price(plan, events: list[Event], profiles: Profiles | None = None, pipeline:
         events: the run's events, in emission order.
         profiles: device and link profiles; None = ``check_profiles(plan)`` (shipped + ``profiles_file``).
         pipeline: ``sequential``/``gpipe``/``1f1b``; None = ``plan.config.pipeline``.
+        fast: schedule and sum with :class:`Pricer` (one pass per round, arrays); False = the reference,
+            event by event (:func:`fplstudy.makespan.schedule_round`). Both give the same ledger (the
+            fast path falls back to the reference where its schedule check fails).
 
     Returns:
         The ledger as a DataFrame with columns :data:`COLUMNS`.
     """
     profiles = profiles or check_profiles(plan)
+    if fast:
+        pricer = Pricer(plan, profiles, pipeline)
+        if pricer.applies:
+            ledger = pricer.price_events(events)
+            if ledger is not None:
+                return ledger
     link = profiles.link(plan.config.link)
     devices = {n.name: profiles.device(n.device) for n in plan.nodes}
     flops, seconds = event_costs(plan, events, profiles)
@@ -207,10 +219,209 @@ def price(plan, events: list[Event], profiles: Profiles | None = None, pipeline:
         count, f, tx, rx, s, e = acc[(rnd, node, kind)]
         n = plan.node(node)
         rows.append((rnd, node, n.role, n.device, kind, count, f, tx, rx, s, e, makespans[rnd]))
+    return _frame(rows)
+
+
+def _frame(rows: list[tuple]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     return df.astype({"round": "int64", "count": "int64", "flops": "int64", "bytes_tx": "int64",
                       "bytes_rx": "int64", "seconds": "float64", "energy_j": "float64",
                       "round_makespan_s": "float64"})
+
+
+_KIND_INDEX = {k: i for i, k in enumerate(KINDS)}
+_IDLE = _KIND_INDEX["idle"]
+
+
+@dataclass
+class Template:
+    """A run of events (a step's batch, a relay, a sync) in compact form, without round and step.
+
+    Attributes:
+        tasks: the schedule's tasks (:func:`fplstudy.makespan.schedule_fixed_order`), one per event.
+        key: ledger entry of each cost share, ``node * len(KINDS) + kind`` (a compute: one share; a
+            message: the sender's, then the receiver's), in event order.
+        flops, tx, rx, seconds, energy: the shares (int64, int64, int64, float64, float64).
+        busy_node, busy_task: the node each busy interval belongs to and the task it is.
+    """
+
+    tasks: list[tuple]
+    key: np.ndarray
+    flops: np.ndarray
+    tx: np.ndarray
+    rx: np.ndarray
+    seconds: np.ndarray
+    energy: np.ndarray
+    busy_node: np.ndarray
+    busy_task: np.ndarray
+
+
+class Pricer:
+    """The fast path of :func:`price`: events become compact :class:`Template` s, a round is a list of
+    ``(step, template)`` segments, scheduled in one pass (:func:`fplstudy.makespan.schedule_fixed_order`)
+    and summed with array operations in the reference's order (the same floats, sums included).
+
+    Attributes:
+        applies: whether the fast schedule may serve this plan's pipeline at all.
+    """
+
+    def __init__(self, plan, profiles: Profiles, pipeline: str | None = None) -> None:
+        self.plan = plan
+        self.pipeline = pipeline or plan.config.pipeline
+        self.applies = fast_path_applies(plan, self.pipeline)
+        self.link = profiles.link(plan.config.link)
+        self.names = [n.name for n in plan.nodes]
+        self.index = {name: i for i, name in enumerate(self.names)}
+        devices = [profiles.device(n.device) for n in plan.nodes]
+        self.flops_per_s = [d.flops_per_s for d in devices]
+        self.active_w = [d.active_w for d in devices]
+        self.idle_w = np.array([d.idle_w for d in devices], dtype=float)
+        self.server = _server_side(plan)
+        self.resources: dict[tuple[str, str], int] = {}  # links; node i is resource i
+        self._flops: dict[tuple, int] = {}
+
+    @property
+    def n_resources(self) -> int:
+        return len(self.names) + len(self.resources)
+
+    def template(self, events: list[Event]) -> Template:
+        """The compact form of ``events`` (priced exactly as :func:`event_costs` prices them)."""
+        link, width = self.link, len(KINDS)
+        tasks, key, flops, tx, rx, sec, energy, busy_node, busy_task = [], [], [], [], [], [], [], [], []
+        for j, ev in enumerate(events):
+            if isinstance(ev, Compute):
+                a = self.index[ev.node]
+                ck = (ev.blocks, ev.in_shape, ev.phase, ev.input_grad)
+                if ck not in self._flops:
+                    self._flops[ck] = chunk_flops(self.plan, ev.blocks, ev.in_shape, ev.phase, ev.input_grad)
+                f = self._flops[ck] * ev.samples
+                s = f / self.flops_per_s[a]
+                tasks.append((TASK_COMPUTE, ev.micro, a, -1, a if s != 0.0 else -1, s, ev.phase == "backward"))
+                key.append(a * width + _KIND_INDEX[ev.phase])
+                flops.append(f)
+                tx.append(0)
+                rx.append(0)
+                sec.append(s)
+                energy.append(self.active_w[a] * s)
+                busy_node.append(a)
+                busy_task.append(j)
+                continue
+            a, b = self.index[ev.src], self.index[ev.dst]
+            rate = link.down_bps if ev.src in self.server and ev.dst not in self.server else link.up_bps
+            s = ev.nbytes * 8 / rate + link.latency_s
+            res = -1
+            if s != 0.0:
+                res = self.resources.setdefault((ev.src, ev.dst), len(self.names) + len(self.resources))
+            typ = TASK_DATA if ev.micro != -1 else (TASK_UP if ev.kind == "params_up" else TASK_DOWN)
+            tasks.append((typ, ev.micro, a, b, res, s, False))
+            bits = ev.nbytes * 8
+            k = _KIND_INDEX[ev.kind]
+            key += [a * width + k, b * width + k]
+            flops += [0, 0]
+            tx += [ev.nbytes, 0]
+            rx += [0, ev.nbytes]
+            sec += [s, s]
+            energy += [bits * link.tx_j_per_bit, bits * link.rx_j_per_bit]
+            busy_node += [a, b]
+            busy_task += [j, j]
+        return Template(tasks, np.array(key, dtype=np.int64), np.array(flops, dtype=np.int64),
+                        np.array(tx, dtype=np.int64), np.array(rx, dtype=np.int64), np.array(sec, dtype=float),
+                        np.array(energy, dtype=float), np.array(busy_node, dtype=np.int64),
+                        np.array(busy_task, dtype=np.int64))
+
+    def price_round(self, segments: list[tuple[int, Template]]) -> tuple | None:
+        """Sums of one round: ``(present, count, flops, tx, rx, seconds, energy, makespan)``, the arrays
+        indexed by ledger entry (``node * len(KINDS) + kind``); None when the fast schedule does not hold."""
+        sched = schedule_fixed_order(self.plan, [(step, t.tasks) for step, t in segments], self.n_resources,
+                                     self.pipeline)
+        if sched is None:
+            return None
+        n, width = len(self.names), len(KINDS)
+        size = n * width
+        temps = [t for _, t in segments]
+        offsets = np.cumsum([0] + [len(t.tasks) for t in temps[:-1]])
+        key = np.concatenate([t.key for t in temps])
+        count = np.bincount(key, minlength=size)
+        flops, tx, rx = (np.zeros(size, dtype=np.int64) for _ in range(3))
+        np.add.at(flops, key, np.concatenate([t.flops for t in temps]))
+        np.add.at(tx, key, np.concatenate([t.tx for t in temps]))
+        np.add.at(rx, key, np.concatenate([t.rx for t in temps]))
+        # bincount adds the weights in array order: the reference's order of ``+=``
+        seconds = np.bincount(key, weights=np.concatenate([t.seconds for t in temps]), minlength=size)
+        energy = np.bincount(key, weights=np.concatenate([t.energy for t in temps]), minlength=size)
+        start, finish = np.array(sched.start), np.array(sched.finish)
+        node = np.concatenate([t.busy_node for t in temps])
+        task = np.concatenate([t.busy_task + o for t, o in zip(temps, offsets)])
+        union = _union_lengths(node, start[task], finish[task], n)
+        makespan = sched.makespan_s
+        idle = np.array([max(0.0, makespan - u) for u in union.tolist()])
+        seconds[_IDLE::width] = idle
+        energy[_IDLE::width] = self.idle_w * idle
+        present = count > 0
+        present[_IDLE::width] = True
+        return present, count, flops, tx, rx, seconds, energy, makespan
+
+    def ledger(self, rounds: list[tuple]) -> pd.DataFrame:
+        """The ledger from each round's :meth:`price_round` (in round order, rounds 0, 1, …)."""
+        width = len(KINDS)
+        parts = []
+        for rnd, (present, count, flops, tx, rx, seconds, energy, makespan) in enumerate(rounds):
+            idx = np.flatnonzero(present)
+            parts.append((np.full(len(idx), rnd), idx, count[idx], flops[idx], tx[idx], rx[idx], seconds[idx],
+                          energy[idx], np.full(len(idx), makespan)))
+        if not parts:
+            return _frame([])
+        rnd, idx, count, flops, tx, rx, seconds, energy, makespan = (np.concatenate(c) for c in zip(*parts))
+        node_i, kind_i = idx // width, idx % width
+        nodes = self.plan.nodes
+        return pd.DataFrame({
+            "round": rnd.astype(np.int64),
+            "node": np.array(self.names, dtype=object)[node_i],
+            "role": np.array([n.role for n in nodes], dtype=object)[node_i],
+            "device": np.array([n.device for n in nodes], dtype=object)[node_i],
+            "kind": np.array(KINDS, dtype=object)[kind_i],
+            "count": count, "flops": flops, "bytes_tx": tx, "bytes_rx": rx,
+            "seconds": seconds, "energy_j": energy, "round_makespan_s": makespan,
+        }, columns=list(COLUMNS))
+
+    def price_events(self, events: list[Event]) -> pd.DataFrame | None:
+        """The ledger of an event stream (rounds 0.. in order); None when a round's fast schedule fails."""
+        by_round: dict[int, list[Event]] = defaultdict(list)
+        for ev in events:
+            by_round[ev.round].append(ev)
+        if sorted(by_round) != list(range(len(by_round))):
+            return None  # rounds without events: leave them to the reference
+        rounds = []
+        for rnd in range(len(by_round)):
+            segments: list[tuple[int, list[Event]]] = []
+            for ev in by_round[rnd]:
+                if not segments or segments[-1][0] != ev.step:
+                    segments.append((ev.step, []))
+                segments[-1][1].append(ev)
+            priced = self.price_round([(step, self.template(evs)) for step, evs in segments])
+            if priced is None:
+                return None
+            rounds.append(priced)
+        return self.ledger(rounds)
+
+
+def _union_lengths(node: np.ndarray, a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    """:func:`_union_length` of every node's intervals at once, with the same floats (sorted by start
+    then end, pieces added one after another)."""
+    out = np.zeros(n)
+    if not len(node):
+        return out
+    order = np.lexsort((b, a, node))
+    node, a, b = node[order], a[order], b[order]
+    bounds = np.flatnonzero(np.diff(node)) + 1
+    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(node)]):
+        bs = b[lo:hi]
+        end = np.empty(hi - lo)
+        end[0] = -np.inf
+        np.maximum.accumulate(bs[:-1], out=end[1:])
+        piece = np.where(bs > end, bs - np.maximum(a[lo:hi], end), 0.0)
+        out[node[lo]] = np.add.accumulate(piece)[-1]
+    return out
 
 
 def totals(plan, ledger: pd.DataFrame) -> dict:

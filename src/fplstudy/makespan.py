@@ -38,6 +38,8 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 
+import numpy as np
+
 from fplstudy.events import Compute, Event, Transfer
 
 PIPELINES = ("sequential", "gpipe", "1f1b")
@@ -275,3 +277,180 @@ def schedule_round(plan, events: list[Event], durations: list[float], pipeline: 
         raise RuntimeError("the event DAG has a cycle; cannot schedule")
     makespan = max(finish[:n_ev], default=0.0)
     return RoundSchedule(start[:n_ev], finish[:n_ev], makespan)
+
+
+# --------------------------------------------------------------------------- fast path
+# Compact tasks: ``(typ, micro, a, b, res, dur, back)`` with typ TASK_COMPUTE (a = node index),
+# TASK_DATA (a message of a micro-batch, a → b), TASK_UP / TASK_DOWN (params_up / params_down, a → b);
+# ``res`` the resource index (-1 when ``dur`` is 0: the task occupies nothing); ``back`` whether a compute
+# is a backward. A round is a list of segments ``(step, tasks)`` in emission order.
+TASK_COMPUTE, TASK_DATA, TASK_UP, TASK_DOWN = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class FastSchedule:
+    """Start, ready and finish time of every task of one round (flattened over its segments)."""
+
+    start: list[float]
+    finish: list[float]
+    makespan_s: float
+
+
+def fast_path_applies(plan, pipeline: str | None = None) -> bool:
+    """Whether :func:`schedule_fixed_order` may price this plan: with one micro-batch per batch every
+    pipeline orders a node's chunks by data flow alone; ``sequential`` also with micro-batches."""
+    pipeline = pipeline or plan.config.pipeline
+    return pipeline == "sequential" or plan.config.micro_batches == 1
+
+
+def schedule_fixed_order(plan, segments: list[tuple[int, list[tuple]]], n_res: int, pipeline: str | None = None,
+                         ) -> FastSchedule | None:
+    """The list schedule of one round (:func:`schedule_round`), computed in one pass in emission order.
+
+    Every resource is assumed to serve its tasks in emission order, which is the list scheduler's priority
+    order (earlier step, then emission; ``1f1b`` ranks a step's backward first, checked below), and the
+    dependencies of :func:`build_dag` are carried as finish times instead of task sets. The result is the
+    list schedule exactly (same float operations: ``start = max(ready, resource free)``, ``finish = start +
+    duration``) when no resource, at a start it had to wait for (idle), had a later task ready before it,
+    nor a later task of higher priority ready by then — which is checked afterwards. Only for plans where
+    :func:`fast_path_applies`.
+
+    Returns:
+        The :class:`FastSchedule`, or None when the check fails (use :func:`schedule_round`).
+    """
+    pipeline = pipeline or plan.config.pipeline
+    sequential = pipeline == "sequential"
+    node_names = [n.name for n in plan.nodes]
+    pos_by_name = _stage_positions(plan)
+    positions = [pos_by_name.get(name, -1) for name in node_names]
+    n = len(node_names)
+    free = [0.0] * n_res
+    barrier: list = [None] * n  # finish of the node's computes in its previous step (max)
+    current: list = [None] * n  # ... in its current step
+    node_step = [None] * n
+    params_in: list = [None] * n
+    ups: dict[int, float] = {}
+    ups_all = None
+    in_sync = False
+    start: list[float] = []
+    finish: list[float] = []
+    c_res: list[int] = []  # per task on a resource: resource, ready time, whether it waited (idle)
+    c_ready: list[float] = []
+    c_start: list[float] = []
+    c_gap: list[bool] = []
+    c_key: list[tuple] = []  # (step, backward) of computes, for the 1f1b check
+    g_step = g_micro = None
+    pending: dict[int, float] = {}
+    prev = g_max = 0.0
+    for step, tasks in segments:
+        for typ, micro, a, b, res, dur, back in tasks:
+            if typ >= TASK_UP:
+                if not in_sync:
+                    ups, ups_all, in_sync = {}, None, True
+                if typ == TASK_UP:
+                    r = 0.0
+                    for t in (current[a], barrier[a], params_in[a]):
+                        if t is not None and t > r:
+                            r = t
+                else:
+                    u = ups.get(positions[b], ups_all)
+                    if u is not None:
+                        r = u
+                    else:
+                        r = current[a] if current[a] is not None else 0.0
+            else:
+                in_sync = False
+                if micro != g_micro or step != g_step:
+                    if sequential and step == g_step:
+                        prev = g_max
+                    else:
+                        prev = 0.0
+                    g_step, g_micro, pending, g_max = step, micro, {}, 0.0
+                if typ == TASK_COMPUTE:
+                    if node_step[a] != step:
+                        if current[a] is not None:
+                            barrier[a] = current[a]
+                        node_step[a], current[a] = step, None
+                    r = pending.get(a, 0.0)
+                    if prev > r:
+                        r = prev
+                    t = barrier[a]
+                    if t is not None and t > r:
+                        r = t
+                    t = params_in[a]
+                    if t is not None:
+                        if t > r:
+                            r = t
+                        params_in[a] = None
+                else:
+                    r = pending.get(a, 0.0)
+                    if prev > r:
+                        r = prev
+            if res >= 0:
+                f0 = free[res]
+                s = r if r > f0 else f0
+                f = s + dur
+                free[res] = f
+                c_res.append(res)
+                c_ready.append(r)
+                c_start.append(s)
+                c_gap.append(r > f0)
+                c_key.append((step, back))
+            else:
+                s = f = r
+            start.append(s)
+            finish.append(f)
+            if typ == TASK_COMPUTE:
+                pending[a] = f
+                c = current[a]
+                current[a] = f if c is None or f > c else c
+            elif typ == TASK_DATA:
+                p = pending.get(b)
+                pending[b] = f if p is None or f > p else p
+            elif typ == TASK_UP:
+                pos = positions[a]
+                u = ups.get(pos)
+                ups[pos] = f if u is None or f > u else u
+                ups_all = f if ups_all is None or f > ups_all else ups_all
+            else:
+                p = params_in[b]
+                params_in[b] = f if p is None or f > p else p
+            if typ < TASK_UP and f > g_max:
+                g_max = f
+    if not _fixed_order_holds(c_res, c_ready, c_start, c_gap, c_key, pipeline == "1f1b"):
+        return None
+    return FastSchedule(start, finish, max(finish, default=0.0))
+
+
+def _fixed_order_holds(res: list[int], ready: list[float], start: list[float], gap: list[bool], key: list[tuple],
+                       backward_first: bool) -> bool:
+    """Whether serving every resource in emission order is what the list scheduler does.
+
+    At each start the list scheduler takes, among the resource's tasks released by then, the one of
+    highest priority. Emission order is priority order except, in ``1f1b``, a backward emitted after a
+    forward of the same step on the same node. So the order holds unless: a task that had to wait for its
+    release (the resource idle, ``gap``) has a later task released strictly before it started; or a
+    backward of the same step is released by the time an earlier forward started (``1f1b``).
+    """
+    if not res:
+        return True
+    r = np.asarray(res)
+    order = np.argsort(r, kind="stable")
+    rs, rd, st, gp = r[order], np.asarray(ready)[order], np.asarray(start)[order], np.asarray(gap)[order]
+    bounds = np.flatnonzero(np.diff(rs)) + 1
+    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(rs)]):
+        if hi - lo < 2:
+            continue
+        later = np.minimum.accumulate(rd[lo + 1:hi][::-1])[::-1]  # min ready over the tasks after each
+        if (gp[lo:hi - 1] & (later < st[lo:hi - 1])).any():
+            return False
+    if backward_first:
+        started: dict[tuple, float] = {}  # (resource, step) -> latest start of a forward so far
+        for q, rq, sq, (step, back) in zip(res, ready, start, key):
+            k = (q, step)
+            if not back:
+                if sq > started.get(k, -1.0):
+                    started[k] = sq
+            elif k in started and rq <= started[k]:
+                return False
+    return True

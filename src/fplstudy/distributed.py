@@ -58,6 +58,7 @@ DEFAULT_TIMEOUT_S = 60  # longest wait for one message or collective (s); above 
 FAULT_ENV = "FPLSTUDY_DISTRIBUTED_FAULT"  # test hook: "<node>@<round>" exits that node, "...:hang" hangs it
 WIRE_COLUMNS = ("round", "node", "peer", "kind", "messages_tx", "bytes_tx", "header_bytes_tx", "messages_rx",
                 "bytes_rx", "header_bytes_rx")  # bytes_*: payload, as the ledger counts; header_*: strides
+_MAX_PENDING_SENDS = 64  # sends a node may have in flight before it waits for the oldest
 _STOP_GRACE_S = 5.0  # after terminate(), seconds before kill()
 _REPORT_GRACE_S = 1.5  # after the first failure, seconds to collect the other processes' reports
 
@@ -145,6 +146,7 @@ class DistributedTransport(engine.Transport):
         self.wire: dict[tuple[int, str, str], list[int]] = defaultdict(lambda: [0] * 6)  # (round, peer, kind)
         self.round = 0
         self._steps: dict[int, int] = {}  # step -> branch, this round
+        self._pending: list[tuple[Any, torch.Tensor, str, int]] = []  # sends in flight: (work, buffer, what, round)
         self._fault = _parse_fault(os.environ.get(FAULT_ENV, "") if fault is None else fault)
 
     def is_local(self, node: str) -> bool:
@@ -185,7 +187,9 @@ class DistributedTransport(engine.Transport):
             buf = torch.empty(flat.numel() * flat.element_size() + header, dtype=torch.uint8)
             buf[:buf.numel() - header].view(dtype).copy_(flat)
             buf[buf.numel() - header:] = torch.tensor(dense.stride(), dtype=torch.int64).view(torch.uint8)
-            self._wait(dist.isend(buf, dst=self.ranks[dst]), f"sending {kind} to {dst} at {at}", rnd)
+            # the send completes in gloo's background; its buffer stays referenced until it has
+            self._pending.append((dist.isend(buf, dst=self.ranks[dst]), buf, f"sending {kind} to {dst} at {at}", rnd))
+            self._settle(_MAX_PENDING_SENDS)
             self._count(rnd, dst, kind, 0, buf.numel() - header, header)
         elif self.node == dst:
             buf = torch.empty(nbytes + header, dtype=torch.uint8)
@@ -197,6 +201,12 @@ class DistributedTransport(engine.Transport):
         self.events.append(Transfer(rnd, step, branch, micro, src, dst, kind, shape,
                                     str(dtype).removeprefix("torch."), nbytes))
         return out
+
+    def _settle(self, keep: int = 0) -> None:
+        """Wait (each at most ``timeout_s``) for the oldest sends until at most ``keep`` are in flight."""
+        while len(self._pending) > keep:
+            work, _, what, rnd = self._pending.pop(0)
+            self._wait(work, what, rnd)
 
     def _count(self, rnd: int, peer: str, kind: str, rx: int, payload: int, header: int) -> None:
         count = self.wire[(rnd, peer, kind)]
@@ -217,6 +227,7 @@ class DistributedTransport(engine.Transport):
                                rnd)
 
     def barrier(self) -> None:
+        self._settle()
         self._collective(lambda: dist.barrier(), "at a barrier")
 
     def _collective(self, fn: Callable[[], Any], what: str) -> Any:
@@ -229,6 +240,7 @@ class DistributedTransport(engine.Transport):
     def score(self, plan, hold, losses, x, y):
         """Gather every node's trained modules and training losses to rank 0, which scores the branches
         and broadcasts the scores (collectives outside the wire count: evaluation is a measurement)."""
+        self._settle()
         owned = {key: mod.state_dict() for key, node, mod in module_owners(plan, hold) if node == self.node}
         gathered: list[Any] | None = [None] * dist.get_world_size() if self.rank == 0 else None
         self._collective(lambda: dist.gather_object((losses, owned), gathered, dst=0),

@@ -16,7 +16,7 @@ import pandas as pd
 
 from fplstudy.config import Config
 from fplstudy.events import Compute, Event, Transfer
-from fplstudy.ledger import chunk_profiles, price, totals
+from fplstudy.ledger import Pricer, chunk_profiles, price, totals
 from fplstudy.memory import peak_memory
 from fplstudy.plan import Plan, resolve
 from fplstudy.profiles import Profiles, check_profiles
@@ -87,6 +87,90 @@ def _stage_numel(plan: Plan, stage) -> int:
     return sum(p.sync_numel for p in plan.profile[stage.start:stage.stop])
 
 
+class _Chains:
+    """What every batch of a plan runs through: the branches' chains and shapes, the trunk's (lockstep)."""
+
+    def __init__(self, plan: Plan) -> None:
+        from fplstudy.engine import branch_chain, branch_in_shape, chain_in_shapes, trunk_chain
+
+        D = len(plan.branches)
+        self.plan = plan
+        self.chains = [branch_chain(plan, d) for d in range(D)]
+        self.shapes = [chain_in_shapes(plan, self.chains[d], branch_in_shape(plan, d)) for d in range(D)]
+        self.trunk = trunk_chain(plan)
+        if plan.schedule == "lockstep":
+            self.tshapes = chain_in_shapes(plan, self.trunk, plan.junction_shape())
+            self.outs = [chunk_profiles(plan, self.chains[d][-1].blocks, self.shapes[d][-1])[-1].out_shape
+                         for d in range(D)]
+
+    def emit(self, em: _Emitter, rnd: int, item: tuple) -> None:
+        """Emit the events of one item of :func:`_round_program` in round ``rnd``."""
+        plan, what, step, arg = self.plan, *item
+        agg = plan.aggregator
+        if what == "relay":
+            src_b, dst_b = arg
+            for a, b in zip(plan.branches[src_b].stages, plan.branches[dst_b].stages):
+                where = (rnd, step, dst_b, -1)
+                numel = _stage_numel(plan, a)
+                if a.node != agg:
+                    em.move(a.node, agg, "params_up", (numel,), where)
+                if b.node != agg:
+                    em.move(agg, b.node, "params_down", (numel,), where)
+        elif what == "sync":
+            for s in range(len(plan.branches[0].stages)):
+                numel = _stage_numel(plan, plan.branches[0].stages[s])
+                for kind in ("params_up", "params_down"):
+                    for d, b in enumerate(plan.branches):
+                        node = b.stages[s].node
+                        if node != agg:
+                            src, dst = (node, agg) if kind == "params_up" else (agg, node)
+                            em.move(src, dst, kind, (numel,), (rnd, step, d, -1))
+        else:
+            self.batch(em, rnd, arg)
+
+    def batch(self, em: _Emitter, rnd: int, batch) -> None:
+        plan, chains, shapes = self.plan, self.chains, self.shapes
+        for micro, k in enumerate(batch.micro_sizes):
+            where = (rnd, batch.step, batch.branch, micro)
+            if plan.schedule != "lockstep":
+                d = batch.branch
+                em.forward(chains[d], shapes[d], where, k)
+                em.labels(plan.branches[d].data_node, chains[d][-1].node, where, k)
+                em.backward(chains[d], shapes[d], where, k)
+                continue
+            trunk, join = self.trunk, self.trunk[0].node
+            for d in range(len(plan.branches)):
+                em.forward(chains[d], shapes[d], where, k)
+                if chains[d][-1].node != join:
+                    em.move(chains[d][-1].node, join, "activations", (k, *self.outs[d]), where)
+            em.forward(trunk, self.tshapes, where, k)
+            em.labels(plan.branches[0].data_node, trunk[-1].node, where, k)
+            em.backward(trunk, self.tshapes, where, k, reads_data=False)
+            for d in range(len(plan.branches)):
+                if chains[d][-1].node != join:
+                    em.move(join, chains[d][-1].node, "gradients", (k, *self.outs[d]), where)
+                em.backward(chains[d], shapes[d], where, k)
+
+
+def _round_program(plan: Plan, batches: list, rnd: int) -> list[tuple]:
+    """What round ``rnd`` does, in the engine's order: ``("relay", step, (src_branch, dst_branch))`` (SL
+    turns hand the head over, but not before the first turn of the run), ``("batch", step, batch)``, and
+    ``("sync", step, None)`` at the end of a round that syncs."""
+    from fplstudy.engine import sync_due
+
+    D = len(plan.branches)
+    out, turn = [], None
+    for batch in batches:
+        if plan.schedule == "turns" and batch.branch != turn:
+            if D > 1 and not (rnd == 0 and turn is None):
+                out.append(("relay", batch.step, ((batch.branch - 1) % D, batch.branch)))
+            turn = batch.branch
+        out.append(("batch", batch.step, batch))
+    if sync_due(plan, rnd):
+        out.append(("sync", len(batches), None))
+    return out
+
+
 def plan_events(plan: Plan, shard_sizes: list[int]) -> list[Event]:
     """The events a real run of ``plan`` emits, computed from the plan alone (no tensors).
 
@@ -97,64 +181,58 @@ def plan_events(plan: Plan, shard_sizes: list[int]) -> list[Event]:
     Returns:
         The event stream of all ``plan.config.rounds`` rounds, in the engine's order.
     """
-    from fplstudy.engine import branch_chain, branch_in_shape, chain_in_shapes, round_batches, sync_due, trunk_chain
+    from fplstudy.engine import round_batches
 
-    cfg = plan.config
     em = _Emitter()
-    D = len(plan.branches)
-    agg = plan.aggregator
     batches = round_batches(plan, shard_sizes)  # the same every round
-    chains = [branch_chain(plan, d) for d in range(D)]
-    shapes = [chain_in_shapes(plan, chains[d], branch_in_shape(plan, d)) for d in range(D)]
-    trunk = trunk_chain(plan)
-    if plan.schedule == "lockstep":
-        tshapes = chain_in_shapes(plan, trunk, plan.junction_shape())
-        outs = [chunk_profiles(plan, chains[d][-1].blocks, shapes[d][-1])[-1].out_shape for d in range(D)]
-    for rnd in range(cfg.rounds):
-        turn = None
-        for batch in batches:
-            if plan.schedule == "turns" and batch.branch != turn:
-                if D > 1 and not (rnd == 0 and turn is None):
-                    src_b, dst_b = (batch.branch - 1) % D, batch.branch
-                    for a, b in zip(plan.branches[src_b].stages, plan.branches[dst_b].stages):
-                        where = (rnd, batch.step, dst_b, -1)
-                        numel = _stage_numel(plan, a)
-                        if a.node != agg:
-                            em.move(a.node, agg, "params_up", (numel,), where)
-                        if b.node != agg:
-                            em.move(agg, b.node, "params_down", (numel,), where)
-                turn = batch.branch
-            for micro, k in enumerate(batch.micro_sizes):
-                where = (rnd, batch.step, batch.branch, micro)
-                if plan.schedule != "lockstep":
-                    d = batch.branch
-                    em.forward(chains[d], shapes[d], where, k)
-                    em.labels(plan.branches[d].data_node, chains[d][-1].node, where, k)
-                    em.backward(chains[d], shapes[d], where, k)
-                    continue
-                join = trunk[0].node
-                for d in range(D):
-                    em.forward(chains[d], shapes[d], where, k)
-                    if chains[d][-1].node != join:
-                        em.move(chains[d][-1].node, join, "activations", (k, *outs[d]), where)
-                em.forward(trunk, tshapes, where, k)
-                em.labels(plan.branches[0].data_node, trunk[-1].node, where, k)
-                em.backward(trunk, tshapes, where, k, reads_data=False)
-                for d in range(D):
-                    if chains[d][-1].node != join:
-                        em.move(join, chains[d][-1].node, "gradients", (k, *outs[d]), where)
-                    em.backward(chains[d], shapes[d], where, k)
-        if sync_due(plan, rnd):
-            step = len(batches)
-            for s in range(len(plan.branches[0].stages)):
-                numel = _stage_numel(plan, plan.branches[0].stages[s])
-                for kind in ("params_up", "params_down"):
-                    for d, b in enumerate(plan.branches):
-                        node = b.stages[s].node
-                        if node != agg:
-                            src, dst = (node, agg) if kind == "params_up" else (agg, node)
-                            em.move(src, dst, kind, (numel,), (rnd, step, d, -1))
+    chains = _Chains(plan)
+    for rnd in range(plan.config.rounds):
+        for item in _round_program(plan, batches, rnd):
+            chains.emit(em, rnd, item)
     return em.events
+
+
+def price_plan(plan: Plan, shard_sizes: list[int], profiles: Profiles | None = None, fast: bool = True,
+               ) -> pd.DataFrame:
+    """The priced ledger of ``plan``, equal to ``price(plan, plan_events(plan, shard_sizes), profiles)``.
+
+    The fast path never builds the run's event stream: the events of each kind of batch (branch and
+    micro-batch sizes), relay and sync are emitted once, as :class:`fplstudy.ledger.Template` s, a round
+    is the list of its items' templates, and rounds with the same items (all but the first of an SL
+    relay, and those that sync or not) are scheduled and summed once. Where the fast schedule does not
+    hold (:func:`fplstudy.makespan.schedule_fixed_order`), or ``fast=False``, the reference prices the
+    event stream.
+    """
+    from fplstudy.engine import round_batches
+
+    profiles = profiles or check_profiles(plan)
+    pricer = Pricer(plan, profiles)
+    if fast and pricer.applies:
+        batches = round_batches(plan, shard_sizes)
+        chains = _Chains(plan)
+        templates: dict[tuple, object] = {}
+        priced: dict[tuple, tuple | None] = {}
+        rounds = []
+        for rnd in range(plan.config.rounds):
+            segments, signature = [], []
+            for item in _round_program(plan, batches, rnd):
+                what, step, arg = item
+                key = (what, (arg.branch, arg.micro_sizes) if what == "batch" else arg)
+                if key not in templates:
+                    em = _Emitter()
+                    chains.emit(em, rnd, item)
+                    templates[key] = pricer.template(em.events)
+                segments.append((step, templates[key]))
+                signature.append((step, key))
+            signature = tuple(signature)
+            if signature not in priced:
+                priced[signature] = pricer.price_round(segments)
+            if priced[signature] is None:
+                break
+            rounds.append(priced[signature])
+        else:
+            return pricer.ledger(rounds)
+    return price(plan, plan_events(plan, shard_sizes), profiles, fast=False)
 
 
 def shard_sizes(plan: Plan) -> list[int]:

@@ -29,9 +29,9 @@ import numpy as np
 import pandas as pd
 
 from fplstudy.config import JUNCTIONS, STRATEGIES, Config, ConfigError, make_config
-from fplstudy.dryrun import plan_events, shard_sizes
-from fplstudy.ledger import price as price_events
+from fplstudy.dryrun import price_plan, shard_sizes
 from fplstudy.ledger import totals
+from fplstudy.makespan import fast_path_applies
 from fplstudy.plan import Plan, resolve
 from fplstudy.profiles import check_profiles
 
@@ -241,10 +241,10 @@ def price_ledger(plan: Plan) -> pd.DataFrame:
     Row for row equal to ``dry_run(plan).ledger`` (see :func:`period_rounds`).
     """
     priced, source = period_rounds(plan)
-    short = plan if priced == plan.config.rounds else _with_rounds(plan, priced)
-    ledger = price_events(short, plan_events(short, _shards(plan)), check_profiles(plan))
-    if priced == plan.config.rounds:
-        return ledger
+    if priced == plan.config.rounds or fast_path_applies(plan):  # the fast path prices each kind of round once
+        return price_plan(plan, _shards(plan), check_profiles(plan))
+    short = _with_rounds(plan, priced)
+    ledger = price_plan(short, _shards(plan), check_profiles(plan))
     rows = ledger.groupby("round").indices
     index = np.concatenate([rows[s] for s in source])
     out = ledger.iloc[index].reset_index(drop=True)

@@ -8,7 +8,9 @@ Two ways to start:
 
 - **on this machine** (no ``RANK``/``WORLD_SIZE`` in the environment): :func:`train_distributed` spawns
   one process per node, rendezvous on a free loopback port (``127.0.0.1``), and stays in the parent
-  to collect the rounds as they complete;
+  to collect the rounds as they complete. The node processes are forked from a fork server that
+  re-imports the calling script as ``__mp_main__``: a script needs the ``if __name__ == "__main__":``
+  guard (the CLI, notebooks and pytest need nothing);
 - **across hosts** (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT`` set, as ``torchrun``
   does): the calling process *is* rank ``RANK``; rank 0 holds the results.
 
@@ -55,6 +57,7 @@ from fplstudy.events import TRANSFER_KINDS, Compute, Transfer
 from fplstudy.plan import Plan
 
 DEFAULT_TIMEOUT_S = 60  # longest wait for one message or collective (s); above the longest compute gap
+TIMEOUT_ENV = "FPLSTUDY_DISTRIBUTED_TIMEOUT_S"  # overrides DEFAULT_TIMEOUT_S when the caller gives none
 FAULT_ENV = "FPLSTUDY_DISTRIBUTED_FAULT"  # test hook: "<node>@<round>" exits that node, "...:hang" hangs it
 WIRE_COLUMNS = ("round", "node", "peer", "kind", "messages_tx", "bytes_tx", "header_bytes_tx", "messages_rx",
                 "bytes_rx", "header_bytes_rx")  # bytes_*: payload, as the ledger counts; header_*: strides
@@ -220,11 +223,14 @@ class DistributedTransport(engine.Transport):
         except RuntimeError as exc:
             reason = _short(exc)
             if reason == "timed out":
-                reason = f"timed out after {self.timeout_s:g} s"
+                reason = self._timed_out()
             raise _NodeFailure(f"node {self.node} (rank {self.rank}) {what}: {reason}", rnd) from None
         if ok is False:
-            raise _NodeFailure(f"node {self.node} (rank {self.rank}) {what}: timed out after {self.timeout_s:g} s",
-                               rnd)
+            raise _NodeFailure(f"node {self.node} (rank {self.rank}) {what}: {self._timed_out()}", rnd)
+
+    def _timed_out(self) -> str:
+        return (f"timed out after {self.timeout_s:g} s (if a round legitimately keeps a node waiting longer, "
+                f"raise {TIMEOUT_ENV})")
 
     def barrier(self) -> None:
         self._settle()
@@ -419,7 +425,7 @@ def _external_launch() -> bool:
 
 
 def train_distributed(plan: Plan, *, data=None, progress: bool = False, on_round: Callable[[dict], None] | None = None,
-                      timeout_s: float = DEFAULT_TIMEOUT_S) -> DistributedResult:
+                      timeout_s: float | None = None) -> DistributedResult:
     """Train ``plan`` with one process per node over ``torch.distributed`` (gloo).
 
     Without ``RANK``/``WORLD_SIZE`` in the environment, spawns the node processes on this machine
@@ -431,7 +437,9 @@ def train_distributed(plan: Plan, *, data=None, progress: bool = False, on_round
         data: the loaded dataset and partition (loaded from the plan when None).
         progress: show a tqdm bar over rounds (rank 0).
         on_round: called with each completed round's row, in this process (rank 0 of a multi-host run).
-        timeout_s: longest wait for one message or collective; a hung node stops the run after it.
+        timeout_s: longest wait for one message or collective; a hung node stops the run after it (a
+            dead one at once). None: :data:`TIMEOUT_ENV` or :data:`DEFAULT_TIMEOUT_S`. It must exceed
+            the longest wait a round imposes on a node (an ``fl`` aggregator waits a whole epoch).
 
     Returns:
         A :class:`DistributedResult` with the full event stream (equal to the simulated backend's)
@@ -442,6 +450,8 @@ def train_distributed(plan: Plan, *, data=None, progress: bool = False, on_round
             the completed rounds); every child process is stopped first.
         WireMismatch: the wire's bytes differ from the ledger's.
     """
+    if timeout_s is None:
+        timeout_s = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
     if data is None:
         data = engine.load_partitioned(plan)
     if _external_launch():

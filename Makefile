@@ -14,13 +14,14 @@ $(VENV)/.complete: pyproject.toml
 	rm -rf "$(VENV)"
 	$(PYTHON) -m venv "$(VENV)"
 	"$(BIN)/pip" install --quiet --disable-pip-version-check -e ".[test]"
+	"$(BIN)/python" -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch "$@"
 
 venv: $(VENV)/.complete
 	@"$(BIN)/pip" install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . >/dev/null
 
 study: venv
-	"$(BIN)/dvc" pull --quiet data.dvc 2>/dev/null || true
+	"$(BIN)/dvc" pull data.dvc
 	"$(BIN)/dvc" repro
 
 test: venv

@@ -204,3 +204,22 @@ def test_digits_max_train_samples_is_a_deterministic_subset(digits0):
     assert torch.equal(load_dataset("digits", seed=0, max_train_samples=10**6).y_train, digits0.y_train)  # all kept
     with pytest.raises(ValueError, match="max_train_samples: got 0"):
         load_dataset("digits", max_train_samples=0)
+
+
+def test_digits_read_from_the_tracked_copy_when_present(tmp_path):
+    """data/digits/*.npy (what data.dvc tracks) is what trains; it equals scikit-learn's copy."""
+    from fplstudy.datasets import digits_pixels, load_dataset
+
+    images, target = digits_pixels(None)
+    (tmp_path / "digits").mkdir()
+    np.save(tmp_path / "digits" / "images.npy", images)
+    np.save(tmp_path / "digits" / "target.npy", target)
+    from_file = load_dataset("digits", seed=3, data_dir=str(tmp_path))
+    from_sklearn = load_dataset("digits", seed=3, data_dir=str(tmp_path / "elsewhere"))
+    assert torch.equal(from_file.x_train, from_sklearn.x_train)
+    assert torch.equal(from_file.y_test, from_sklearn.y_test)
+    # and the file really is read: a changed label in the file shows up
+    target2 = target.copy()
+    target2[:] = 0
+    np.save(tmp_path / "digits" / "target.npy", target2)
+    assert int(load_dataset("digits", seed=3, data_dir=str(tmp_path)).y_train.max()) == 0

@@ -70,14 +70,31 @@ class DatasetSplit:
         return tuple(self.x_train.shape[1:])
 
 
-def load_digits(seed: int, test_fraction: float = 0.2) -> DatasetSplit:
-    """scikit-learn's 8×8 digits (1797 samples, shipped inside scikit-learn), split by ``seed``.
+def digits_pixels(data_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The digits as ``(1797, 8, 8)`` pixels in 0..16 and ``(1797,)`` labels.
+
+    Read from ``<data_dir>/digits/images.npy`` and ``target.npy`` (the DVC-tracked copy, restored by
+    ``dvc pull data.dvc``) when both exist, else from scikit-learn, which ships the same data.
+    """
+    folder = Path(data_dir) / "digits" if data_dir is not None else None
+    if folder is not None and (folder / "images.npy").is_file() and (folder / "target.npy").is_file():
+        return np.load(folder / "images.npy"), np.load(folder / "target.npy")
+    from sklearn.datasets import load_digits as sk_digits
+
+    bunch = sk_digits()
+    return bunch.images, bunch.target
+
+
+def load_digits(seed: int, test_fraction: float = 0.2, data_dir: str | Path | None = None) -> DatasetSplit:
+    """The 8×8 digits (1797 samples), split by ``seed``.
 
     Pixels are scaled from 0..16 to 0..1. The split is stratified and depends only on the seed.
 
     Args:
         seed: fixes the split.
         test_fraction: held-out fraction, strictly between 0 and 1.
+        data_dir: folder holding ``digits/images.npy`` and ``digits/target.npy`` (the tracked copy);
+            None or a folder without them reads scikit-learn's copy (same values).
 
     Returns:
         The :class:`DatasetSplit`.
@@ -85,15 +102,14 @@ def load_digits(seed: int, test_fraction: float = 0.2) -> DatasetSplit:
     Raises:
         ValueError: if ``test_fraction`` is not strictly between 0 and 1.
     """
-    from sklearn.datasets import load_digits as sk_digits
     from sklearn.model_selection import train_test_split
 
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction: got {test_fraction!r}; it must lie strictly between 0 and 1 "
                          f"(e.g. 0.2)")
-    bunch = sk_digits()
-    x = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]  # (1797, 1, 8, 8)
-    y = bunch.target.astype(np.int64)
+    images, target = digits_pixels(data_dir)
+    x = (images.astype(np.float32) / 16.0)[:, None, :, :]  # (1797, 1, 8, 8)
+    y = target.astype(np.int64)
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
     return DatasetSplit("digits", torch.from_numpy(x_tr), torch.from_numpy(y_tr),
                         torch.from_numpy(x_te), torch.from_numpy(y_te), 10)
@@ -218,7 +234,7 @@ def load_dataset(name: str, *, seed: int = 0, data_dir: str | Path | None = None
         RuntimeError: when a download fails or the files on disk fail torchvision's checks.
     """
     if name == "digits":
-        return subsample(load_digits(seed, test_fraction), max_train_samples, seed)
+        return subsample(load_digits(seed, test_fraction, _root(data_dir)), max_train_samples, seed)
     if name in _TORCHVISION:
         return _load_torchvision(name, _root(data_dir), download, max_train_samples, seed)
     raise KeyError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")

@@ -171,6 +171,14 @@ def _round_program(plan: Plan, batches: list, rnd: int) -> list[tuple]:
     return out
 
 
+def _round_kind(plan: Plan, rnd: int) -> tuple[bool, bool]:
+    """What :func:`_round_program` reads of ``rnd``: whether it is the first round of SL turns (no
+    hand-over before the first client) and whether the round syncs. Rounds of one kind are the same."""
+    from fplstudy.engine import sync_due
+
+    return plan.schedule == "turns" and rnd == 0, sync_due(plan, rnd)
+
+
 def plan_events(plan: Plan, shard_sizes: list[int]) -> list[Event]:
     """The events a real run of ``plan`` emits, computed from the plan alone (no tensors).
 
@@ -192,6 +200,9 @@ def plan_events(plan: Plan, shard_sizes: list[int]) -> list[Event]:
     return em.events
 
 
+_BATCHES: dict[tuple, list] = {}
+
+
 def price_plan(plan: Plan, shard_sizes: list[int], profiles: Profiles | None = None, fast: bool = True,
                ) -> pd.DataFrame:
     """The priced ledger of ``plan``, equal to ``price(plan, plan_events(plan, shard_sizes), profiles)``.
@@ -208,28 +219,31 @@ def price_plan(plan: Plan, shard_sizes: list[int], profiles: Profiles | None = N
     profiles = profiles or check_profiles(plan)
     pricer = Pricer(plan, profiles)
     if fast and pricer.applies:
-        batches = round_batches(plan, shard_sizes)
+        cfg = plan.config  # what round_batches reads of a plan (Batch is frozen: the lists are shared)
+        key = (tuple(shard_sizes), cfg.batch_size, cfg.local_epochs, cfg.micro_batches, plan.schedule)
+        if key not in _BATCHES:
+            _BATCHES[key] = round_batches(plan, shard_sizes)
+        batches = _BATCHES[key]
         chains = _Chains(plan)
         templates: dict[tuple, object] = {}
         priced: dict[tuple, tuple | None] = {}
         rounds = []
         for rnd in range(plan.config.rounds):
-            segments, signature = [], []
-            for item in _round_program(plan, batches, rnd):
-                what, step, arg = item
-                key = (what, (arg.branch, arg.micro_sizes) if what == "batch" else arg)
-                if key not in templates:
-                    em = _Emitter()
-                    chains.emit(em, rnd, item)
-                    templates[key] = pricer.template(em.events)
-                segments.append((step, templates[key]))
-                signature.append((step, key))
-            signature = tuple(signature)
-            if signature not in priced:
-                priced[signature] = pricer.price_round(segments)
-            if priced[signature] is None:
+            kind = _round_kind(plan, rnd)
+            if kind not in priced:
+                segments = []
+                for item in _round_program(plan, batches, rnd):
+                    what, step, arg = item
+                    key = (what, (arg.branch, arg.micro_sizes) if what == "batch" else arg)
+                    if key not in templates:
+                        em = _Emitter()
+                        chains.emit(em, rnd, item)
+                        templates[key] = pricer.template(em.events)
+                    segments.append((step, templates[key]))
+                priced[kind] = pricer.price_round(segments)
+            if priced[kind] is None:
                 break
-            rounds.append(priced[signature])
+            rounds.append(priced[kind])
         else:
             return pricer.ledger(rounds)
     return price(plan, plan_events(plan, shard_sizes), profiles, fast=False)

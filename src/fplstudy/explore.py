@@ -235,16 +235,18 @@ def period_rounds(plan: Plan) -> tuple[int, list[int]]:
     return priced, source
 
 
-def price_ledger(plan: Plan) -> pd.DataFrame:
+def price_ledger(plan: Plan, fast: bool = True) -> pd.DataFrame:
     """The priced ledger of ``plan`` for ``config.rounds`` rounds, from one period of dry-run rounds.
 
-    Row for row equal to ``dry_run(plan).ledger`` (see :func:`period_rounds`).
+    Row for row equal to ``dry_run(plan).ledger`` (see :func:`period_rounds`). With ``fast`` (see
+    :func:`fplstudy.dryrun.price_plan`) every kind of round is priced once anyway; ``fast=False`` prices
+    the period's event stream with the reference (event by event) and repeats its rows.
     """
     priced, source = period_rounds(plan)
-    if priced == plan.config.rounds or fast_path_applies(plan):  # the fast path prices each kind of round once
-        return price_plan(plan, _shards(plan), check_profiles(plan))
+    if priced == plan.config.rounds or (fast and fast_path_applies(plan)):
+        return price_plan(plan, _shards(plan), check_profiles(plan), fast=fast)
     short = _with_rounds(plan, priced)
-    ledger = price_plan(short, _shards(plan), check_profiles(plan))
+    ledger = price_plan(short, _shards(plan), check_profiles(plan), fast=fast)
     rows = ledger.groupby("round").indices
     index = np.concatenate([rows[s] for s in source])
     out = ledger.iloc[index].reset_index(drop=True)
@@ -258,13 +260,17 @@ def _with_rounds(plan: Plan, rounds: int) -> Plan:
     return replace(plan, config=plan.config.model_copy(update={"rounds": rounds}))
 
 
-def price(plan: Plan) -> dict[str, Any]:
+def price(plan: Plan, fast: bool = True) -> dict[str, Any]:
     """The cost totals of a plan (``dry_run(plan).totals`` plus ``bytes_per_round``), fast.
+
+    Args:
+        plan: the plan.
+        fast: see :func:`price_ledger` (False: the reference pricing, for comparisons).
 
     Returns:
         :func:`fplstudy.ledger.totals`'s dict with ``bytes_per_round`` added.
     """
-    out = totals(plan, price_ledger(plan))
+    out = totals(plan, price_ledger(plan, fast))
     out["bytes_per_round"] = out["bytes_total"] / plan.config.rounds
     return out
 

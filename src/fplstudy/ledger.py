@@ -349,7 +349,7 @@ class Pricer:
         # bincount adds the weights in array order: the reference's order of ``+=``
         seconds = np.bincount(key, weights=np.concatenate([t.seconds for t in temps]), minlength=size)
         energy = np.bincount(key, weights=np.concatenate([t.energy for t in temps]), minlength=size)
-        start, finish = np.array(sched.start), np.array(sched.finish)
+        start, finish = sched.start, sched.finish
         node = np.concatenate([t.busy_node for t in temps])
         task = np.concatenate([t.busy_task + o for t, o in zip(temps, offsets)])
         union = _union_lengths(node, start[task], finish[task], n)
@@ -437,18 +437,20 @@ def totals(plan, ledger: pd.DataFrame) -> dict:
         ``memory_bytes_max_node`` (peak, :func:`fplstudy.memory.peak_memory`), ``model_params``,
         ``model_params_ratio`` and ``params_stored_total`` (:func:`fplstudy.memory.model_size`).
     """
-    from fplstudy.memory import model_size, peak_memory
+    from fplstudy.memory import memory_rows, model_size
 
     per_node = ledger.groupby("node")["energy_j"].sum()
     size = model_size(plan)
-    memory = peak_memory(plan)
+    # the first makespan of every round, in round order (what groupby("round").first() gives), summed alike
+    _, first = np.unique(ledger["round"].to_numpy(), return_index=True)
+    makespans = pd.Series(ledger["round_makespan_s"].to_numpy()[first], dtype="float64")
     return {
         "flops_total": int(ledger["flops"].sum()),
         "bytes_total": int(ledger["bytes_tx"].sum()),
         "energy_j": float(ledger["energy_j"].sum()),
         "energy_j_max_node": float(per_node.max()) if len(per_node) else 0.0,
-        "makespan_s": float(ledger.groupby("round")["round_makespan_s"].first().sum()),
-        "memory_bytes_max_node": int(memory["total_bytes"].max()),
+        "makespan_s": float(makespans.sum()),
+        "memory_bytes_max_node": int(max(row[-1] for row in memory_rows(plan))),
         "model_params": size["model_params"],
         "model_params_ratio": size["model_params_ratio"],
         "params_stored_total": size["params_stored_total"],

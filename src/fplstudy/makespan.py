@@ -289,10 +289,10 @@ TASK_COMPUTE, TASK_DATA, TASK_UP, TASK_DOWN = 0, 1, 2, 3
 
 @dataclass(frozen=True)
 class FastSchedule:
-    """Start, ready and finish time of every task of one round (flattened over its segments)."""
+    """Start and finish time of every task of one round (flattened over its segments), and the makespan."""
 
-    start: list[float]
-    finish: list[float]
+    start: np.ndarray
+    finish: np.ndarray
     makespan_s: float
 
 
@@ -332,13 +332,8 @@ def schedule_fixed_order(plan, segments: list[tuple[int, list[tuple]]], n_res: i
     ups: dict[int, float] = {}
     ups_all = None
     in_sync = False
-    start: list[float] = []
-    finish: list[float] = []
-    c_res: list[int] = []  # per task on a resource: resource, ready time, whether it waited (idle)
-    c_ready: list[float] = []
-    c_start: list[float] = []
-    c_gap: list[bool] = []
-    c_key: list[tuple] = []  # (step, backward) of computes, for the 1f1b check
+    times: list[tuple[float, float]] = []  # (start, finish) of every task
+    served: list[tuple] = []  # per task on a resource: (resource, ready, start, waited idle, step, backward)
     g_step = g_micro = None
     pending: dict[int, float] = {}
     prev = g_max = 0.0
@@ -391,15 +386,10 @@ def schedule_fixed_order(plan, segments: list[tuple[int, list[tuple]]], n_res: i
                 s = r if r > f0 else f0
                 f = s + dur
                 free[res] = f
-                c_res.append(res)
-                c_ready.append(r)
-                c_start.append(s)
-                c_gap.append(r > f0)
-                c_key.append((step, back))
+                served.append((res, r, s, r > f0, step, back))
             else:
                 s = f = r
-            start.append(s)
-            finish.append(f)
+            times.append((s, f))
             if typ == TASK_COMPUTE:
                 pending[a] = f
                 c = current[a]
@@ -417,13 +407,13 @@ def schedule_fixed_order(plan, segments: list[tuple[int, list[tuple]]], n_res: i
                 params_in[b] = f if p is None or f > p else p
             if typ < TASK_UP and f > g_max:
                 g_max = f
-    if not _fixed_order_holds(c_res, c_ready, c_start, c_gap, c_key, pipeline == "1f1b"):
+    if not _fixed_order_holds(served, pipeline == "1f1b"):
         return None
-    return FastSchedule(start, finish, max(finish, default=0.0))
+    times_a = np.array(times, dtype=float).reshape(-1, 2)
+    return FastSchedule(times_a[:, 0], times_a[:, 1], float(times_a[:, 1].max()) if len(times) else 0.0)
 
 
-def _fixed_order_holds(res: list[int], ready: list[float], start: list[float], gap: list[bool], key: list[tuple],
-                       backward_first: bool) -> bool:
+def _fixed_order_holds(served: list[tuple], backward_first: bool) -> bool:
     """Whether serving every resource in emission order is what the list scheduler does.
 
     At each start the list scheduler takes, among the resource's tasks released by then, the one of
@@ -432,11 +422,12 @@ def _fixed_order_holds(res: list[int], ready: list[float], start: list[float], g
     release (the resource idle, ``gap``) has a later task released strictly before it started; or a
     backward of the same step is released by the time an earlier forward started (``1f1b``).
     """
-    if not res:
+    if not served:
         return True
-    r = np.asarray(res)
+    res, ready, start, gap, steps, backs = zip(*served)
+    r = np.array(res)
     order = np.argsort(r, kind="stable")
-    rs, rd, st, gp = r[order], np.asarray(ready)[order], np.asarray(start)[order], np.asarray(gap)[order]
+    rs, rd, st, gp = r[order], np.array(ready)[order], np.array(start)[order], np.array(gap)[order]
     bounds = np.flatnonzero(np.diff(rs)) + 1
     for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(rs)]):
         if hi - lo < 2:
@@ -446,7 +437,7 @@ def _fixed_order_holds(res: list[int], ready: list[float], start: list[float], g
             return False
     if backward_first:
         started: dict[tuple, float] = {}  # (resource, step) -> latest start of a forward so far
-        for q, rq, sq, (step, back) in zip(res, ready, start, key):
+        for q, rq, sq, step, back in zip(res, ready, start, steps, backs):
             k = (q, step)
             if not back:
                 if sq > started.get(k, -1.0):

@@ -80,6 +80,11 @@ def peak_memory(plan) -> pd.DataFrame:
     Returns:
         A DataFrame with columns :data:`MEMORY_COLUMNS`, one row per node in plan order.
     """
+    return pd.DataFrame(memory_rows(plan), columns=list(MEMORY_COLUMNS))
+
+
+def memory_rows(plan) -> list[tuple]:
+    """:func:`peak_memory`'s rows as tuples (no DataFrame: what a search over many plans needs)."""
     cfg = plan.config
     held = _held(plan)
     m = cfg.micro_batches
@@ -113,7 +118,7 @@ def peak_memory(plan) -> pd.DataFrame:
         act = per_sample.get(n.name, 0) * samples
         s = sync if n.name == plan.aggregator else 0
         rows.append((n.name, n.role, params, grads, optim, act, s, params + grads + optim + act + s))
-    return pd.DataFrame(rows, columns=list(MEMORY_COLUMNS))
+    return rows
 
 
 def model_size(plan) -> dict:

@@ -1,0 +1,110 @@
+"""The fast pricing path (one-pass schedule, per-batch templates, array sums) gives the reference ledger.
+
+The reference is the event-by-event path: ``ledger.price(..., fast=False)`` (list scheduling of every
+round's event DAG, :func:`fplstudy.makespan.schedule_round`). The fast paths are ``ledger.price`` on an
+event stream and ``dryrun.price_plan`` (no event stream at all). Floats must agree to 1e-12 relative
+(they are in fact the same floats: the fast path does the same additions in the same order).
+"""
+
+from __future__ import annotations
+
+import random
+
+import pandas as pd
+import pytest
+
+from fplstudy.config import make_config
+from fplstudy.dryrun import plan_events, price_plan, shard_sizes
+from fplstudy.events import Compute, Transfer
+from fplstudy.explore import enumerate_plans
+from fplstudy.ledger import Pricer, price
+from fplstudy.makespan import TASK_COMPUTE, TASK_DATA, fast_path_applies, schedule_fixed_order, schedule_round
+from fplstudy.plan import resolve
+from fplstudy.profiles import check_profiles
+
+SMALL = {"max_train_samples": 200, "rounds": 3}
+
+PLANS = {  # every strategy, pipelines with micro-batches, concat, non-IID shards, sync_every 2, relay
+    "centralized": dict(strategy="centralized", nodes=1),
+    "fl-every2": dict(strategy="fl", nodes=3, sync_every=2),
+    "mp": dict(strategy="mp", nodes=3),
+    "mp-seq-m4": dict(strategy="mp", nodes=3, micro_batches=4),
+    "mp-gpipe-m4": dict(strategy="mp", nodes=3, micro_batches=4, pipeline="gpipe"),
+    "mp-1f1b-m4": dict(strategy="mp", nodes=3, micro_batches=4, pipeline="1f1b"),
+    "mp-1f1b-m1": dict(strategy="mp", nodes=4, pipeline="1f1b"),
+    "mp-gpipe-m1": dict(strategy="mp", nodes=4, pipeline="gpipe"),
+    "sl": dict(strategy="sl", nodes=4),
+    "sfl-every2": dict(strategy="sfl", nodes=3, sync_every=2),
+    "fpl": dict(strategy="fpl", nodes=4, branches=2),
+    "fpl-shared": dict(strategy="fpl", nodes=4, branches=2, junction="shared"),
+    "fpl-concat": dict(strategy="fpl", nodes=4, branches=2, junction="concat", partition="features"),
+    "fpl-concat-m3": dict(strategy="fpl", nodes=6, branches=4, junction="concat", partition="features",
+                          micro_batches=3),
+    "fpl-relay": dict(strategy="fpl", nodes=5, branches=2, branch_stages=2, sync="relay"),
+    "fpl-dirichlet": dict(strategy="fpl", nodes=5, branches=3, partition="dirichlet", alpha=0.3),
+    "fpl-shards": dict(strategy="fpl", nodes=4, branches=2, partition="shards"),
+    "fpl-every2": dict(strategy="fpl", nodes=5, branches=2, branch_stages=2, sync_every=2, rounds=5),
+    "fpl-seq-m3": dict(strategy="fpl", nodes=5, branches=2, branch_stages=2, micro_batches=3),
+    "fpl-gpipe-m2": dict(strategy="fpl", nodes=5, branches=2, branch_stages=2, micro_batches=2, pipeline="gpipe"),
+    "fpl-1f1b-m2": dict(strategy="fpl", nodes=5, branches=2, branch_stages=2, micro_batches=2, pipeline="1f1b"),
+    "fpl-1f1b-m1": dict(strategy="fpl", nodes=5, branches=2, branch_stages=2, pipeline="1f1b"),
+    "fpl-epochs2-b16": dict(strategy="fpl", nodes=4, branches=3, local_epochs=2, batch_size=16),
+}
+
+
+def _enumerated(n: int = 8) -> list:
+    """A seeded sample of the plans the search enumerates for 6 nodes."""
+    plans, _ = enumerate_plans(make_config(SMALL), 6)
+    return random.Random(0).sample(plans, n)
+
+
+def _assert_same(fast: pd.DataFrame, ref: pd.DataFrame) -> None:
+    pd.testing.assert_frame_equal(fast, ref, check_exact=False, rtol=1e-12, atol=0.0)
+
+
+def _check(plan) -> None:
+    shards = shard_sizes(plan)
+    profiles = check_profiles(plan)
+    events = plan_events(plan, shards)
+    ref = price(plan, events, profiles, fast=False)
+    _assert_same(price(plan, events, profiles), ref)
+    _assert_same(price_plan(plan, shards, profiles), ref)
+    if fast_path_applies(plan):  # the fast schedule holds (no silent fallback to the reference)
+        assert Pricer(plan, profiles).price_events(events) is not None
+
+
+@pytest.mark.parametrize("name", list(PLANS))
+def test_fast_ledger_equals_the_reference(name):
+    _check(resolve(make_config({**SMALL, **PLANS[name]})))
+
+
+@pytest.mark.parametrize("i", range(8))
+def test_fast_ledger_equals_the_reference_on_enumerated_plans(i):
+    _check(_enumerated()[i])
+
+
+def test_the_fixed_order_check_refuses_an_order_the_list_scheduler_does_not_follow():
+    """Node C gets a micro-batch from A (ready at 6) and one from B (ready at 2), emitted in that order:
+    the list scheduler serves B's first, so the one-pass schedule must not be used."""
+    plan = resolve(make_config({**SMALL, "strategy": "fpl", "nodes": 3, "branches": 2}))
+    a, b, c = (n.name for n in plan.nodes)
+    blocks, shape = plan.block_names[:1], tuple(plan.input_shape)
+    events = [Compute(0, 0, 0, 0, a, blocks, shape, 1, "forward", False),
+              Transfer(0, 0, 0, 0, a, c, "activations", (1,), "float32", 4),
+              Compute(0, 0, 0, 0, c, blocks, shape, 1, "forward", False),
+              Compute(0, 0, 1, 1, b, blocks, shape, 1, "forward", False),
+              Transfer(0, 0, 1, 1, b, c, "activations", (1,), "float32", 4),
+              Compute(0, 0, 1, 1, c, blocks, shape, 1, "forward", False)]
+    durations = [5.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    ref = schedule_round(plan, events, durations, "gpipe")
+    assert ref.start == [0.0, 5.0, 6.0, 0.0, 1.0, 2.0]
+    idx = {n.name: i for i, n in enumerate(plan.nodes)}
+    tasks = [(TASK_COMPUTE, 0, idx[a], -1, idx[a], 5.0, False), (TASK_DATA, 0, idx[a], idx[c], 3, 1.0, False),
+             (TASK_COMPUTE, 0, idx[c], -1, idx[c], 1.0, False), (TASK_COMPUTE, 1, idx[b], -1, idx[b], 1.0, False),
+             (TASK_DATA, 1, idx[b], idx[c], 4, 1.0, False), (TASK_COMPUTE, 1, idx[c], -1, idx[c], 1.0, False)]
+    assert schedule_fixed_order(plan, [(0, tasks)], 5, "gpipe") is None
+    # the same tasks with B's micro-batch emitted first: the order holds and matches the list schedule
+    swapped = [events[i] for i in (3, 4, 5, 0, 1, 2)]
+    fast = schedule_fixed_order(plan, [(0, [tasks[i] for i in (3, 4, 5, 0, 1, 2)])], 5, "gpipe")
+    ref = schedule_round(plan, swapped, [durations[i] for i in (3, 4, 5, 0, 1, 2)], "gpipe")
+    assert fast is not None and list(fast.start) == ref.start and list(fast.finish) == ref.finish

@@ -31,7 +31,7 @@ NODES = {"fl": 3, "mp": 4, "sfl": 4, "fpl": 4}  # fl: 3 clients + its aggregator
 
 
 def _plan(strategy: str, **extra):
-    return resolve(make_config(dict(strategy=strategy, nodes=NODES[strategy], **TINY, **extra)))
+    return resolve(make_config(dict(strategy=strategy, nodes=NODES[strategy], **{**TINY, **extra})))
 
 
 def _children() -> set[int]:
@@ -145,6 +145,17 @@ def test_hung_worker_times_out_naming_the_node(monkeypatch):
     assert time.monotonic() - t0 < 60
     assert "timed out after 5 s" in str(info.value) and "FPLSTUDY_DISTRIBUTED_TIMEOUT_S" in str(info.value)
     assert [r["round"] for r in rows] == [0]
+    assert _children() <= before
+
+
+def test_divergence_is_reported_as_the_simulated_backend_reports_it():
+    plan = _plan("fl", lr=1e4, rounds=3)  # every client's loss is NaN at its first step of round 1
+    sim = engine.train(plan)
+    before = _children()
+    dist = train_distributed(plan, timeout_s=30)
+    assert sim.status == dist.status == "diverged"
+    assert dist.message == sim.message and "round 1, step 0, branch 0" in dist.message
+    assert [r["round"] for r in dist.rounds] == [r["round"] for r in sim.rounds] == [0]
     assert _children() <= before
 
 

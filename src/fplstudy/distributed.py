@@ -87,6 +87,9 @@ class DistributedResult(engine.TrainResult):
             (:data:`WIRE_COLUMNS`); on ranks other than 0 of a multi-host run, that rank's rows only.
         rank: the rank of this process (0 in the parent of a local run): only rank 0 writes results.
         world_size: processes in the run (= nodes of the plan).
+
+    A local run that stops early (diverged, or :class:`DistributedError`) keeps the completed rounds'
+    rows and events; its ``holdings`` are the initial weights (the node processes are gone).
     """
 
     wire: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=WIRE_COLUMNS))
@@ -401,7 +404,7 @@ def _spawned_rank(rank: int, world: int, plan: Plan, data, port: int, timeout_s:
                   if rank == 0 else None)
         events = T.events if rank == 0 else None
         _report(reports, "done", rank, dict(status=result.status, message=result.message, wire=T.wire_rows(),
-                                         events=events, states=states, round=T.round))
+                                         events=events, states=states, at=(T.round, max(T._steps, default=-1))))
     except BaseException as exc:  # report, then die: the parent stops the others
         msg = str(exc) if isinstance(exc, _NodeFailure) else (
             f"node {node} (rank {rank}) failed in round {T.round if T else 0}: "
@@ -532,12 +535,10 @@ def _train_local(plan, data, progress, on_round, timeout_s) -> DistributedResult
                     if r not in done and r not in errors and r not in dead and not p.is_alive():
                         dead[r] = p.exitcode
             diverged = [r for r, d in done.items() if d["status"] != "completed"]
-            if errors or dead or diverged:
+            if errors or dead or diverged:  # collect the others' reports a moment, then stop them
                 if failed_at is None:
                     failed_at = time.monotonic()
-                if diverged and not errors and not dead:
-                    break  # the others wait for the diverged node: stop them
-                if time.monotonic() - failed_at > _REPORT_GRACE_S:
+                if time.monotonic() - failed_at > _REPORT_GRACE_S or len({*done, *errors, *dead}) == world:
                     break
         hung = [r for r, p in enumerate(procs) if r not in done and r not in errors and r not in dead and p.is_alive()]
     finally:
@@ -549,15 +550,15 @@ def _train_local(plan, data, progress, on_round, timeout_s) -> DistributedResult
         del store
     wall = time.perf_counter() - t0
     diverged = [r for r, d in done.items() if d["status"] != "completed"]
+    if diverged:  # the first divergence in step order, as the simulated backend reports it; the peers'
+        # errors are its consequence (it stopped answering). Events: the completed rounds'.
+        d = done[min(diverged, key=lambda r: done[r]["at"])]
+        return _result(plan, rows, events, d["status"], d["message"], None, data, wall,
+                       pd.DataFrame(columns=WIRE_COLUMNS))
     if errors or dead:
         msg = _failure_message(plan, rows, errors, dead, hung)
         result = _result(plan, rows, events, "failed", msg, None, data, wall, pd.DataFrame(columns=WIRE_COLUMNS))
         raise DistributedError(msg, result)
-    if diverged:
-        d = done[diverged[0]]
-        full = done.get(0, {}).get("events") or events
-        return _result(plan, rows, full, d["status"], d["message"], done.get(0, {}).get("states"), data, wall,
-                       pd.DataFrame(columns=WIRE_COLUMNS))
     wire = wire_table([row for r in range(world) for row in done[r]["wire"]], plan)
     result = _result(plan, rows, done[0]["events"], "completed", "", done[0]["states"], data, wall, wire)
     check_wire(wire, events_bytes(result.events))

@@ -33,6 +33,10 @@ round_makespan_s    float    wall-clock length of the round (same on every row o
 Sums that hold: Σ bytes_tx = Σ bytes_rx = bytes of all messages; Σ flops = the run's training FLOPs;
 per node and round, seconds of compute + idle ≤ round makespan (messages may overlap compute).
 
+Speed: :func:`price` takes a fast path by default (:class:`Pricer`: a one-pass schedule per round and
+array sums, the same floats as the event-by-event reference, which ``price(..., fast=False)`` keeps);
+:func:`fplstudy.dryrun.price_plan` prices a plan without building its event stream at all.
+
 Link direction: a message uses the link profile's ``down_bps`` when it goes from the server side (a
 trunk stage or the aggregator) to an edge node (a branch stage holder), ``up_bps`` otherwise.
 """

@@ -31,6 +31,10 @@ Scheduling is non-delay list scheduling: whenever a resource is free and has rea
 the one with the highest priority (earlier step first; in ``1f1b`` backward before forward; then
 emission order). For S uniform stages with forward time t_f and backward time t_b this gives
 (M + S − 1)(t_f + t_b) for GPipe and 1F1B and M·S·(t_f + t_b) for sequential (tests/test_costs.py).
+
+Fast path: :func:`schedule_fixed_order` computes the same schedule in one pass over compact tasks,
+serving every resource in emission order, and checks afterwards that the list scheduler would have
+chosen that order (else the caller uses :func:`schedule_round`); tests/test_fast_pricing.py compares them.
 """
 
 from __future__ import annotations

@@ -97,3 +97,15 @@ def test_run_writes_the_three_result_files(tmp_path):
                "--set", "rounds=1", "--set", "max_train_samples=64", "--out", str(out)])
     assert rc == 0
     assert {p.name for p in Path(out).iterdir()} >= {"metrics.json", "rounds.csv", "ledger.csv"}
+
+
+def test_distributed_run_from_the_cli_writes_wire_csv_equal_to_the_ledger(tmp_path):
+    import pandas as pd
+
+    out = tmp_path / "fl3"
+    rc = main(["run", "--quiet", "--backend", "distributed", "--set", "strategy=fl", "--set", "nodes=3",
+               "--set", "rounds=1", "--set", "max_train_samples=48", "--set", "batch_size=16", "--out", str(out)])
+    assert rc == 0
+    wire, ledger = pd.read_csv(out / "wire.csv"), pd.read_csv(out / "ledger.csv")
+    assert wire["bytes_tx"].sum() == ledger["bytes_tx"].sum() > 0
+    assert wire["bytes_rx"].sum() == ledger["bytes_rx"].sum()

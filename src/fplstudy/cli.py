@@ -23,6 +23,7 @@ from fplstudy.config import Config, ConfigError, load_config
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
+EXIT_DISTRIBUTED = 4
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -150,6 +151,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"fplstudy: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except RuntimeError as exc:  # a distributed node died or hung, or the wire disagreed with the ledger
+        from fplstudy.distributed import DistributedError, WireMismatch
+
+        if not isinstance(exc, (DistributedError, WireMismatch)):
+            raise
+        print(f"fplstudy: error: {exc}", file=sys.stderr)
+        return EXIT_DISTRIBUTED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -109,6 +109,14 @@ def run(cfg: Config, out: str | Path | None = None, *, progress: bool | None = N
     train_s = time.perf_counter() - t0
     ledger = price(plan, result.events, profiles)
     tot = totals(plan, ledger)
+    if backend == "distributed":  # the wire is the independent measurement of the ledger's bytes
+        from fplstudy.distributed import check_wire, write_wire_csv
+
+        if out is not None and result.wire is not None and getattr(result, "rank", 0) == 0:
+            write_wire_csv(result.wire, out / "wire.csv")
+        check_wire(result.wire, ledger)
+        if getattr(result, "rank", 0) != 0:  # results are written once, by rank 0
+            out = None
     if out is not None:
         write_rows_csv(out / "rounds.csv", result.rounds, ROUND_COLUMNS)
         write_ledger_csv(ledger, out / "ledger.csv")

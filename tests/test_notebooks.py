@@ -8,6 +8,7 @@ the notebook down).
 from __future__ import annotations
 
 import re
+import sys
 import shlex
 import tempfile
 from pathlib import Path
@@ -79,7 +80,8 @@ def test_dvc_passes_only_declared_parameters():
 
 def test_dvc_run_folders_match_the_grid():
     """The run folders the train stages write are exactly the plan names study_grid builds."""
-    proc = __import__("subprocess").run(["dvc", "stage", "list"], cwd=ROOT, capture_output=True, text=True)
+    dvc = str(Path(sys.executable).parent / "dvc")  # the venv's dvc, whether or not it is on PATH
+    proc = __import__("subprocess").run([dvc, "stage", "list"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     outs = set(re.findall(r"results/runs/([\w-]+)", proc.stdout))
     names = {p.name for p in study.study_grid(study.load_params(ROOT / "params.yaml"))}

@@ -203,7 +203,7 @@ class Holdings:
     branch_parts: list[list[nn.Module]]  # [d][s] stage modules of branch d
     adapters: list[nn.Module | None]  # [d] junction adapter of branch d
     trunk_parts: list[nn.Module]  # [s] trunk stage modules (shared by every branch)
-    optimizers: dict[int, torch.optim.Optimizer] = field(default_factory=dict)  # id(module) -> optimizer
+    optimizer: torch.optim.Optimizer | None = None  # SGD over every parameter (updates are per parameter)
     chains: dict[int, tuple] = field(default_factory=dict)  # d -> (chunks, modules, input shapes), a cache
 
     def chain_modules(self, plan: Plan, d: int) -> list[nn.Module]:
@@ -239,11 +239,11 @@ def build_holdings(plan: Plan) -> Holdings:
         adapters.append(make_adapter(plan.junction_shape()) if b.adapter_node else None)
     trunk_parts = [cut(whole, s.start, s.stop) for s in plan.trunk]
     hold = Holdings(branch_parts, adapters, trunk_parts)
-    for mod in hold.all_modules():
-        params = list(mod.parameters())
-        if params:
-            hold.optimizers[id(mod)] = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                                                       weight_decay=cfg.weight_decay)
+    # One SGD over all parameters is the same as one per node: SGD updates every parameter on its
+    # own (and its momentum buffer stays with it), and only parameters that received a gradient in
+    # the batch -- those of the modules it ran through -- are updated.
+    params = [p for mod in hold.all_modules() for p in mod.parameters()]
+    hold.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return hold
 
 
@@ -336,7 +336,7 @@ def _chain_of(plan: Plan, hold: Holdings, d: int):
 def run_batch(plan: Plan, T: Transport, hold: Holdings, batch: Batch, xs: list[torch.Tensor | None],
               y: torch.Tensor | None, rnd: int) -> float | None:
     """Forward and backward one batch through its chain(s), micro-batch by micro-batch, then step
-    every optimizer the batch touched once (gradients of the micro-batches accumulate).
+    the parameters the batch touched once (gradients of the micro-batches accumulate).
 
     Args:
         plan: the plan.
@@ -351,7 +351,6 @@ def run_batch(plan: Plan, T: Transport, hold: Holdings, batch: Batch, xs: list[t
     Returns:
         The batch's mean training loss on the loss node (None elsewhere).
     """
-    touched: list[nn.Module] = []
     total: float | None = None
     offsets = np.cumsum((0, *batch.micro_sizes))
     for micro, k in enumerate(batch.micro_sizes):
@@ -360,7 +359,7 @@ def run_batch(plan: Plan, T: Transport, hold: Holdings, batch: Batch, xs: list[t
         y_m = y[sl] if y is not None else None
         where = (rnd, batch.step, batch.branch, micro)
         if plan.schedule == "lockstep":
-            loss = _lockstep_micro(plan, T, hold, xs_m, y_m, where, k, batch.size, touched)
+            loss = _lockstep_micro(plan, T, hold, xs_m, y_m, where, k, batch.size)
         else:
             d = batch.branch
             chain, mods, shapes = _chain_of(plan, hold, d)
@@ -369,18 +368,14 @@ def run_batch(plan: Plan, T: Transport, hold: Holdings, batch: Batch, xs: list[t
             if loss is not None:
                 outs[-1] = loss
             _backward_chain(T, chain, ins, outs, None, shapes, where, k)
-            touched += mods
         if loss is not None:
             total = (total or 0.0) + float(loss.detach())
-    for mod in dict.fromkeys(touched):  # each module steps once per batch, in chain order
-        opt = hold.optimizers.get(id(mod))
-        if opt is not None and any(p.grad is not None for p in mod.parameters()):
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+    hold.optimizer.step()  # parameters without a gradient (not in this batch's chain) are skipped
+    hold.optimizer.zero_grad(set_to_none=True)
     return total
 
 
-def _lockstep_micro(plan, T, hold, xs, y, where, k, batch_size, touched):
+def _lockstep_micro(plan, T, hold, xs, y, where, k, batch_size):
     """concat: every branch runs its view of the same micro-batch; the trunk joins them along H."""
     trunk = trunk_chain(plan)
     join_node = trunk[0].node
@@ -395,7 +390,6 @@ def _lockstep_micro(plan, T, hold, xs, y, where, k, batch_size, touched):
                        dtype=torch.float32, where=where)
         leaf = h.detach().requires_grad_(True) if T.is_local(join_node) else None
         results.append((chain, ins, outs, shapes, out_shape, leaf))
-        touched += mods
     joined = torch.cat([r[-1] for r in results], dim=2) if T.is_local(join_node) else None  # (k, C, H, W)
     tshapes = chain_in_shapes(plan, trunk, plan.junction_shape())
     ins, outs = _forward_chain(T, trunk, hold.trunk_parts, joined, tshapes, where, k, reads_data=False)
@@ -405,7 +399,6 @@ def _lockstep_micro(plan, T, hold, xs, y, where, k, batch_size, touched):
     g_join = _backward_chain(T, trunk, ins, outs, None, tshapes, where, k, reads_data=False)
     if T.is_local(join_node):
         torch.autograd.backward(joined, g_join)  # split the join's gradient into the branch leaves
-    touched += hold.trunk_parts
     for chain, bins, bouts, shapes, out_shape, leaf in results:
         g = leaf.grad if leaf is not None else None
         if chain[-1].node != join_node:

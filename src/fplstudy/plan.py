@@ -118,8 +118,10 @@ class Plan:
 
     def describe(self) -> str:
         """A human-readable table: which node holds which layers, and where the junction is."""
+        extra = len(self.nodes) - self.config.nodes
         lines = [f"plan: strategy={self.strategy} model={self.model} dataset={self.config.dataset} "
-                 f"nodes={len(self.nodes)} branches={len(self.branches)} junction={self.junction}"
+                 f"nodes={self.config.nodes}" + (f" (+{extra} aggregator)" if extra else "")
+                 + f" branches={len(self.branches)} junction={self.junction}"
                  f"@{self.junction_at} sync={self.sync}"
                  + (f"/every {self.sync_every} round(s)" if self.sync != "none" else "")
                  + f" schedule={self.schedule}"]

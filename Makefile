@@ -10,7 +10,9 @@ export PATH := $(BIN):$(PATH)
 
 .PHONY: venv study test test-slow bench clean-venv
 
-$(VENV)/.complete: pyproject.toml
+# The venv's name carries the hash of pyproject.toml, so a change of dependencies makes a new one;
+# no file prerequisite here (a fresh clone's newer mtimes must not rebuild a complete venv).
+$(VENV)/.complete:
 	rm -rf "$(VENV)"
 	$(PYTHON) -m venv "$(VENV)"
 	"$(BIN)/pip" install --quiet --disable-pip-version-check -e ".[test]"

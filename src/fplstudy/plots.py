@@ -183,7 +183,7 @@ def non_iid(summary: pd.DataFrame):
         for label in ax.get_xticklabels():
             label.set_horizontalalignment("right")
     grid.figure.suptitle("Effect of non-IID (Dirichlet) data on accuracy")
-    grid.figure.tight_layout()
+    grid.figure.tight_layout(rect=(0, 0, 0.9, 1))  # keep the right margin for the legend
     return grid.figure
 
 

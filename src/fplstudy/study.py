@@ -350,7 +350,8 @@ def findings(summary: pd.DataFrame, *, accuracy_tolerance: float = 0.02,
     if {"iid", "dirichlet"} <= set(pivot.columns):
         drop = (pivot["iid"] - pivot["dirichlet"]).dropna().groupby(level="strategy").mean()
         parts = ", ".join(f"{k} {v:+.3f}" for k, v in drop.sort_values().items())
-        lines.append(f"- **non-IID data (Dirichlet)**: mean accuracy lost against IID per strategy: {parts}.")
+        lines.append(f"- **non-IID data (Dirichlet)**: accuracy lost to Dirichlet shards, IID minus Dirichlet "
+                     f"averaged over node counts (negative: Dirichlet did better): {parts}.")
     return lines
 
 

@@ -31,7 +31,7 @@ class ConfigError(ValueError):
 
 
 class Config(BaseModel):
-    """One learning task. Every field has a default; see ``fplstudy plan --help-keys``.
+    """One learning task. Every field has a default; ``fplstudy keys`` lists them.
 
     Units and meanings are in the trailing comments; ``None`` means "derived from the strategy".
     """

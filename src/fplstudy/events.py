@@ -46,7 +46,7 @@ the optimizer step or the averaging arithmetic (FlopCounterMode counts none of t
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 TRANSFER_KINDS = ("activations", "gradients", "labels", "params_up", "params_down")
 PHASES = ("forward", "backward")
@@ -85,17 +85,3 @@ class Compute:
 
 
 Event = Transfer | Compute
-
-
-def events_to_rows(events: list[Event]) -> list[dict]:
-    """Flatten events to dicts with an ``event`` column (``transfer``/``compute``) for a CSV."""
-    rows = []
-    for ev in events:
-        row = {"event": "transfer" if isinstance(ev, Transfer) else "compute"}
-        row.update(asdict(ev))
-        rows.append(row)
-    return rows
-
-
-TRANSFER_FIELDS = tuple(f.name for f in fields(Transfer))
-COMPUTE_FIELDS = tuple(f.name for f in fields(Compute))

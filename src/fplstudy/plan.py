@@ -284,17 +284,13 @@ def resolve(cfg: Config) -> Plan:
 def _view_out_shape(model: str, input_shape: tuple[int, ...], num_classes: int, j: int,
                     strip: tuple[int, ...]) -> tuple[int, ...] | str:
     """Per-sample output shape of the model's first ``j`` blocks on an input view of shape ``strip``,
-    or the error message when the head cannot run on it. Cached: a search over plans
-    (:mod:`fplstudy.explore`) asks for the same views many times."""
-    from fplstudy.flops import profile_sequence
-    from fplstudy.models import build_model, cut
+    or the error message when the head cannot run on it. Cached, failures included: a search over
+    plans (:mod:`fplstudy.explore`) asks for the same views many times. The profile it measures is
+    the one the engine and the ledger look up for that view."""
+    from fplstudy.flops import profile_blocks
 
-    import torch
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        head = cut(build_model(model, input_shape, num_classes), 0, j)
     try:
-        return profile_sequence(head, strip)[-1].out_shape
+        return profile_blocks(model, input_shape, num_classes, 0, j, strip)[-1].out_shape
     except RuntimeError as exc:
         return str(exc)
 

@@ -122,8 +122,3 @@ def _jsonable(obj):
     if isinstance(obj, float) and obj != obj:
         return None  # NaN is not JSON
     return obj
-
-
-def read_metrics(run_dir: str | Path) -> dict[str, Any]:
-    """Read a run's ``metrics.json``."""
-    return json.loads((Path(run_dir) / "metrics.json").read_text())

@@ -16,7 +16,7 @@ import pandas as pd
 
 from fplstudy.config import Config
 from fplstudy.plan import Plan, resolve
-from fplstudy.results import ROUND_COLUMNS, write_metrics, write_rows_csv
+from fplstudy.results import ROUND_COLUMNS, final_metrics, write_metrics, write_rows_csv
 
 BACKENDS = ("simulated", "distributed")
 
@@ -45,7 +45,7 @@ class RunOutcome:
 
 
 def quiet_by_default() -> bool:
-    """Progress bars are off under CI (``CI`` set) and when stderr is not a terminal-like stream."""
+    """Progress bars are off under CI (the ``CI`` environment variable is set)."""
     return bool(os.environ.get("CI"))
 
 
@@ -123,8 +123,6 @@ def run(cfg: Config, out: str | Path | None = None, *, progress: bool | None = N
         write_metrics(out, plan, rounds=result.rounds, totals=tot, status=result.status, message=result.message,
                       timing={"train_wall_s": train_s, "backend": backend},
                       extra={"shard_sizes": result.shard_sizes})
-    from fplstudy.results import final_metrics
-
     metrics = {**final_metrics(result.rounds), **tot}
     return RunOutcome(plan, metrics, pd.DataFrame(result.rounds, columns=[*ROUND_COLUMNS, "wall_s"]), ledger,
                       result.status, result.message, out)

@@ -1,5 +1,24 @@
-"""Test-wide settings: one torch thread (tiny models run faster and the 2 cores are shared)."""
+"""Test-wide settings and fixtures: one torch thread (tiny models run faster and the 2 cores are
+shared), and one tiny study trained once per session for the tests that read a study's tables."""
 
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
 import torch
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory) -> tuple[object, Path]:
+    """``(study, folder)``: :func:`fplstudy.study.smoke_params`' study (2 rounds on 120 samples, 3 seeds,
+    15 plans of every strategy) trained into ``folder/runs`` and aggregated into ``folder``."""
+    from fplstudy import study
+
+    folder = tmp_path_factory.mktemp("tiny-study")
+    the_study = study.load_study(study.smoke_params())
+    study.run_group(the_study, None, folder / "runs", log=lambda line: None)
+    study.write_aggregate(the_study, study.aggregate(the_study, folder / "runs"), folder)
+    return the_study, folder

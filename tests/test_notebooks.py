@@ -1,4 +1,5 @@
-"""Every notebook runs in smoke mode, and dvc.yaml passes only parameters the notebooks declare.
+"""Every notebook runs in smoke mode and shows its figures inline; the trade-off notebook renders on
+reduced grids; dvc.yaml passes only parameters the notebooks declare and names each group once.
 
 A notebook in ``notebooks/`` without an entry in :data:`SMOKE` fails ``test_notebook_runs``: add its
 smoke parameters there (tests never edit cells; the ``smoke_test`` switch in the parameters cell sizes
@@ -24,7 +25,8 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 # Smoke parameters per notebook (file name -> papermill parameters). Defaults write only to temp folders.
 SMOKE: dict[str, dict] = {
-    "train.ipynb": {"smoke_test": True, "strategy": "fpl", "nodes": 4, "junction": "adapter"},
+    "train.ipynb": {"smoke_test": True, "config": {"strategy": "fpl", "nodes": 4, "junction": "adapter"},
+                    "seeds": [0, 1]},
     "tradeoffs.ipynb": {"smoke_test": True},
     "teach.ipynb": {"smoke_test": True},
 }
@@ -41,6 +43,54 @@ def test_notebook_runs(notebook: Path, tmp_path: Path):
         params["data_dir"] = str(tmp_path / "data")
     pm.execute_notebook(str(notebook), str(tmp_path / notebook.name), parameters=params,
                         kernel_name="python3", cwd=str(ROOT), progress_bar=False)
+    if notebook.name in ("train.ipynb", "tradeoffs.ipynb"):
+        assert _images(tmp_path / notebook.name), f"{notebook.name} shows no figure inline"
+
+
+def _images(executed: Path) -> int:
+    """Number of image/png display outputs in an executed notebook."""
+    nb = yaml.safe_load(executed.read_text())
+    return sum("image/png" in out.get("data", {}) for cell in nb["cells"] for out in cell.get("outputs", []))
+
+
+def test_train_notebook_trains_a_group_of_the_study(tmp_path: Path):
+    """What `dvc repro` runs: every plan x seed of one group of params.yaml's active study (smoke-sized)."""
+    study.export_digits(tmp_path / "data" / "digits")
+    pm.execute_notebook(str(ROOT / "notebooks" / "train.ipynb"), str(tmp_path / "out.ipynb"),
+                        parameters={"smoke_test": True, "group": "sl", "runs_dir": str(tmp_path / "runs"),
+                                    "data_dir": str(tmp_path / "data")},
+                        kernel_name="python3", cwd=str(ROOT), progress_bar=False)
+    folders = sorted(p.relative_to(tmp_path / "runs").as_posix() for p in (tmp_path / "runs").glob("*/*/seed-*"))
+    assert folders == [f"sl/sl-2-{part}/seed-{s}" for part in ("dirichlet", "iid") for s in (0, 1, 2)]
+    assert _images(tmp_path / "out.ipynb") >= 1
+
+
+# Three reduced grids of the tiny study's tables: no 4 nodes, no Dirichlet shards, a single strategy.
+REDUCED = {"no-4-nodes": lambda t: t[t["nodes"] != 4], "iid-only": lambda t: t[t["partition"] != "dirichlet"],
+           "fl-only": lambda t: t[t["strategy"] == "fl"]}
+
+
+@pytest.mark.parametrize("grid", sorted(REDUCED))
+def test_tradeoffs_render_on_a_reduced_grid(grid: str, tiny_study, tmp_path: Path):
+    import pandas as pd
+
+    _, folder = tiny_study
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    for name in ("seeds", "summary", "rounds", "costs"):
+        table = REDUCED[grid](pd.read_csv(folder / f"{name}.csv"))
+        table.to_csv(tables / f"{name}.csv", index=False)
+    pm.execute_notebook(str(ROOT / "notebooks" / "tradeoffs.ipynb"), str(tmp_path / "out.ipynb"),
+                        parameters={"results_dir": str(tables), "figures_dir": str(tmp_path / "figures")},
+                        kernel_name="python3", cwd=str(ROOT), progress_bar=False)
+    drawn = {p.name for p in (tmp_path / "figures").glob("*.png")}
+    assert {"accuracy_vs_energy.png", "makespan_vs_energy.png"} <= drawn
+    if grid == "iid-only":
+        assert "non_iid.png" not in drawn  # skipped with a note, not a crash
+    if grid == "fl-only":
+        assert "model_size.png" not in drawn
+    assert _images(tmp_path / "out.ipynb") == len(drawn)
+    assert (tmp_path / "figures" / "findings.md").read_text().startswith("# Findings")
 
 
 def test_every_smoke_entry_names_a_notebook():
@@ -61,6 +111,7 @@ def _dvc_commands() -> list[list[str]]:
     doc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     commands = []
     for stage in doc["stages"].values():
+        stage = stage.get("do", stage)  # foreach stages keep their command under do:
         cmds = stage["cmd"] if isinstance(stage["cmd"], list) else [stage["cmd"]]
         for cmd in cmds:
             for part in cmd.split("&&"):
@@ -83,14 +134,13 @@ def test_dvc_passes_only_declared_parameters():
         assert "--kernel" in words
 
 
-def test_dvc_run_folders_match_the_grid():
-    """The run folders the train stages write are exactly the plan names study_grid builds."""
+def test_dvc_names_each_group_once():
+    """The train stages are exactly the study's groups (from params.yaml, expanded by DVC's foreach)."""
     dvc = str(Path(sys.executable).parent / "dvc")  # the venv's dvc, whether or not it is on PATH
     proc = __import__("subprocess").run([dvc, "stage", "list"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    outs = set(re.findall(r"results/runs/([\w-]+)", proc.stdout))
-    names = {p.name for p in study.study_grid(study.load_params(ROOT / "params.yaml"))}
-    assert outs == names
+    stages = re.findall(r"^train@([\w.-]+)", proc.stdout, re.M)
+    assert stages == study.load_study(ROOT / "params.yaml").groups
 
 
 def test_missing_dataset_names_the_restore_command():

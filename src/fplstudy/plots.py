@@ -1,232 +1,309 @@
-"""Figures of the study (seaborn on matplotlib), one function per figure, each returning the Figure.
+"""Figures of the study (seaborn on matplotlib), one function per figure, each returning the Figure,
+or None when the study has no data for it (the caller skips it with a note; never a crash).
 
-Inputs are the tidy tables written by :mod:`fplstudy.study` (``summary``, ``rounds``, ``costs``).
-Every axis label carries its unit; colours come from seaborn's colour-blind-safe palette, and
-markers repeat the colour coding so the figures also read in greyscale.
-:func:`save_figure` writes PNGs that are byte-identical across identical runs.
+Inputs are the tidy tables written by :mod:`fplstudy.study`: ``seeds`` (one row per plan × seed),
+``summary`` (one row per plan), ``rounds`` and ``costs``. Intervals are 95 % Student-t intervals
+over seeds (:func:`fplstudy.stats.t_interval`, the tables' intervals), drawn by seaborn's own
+``errorbar`` machinery. Every axis label carries its unit; colours come from seaborn's
+colour-blind-safe palette, one colour per strategy label (fpl per junction), and markers repeat the
+coding so the figures also read in greyscale. This module never chooses matplotlib's backend:
+notebooks show the returned figures inline, :func:`save_figure` writes PNGs that are byte-identical
+across identical runs.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import matplotlib.ticker
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import seaborn.objects as so
 
-matplotlib.use("Agg")  # files only; notebooks still show the returned figures inline
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from fplstudy.study import pareto_front  # noqa: E402
+from fplstudy import stats
+from fplstudy.study import LABEL_ORDER, pareto_front
 
 STRATEGY_ORDER = ("centralized", "mp", "fl", "sl", "sfl", "fpl")
-PALETTE = dict(zip(STRATEGY_ORDER, sns.color_palette("colorblind", len(STRATEGY_ORDER))))
-MARKERS = dict(zip(STRATEGY_ORDER, ("*", "s", "o", "^", "v", "D")))
+LABEL_PALETTE = dict(zip(LABEL_ORDER, sns.color_palette("colorblind", len(LABEL_ORDER))))
+LABEL_MARKERS = dict(zip(LABEL_ORDER, ("*", "s", "o", "^", "v", "P", "D", "X")))
 KIND_ORDER = ("forward", "backward", "activations", "gradients", "labels", "params_up", "params_down", "idle")
 KIND_PALETTE = dict(zip(KIND_ORDER, sns.color_palette("colorblind", len(KIND_ORDER))))
 DPI = 150  # fixed, so the PNG bytes do not depend on the matplotlib rc of the machine
+CI = stats.errorbar(0.95)
 LABELS = {
     "test_acc_mean": "test accuracy (mean over branches, fraction)",
     "energy_j": "total energy (J)",
-    "bytes_total": "total bytes sent (B)",
+    "bytes_total": "total bytes sent (MB)",
     "makespan_s": "makespan of the training (s)",
 }
+SCALE = {"bytes_total": 1e-6}  # bytes are drawn in MB
 
 
-def _label(plan: pd.DataFrame) -> pd.Series:
-    """Legend label of each plan: the strategy, with the junction for fpl."""
-    return plan["strategy"].where(plan["strategy"] != "fpl", "fpl-" + plan["junction"])
+def label(table: pd.DataFrame) -> pd.Series:
+    """Legend label of each row: the strategy, with the junction for fpl (``fpl-adapter``)."""
+    return table["strategy"].where(table["strategy"] != "fpl", "fpl-" + table["junction"].astype(str))
 
 
-def tradeoff(summary: pd.DataFrame, x: str, y: str, *, maximize_y: bool = False, logx: bool = True):
-    """Scatter of all plans on two metrics, Pareto front marked (lower ``x`` and lower/higher ``y``).
+def _iid(table: pd.DataFrame) -> pd.DataFrame:
+    """Completed rows on IID data (``features``: the concat junction, where every branch sees every sample)."""
+    keep = table["partition"].isin(["iid", "features"])
+    if "status" in table:
+        keep &= table["status"] == "completed"
+    out = table[keep].copy()
+    out["label"] = label(out)
+    return out
+
+
+def tradeoff(seeds: pd.DataFrame, x: str, y: str, *, maximize_y: bool = False):
+    """Every plan on two metrics (IID data): the mean over seeds with its 95 % interval on ``y``,
+    marker size = nodes, and the Pareto front of the means (dashed).
 
     Args:
-        summary: ``summary.csv`` (completed plans are drawn).
-        x, y: metric columns.
+        seeds: ``seeds.csv``.
+        x, y: metric columns (x drawn on a log scale; costs span orders of magnitude).
         maximize_y: the front prefers higher ``y`` (accuracy) instead of lower.
-        logx: log-scale ``x`` (costs span orders of magnitude).
 
     Returns:
-        The figure.
+        The figure, or None without data. Plans with ``x`` = 0 (centralized sends no bytes) cannot sit on
+        a log axis: they are drawn as a dotted horizontal reference line instead.
     """
-    data = summary[summary["status"] == "completed"].reset_index(drop=True)
-    front = data[pareto_front(data, x, y, maximize_y=maximize_y)].sort_values(x)
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    for strategy in STRATEGY_ORDER:
-        part = data[data["strategy"] == strategy]
-        if part.empty:
-            continue
-        ax.scatter(part[x], part[y], s=25 + 12 * part["nodes"], color=PALETTE[strategy],
-                   marker=MARKERS[strategy], edgecolor="black", linewidth=0.4, alpha=0.85, label=strategy)
-    ax.step(front[x], front[y], where="post", color="black", linewidth=1, linestyle="--",
-            label="Pareto front")
-    ax.scatter(front[x], front[y], s=160, facecolor="none", edgecolor="black", linewidth=1)
-    for _, row in front.iterrows():
-        ax.annotate(row["name"], (row[x], row[y]), textcoords="offset points", xytext=(6, -10), fontsize=7)
-    if logx:
-        ax.set_xscale("log")
-    ax.set_xlabel(LABELS.get(x, x))
+    data = _iid(seeds)
+    if data.empty:
+        return None
+    sx, sy = SCALE.get(x, 1.0), SCALE.get(y, 1.0)
+    data = data.assign(**{x: data[x] * sx, y: data[y] * sy})
+    data["x_plan"] = data.groupby("name")[x].transform("mean")  # one x per plan: its mean over seeds
+    means = data.groupby(["name", "label", "nodes"], as_index=False)[["x_plan", y]].mean()
+    zero = means[means["x_plan"] <= 0]
+    drawn, means = data[data["x_plan"] > 0], means[means["x_plan"] > 0]
+    order = [lab for lab in LABEL_ORDER if lab in set(drawn["label"])]
+    fig, ax = plt.subplots(figsize=(8.5, 5.2))
+    sizes = sorted(drawn["nodes"].unique())
+    size_of = {n: 5 + 6 * i / max(1, len(sizes) - 1) for i, n in enumerate(sizes)}  # marker diameter (pt)
+    (so.Plot(drawn, x="x_plan", y=y, color="label", marker="label", pointsize="nodes")
+     .add(so.Range(linewidth=1.2), so.Est(errorbar=CI), group="name", legend=False)
+     .add(so.Dot(edgecolor="black", edgewidth=0.4), so.Agg(), group="name", legend=False)
+     .scale(x="log", color=so.Nominal({k: LABEL_PALETTE[k] for k in order}, order=order),
+            marker=so.Nominal({k: LABEL_MARKERS[k] for k in order}, order=order),
+            pointsize=so.Nominal(size_of, order=sizes))
+     .on(ax).plot())
+    handles = [plt.Line2D([], [], color=LABEL_PALETTE[k], marker=LABEL_MARKERS[k], linestyle="", markersize=7,
+                          markeredgecolor="black", markeredgewidth=0.4, label=k) for k in order]
+    handles += [plt.Line2D([], [], color="grey", marker="o", linestyle="", markersize=size_of[n],
+                           label=f"{n} node{'s' if n > 1 else ''}") for n in sizes]
+    ax.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), title="plan / size")
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")  # 0.5, 2, 300: no 10^x notation
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(  # label the minor ticks 2 and 5 only
+        lambda v, _: f"{v:g}" if f"{v:e}"[0] in "25" else ""))
+    for _, row in zero.iterrows():
+        ax.axhline(row[y], color=LABEL_PALETTE.get(row["label"], "grey"), linestyle=":", linewidth=1.2)
+        ax.annotate(f"{row['name']} (0 {LABELS.get(x, x).split('(')[-1].rstrip(')')}, not on the log axis)",
+                    (0.01, row[y]), xycoords=("axes fraction", "data"), xytext=(0, 3),
+                    textcoords="offset points", fontsize=7)
+    front = means[pareto_front(means, "x_plan", y, maximize_y=maximize_y)].sort_values("x_plan")
+    ax.step(front["x_plan"], front[y], where="post", color="black", linewidth=1, linestyle="--")
+    for i, (_, row) in enumerate(front.iterrows()):
+        ax.annotate(row["name"], (row["x_plan"], row[y]), textcoords="offset points",
+                    xytext=(6, -11 if i % 2 else 5), fontsize=7)
+    ax.set_xlabel(LABELS.get(x, x) + ", mean over seeds")
     ax.set_ylabel(LABELS.get(y, y))
-    ax.set_title(f"{LABELS.get(y, y).split(' (')[0]} vs {LABELS.get(x, x).split(' (')[0]} "
-                 f"(marker size = nodes)")
+    ax.set_title(f"{LABELS.get(y, y).split(' (')[0]} vs {LABELS.get(x, x).split(' (')[0]}, IID data\n"
+                 f"mean and 95 % interval over {data['seed'].nunique()} seeds; dashed: Pareto front of the means",
+                 fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     return fig
 
 
 def node_costs(costs: pd.DataFrame, plans: list[str]):
-    """Per-node energy and bytes sent, stacked by kind of work, one column of panels per plan.
+    """Per-node energy and bytes sent (mean over seeds), stacked by kind of work, one column per plan.
 
     Args:
-        costs: ``costs.csv`` (plan × node × kind sums).
+        costs: ``costs.csv`` (plan × seed × node × kind sums).
         plans: plan names to draw, left to right.
 
     Returns:
-        The figure (top row energy in J, bottom row bytes sent in MB).
+        The figure (top row energy in J, bottom row bytes sent in MB), or None without data.
     """
-    fig, axes = plt.subplots(2, len(plans), figsize=(2.6 * len(plans) + 1.5, 6.5), squeeze=False,
-                             sharey="row")
+    costs = costs[costs["name"].isin(plans)]
+    if costs.empty:
+        return None
+    plans = [p for p in plans if p in set(costs["name"])]
+    seeds = costs.groupby("name")["seed"].nunique()
+    fig, axes = plt.subplots(2, len(plans), figsize=(2.4 * len(plans) + 2.2, 6.5), squeeze=False, sharey="row")
     for col, name in enumerate(plans):
         part = costs[costs["name"] == name]
         for row, (value, scale, unit) in enumerate((("energy_j", 1.0, "energy (J)"),
                                                     ("bytes_tx", 1e-6, "bytes sent (MB)"))):
             ax = axes[row, col]
             table = part.pivot_table(index="node", columns="kind", values=value, aggfunc="sum", fill_value=0.0)
-            table = table.reindex(columns=[k for k in KIND_ORDER if k in table.columns]) * scale
+            table = table.reindex(columns=[k for k in KIND_ORDER if k in table.columns]) * scale / seeds[name]
             table = table.loc[:, (table != 0).any(axis=0)]
             bottom = pd.Series(0.0, index=table.index)
             for kind in table.columns:
-                ax.bar(table.index, table[kind], bottom=bottom, color=KIND_PALETTE[kind], label=kind,
-                       edgecolor="black", linewidth=0.3)
+                ax.bar(table.index, table[kind], bottom=bottom, color=KIND_PALETTE[kind], edgecolor="black",
+                       linewidth=0.3)
                 bottom = bottom + table[kind]
             ax.tick_params(axis="x", labelrotation=90, labelsize=7)
+            ax.margins(y=0.08)  # the tallest bar does not touch the frame
             if col == 0:
                 ax.set_ylabel(unit)
             if row == 0:
                 ax.set_title(name, fontsize=9)
             else:
                 ax.set_xlabel("node")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=KIND_PALETTE[k]) for k in KIND_ORDER
-               if k in set(costs[costs["name"].isin(plans)]["kind"])]
-    labels = [k for k in KIND_ORDER if k in set(costs[costs["name"].isin(plans)]["kind"])]
-    fig.legend(handles, labels, loc="center right", fontsize=8, title="kind")
-    fig.suptitle("Per-node energy and bytes sent over the whole training, by kind of work")
-    fig.tight_layout(rect=(0, 0, 0.88, 1))
+    kinds = [k for k in KIND_ORDER if k in set(costs["kind"])]
+    fig.legend([plt.Rectangle((0, 0), 1, 1, color=KIND_PALETTE[k]) for k in kinds], kinds, loc="center right",
+               fontsize=8, title="kind")
+    fig.suptitle("Per-node energy and bytes sent over the whole training, by kind of work (mean over seeds)")
+    fig.tight_layout(rect=(0, 0, 1 - 1.6 / fig.get_figwidth(), 1))
     return fig
 
 
 def learning_curves(rounds: pd.DataFrame, nodes: int):
     """Test accuracy per round for every plan at ``nodes`` nodes (centralized as reference), one
-    panel per data partition.
+    panel per data partition; line: mean over seeds, band: 95 % interval.
 
     Returns:
-        The figure.
+        The figure, or None without data.
     """
     data = rounds[(rounds["nodes"] == nodes) | (rounds["strategy"] == "centralized")].copy()
-    data["plan"] = _label(data)
+    if data.empty:
+        return None
+    data["plan"] = label(data)
     data["data"] = data["partition"].replace({"features": "iid"})  # concat: every branch sees every sample
-    order = [p for p in ("centralized", "mp", "fl", "sl", "sfl", "fpl-shared", "fpl-adapter", "fpl-concat")
-             if p in set(data["plan"])]
-    palette = dict(zip(order, sns.color_palette("colorblind", len(order))))
+    order = [p for p in LABEL_ORDER if p in set(data["plan"])]
     grid = sns.relplot(data=data, x="round", y="test_acc_mean", hue="plan", hue_order=order, style="plan",
                        style_order=order, col="data", col_order=[c for c in ("iid", "dirichlet")
                                                                  if c in set(data["data"])],
-                       kind="line", markers=True, dashes=False, palette=palette, height=4, aspect=1.1)
+                       kind="line", markers=True, dashes=True, errorbar=CI, palette=LABEL_PALETTE,
+                       height=4, aspect=1.1)
     grid.set_axis_labels("round", LABELS["test_acc_mean"])
     grid.set_titles(f"{nodes} nodes, {{col_name}} data")
     for ax in grid.axes.flat:
         ax.grid(True, alpha=0.3)
+    same = " (mp trains exactly as centralized: their lines coincide)" if {"mp", "centralized"} <= set(order) else ""
+    grid.figure.suptitle(f"Learning curves: mean over seeds, band 95 % interval{same}", fontsize=9)
+    grid.figure.tight_layout(rect=(0, 0, 0.85, 1))
     return grid.figure
 
 
 def model_size(summary: pd.DataFrame):
-    """Deployed model size relative to the original model, per fpl junction mode and node count.
+    """Deployed-model size increase of each fpl junction mode, per node count (%; 0 = the original).
 
     Returns:
-        The figure.
+        The figure, or None without fpl plans.
     """
-    data = summary[(summary["strategy"] == "fpl")].drop_duplicates(["junction", "nodes"])
-    fig, ax = plt.subplots(figsize=(6, 4))
-    sns.barplot(data=data, x="nodes", y="model_params_ratio", hue="junction",
+    data = summary[summary["strategy"] == "fpl"].drop_duplicates(["junction", "nodes"]).copy()
+    if data.empty:
+        return None
+    data["increase_pct"] = 100 * (data["model_params_ratio_mean"] - 1)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    sns.barplot(data=data, x="nodes", y="increase_pct", hue="junction",
                 hue_order=[j for j in ("shared", "adapter", "concat") if j in set(data["junction"])],
-                palette="colorblind", edgecolor="black", ax=ax)
-    ax.axhline(1.0, color="black", linewidth=0.8, linestyle=":")
+                palette={f"{j}": LABEL_PALETTE[f"fpl-{j}"] for j in ("shared", "adapter", "concat")},
+                edgecolor="black", ax=ax)
+    ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xlabel("edge nodes")
-    ax.set_ylabel("deployed parameters / original parameters (ratio)")
-    ax.set_title("Model-size overhead of the junction modes (fpl)")
-    low = min(0.95, float(data["model_params_ratio"].min()) - 0.02)
-    ax.set_ylim(low, float(data["model_params_ratio"].max()) * 1.02)
+    ax.set_ylabel("deployed parameters beyond the original (%)")
+    ax.set_title("Model-size overhead of the junction modes (fpl); deterministic, no seed changes it", fontsize=10)
+    ax.margins(y=0.15)
     fig.tight_layout()
     return fig
 
 
-def non_iid(summary: pd.DataFrame):
-    """Accuracy on IID vs Dirichlet shards, per strategy (fpl per junction) and node count.
+def non_iid(seeds: pd.DataFrame):
+    """Accuracy on IID vs Dirichlet shards, per strategy (fpl per junction) and node count: mean over
+    seeds, error bar 95 % interval.
 
     Returns:
-        The figure.
+        The figure, or None when no plan ran on both partitions.
     """
-    data = summary[summary["partition"].isin(["iid", "dirichlet"]) & (summary["status"] == "completed")].copy()
-    data["plan"] = _label(data)
+    data = seeds[seeds["partition"].isin(["iid", "dirichlet"]) & (seeds["status"] == "completed")].copy()
+    if data.empty:
+        return None
+    data["plan"] = label(data)
     paired = data.groupby(["plan", "nodes"])["partition"].transform("nunique") == 2
     data = data[paired]
-    order = [p for p in ("fl", "sl", "sfl", "fpl-shared", "fpl-adapter") if p in set(data["plan"])]
+    if data.empty:
+        return None
+    order = [p for p in LABEL_ORDER if p in set(data["plan"])]
     grid = sns.catplot(data=data, x="plan", y="test_acc_mean", hue="partition", hue_order=["iid", "dirichlet"],
-                       col="nodes", order=order, kind="bar", palette="colorblind", edgecolor="black",
-                       height=4, aspect=0.9)
+                       col="nodes", order=order, kind="bar", errorbar=CI, palette="colorblind", edgecolor="black",
+                       height=4, aspect=0.9, capsize=0.15, err_kws={"linewidth": 1})
     grid.set_axis_labels("strategy", LABELS["test_acc_mean"])
     grid.set_titles("{col_name} nodes")
     for ax in grid.axes.flat:
         ax.tick_params(axis="x", labelrotation=30)
-        for label in ax.get_xticklabels():
-            label.set_horizontalalignment("right")
-    grid.figure.suptitle("Effect of non-IID (Dirichlet) data on accuracy")
-    grid.figure.tight_layout(rect=(0, 0, 0.9, 1))  # keep the right margin for the legend
+        for tick in ax.get_xticklabels():
+            tick.set_horizontalalignment("right")
+    grid.figure.suptitle("Effect of non-IID (Dirichlet) data on accuracy: mean over seeds, 95 % interval")
+    grid.figure.tight_layout(rect=(0, 0, 0.88, 1))  # keep the right margin for the legend
     return grid.figure
 
 
-def run_overview(rounds: pd.DataFrame, ledger: pd.DataFrame, title: str = ""):
-    """One run at a glance: test accuracy per round, and energy per node stacked by kind.
+def run_overview(rounds: pd.DataFrame, costs: pd.DataFrame, title: str = ""):
+    """Runs at a glance: test accuracy per round per plan (mean over seeds, band 95 % interval), and
+    the energy per node stacked by kind (one plan) or the total energy per plan (several).
 
     Args:
-        rounds: the run's rounds table.
-        ledger: the run's priced ledger.
-        title: figure title (the plan name).
+        rounds: the runs' rounds (:func:`fplstudy.study.read_runs`), with ``name`` and ``seed``.
+        costs: their per-node costs, same columns.
+        title: figure title.
 
     Returns:
         The figure.
     """
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    left.plot(rounds["round"], rounds["test_acc_mean"], marker="o", label="mean over branches")
-    left.plot(rounds["round"], rounds["test_acc_worst"], marker="v", linestyle="--", label="worst branch")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    sns.lineplot(data=rounds, x="round", y="test_acc_mean", hue="name", errorbar=CI, marker="o", ax=left)
     left.set_xlabel("round")
-    left.set_ylabel("test accuracy (fraction)")
-    left.legend(fontsize=8)
+    left.set_ylabel("test accuracy (mean over branches, fraction)")
+    left.legend(fontsize=7, title="plan")
     left.grid(True, alpha=0.3)
-    table = ledger.pivot_table(index="node", columns="kind", values="energy_j", aggfunc="sum", fill_value=0.0)
-    table = table.reindex(columns=[k for k in KIND_ORDER if k in table.columns])
-    table.plot.bar(stacked=True, ax=right, color=[KIND_PALETTE[k] for k in table.columns], edgecolor="black",
-                   linewidth=0.3)
-    right.set_xlabel("node")
-    right.set_ylabel("energy (J)")
-    right.legend(fontsize=7, title="kind")
+    seeds = costs["seed"].nunique()
+    if costs["name"].nunique() == 1:
+        table = costs.pivot_table(index="node", columns="kind", values="energy_j", aggfunc="sum", fill_value=0.0)
+        table = table.reindex(columns=[k for k in KIND_ORDER if k in table.columns]) / seeds
+        table.plot.bar(stacked=True, ax=right, color=[KIND_PALETTE[k] for k in table.columns], edgecolor="black",
+                       linewidth=0.3)
+        right.set_xlabel("node")
+        right.legend(fontsize=7, title="kind")
+    else:
+        total = costs.groupby(["name", "seed"], as_index=False)["energy_j"].sum()
+        sns.barplot(data=total, y="name", x="energy_j", errorbar=CI, color="#999999", edgecolor="black", ax=right)
+        right.set_ylabel("plan")
+        right.tick_params(axis="y", labelsize=7)
+    right.set_xlabel(right.get_xlabel() if costs["name"].nunique() == 1 else "total energy (J)")
+    if costs["name"].nunique() == 1:
+        right.set_ylabel("energy (J), mean over seeds")
     fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 
-def save_figure(fig, path: str | Path) -> Path:
+def publish(fig, path: str | Path, what: str) -> str:
+    """Save ``fig`` (:func:`save_figure`) and say so, or say that the study has no data for ``what``."""
+    if fig is None:
+        return f"skipped {Path(path).name}: this study has no data for {what}"
+    return f"wrote {save_figure(fig, path)}"
+
+
+def save_figure(fig, path: str | Path) -> Path | None:
     """Save ``fig`` as a PNG with a fixed dpi and no software/version metadata (same bytes on every
-    identical run), creating the folder.
+    identical run), creating the folder. ``fig`` None (no data for it) writes nothing.
 
     Returns:
-        The path written.
+        The path written, or None.
     """
+    if fig is None:
+        return None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI, metadata={"Software": None})
     return path
+
 
 from fplstudy.planfig import draw_plan, plan_graph  # noqa: E402,F401  (the plan picture lives in planfig)

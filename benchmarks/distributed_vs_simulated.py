@@ -23,6 +23,7 @@ from fplstudy.config import load_config
 from fplstudy.distributed import train_distributed
 from fplstudy.engine import load_partitioned, train
 from fplstudy.plan import resolve
+from fplstudy.runner import set_threads
 
 
 def main(strategy: str = "fpl", rounds: int = 3, model: str = "cnn") -> None:
@@ -34,14 +35,14 @@ def main(strategy: str = "fpl", rounds: int = 3, model: str = "cnn") -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"load average {os.getloadavg()[0]:.1f}; 1 intra-op thread per node process")
 
-    threads = torch.get_num_threads()
+    threads = set_threads(0)  # torch's default (config key threads=0)
     walls = {}
     for n in sorted({threads, 1}, reverse=True):  # the default, and one thread as in each node process
-        torch.set_num_threads(n)
+        set_threads(n)
         t0 = time.perf_counter()
         sim = train(plan, data=data)
         walls[n] = time.perf_counter() - t0
-    torch.set_num_threads(threads)
+    set_threads(threads)
     simulated = min(walls.values())
 
     first: list[float] = []

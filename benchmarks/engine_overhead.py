@@ -22,6 +22,7 @@ from fplstudy.config import load_config
 from fplstudy.engine import load_partitioned, train
 from fplstudy.models import build_model
 from fplstudy.plan import resolve
+from fplstudy.runner import set_threads
 
 
 def bare_loop(split, rounds: int, seed: int = 0) -> float:
@@ -55,6 +56,7 @@ def engine_run(strategy: str, nodes: int, rounds: int) -> float:
 
 
 def main(rounds: int = 5, trials: int = 3) -> None:
+    set_threads(load_config(None).threads)  # the threads every fplstudy run uses (config default: 1)
     split, _ = load_partitioned(resolve(load_config(None, {"strategy": "centralized", "nodes": 1})))
     ways = {
         "bare PyTorch loop": lambda: bare_loop(split, rounds),

@@ -137,3 +137,15 @@ def test_findings_test_the_configured_variant_not_the_best(tiny_study):
     shared = {**the_study.findings, "fpl_junction": "shared"}
     table = study.comparisons(shared, seeds)
     assert set(table[table["family"] == "accuracy"]["a"]) == {"fpl-2-shared-iid", "fpl-4-shared-iid"}
+
+
+def test_runs_record_what_can_change_their_floats(tmp_path: Path):
+    """The study's worker pins the kernels and the run records it (volatile: kept out of tracked files)."""
+    cfg = study.load_study(study.smoke_params()).plans[0].config
+    [record] = study.train_runs([(cfg, tmp_path / "run", "one")], workers=1, log=lambda line: None)
+    env = record["environment"]
+    assert env["torch_threads"] == 1 and env["cpu_capability"] == "DEFAULT" and env["torch"].startswith("2.14")
+    assert env["cpu_model"] and env["env"]["ATEN_CPU_CAPABILITY"] == "default" and env["env"]["MKL_CBWR"] == "COMPATIBLE"
+    doc = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert "environment" not in doc and "timing" not in doc and "git_commit" not in doc["code_version"]
+    assert doc["config"]["threads"] == 1 and doc["code_version"]["code_hash"] == study.code_hash()

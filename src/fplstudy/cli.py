@@ -4,13 +4,15 @@ Examples::
 
     fplstudy run --set strategy=fpl --set nodes=6 --set branches=2 --out runs/fpl6
     fplstudy run study.yaml --set seed=1 --out runs/fpl6-s1
+    fplstudy run study.yaml --set seed=1 --out runs/fpl6-s1 --resume   # after Ctrl-C
     fplstudy plan --set strategy=sl --set nodes=4
     fplstudy cost --set strategy=mp --set nodes=8 --out runs/mp8-cost
     fplstudy explore --set nodes=8 --cuts balanced --budget-bytes-per-round 5e7 --out front.csv
     fplstudy keys
 
-Bad input exits with code 2 and one line naming the key, the value and what is allowed; a run whose
-loss diverges exits with code 3 and keeps the rounds it completed.
+Bad input exits with code 2 and one line naming the key, the value and what is allowed (a bad or
+busy ``--out`` too, before any work); a run whose loss diverges exits with code 3 and keeps the rounds
+it completed; Ctrl-C exits with code 130 and keeps them too (``--resume`` continues the run).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from fplstudy.config import Config, ConfigError, load_config
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_DISTRIBUTED = 4
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -39,7 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="train a plan; write metrics.json, rounds.csv, ledger.csv")
     _add_config_args(p)
-    p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--out", required=True, help="run folder to write (new or empty, unless --resume/--overwrite)")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue the run in --out after its last completed round (same config; simulated "
+                            "backend); gives the same files as an uninterrupted run")
+    again.add_argument("--overwrite", action="store_true", help="delete the run files in --out first")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--backend", default="simulated", choices=["simulated", "distributed"],
                    help="simulated: one process; distributed: one process per node (torch.distributed, gloo)")
@@ -51,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cost", help="price a plan without training (dry run): ledger.csv and metrics.json")
     _add_config_args(p)
     p.add_argument("--out", help="folder to write ledger.csv and metrics.json (default: print totals only)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run files in a non-empty --out")
 
     p = sub.add_parser("explore", help="price every valid plan for --set nodes=N (dry runs); write the Pareto front")
     _add_config_args(p)
@@ -92,7 +101,7 @@ def _cmd_plan(cfg: Config, args) -> int:
 def _cmd_cost(cfg: Config, args) -> int:
     from fplstudy.runner import cost
 
-    dry = cost(cfg, args.out)
+    dry = cost(cfg, args.out, overwrite=args.overwrite)
     for key, value in dry.totals.items():
         print(f"{key:24} {value}")
     if args.out:
@@ -123,7 +132,8 @@ def _cmd_explore(cfg: Config, args) -> int:
 def _cmd_run(cfg: Config, args) -> int:
     from fplstudy.runner import run
 
-    outcome = run(cfg, args.out, progress=False if args.quiet else None, backend=args.backend)
+    outcome = run(cfg, args.out, progress=False if args.quiet else None, backend=args.backend, resume=args.resume,
+                  overwrite=args.overwrite)
     m = outcome.metrics
     print(f"{outcome.status}: {m['rounds_completed']} rounds, test accuracy mean {m['test_acc_mean']:.4f} "
           f"worst {m['test_acc_worst']:.4f}, energy {m.get('energy_j', float('nan')):.4g} J, "
@@ -141,11 +151,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "keys":
         _print_keys()
         return 0
+    from fplstudy.runner import RunFolderError, RunInterrupted
     try:
         cfg = load_config(args.config, args.overrides)
         handler = {"run": _cmd_run, "plan": _cmd_plan, "cost": _cmd_cost, "explore": _cmd_explore}[args.command]
         return handler(cfg, args)
-    except ConfigError as exc:
+    except RunInterrupted as exc:
+        from fplstudy.results import CHECKPOINT
+
+        done, out = len(exc.outcome.rounds), exc.outcome.out
+        where = "nothing written"
+        if out is not None:
+            again = "continue with --resume" if (out / CHECKPOINT).is_file() else "no checkpoint: --overwrite starts again"
+            where = f"kept in {out} (status interrupted); {again}"
+        print(f"fplstudy: interrupted (Ctrl-C) after {done} completed round{'s' if done != 1 else ''}; {where}",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print("fplstudy: interrupted (Ctrl-C) before or after training; metrics.json in --out says how far it got",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ConfigError, RunFolderError) as exc:
         print(f"fplstudy: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except FileNotFoundError as exc:

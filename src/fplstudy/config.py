@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 STRATEGIES = ("centralized", "fl", "mp", "sl", "sfl", "fpl")
 PARTITIONS = ("iid", "dirichlet", "shards", "features")
@@ -69,10 +69,14 @@ class Config(BaseModel):
     batch_size: int = 32  # samples per step per branch
     micro_batches: int = 1  # micro-batches per batch (pipelining inside a branch)
     lr: float = 0.05  # SGD learning rate
-    momentum: float = 0.0  # SGD momentum (state kept per node, never averaged)
+    momentum: float = 0.0  # SGD momentum (state kept per node, never averaged; see client_optimizer)
     weight_decay: float = 0.0  # SGD L2 penalty
+    # FedAvg clients' optimizer state across a sync: reset = every client starts from the averaged
+    # model with a fresh optimizer (no momentum carried over), as McMahan et al.'s and Flower's clients
+    # do; keep = momentum buffers survive the sync. Only matters with momentum > 0 and sync=fedavg.
+    client_optimizer: Literal["keep", "reset"] = "reset"
     seed: int = 0  # every random choice (split, partition, init, shuffling) derives from it
-    threads: int = 1  # torch CPU threads (1: one fixed summation order, reproducible); 0 = torch default
+    threads: int = Field(1, ge=0)  # torch CPU threads; 1 = one fixed summation order, 0 = torch's default
 
     # --- reconciliation of replicated parts
     sync: Optional[Literal["none", "fedavg", "relay"]] = None  # None = the strategy's own

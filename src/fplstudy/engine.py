@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -457,6 +458,15 @@ def sync_branches(plan: Plan, T: Transport, hold: Holdings, samples: list[int], 
                              where=(rnd, step, d, -1))
             if T.is_local(node):
                 _load_flat(hold.branch_parts[d][s], vec)
+                if plan.config.client_optimizer == "reset":
+                    forget_optimizer_state(hold.optimizer, hold.branch_parts[d][s].parameters())
+
+
+def forget_optimizer_state(optimizer: torch.optim.Optimizer, params) -> None:
+    """Drop the optimizer state (SGD's momentum buffers) of ``params``: their next step is the step of
+    a freshly built optimizer (SGD starts a missing buffer as the gradient itself)."""
+    for p in params:
+        optimizer.state.pop(p, None)
 
 
 def relay(plan: Plan, T: Transport, hold: Holdings, src_branch: int, dst_branch: int, rnd: int, step: int) -> None:
@@ -559,6 +569,76 @@ class TrainResult:
     wall_s: float
 
 
+CHECKPOINT_FORMAT = 1  # version of the dict train_state() returns
+
+
+def _event_tuple(ev: Event) -> tuple:
+    return (type(ev).__name__, *ev.__dict__.values())
+
+
+def _event_from_tuple(t: tuple) -> Event:
+    kind, *fields = t
+    cls = {"Transfer": Transfer, "Compute": Compute}[kind]
+    return cls(*(tuple(f) if isinstance(f, list) else f for f in fields))
+
+
+def rng_state() -> dict:
+    """Every global random state training may draw from: torch's (dropout masks), numpy's and
+    Python's (not drawn from by the engine today; kept so that a resumed process starts like the
+    interrupted one). Shuffles need no state: each round's order is drawn from a generator seeded by
+    ``(seed, round, branch, epoch)``."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "numpy": [kind, [int(k) for k in keys], int(pos), int(has_gauss), float(gauss)],
+            "python": [version, list(internal), gauss_next]}
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def train_state(hold: Holdings, rows: list[dict], events: list[tuple]) -> dict:
+    """The state of a run at the end of a round, from which :func:`train` continues exactly.
+
+    Plain containers and tensors only (``torch.load(..., weights_only=True)`` reads it back, nothing
+    is unpickled as code). The tensors are the live parameters and buffers: save the dict (or
+    ``copy.deepcopy`` it) before training goes on.
+
+    Args:
+        hold: the modules and their optimizer.
+        rows: every completed round's row.
+        events: every completed round's events as tuples (``_event_tuple``).
+
+    Returns:
+        ``format``, ``rounds_completed``, ``modules`` (state dict of every module, in
+        :meth:`Holdings.all_modules` order), ``optimizer`` (its state dict: momentum buffers),
+        ``rng`` (:func:`rng_state`), ``rows`` and ``events``. The position in the data order is the
+        round: every round draws its own permutation of every shard.
+    """
+    return {"format": CHECKPOINT_FORMAT, "rounds_completed": len(rows),
+            "modules": [m.state_dict() for m in hold.all_modules()],
+            "optimizer": hold.optimizer.state_dict(), "rng": rng_state(), "rows": [dict(r) for r in rows],
+            "events": list(events)}
+
+
+def _restore(hold: Holdings, state: dict) -> None:
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"checkpoint format {state.get('format')!r}; this fplstudy reads format {CHECKPOINT_FORMAT}")
+    mods = hold.all_modules()
+    if len(mods) != len(state["modules"]):
+        raise ValueError(f"checkpoint holds {len(state['modules'])} modules, the plan {len(mods)}")
+    for mod, sd in zip(mods, state["modules"]):
+        mod.load_state_dict(sd)
+    hold.optimizer.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"])
+
+
 def _shuffled(shard: np.ndarray, cfg, rnd: int, d: int) -> np.ndarray:
     """The shard's samples in this round's order: one fresh permutation per local epoch."""
     return np.concatenate([shard[np.random.default_rng([cfg.seed, rnd, d, e]).permutation(len(shard))]
@@ -567,7 +647,8 @@ def _shuffled(shard: np.ndarray, cfg, rnd: int, d: int) -> np.ndarray:
 
 def train(plan: Plan, transport: Transport | None = None, *, progress: bool = False,
           data: tuple[DatasetSplit, Partition] | None = None,
-          on_round: Callable[[dict], None] | None = None) -> TrainResult:
+          on_round: Callable[[dict], None] | None = None, resume: dict | None = None,
+          on_state: Callable[[dict], None] | None = None) -> TrainResult:
     """Train a plan for ``plan.config.rounds`` rounds.
 
     Args:
@@ -576,6 +657,11 @@ def train(plan: Plan, transport: Transport | None = None, *, progress: bool = Fa
         progress: show a tqdm bar over rounds.
         data: the loaded dataset and partition (loaded from the plan when None).
         on_round: called with each completed round's row (e.g. to write results as they come).
+        resume: a :func:`train_state` dict of this plan: training continues after its last round,
+            with its weights, optimizer and random states, rows and events, and gives the same result
+            as an uninterrupted run.
+        on_state: called at the end of every round, before ``on_round``, with :func:`train_state`
+            (e.g. to write a checkpoint).
 
     Returns:
         A :class:`TrainResult`; a NaN/infinite loss ends it early with status ``diverged``.
@@ -588,16 +674,23 @@ def train(plan: Plan, transport: Transport | None = None, *, progress: bool = Fa
     hold = build_holdings(plan)
     torch.manual_seed(cfg.seed)
     rows: list[dict] = []
-    status, message = "completed", ""
+    done_events: list[tuple] = []  # completed rounds' events, as on_state hands them on
     t0 = time.perf_counter()
+    if resume is not None:
+        _restore(hold, resume)
+        rows = [dict(r) for r in resume["rows"]]
+        done_events = list(resume["events"])
+        T.events[:0] = [_event_from_tuple(e) for e in done_events]
+        t0 -= rows[-1]["wall_s"] if rows else 0.0  # wall_s keeps counting from the first start
+    status, message = "completed", ""
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.rounds, desc=f"{plan.strategy} rounds", unit="round")
+        bar = tqdm(total=cfg.rounds, initial=len(rows), desc=f"{plan.strategy} rounds", unit="round")
     views = [b.view for b in plan.branches]
     try:
-        for rnd in range(cfg.rounds):
+        for rnd in range(len(rows), cfg.rounds):
             order = [_shuffled(sh, cfg, rnd, 0 if plan.schedule == "lockstep" else d)
                      for d, sh in enumerate(shards)]
             pos = [0] * len(shards)
@@ -636,6 +729,9 @@ def train(plan: Plan, transport: Transport | None = None, *, progress: bool = Fa
                 "wall_s": time.perf_counter() - t0,
             }
             rows.append(row)
+            if on_state:
+                done_events += [_event_tuple(ev) for ev in T.events[len(done_events):]]
+                on_state(train_state(hold, rows, done_events))
             if on_round:
                 on_round(row)
             if bar is not None:

@@ -28,6 +28,7 @@ seconds             float    compute: FLOPs / device FLOP/s; message: bits / lin
 energy_j            float    compute: active W × seconds; message: bits × tx J/bit at the sender,
                              bits × rx J/bit at the receiver; idle: idle W × seconds
 round_makespan_s    float    wall-clock length of the round (same on every row of the round)
+run_id              str      in ``ledger.csv`` only: the run's id (:func:`fplstudy.results.run_id`)
 ==================  =======  ========================================================================
 
 Sums that hold: Σ bytes_tx = Σ bytes_rx = bytes of all messages; Σ flops = the run's training FLOPs;

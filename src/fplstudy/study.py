@@ -10,7 +10,7 @@ group names).
 
 Runs are written to ``results/runs/<group>/<plan>/seed-<seed>/`` (``metrics.json``, ``rounds.csv``,
 ``ledger.csv``). Run folders hold only deterministic content: the volatile part of ``metrics.json``
-(wall-clock timing, the environment, the git commit) is moved into the executed notebook, so a
+(wall-clock timing, the environment, the git commit) is shown in the executed notebook instead, so a
 regenerated study is byte-identical. Each run is trained in a worker process whose floating-point
 kernels are pinned to the level every x86-64 CPU has (:data:`PORTABLE_ENV`), at one thread, so the
 same study gives the same bytes on any x86-64 Linux machine.
@@ -46,7 +46,7 @@ import yaml
 
 from fplstudy import stats
 from fplstudy.config import Config, ConfigError, make_config
-from fplstudy.results import atomic_write_text
+from fplstudy.results import VOLATILE, atomic_write_text, dumps_json
 
 # Environment of every study run. ATen's DEFAULT kernels (no AVX), oneDNN's SSE4.1 kernels and MKL's
 # conditional-numerical-reproducibility COMPATIBLE branch are what every x86-64 CPU with SSE4.1 runs
@@ -61,8 +61,8 @@ METRIC_KEYS = ("test_acc_mean", "test_acc_worst", "test_loss_mean", "train_loss"
                "memory_bytes_max_node", "model_params", "model_params_ratio", "params_stored_total")
 # The swept settings every summary row carries (values a group does not sweep come from train/defaults).
 PLAN_COLUMNS = ("name", "group", "strategy", "nodes", "junction", "partition")
-# metrics.json sections that differ between identical runs (or machines); kept out of tracked files.
-VOLATILE = ("timing", "environment")
+# metrics.json sections that differ between identical runs or machines (VOLATILE, from fplstudy.results:
+# timing and environment) and the git commit are kept out of the tracked files.
 VOLATILE_CODE_VERSION = ("git_commit",)
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")  # group and plan names: safe in paths and shell commands
 
@@ -286,25 +286,14 @@ def run_plan(cfg: Config, run_dir: str | Path) -> tuple[Any, dict[str, Any]]:
     from fplstudy.runner import run
 
     run_dir = Path(run_dir)
-    outcome = _run_fresh(run, cfg, run_dir)
+    outcome = run(cfg, run_dir, progress=False, overwrite=True)  # replaces an earlier run's files
     doc = json.loads((run_dir / "metrics.json").read_text())
     volatile = {key: doc.pop(key) for key in VOLATILE if key in doc}
     code = doc.get("code_version", {})
     volatile.update({key: code.pop(key) for key in VOLATILE_CODE_VERSION if key in code})
     code["code_hash"] = code_hash()
-    atomic_write_text(run_dir / "metrics.json", json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(run_dir / "metrics.json", dumps_json(doc))
     return outcome, volatile
-
-
-def _run_fresh(run: Callable, cfg: Config, run_dir: Path):
-    """``runner.run`` into a folder that holds nothing of an earlier run."""
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    import inspect
-
-    if "overwrite" in inspect.signature(run).parameters:
-        return run(cfg, run_dir, progress=False, overwrite=True)
-    return run(cfg, run_dir, progress=False)
 
 
 def _worker_run(cfg_values: dict[str, Any], run_dir: str) -> dict[str, Any]:
@@ -316,10 +305,9 @@ def _worker_run(cfg_values: dict[str, Any], run_dir: str) -> dict[str, Any]:
                            f"{torch.backends.cpu.get_cpu_capability()}; the study would not be reproducible")
     t0 = time.perf_counter()
     cfg = make_config(cfg_values)
-    torch.set_num_threads(max(1, getattr(cfg, "threads", 1) or 1))
-    outcome, _ = run_plan(cfg, run_dir)
+    outcome, volatile = run_plan(cfg, run_dir)
     return {"status": outcome.status, "test_acc_mean": outcome.metrics.get("test_acc_mean"),
-            "wall_s": time.perf_counter() - t0}
+            "wall_s": time.perf_counter() - t0, "environment": volatile.get("environment")}
 
 
 @contextlib.contextmanager
@@ -419,7 +407,8 @@ def train_runs(runs: list[tuple[Config, Path, str]], *, workers: int = 1, portab
         runs_after: runs still to train after these (for the estimate of the whole study).
 
     Returns:
-        One record per run: title, status, test accuracy, wall seconds.
+        One record per run: title, status, test accuracy, wall seconds, and the volatile ``environment``
+        the run recorded (threads, CPU kernel level, CPU model, torch version, kernel variables).
     """
     log = log or _terminal
     records: list[dict[str, Any]] = []
@@ -631,7 +620,7 @@ def write_aggregate(study: Study, tables: dict[str, pd.DataFrame], out_dir: str 
     written = [atomic_write_text(out_dir / f"{name}.csv", _csv(table)) for name, table in tables.items()]
     written.append(atomic_write_text(out_dir / "curves.csv", _csv(curves(tables["rounds"], tables["summary"]))))
     written.append(atomic_write_text(out_dir / "metrics.json",
-                                     json.dumps(headline(study, tables["summary"]), indent=2, allow_nan=False) + "\n"))
+                                     dumps_json(headline(study, tables["summary"]))))
     return written
 
 

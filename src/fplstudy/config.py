@@ -90,6 +90,9 @@ class Config(BaseModel):
     profiles_file: Optional[str] = None  # YAML file with extra or overriding device/link profiles
     pipeline: Literal["sequential", "gpipe", "1f1b"] = "sequential"  # makespan of a branch's stages
 
+    # --- the distributed backend (ignored by the simulated one)
+    distributed_timeout_s: float = 60.0  # longest wait for the rendezvous, one message or one collective (s)
+
 
 def _describe_allowed(err: dict) -> str:
     etype = err["type"]
@@ -143,6 +146,9 @@ def _check_ranges(cfg: Config) -> None:
             raise ConfigError(key, getattr(cfg, key), "must be >= 0")
     if not 0 < cfg.test_fraction < 1:
         raise ConfigError("test_fraction", cfg.test_fraction, "must lie strictly between 0 and 1")
+    if not 0 < cfg.distributed_timeout_s <= 86400:  # also refuses nan
+        raise ConfigError("distributed_timeout_s", cfg.distributed_timeout_s,
+                          "must be > 0 and <= 86400 seconds (it must exceed the longest wait a round imposes)")
     if cfg.micro_batches > cfg.batch_size:
         raise ConfigError("micro_batches", cfg.micro_batches,
                           f"must be <= batch_size ({cfg.batch_size})")

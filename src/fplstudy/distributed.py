@@ -7,12 +7,28 @@ point-to-point operations. Rank ``i`` plays node ``plan.nodes[i].name`` (``n0``,
 Two ways to start:
 
 - **on this machine** (no ``RANK``/``WORLD_SIZE`` in the environment): :func:`train_distributed` spawns
-  one process per node, rendezvous on a free loopback port (``127.0.0.1``), and stays in the parent
-  to collect the rounds as they complete. The node processes are forked from a fork server that
-  re-imports the calling script as ``__mp_main__``: a script needs the ``if __name__ == "__main__":``
-  guard (the CLI, notebooks and pytest need nothing);
-- **across hosts** (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT`` set, as ``torchrun``
-  does): the calling process *is* rank ``RANK``; rank 0 holds the results.
+  one process per node, rendezvous on a free loopback port (the store listens on ``127.0.0.1`` only,
+  gloo's sockets on the loopback interface), and stays in the parent to collect the rounds as they
+  complete. The node processes are forked from a fork server that re-imports the calling script as
+  ``__mp_main__``: a script needs the ``if __name__ == "__main__":`` guard (the CLI, notebooks and
+  pytest need nothing);
+- **across hosts** (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT`` set): the calling process
+  *is* rank ``RANK``; rank 0 holds the results. Rank 0 hosts the rendezvous store on ``MASTER_ADDR``
+  itself, which must be an address of its host (a wildcard such as ``0.0.0.0`` is refused): the store
+  listens on that one address, never on every interface. Gloo's sockets use the interface named by
+  ``GLOO_SOCKET_IFNAME`` or, when it is unset, the interface this host reaches ``MASTER_ADDR`` through.
+  Under ``torchrun`` (``TORCHELASTIC_USE_AGENT_STORE=True``) every rank joins torchrun's own store
+  instead, whose binding is torchrun's. The store has no authentication: bind it to a private network.
+
+The rendezvous, every message and every collective wait at most ``distributed_timeout_s`` (config key,
+default 60 s). A rank whose rendezvous does not complete in time (nothing listens at the master's
+address, a program there that is not a rendezvous store, ranks missing) stops with one
+:class:`DistributedError`; rank 0 refuses a ``MASTER_PORT`` already in use, or a ``MASTER_ADDR`` that is
+not its own, with :class:`LaunchError` before any training.
+
+Nothing a peer sends is unpickled: training tensors travel as raw bytes of a known shape, the
+evaluation state as raw tensor bytes whose layout rank 0 derives from its own copy of the model, the
+scores as float64 tensors and the wire counts as JSON text in a uint8 tensor.
 
 The ledger check: every process counts the payload bytes it really passes to ``isend`` and receives
 with ``irecv``, per round, peer and kind (:data:`WIRE_COLUMNS`); the run fails with
@@ -33,11 +49,16 @@ Dropout draws its masks from each process's own generator, so models with dropou
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import ipaddress
+import json
 import math
 import os
 import pickle
 import queue as queue_mod
 import socket
+import struct
 import threading
 import time
 import traceback
@@ -53,17 +74,20 @@ import torch.distributed as dist
 from torch import nn
 
 from fplstudy import engine
+from fplstudy.config import Config, ConfigError
 from fplstudy.events import TRANSFER_KINDS, Compute, Transfer
 from fplstudy.plan import Plan
 
-DEFAULT_TIMEOUT_S = 60  # longest wait for one message or collective (s); above the longest compute gap
-TIMEOUT_ENV = "FPLSTUDY_DISTRIBUTED_TIMEOUT_S"  # overrides DEFAULT_TIMEOUT_S when the caller gives none
+TIMEOUT_KEY = "distributed_timeout_s"  # the config key of the longest wait (s)
+DEFAULT_TIMEOUT_S = Config.model_fields[TIMEOUT_KEY].default
 FAULT_ENV = "FPLSTUDY_DISTRIBUTED_FAULT"  # test hook: "<node>@<round>" exits that node, "...:hang" hangs it
 WIRE_COLUMNS = ("round", "node", "peer", "kind", "messages_tx", "bytes_tx", "header_bytes_tx", "messages_rx",
                 "bytes_rx", "header_bytes_rx")  # bytes_*: payload, as the ledger counts; header_*: strides
 _MAX_PENDING_SENDS = 64  # sends a node may have in flight before it waits for the oldest
 _STOP_GRACE_S = 5.0  # after terminate(), seconds before kill()
 _REPORT_GRACE_S = 1.5  # after the first failure, seconds to collect the other processes' reports
+_EVAL_TAG, _WIRE_TAG = 1, 2  # point-to-point tags of the evaluation state and the wire counts (training: 0)
+_MAX_WIRE_JSON_BYTES = 1 << 26  # a rank's wire counts as JSON: far above any real run's
 
 
 class DistributedError(RuntimeError):
@@ -78,13 +102,22 @@ class WireMismatch(RuntimeError):
     """The payload bytes measured on the wire differ from the ledger's."""
 
 
+class LaunchError(ConfigError):
+    """A multi-host launch variable that cannot work (a ``MASTER_PORT`` in use, a ``MASTER_ADDR`` that is not
+    rank 0's), found before any training. The message names the variable, its value and the fix."""
+
+    def __init__(self, var: str, value: Any, allowed: str):
+        self.key, self.value, self.allowed = var, value, allowed
+        ValueError.__init__(self, f"environment variable '{var}': got {value!r}; {allowed}")
+
+
 @dataclass
 class DistributedResult(engine.TrainResult):
     """:class:`fplstudy.engine.TrainResult` plus what only the distributed backend measures.
 
     Attributes:
         wire: bytes really sent and received, one row per round × node × peer × kind
-            (:data:`WIRE_COLUMNS`); on ranks other than 0 of a multi-host run, that rank's rows only.
+            (:data:`WIRE_COLUMNS`), every node's (each rank of a multi-host run gets the whole table).
         rank: the rank of this process (0 in the parent of a local run): only rank 0 writes results.
         world_size: processes in the run (= nodes of the plan).
 
@@ -233,7 +266,7 @@ class DistributedTransport(engine.Transport):
 
     def _timed_out(self) -> str:
         return (f"timed out after {self.timeout_s:g} s (if a round legitimately keeps a node waiting longer, "
-                f"raise {TIMEOUT_ENV})")
+                f"raise the config key {TIMEOUT_KEY}, e.g. --set {TIMEOUT_KEY}=300)")
 
     def barrier(self) -> None:
         self._settle()
@@ -248,24 +281,64 @@ class DistributedTransport(engine.Transport):
 
     def score(self, plan, hold, losses, x, y):
         """Gather every node's trained modules and training losses to rank 0, which scores the branches
-        and broadcasts the scores (collectives outside the wire count: evaluation is a measurement)."""
+        and broadcasts the scores (outside the wire count: evaluation is a measurement).
+
+        Nothing is unpickled: each rank sends its losses as float64 and its modules' state as raw tensor
+        bytes, which rank 0 reads into its own copy of those modules (it knows every shape and dtype);
+        the scores come back as float64 tensors."""
         self._settle()
-        owned = {key: mod.state_dict() for key, node, mod in module_owners(plan, hold) if node == self.node}
-        gathered: list[Any] | None = [None] * dist.get_world_size() if self.rank == 0 else None
-        self._collective(lambda: dist.gather_object((losses, owned), gathered, dst=0),
-                         "gathering the trained state for evaluation")
-        scores: list[Any] = [None, None, None]
+        owners = module_owners(plan, hold)
+        theirs = [[mod for _, node, mod in owners if node == n.name] for n in plan.nodes]
+        state = state_bytes(theirs[self.rank])
+        payload = torch.cat([torch.tensor(losses, dtype=torch.float64).view(torch.uint8), state])
+        most = [8 * len(self._steps) + state_nbytes(mods) for mods in theirs]
+        gathered = self.gather_bytes(payload, [len(losses)], "the trained state for evaluation", _EVAL_TAG, most)
         if self.rank == 0:
-            mods = {key: mod for key, _, mod in module_owners(plan, hold)}
-            for _, states in gathered:
-                for key, state in states.items():
-                    if key not in owned:
-                        mods[key].load_state_dict(state)
-            scores = [self._in_step_order(plan, [rank_losses for rank_losses, _ in gathered]),
-                      *engine.evaluate(plan, hold, x, y)]
-        self._collective(lambda: dist.broadcast_object_list(scores, src=0), "broadcasting the round's scores")
+            per_rank = [losses]
+            for r, ((n_losses,), buf) in enumerate(gathered[1:], start=1):
+                if not 0 <= n_losses <= len(self._steps) or buf.numel() - 8 * n_losses != state_nbytes(theirs[r]):
+                    raise _NodeFailure(f"node {plan.nodes[r].name} (rank {r}) sent {n_losses} losses and "
+                                       f"{buf.numel() - 8 * n_losses} bytes of state; expected at most "
+                                       f"{len(self._steps)} losses and {state_nbytes(theirs[r])} bytes", self.round)
+                per_rank.append(buf[:8 * n_losses].clone().view(torch.float64).tolist())
+                load_state_bytes(theirs[r], buf[8 * n_losses:])
+            scores = [self._in_step_order(plan, per_rank), *engine.evaluate(plan, hold, x, y)]
+            lengths = torch.tensor([len(v) for v in scores], dtype=torch.int64)
+        else:
+            lengths = torch.zeros(3, dtype=torch.int64)
+        self._collective(lambda: dist.broadcast(lengths, src=0), "broadcasting the round's scores")
+        values = (torch.tensor([v for part in scores for v in part], dtype=torch.float64) if self.rank == 0
+                  else torch.empty(int(lengths.sum()), dtype=torch.float64))
+        self._collective(lambda: dist.broadcast(values, src=0), "broadcasting the round's scores")
+        flat, cuts = values.tolist(), lengths.cumsum(0).tolist()
         self._steps = {}
-        return tuple(scores)
+        return tuple(flat[a:b] for a, b in zip([0, *cuts[:-1]], cuts))
+
+    def gather_bytes(self, payload: torch.Tensor, head: list[int], what: str, tag: int, most: list[int],
+                     ) -> list[tuple[list[int], torch.Tensor]] | None:
+        """Every rank's ``(head, payload)`` on rank 0 (None elsewhere), as plain integers and raw bytes.
+
+        The heads (a few int64, the same count on every rank) and the payload sizes travel by a gather,
+        the payloads (uint8) point to point with ``tag``. Rank 0 refuses a payload larger than
+        ``most[rank]`` bytes before it allocates anything; the caller checks the rest.
+        """
+        world = dist.get_world_size()
+        mine = torch.tensor([*head, payload.numel()], dtype=torch.int64)
+        heads = [torch.zeros_like(mine) for _ in range(world)] if self.rank == 0 else None
+        self._collective(lambda: dist.gather(mine, heads, dst=0), f"gathering the sizes of {what}")
+        if self.rank != 0:
+            self._wait(dist.isend(payload, dst=0, tag=tag), f"sending {what} to rank 0", self.round)
+            return None
+        out = [(list(head), payload)]
+        for r in range(1, world):
+            *their_head, nbytes = (int(v) for v in heads[r])
+            if not 0 <= nbytes <= most[r]:
+                raise _NodeFailure(f"node {self.plan.nodes[r].name} (rank {r}) announced {nbytes} bytes of {what}; "
+                                   f"at most {most[r]} were expected", self.round)
+            buf = torch.empty(nbytes, dtype=torch.uint8)
+            self._wait(dist.irecv(buf, src=r, tag=tag), f"receiving {what} from rank {r}", self.round)
+            out.append((their_head, buf))
+        return out
 
     def _in_step_order(self, plan: Plan, per_rank: list[list[float]]) -> list[float]:
         """Every batch's training loss in step order, as one process would have listed them: each
@@ -286,6 +359,36 @@ def _parse_fault(spec: str) -> tuple[str, int, str] | None:
     node, _, rest = spec.partition("@")
     rnd, _, mode = rest.partition(":")
     return node, int(rnd), mode or "exit"
+
+
+def state_nbytes(mods: list[nn.Module]) -> int:
+    """Bytes of the raw state of ``mods`` (every state-dict tensor, in order)."""
+    return sum(t.numel() * t.element_size() for m in mods for t in m.state_dict().values())
+
+
+def state_bytes(mods: list[nn.Module]) -> torch.Tensor:
+    """The state-dict tensors of ``mods``, in order, as one uint8 tensor of their raw bytes (no framing: the
+    receiver holds modules of the same architecture and reads the layout from them)."""
+    parts = [t.detach().contiguous().reshape(-1).view(torch.uint8) for m in mods for t in m.state_dict().values()]
+    return torch.cat(parts) if parts else torch.empty(0, dtype=torch.uint8)
+
+
+def load_state_bytes(mods: list[nn.Module], buf: torch.Tensor) -> None:
+    """Load what :func:`state_bytes` made from modules of the same architecture into ``mods`` (bit for bit).
+
+    Raises:
+        ValueError: ``buf`` does not hold exactly their state's bytes.
+    """
+    if buf.numel() != state_nbytes(mods):
+        raise ValueError(f"{buf.numel()} bytes of state for modules holding {state_nbytes(mods)}")
+    at = 0
+    for m in mods:
+        state = {}
+        for name, t in m.state_dict().items():
+            n = t.numel() * t.element_size()
+            state[name] = buf[at:at + n].clone().view(t.dtype).reshape(t.shape)  # clone: aligned, own storage
+            at += n
+        m.load_state_dict(state)
 
 
 # --------------------------------------------------------------------------- the wire table
@@ -346,15 +449,162 @@ def check_wire(wire: pd.DataFrame, ledger: pd.DataFrame) -> None:
                            + "; ".join(bad[:10]) + (" …" if len(bad) > 10 else ""))
 
 
-# --------------------------------------------------------------------------- one rank
+# --------------------------------------------------------------------------- the rendezvous
 
-def _loopback_ifname() -> str | None:
+def interface_of(ip: str) -> str | None:
+    """Name of the network interface that holds the local address ``ip`` (None when none does)."""
+    addr = ipaddress.ip_address(ip)
+    if addr.version == 6:  # /proc/net/if_inet6: "<address, 32 hex digits> <index> <prefix> <scope> <flags> <name>"
+        try:
+            lines = Path("/proc/net/if_inet6").read_text().splitlines()
+        except OSError:  # pragma: no cover - no IPv6
+            return None
+        return next((f[5] for f in map(str.split, lines) if len(f) >= 6 and int(f[0], 16) == int(addr)), None)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        for _, name in socket.if_nameindex():
+            try:  # SIOCGIFADDR: the interface's IPv4 address, bytes 20..24 of the answer (struct ifreq)
+                got = fcntl.ioctl(probe.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))
+            except OSError:
+                continue
+            if socket.inet_ntoa(got[20:24]) == str(addr):
+                return name
+    return None
+
+
+def route_source(ip: str) -> str:
+    """The local address this host reaches ``ip`` from (the kernel's route lookup; nothing is sent)."""
+    family = socket.AF_INET6 if ipaddress.ip_address(ip).version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.connect((ip, 9))
+        return probe.getsockname()[0]
+
+
+def resolve_address(host: str, var: str = "MASTER_ADDR") -> str:
+    """The IP address of ``host`` (a name or an address).
+
+    Raises:
+        LaunchError: it cannot be resolved.
+    """
     try:
-        names = [n for _, n in socket.if_nameindex()]
-    except OSError:  # pragma: no cover - no interface listing
-        return None
-    return next((n for n in names if n == "lo" or n.startswith("lo")), None)
+        return socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][4][0]
+    except (socket.gaierror, UnicodeError, ValueError):
+        raise LaunchError(var, host, "cannot be resolved; give rank 0's IP address") from None
 
+
+def store_server(ip: str, port: int, timeout_s: float) -> dist.TCPStore:
+    """The rendezvous store, listening on ``ip`` only (``port`` 0: a free port the OS picks, no race).
+
+    The socket is bound here and handed to the store, whose own listener would take every interface.
+
+    Raises:
+        LaunchError: ``ip`` is a wildcard or not an address of this host, or ``port`` is taken.
+    """
+    addr = ipaddress.ip_address(ip)
+    if addr.is_unspecified:
+        raise LaunchError("MASTER_ADDR", ip, "a wildcard address would open the rendezvous store on every "
+                          "interface; give rank 0's own address on the network the ranks share")
+    sock = socket.socket(socket.AF_INET6 if addr.version == 6 else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT, never a live listener
+        sock.bind((ip, port))
+        sock.listen(socket.SOMAXCONN)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise LaunchError("MASTER_PORT", port, f"{ip}:{port} is already in use by another program; "
+                              "give every rank the same free MASTER_PORT") from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise LaunchError("MASTER_ADDR", ip, "is not an address of this host; rank 0 hosts the rendezvous, so "
+                              "MASTER_ADDR must be its own address") from None
+        raise LaunchError("MASTER_PORT", port, f"cannot listen on {ip}:{port} ({exc.strerror}); "
+                          "choose a free port >= 1024") from None
+    bound = sock.getsockname()[1]
+    return dist.TCPStore(ip, bound, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=timeout_s),
+                         master_listen_fd=sock.detach(), use_libuv=True)  # the store owns the socket now
+
+
+def _wait_for_listener(ip: str, port: int, deadline: float) -> bool:
+    """Connect (and close) until something listens at ``ip:port`` or the deadline passes."""
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((ip, port), timeout=max(0.05, min(1.0, deadline - time.monotonic()))).close()
+            return True
+        except OSError:
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+    return False
+
+
+def rendezvous(rank: int, world: int, ip: str, port: int, timeout_s: float,
+               store: dist.TCPStore | None = None) -> dist.TCPStore:
+    """Join (``store`` None) or host the rendezvous at ``ip:port`` and start the default gloo process group.
+
+    Everything happens within ``timeout_s``: a store client whose peer never answers (another program
+    holds the port) or a world whose ranks never all arrive would otherwise block for good. The wait
+    runs in a daemon thread; when it is over time the thread is abandoned (it holds no lock of ours)
+    and the caller gets one :class:`DistributedError`.
+
+    Returns:
+        The store (keep it as long as the process group).
+
+    Raises:
+        DistributedError: the rendezvous did not complete in time, saying what was missing.
+    """
+    deadline = time.monotonic() + timeout_s
+    # torch's own waits end later than ours: the caller reports first, and no C++ warning precedes the report
+    lenient = timedelta(seconds=2 * timeout_s + 10)
+    stage = ["connecting"]
+    box: dict[str, Any] = {}
+
+    def join() -> None:
+        try:
+            s = store
+            if s is None:
+                if not _wait_for_listener(ip, port, deadline):
+                    return
+                stage[0] = "handshake"
+                s = dist.TCPStore(ip, port, is_master=False, timeout=lenient)
+            stage[0] = "joining"
+            dist.init_process_group("gloo", store=s, rank=rank, world_size=world, timeout=lenient)
+            dist.set_timeout(timedelta(seconds=timeout_s))  # every collective from now on
+            box["store"] = s
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=join, daemon=True, name="fplstudy-rendezvous")
+    thread.start()
+    thread.join(max(0.0, deadline - time.monotonic()) + 0.5)
+    if "store" in box:
+        return box["store"]
+    why = {"connecting": f"nothing listens at {ip}:{port} (MASTER_ADDR:MASTER_PORT): start rank 0, or check "
+                         "MASTER_ADDR, MASTER_PORT and the firewall",
+           "handshake": f"{ip}:{port} accepted the connection but does not answer as a rendezvous store (another "
+                        "program holds MASTER_PORT there?): give every rank the same free MASTER_PORT",
+           "joining": f"not every one of the {world} ranks joined at {ip}:{port}: start all of them with the same "
+                      "MASTER_ADDR, MASTER_PORT and WORLD_SIZE"}[stage[0]]
+    if "error" in box:
+        why += f" ({_short(box['error'])})"
+    raise DistributedError(f"rank {rank}: the rendezvous did not complete within {timeout_s:g} s: {why}; "
+                           f"raise the config key {TIMEOUT_KEY} if the ranks need longer to start")
+
+
+class _GlooInterface:
+    """Context: gloo's sockets on interface ``name`` (``GLOO_SOCKET_IFNAME``) unless the user set one."""
+
+    def __init__(self, name: str | None):
+        self.name, self.old = name, None
+
+    def __enter__(self):
+        self.old = os.environ.get("GLOO_SOCKET_IFNAME")
+        if self.old is None and self.name:
+            os.environ["GLOO_SOCKET_IFNAME"] = self.name
+        return self
+
+    def __exit__(self, *exc):
+        if self.old is None:
+            os.environ.pop("GLOO_SOCKET_IFNAME", None)
+
+
+# --------------------------------------------------------------------------- one rank
 
 def _watch_parent(parent_pid: int) -> None:
     """End this process when its parent is gone (no orphan is left behind, even after a kill -9)."""
@@ -382,15 +632,12 @@ def _spawned_rank(rank: int, world: int, plan: Plan, data, port: int, timeout_s:
                   fault: str, reports) -> None:
     """A child process of a local run: rendezvous on loopback, train as node ``rank``, report back."""
     _watch_parent(parent_pid)
-    ifname = _loopback_ifname()
-    if ifname:
-        os.environ["GLOO_SOCKET_IFNAME"] = ifname
+    os.environ["GLOO_SOCKET_IFNAME"] = interface_of("127.0.0.1") or "lo"  # gloo listens on loopback only
     torch.set_num_threads(1)  # one core per node process; the processes share the machine
     node = plan.nodes[rank].name
     T = None
     try:
-        store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=timedelta(seconds=timeout_s))
-        dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s))
+        rendezvous(rank, world, "127.0.0.1", port, timeout_s)
         T = DistributedTransport(plan, rank, timeout_s, fault)
         sent = [0]
 
@@ -406,7 +653,7 @@ def _spawned_rank(rank: int, world: int, plan: Plan, data, port: int, timeout_s:
         _report(reports, "done", rank, dict(status=result.status, message=result.message, wire=T.wire_rows(),
                                          events=events, states=states, at=(T.round, max(T._steps, default=-1))))
     except BaseException as exc:  # report, then die: the parent stops the others
-        msg = str(exc) if isinstance(exc, _NodeFailure) else (
+        msg = str(exc) if isinstance(exc, (_NodeFailure, DistributedError)) else (
             f"node {node} (rank {rank}) failed in round {T.round if T else 0}: "
             f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}")
         _report(reports, "error", rank, dict(message=msg, round=getattr(exc, "round", T.round if T else None)))
@@ -440,21 +687,23 @@ def train_distributed(plan: Plan, *, data=None, progress: bool = False, on_round
         data: the loaded dataset and partition (loaded from the plan when None).
         progress: show a tqdm bar over rounds (rank 0).
         on_round: called with each completed round's row, in this process (rank 0 of a multi-host run).
-        timeout_s: longest wait for one message or collective; a hung node stops the run after it (a
-            dead one at once). None: :data:`TIMEOUT_ENV` or :data:`DEFAULT_TIMEOUT_S`. It must exceed
-            the longest wait a round imposes on a node (an ``fl`` aggregator waits a whole epoch).
+        timeout_s: longest wait for the rendezvous, one message or one collective; a hung node stops the
+            run after it (a dead one at once). None: the plan's config key ``distributed_timeout_s``. It must
+            exceed the longest wait a round imposes on a node (an ``fl`` aggregator waits a whole epoch).
 
     Returns:
         A :class:`DistributedResult` with the full event stream (equal to the simulated backend's)
         and the wire table.
 
     Raises:
-        DistributedError: a node process died, hung or failed (names the node and the round; carries
-            the completed rounds); every child process is stopped first.
+        DistributedError: a node process died, hung or failed, or the rendezvous did not complete in time
+            (names the node and the round; carries the completed rounds); every child process is stopped first.
+        LaunchError: (multi-host) a launch variable that cannot work, e.g. ``MASTER_PORT`` already in use on
+            rank 0, found before any training.
         WireMismatch: the wire's bytes differ from the ledger's.
     """
     if timeout_s is None:
-        timeout_s = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
+        timeout_s = float(plan.config.distributed_timeout_s)
     if data is None:
         data = engine.load_partitioned(plan)
     if _external_launch():
@@ -490,8 +739,7 @@ def _train_local(plan, data, progress, on_round, timeout_s) -> DistributedResult
     world = len(plan.nodes)
     names = [n.name for n in plan.nodes]
     t0 = time.perf_counter()
-    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
-                          timeout=timedelta(seconds=timeout_s))  # port 0: the OS picks a free port, no race
+    store = store_server("127.0.0.1", 0, timeout_s)  # loopback only; port 0: the OS picks a free one
     ctx = _context()
     reports = ctx.Queue()
     procs = [ctx.Process(target=_spawned_rank, name=f"fplstudy-{names[r]}", daemon=True,
@@ -595,27 +843,52 @@ def _stop(procs) -> None:
 
 # --------------------------------------------------------------------------- multi-host (torchrun)
 
-def _train_this_rank(plan, data, progress, on_round, timeout_s) -> DistributedResult:
-    from fplstudy.config import ConfigError
+def launch_env(plan: Plan) -> tuple[int, int, str, int]:
+    """``(RANK, WORLD_SIZE, MASTER_ADDR's IP, MASTER_PORT)`` of a multi-host launch, checked.
 
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    Raises:
+        LaunchError: a variable missing or out of range.
+        ConfigError: ``WORLD_SIZE`` differs from the plan's node count.
+    """
+    env = os.environ
+    try:
+        rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+    except ValueError:
+        raise LaunchError("RANK", f"{env['RANK']}/{env['WORLD_SIZE']}", "RANK and WORLD_SIZE must be integers") from None
     if world != len(plan.nodes):
         raise ConfigError("nodes", plan.config.nodes,
                           f"the plan has {len(plan.nodes)} node processes ({', '.join(n.name for n in plan.nodes)}) "
                           f"but WORLD_SIZE={world}; launch exactly one process per node")
+    if not 0 <= rank < world:
+        raise LaunchError("RANK", rank, f"must lie in 0..{world - 1} (WORLD_SIZE={world})")
+    if not env.get("MASTER_ADDR"):
+        raise LaunchError("MASTER_ADDR", env.get("MASTER_ADDR"), "set it to rank 0's address on every rank")
+    try:
+        port = int(env.get("MASTER_PORT", ""))
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise LaunchError("MASTER_PORT", env.get("MASTER_PORT"), "set it to the same free TCP port (1..65535) "
+                          "on every rank")
+    return rank, world, resolve_address(env["MASTER_ADDR"]), port
+
+
+def _train_this_rank(plan, data, progress, on_round, timeout_s) -> DistributedResult:
+    rank, world, ip, port = launch_env(plan)
     t0 = time.perf_counter()
-    dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=world,
-                            timeout=timedelta(seconds=timeout_s))
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun's agent hosts the store
+    store = store_server(ip, port, timeout_s) if rank == 0 and not agent else None
+    with _GlooInterface(interface_of(route_source(ip))):
+        store = rendezvous(rank, world, ip, port, timeout_s, store)
     try:
         T = DistributedTransport(plan, rank, timeout_s)
         try:
             result = engine.train(plan, T, data=data, progress=progress and rank == 0,
                                   on_round=on_round if rank == 0 else None)
-            wires: list[Any] | None = [None] * world if rank == 0 else None
-            T._collective(lambda: dist.gather_object(T.wire_rows(), wires, dst=0), "gathering the wire counts")
+            rows = _share_wire_rows(T, plan)
         except _NodeFailure as exc:
-            raise DistributedError(f"distributed run stopped in round {exc.round}: {exc}") from None
-        rows = [r for w in wires for r in w] if rank == 0 else T.wire_rows()
+            when = f"in round {exc.round}" if exc.round is not None else "after training"
+            raise DistributedError(f"distributed run stopped {when}: {exc}") from None
         out = DistributedResult(plan, result.rounds, result.events, result.status, result.message, result.holdings,
                                 result.shard_sizes, time.perf_counter() - t0, wire=wire_table(rows, plan),
                                 rank=rank, world_size=world)
@@ -624,3 +897,48 @@ def _train_this_rank(plan, data, progress, on_round, timeout_s) -> DistributedRe
         return out
     finally:
         dist.destroy_process_group()
+        del store
+
+
+def _json_tensor(obj) -> torch.Tensor:
+    data = json.dumps(obj).encode()
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+
+
+def _share_wire_rows(T: DistributedTransport, plan: Plan) -> list[dict]:
+    """Every rank's wire counts, on every rank: gathered to rank 0 as JSON text, checked there field by
+    field, and broadcast back (so that every rank can check the whole wire against the ledger)."""
+    world = len(plan.nodes)
+    gathered = T.gather_bytes(_json_tensor([list(row.values()) for row in T.wire_rows()]), [], "the wire counts",
+                              _WIRE_TAG, [_MAX_WIRE_JSON_BYTES] * world)
+    if T.rank == 0:
+        rows = [row for r, (_, buf) in enumerate(gathered) for row in _wire_rows_from_json(buf, plan, r)]
+        table = _json_tensor([list(row.values()) for row in rows])
+        size = torch.tensor([table.numel()], dtype=torch.int64)
+    else:
+        size = torch.zeros(1, dtype=torch.int64)
+    T._collective(lambda: dist.broadcast(size, src=0), "broadcasting the wire counts")
+    if not 0 <= int(size) <= _MAX_WIRE_JSON_BYTES * world:
+        raise _NodeFailure(f"rank 0 announced {int(size)} bytes of wire counts", None)
+    if T.rank != 0:
+        table = torch.empty(int(size), dtype=torch.uint8)
+    T._collective(lambda: dist.broadcast(table, src=0), "broadcasting the wire counts")
+    return rows if T.rank == 0 else _wire_rows_from_json(table, plan, None)
+
+
+def _wire_rows_from_json(buf: torch.Tensor, plan: Plan, rank: int | None) -> list[dict]:
+    """Wire counts from JSON text, checked field by field (plain data, never code): rank ``rank``'s own
+    rows, or (``rank`` None) the whole table as rank 0 sent it."""
+    names = [n.name for n in plan.nodes]
+    who = f"node {names[rank]} (rank {rank})" if rank is not None else "rank 0"
+    try:
+        rows = json.loads(bytes(buf.numpy()).decode()) if buf.numel() else []
+        out = [dict(zip(WIRE_COLUMNS, row, strict=True)) for row in rows]
+        ok = all(type(r["round"]) is int and r["node"] in names and r["peer"] in names
+                 and (rank is None or r["node"] == names[rank]) and r["kind"] in TRANSFER_KINDS
+                 and all(type(r[c]) is int and r[c] >= 0 for c in WIRE_COLUMNS[4:]) for r in out)
+    except (ValueError, TypeError, UnicodeError):
+        ok = False
+    if not ok:
+        raise _NodeFailure(f"{who} sent wire counts that are not rows of {', '.join(WIRE_COLUMNS)}", None)
+    return out

@@ -91,7 +91,7 @@ def _cmd_plan(cfg: Config, args) -> int:
     print(plan.describe())
     print("  samples per branch: " + ", ".join(f"branch {d}: {n}" for d, n in enumerate(part.samples())))
     if args.figure:
-        from fplstudy.plots import draw_plan
+        from fplstudy.planfig import draw_plan
 
         draw_plan(plan, path=args.figure)
         print(f"figure: {args.figure}")

@@ -256,6 +256,26 @@ def shard_sizes(plan: Plan) -> list[int]:
     return [int(n) for n in load_partitioned(plan)[1].samples()]
 
 
+_SHARD_SIZES: dict[tuple, list[int]] = {}
+
+
+def cached_shard_sizes(plan: Plan) -> list[int]:
+    """:func:`shard_sizes`, partitioned once per process for each dataset, partition setting and
+    number of branches: the plan search and the teaching sliders price many plans of the same data.
+
+    The cache key holds every config key the partition reads (dataset, ``data_dir``,
+    ``max_train_samples``, ``test_fraction``, ``partition``, ``alpha``, ``classes_per_node``, ``seed``)
+    and the number of branches; a dataset rewritten in place under the same ``data_dir`` during the
+    process is not seen (use :func:`shard_sizes`).
+    """
+    cfg = plan.config
+    key = (cfg.dataset, cfg.data_dir, cfg.max_train_samples, cfg.test_fraction, cfg.partition, cfg.alpha,
+           cfg.classes_per_node, cfg.seed, len(plan.branches))
+    if key not in _SHARD_SIZES:
+        _SHARD_SIZES[key] = shard_sizes(plan)
+    return list(_SHARD_SIZES[key])
+
+
 def dry_run(cfg_or_plan: Config | Plan, *, shards: list[int] | None = None,
             profiles: Profiles | None = None) -> DryRun:
     """Events, ledger and totals of a plan without training.

@@ -11,7 +11,8 @@ Speed: costs of a round depend only on the plan and on whether the round syncs, 
 dry-runs one period of rounds (``sync_every`` rounds, one more for an SL relay whose first round has
 no hand-over) and repeats its ledger rows over ``config.rounds`` rounds before summing them with
 :func:`fplstudy.ledger.totals`. The totals equal those of ``dry_run(config)`` exactly
-(tests/test_explore.py checks it). Shard sizes are partitioned once per number of branches.
+(tests/test_explore.py checks it). Shard sizes are partitioned once per number of branches
+(:func:`fplstudy.dryrun.cached_shard_sizes`).
 
 Which nodes count: ``nodes`` is read as each strategy reads it (see :mod:`fplstudy.strategies`); ``fl``
 adds its aggregator, so the ``nodes_used`` column may be ``nodes + 1``; ``centralized`` only fits
@@ -29,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from fplstudy.config import JUNCTIONS, STRATEGIES, Config, ConfigError, make_config
-from fplstudy.dryrun import price_plan, shard_sizes
+from fplstudy.dryrun import cached_shard_sizes, price_plan
 from fplstudy.ledger import totals
 from fplstudy.makespan import fast_path_applies
 from fplstudy.plan import Plan, resolve
@@ -204,19 +205,6 @@ def plan_key(plan: Plan) -> tuple:
             plan.sync_every if sync == "fedavg" else 1, plan.aggregator is not None and sync != "none")
 
 
-_SHARDS: dict[tuple, list[int]] = {}
-
-
-def _shards(plan: Plan) -> list[int]:
-    """Shard sizes, partitioned once per dataset, partition and number of branches."""
-    cfg = plan.config
-    key = (cfg.dataset, cfg.data_dir, cfg.max_train_samples, cfg.test_fraction, cfg.partition, cfg.alpha,
-           cfg.classes_per_node, cfg.seed, len(plan.branches))
-    if key not in _SHARDS:
-        _SHARDS[key] = shard_sizes(plan)
-    return list(_SHARDS[key])
-
-
 def period_rounds(plan: Plan) -> tuple[int, list[int]]:
     """The rounds to dry-run and, for every round of the run, the priced round it costs the same as.
 
@@ -244,9 +232,9 @@ def price_ledger(plan: Plan, fast: bool = True) -> pd.DataFrame:
     """
     priced, source = period_rounds(plan)
     if priced == plan.config.rounds or (fast and fast_path_applies(plan)):
-        return price_plan(plan, _shards(plan), check_profiles(plan), fast=fast)
+        return price_plan(plan, cached_shard_sizes(plan), check_profiles(plan), fast=fast)
     short = _with_rounds(plan, priced)
-    ledger = price_plan(short, _shards(plan), check_profiles(plan), fast=fast)
+    ledger = price_plan(short, cached_shard_sizes(plan), check_profiles(plan), fast=fast)
     rows = ledger.groupby("round").indices
     index = np.concatenate([rows[s] for s in source])
     out = ledger.iloc[index].reset_index(drop=True)

@@ -1,0 +1,27 @@
+"""The colours and markers that every figure of fplstudy shares.
+
+One palette for the kinds of work and messages (``forward`` … ``idle``: the stacked bars of the study's
+figures, the arrows of the plan picture and the teaching panel's energy bars) and one for the
+strategies (colour and marker, so the figures also read in greyscale). Both are seaborn's
+colour-blind-safe ``colorblind`` palette, written out here so that drawing a plan does not need
+seaborn; ``tests/test_style.py`` checks the values against seaborn's.
+
+Importing this module does not import pyplot and never chooses a matplotlib backend.
+"""
+
+from __future__ import annotations
+
+from matplotlib.colors import to_rgb
+
+# seaborn's "colorblind" palette, in seaborn's order
+COLORBLIND = ("#0173B2", "#DE8F05", "#029E73", "#D55E00", "#CC78BC", "#CA9161", "#FBAFE4", "#949494",
+              "#ECE133", "#56B4E9")
+
+STRATEGY_ORDER = ("centralized", "mp", "fl", "sl", "sfl", "fpl")
+PALETTE = dict(zip(STRATEGY_ORDER, (to_rgb(c) for c in COLORBLIND)))  # strategy -> RGB
+MARKERS = dict(zip(STRATEGY_ORDER, ("*", "s", "o", "^", "v", "D")))
+
+# kinds of a ledger row: compute, the five message kinds, waiting
+KIND_ORDER = ("forward", "backward", "activations", "gradients", "labels", "params_up", "params_down", "idle")
+KIND_PALETTE = dict(zip(KIND_ORDER, (to_rgb(c) for c in COLORBLIND)))  # kind -> RGB
+MESSAGE_KINDS = ("activations", "gradients", "labels", "params_up", "params_down")

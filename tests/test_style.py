@@ -1,0 +1,51 @@
+"""One palette for every figure, and figure modules that never choose matplotlib's backend."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import seaborn as sns
+
+from fplstudy import style
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_palettes_are_seaborns_colorblind():
+    assert list(style.KIND_PALETTE) == list(style.KIND_ORDER)
+    assert list(style.KIND_PALETTE.values()) == list(sns.color_palette("colorblind", len(style.KIND_ORDER)))
+    assert list(style.PALETTE.values()) == list(sns.color_palette("colorblind", len(style.STRATEGY_ORDER)))
+    assert set(style.MESSAGE_KINDS) < set(style.KIND_ORDER)
+    assert len(set(style.MARKERS.values())) == len(style.STRATEGY_ORDER)
+
+
+def test_study_figures_use_the_same_colours():
+    from fplstudy import plots
+
+    assert dict(plots.KIND_PALETTE) == style.KIND_PALETTE and dict(plots.PALETTE) == style.PALETTE
+    assert plots.MARKERS == style.MARKERS and tuple(plots.KIND_ORDER) == style.KIND_ORDER
+
+
+def test_figure_modules_leave_the_backend_alone(tmp_path):
+    """Importing style, planfig and teach, and saving a plan picture, keep the backend a user chose."""
+    code = textwrap.dedent(f"""
+        import matplotlib
+        before = matplotlib.get_backend()
+        import fplstudy.style, fplstudy.planfig, fplstudy.teach
+        from fplstudy.config import make_config
+        from fplstudy.plan import resolve
+        from fplstudy.planfig import draw_plan
+        after_import = matplotlib.get_backend()
+        draw_plan(resolve(make_config({{"strategy": "mp", "nodes": 2, "max_train_samples": 200}})),
+                  path={str(tmp_path / "plan.png")!r})
+        print(before, after_import, matplotlib.get_backend())
+    """)
+    env = {"MPLBACKEND": "svg", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1",
+           "HOME": str(tmp_path), "MPLCONFIGDIR": str(tmp_path / "mpl")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["svg", "svg", "svg"]
+    assert (tmp_path / "plan.png").read_bytes()[:4] == b"\x89PNG"

@@ -23,13 +23,9 @@ import seaborn as sns
 import seaborn.objects as so
 
 from fplstudy import stats
-from fplstudy.study import LABEL_ORDER, pareto_front
-
-STRATEGY_ORDER = ("centralized", "mp", "fl", "sl", "sfl", "fpl")
-LABEL_PALETTE = dict(zip(LABEL_ORDER, sns.color_palette("colorblind", len(LABEL_ORDER))))
-LABEL_MARKERS = dict(zip(LABEL_ORDER, ("*", "s", "o", "^", "v", "P", "D", "X")))
-KIND_ORDER = ("forward", "backward", "activations", "gradients", "labels", "params_up", "params_down", "idle")
-KIND_PALETTE = dict(zip(KIND_ORDER, sns.color_palette("colorblind", len(KIND_ORDER))))
+from fplstudy.study import pareto_front, plan_label as label
+from fplstudy.style import (KIND_ORDER, KIND_PALETTE, LABEL_MARKERS, LABEL_ORDER, LABEL_PALETTE,  # noqa: F401
+                            MARKERS, PALETTE, STRATEGY_ORDER)
 DPI = 150  # fixed, so the PNG bytes do not depend on the matplotlib rc of the machine
 CI = stats.errorbar(0.95)
 LABELS = {
@@ -39,11 +35,6 @@ LABELS = {
     "makespan_s": "makespan of the training (s)",
 }
 SCALE = {"bytes_total": 1e-6}  # bytes are drawn in MB
-
-
-def label(table: pd.DataFrame) -> pd.Series:
-    """Legend label of each row: the strategy, with the junction for fpl (``fpl-adapter``)."""
-    return table["strategy"].where(table["strategy"] != "fpl", "fpl-" + table["junction"].astype(str))
 
 
 def _iid(table: pd.DataFrame) -> pd.DataFrame:
@@ -179,7 +170,8 @@ def learning_curves(rounds: pd.DataFrame, nodes: int):
     grid = sns.relplot(data=data, x="round", y="test_acc_mean", hue="plan", hue_order=order, style="plan",
                        style_order=order, col="data", col_order=[c for c in ("iid", "dirichlet")
                                                                  if c in set(data["data"])],
-                       kind="line", markers=True, dashes=True, errorbar=CI, palette=LABEL_PALETTE,
+                       kind="line", markers={k: LABEL_MARKERS[k] for k in order}, dashes=True, errorbar=CI,
+                       palette=LABEL_PALETTE,
                        height=4, aspect=1.1)
     grid.set_axis_labels("round", LABELS["test_acc_mean"])
     grid.set_titles(f"{nodes} nodes, {{col_name}} data")

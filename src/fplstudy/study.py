@@ -47,6 +47,7 @@ import yaml
 from fplstudy import stats
 from fplstudy.config import Config, ConfigError, make_config
 from fplstudy.results import VOLATILE, atomic_write_text, dumps_json
+from fplstudy.style import LABEL_ORDER
 
 # Environment of every study run. ATen's DEFAULT kernels (no AVX), oneDNN's SSE4.1 kernels and MKL's
 # conditional-numerical-reproducibility COMPATIBLE branch are what every x86-64 CPU with SSE4.1 runs
@@ -577,7 +578,7 @@ def headline(study: Study, summary: pd.DataFrame) -> dict[str, Any]:
     out: dict[str, Any] = {"plans": int(summary.shape[0]), "seeds": len(study.seeds),
                            "runs_completed": int(summary["seeds"].sum())}
     iid = summary[summary["partition"].isin(["iid", "features"])]
-    for label, part in iid.groupby(_legend_label(iid), sort=False):
+    for label, part in iid.groupby(plan_label(iid), sort=False):
         nodes = 4 if (part["nodes"] == 4).any() else int(part["nodes"].max())
         row = part[part["nodes"] == nodes].iloc[0]
         out[f"{label}@{nodes}"] = {
@@ -587,20 +588,18 @@ def headline(study: Study, summary: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
-def _legend_label(table: pd.DataFrame) -> pd.Series:
+def plan_label(table: pd.DataFrame) -> pd.Series:
+    """Legend label of each row (:data:`fplstudy.style.LABEL_ORDER`): the strategy, with the junction for
+    fpl (``fpl-adapter``)."""
     return table["strategy"].where(table["strategy"] != "fpl", "fpl-" + table["junction"].astype(str))
-
-
-# Legend labels of the strategies (fpl per junction), in drawing order; curves.csv has one column each.
-LABEL_ORDER = ("centralized", "mp", "fl", "sl", "sfl", "fpl-shared", "fpl-adapter", "fpl-concat")
 
 
 def curves(rounds: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
     """Learning curves for DVC's data-driven plot: test accuracy per round (mean over seeds), one
-    column per :data:`LABEL_ORDER` label, each at its reference node count (as :func:`headline`) on
+    column per :data:`fplstudy.style.LABEL_ORDER` label, each at its reference node count (as :func:`headline`) on
     IID data; a label the study does not run is an empty column."""
     iid = summary[summary["partition"].isin(["iid", "features"])]
-    labels = _legend_label(iid)
+    labels = plan_label(iid)
     table = pd.DataFrame(index=pd.Index(sorted(rounds["round"].unique()), name="round"))
     for label in LABEL_ORDER:
         part = iid[labels == label]

@@ -25,3 +25,10 @@ MARKERS = dict(zip(STRATEGY_ORDER, ("*", "s", "o", "^", "v", "D")))
 KIND_ORDER = ("forward", "backward", "activations", "gradients", "labels", "params_up", "params_down", "idle")
 KIND_PALETTE = dict(zip(KIND_ORDER, (to_rgb(c) for c in COLORBLIND)))  # kind -> RGB
 MESSAGE_KINDS = ("activations", "gradients", "labels", "params_up", "params_down")
+
+# Legend labels of the study's figures: the strategies, fpl split by junction (fpl-shared keeps fpl's
+# colour and marker); fplstudy.study.plan_label gives a plan's label.
+LABEL_ORDER = ("centralized", "mp", "fl", "sl", "sfl", "fpl-shared", "fpl-adapter", "fpl-concat")
+LABEL_PALETTE = dict(zip(LABEL_ORDER, (to_rgb(c) for c in COLORBLIND)))  # label -> RGB
+LABEL_MARKERS = {**{k: v for k, v in MARKERS.items() if k != "fpl"}, "fpl-shared": MARKERS["fpl"],
+                 "fpl-adapter": "P", "fpl-concat": "X"}

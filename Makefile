@@ -1,26 +1,41 @@
 # fplstudy: `make study` regenerates every result and figure; `make test` runs the test suite.
-# Both create (once) a virtual environment outside the clone, keyed on pyproject.toml, and install
-# this checkout into it. Override the interpreter with PYTHON=..., the venv folder with VENV=...
+# Both first set up (once) this checkout's own virtual environment in .venv/ with this checkout
+# installed in it, from a package cache shared by every checkout (tools/venv.py: seconds once the
+# cache is warm). `make shell` opens a shell in the environment, `make env` prints where it is,
+# `make lab` opens JupyterLab on the project. Override the interpreter with PYTHON=..., the venv
+# folder with VENV=..., the shared cache with CACHE=...
 
 PYTHON ?= python3
-DEPS_KEY := $(shell cat pyproject.toml | sha256sum | cut -c1-12)
-VENV ?= $(HOME)/.cache/fplstudy/venv-$(DEPS_KEY)
-BIN := $(VENV)/bin
+VENV ?= .venv
+CACHE ?= $(HOME)/.cache/fplstudy
+DEPS_KEY := $(shell sha256sum pyproject.toml | cut -c1-12)
+BIN := $(abspath $(VENV))/bin
+STAMP := $(VENV)/.complete-$(DEPS_KEY)
+LAB_ARGS ?=
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv study test test-slow bench clean-venv
+.PHONY: venv env shell lab data study test test-slow bench clean-venv
 
-# The venv's name carries the hash of pyproject.toml, so a change of dependencies makes a new one;
-# no file prerequisite here (a fresh clone's newer mtimes must not rebuild a complete venv).
-$(VENV)/.complete:
-	rm -rf "$(VENV)"
-	$(PYTHON) -m venv "$(VENV)"
-	"$(BIN)/pip" install --quiet --disable-pip-version-check -e ".[test]"
-	"$(BIN)/python" -m ipykernel install --sys-prefix --name python3 >/dev/null
-	touch "$@"
+# The stamp carries the hash of pyproject.toml: a change of dependencies rebuilds the venv (seconds).
+$(STAMP):
+	$(PYTHON) tools/venv.py --venv "$(VENV)" --cache "$(CACHE)" --stamp "$@"
 
-venv: $(VENV)/.complete
-	@"$(BIN)/pip" install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . >/dev/null
+venv: $(STAMP)
+
+env: venv
+	@echo "$(abspath $(VENV))"
+	@echo "enter it with: source $(VENV)/bin/activate   (or: make shell; leave with: deactivate / exit)"
+
+shell: venv
+	@echo "fplstudy environment $(abspath $(VENV)): python, fplstudy, dvc, papermill, jupyter; 'exit' leaves it"
+	@VIRTUAL_ENV="$(abspath $(VENV))" $${SHELL:-/bin/sh}
+
+data: venv
+	"$(BIN)/dvc" pull data.dvc
+
+lab: data
+	"$(BIN)/jupyter" lab --ServerApp.root_dir="$(CURDIR)" $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS) \
+		notebooks/teach.ipynb
 
 study: venv
 	"$(BIN)/dvc" pull data.dvc

@@ -258,3 +258,22 @@ def test_message_colours_are_the_shared_palette(tmp_path):
     legend = {t.get_text(): to_rgb(h.get_color()) for t, h in zip(ax.get_legend().get_texts(), ax.get_legend().legend_handles)}
     assert legend == {k.replace("_", " "): KIND_PALETTE[k] for k in KIND_PALETTE if k in
                       ("activations", "gradients", "labels", "params_up", "params_down")}
+
+
+def test_junction_line_stops_above_its_words():
+    plan = resolve(make_config({**SMALL, "strategy": "fpl", "nodes": 4}))
+    g = plan_graph(plan, dry_run(plan))
+    fig = draw_plan(plan, ledger=dry_run(plan))
+    ax = fig.axes[0]
+    dashed = [line for line in ax.lines if set(line.get_xdata()) == {g.junction_x}]
+    note = [t for t in ax.texts if t.get_text() == g.junction_note]
+    assert len(dashed) == 1 and len(note) == 1
+    fig.canvas.draw()
+    line_box = dashed[0].get_window_extent()
+    text_box = note[0].get_window_extent()
+    assert line_box.y0 > text_box.y1  # the words sit wholly below the line's end
+    for t in ax.texts:  # and no other text is struck through by the line
+        if t is not note[0] and t.get_text():
+            box = t.get_window_extent()
+            crosses = box.x0 < line_box.x0 < box.x1 and box.y0 < line_box.y1 and box.y1 > line_box.y0
+            assert not crosses, t.get_text()

@@ -102,7 +102,7 @@ def test_a_move_settles_the_later_sliders_and_says_why_in_slider_words(space):
     moved, notes = space.move(START, "nodes", 12)
     assert moved == {"nodes": 12, "branches": 5, "junction_at": 1, "junction": "adapter"}
     assert notes[0].startswith("branches 2 → 5: with 12 nodes, branches go from 5 to 11")
-    assert notes[1].startswith("cut point 2 → 1: with nodes 12, branches 5 the trunk has 7 nodes")
+    assert notes[1].startswith("cut point 2 → 1: with 12 nodes and 5 branches the trunk has 7 nodes")
     moved, notes = space.move({"nodes": 5, "branches": 3, "junction_at": 1, "junction": "shared"}, "junction_at", 2)
     assert notes == [] and space.options("junction", moved) == ["shared", "adapter"]
     hint = " ".join(space.hints(moved))
@@ -119,7 +119,7 @@ def test_panel_offers_only_the_space_and_redraws(panel):
     c["nodes"].value = 12  # as a person drags the slider
     assert panel.position()["branches"] == 5 and list(c["branches"].options) == list(range(5, 12))
     assert [v for _, v in c["junction_at"].options] == [1]
-    assert panel.image.value != first and "branches 2 → 5" in panel.status.value
+    assert panel.image.value != first and "moved branches 2 → 5, cut point 2 → 1 to stay a plan" in panel.status.value
     c["branches"].value = 8
     assert list(c["junction"].options) == ["shared", "adapter", "concat"]
     c["junction"].value = "concat"

@@ -639,7 +639,7 @@ def draw_plan(plan: Plan, path: str | Path | None = None, ax=None, ledger: Any =
     if ax is None:
         scale = min(1.0, 20 / g.width, 16 / g.height)
         width = max(g.width * scale, 7.0)
-        title_h = 0.2 + FONT_TITLE * LINE_H * len(_wrap(words, width, FONT_TITLE).split("\n")) if title else 0.1
+        title_h = 0.2 + FONT_TITLE * LINE_H * len(wrap_text(words, width, FONT_TITLE).split("\n")) if title else 0.1
         fig = plt.figure(figsize=(width, g.height * scale + title_h))
         ax = fig.add_axes((0, 0, 1, g.height * scale / (g.height * scale + title_h)))
     else:
@@ -649,7 +649,7 @@ def draw_plan(plan: Plan, path: str | Path | None = None, ax=None, ledger: Any =
     pt = lambda size: size * scale  # noqa: E731  (font size and line width at this scale)
     if title:
         font_title = max(pt(FONT_TITLE), 9.0)
-        ax.set_title(_wrap(words, ax.get_position().width * fig.get_figwidth(), font_title), fontsize=font_title)
+        ax.set_title(wrap_text(words, ax.get_position().width * fig.get_figwidth(), font_title), fontsize=font_title)
 
     fills = {"trunk": "#fdebd0", "aggregator": "#e8e0f0"}
     for b in g.boxes:
@@ -718,7 +718,8 @@ def draw_plan(plan: Plan, path: str | Path | None = None, ax=None, ledger: Any =
     return fig
 
 
-def _wrap(text: str, width_in: float, points: float) -> str:
+def wrap_text(text: str, width_in: float, points: float) -> str:
+    """``text`` wrapped to ``width_in`` inches at ``points`` (see :data:`EM`), keeping its line breaks."""
     chars = max(30, int(width_in * 72 / (EM * points)))
     return "\n".join(textwrap.fill(part, chars) for part in text.split("\n"))
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
+from ipywidgets import VBox
 
 from fplstudy.config import ConfigError, make_config
 from fplstudy.dryrun import DryRun, cached_shard_sizes, dry_run
@@ -269,7 +270,11 @@ class SliderSpace:
         return self.settle({**position, name: value}, name if name in SHAPE_SLIDERS else SHAPE_SLIDERS[-1])
 
     def describe(self, position: dict[str, Any], upto: int) -> str:
-        return ", ".join(f"{SLIDER_LABELS[s]} {position[s]}" for s in SHAPE_SLIDERS[:upto])
+        """The first ``upto`` shape sliders' values in words: ``12 nodes, 5 branches and cut point 1``."""
+        words = {"nodes": lambda v: _count(v, "node"), "branches": lambda v: _count(v, "branch", "branches"),
+                 "junction_at": lambda v: f"cut point {v}", "junction": lambda v: f"junction {v}"}
+        items = [words[s](position[s]) for s in SHAPE_SLIDERS[:upto]]
+        return ", ".join(items[:-1]) + (" and " if len(items) > 1 else "") + items[-1] if items else ""
 
     def why(self, name: str, position: dict[str, Any]) -> str:
         """Which values slider ``name`` offers at ``position`` and what limits them, in the sliders' own
@@ -284,10 +289,10 @@ class SliderSpace:
                     f"(one layer each above the cut)")
         if name == "junction_at":
             trunk = position["nodes"] - position["branches"]
-            return (f"with {where} the trunk has {trunk} node{'s' if trunk > 1 else ''}, each needing a layer "
-                    f"of its own above the cut: cut point {_ranges(offered)}")
+            return (f"with {where} the trunk has {_count(trunk, 'node')}, each needing a layer of its own above "
+                    f"the cut: cut point {_ranges(offered)}")
         if name == "junction":
-            return f"with {where}, junction {' or '.join(offered)} only{self._concat_note(position)}"
+            return f"with {where}: junction {' or '.join(offered)}{self._concat_note(position)}"
         return f"{where}: {_ranges(offered)}"
 
     def _concat_note(self, position: dict[str, Any]) -> str:
@@ -333,7 +338,7 @@ def draw_choice(dry: DryRun, reference: pd.DataFrame):
     """
     from matplotlib.figure import Figure
 
-    from fplstudy.planfig import LINE_H, _wrap, draw_plan, human_bytes, plan_graph
+    from fplstudy.planfig import LINE_H, draw_plan, human_bytes, plan_graph, wrap_text
 
     g = plan_graph(dry.plan, dry, costs=False, max_rows=PANEL_MAX_ROWS)
     W, H = PANEL_FIGSIZE
@@ -343,7 +348,7 @@ def draw_choice(dry: DryRun, reference: pd.DataFrame):
     font, charts_h, side_w = 9.5, 0.4 * H, 0.58 * W  # the charts' band (top layout), the plan's column (side)
 
     def title_h(width: float) -> tuple[str, float]:
-        text = _wrap(title, width, font)
+        text = wrap_text(title, width, font)
         return text, (text.count("\n") + 1) * font * LINE_H + 0.15
 
     top_text, top_th = title_h(W - 0.2)
@@ -423,13 +428,7 @@ def figure_png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _panel_base():
-    import ipywidgets as w
-
-    return w.VBox
-
-
-class SliderPanel(_panel_base()):
+class SliderPanel(VBox):
     """The slider panel: sliders for nodes, branches, cut point, junction, device and link above the
     figure of :func:`draw_choice` and the per-node cost table.
 
@@ -529,10 +528,11 @@ class SliderPanel(_panel_base()):
         self.dry, self.png = dry, figure_png(fig)
         self.image.value = self.png
         d = position
-        trunk = d["nodes"] - d["branches"]
-        lines = [f"{d['nodes']} nodes = {d['branches']} branch{'es' if d['branches'] > 1 else ''} of one node "
-                 f"+ a trunk of {trunk} node{'s' if trunk > 1 else ''}."] + list(moves or []) + \
-            [f"<span style='color:#555'>{h}.</span>" for h in self.space.hints({s: d[s] for s in SHAPE_SLIDERS})]
+        lines = [f"<b>{d['nodes']} nodes</b> = {_count(d['branches'], 'branch', 'branches')} of one node + a trunk "
+                 f"of {_count(d['nodes'] - d['branches'], 'node')}"
+                 + (f"; moved {', '.join(m.split(':')[0] for m in moves)} to stay a plan" if moves else "") + "."]
+        lines += [f"<span style='color:#555'>{h[0].upper() + h[1:]}.</span>"
+                  for h in self.space.hints({s: d[s] for s in SHAPE_SLIDERS})]
         self.status.value = "<br>".join(lines)
         self.table.value = node_costs(dry).round(3).to_html(index=False)
         return True

@@ -435,9 +435,11 @@ def _minutes(seconds: float) -> str:
 
 
 def _terminal(line: str) -> None:
-    """Print to the process's real stderr (a notebook kernel's too, so papermill users see progress)."""
-    stream = sys.__stderr__ or sys.stderr
-    print(line, file=stream, flush=True)
+    """Print to the process's real stderr — a notebook kernel's too, so whoever runs papermill or
+    ``dvc repro`` sees progress — and, inside a notebook kernel, into the notebook as well."""
+    print(line, file=sys.__stderr__ or sys.stderr, flush=True)
+    if sys.stdout is not sys.__stdout__:  # a kernel's captured stdout: the executed notebook
+        print(line, flush=True)
 
 
 # --- data -------------------------------------------------------------------------------------------

@@ -153,7 +153,7 @@ class Shard:
     hidden: bool = False
 
     def text(self) -> str:
-        rows = f"\nrows {self.view[0]}–{self.view[1] - 1} of each image" if self.view else ""
+        rows = f"\nimage rows {self.view[0]}–{self.view[1] - 1}" if self.view else ""
         return f"data shard {self.branch}\n{self.samples} samples{rows}"
 
 
@@ -279,8 +279,9 @@ def plan_words(plan: Plan) -> str:
 
 
 def shown_rows(branches: int, max_rows: int | None) -> list[int]:
-    """The branch rows drawn: all of them, or the first ``max_rows - 1`` and the last."""
-    if max_rows is None or branches <= max_rows:
+    """The branch rows drawn: all of them, or the first ``max_rows - 1`` and the last (when that leaves
+    out at least two rows: a note in place of one row would save nothing)."""
+    if max_rows is None or branches <= max_rows + 1:
         return list(range(branches))
     return [*range(max(1, max_rows - 1)), branches - 1]
 

@@ -30,11 +30,14 @@ def test_study_figures_use_the_same_colours():
 
 
 def test_figure_modules_leave_the_backend_alone(tmp_path):
-    """Importing style, planfig and teach, and saving a plan picture, keep the backend a user chose."""
+    """Importing every fplstudy module, and saving a plan picture, keep the backend a user chose."""
     code = textwrap.dedent(f"""
+        import importlib, pkgutil
         import matplotlib
+        import fplstudy
         before = matplotlib.get_backend()
-        import fplstudy.style, fplstudy.planfig, fplstudy.teach
+        for module in pkgutil.iter_modules(fplstudy.__path__):  # every module of the package
+            importlib.import_module("fplstudy." + module.name)
         from fplstudy.config import make_config
         from fplstudy.plan import resolve
         from fplstudy.planfig import draw_plan

@@ -150,3 +150,13 @@ def test_runs_record_what_can_change_their_floats(tmp_path: Path):
     doc = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert "environment" not in doc and "timing" not in doc and "git_commit" not in doc["code_version"]
     assert doc["config"]["threads"] == 1 and doc["code_version"]["code_hash"] == study.code_hash()
+
+
+def test_workers_do_not_change_results(tiny_study, tmp_path: Path):
+    """Two runs at once (the study's default) or one at a time: the same bytes."""
+    the_study, folder = tiny_study
+    study.run_group(the_study, "mp", tmp_path / "runs", workers=1, log=lambda line: None)
+    ours = sorted((tmp_path / "runs" / "mp").rglob("*.*"))
+    theirs = sorted((folder / "runs" / "mp").rglob("*.*"))
+    assert [p.relative_to(tmp_path / "runs") for p in ours] == [p.relative_to(folder / "runs") for p in theirs]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(ours, theirs))

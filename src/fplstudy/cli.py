@@ -18,15 +18,93 @@ it completed; Ctrl-C exits with code 130 and keeps them too (``--resume`` contin
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
+from pathlib import Path
 from typing import Sequence
 
-from fplstudy.config import Config, ConfigError, load_config
+from fplstudy.config import Config, ConfigError, load_config, short_repr
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_DISTRIBUTED = 4
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
+
+
+def _refuse(message: str) -> int:
+    """Print the one-line error every bad input gets and return the exit code for bad input."""
+    print("fplstudy: error: " + " ".join(str(message).split()), file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the house rule for bad input: one line on stderr, exit code 2 (no usage block)."""
+
+    def error(self, message: str):
+        _refuse(f"{message} (see `{self.prog} --help`)")
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _workers(text: str) -> int:
+    """``--workers``: processes pricing plans, 1..the CPUs this process may use."""
+    cpus = _usable_cpus()
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 1 <= value <= cpus:
+        raise argparse.ArgumentTypeError(f"got {short_repr(text)}; must be an integer in 1..{cpus} (the CPUs "
+                                         f"this process may use)")
+    return value
+
+
+def _budget(text: str) -> float:
+    """A budget flag: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"got {short_repr(text)}; must be a finite number >= 0 (leave the "
+                                         f"flag out for no budget)")
+    return value
+
+
+def _output_file(text: str) -> str:
+    """An output file path: not empty, not a folder or other non-regular file, and its folder exists or
+    can be created (the nearest existing folder above it is a writable folder, not a file)."""
+    path = Path(text)
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"got {short_repr(text)}; give a file name")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"got {short_repr(text)}; that is a folder, give a file path in it")
+    if path.exists() and not path.is_file():  # a device, a pipe: the atomic rename would replace it
+        raise argparse.ArgumentTypeError(f"got {short_repr(text)}; that exists and is not a regular file")
+    above = path.absolute().parent
+    while not above.exists():
+        above = above.parent
+    if not above.is_dir():
+        raise argparse.ArgumentTypeError(f"got {short_repr(text)}; {str(above)!r} is a file, not a folder")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"got {short_repr(text)}; the folder {str(above)!r} is not writable")
+    return text
+
+
+def _figure_file(text: str) -> str:
+    """``--figure``: an output file whose extension matplotlib can write."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    allowed = sorted(FigureCanvasBase.get_supported_filetypes())
+    path = _output_file(text)
+    if Path(path).suffix.lower().lstrip(".") not in allowed:
+        raise argparse.ArgumentTypeError(f"got {short_repr(text)}; the file name must end in one of: "
+                                         + ", ".join("." + a for a in allowed))
+    return path
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -36,8 +114,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fplstudy", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="fplstudy", description=__doc__.split("\n")[0],
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="train a plan; write metrics.json, rounds.csv, ledger.csv")
@@ -54,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="print which node holds which layers, without training")
     _add_config_args(p)
-    p.add_argument("--figure", help="also draw the plan to this PNG file")
+    p.add_argument("--figure", type=_figure_file, help="also draw the plan to this file (.png, .pdf, .svg …)")
 
     p = sub.add_parser("cost", help="price a plan without training (dry run): ledger.csv and metrics.json")
     _add_config_args(p)
@@ -63,13 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("explore", help="price every valid plan for --set nodes=N (dry runs); write the Pareto front")
     _add_config_args(p)
-    p.add_argument("--out", help="CSV file for the front (default: print it)")
-    p.add_argument("--all-out", help="also write every priced plan to this CSV file")
+    p.add_argument("--out", type=_output_file, help="CSV file for the front (default: print it)")
+    p.add_argument("--all-out", type=_output_file, help="also write every priced plan to this CSV file")
     p.add_argument("--cuts", default="all", choices=["all", "balanced"],
                    help="all: every placement of the stage cuts; balanced: only FLOP- or count-balanced cuts")
-    p.add_argument("--budget-energy-j-per-node", type=float, help="max joules of the busiest node over the run")
-    p.add_argument("--budget-bytes-per-round", type=float, help="max payload bytes moved per round")
-    p.add_argument("--workers", type=int, default=1, help="processes pricing plans in parallel")
+    p.add_argument("--budget-energy-j-per-node", type=_budget, help="max joules of the busiest node over the run")
+    p.add_argument("--budget-bytes-per-round", type=_budget, help="max payload bytes moved per round")
+    p.add_argument("--workers", type=_workers, default=1, help="processes pricing plans in parallel")
 
     sub.add_parser("keys", help="list every config key with its default")
     return parser
@@ -117,12 +195,14 @@ def _cmd_explore(cfg: Config, args) -> int:
     front = front_csv(res)
     print(f"{len(res.plans)} valid plans ({res.refused} candidates refused), "
           f"{int(res.plans['within_budget'].sum())} within budget, {len(front)} on the front; {res.seconds:.1f} s")
+    from fplstudy.results import atomic_write_text
+
     if args.all_out:
         from fplstudy.explore import plans_csv
 
-        plans_csv(res).to_csv(args.all_out, index=False)
+        atomic_write_text(args.all_out, plans_csv(res).to_csv(index=False))
     if args.out:
-        front.to_csv(args.out, index=False)
+        atomic_write_text(args.out, front.to_csv(index=False))
         print(f"wrote {args.out}")
     else:
         print(front[["name", *res.objectives]].to_string(index=False))
@@ -153,6 +233,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_keys()
         return 0
     from fplstudy.runner import RunFolderError, RunInterrupted
+
+    if args.command == "explore" and args.out and args.all_out and \
+            Path(args.out).resolve() == Path(args.all_out).resolve():
+        return _refuse(f"argument --all-out: got {args.all_out!r}, the same file as --out; give two files")
     try:
         cfg = load_config(args.config, args.overrides)
         handler = {"run": _cmd_run, "plan": _cmd_plan, "cost": _cmd_cost, "explore": _cmd_explore}[args.command]
@@ -172,12 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("fplstudy: interrupted (Ctrl-C) before or after training; metrics.json in --out says how far it got",
               file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ConfigError, RunFolderError) as exc:
-        print(f"fplstudy: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except FileNotFoundError as exc:
-        print(f"fplstudy: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except (ConfigError, RunFolderError, FileNotFoundError) as exc:
+        return _refuse(str(exc))
     except RuntimeError as exc:  # a distributed node died or hung, or the wire disagreed with the ledger
         from fplstudy.distributed import DistributedError, WireMismatch
 

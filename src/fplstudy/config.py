@@ -6,10 +6,19 @@ resolved into a :class:`fplstudy.plan.Plan` (who holds which layers, which data,
 
 Validation is done by pydantic (strict types, unknown keys refused); every error is re-raised as a
 :class:`ConfigError` whose one-line message names the key, the offending value and what is allowed.
+Every YAML a user gives (a config file, a ``--set`` value, a ``profiles_file``) is read by
+:func:`parse_yaml` / :func:`read_yaml_file`: safe tags only, one document, UTF-8, and no key twice in a
+mapping.
+
+Limits that need no data live here (finite floats, the seed range, sanity bounds on ``rounds`` and
+``local_epochs``); limits derived from the dataset and the model (branches, ``test_fraction``,
+``batch_size``, batch steps) are checked by :func:`fplstudy.plan.resolve`.
 """
 
 from __future__ import annotations
 
+import math
+import reprlib
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -22,12 +31,148 @@ JUNCTIONS = ("shared", "adapter", "concat")
 SYNCS = ("none", "fedavg", "relay")
 
 
+SEED_MAX = 2**32 - 1  # numpy.random.seed's and scikit-learn's random_state range is 0..2**32 - 1
+FLOAT32_MAX = 3.4028234663852886e38  # torch's SGD casts lr and weight_decay to float32 (overflow above)
+MAX_ROUNDS = 100_000  # sanity bound: far beyond any FL study (hundreds to a few thousand rounds)
+MAX_LOCAL_EPOCHS = 10_000  # sanity bound on passes over a shard per round
+
+_REPR = reprlib.Repr()  # bounded repr: a value in a message stays one short line (no YAML alias bomb)
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxset = 2, 8, 8, 8, 8
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = 200, 200, 60
+SHORT_REPR_CHARS = 300
+
+
+def short_repr(value: Any) -> str:
+    """``repr(value)`` cut to a bounded size (nesting, items, characters) and kept on one line."""
+    text = _REPR.repr(value).replace("\n", "\\n")
+    return text if len(text) <= SHORT_REPR_CHARS else text[:SHORT_REPR_CHARS] + "..."
+
+
 class ConfigError(ValueError):
     """A configuration that cannot be run. The message names the key, the value and the fix."""
 
     def __init__(self, key: str, value: Any, allowed: str):
         self.key, self.value, self.allowed = key, value, allowed
-        super().__init__(f"config key '{key}': got {value!r}; {allowed}")
+        super().__init__(f"config key '{key}': got {short_repr(value)}; {allowed}")
+
+
+# --------------------------------------------------------------------------- YAML the user gives
+
+class YamlError(ValueError):
+    """YAML that cannot be used. ``reason`` is one line (where, what, the fix); for a key given twice
+    ``key`` is its dotted path and ``value`` the second value."""
+
+    def __init__(self, reason: str, key: str | None = None, value: Any = None):
+        self.reason, self.key, self.value = reason, key, value
+        super().__init__(reason)
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _where(mark) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "?"
+
+
+def _check_unique_keys(loader: yaml.SafeLoader, node: yaml.Node, path: tuple[str, ...], seen: set[int]) -> None:
+    """Refuse a mapping that gives a key twice (PyYAML keeps the last one silently). YAML merge keys
+    (``<<``) may be overridden by an explicit key, as YAML 1.1 says. Shared (aliased) nodes are
+    visited once."""
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], yaml.Node] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                _check_unique_keys(loader, value_node, path, seen)
+                continue
+            name = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if name is not None:
+                if (key_node.tag, name) in first:
+                    try:
+                        value = loader.construct_object(value_node, deep=True)
+                    except yaml.YAMLError:
+                        value = getattr(value_node, "value", "?")
+                    raise YamlError(f"given twice (at {_where(first[key_node.tag, name].start_mark)} and at "
+                                    f"{_where(key_node.start_mark)}); a key may appear once: keep one",
+                                    ".".join((*path, name)), value)
+                first[key_node.tag, name] = key_node
+            _check_unique_keys(loader, value_node, (*path, str(name)), seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_unique_keys(loader, item, (*path, str(i)), seen)
+
+
+def _yaml_reason(exc: yaml.YAMLError) -> str:
+    if isinstance(exc, yaml.MarkedYAMLError):
+        problem = f"{exc.problem} at {_where(exc.problem_mark)}" if exc.problem else f"at {_where(exc.problem_mark)}"
+        if exc.context and exc.context_mark is not None and _where(exc.context_mark) != _where(exc.problem_mark):
+            return f"not valid YAML: {exc.context} at {_where(exc.context_mark)}: {problem}"
+        return f"not valid YAML: {' '.join(filter(None, (exc.context, problem)))}"
+    return "not valid YAML: " + str(exc).splitlines()[0]
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse one YAML document the way fplstudy reads every YAML a user gives.
+
+    Safe tags only (a ``!!python/…`` tag is refused, never executed), exactly one document, and no key
+    twice in a mapping.
+
+    Args:
+        text: the YAML text.
+
+    Returns:
+        The parsed value (None for an empty document).
+
+    Raises:
+        YamlError: with a one-line reason naming the line and column, or the duplicated key.
+    """
+    loader = None
+    try:
+        loader = yaml.SafeLoader(text)  # refuses unprintable characters already
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_unique_keys(loader, node, (), set())
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        if isinstance(exc, yaml.constructor.ConstructorError):
+            fix = "remove the tag: only plain values are read (numbers, strings, lists, mappings)"
+        elif isinstance(exc, yaml.composer.ComposerError) and "single document" in str(exc.context):
+            fix = "keep one document (no '---' line)"
+        else:
+            fix = "fix the syntax (quote strings, close brackets)"
+        raise YamlError(f"{_yaml_reason(exc)}; {fix}") from None
+    except RecursionError:
+        raise YamlError("not valid YAML: nested too deeply for a config (lists inside lists "
+                        "hundreds deep); write flat values") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def read_yaml_file(path: str | Path) -> Any:
+    """Read a UTF-8 YAML file with :func:`parse_yaml`.
+
+    Raises:
+        YamlError: the file is missing, a folder, unreadable, not UTF-8, or not valid YAML.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise YamlError("is a folder; give a YAML file")
+    if not path.is_file():
+        raise YamlError("no such file; give a YAML file")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise YamlError(f"cannot be read ({exc.strerror})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise YamlError(f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); save it as "
+                        f"UTF-8") from None
+    return parse_yaml(text)
 
 
 class Config(BaseModel):
@@ -112,9 +257,14 @@ def make_config(values: dict[str, Any] | None = None) -> Config:
         The validated config.
 
     Raises:
-        ConfigError: on the first unknown key or wrong type, naming key, value and what is allowed.
+        ConfigError: on the first unknown key, wrong type or value out of range, naming key, value and
+            what is allowed.
     """
     values = dict(values or {})
+    for key in values:
+        if not isinstance(key, str):
+            raise ConfigError(str(key), values[key], "config keys are names; known keys: "
+                                                     + ", ".join(Config.model_fields))
     try:
         cfg = Config(**values)
     except ValidationError as exc:
@@ -126,6 +276,13 @@ def make_config(values: dict[str, Any] | None = None) -> Config:
 
 
 def _check_ranges(cfg: Config) -> None:
+    for key, field in Config.model_fields.items():  # every float key: nan and inf are refused by name
+        value = getattr(cfg, key)
+        if field.annotation is float and not math.isfinite(value):
+            raise ConfigError(key, value, "must be a finite number")
+    if not 0 <= cfg.seed <= SEED_MAX:
+        raise ConfigError("seed", cfg.seed, f"must be an integer in 0..{SEED_MAX} (numpy's and "
+                                            f"scikit-learn's seed range)")
     positive = ("nodes", "branch_stages", "rounds", "local_epochs", "batch_size", "micro_batches",
                 "sync_every", "classes_per_node")
     for key in positive:
@@ -139,11 +296,27 @@ def _check_ranges(cfg: Config) -> None:
         raise ConfigError("junction_at", cfg.junction_at, "must be >= 0 (blocks below the junction)")
     if not cfg.alpha > 0:
         raise ConfigError("alpha", cfg.alpha, "the Dirichlet concentration must be > 0 (e.g. 0.5)")
-    if not cfg.lr > 0:
-        raise ConfigError("lr", cfg.lr, "the learning rate must be > 0 (e.g. 0.05)")
-    for key in ("momentum", "weight_decay"):
-        if getattr(cfg, key) < 0:
-            raise ConfigError(key, getattr(cfg, key), "must be >= 0")
+    if not 0 < cfg.lr <= FLOAT32_MAX:
+        raise ConfigError("lr", cfg.lr, f"the learning rate must be > 0 (e.g. 0.05) and at most {FLOAT32_MAX:.4g} "
+                                        f"(the optimizer works in float32)")
+    if not 0 <= cfg.momentum < 1:
+        raise ConfigError("momentum", cfg.momentum, "SGD momentum must lie in [0, 1) (e.g. 0.9); at 1 or "
+                                                    "more past steps never fade and training diverges")
+    if cfg.weight_decay < 0:
+        raise ConfigError("weight_decay", cfg.weight_decay, "must be >= 0")
+    # SGD's L2 term alone maps w to (1 - lr * wd) w (plus momentum): it is stable only for
+    # lr * wd < 2 (1 + momentum) (heavy-ball stability on a quadratic); beyond, the weights grow
+    # without bound whatever the data, and the run would blame lr.
+    wd_max = 2 * (1 + cfg.momentum) / cfg.lr
+    if cfg.weight_decay >= wd_max:
+        raise ConfigError("weight_decay", cfg.weight_decay,
+                          f"with lr={cfg.lr:g} and momentum={cfg.momentum:g} the decay alone makes the weights "
+                          f"grow without bound; use weight_decay < 2 (1 + momentum) / lr = {wd_max:.4g}")
+    for key, bound, why in (("rounds", MAX_ROUNDS, "communication rounds"),
+                            ("local_epochs", MAX_LOCAL_EPOCHS, "passes over a shard per round")):
+        if getattr(cfg, key) > bound:
+            raise ConfigError(key, getattr(cfg, key), f"at most {bound} {why} (a sanity bound; a longer "
+                                                      f"study is a series of runs)")
     if not 0 < cfg.test_fraction < 1:
         raise ConfigError("test_fraction", cfg.test_fraction, "must lie strictly between 0 and 1")
     if not 0 < cfg.distributed_timeout_s <= 86400:  # also refuses nan
@@ -157,15 +330,21 @@ def _check_ranges(cfg: Config) -> None:
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
     """Parse ``key=value`` strings; values are read as YAML (``4`` → int, ``[2, 5]`` → list).
 
+    A key given twice keeps the last value (the usual reading of repeated command-line options).
+
     Raises:
-        ConfigError: when a pair has no ``=``.
+        ConfigError: when a pair has no ``=`` or its value is not valid YAML.
     """
     out: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
             raise ConfigError(pair, pair, "write overrides as key=value, e.g. --set nodes=6")
-        value = yaml.safe_load(raw) if raw.strip() else None
+        try:
+            value = parse_yaml(raw) if raw.strip() else None
+        except YamlError as exc:
+            where = key.strip() + ("." + exc.key if exc.key else "")
+            raise ConfigError(where, raw, f"{exc.reason}; e.g. --set trunk_cuts=[2,5]") from None
         out[key.strip()] = value
     return out
 
@@ -187,9 +366,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
     values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError("CONFIG", str(path), "no such file; give a YAML file of config keys")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = read_yaml_file(path)
+        except YamlError as exc:
+            if exc.key is not None:
+                raise ConfigError(exc.key, exc.value, f"{path}: {exc.reason}") from None
+            raise ConfigError("CONFIG", str(path), exc.reason) from None
+        loaded = {} if loaded is None else loaded
         if not isinstance(loaded, dict):
             raise ConfigError("CONFIG", str(path), "the file must hold a mapping of config keys")
         values.update(loaded)

@@ -18,6 +18,7 @@ what is on disk, divided once) and int64 labels.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,15 @@ DATASET_META: dict[str, tuple[tuple[int, int, int], int]] = {
     "mnist": ((1, 28, 28), 10),
     "fashion_mnist": ((1, 28, 28), 10),
     "cifar10": ((3, 32, 32), 10),
+}
+
+# Training and test samples of the whole dataset, known without loading it (digits has no official
+# test set: load_digits draws ``test_fraction`` of its 1797 samples).
+DATASET_SIZES: dict[str, tuple[int, int]] = {
+    "digits": (1797, 0),
+    "mnist": (60_000, 10_000),
+    "fashion_mnist": (60_000, 10_000),
+    "cifar10": (50_000, 10_000),
 }
 
 # torchvision class name, folder under the root that it reads, and the files it needs there.
@@ -131,6 +141,29 @@ def _stratified_split(name: str, images: np.ndarray, target: np.ndarray, scale: 
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
     return DatasetSplit(name, torch.from_numpy(x_tr), torch.from_numpy(y_tr),
                         torch.from_numpy(x_te), torch.from_numpy(y_te), 10)
+
+
+def split_sizes(name: str, test_fraction: float = 0.2, max_train_samples: int | None = None) -> tuple[int, int]:
+    """Training and test samples :func:`load_dataset` gives, computed without loading the data.
+
+    For digits the test set is ``ceil(test_fraction * 1797)`` samples, as scikit-learn's
+    ``train_test_split`` draws it; the torchvision datasets keep their official test set.
+
+    Args:
+        name: one of :data:`DATASETS`.
+        test_fraction: digits only.
+        max_train_samples: optional cap on the training samples.
+
+    Returns:
+        ``(n_train, n_test)``.
+    """
+    n_train, n_test = DATASET_SIZES[name]
+    if name == "digits":
+        n_test = math.ceil(test_fraction * n_train)
+        n_train -= n_test
+    if max_train_samples is not None:
+        n_train = min(n_train, max_train_samples)
+    return n_train, n_test
 
 
 def _keep_indices(n_train: int, max_train_samples: int | None, seed: int) -> torch.Tensor | None:

@@ -33,7 +33,7 @@ from fplstudy.config import JUNCTIONS, STRATEGIES, Config, ConfigError, make_con
 from fplstudy.dryrun import cached_shard_sizes, price_plan
 from fplstudy.ledger import totals
 from fplstudy.makespan import fast_path_applies
-from fplstudy.plan import Plan, resolve
+from fplstudy.plan import Plan, max_nodes, resolve, training_samples
 from fplstudy.profiles import check_profiles
 
 OBJECTIVES = ("energy_j", "bytes_total", "makespan_s", "memory_bytes_max_node")
@@ -177,6 +177,11 @@ def enumerate_plans(base: Config | None = None, nodes: int | None = None, *,
     nodes = base.nodes if nodes is None else nodes
     values = _base_values(base)
     n_blocks = _n_blocks(base)
+    n_train = training_samples(base)
+    if nodes > max_nodes(n_train, n_blocks):
+        raise ConfigError("nodes", nodes, f"no plan of a model of {n_blocks} blocks on {n_train} training samples "
+                                          f"uses more than {max_nodes(n_train, n_blocks)} nodes (every branch "
+                                          f"needs a sample, every stage a block); use fewer nodes")
     plans, refused, seen = [], 0, set()
     for shape in _candidates(base, nodes, n_blocks, strategies, junctions, syncs, sync_every, cuts):
         try:

@@ -11,16 +11,23 @@ then the trunk stages in order, then a dedicated aggregator if the strategy has 
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
 
 from fplstudy.config import Config, ConfigError
-from fplstudy.datasets import DATASET_META, DATASETS
+from fplstudy.datasets import DATASET_META, DATASET_SIZES, DATASETS, split_sizes
 from fplstudy.flops import BlockProfile, profile_model
 from fplstudy.models import DATASET_DEFAULT_MODEL, MODELS
-from fplstudy.strategies import preset
+from fplstudy.strategies import Shape, preset
+
+# Sanity bound on the batch steps of a run (rounds x local_epochs x batches per epoch, over all
+# branches): 1e7 steps is ~3 h at 1 ms a step on the smallest model, and a dry run keeps the events of
+# every step in memory (~3 KB a step).
+MAX_BATCH_STEPS = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -143,6 +150,71 @@ class Plan:
         return "\n".join(lines)
 
 
+def training_samples(cfg: Config) -> int:
+    """Training samples of ``cfg``'s dataset after the test split and ``max_train_samples``, known
+    without loading the data.
+
+    Raises:
+        ConfigError: naming ``test_fraction`` when the digits split would leave a class without a test
+            or a training sample (scikit-learn's stratified split needs one of each per class).
+    """
+    n_train, n_test = split_sizes(cfg.dataset, cfg.test_fraction, cfg.max_train_samples)
+    if cfg.dataset == "digits":
+        total, classes = DATASET_SIZES["digits"][0], DATASET_META["digits"][1]
+        if not classes <= n_test <= total - classes:
+            lo, hi = (classes - 1) / total, (total - classes) / total  # ceil(f * total) in classes..total-classes
+            raise ConfigError("test_fraction", cfg.test_fraction,
+                              f"the stratified split of the {total} digits needs at least one test and one "
+                              f"training sample per class ({classes} each); use a value above {lo:.6g} and "
+                              f"at most {hi:.6g} (e.g. 0.2)")
+    return n_train
+
+
+def max_nodes(n_train: int, n_blocks: int) -> int:
+    """The most edge nodes any plan can use: fpl with ``n_train`` one-sample branches of
+    ``n_blocks - 1`` stages each and a one-stage trunk (every stage holds at least one block)."""
+    return max(n_train + 1, n_train * (n_blocks - 1) + 1)
+
+
+def _check_data_bounds(cfg: Config, shape: Shape, n_train: int, num_classes: int) -> None:
+    """Limits derived from the data: every branch needs at least one training sample (so at least
+    one batch), a batch at most the whole dataset, shards at most the classes and samples, and
+    the run at most :data:`MAX_BATCH_STEPS` batch steps."""
+    d = shape.branches
+    more = f"(or raise max_train_samples, now {cfg.max_train_samples})" if cfg.max_train_samples else ""
+    if cfg.partition != "features" and d > n_train:
+        if cfg.strategy == "fpl" and cfg.branches is not None:
+            key, value, fix = "branches", d, f"use branches <= {n_train}"
+        elif cfg.strategy in ("sl", "sfl"):
+            key, value, fix = "nodes", cfg.nodes, f"use at most {n_train + 1} nodes (one server, {n_train} clients)"
+        elif cfg.strategy == "fl":
+            key, value, fix = "nodes", cfg.nodes, f"use at most {n_train} nodes"
+        else:
+            key, value, fix = "nodes", cfg.nodes, f"set branches <= {n_train}"
+        raise ConfigError(key, value, f"{d} branches for {n_train} training samples of {cfg.dataset}: every "
+                                      f"branch needs at least one sample (one batch); {fix} {more}".rstrip())
+    n_all = DATASET_SIZES[cfg.dataset][0]  # a batch larger than a shard is the whole shard: allowed
+    if cfg.batch_size > n_all:
+        raise ConfigError("batch_size", cfg.batch_size, f"larger than the {n_all} training samples of the whole "
+                                                        f"{cfg.dataset} dataset; use at most {n_all}")
+    if cfg.partition == "shards":
+        if cfg.classes_per_node > num_classes:
+            raise ConfigError("classes_per_node", cfg.classes_per_node,
+                              f"{cfg.dataset} has {num_classes} classes; use 1..{num_classes}")
+        if d * cfg.classes_per_node > n_train:
+            raise ConfigError("classes_per_node", cfg.classes_per_node,
+                              f"{d} branches x {cfg.classes_per_node} shards need {d * cfg.classes_per_node} "
+                              f"samples but there are {n_train}; use at most {n_train // d}")
+    per_branch = n_train if cfg.partition == "features" else math.ceil(n_train / d)
+    steps = cfg.rounds * cfg.local_epochs * d * math.ceil(per_branch / cfg.batch_size)
+    if steps > MAX_BATCH_STEPS:
+        key = "local_epochs" if cfg.local_epochs > cfg.rounds else "rounds"
+        raise ConfigError(key, getattr(cfg, key),
+                          f"rounds x local_epochs x ~{d * math.ceil(per_branch / cfg.batch_size)} batches per "
+                          f"epoch = {steps:.3g} batch steps; at most {MAX_BATCH_STEPS:.0e} (a sanity bound: hours "
+                          f"of compute, and a dry run keeps every step's events in memory); lower {key}")
+
+
 def balanced_cuts(costs: list[int], parts: int) -> list[int]:
     """Split ``costs`` into ``parts`` contiguous non-empty groups minimising the largest group sum.
 
@@ -214,10 +286,12 @@ def resolve(cfg: Config) -> Plan:
     if model not in MODELS:
         raise ConfigError("model", model, f"known models: {', '.join(sorted(MODELS))}")
     input_shape, num_classes = DATASET_META[cfg.dataset]
+    n_train = training_samples(cfg)
     profile = profile_model(model, input_shape, num_classes)
     names = tuple(p.name for p in profile)
     n_blocks = len(names)
     shape = preset(cfg, n_blocks, MODELS[model].default_junction)
+    _check_data_bounds(cfg, shape, n_train, num_classes)
     j = shape.junction_at
     if cfg.strategy in ("sl", "sfl", "fpl") and not 1 <= j <= n_blocks - 1:
         raise ConfigError("junction_at", j, f"the head must hold 1..{n_blocks - 1} of the {n_blocks} blocks "
@@ -235,7 +309,7 @@ def resolve(cfg: Config) -> Plan:
     trunk_cuts = _check_cuts("trunk_cuts", cfg.trunk_cuts, j, n_blocks, shape.trunk_stages, cfg, profile)
 
     nodes: list[Node] = []
-    counter = iter(range(10_000))
+    counter = itertools.count()
     branches = []
     views = _concat_views(cfg, shape.branches, input_shape, j, profile, model, num_classes) \
         if shape.junction == "concat" else [None] * shape.branches

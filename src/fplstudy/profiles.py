@@ -7,14 +7,15 @@ numbers of shipped ones, with ``profiles_file`` in the config: a YAML file with 
 ``links:`` section of the same shape. A user number may be written plainly (``flops_per_s: 2.0e+10``)
 or as ``{value: …, status: …, source: …}``; a new profile must give every required number.
 
-Fields (units in the names):
+Fields (units in the names; every number must lie in the physically plausible range of
+:data:`BOUNDS`, so that every cost derived from it stays finite):
 
-- device: ``flops_per_s`` (> 0, sustained training FLOP/s), ``active_w`` (≥ 0, while computing),
-  ``idle_w`` (≥ 0, while waiting), ``memory_bytes`` (> 0, optional).
-- link: ``up_bps`` / ``down_bps`` (> 0; *up* is every message except those sent from the server side —
-  a trunk stage or the aggregator — to an edge node, which use *down*), ``tx_j_per_bit`` /
-  ``rx_j_per_bit`` (≥ 0, radio energy at the sender / receiver), ``latency_s`` (≥ 0, optional, added
-  to every message).
+- device: ``flops_per_s`` (1e3..1e18, sustained training FLOP/s), ``active_w`` (0..1e5, while
+  computing), ``idle_w`` (0..1e5, while waiting), ``memory_bytes`` (1e3..1e15, optional).
+- link: ``up_bps`` / ``down_bps`` (1..1e13; *up* is every message except those sent from the server
+  side — a trunk stage or the aggregator — to an edge node, which use *down*), ``tx_j_per_bit`` /
+  ``rx_j_per_bit`` (0..1, radio energy at the sender / receiver), ``latency_s`` (0..86400, optional,
+  added to every message).
 
 A plan's nodes name their device profile (:attr:`fplstudy.plan.Node.device`); every link of the plan
 uses the profile ``config.link``. :func:`check_profiles` refuses a plan whose profiles are missing or
@@ -29,20 +30,34 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from fplstudy.config import Config, ConfigError
+from fplstudy.config import Config, ConfigError, YamlError, read_yaml_file, short_repr
 from fplstudy.paths import PACKAGE
 
 SHIPPED_DIR = PACKAGE / "profiles"
 STATUSES = ("M", "S", "D", "E", "U")
 
-# field -> (required, strictly positive)
-DEVICE_FIELDS = {"flops_per_s": (True, True), "active_w": (True, False), "idle_w": (True, False),
-                 "memory_bytes": (False, True)}
-LINK_FIELDS = {"up_bps": (True, True), "down_bps": (True, True), "tx_j_per_bit": (True, False),
-               "rx_j_per_bit": (True, False), "latency_s": (False, False)}
+# field -> required
+DEVICE_FIELDS = {"flops_per_s": True, "active_w": True, "idle_w": True, "memory_bytes": False}
+LINK_FIELDS = {"up_bps": True, "down_bps": True, "tx_j_per_bit": True, "rx_j_per_bit": True, "latency_s": False}
 SECTIONS = {"devices": DEVICE_FIELDS, "links": LINK_FIELDS}
+
+# field -> (lowest, highest, unit and why): physically plausible ranges. With them every time and
+# energy the ledger derives stays finite (no division by ~0, no overflow to inf).
+BOUNDS: dict[str, dict[str, tuple[float, float, str]]] = {
+    "devices": {
+        "flops_per_s": (1e3, 1e18, "FLOP/s, from a microcontroller to an exascale machine"),
+        "active_w": (0.0, 1e5, "W, up to a rack of accelerators"),
+        "idle_w": (0.0, 1e5, "W, up to a rack of accelerators"),
+        "memory_bytes": (1e3, 1e15, "bytes, from a microcontroller's RAM to a petabyte"),
+    },
+    "links": {
+        "up_bps": (1.0, 1e13, "bit/s, from the slowest LoRa setting to a 10 Tbit/s link"),
+        "down_bps": (1.0, 1e13, "bit/s, from the slowest LoRa setting to a 10 Tbit/s link"),
+        "tx_j_per_bit": (0.0, 1.0, "J/bit; LoRa, the costliest radio, spends about 1e-3"),
+        "rx_j_per_bit": (0.0, 1.0, "J/bit; LoRa, the costliest radio, spends about 1e-3"),
+        "latency_s": (0.0, 86_400.0, "s per message, up to a day"),
+    },
+}
 
 
 class ProfileError(ConfigError):
@@ -50,7 +65,7 @@ class ProfileError(ConfigError):
 
     def __init__(self, file: str | Path, key: str, value: Any, allowed: str):
         self.file = str(file)
-        ValueError.__init__(self, f"profile file '{file}', key '{key}': got {value!r}; {allowed}")
+        ValueError.__init__(self, f"profile file '{file}', key '{key}': got {short_repr(value)}; {allowed}")
         self.key, self.value, self.allowed = key, value, allowed
 
 
@@ -101,7 +116,7 @@ class Profiles:
         return self.links[name]
 
 
-def _number(file: Path, key: str, raw: Any, positive: bool) -> float:
+def _number(file: Path, key: str, raw: Any, bounds: tuple[float, float, str]) -> float:
     value = raw
     if isinstance(value, str):  # YAML 1.1 reads 1.6e10 (no dot/sign in the exponent) as a string
         try:
@@ -110,10 +125,10 @@ def _number(file: Path, key: str, raw: Any, positive: bool) -> float:
             raise ProfileError(file, key, raw, "must be a number") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ProfileError(file, key, raw, "must be a finite number")
-    if positive and not value > 0:
-        raise ProfileError(file, key, raw, "must be a number > 0")
-    if value < 0:
-        raise ProfileError(file, key, raw, "must be a number >= 0")
+    lo, hi, why = bounds
+    if not lo <= value <= hi:
+        raise ProfileError(file, key, raw, f"must be a number in [{lo:g}, {hi:g}] ({why}); the times and "
+                                           f"energies derived from it must stay finite")
     return float(value)
 
 
@@ -145,22 +160,22 @@ def _read_entry(file: Path, section: str, name: str, entry: Any, base: dict | No
             raise ProfileError(file, where, raw, "a shipped profile gives {value, status, source} for every number")
         if require_sources and not str(source).strip():
             raise ProfileError(file, where + ".source", source, "every shipped number needs a source")
-        out[key] = _number(file, where, raw, fields_spec[key][1])
+        out[key] = _number(file, where, raw, BOUNDS[section][key])
         out["status"][key], out["source"][key] = str(status), str(source)
-    for key, (required, _) in fields_spec.items():
+    for key, required in fields_spec.items():
         if required and key not in out:
             raise ProfileError(file, f"{section}.{name}.{key}", None,
-                               "missing; every profile needs " + ", ".join(k for k, (r, _) in fields_spec.items() if r))
+                               "missing; every profile needs " + ", ".join(k for k, r in fields_spec.items() if r))
     return out
 
 
 def _read_file(file: Path, merged: dict[str, dict[str, dict]], require_sources: bool) -> None:
-    if not file.is_file():
-        raise ProfileError(file, "profiles_file", str(file), "no such file; give a YAML file with devices:/links:")
     try:
-        data = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as exc:
-        raise ProfileError(file, "(file)", str(file), f"not valid YAML ({exc})") from None
+        data = read_yaml_file(file)
+    except YamlError as exc:
+        if exc.key is not None:
+            raise ProfileError(file, exc.key, exc.value, exc.reason) from None
+        raise ProfileError(file, "profiles_file", str(file), exc.reason) from None
     data = data or {}
     if not isinstance(data, dict):
         raise ProfileError(file, "(top level)", type(data).__name__, "must be a mapping with devices: and/or links:")

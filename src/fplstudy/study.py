@@ -42,10 +42,9 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from fplstudy import stats
-from fplstudy.config import Config, ConfigError, make_config
+from fplstudy.config import Config, ConfigError, YamlError, make_config, read_yaml_file
 from fplstudy.results import VOLATILE, atomic_write_text, dumps_json
 from fplstudy.style import LABEL_ORDER
 
@@ -138,18 +137,21 @@ def plan_name(swept: dict[str, Any]) -> str:
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
-    """Read ``params.yaml`` (YAML anchors resolved, so ``study: *digits`` selects a study).
+    """Read ``params.yaml`` with the reader of every user YAML (:func:`fplstudy.config.read_yaml_file`:
+    UTF-8, safe tags only, duplicate keys refused; anchors resolved, so ``study: *digits`` selects a study).
 
     Raises:
-        StudyError: the file is missing or is not YAML.
+        StudyError: the file is missing or is not such YAML, naming it and the fix.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise StudyError(f"params file {path} not found; run from the repository root or pass --params <file>")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise StudyError(f"params file {path}: not valid YAML ({str(exc).splitlines()[0]}); fix the file") from None
+        params = read_yaml_file(path)
+    except YamlError as exc:
+        fix = "" if Path(path).is_file() else "; run from the repository root or pass --params <file>"
+        where = f", key {exc.key!r}" if getattr(exc, "key", None) else ""
+        raise StudyError(f"params file {path}{where}: {exc}{fix}") from None
+    if not isinstance(params, dict):
+        raise StudyError(f"params file {path}: got {type(params).__name__}; it must hold a mapping (studies, study)")
+    return params
 
 
 def load_study(params: dict[str, Any] | str | Path = "params.yaml") -> Study:

@@ -185,12 +185,12 @@ def test_bad_out_is_refused_before_any_work(out, words, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     out = out.format(tmp=tmp_path)
     # 10^8 rounds: the command could only return because it refused before training
-    rc = main(["run", "--quiet", *TINY_ARGS, "--set", "rounds=100000000", "--out", out])
+    rc = main(["run", "--quiet", *TINY_ARGS, "--set", "rounds=100000", "--out", out])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and words in err[0] and "run folder" in err[0], err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"] and (tmp_path / "file").read_text() == "x"
     with pytest.raises(RunFolderError, match=words):
-        run(load_config(None, {"rounds": 100000000}), out, progress=False)
+        run(load_config(None, {"rounds": 100000}), out, progress=False)
 
 
 def test_unwritable_folder_is_refused_before_any_work(tmp_path, capsys):
@@ -198,7 +198,7 @@ def test_unwritable_folder_is_refused_before_any_work(tmp_path, capsys):
         pytest.skip("root writes into read-only folders; /proc and /sys cover the refusal")
     ro = tmp_path / "ro"
     ro.mkdir(mode=0o555)
-    rc = main(["run", "--quiet", *TINY_ARGS, "--set", "rounds=100000000", "--out", str(ro / "x")])
+    rc = main(["run", "--quiet", *TINY_ARGS, "--set", "rounds=100000", "--out", str(ro / "x")])
     assert rc == 2 and "cannot write" in capsys.readouterr().err
 
 
@@ -218,7 +218,7 @@ def test_a_locked_folder_refuses_a_second_writer_at_once(tmp_path, capsys):
     out = tmp_path / "run"
     with RunFolder(out):
         for flag in ([], ["--overwrite"], ["--resume"]):
-            assert main(["run", "--quiet", *TINY_ARGS, "--set", "rounds=100000000", *flag, "--out", str(out)]) == 2
+            assert main(["run", "--quiet", *TINY_ARGS, "--set", "rounds=100000", *flag, "--out", str(out)]) == 2
             err = capsys.readouterr().err.strip().splitlines()
             assert len(err) == 1 and "being written by another fplstudy run" in err[0], err
         assert list(out.iterdir()) == []

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 DATASETS = ("digits", "mnist5k", "mnist", "fashion_mnist", "cifar10")
+DRAWN_SPLIT = ("digits", "mnist5k")  # no official test set: test_fraction is drawn with the seed
 
 # Per-sample input shape (C, H, W) and number of classes, known without loading the data.
 DATASET_META: dict[str, tuple[tuple[int, int, int], int]] = {
@@ -36,10 +37,11 @@ DATASET_META: dict[str, tuple[tuple[int, int, int], int]] = {
     "cifar10": ((3, 32, 32), 10),
 }
 
-# Training and test samples of the whole dataset, known without loading it (digits has no official
-# test set: load_digits draws ``test_fraction`` of its 1797 samples).
+# Training and test samples of the whole dataset, known without loading it (digits and mnist5k have no
+# official test set: their split draws ``test_fraction`` of all samples, stratified, with the seed).
 DATASET_SIZES: dict[str, tuple[int, int]] = {
     "digits": (1797, 0),
+    "mnist5k": (5000, 0),
     "mnist": (60_000, 10_000),
     "fashion_mnist": (60_000, 10_000),
     "cifar10": (50_000, 10_000),
@@ -146,19 +148,19 @@ def _stratified_split(name: str, images: np.ndarray, target: np.ndarray, scale: 
 def split_sizes(name: str, test_fraction: float = 0.2, max_train_samples: int | None = None) -> tuple[int, int]:
     """Training and test samples :func:`load_dataset` gives, computed without loading the data.
 
-    For digits the test set is ``ceil(test_fraction * 1797)`` samples, as scikit-learn's
+    For digits and mnist5k the test set is ``ceil(test_fraction * samples)``, as scikit-learn's
     ``train_test_split`` draws it; the torchvision datasets keep their official test set.
 
     Args:
         name: one of :data:`DATASETS`.
-        test_fraction: digits only.
+        test_fraction: digits and mnist5k only.
         max_train_samples: optional cap on the training samples.
 
     Returns:
         ``(n_train, n_test)``.
     """
     n_train, n_test = DATASET_SIZES[name]
-    if name == "digits":
+    if name in DRAWN_SPLIT:
         n_test = math.ceil(test_fraction * n_train)
         n_train -= n_test
     if max_train_samples is not None:

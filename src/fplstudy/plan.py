@@ -19,7 +19,7 @@ from functools import lru_cache
 import numpy as np
 
 from fplstudy.config import Config, ConfigError
-from fplstudy.datasets import DATASET_META, DATASET_SIZES, DATASETS, split_sizes
+from fplstudy.datasets import DATASET_META, DATASET_SIZES, DATASETS, DRAWN_SPLIT, split_sizes
 from fplstudy.flops import BlockProfile, profile_model
 from fplstudy.models import DATASET_DEFAULT_MODEL, MODELS
 from fplstudy.strategies import Shape, preset
@@ -155,16 +155,16 @@ def training_samples(cfg: Config) -> int:
     without loading the data.
 
     Raises:
-        ConfigError: naming ``test_fraction`` when the digits split would leave a class without a test
+        ConfigError: naming ``test_fraction`` when a drawn split would leave a class without a test
             or a training sample (scikit-learn's stratified split needs one of each per class).
     """
     n_train, n_test = split_sizes(cfg.dataset, cfg.test_fraction, cfg.max_train_samples)
-    if cfg.dataset == "digits":
-        total, classes = DATASET_SIZES["digits"][0], DATASET_META["digits"][1]
+    if cfg.dataset in DRAWN_SPLIT:
+        total, classes = DATASET_SIZES[cfg.dataset][0], DATASET_META[cfg.dataset][1]
         if not classes <= n_test <= total - classes:
             lo, hi = (classes - 1) / total, (total - classes) / total  # ceil(f * total) in classes..total-classes
             raise ConfigError("test_fraction", cfg.test_fraction,
-                              f"the stratified split of the {total} digits needs at least one test and one "
+                              f"the stratified split of the {total} {cfg.dataset} samples needs at least one test and one "
                               f"training sample per class ({classes} each); use a value above {lo:.6g} and "
                               f"at most {hi:.6g} (e.g. 0.2)")
     return n_train

@@ -10,7 +10,9 @@ or as ``{value: …, status: …, source: …}``; a new profile must give every 
 Fields (units in the names):
 
 - device: ``flops_per_s`` (> 0, sustained training FLOP/s), ``active_w`` (≥ 0, while computing),
-  ``idle_w`` (≥ 0, while waiting), ``memory_bytes`` (> 0, optional).
+  ``idle_w`` (≥ 0, while waiting), ``memory_bytes`` (> 0, optional), ``call_overhead_s`` (≥ 0, optional,
+  default 0: seconds every compute call — one chunk's forward or backward — costs beyond its FLOPs, the
+  framework's per-call work that FLOP/s measured on a whole model hides; ``fplstudy calibrate`` measures it).
 - link: ``up_bps`` / ``down_bps`` (> 0; *up* is every message except those sent from the server side —
   a trunk stage or the aggregator — to an edge node, which use *down*), ``tx_j_per_bit`` /
   ``rx_j_per_bit`` (≥ 0, radio energy at the sender / receiver), ``latency_s`` (≥ 0, optional, added
@@ -39,7 +41,7 @@ STATUSES = ("M", "S", "D", "E", "U")
 
 # field -> (required, strictly positive)
 DEVICE_FIELDS = {"flops_per_s": (True, True), "active_w": (True, False), "idle_w": (True, False),
-                 "memory_bytes": (False, True)}
+                 "memory_bytes": (False, True), "call_overhead_s": (False, False)}
 LINK_FIELDS = {"up_bps": (True, True), "down_bps": (True, True), "tx_j_per_bit": (True, False),
                "rx_j_per_bit": (True, False), "latency_s": (False, False)}
 SECTIONS = {"devices": DEVICE_FIELDS, "links": LINK_FIELDS}
@@ -63,6 +65,7 @@ class DeviceProfile:
     active_w: float
     idle_w: float
     memory_bytes: float | None = None
+    call_overhead_s: float = 0.0
     description: str = ""
     status: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     source: dict[str, str] = field(default_factory=dict, compare=False, repr=False)

@@ -91,6 +91,19 @@ def test_star_network_queues_the_aggregators_messages_by_hand():
         assert schedule_round(plan, events, secs).makespan_s == want
 
 
+def test_star_interfaces_are_half_duplex_by_hand():
+    """Two messages at once (of two steps, so neither waits for the other), n0 → n1 and n1 → n0, 5 s each: 5 s
+    on links of their own, 10 s through the two nodes' half-duplex interfaces; a third pair is not held up."""
+    from fplstudy.events import Transfer
+
+    events = [Transfer(0, 0, 0, 0, "n0", "n1", "activations", (1, 16), "float32", 64),
+              Transfer(0, 1, 0, 0, "n1", "n0", "activations", (1, 16), "float32", 64),
+              Transfer(0, 0, 0, 0, "n2", "n3", "activations", (1, 16), "float32", 64)]
+    for network, want in (("links", [5.0, 5.0, 5.0]), ("star", [5.0, 10.0, 5.0])):
+        plan = _plan(strategy="mp", nodes=4, network=network)
+        assert schedule_round(plan, events, [5.0] * 3).finish == want
+
+
 def test_call_overhead_is_priced_alike_by_the_fast_path_and_the_reference(tmp_path):
     prof = tmp_path / "p.yaml"
     prof.write_text("devices:\n  slowcall: {flops_per_s: 1.0e+9, active_w: 1, idle_w: 0, call_overhead_s: 0.002}\n")

@@ -84,7 +84,7 @@ class Config(BaseModel):
     node_devices: Optional[dict[str, str]] = None  # per-node override, {node name: device profile}
     profiles_file: Optional[str] = None  # YAML file with extra or overriding device/link profiles
     pipeline: Literal["sequential", "gpipe", "1f1b"] = "sequential"  # makespan of a branch's stages
-    network: Literal["links", "star"] = "links"  # links: a link per node pair; star: one interface per node (makespan.py)
+    network: Literal["links", "star"] = "links"  # links: a link per node pair; star: one half-duplex interface per node (makespan.py)
 
     # --- the distributed backend (ignored by the simulated one)
     distributed_timeout_s: float = 60.0  # longest wait for the rendezvous, one message or one collective (s)

@@ -10,10 +10,13 @@ share the network is the config key ``network``:
 
 - ``links`` (the default): every directed pair ``src → dst`` has its own link, which carries one message
   at a time; a node may send to (and receive from) several peers at once, each at the full rate;
-- ``star``: every node reaches the others through one interface, as on a switch or an access point: a
-  message occupies its sender's outgoing side and its receiver's incoming side, each of which carries one
-  message at a time. An aggregator that sends the model to N clients sends N messages one after the other.
-  (TCP shares an interface among concurrent messages instead; the last of them ends at the same time.)
+- ``star``: every node reaches the others through one half-duplex interface, as a Wi-Fi station reaches
+  its access point: a message occupies its sender's and its receiver's interface, and an interface
+  carries one message at a time, in or out. An aggregator that sends the model to N clients sends N
+  messages one after the other, and a node does not receive while it sends. (TCP shares an interface
+  among concurrent messages instead; the last of them ends at the same time. On the emulated testbed's
+  full-duplex shaped links, a node's outgoing queue delays the acknowledgements of what it receives, so
+  sending and receiving barely overlap there either: tests/test_testbed.py, README.)
   This is the network of the emulated testbed (:mod:`fplstudy.testbed`).
 
 A task with zero duration occupies nothing.
@@ -225,7 +228,7 @@ def schedule_round(plan, events: list[Event], durations: list[float], pipeline: 
             indeg[i] += 1
     star = getattr(plan.config, "network", "links") == "star"
     resource: list[tuple | None] = []
-    other: list[tuple | None] = []  # the second resource a star message holds: its receiver's incoming side
+    other: list[tuple | None] = []  # the second resource a star message holds: its receiver's interface
     prio: list[tuple] = []
     for i, ev in enumerate(events):
         if isinstance(ev, Compute):
@@ -234,8 +237,8 @@ def schedule_round(plan, events: list[Event], durations: list[float], pipeline: 
             rank = (0 if ev.phase == "backward" else 1) if pipeline == "1f1b" else 0
             prio.append((ev.step, rank, i))
         else:
-            resource.append(("tx", ev.src) if star else ("link", ev.src, ev.dst))
-            other.append(("rx", ev.dst) if star else None)
+            resource.append(("interface", ev.src) if star else ("link", ev.src, ev.dst))
+            other.append(("interface", ev.dst) if star else None)
             prio.append((ev.step, 0, i))
     resource += [None] * (n - n_ev)
     other += [None] * (n - n_ev)
@@ -307,7 +310,7 @@ def schedule_round(plan, events: list[Event], durations: list[float], pipeline: 
         while clock and clock[0][0] == now:
             _, k = heapq.heappop(clock)
             dirty.add(resource[k])
-            if other[k] is not None:  # an incoming side is free: messages queued at any sender may start
+            if other[k] is not None:  # a receiver's interface is free: messages queued at any sender may start
                 dirty.update(r for r, q in queues.items() if q)
             complete(k, now)
     if any(indeg[i] > 0 for i in range(n)):  # pragma: no cover - a bug in build_dag

@@ -8,6 +8,8 @@ Examples::
     fplstudy plan --set strategy=sl --set nodes=4
     fplstudy cost --set strategy=mp --set nodes=8 --out runs/mp8-cost
     fplstudy explore --set nodes=8 --cuts balanced --budget-bytes-per-round 5e7 --out front.csv
+    fplstudy calibrate --models cnn --out host.yaml
+    fplstudy run --set profiles_file=host.yaml --set strategy=mp --set nodes=2 --backend emulated --out runs/tb
     fplstudy keys
 
 Bad input exits with code 2 and one line naming the key, the value and what is allowed (a bad or
@@ -127,8 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "backend); gives the same files as an uninterrupted run")
     again.add_argument("--overwrite", action="store_true", help="delete the run files in --out first")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--backend", default="simulated", choices=["simulated", "distributed"],
-                   help="simulated: one process; distributed: one process per node (torch.distributed, gloo)")
+    p.add_argument("--backend", default="simulated", choices=["simulated", "distributed", "emulated"],
+                   help="simulated: one process; distributed: one process per node (torch.distributed, gloo); "
+                        "emulated: the distributed backend on an emulated edge network (Mininet, root)")
 
     p = sub.add_parser("plan", help="print which node holds which layers, without training")
     _add_config_args(p)
@@ -148,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-energy-j-per-node", type=_budget, help="max joules of the busiest node over the run")
     p.add_argument("--budget-bytes-per-round", type=_budget, help="max payload bytes moved per round")
     p.add_argument("--workers", type=_workers, default=1, help="processes pricing plans in parallel")
+
+    p = sub.add_parser("calibrate", help="measure this machine's training FLOP/s (one thread, per model) into a "
+                                         "device profile file")
+    p.add_argument("--out", required=True, help="profiles YAML to write (an existing one keeps its other entries)")
+    p.add_argument("--models", default=None, help="comma-separated models (default: every registered model)")
+    p.add_argument("--batch-size", type=int, default=32, help="samples per training step (default 32)")
+    p.add_argument("--seconds", type=float, default=3.0, help="seconds of timed training per model (default 3)")
 
     sub.add_parser("keys", help="list every config key with its default")
     return parser
@@ -209,8 +219,34 @@ def _cmd_explore(cfg: Config, args) -> int:
     return 0
 
 
+def _cmd_emulated(cfg: Config, args) -> int:
+    from fplstudy.testbed import run_emulated
+
+    res = run_emulated(cfg, args.out)
+    m, s = res.metrics, res.summary
+    print(f"{m['status']}: {m['rounds_completed']} rounds on the emulated testbed ({len(res.emulation.nodes)} hosts, "
+          f"time scale {s['time_scale']:.3g}); median abs error of the round makespan "
+          f"{100 * s['round_makespan_median_abs_error']:.1f} %, of busy seconds {100 * s['busy_median_abs_error']:.1f} %; "
+          f"wrote {args.out}")
+    return 0 if m["status"] == "completed" else EXIT_DIVERGED
+
+
+def _cmd_calibrate(args) -> int:
+    from fplstudy.calibrate import calibrate
+
+    models = [m.strip() for m in args.models.split(",")] if args.models else None
+    for row in calibrate(args.out, models=models, batch_size=args.batch_size, seconds=args.seconds):
+        print(f"{row['profile']:24} {row['flops_per_s']:.4g} FLOP/s, {1e6 * row['call_overhead_s']:.0f} us per call "
+              f"({row['model']}, batch {row['batch_size']}, {row['steps']} steps)")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def _cmd_run(cfg: Config, args) -> int:
     from fplstudy.runner import run
+
+    if args.backend == "emulated":
+        return _cmd_emulated(cfg, args)
 
     outcome = run(cfg, args.out, progress=False if args.quiet else None, backend=args.backend, resume=args.resume,
                   overwrite=args.overwrite)
@@ -238,6 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             Path(args.out).resolve() == Path(args.all_out).resolve():
         return _refuse(f"argument --all-out: got {args.all_out!r}, the same file as --out; give two files")
     try:
+        if args.command == "calibrate":
+            return _cmd_calibrate(args)
         cfg = load_config(args.config, args.overrides)
         handler = {"run": _cmd_run, "plan": _cmd_plan, "cost": _cmd_cost, "explore": _cmd_explore}[args.command]
         return handler(cfg, args)

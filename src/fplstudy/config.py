@@ -234,9 +234,12 @@ class Config(BaseModel):
     node_devices: Optional[dict[str, str]] = None  # per-node override, {node name: device profile}
     profiles_file: Optional[str] = None  # YAML file with extra or overriding device/link profiles
     pipeline: Literal["sequential", "gpipe", "1f1b"] = "sequential"  # makespan of a branch's stages
+    network: Literal["links", "star"] = "links"  # links: a link per node pair; star: one half-duplex interface per node (makespan.py)
 
     # --- the distributed backend (ignored by the simulated one)
     distributed_timeout_s: float = 60.0  # longest wait for the rendezvous, one message or one collective (s)
+    testbed_time_scale: Optional[float] = None  # emulated backend: common slow-down of compute and links (>= 1); None = smallest that fits
+    testbed_cpu: Literal["cfs", "dilate"] = "cfs"  # emulated backend: slow a node's CPU by CFS quota, or stretch each chunk (testbed.py)
 
 
 def _describe_allowed(err: dict) -> str:
@@ -322,6 +325,9 @@ def _check_ranges(cfg: Config) -> None:
     if not 0 < cfg.distributed_timeout_s <= 86400:  # also refuses nan
         raise ConfigError("distributed_timeout_s", cfg.distributed_timeout_s,
                           "must be > 0 and <= 86400 seconds (it must exceed the longest wait a round imposes)")
+    if cfg.testbed_time_scale is not None and not 1 <= cfg.testbed_time_scale <= 1000:  # also refuses nan
+        raise ConfigError("testbed_time_scale", cfg.testbed_time_scale,
+                          "must be between 1 and 1000 (or left out: the smallest scale that fits the machine)")
     if cfg.micro_batches > cfg.batch_size:
         raise ConfigError("micro_batches", cfg.micro_batches,
                           f"must be <= batch_size ({cfg.batch_size})")

@@ -81,6 +81,10 @@ from fplstudy.plan import Plan
 TIMEOUT_KEY = "distributed_timeout_s"  # the config key of the longest wait (s)
 DEFAULT_TIMEOUT_S = Config.model_fields[TIMEOUT_KEY].default
 FAULT_ENV = "FPLSTUDY_DISTRIBUTED_FAULT"  # test hook: "<node>@<round>" exits that node, "...:hang" hangs it
+TRACE_ENV = "FPLSTUDY_TRACE"  # a folder: each rank writes trace-<rank>.csv, the timing of its own work (testbed)
+TRACE_COLUMNS = ("round", "node", "op", "kind", "peer", "nbytes", "seq", "post_s", "end_s")
+GATE_ENV = "FPLSTUDY_TESTBED_GATE"  # a folder: after the rendezvous, write ready-<rank> and wait for the file go
+DILATE_ENV = "FPLSTUDY_TESTBED_DILATE"  # a share of one core: each local chunk lasts its CPU time / share (testbed)
 WIRE_COLUMNS = ("round", "node", "peer", "kind", "messages_tx", "bytes_tx", "header_bytes_tx", "messages_rx",
                 "bytes_rx", "header_bytes_rx")  # bytes_*: payload, as the ledger counts; header_*: strides
 _MAX_PENDING_SENDS = 64  # sends a node may have in flight before it waits for the oldest
@@ -187,6 +191,11 @@ class DistributedTransport(engine.Transport):
         self._steps: dict[int, int] = {}  # step -> branch, this round
         self._pending: list[tuple[Any, torch.Tensor, str, int]] = []  # sends in flight: (work, buffer, what, round)
         self._fault = _parse_fault(os.environ.get(FAULT_ENV, "") if fault is None else fault)
+        self.trace: list[tuple] | None = [] if os.environ.get(TRACE_ENV) else None  # rows of TRACE_COLUMNS
+        self._seq: dict[tuple[str, str], int] = defaultdict(int)  # (op, peer) -> messages so far
+        self._mark = time.perf_counter()  # when this rank last came back from the transport (CLOCK_MONOTONIC)
+        self._dilate = float(os.environ.get(DILATE_ENV) or 0)  # 0: off
+        self._cpu_mark = time.thread_time()
 
     def is_local(self, node: str) -> bool:
         return node == self.node
@@ -203,6 +212,20 @@ class DistributedTransport(engine.Transport):
         self._maybe_fault(ev.round)
         self._steps.setdefault(ev.step, ev.branch)  # the round's batches, in step order
         super().compute(ev)
+        if ev.node == self.node and (self._dilate or self.trace is not None):  # the chunk has just run
+            if self._dilate:  # as on a CPU `share` times as fast: the chunk lasts its CPU time / share
+                left = (time.thread_time() - self._cpu_mark) / self._dilate - (time.perf_counter() - self._mark)
+                if left > 0:
+                    time.sleep(left)
+            now = time.perf_counter()
+            if self.trace is not None:
+                self.trace.append((ev.round, self.node, "compute", ev.phase, "", 0, self._next("compute", ""),
+                                   self._mark, now))
+            self._mark, self._cpu_mark = now, time.thread_time()
+
+    def _next(self, op: str, peer: str) -> int:
+        self._seq[(op, peer)] += 1
+        return self._seq[(op, peer)] - 1
 
     def move(self, tensor, *, src, dst, kind, shape, dtype, where):
         """Send ``tensor`` from ``src`` to ``dst`` as one message: its payload bytes in memory order,
@@ -226,19 +249,27 @@ class DistributedTransport(engine.Transport):
             buf = torch.empty(flat.numel() * flat.element_size() + header, dtype=torch.uint8)
             buf[:buf.numel() - header].view(dtype).copy_(flat)
             buf[buf.numel() - header:] = torch.tensor(dense.stride(), dtype=torch.int64).view(torch.uint8)
+            if self.trace is not None:  # posted now; the receiver's trace says when it arrived
+                self.trace.append((rnd, self.node, "send", kind, dst, nbytes, self._next("send", dst),
+                                   time.perf_counter(), math.nan))
             # the send completes in gloo's background; its buffer stays referenced until it has
             self._pending.append((dist.isend(buf, dst=self.ranks[dst]), buf, f"sending {kind} to {dst} at {at}", rnd))
             self._settle(_MAX_PENDING_SENDS)
             self._count(rnd, dst, kind, 0, buf.numel() - header, header)
         elif self.node == dst:
             buf = torch.empty(nbytes + header, dtype=torch.uint8)
+            posted = time.perf_counter()
             self._wait(dist.irecv(buf, src=self.ranks[src]), f"waiting for {kind} from {src} at {at}", rnd)
+            if self.trace is not None:
+                self.trace.append((rnd, self.node, "recv", kind, src, nbytes, self._next("recv", src), posted,
+                                   time.perf_counter()))
             payload = buf.numel() - header
             strides = tuple(buf[payload:].clone().view(torch.int64).tolist())
             out = buf[:payload].view(dtype).as_strided(shape, strides)
             self._count(rnd, src, kind, 1, payload, header)
         self.events.append(Transfer(rnd, step, branch, micro, src, dst, kind, shape,
                                     str(dtype).removeprefix("torch."), nbytes))
+        self._mark, self._cpu_mark = time.perf_counter(), time.thread_time()
         return out
 
     def _settle(self, keep: int = 0) -> None:
@@ -312,7 +343,22 @@ class DistributedTransport(engine.Transport):
         self._collective(lambda: dist.broadcast(values, src=0), "broadcasting the round's scores")
         flat, cuts = values.tolist(), lengths.cumsum(0).tolist()
         self._steps = {}
+        self._mark, self._cpu_mark = time.perf_counter(), time.thread_time()  # evaluation is not training
         return tuple(flat[a:b] for a, b in zip([0, *cuts[:-1]], cuts))
+
+    def write_trace(self, folder: str | Path) -> Path:
+        """Write this rank's trace (:data:`TRACE_COLUMNS`; times in seconds of CLOCK_MONOTONIC, which every
+        process of the machine shares) to ``folder/trace-<rank>.csv``, atomically.
+
+        A compute row spans from when the rank last came back from the transport to when the engine
+        reported the chunk done (the chunk, plus the optimizer step and batch slicing before a batch's
+        first chunk); a send row is the moment the message was posted; a recv row spans from the posting
+        of the receive to the message's arrival.
+        """
+        from fplstudy.results import write_rows_csv
+
+        rows = [dict(zip(TRACE_COLUMNS, row)) for row in self.trace or []]
+        return write_rows_csv(Path(folder) / f"trace-{self.rank}.csv", rows, TRACE_COLUMNS)
 
     def gather_bytes(self, payload: torch.Tensor, head: list[int], what: str, tag: int, most: list[int],
                      ) -> list[tuple[list[int], torch.Tensor]] | None:
@@ -880,11 +926,15 @@ def _train_this_rank(plan, data, progress, on_round, timeout_s) -> DistributedRe
     store = store_server(ip, port, timeout_s) if rank == 0 and not agent else None
     with _GlooInterface(interface_of(route_source(ip))):
         store = rendezvous(rank, world, ip, port, timeout_s, store)
+    if os.environ.get(GATE_ENV):
+        _pass_gate(Path(os.environ[GATE_ENV]), rank, timeout_s)
     try:
         T = DistributedTransport(plan, rank, timeout_s)
         try:
             result = engine.train(plan, T, data=data, progress=progress and rank == 0,
                                   on_round=on_round if rank == 0 else None)
+            if T.trace is not None:
+                T.write_trace(os.environ[TRACE_ENV])
             rows = _share_wire_rows(T, plan)
         except _NodeFailure as exc:
             when = f"in round {exc.round}" if exc.round is not None else "after training"
@@ -924,6 +974,19 @@ def _share_wire_rows(T: DistributedTransport, plan: Plan) -> list[dict]:
         table = torch.empty(int(size), dtype=torch.uint8)
     T._collective(lambda: dist.broadcast(table, src=0), "broadcasting the wire counts")
     return rows if T.rank == 0 else _wire_rows_from_json(table, plan, None)
+
+
+def _pass_gate(folder: Path, rank: int, timeout_s: float) -> None:
+    """The testbed's start line: say this rank is ready, wait until the testbed says go (it throttles the hosts'
+    CPUs in between, so that start-up runs at full speed and training at the emulated one)."""
+    from fplstudy.results import atomic_write_text
+
+    atomic_write_text(folder / f"ready-{rank}", "")
+    deadline = time.monotonic() + timeout_s
+    while not (folder / "go").exists():
+        if time.monotonic() > deadline:
+            raise DistributedError(f"rank {rank}: the testbed did not say go within {timeout_s:g} s")
+        time.sleep(0.02)
 
 
 def _wire_rows_from_json(buf: torch.Tensor, plan: Plan, rank: int | None) -> list[dict]:

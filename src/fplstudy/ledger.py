@@ -21,7 +21,8 @@ count               int      compute calls, or messages sent + received, of that
 flops               int      FLOPs computed (FlopCounterMode's count, FLOP = 2 MAC); 0 for messages
 bytes_tx            int      payload bytes sent (numel × element size, no framing)
 bytes_rx            int      payload bytes received
-seconds             float    compute: FLOPs / device FLOP/s; message: bits / link rate + latency,
+seconds             float    compute: FLOPs / device FLOP/s + the device's call overhead (default 0);
+                             message: bits / link rate + latency,
                              counted at the sender *and* at the receiver (both radios are busy);
                              idle: round makespan − the time the node computed or communicated
                              (union of its intervals in the schedule, :mod:`fplstudy.makespan`)
@@ -39,7 +40,9 @@ array sums, the same floats as the event-by-event reference, which ``price(..., 
 :func:`fplstudy.dryrun.price_plan` prices a plan without building its event stream at all.
 
 Link direction: a message uses the link profile's ``down_bps`` when it goes from the server side (a
-trunk stage or the aggregator) to an edge node (a branch stage holder), ``up_bps`` otherwise.
+trunk stage or the aggregator) to an edge node (a branch stage holder), ``up_bps`` otherwise. The config
+key ``network`` says how messages share the network (:mod:`fplstudy.makespan`): ``links``, a link per
+pair of nodes, or ``star``, one interface per node (priced by the reference schedule only).
 """
 
 from __future__ import annotations
@@ -133,7 +136,7 @@ def event_costs(plan, events: list[Event], profiles: Profiles) -> tuple[list[int
                 cache[key] = chunk_flops(plan, ev.blocks, ev.in_shape, ev.phase, ev.input_grad)
             f = cache[key] * ev.samples
             flops.append(f)
-            seconds.append(f / devices[ev.node].flops_per_s)
+            seconds.append(f / devices[ev.node].flops_per_s + devices[ev.node].call_overhead_s)
         else:
             rate = link.down_bps if ev.src in server and ev.dst not in server else link.up_bps
             flops.append(0)
@@ -279,6 +282,7 @@ class Pricer:
         self.index = {name: i for i, name in enumerate(self.names)}
         devices = [profiles.device(n.device) for n in plan.nodes]
         self.flops_per_s = [d.flops_per_s for d in devices]
+        self.call_s = [d.call_overhead_s for d in devices]
         self.active_w = [d.active_w for d in devices]
         self.idle_w = np.array([d.idle_w for d in devices], dtype=float)
         self.server = _server_side(plan)
@@ -300,7 +304,7 @@ class Pricer:
                 if ck not in self._flops:
                     self._flops[ck] = chunk_flops(self.plan, ev.blocks, ev.in_shape, ev.phase, ev.input_grad)
                 f = self._flops[ck] * ev.samples
-                s = f / self.flops_per_s[a]
+                s = f / self.flops_per_s[a] + self.call_s[a]
                 tasks.append((TASK_COMPUTE, ev.micro, a, -1, a if s != 0.0 else -1, s, ev.phase == "backward"))
                 key.append(a * width + _KIND_INDEX[ev.phase])
                 flops.append(f)

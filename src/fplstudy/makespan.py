@@ -5,8 +5,21 @@ event's duration (compute: FLOPs / device FLOP/s; transfer: bits / link rate + l
 :mod:`fplstudy.ledger`). Every round is scheduled on its own, from time 0; the run's makespan is
 the sum of the rounds' (a round starts when the previous one, sync included, has ended).
 
-Resources. A node computes one chunk at a time; a directed link ``src → dst`` carries one message at a
-time; a node may compute while its links carry messages. A task with zero duration occupies nothing.
+Resources. A node computes one chunk at a time; a node may compute while messages travel. How messages
+share the network is the config key ``network``:
+
+- ``links`` (the default): every directed pair ``src → dst`` has its own link, which carries one message
+  at a time; a node may send to (and receive from) several peers at once, each at the full rate;
+- ``star``: every node reaches the others through one half-duplex interface, as a Wi-Fi station reaches
+  its access point: a message occupies its sender's and its receiver's interface, and an interface
+  carries one message at a time, in or out. An aggregator that sends the model to N clients sends N
+  messages one after the other, and a node does not receive while it sends. (TCP shares an interface
+  among concurrent messages instead; the last of them ends at the same time. On the emulated testbed's
+  full-duplex shaped links, a node's outgoing queue delays the acknowledgements of what it receives, so
+  sending and receiving barely overlap there either: tests/test_testbed.py, README.)
+  This is the network of the emulated testbed (:mod:`fplstudy.testbed`).
+
+A task with zero duration occupies nothing.
 
 Dependencies, derived from the events (emission order) and the plan:
 
@@ -213,17 +226,22 @@ def schedule_round(plan, events: list[Event], durations: list[float], pipeline: 
         for d in set(ds):
             succ[d].append(i)
             indeg[i] += 1
+    star = getattr(plan.config, "network", "links") == "star"
     resource: list[tuple | None] = []
+    other: list[tuple | None] = []  # the second resource a star message holds: its receiver's interface
     prio: list[tuple] = []
     for i, ev in enumerate(events):
         if isinstance(ev, Compute):
             resource.append(("node", ev.node))
+            other.append(None)
             rank = (0 if ev.phase == "backward" else 1) if pipeline == "1f1b" else 0
             prio.append((ev.step, rank, i))
         else:
-            resource.append(("link", ev.src, ev.dst))
+            resource.append(("interface", ev.src) if star else ("link", ev.src, ev.dst))
+            other.append(("interface", ev.dst) if star else None)
             prio.append((ev.step, 0, i))
     resource += [None] * (n - n_ev)
+    other += [None] * (n - n_ev)
     prio += [(0, 0, i) for i in range(n_ev, n)]
 
     start = [0.0] * n
@@ -259,16 +277,32 @@ def schedule_round(plan, events: list[Event], durations: list[float], pipeline: 
             release(i, boot)
     for j, tj in boot:
         complete(j, tj)
+    def take(q: list) -> int | None:
+        """The queue's task of highest priority whose second resource (if any) is free now."""
+        held, got = [], None
+        while q:
+            item = heapq.heappop(q)
+            second = other[item[1]]
+            if second is None or busy_until.get(second, 0.0) <= now:
+                got = item[1]
+                break
+            held.append(item)
+        for item in held:
+            heapq.heappush(q, item)
+        return got
+
     now = 0.0
     while True:
         for res in list(dirty):
             q = queues.get(res)
-            if q and busy_until.get(res, 0.0) <= now:
-                _, k = heapq.heappop(q)
+            k = take(q) if q and busy_until.get(res, 0.0) <= now else None
+            if k is not None:
                 start[k] = max(now, ready_at[k])
                 busy_until[res] = start[k] + dur[k]
+                if other[k] is not None:
+                    busy_until[other[k]] = busy_until[res]
                 heapq.heappush(clock, (busy_until[res], k))
-            if not q or busy_until.get(res, 0.0) > now:
+            else:  # nothing can start on it now: a completion marks it again
                 dirty.discard(res)
         if not clock:
             break
@@ -276,6 +310,8 @@ def schedule_round(plan, events: list[Event], durations: list[float], pipeline: 
         while clock and clock[0][0] == now:
             _, k = heapq.heappop(clock)
             dirty.add(resource[k])
+            if other[k] is not None:  # a receiver's interface is free: messages queued at any sender may start
+                dirty.update(r for r, q in queues.items() if q)
             complete(k, now)
     if any(indeg[i] > 0 for i in range(n)):  # pragma: no cover - a bug in build_dag
         raise RuntimeError("the event DAG has a cycle; cannot schedule")
@@ -302,8 +338,11 @@ class FastSchedule:
 
 def fast_path_applies(plan, pipeline: str | None = None) -> bool:
     """Whether :func:`schedule_fixed_order` may price this plan: with one micro-batch per batch every
-    pipeline orders a node's chunks by data flow alone; ``sequential`` also with micro-batches."""
+    pipeline orders a node's chunks by data flow alone; ``sequential`` also with micro-batches. Only for the
+    ``links`` network."""
     pipeline = pipeline or plan.config.pipeline
+    if getattr(plan.config, "network", "links") != "links":  # a message on two resources: the reference only
+        return False
     return pipeline == "sequential" or plan.config.micro_batches == 1
 
 

@@ -11,7 +11,10 @@ Fields (units in the names; every number must lie in the physically plausible ra
 :data:`BOUNDS`, so that every cost derived from it stays finite):
 
 - device: ``flops_per_s`` (1e3..1e18, sustained training FLOP/s), ``active_w`` (0..1e5, while
-  computing), ``idle_w`` (0..1e5, while waiting), ``memory_bytes`` (1e3..1e15, optional).
+  computing), ``idle_w`` (0..1e5, while waiting), ``memory_bytes`` (1e3..1e15, optional),
+  ``call_overhead_s`` (0..3600, optional, default 0: seconds every compute call — one chunk's forward or
+  backward — costs beyond its FLOPs, the framework's per-call work that FLOP/s measured on a whole model
+  hides; ``fplstudy calibrate`` measures it).
 - link: ``up_bps`` / ``down_bps`` (1..1e13; *up* is every message except those sent from the server
   side — a trunk stage or the aggregator — to an edge node, which use *down*), ``tx_j_per_bit`` /
   ``rx_j_per_bit`` (0..1, radio energy at the sender / receiver), ``latency_s`` (0..86400, optional,
@@ -37,7 +40,8 @@ SHIPPED_DIR = PACKAGE / "profiles"
 STATUSES = ("M", "S", "D", "E", "U")
 
 # field -> required
-DEVICE_FIELDS = {"flops_per_s": True, "active_w": True, "idle_w": True, "memory_bytes": False}
+DEVICE_FIELDS = {"flops_per_s": True, "active_w": True, "idle_w": True, "memory_bytes": False,
+                 "call_overhead_s": False}
 LINK_FIELDS = {"up_bps": True, "down_bps": True, "tx_j_per_bit": True, "rx_j_per_bit": True, "latency_s": False}
 SECTIONS = {"devices": DEVICE_FIELDS, "links": LINK_FIELDS}
 
@@ -49,6 +53,7 @@ BOUNDS: dict[str, dict[str, tuple[float, float, str]]] = {
         "active_w": (0.0, 1e5, "W, up to a rack of accelerators"),
         "idle_w": (0.0, 1e5, "W, up to a rack of accelerators"),
         "memory_bytes": (1e3, 1e15, "bytes, from a microcontroller's RAM to a petabyte"),
+        "call_overhead_s": (0.0, 3600.0, "s per compute call, up to an hour"),
     },
     "links": {
         "up_bps": (1.0, 1e13, "bit/s, from the slowest LoRa setting to a 10 Tbit/s link"),
@@ -78,6 +83,7 @@ class DeviceProfile:
     active_w: float
     idle_w: float
     memory_bytes: float | None = None
+    call_overhead_s: float = 0.0
     description: str = ""
     status: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     source: dict[str, str] = field(default_factory=dict, compare=False, repr=False)

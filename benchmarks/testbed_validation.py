@@ -1,0 +1,121 @@
+"""Validation of the cost model on the emulated testbed: predicted against measured, per plan and node.
+
+Runs every strategy at several node counts and link rates on digits with ``--backend emulated`` (root and
+Mininet needed, see ``fplstudy.testbed``), after calibrating this machine, and prints per run the median
+absolute error of the round makespan and of the per-node busy seconds (warm-up round left out), then
+the same over all runs against the goal (both <= 15 %). Writes, under ``--out``: one run folder per plan,
+``validation.csv`` (one row per run), ``validation_summary.json`` and ``validation_parity.png`` (every
+run's points in one figure).
+
+The full study is six strategies × 2, 4, 8 nodes × two link rates (``centralized`` runs on its one node:
+32 runs, about half an hour on 2 cores); ``--nodes 2,4 --rates 10`` is a small one. Measurements share the machine with whatever else
+runs on it: the load average before and after each run is in ``validation.csv``; rerun on a quiet
+machine before quoting the figures.
+
+Run: ``python benchmarks/testbed_validation.py --out runs/validation [--strategies fl,mp] [--nodes 2,4,8]
+[--rates 10,100] [--cpu cfs|dilate] [--rounds 3] [--batch-size 128] [--profiles host.yaml]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import yaml
+
+from fplstudy.calibrate import calibrate
+from fplstudy.config import STRATEGIES, ConfigError, load_config
+from fplstudy.distributed import DistributedError
+from fplstudy.testbed import parity_figure, run_emulated
+
+def link_profiles(rates_mbit: list[str]) -> dict:
+    """One link profile ``tb<rate>`` per rate: that many Mbit/s of TCP goodput both ways, no latency."""
+    src = {"status": "E", "source": "testbed validation setting"}
+    return {f"tb{r}": {"description": f"validation link, {r} Mbit/s both ways (TCP goodput), no latency",
+                       "up_bps": {"value": float(r) * 1e6, **src}, "down_bps": {"value": float(r) * 1e6, **src},
+                       "tx_j_per_bit": {"value": 0.0, **src}, "rx_j_per_bit": {"value": 0.0, **src}}
+            for r in rates_mbit}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True, help="folder for the runs and the tables (new or empty)")
+    ap.add_argument("--strategies", default=",".join(STRATEGIES))
+    ap.add_argument("--nodes", default="2,4,8")
+    ap.add_argument("--rates", default="10,100", help="link rates, Mbit/s (before the time scale)")
+    ap.add_argument("--cpu", default="cfs", choices=["cfs", "dilate"], help="the config key testbed_cpu")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds per run; round 0 is the warm-up")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--profiles", help="an existing calibration file (default: calibrate now)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    profiles = out / "profiles.yaml"
+    doc = yaml.safe_load(Path(args.profiles).read_text()) if args.profiles else {}
+    doc.setdefault("links", {}).update(link_profiles(args.rates.split(",")))
+    profiles.write_text(yaml.safe_dump(doc, sort_keys=False))
+    cal = [] if args.profiles else calibrate(profiles, models=["cnn"], batch_size=args.batch_size)  # keeps the links
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
+          + (f"calibrated {cal[0]['flops_per_s']:.4g} FLOP/s, {1e6 * cal[0]['call_overhead_s']:.0f} us per call"
+             if cal else f"calibration from {args.profiles}"))
+    rows, tables = [], []
+    for strategy in args.strategies.split(","):
+        sizes = [1] if strategy == "centralized" else list(map(int, args.nodes.split(",")))  # one node, by definition
+        for nodes in sizes:
+            for mbit in args.rates.split(","):
+                name = f"{strategy}-{nodes}-{mbit}mbit"
+                values = dict(strategy=strategy, nodes=nodes, link=f"tb{mbit}", rounds=args.rounds,
+                              batch_size=args.batch_size, profiles_file=str(profiles), testbed_cpu=args.cpu)
+                load0, t0 = os.getloadavg()[0], time.monotonic()
+                try:
+                    res = run_emulated(load_config(None, values), out / name)
+                except (ConfigError, DistributedError) as exc:
+                    print(f"{name:22} not run: {exc}")
+                    rows.append(dict(run=name, strategy=strategy, nodes=nodes, link_mbit=float(mbit), status=str(exc)))
+                    continue
+                s = res.summary
+                rows.append(dict(run=name, strategy=strategy, nodes=nodes, link_mbit=float(mbit), status="completed",
+                                 hosts=len(res.emulation.nodes), time_scale=s["time_scale"],
+                                 makespan_error=s["round_makespan_median_abs_error"],
+                                 busy_error=s["busy_median_abs_error"], send_error=s["send_median_abs_error"],
+                                 load_before=load0, load_after=os.getloadavg()[0], wall_s=time.monotonic() - t0))
+                tables.append((name, res.table))
+                print(f"{name:22} {len(res.emulation.nodes)} hosts, time scale {s['time_scale']:5.2f}: makespan error "
+                      f"{100 * s['round_makespan_median_abs_error']:5.1f} %, busy error "
+                      f"{100 * s['busy_median_abs_error']:5.1f} % (load {load0:.1f})", flush=True)
+    df = pd.DataFrame(rows)
+    df.to_csv(out / "validation.csv", index=False)
+    done = df[df["status"] == "completed"]
+    if done.empty:
+        print("no run completed")
+        return 1
+    every = pd.concat([t.assign(run=name) for name, t in tables])
+    every = every[~every["warmup"].astype(bool)]
+    rounds = every.groupby(["run", "round"])[["measured_round_s", "predicted_round_s"]].first()
+    makespan = ((rounds["measured_round_s"] - rounds["predicted_round_s"]) / rounds["predicted_round_s"]).abs()
+    busy_rows = every[every["predicted_busy_s"] > 0]
+    busy = ((busy_rows["measured_busy_s"] - busy_rows["predicted_busy_s"]) / busy_rows["predicted_busy_s"]).abs()
+    summary = {"runs": int(len(done)), "not_run": int(len(df) - len(done)), "cpu": args.cpu,
+               "makespan_median_abs_error": float(makespan.median()), "busy_median_abs_error": float(busy.median()),
+               "makespan_points": int(len(makespan)), "busy_points": int(len(busy)), "goal": 0.15,
+               "per_strategy": {st: {"makespan": float(g["makespan_error"].median()), "busy": float(g["busy_error"].median())}
+                                for st, g in done.groupby("strategy")}}
+    (out / "validation_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    parity_figure(tables, out / "validation_parity.png")
+    print(f"over {summary['runs']} runs: median abs error of the round makespan {100 * summary['makespan_median_abs_error']:.1f} % "
+          f"({summary['makespan_points']} rounds), of busy seconds {100 * summary['busy_median_abs_error']:.1f} % "
+          f"({summary['busy_points']} node-rounds); goal <= 15 %: "
+          + ("met" if max(summary["makespan_median_abs_error"], summary["busy_median_abs_error"]) <= 0.15 else "not met"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,564 @@
+"""The emulated edge testbed (``--backend emulated``): the plan on its own network, measured against the model.
+
+Every node of the plan becomes a Mininet host (its own network namespace and address, ``10.0.0.<i+1>``)
+joined to one Linux bridge by a link shaped to the link profile's rate, and gets a CPU share that makes
+it as fast as its device profile relative to this machine's calibrated speed. The plan then runs on the
+``distributed`` backend, one rank per host, rendezvous at the first host (the multi-host path: the store
+binds to ``10.0.0.1``, gloo to each host's interface). Each rank traces its own work; afterwards the
+traces are set beside the ledger's prediction for the same plan priced with the emulated profiles.
+
+The arithmetic (:func:`emulation`):
+
+- ``C`` is the calibrated training FLOP/s of one core of this machine for the plan's model and batch size
+  (a device profile ``calibrated_<model>_b<batch>``, written by ``fplstudy calibrate`` and loaded with
+  ``profiles_file``);
+- a node of device FLOP/s ``F`` needs ``F / C`` cores to be as fast as its device. With the time scale
+  ``s`` it gets ``F / (C s)`` cores, and the emulation runs ``s`` times slower than the real devices
+  would; links are slowed by the same ``s``, so every predicted figure is scaled by ``s`` alike;
+- ``s`` is the smallest value >= 1 (or the config key ``testbed_time_scale``, if larger) such that no node
+  needs more than :data:`CORE_CAP` of a core, all nodes together no more than :data:`MACHINE_CAP` of
+  the machine's cores, and no link more than Mininet's 1000 Mbit/s;
+- a link of rate ``R`` (the profile's rate is TCP goodput, as iperf3 reports it) is shaped to
+  ``R / s / TCP_GOODPUT_SHARE`` on the wire, since ``tc`` counts whole Ethernet frames: the goodput is then
+  ``R / s``. Per host, its egress takes the rate the ledger gives its outgoing messages and its ingress
+  the rate of its incoming ones: an edge node sends at ``up_bps`` and receives at ``down_bps``, a
+  server-side node (trunk stage, aggregator) the other way round;
+- the CFS period of a host is the shortest that allows the kernel's minimum quota of 1 ms
+  (``1 ms / share``), so that a throttled node is slowed evenly rather than in long bursts.
+
+How a node's CPU is slowed is the config key ``testbed_cpu``:
+
+- ``cfs`` (default): Mininet's ``CPULimitedHost``, CFS bandwidth control with the share as quota. Exact for
+  long computations; but a node that waited starts each period with a fresh quota of at least 1 ms (the
+  kernel's minimum), so chunks shorter than about 1 ms of this machine's CPU run at full speed, and
+  chunks of a few ms are slowed only in part. Model-parallel stages of a small model at small batches
+  are such chunks: their busy seconds come out below the model's;
+- ``dilate``: the hosts are not throttled; each node stretches every chunk it computes to its CPU time
+  divided by its share (it sleeps the difference), which slows chunks of any length by exactly the share.
+  The machine's load still lengthens the CPU time itself.
+
+What the testbed does not emulate: latency (``netem`` is not available on every kernel: links have a
+rate and no added delay, and the emulated profiles set ``latency_s`` to 0); radio energy and power; a
+node's memory. The machine's cores are shared with whatever else runs on it: a busy machine makes the
+measured times longer than the model's.
+
+Requirements, checked before anything is built (one line naming the fix): root; Mininet for the system
+Python (``apt-get install mininet bridge-utils cgroup-tools iperf3``), whose module lives in
+``/usr/lib/python3/dist-packages``. The project's venv never imports it: :mod:`fplstudy.netctl` runs
+under ``/usr/bin/python3`` as a subprocess and starts the nodes (the venv's Python) inside the hosts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fplstudy.config import Config, ConfigError
+from fplstudy.plan import Plan
+from fplstudy.profiles import Profiles
+
+SYSTEM_PYTHON = "/usr/bin/python3"  # where the Debian package installs the mininet module
+NETCTL = Path(__file__).with_name("netctl.py")
+TCP_GOODPUT_SHARE = 1448 / 1514  # TCP payload per Ethernet frame at MTU 1500 with timestamps (RFC 7323)
+MAX_LINK_MBIT = 1000.0  # Mininet's TCLink refuses rates above this (Mbit/s on the wire)
+CORE_CAP = 0.9  # most of one core a node may get: one training thread, plus gloo's I/O
+MACHINE_CAP = 0.8  # most of the machine's cores all nodes may get together (the testbed's own work needs some)
+MIN_QUOTA_US = 1000  # the kernel's smallest CFS quota
+MAX_PERIOD_US = 100_000  # the longest CFS period used (a share below 1 % of a core would need longer)
+MAX_TIME_SCALE = 100.0  # beyond this a round takes too long to emulate: fewer nodes, or more cores
+NODE_MEMORY_BYTES = 6e8  # resident size of one node process (torch, the data, the model): refuse beyond RAM
+MASTER_PORT = 29500  # inside the hosts' namespaces nothing else listens
+TESTBED_COLUMNS = ("round", "node", "warmup", "measured_round_s", "predicted_round_s", "measured_busy_s",
+                   "predicted_busy_s", "measured_send_s", "predicted_send_s", "measured_recv_s", "predicted_recv_s",
+                   "time_scale")
+
+
+def calibrated_name(model: str, batch_size: int) -> str:
+    """The device profile that holds this machine's calibrated training FLOP/s for ``model`` at ``batch_size``
+    (the rate depends on the batch: small batches leave the CPU's vector units and caches idle)."""
+    return f"calibrated_{model}_b{batch_size}"
+
+
+@dataclass(frozen=True)
+class Emulation:
+    """How each node of a plan is emulated (see the module docstring for the arithmetic).
+
+    Attributes:
+        nodes: node names, in plan order (host ``i`` plays ``nodes[i]``).
+        time_scale: the common slow-down ``s`` of compute and links (>= 1).
+        cores: cores of this machine.
+        calibrated_flops_per_s: ``C``, one core's training FLOP/s for the plan's model.
+        calibrated_call_s: ``o``, one core's overhead per compute call.
+        core_share: per node, the share of one core it gets (``F / (C s)``).
+        period_us: per node, the CFS period (quota = share × period >= 1 ms).
+        egress_mbit / ingress_mbit: per node, the shaped rates on the wire (Mbit/s) of what it sends and
+            what it receives.
+        profiles: the emulated profiles: device FLOP/s and link rates divided by ``s``, no latency.
+    """
+
+    nodes: tuple[str, ...]
+    time_scale: float
+    cores: int
+    calibrated_flops_per_s: float
+    calibrated_call_s: float
+    core_share: tuple[float, ...]
+    period_us: tuple[int, ...]
+    egress_mbit: tuple[float, ...]
+    ingress_mbit: tuple[float, ...]
+    profiles: Profiles
+
+    @property
+    def cpu_fraction(self) -> tuple[float, ...]:
+        """Per node, Mininet's ``cpu`` parameter: the share of the whole machine (share of a core / cores)."""
+        return tuple(c / self.cores for c in self.core_share)
+
+
+def server_side(plan: Plan) -> set[str]:
+    """Nodes on the server side (trunk stages, the aggregator): they send at ``down_bps``."""
+    return {n.name for n in plan.nodes if n.role.startswith(("trunk", "aggregator"))}
+
+
+def emulation(plan: Plan, profiles: Profiles, calibrated_flops_per_s: float, cores: int,
+              time_scale: float | None = None, calibrated_call_s: float = 0.0) -> Emulation:
+    """The CPU shares, CFS periods, shaped rates and time scale that emulate ``plan`` on ``cores`` cores.
+
+    Args:
+        plan: the plan.
+        profiles: its device and link profiles (as priced).
+        calibrated_flops_per_s: this machine's training FLOP/s on one core for the plan's model.
+        cores: cores of the machine.
+        time_scale: the slow-down wanted (None: the smallest that fits).
+        calibrated_call_s: this machine's overhead per compute call (``o``); a node slowed to ``F / (C s)``
+            of a core pays ``o C s / F`` per call, which the emulated profile carries.
+
+    Returns:
+        The :class:`Emulation`.
+
+    Raises:
+        ConfigError: ``testbed_time_scale`` below what the plan needs, or a plan that would need a time
+            scale above :data:`MAX_TIME_SCALE` (too many or too fast nodes for this machine).
+    """
+    link = profiles.link(plan.config.link)
+    need = [profiles.device(n.device).flops_per_s / calibrated_flops_per_s for n in plan.nodes]  # cores at s = 1
+    wire_bps = max(link.up_bps, link.down_bps) / TCP_GOODPUT_SHARE
+    fits = max(1.0, max(need) / CORE_CAP, sum(need) / (MACHINE_CAP * cores), wire_bps / (MAX_LINK_MBIT * 1e6))
+    if time_scale is not None and time_scale < fits:
+        raise ConfigError("testbed_time_scale", time_scale,
+                          f"this plan needs at least {fits:.4g} on {cores} cores (or leave it out to use that)")
+    s = float(time_scale) if time_scale is not None else fits
+    if s > MAX_TIME_SCALE:
+        raise ConfigError("nodes", plan.config.nodes,
+                          f"too many or too fast nodes for this machine: their CPU shares need a time scale of "
+                          f"{s:.4g} on {cores} cores (at most {MAX_TIME_SCALE:g}); use fewer nodes, slower "
+                          "device profiles or a machine with more cores")
+    share = tuple(f / s for f in need)
+    period = tuple(min(MAX_PERIOD_US, math.ceil(MIN_QUOTA_US / c)) for c in share)
+    server = server_side(plan)
+    up, down = link.up_bps / s / TCP_GOODPUT_SHARE / 1e6, link.down_bps / s / TCP_GOODPUT_SHARE / 1e6
+    egress = tuple(down if n.name in server else up for n in plan.nodes)
+    ingress = tuple(up if n.name in server else down for n in plan.nodes)
+    devices = dict(profiles.devices)
+    for n in plan.nodes:
+        d = profiles.device(n.device)
+        devices[n.device] = replace(d, flops_per_s=d.flops_per_s / s,
+                                    call_overhead_s=calibrated_call_s * calibrated_flops_per_s * s / d.flops_per_s)
+    links = {**profiles.links, link.name: replace(link, up_bps=link.up_bps / s, down_bps=link.down_bps / s,
+                                                  latency_s=0.0)}
+    return Emulation(tuple(n.name for n in plan.nodes), s, cores, calibrated_flops_per_s, calibrated_call_s, share,
+                     period, egress, ingress, Profiles(devices, links))
+
+
+def check_rates(plan: Plan, profiles: Profiles) -> None:
+    """Refuse a link profile the per-host shaping cannot reproduce: a message goes out through its sender's
+    egress and in through its receiver's ingress, so it gets the smaller of the two rates; that is the
+    ledger's rate for every pair of nodes only when ``up_bps <= down_bps``."""
+    link = profiles.link(plan.config.link)
+    if link.up_bps > link.down_bps:
+        raise ConfigError("link", link.name, f"up_bps ({link.up_bps:g}) > down_bps ({link.down_bps:g}): the testbed "
+                          "shapes one link per host and cannot give messages between edge nodes the up rate; "
+                          "use a link profile with up_bps <= down_bps")
+
+
+# --------------------------------------------------------------------------- requirements
+
+def requirements_problem() -> str | None:
+    """Why the testbed cannot run here (one line naming the fix), or None when it can."""
+    if os.geteuid() != 0:
+        return ("the emulated backend needs root (Mininet builds namespaces, links and cgroups): run it as root, "
+                "e.g. sudo -E env PATH=$PATH fplstudy run ... --backend emulated")
+    if not Path(SYSTEM_PYTHON).is_file():
+        return f"the emulated backend runs Mininet under {SYSTEM_PYTHON}, which is missing: install python3"
+    try:
+        out = subprocess.run([SYSTEM_PYTHON, str(NETCTL), "check"], capture_output=True, text=True, timeout=60)
+        check = json.loads(out.stdout)
+    except (subprocess.SubprocessError, ValueError, OSError) as exc:
+        return f"the Mininet check failed ({exc}); install Mininet: apt-get install mininet bridge-utils cgroup-tools"
+    if not check["ok"]:
+        return ("missing for the emulated backend: " + ", ".join(check["missing"])
+                + "; install them with apt-get install mininet bridge-utils cgroup-tools iperf3")
+    return None
+
+
+def _free_memory_bytes() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return float(line.split()[1]) * 1024
+    return math.inf  # pragma: no cover - no MemAvailable
+
+
+def check_capacity(plan: Plan) -> None:
+    """Refuse a plan with more node processes than this machine's memory holds or than a /24 network numbers."""
+    n = len(plan.nodes)
+    if n > 200:
+        raise ConfigError("nodes", plan.config.nodes, f"{n} node processes; the testbed hosts at most 200")
+    free = _free_memory_bytes()
+    if n * NODE_MEMORY_BYTES > free:
+        raise ConfigError("nodes", plan.config.nodes, f"{n} node processes need about {n * NODE_MEMORY_BYTES / 1e9:.1f} GB "
+                          f"and this machine has {free / 1e9:.1f} GB available; use fewer nodes")
+
+
+def calibrated_speed(plan: Plan, profiles: Profiles) -> tuple[float, float]:
+    """This machine's calibrated ``(FLOP/s, overhead per compute call)`` for the plan's model and batch size (the
+    device profile ``calibrated_<model>_b<batch_size>``)."""
+    name = calibrated_name(plan.model, plan.config.batch_size)
+    if name not in profiles.devices:
+        raise ConfigError("profiles_file", plan.config.profiles_file,
+                          f"no device profile '{name}' (this machine's speed for {plan.model} at batch "
+                          f"{plan.config.batch_size}); run `fplstudy calibrate --models {plan.model} --batch-size "
+                          f"{plan.config.batch_size} --out host.yaml` and set profiles_file=host.yaml")
+    return profiles.device(name).flops_per_s, profiles.device(name).call_overhead_s
+
+
+# --------------------------------------------------------------------------- measured vs predicted
+
+def read_traces(folder: Path, plan: Plan) -> pd.DataFrame:
+    """Every rank's trace (:data:`fplstudy.distributed.TRACE_COLUMNS`), one table."""
+    frames = [pd.read_csv(folder / f"trace-{r}.csv", dtype={"peer": str}) for r in range(len(plan.nodes))]
+    df = pd.concat(frames, ignore_index=True)
+    df["peer"] = df["peer"].fillna("").astype(str)
+    return df
+
+
+def measured(trace: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    """Per round and node: busy compute seconds, seconds of its sent and received messages; per round: makespan.
+
+    A message's seconds run from when both ends were ready (the later of the send's and the receive's
+    posting) to its arrival; they count at the sender (send) and at the receiver (recv), as in the
+    ledger. The round's makespan runs from the first chunk's start to the last chunk's end or the last
+    message's arrival, over all nodes.
+    """
+    comp = trace[trace["op"] == "compute"]
+    sends = trace[trace["op"] == "send"][["round", "node", "peer", "kind", "seq", "post_s"]]
+    recvs = trace[trace["op"] == "recv"][["round", "node", "peer", "kind", "seq", "post_s", "end_s"]]
+    msgs = recvs.merge(sends, left_on=["peer", "node", "seq"], right_on=["node", "peer", "seq"],
+                       suffixes=("_rx", "_tx"))
+    if len(msgs) != len(recvs) or len(msgs) != len(sends) or (msgs["kind_rx"] != msgs["kind_tx"]).any():
+        raise RuntimeError("the traces' sends and receives do not pair up")
+    msgs["seconds"] = msgs["end_s"] - np.maximum(msgs["post_s_rx"], msgs["post_s_tx"])
+    msgs = msgs.rename(columns={"round_rx": "round", "node_rx": "dst", "peer_rx": "src"})
+    busy = comp.assign(seconds=comp["end_s"] - comp["post_s"]).groupby(["round", "node"])["seconds"].sum()
+    sent = msgs.groupby(["round", "src"])["seconds"].sum().rename_axis(["round", "node"])
+    got = msgs.groupby(["round", "dst"])["seconds"].sum().rename_axis(["round", "node"])
+    per_node = pd.DataFrame({"measured_busy_s": busy, "measured_send_s": sent, "measured_recv_s": got}).fillna(0.0)
+    first = comp.groupby("round")["post_s"].min()
+    last = pd.concat([comp.groupby("round")["end_s"].max(), msgs.groupby("round")["end_s"].max()], axis=1).max(axis=1)
+    return per_node.reset_index(), (last - first).rename("measured_round_s")
+
+
+def predicted(plan: Plan, shard_sizes: list[int], emu: Emulation) -> tuple[pd.DataFrame, pd.Series]:
+    """The model's figures for the same plan priced with the emulated profiles and the ``star`` network (one
+    interface per node, as the testbed's bridge gives), in the units of :func:`measured`."""
+    from fplstudy.dryrun import plan_events
+    from fplstudy.events import Compute
+    from fplstudy.ledger import event_costs, price
+
+    plan = replace(plan, config=plan.config.model_copy(update={"network": "star"}))  # the testbed's network
+    events = plan_events(plan, shard_sizes)
+    _, seconds = event_costs(plan, events, emu.profiles)
+    rows = []
+    for ev, sec in zip(events, seconds):
+        if isinstance(ev, Compute):
+            rows.append((ev.round, ev.node, sec, 0.0, 0.0))
+        else:
+            rows += [(ev.round, ev.src, 0.0, sec, 0.0), (ev.round, ev.dst, 0.0, 0.0, sec)]
+    df = pd.DataFrame(rows, columns=["round", "node", "predicted_busy_s", "predicted_send_s", "predicted_recv_s"])
+    per_node = df.groupby(["round", "node"], as_index=False).sum()
+    ledger = price(plan, events, emu.profiles)
+    makespan = ledger.groupby("round")["round_makespan_s"].first().rename("predicted_round_s")
+    return per_node, makespan
+
+
+def testbed_table(plan: Plan, trace: pd.DataFrame, shard_sizes: list[int], emu: Emulation) -> pd.DataFrame:
+    """Measured beside predicted, one row per round × node (:data:`TESTBED_COLUMNS`); round 0 is the warm-up
+    (first use of every connection and kernel) and is left out of the error summary."""
+    m_node, m_round = measured(trace)
+    p_node, p_round = predicted(plan, shard_sizes, emu)
+    grid = pd.DataFrame([(r, n.name) for r in sorted(p_round.index) for n in plan.nodes], columns=["round", "node"])
+    df = grid.merge(m_node, on=["round", "node"], how="left").merge(p_node, on=["round", "node"], how="left")
+    df = df.merge(m_round.reset_index(), on="round", how="left").merge(p_round.reset_index(), on="round", how="left")
+    df["warmup"] = df["round"] == 0
+    df["time_scale"] = emu.time_scale
+    return df.fillna(0.0)[list(TESTBED_COLUMNS)]
+
+
+def relative_error(measured_s: pd.Series, predicted_s: pd.Series) -> pd.Series:
+    """(measured − predicted) / predicted, where something was predicted."""
+    keep = predicted_s > 0
+    return (measured_s[keep] - predicted_s[keep]) / predicted_s[keep]
+
+
+def error_summary(table: pd.DataFrame) -> dict:
+    """Median and largest absolute relative error of the round makespan and of per-node busy seconds (and of
+    the message seconds), over the rounds after the warm-up."""
+    t = table[~table["warmup"].astype(bool)]
+    rounds = t.groupby("round")[["measured_round_s", "predicted_round_s"]].first()
+    out = {"rounds_compared": int(len(rounds))}
+    for name, m, p in (("round_makespan", rounds["measured_round_s"], rounds["predicted_round_s"]),
+                       ("busy", t["measured_busy_s"], t["predicted_busy_s"]),
+                       ("send", t["measured_send_s"], t["predicted_send_s"]),
+                       ("recv", t["measured_recv_s"], t["predicted_recv_s"])):
+        err = relative_error(m, p).abs()
+        out[f"{name}_median_abs_error"] = float(err.median()) if len(err) else math.nan
+        out[f"{name}_max_abs_error"] = float(err.max()) if len(err) else math.nan
+        out[f"{name}_points"] = int(len(err))
+    return out
+
+
+def parity_figure(tables: list[tuple[str, pd.DataFrame]], path: str | Path) -> Path:
+    """Predicted against measured: the round makespan (one point per plan × round) and per-node busy seconds
+    (one point per plan × node × round), warm-up rounds left out; log-log, with the ±15 % band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
+    panels = (("round makespan", "predicted_round_s", "measured_round_s", True),
+              ("busy compute seconds per node", "predicted_busy_s", "measured_busy_s", False))
+    for ax, (title, p, m, per_round) in zip(axes, panels):
+        lo, hi = math.inf, 0.0
+        for label, table in tables:
+            t = table[~table["warmup"].astype(bool)]
+            if per_round:
+                t = t.groupby("round")[[p, m]].first()
+            t = t[(t[p] > 0) & (t[m] > 0)]
+            if t.empty:
+                continue
+            ax.scatter(t[p], t[m], s=14, alpha=0.7, label=label)
+            lo, hi = min(lo, t[p].min(), t[m].min()), max(hi, t[p].max(), t[m].max())
+        if hi > 0:
+            xs = np.geomspace(lo / 1.5, hi * 1.5, 50)
+            ax.plot(xs, xs, color="black", lw=1)
+            ax.fill_between(xs, xs * 0.85, xs * 1.15, color="grey", alpha=0.2, label="±15 %")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+        ax.set_xlabel("predicted (s, emulated time)")
+        ax.set_ylabel("measured (s, emulated time)")
+        ax.set_title(title)
+    axes[0].legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+# --------------------------------------------------------------------------- the run
+
+@dataclass
+class TestbedOutcome:
+    """What :func:`run_emulated` returns.
+
+    Attributes:
+        out: the run folder (rank 0's ``metrics.json``, ``rounds.csv``, ``ledger.csv``, ``wire.csv``, and
+            ``testbed.csv``, ``testbed_summary.json``, ``testbed_parity.png``, ``testbed/<node>.log``).
+        emulation: the emulation used.
+        table: measured beside predicted (:data:`TESTBED_COLUMNS`).
+        summary: :func:`error_summary` plus the emulation's figures.
+        metrics: rank 0's ``metrics.json``.
+    """
+
+    out: Path
+    emulation: Emulation
+    table: pd.DataFrame
+    summary: dict
+    metrics: dict
+
+
+def _tag() -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    n, out = os.getpid(), ""
+    while n:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+    return "f" + out[-5:]
+
+
+def _netctl(*args: str, timeout: float = 120) -> dict:
+    out = subprocess.run([SYSTEM_PYTHON, str(NETCTL), *args], capture_output=True, text=True, timeout=timeout)
+    return json.loads(out.stdout.strip().splitlines()[-1]) if out.stdout.strip() else {}
+
+
+def sweep_stale() -> None:
+    """Remove what earlier runs killed with SIGKILL left (their controller is gone)."""
+    state = Path("/run/fplstudy-testbed")
+    for f in state.glob("*") if state.is_dir() else []:
+        try:
+            pid = int(f.read_text().strip() or 0)
+            os.kill(pid, 0)
+        except (ValueError, ProcessLookupError, PermissionError, OSError):
+            _netctl("sweep", f.name)
+
+
+def check_out(out: Path) -> None:
+    """Refuse an ``--out`` that is a file, not empty, or not writable, before anything is built."""
+    if str(out) == "" or out.is_file():
+        raise ConfigError("--out", str(out), "give a folder to create (not a file)")
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError("--out", str(out), "the folder is not empty; give a new folder")
+    parent = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK):
+        raise ConfigError("--out", str(out), f"{parent} is not writable")
+
+
+def prepare_emulation(cfg: Config, time_scale: float | None = None):
+    """Every check of an emulated run, before anything is built: plan, profiles, data, requirements, capacity.
+
+    Returns:
+        ``(plan, profiles, data, emulation)``.
+
+    Raises:
+        ConfigError: one line naming the key (or the missing requirement) and the fix.
+    """
+    from fplstudy.runner import prepare
+
+    plan, profiles, data = prepare(cfg)
+    problem = requirements_problem()
+    if problem:
+        raise ConfigError("--backend", "emulated", problem)
+    check_rates(plan, profiles)
+    check_capacity(plan)
+    flops_per_s, call_s = calibrated_speed(plan, profiles)
+    emu = emulation(plan, profiles, flops_per_s, os.cpu_count() or 1,
+                    time_scale if time_scale is not None else cfg.testbed_time_scale, call_s)
+    return plan, profiles, data, emu
+
+
+def run_emulated(cfg: Config, out: str | Path, *, time_scale: float | None = None) -> TestbedOutcome:
+    """Run ``cfg`` on the emulated testbed and write the results and the measured-vs-predicted table.
+
+    Args:
+        cfg: validated config (``profiles_file`` must hold the ``calibrated_<model>_b<batch>`` profile).
+        out: the run folder (created; must be new or empty).
+        time_scale: overrides ``testbed_time_scale``.
+
+    Returns:
+        The :class:`TestbedOutcome`.
+
+    Raises:
+        ConfigError: bad input or a missing requirement, before anything is built.
+        DistributedError: a node failed (the message names it and quotes its log); the network is gone.
+    """
+    from fplstudy.distributed import DILATE_ENV, GATE_ENV, TRACE_ENV, DistributedError
+    from fplstudy.results import atomic_write_text
+
+    out = Path(out)
+    check_out(out)
+    plan, profiles, (split, part), emu = prepare_emulation(cfg, time_scale)
+    sweep_stale()
+    work = Path(tempfile.mkdtemp(prefix="fplstudy-testbed-"))
+    tag = _tag()
+    try:
+        config_file = work / "config.yaml"
+        values = cfg.model_dump()
+        if values.get("profiles_file"):
+            values["profiles_file"] = str(Path(values["profiles_file"]).resolve())
+        import yaml
+
+        config_file.write_text(yaml.safe_dump(values, sort_keys=False))
+        (work / "gate").mkdir()
+        hosts = []
+        for i, node in enumerate(emu.nodes):
+            rank_out = out.resolve() if i == 0 else work / f"rank{i}"
+            argv = [sys.executable, "-m", "fplstudy.cli", "run", str(config_file), "--backend", "distributed",
+                    "--quiet", "--out", str(rank_out)]
+            env = {"RANK": str(i), "WORLD_SIZE": str(len(emu.nodes)), "MASTER_ADDR": "10.0.0.1",
+                   "MASTER_PORT": str(MASTER_PORT), "GLOO_SOCKET_IFNAME": f"{tag}h{i}-eth0", TRACE_ENV: str(work),
+                   GATE_ENV: str(work / "gate"), "OMP_NUM_THREADS": "1", "CI": "1"}
+            dilate = cfg.testbed_cpu == "dilate"
+            if dilate:
+                env[DILATE_ENV] = repr(emu.core_share[i])
+            hosts.append({"name": node, "cpu": -1 if dilate else emu.cpu_fraction[i], "period_us": emu.period_us[i],
+                          "up_mbit": emu.egress_mbit[i], "down_mbit": emu.ingress_mbit[i], "argv": argv,
+                          "env": env, "log": str(work / f"{node}.log")})
+        spec = {"tag": tag, "hosts": hosts, "cwd": os.getcwd(), "parent_pid": os.getpid(), "gate": str(work / "gate"),
+                "deadline_s": 6 * 3600, "fill_idle": False, "scratch": str(work)}
+        (work / "spec.json").write_text(json.dumps(spec))
+        load0 = os.getloadavg()[0]
+        t0 = time.monotonic()
+        ctl = subprocess.Popen([SYSTEM_PYTHON, str(NETCTL), "run", str(work / "spec.json")], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            stdout, stderr = ctl.communicate()
+        except BaseException:  # Ctrl-C or a kill: the controller tears the network down, then we go
+            ctl.send_signal(signal.SIGTERM)
+            try:
+                ctl.communicate(timeout=60)
+            except subprocess.TimeoutExpired:  # pragma: no cover - a controller that does not stop
+                ctl.kill()
+            _netctl("sweep", tag)
+            raise
+        finally:
+            if ctl.returncode != 0:
+                _netctl("sweep", tag)
+        wall_s = time.monotonic() - t0
+        try:
+            outcome = json.loads(stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise DistributedError(f"the testbed controller failed: {(stderr.strip().splitlines() or ['?'])[-1]}") from None
+        logs = out / "testbed"
+        logs.mkdir(parents=True, exist_ok=True)
+        for i, node in enumerate(emu.nodes):
+            for name, keep in ((f"{node}.log", f"{node}.log"), (f"trace-{i}.csv", f"trace-{node}.csv")):
+                if (work / name).exists():
+                    shutil.copy(work / name, logs / keep)
+        bad = [(node, code) for node, code in zip(emu.nodes, outcome["codes"]) if code != 0]
+        if bad or outcome.get("stopped"):
+            node, code = bad[0] if bad else (emu.nodes[0], None)
+            last = [ln for ln in (logs / f"{node}.log").read_text().splitlines() if ln.strip()][-1:] or ["(no output)"]
+            why = f"stopped ({outcome['stopped']})" if outcome.get("stopped") else f"exit code {code}"
+            raise DistributedError(f"emulated node {node} failed ({why}): {last[0].removeprefix('fplstudy: error: ')} "
+                                   f"(logs in {logs})")
+        table = testbed_table(plan, read_traces(work, plan), part.samples(), emu)  # rank i wrote trace-<i>.csv
+        summary = {**error_summary(table), "time_scale": emu.time_scale, "cores": emu.cores,
+                   "calibrated_flops_per_s": emu.calibrated_flops_per_s, "calibrated_call_s": emu.calibrated_call_s,
+                   "cpu": cfg.testbed_cpu,
+                   "core_share": dict(zip(emu.nodes, emu.core_share)), "period_us": dict(zip(emu.nodes, emu.period_us)),
+                   "egress_mbit": dict(zip(emu.nodes, emu.egress_mbit)),
+                   "ingress_mbit": dict(zip(emu.nodes, emu.ingress_mbit)),
+                   "latency_emulated": False, "load_average_before": load0, "load_average_after": os.getloadavg()[0],
+                   "testbed_wall_s": wall_s, "network_build_s": outcome.get("build_s")}
+        from fplstudy.results import write_rows_csv
+
+        write_rows_csv(out / "testbed.csv", table.to_dict("records"), TESTBED_COLUMNS)
+        atomic_write_text(out / "testbed_summary.json", json.dumps(summary, indent=2) + "\n")
+        parity_figure([(f"{plan.strategy}, {len(plan.nodes)} nodes", table)], out / "testbed_parity.png")
+        metrics = json.loads((out / "metrics.json").read_text())
+        return TestbedOutcome(out, emu, table, summary, metrics)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

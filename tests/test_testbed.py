@@ -1,0 +1,289 @@
+"""The emulated edge testbed: its arithmetic (everywhere), and real Mininet runs (root and Mininet only).
+
+Times of the tests that build a network, on a 2-core machine shared with other work: the bulk transfer
+about 5 s; each training run (``mp`` on 2 hosts, ``fl`` on 4) about 15 s; the run killed mid-round
+about 15 s. Each run starts one Python process per host, which import torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fplstudy import engine, testbed
+from fplstudy.config import ConfigError, make_config
+from fplstudy.distributed import check_wire
+from fplstudy.dryrun import plan_events
+from fplstudy.events import Compute
+from fplstudy.ledger import price
+from fplstudy.makespan import schedule_round
+from fplstudy.plan import resolve
+from fplstudy.profiles import check_profiles, load_profiles
+
+GOODPUT = 1448 / 1514  # TCP payload bytes per Ethernet frame at MTU 1500 with timestamps
+
+
+def _plan(**kw):
+    return resolve(make_config(kw))
+
+
+# --------------------------------------------------------------------------- arithmetic (runs everywhere)
+
+def test_time_scale_shares_periods_and_rates_by_hand():
+    """fl with 3 clients (rpi4, 1.6e10 FLOP/s) and an aggregator (minipc, 6e10) on wifi5, calibrated 4e10 FLOP/s
+    per core, 2 cores: the nodes need 0.4, 0.4, 0.4 and 1.5 cores; one node may have 0.9 of a core (1.5 / 0.9 =
+    1.667) and all together 0.8 × 2 cores (2.7 / 1.6 = 1.6875): the time scale is 1.6875."""
+    plan = _plan(strategy="fl", nodes=3)
+    emu = testbed.emulation(plan, check_profiles(plan), 4e10, 2, calibrated_call_s=1e-4)
+    s = 2.7 / 1.6
+    assert emu.time_scale == pytest.approx(s, rel=1e-12)
+    assert emu.core_share == pytest.approx((0.4 / s, 0.4 / s, 0.4 / s, 1.5 / s), rel=1e-12)
+    assert emu.cpu_fraction == pytest.approx((0.2 / s, 0.2 / s, 0.2 / s, 0.75 / s), rel=1e-12)
+    assert emu.period_us == (4219, 4219, 4219, 1125)  # ceil(1 ms / share): quota = share × period >= 1 ms
+    up, down = 2.26e8 / s / GOODPUT / 1e6, 2.62e8 / s / GOODPUT / 1e6  # Mbit/s on the wire
+    assert emu.egress_mbit == pytest.approx((up, up, up, down), rel=1e-12)  # clients send up, the aggregator down
+    assert emu.ingress_mbit == pytest.approx((down, down, down, up), rel=1e-12)
+    rpi4, link = emu.profiles.device("rpi4"), emu.profiles.link("wifi5")
+    assert rpi4.flops_per_s == pytest.approx(1.6e10 / s, rel=1e-12)
+    assert rpi4.call_overhead_s == pytest.approx(1e-4 * 4e10 * s / 1.6e10, rel=1e-12)  # o × C × s / F
+    assert emu.profiles.device("minipc").flops_per_s == pytest.approx(6e10 / s, rel=1e-12)
+    assert (link.up_bps, link.down_bps, link.latency_s) == pytest.approx((2.26e8 / s, 2.62e8 / s, 0.0), rel=1e-12)
+
+
+def test_time_scale_for_a_link_faster_than_mininet_shapes_and_refusals(tmp_path):
+    fast = tmp_path / "fast.yaml"
+    fast.write_text("links:\n  fast: {up_bps: 2.0e+9, down_bps: 2.0e+9, tx_j_per_bit: 0, rx_j_per_bit: 0}\n")
+    plan = _plan(strategy="mp", nodes=2, link="fast", profiles_file=str(fast))
+    emu = testbed.emulation(plan, check_profiles(plan), 1e12, 2)  # CPUs need little: the link sets the scale
+    assert emu.time_scale == pytest.approx(2e9 / GOODPUT / 1e9, rel=1e-12)
+    assert max(emu.egress_mbit) == pytest.approx(1000.0, rel=1e-12)
+    with pytest.raises(ConfigError, match="'testbed_time_scale': got 1.5; this plan needs at least 2.091"):
+        testbed.emulation(plan, check_profiles(plan), 1e12, 2, time_scale=1.5)
+    assert testbed.emulation(plan, check_profiles(plan), 1e12, 2, time_scale=4.0).time_scale == 4.0
+    big = _plan(strategy="fl", nodes=50)
+    with pytest.raises(ConfigError, match="'nodes': got 50; too many or too fast nodes for this machine"):
+        testbed.emulation(big, check_profiles(big), 1e9, 2)  # 50 × 16 cores' worth: a time scale of 500
+    up_gt_down = tmp_path / "odd.yaml"
+    up_gt_down.write_text("links:\n  odd: {up_bps: 2.0e+7, down_bps: 1.0e+7, tx_j_per_bit: 0, rx_j_per_bit: 0}\n")
+    odd = _plan(strategy="fl", nodes=2, link="odd", profiles_file=str(up_gt_down))
+    with pytest.raises(ConfigError, match="'link': got 'odd'; up_bps"):
+        testbed.check_rates(odd, check_profiles(odd))
+
+
+def test_star_network_queues_the_aggregators_messages_by_hand():
+    """fl, 3 clients of one batch: forward 1 s and backward 2 s in parallel, then 3 params_up and 3 params_down
+    of 5 s each. A link per pair: 1 + 2 + 5 + 5. One interface per node: the aggregator receives, then sends,
+    one message at a time: 1 + 2 + 3 × 5 + 3 × 5."""
+    durations = {"forward": 1.0, "backward": 2.0}
+    for network, want in (("links", 13.0), ("star", 33.0)):
+        plan = _plan(strategy="fl", nodes=3, batch_size=32, max_train_samples=96, rounds=1, network=network)
+        events = plan_events(plan, [32, 32, 32])
+        secs = [durations[e.phase] if isinstance(e, Compute) else 5.0 for e in events]
+        assert schedule_round(plan, events, secs).makespan_s == want
+
+
+def test_star_interfaces_are_half_duplex_by_hand():
+    """Two messages at once (of two steps, so neither waits for the other), n0 → n1 and n1 → n0, 5 s each: 5 s
+    on links of their own, 10 s through the two nodes' half-duplex interfaces; a third pair is not held up."""
+    from fplstudy.events import Transfer
+
+    events = [Transfer(0, 0, 0, 0, "n0", "n1", "activations", (1, 16), "float32", 64),
+              Transfer(0, 1, 0, 0, "n1", "n0", "activations", (1, 16), "float32", 64),
+              Transfer(0, 0, 0, 0, "n2", "n3", "activations", (1, 16), "float32", 64)]
+    for network, want in (("links", [5.0, 5.0, 5.0]), ("star", [5.0, 10.0, 5.0])):
+        plan = _plan(strategy="mp", nodes=4, network=network)
+        assert schedule_round(plan, events, [5.0] * 3).finish == want
+
+
+def test_call_overhead_is_priced_alike_by_the_fast_path_and_the_reference(tmp_path):
+    prof = tmp_path / "p.yaml"
+    prof.write_text("devices:\n  slowcall: {flops_per_s: 1.0e+9, active_w: 1, idle_w: 0, call_overhead_s: 0.002}\n")
+    plan = _plan(strategy="fpl", nodes=4, device="slowcall", server_device="slowcall", profiles_file=str(prof),
+                 max_train_samples=128, rounds=2)
+    events = plan_events(plan, [64, 64])
+    fast, ref = price(plan, events), price(plan, events, fast=False)
+    pd.testing.assert_frame_equal(fast, ref)
+    ev = next(e for e in events if isinstance(e, Compute))
+    row = fast[(fast["round"] == 0) & (fast["node"] == ev.node) & (fast["kind"] == ev.phase)].iloc[0]
+    assert row.seconds == pytest.approx(row.flops / 1e9 + 0.002 * row["count"], rel=1e-12)
+
+
+def _trace(rows):
+    from fplstudy.distributed import TRACE_COLUMNS
+
+    return pd.DataFrame(rows, columns=list(TRACE_COLUMNS))
+
+
+def test_measured_figures_from_a_hand_made_trace():
+    """n0 computes 0.0-1.0 and 1.5-2.0, sends at 1.0; n1 posts its receive at 0.2, gets the message at 1.4 and
+    computes 1.4-3.0: busy 1.5 and 1.6 s; the message took 1.4 - max(1.0, 0.2) = 0.4 s; the round 3.0 s."""
+    trace = _trace([(0, "n0", "compute", "forward", "", 0, 0, 0.0, 1.0),
+                    (0, "n0", "send", "activations", "n1", 64, 0, 1.0, math.nan),
+                    (0, "n0", "compute", "backward", "", 0, 1, 1.5, 2.0),
+                    (0, "n1", "recv", "activations", "n0", 64, 0, 0.2, 1.4),
+                    (0, "n1", "compute", "forward", "", 0, 0, 1.4, 3.0)])
+    per_node, makespan = testbed.measured(trace)
+    got = per_node.set_index("node")
+    assert got.loc["n0", "measured_busy_s"] == pytest.approx(1.5)
+    assert got.loc["n1", "measured_busy_s"] == pytest.approx(1.6)
+    assert got.loc["n0", "measured_send_s"] == pytest.approx(0.4) and got.loc["n1", "measured_recv_s"] == pytest.approx(0.4)
+    assert got.loc["n0", "measured_recv_s"] == 0 and got.loc["n1", "measured_send_s"] == 0
+    assert makespan.tolist() == pytest.approx([3.0])
+    unpaired = trace.iloc[:4]  # a receive whose send is missing
+    with pytest.raises(RuntimeError, match="do not pair up"):
+        testbed.measured(unpaired.drop(index=1))
+
+
+def test_error_summary_leaves_out_the_warmup_round():
+    table = pd.DataFrame({"round": [0, 1, 2], "node": ["n0"] * 3, "warmup": [True, False, False],
+                          "measured_round_s": [9.0, 1.1, 0.8], "predicted_round_s": [1.0, 1.0, 1.0],
+                          "measured_busy_s": [5.0, 0.5, 0.55], "predicted_busy_s": [0.5, 0.5, 0.5],
+                          "measured_send_s": [0.0] * 3, "predicted_send_s": [0.0] * 3,
+                          "measured_recv_s": [0.0] * 3, "predicted_recv_s": [0.0] * 3, "time_scale": [2.0] * 3})
+    s = testbed.error_summary(table)
+    assert s["rounds_compared"] == 2
+    assert s["round_makespan_median_abs_error"] == pytest.approx(0.15)  # |0.1| and |-0.2|
+    assert s["round_makespan_max_abs_error"] == pytest.approx(0.2)
+    assert s["busy_median_abs_error"] == pytest.approx(0.05)
+    assert s["send_points"] == 0 and math.isnan(s["send_median_abs_error"])
+
+
+def test_calibrate_writes_a_measured_profile_that_loads(tmp_path):
+    from fplstudy.calibrate import calibrate, cpu_model
+
+    out = tmp_path / "host.yaml"
+    out.write_text("links:\n  mine: {up_bps: 1.0e+6, down_bps: 1.0e+6, tx_j_per_bit: 0, rx_j_per_bit: 0}\n")
+    rows = calibrate(out, models=["cnn"], batch_size=16, seconds=0.6)
+    assert [r["profile"] for r in rows] == ["calibrated_cnn_b16"]
+    prof = load_profiles(out)
+    dev = prof.device("calibrated_cnn_b16")
+    assert dev.flops_per_s == float(f"{rows[0]['flops_per_s']:.4g}") and dev.status["flops_per_s"] == "M"
+    assert cpu_model() in dev.source["flops_per_s"] and "torch" in dev.source["flops_per_s"]
+    assert dev.call_overhead_s >= 0 and "mine" in prof.links  # the file's other entries are kept
+    # the two timings it rests on: the whole step, and the step cut per block (more calls, never fewer FLOPs)
+    assert rows[0]["whole_s"] > 0 and rows[0]["cut_s"] > 0
+    with pytest.raises(ConfigError, match="'--models': got 'gpt2'"):
+        calibrate(out, models=["gpt2"])
+
+
+def test_missing_calibration_is_refused_before_anything_is_built(tmp_path):
+    before = set(os.listdir("/sys/class/net")) if os.path.isdir("/sys/class/net") else set()
+    proc = subprocess.run([sys.executable, "-m", "fplstudy.cli", "run", "--set", "strategy=mp", "--set", "nodes=2",
+                           "--backend", "emulated", "--out", str(tmp_path / "x")], capture_output=True, text=True,
+                          env={**os.environ, "CI": "1"}, timeout=300)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    reason = testbed.requirements_problem()
+    if reason:  # no root or no Mininet here: that is what is named
+        assert reason in proc.stderr
+    else:
+        assert "'profiles_file': got None; no device profile 'calibrated_cnn_b32'" in proc.stderr
+        assert "fplstudy calibrate --models cnn --batch-size 32" in proc.stderr
+    assert not (tmp_path / "x").exists()
+    if before:
+        assert set(os.listdir("/sys/class/net")) == before  # no interface was made
+
+
+# --------------------------------------------------------------------------- on Mininet (root only)
+
+REASON = testbed.requirements_problem()
+needs_mininet = pytest.mark.skipif(REASON is not None, reason=f"no emulated testbed here: {REASON}")
+
+
+def _calibration(tmp_path, batch=32) -> str:
+    """A calibrated profile with a round figure: these tests check bytes and results, not times."""
+    path = tmp_path / "host.yaml"
+    path.write_text(f"devices:\n  calibrated_cnn_b{batch}: {{flops_per_s: 4.0e+10, active_w: 0, idle_w: 0}}\n")
+    return str(path)
+
+
+@needs_mininet
+def test_bulk_transfer_runs_at_the_shaped_rate(tmp_path):
+    """iperf3 between two hosts whose links are shaped to 20 Mbit/s: TCP goodput within 10 % of the shaped rate
+    (and within 3 % of it less the frame headers, 1448 of every 1514 bytes)."""
+    (tmp_path / "gate").mkdir()
+    client = "sleep 0.5; iperf3 -c 10.0.0.1 -t 3 -J > " + str(tmp_path / "iperf.json")
+    spec = {"tag": "fqtbk", "cwd": str(tmp_path), "deadline_s": 60, "hosts": [
+        {"name": "a", "cpu": -1, "period_us": 100000, "up_mbit": 20, "down_mbit": 20, "argv": ["iperf3", "-s", "-1"]},
+        {"name": "b", "cpu": -1, "period_us": 100000, "up_mbit": 20, "down_mbit": 20, "argv": ["sh", "-c", client]}]}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    out = subprocess.run([testbed.SYSTEM_PYTHON, str(testbed.NETCTL), "run", str(tmp_path / "spec.json")],
+                         capture_output=True, text=True, timeout=120)
+    outcome = json.loads(out.stdout.strip().splitlines()[-1])
+    assert outcome["codes"] == [0, 0], out.stderr
+    bps = json.loads((tmp_path / "iperf.json").read_text())["end"]["sum_received"]["bits_per_second"]
+    assert abs(bps - 20e6) / 20e6 <= 0.10
+    assert abs(bps - 20e6 * GOODPUT) / (20e6 * GOODPUT) <= 0.03
+    assert testbed._netctl("leftovers", "fqtbk") == {"processes": [], "links": [], "cgroups": []}
+
+
+@needs_mininet
+@pytest.mark.parametrize("strategy, nodes", [("mp", 2), ("fl", 3)])
+def test_runs_on_the_testbed_equal_the_simulated_backend(tmp_path, strategy, nodes):
+    """Each rank on its own host and address: the run finishes, the wire's bytes equal the ledger's, the results
+    equal the simulated backend's (same seed, one thread), and the measured-vs-predicted table is complete."""
+    values = dict(strategy=strategy, nodes=nodes, max_train_samples=128, rounds=2, batch_size=32,
+                  profiles_file=_calibration(tmp_path))
+    res = testbed.run_emulated(make_config(values), tmp_path / "run")
+    plan = resolve(make_config(values))
+    assert res.metrics["status"] == "completed" and len(res.emulation.nodes) == len(plan.nodes)
+    ledger = pd.read_csv(tmp_path / "run" / "ledger.csv")
+    check_wire(pd.read_csv(tmp_path / "run" / "wire.csv"), ledger)
+    sim = engine.train(plan)
+    rounds = pd.read_csv(tmp_path / "run" / "rounds.csv")
+    for key in ("train_loss", "test_loss_mean", "test_acc_mean"):
+        assert rounds[key].tolist() == [r[key] for r in sim.rounds], key
+    table = pd.read_csv(tmp_path / "run" / "testbed.csv")
+    assert len(table) == 2 * len(plan.nodes) and (table["measured_round_s"] > 0).all()
+    busy = table[table["predicted_busy_s"] > 0]
+    assert (busy["measured_busy_s"] > 0).all()  # every node that computes was seen computing
+    logs = {p.name for p in (tmp_path / "run" / "testbed").iterdir()}
+    assert {f"{n.name}.log" for n in plan.nodes} <= logs
+    assert (tmp_path / "run" / "testbed_parity.png").stat().st_size > 0
+    assert testbed._netctl("leftovers", testbed._tag()) == {"processes": [], "links": [], "cgroups": []}
+
+
+def _tag_of(pid: int) -> str:
+    digits, out = "0123456789abcdefghijklmnopqrstuvwxyz", ""
+    while pid:
+        pid, r = divmod(pid, 36)
+        out = digits[r] + out
+    return "f" + out[-5:]
+
+
+@needs_mininet
+def test_a_run_killed_mid_round_leaves_nothing_behind(tmp_path):
+    """kill -9 of the fplstudy process in the middle of a round: its controller notices, stops the hosts' processes,
+    removes the links, the bridge and the cgroups (no namespace survives its processes)."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "fplstudy.cli", "run", "--set", "strategy=fl", "--set", "nodes=3", "--set",
+           "rounds=200", "--set", "max_train_samples=256", "--set", f"profiles_file={_calibration(tmp_path)}",
+           "--backend", "emulated", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "CI": "1"})
+    tag = _tag_of(proc.pid)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "rounds.csv").exists():  # round 0 done: training is under way
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.2)
+        assert testbed._netctl("leftovers", tag)["links"], "the network was not there"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.monotonic() + 60
+    while testbed._netctl("leftovers", tag) != {"processes": [], "links": [], "cgroups": []}:
+        assert time.monotonic() < deadline, testbed._netctl("leftovers", tag)
+        time.sleep(0.5)
+    ranks = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout.split()
+    assert ranks == [], "a node process of the run is still alive"
+    assert not Path(f"/run/fplstudy-testbed/{tag}").exists()

@@ -399,7 +399,8 @@ def train_runs(runs: list[tuple[Config, Path, str]], *, workers: int = 1, portab
                log: Callable[[str], None] | None = None, label: str = "runs", runs_after: int = 0,
                ) -> list[dict[str, Any]]:
     """Train runs in ``workers`` worker processes (spawned, so :data:`PORTABLE_ENV` applies to their
-    torch), each into its folder, printing one progress line per run with the time left.
+    torch), each into its folder, printing one progress line per run with the time left. A script that
+    calls it needs the ``if __name__ == "__main__":`` guard (spawned workers import the main module).
 
     Args:
         runs: ``(config, run folder, title)`` per run.

@@ -30,7 +30,10 @@ REDUCED = {"study": {
                "fpl": {"nodes": [2], "junction": ["adapter"], "partition": ["iid"]},
                "fpl-concat": {"strategy": ["fpl"], "nodes": [4], "junction": ["concat"], "partition": ["features"]}},
     "findings": {"fpl_junction": "adapter", "against": ["fl"], "accuracy_delta": 0.02, "cost_delta": 0.1,
-                 "size_delta": 0.1, "confidence": 0.95}}}
+                 "size_delta": 0.1, "confidence": 0.95}},
+    # the scale stage, reduced: one small model on MNIST's declared shape (no files), seconds
+    "scale": {"dataset": "mnist", "models": ["cnn"], "strategies": ["fl", "mp", "fpl"], "nodes": [2],
+              "crossover": {"nodes": 2, "train_samples": [100, 200], "against": ["mp"]}}}
 
 
 def _sh(args: list[str], cwd: Path, env: dict) -> str:
@@ -91,3 +94,23 @@ def test_dvc_repro_end_to_end(tmp_path: Path):
     assert html.count('"$schema": "https://vega.github.io/schema/vega-lite') >= 3  # data-driven, not only PNGs
     assert "fpl-2-adapter-iid" in html  # the points carry their plan
     assert _sh(["git", "status", "--porcelain", "--untracked-files=all"], clone, env) == ""
+
+
+def test_a_hostile_group_name_never_reaches_a_shell(tmp_path: Path):
+    """A group name is the one value of params.yaml that dvc.yaml puts into a shell command. It is quoted there,
+    and a name that breaks out of the quotes is still refused: every train stage depends on the check stage's
+    stamp, so `dvc repro` validates params.yaml first and stops, before any train command runs."""
+    repo = tmp_path / "repo"
+    _fresh_copy(repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    hostile = "x'; touch ../pwned; echo '"
+    params["study"] = {**REDUCED["study"], "groups": {hostile: {"strategy": ["fl"], "nodes": [2]}}}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+           "PYTHONPATH": str(repo / "src"), "CI": "1"}
+    _sh(["git", "init", "-q"], repo, env)
+    _sh(["dvc", "pull", "data.dvc"], repo, env)
+    proc = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "group name" in proc.stdout + proc.stderr  # refused by the check stage, naming the entry
+    assert not (tmp_path / "pwned").exists() and not (repo / "pwned").exists()

@@ -240,7 +240,10 @@ def _wait_rounds(path: Path, n: int, proc: subprocess.Popen, timeout_s: float = 
     raise AssertionError(f"{path} did not reach {n} rounds")
 
 
-def test_ctrl_c_of_a_real_process_exits_130_with_one_line_and_keeps_completed_rounds(tmp_path):
+@pytest.mark.parametrize("sig, code, how", [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")],
+                         ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_of_a_real_process_exits_130_with_one_line_and_keeps_completed_rounds(tmp_path, sig, code, how):
+    """Ctrl-C (exit 130) and SIGTERM (`kill`, exit 143) end a real run alike: one line, completed rounds kept."""
     env = {**os.environ, "PYTHONPATH": str(SRC), "CI": "1"}
     out = tmp_path / "run"
     args = ["run", *TINY_ARGS, "--set", "rounds=100000", "--set", "momentum=0.9", "--out", str(out)]
@@ -252,17 +255,17 @@ def test_ctrl_c_of_a_real_process_exits_130_with_one_line_and_keeps_completed_ro
         assert second.returncode == 2, second.stderr
         assert second.stderr.strip().count("\n") == 0 and "being written by another" in second.stderr
         assert _strict((out / "metrics.json").read_text())["status"] == "running"
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         stdout, stderr = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode == 130, stderr
+    assert proc.returncode == code, stderr
     lines = stderr.strip().splitlines()
     # the estimate before a long run, then the Ctrl-C line; no traceback
     assert len(lines) == 2 and lines[0].startswith("fplstudy: estimated training time"), lines
     metrics = _strict((out / "metrics.json").read_text())
     done = metrics["rounds_completed"]
-    assert lines[1] == (f"fplstudy: interrupted (Ctrl-C) after {done} completed rounds; kept in {out} (status "
+    assert lines[1] == (f"fplstudy: interrupted ({how}) after {done} completed rounds; kept in {out} (status "
                         f"interrupted); continue with --resume"), lines
     assert metrics["status"] == "interrupted" and done >= 2 and metrics["energy_j"] > 0
     rounds, ledger = pd.read_csv(out / "rounds.csv"), pd.read_csv(out / "ledger.csv")

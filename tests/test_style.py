@@ -30,7 +30,8 @@ def test_study_figures_use_the_same_colours():
 
 
 def test_figure_modules_leave_the_backend_alone(tmp_path):
-    """Importing every fplstudy module, and saving a plan picture, keep the backend a user chose."""
+    """Importing every fplstudy module, and saving a plan picture and a testbed parity figure, keep the backend a
+    user chose."""
     code = textwrap.dedent(f"""
         import importlib, pkgutil
         import matplotlib
@@ -44,6 +45,12 @@ def test_figure_modules_leave_the_backend_alone(tmp_path):
         after_import = matplotlib.get_backend()
         draw_plan(resolve(make_config({{"strategy": "mp", "nodes": 2, "max_train_samples": 200}})),
                   path={str(tmp_path / "plan.png")!r})
+        import pandas as pd
+        from fplstudy.testbed import parity_figure
+        trace = pd.DataFrame({{"warmup": [True, False, False], "round": [0, 1, 1], "node": ["n0", "n0", "n1"],
+                              "predicted_round_s": [1.0, 2.0, 2.0], "measured_round_s": [1.5, 2.2, 2.2],
+                              "predicted_busy_s": [0.5, 1.0, 0.7], "measured_busy_s": [0.6, 1.1, 0.8]}})
+        parity_figure([("fl", trace)], {str(tmp_path / "parity.png")!r})
         print(before, after_import, matplotlib.get_backend())
     """)
     env = {"MPLBACKEND": "svg", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1",
@@ -52,3 +59,4 @@ def test_figure_modules_leave_the_backend_alone(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["svg", "svg", "svg"]
     assert (tmp_path / "plan.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "parity.png").read_bytes()[:4] == b"\x89PNG"

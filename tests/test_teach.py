@@ -173,7 +173,8 @@ def test_readable_names():
 
 def test_notebook_shows_every_figure_inline(tmp_path):
     """Executed headless, teach.ipynb leaves a PNG in each step of the walk, the side-by-side cell, the
-    slider panel (without the old static copy) and the search; its lessons name plans in words."""
+    slider panel (without the old static copy), the search and ResNet-18 against the digits CNN; its lessons
+    name plans in words."""
     out = tmp_path / "teach.ipynb"
     pm.execute_notebook(str(ROOT / "notebooks" / "teach.ipynb"), str(out), parameters={"smoke_test": True},
                         kernel_name="python3", cwd=str(ROOT), progress_bar=False)
@@ -185,6 +186,10 @@ def test_notebook_shows_every_figure_inline(tmp_path):
     panel = [i for i, s in enumerate(sources) if "slider_panel" in s]
     assert len(panel) == 1 and pngs[panel[0]] == 1
     assert not any("show_choice" in s for s in sources)
-    assert sum(pngs) == 9  # 6 steps, side by side, panel, search
+    scale = [i for i, s in enumerate(sources) if "compare_to_reference" in s]
+    assert len(scale) == 1 and pngs[scale[0]] == 1
+    flip = "".join(cells[scale[0]]["outputs"][-1]["data"]["text/markdown"])
+    assert "resnet18" in flip and "cnn on digits" in flip and "FL ships" in flip
+    assert sum(pngs) == 10  # 6 steps, side by side, panel, search, ResNet-18 against the digits CNN
     lessons = "".join(cells[-1]["outputs"][0]["data"]["text/markdown"])
     assert "Cheapest plan per objective" in lessons and "fpl-" not in lessons

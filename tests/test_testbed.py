@@ -11,6 +11,7 @@ import json
 import math
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -206,6 +207,7 @@ def _calibration(tmp_path, batch=32) -> str:
 
 
 @needs_mininet
+@pytest.mark.skipif(shutil.which("iperf3") is None, reason="iperf3 missing (apt-get install iperf3): it measures the rate")
 def test_bulk_transfer_runs_at_the_shaped_rate(tmp_path):
     """iperf3 between two hosts whose links are shaped to 20 Mbit/s: TCP goodput within 10 % of the shaped rate
     (and within 3 % of it less the frame headers, 1448 of every 1514 bytes)."""

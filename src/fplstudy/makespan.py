@@ -60,6 +60,7 @@ import numpy as np
 from fplstudy.events import Compute, Event, Transfer
 
 PIPELINES = ("sequential", "gpipe", "1f1b")
+_LAST = (float("inf"),)  # sorts after every task priority (step, rank, index)
 
 
 @dataclass(frozen=True)
@@ -293,7 +294,9 @@ def schedule_round(plan, events: list[Event], durations: list[float], pipeline: 
 
     now = 0.0
     while True:
-        for res in list(dirty):
+        # resources in the order of their most urgent task: a star message holds two interfaces, so which
+        # queue is served first decides who waits (a set's order would follow Python's string hashing)
+        for res in sorted(dirty, key=lambda r: queues[r][0][0] if queues.get(r) else _LAST):
             q = queues.get(res)
             k = take(q) if q and busy_until.get(res, 0.0) <= now else None
             if k is not None:

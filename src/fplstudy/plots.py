@@ -25,8 +25,7 @@ import seaborn.objects as so
 from fplstudy import stats
 from fplstudy.study import pareto_front, plan_label as label
 from fplstudy.style import (KIND_ORDER, KIND_PALETTE, LABEL_MARKERS, LABEL_ORDER, LABEL_PALETTE,  # noqa: F401
-                            MARKERS, PALETTE, STRATEGY_ORDER)
-DPI = 150  # fixed, so the PNG bytes do not depend on the matplotlib rc of the machine
+                            MARKERS, PALETTE, STRATEGY_ORDER, save_figure)
 CI = stats.errorbar(0.95)
 LABELS = {
     "test_acc_mean": "test accuracy (mean over branches, fraction)",
@@ -281,21 +280,6 @@ def publish(fig, path: str | Path, what: str) -> str:
     if fig is None:
         return f"skipped {Path(path).name}: this study has no data for {what}"
     return f"wrote {save_figure(fig, path)}"
-
-
-def save_figure(fig, path: str | Path) -> Path | None:
-    """Save ``fig`` as a PNG with a fixed dpi and no software/version metadata (same bytes on every
-    identical run), creating the folder. ``fig`` None (no data for it) writes nothing.
-
-    Returns:
-        The path written, or None.
-    """
-    if fig is None:
-        return None
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, metadata={"Software": None})
-    return path
 
 
 from fplstudy.planfig import draw_plan, plan_graph  # noqa: E402,F401  (the plan picture lives in planfig)

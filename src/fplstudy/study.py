@@ -64,7 +64,8 @@ PLAN_COLUMNS = ("name", "group", "strategy", "nodes", "junction", "partition")
 # metrics.json sections that differ between identical runs or machines (VOLATILE, from fplstudy.results:
 # timing and environment) and the git commit are kept out of the tracked files.
 VOLATILE_CODE_VERSION = ("git_commit",)
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")  # group and plan names: safe in paths and shell commands
+_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")  # group and plan names (fullmatch): safe in paths and shell commands
+CHECKED = "the active study of params.yaml passed `python -m fplstudy.study check`\n"  # the stamp (constant)
 
 
 class StudyError(ValueError):
@@ -208,7 +209,7 @@ def load_study(params: dict[str, Any] | str | Path = "params.yaml") -> Study:
 
 def _group_plans(group: str, axes: Any, train: dict[str, Any]) -> list[PlanSpec]:
     where = f"params.yaml: study.groups.{group}"
-    if not _NAME.match(group):
+    if not _NAME.fullmatch(group):
         raise StudyError(f"{where}: group name {group!r} must be lower-case letters, digits, '.', '_' or '-' "
                          f"(it names a DVC stage and a folder)")
     if not isinstance(axes, dict):
@@ -223,7 +224,7 @@ def _group_plans(group: str, axes: Any, train: dict[str, Any]) -> list[PlanSpec]
         if not isinstance(values, list) or not values:
             raise StudyError(f"{where}.{key}: got {values!r}; give a non-empty list, e.g. [2, 4, 8]")
         for value in values:
-            if not _NAME.match(str(value)):
+            if not _NAME.fullmatch(str(value)):
                 raise StudyError(f"{where}.{key}: value {value!r} cannot name a run folder; use lower-case "
                                  f"letters, digits, '.', '_' or '-'")
     specs = []
@@ -788,6 +789,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     chk = sub.add_parser("check", help="validate the active study of params.yaml (every plan's config)")
     chk.add_argument("--params", default="params.yaml")
+    chk.add_argument("--stamp", help="write this file (constant text) when the study is valid: the train stages "
+                                     "depend on it, so DVC validates params.yaml before any of them runs")
     agg = sub.add_parser("aggregate", help="runs of the study -> seeds.csv, summary.csv, rounds.csv, costs.csv, "
                                            "curves.csv, metrics.json")
     agg.add_argument("--params", default="params.yaml")
@@ -801,6 +804,9 @@ def main(argv: list[str] | None = None) -> int:
             study = load_study(args.params)
             print(f"study {study.name}: {len(study.plans)} plans in {len(study.groups)} groups x "
                   f"{len(study.seeds)} seeds = {len(study.plans) * len(study.seeds)} runs")
+            if args.stamp:
+                Path(args.stamp).parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(Path(args.stamp), CHECKED)
         elif args.command == "aggregate":
             study = load_study(args.params)
             for path in write_aggregate(study, aggregate(study, args.runs), args.out):

@@ -11,6 +11,8 @@ Importing this module does not import pyplot and never chooses a matplotlib back
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from matplotlib.colors import to_rgb
 
 # seaborn's "colorblind" palette, in seaborn's order
@@ -32,3 +34,20 @@ LABEL_ORDER = ("centralized", "mp", "fl", "sl", "sfl", "fpl-shared", "fpl-adapte
 LABEL_PALETTE = dict(zip(LABEL_ORDER, (to_rgb(c) for c in COLORBLIND)))  # label -> RGB
 LABEL_MARKERS = {**{k: v for k, v in MARKERS.items() if k != "fpl"}, "fpl-shared": MARKERS["fpl"],
                  "fpl-adapter": "P", "fpl-concat": "X"}
+
+DPI = 150  # fixed, so the PNG bytes do not depend on the matplotlib rc of the machine
+
+
+def save_figure(fig, path: str | Path) -> Path | None:
+    """Save ``fig`` as a PNG with a fixed dpi and no software/version metadata (same bytes on every
+    identical run), creating the folder. ``fig`` None (no data for it) writes nothing.
+
+    Returns:
+        The path written, or None.
+    """
+    if fig is None:
+        return None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, metadata={"Software": None})
+    return path

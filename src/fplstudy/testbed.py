@@ -339,12 +339,10 @@ def error_summary(table: pd.DataFrame) -> dict:
 def parity_figure(tables: list[tuple[str, pd.DataFrame]], path: str | Path) -> Path:
     """Predicted against measured: the round makespan (one point per plan × round) and per-node busy seconds
     (one point per plan × node × round), warm-up rounds left out; log-log, with the ±15 % band."""
-    import matplotlib
+    from matplotlib.figure import Figure  # drawn without pyplot: the caller's backend is left alone
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
+    fig = Figure(figsize=(10, 4.6))
+    axes = fig.subplots(1, 2)
     panels = (("round makespan", "predicted_round_s", "measured_round_s", True),
               ("busy compute seconds per node", "predicted_busy_s", "measured_busy_s", False))
     for ax, (title, p, m, per_round) in zip(axes, panels):
@@ -373,7 +371,6 @@ def parity_figure(tables: list[tuple[str, pd.DataFrame]], path: str | Path) -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=120)
-    plt.close(fig)
     os.replace(tmp, path)
     return path
 

@@ -26,6 +26,7 @@ REDUCED = {"study": {
               "lr": 0.05, "threads": 1},
     "seeds": [0, 1],
     "workers": 2,
+    "kernels": "avx2",
     "groups": {"fl": {"nodes": [2], "partition": ["iid", "dirichlet"]},
                "fpl": {"nodes": [2], "junction": ["adapter"], "partition": ["iid"]},
                "fpl-concat": {"strategy": ["fpl"], "nodes": [4], "junction": ["concat"], "partition": ["features"]}},

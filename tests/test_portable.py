@@ -1,9 +1,14 @@
 """The same study bytes on another x86-64 CPU.
 
-An emulated older CPU (QEMU user mode, ``-cpu Nehalem``: SSE4.2, no AVX) runs the same run as this
-machine's AVX-512 CPU. With :data:`fplstudy.study.PORTABLE_ENV` (the kernels of the study) the run
-files are byte-identical; without it they differ, which shows that the comparison can fail. Slow
-(two emulated runs, about 3 minutes); needs ``qemu-x86_64`` (Debian's ``qemu-user``, which
+Emulated CPUs (QEMU user mode) run the same run as this machine's AVX-512 CPU:
+
+- ``-cpu Haswell`` (AVX2 + FMA, no AVX-512) with the default study kernels (``kernels: avx2``,
+  :data:`fplstudy.study.PORTABLE_ENV`): the run files are byte-identical to this machine's with the same
+  pinning; this machine's native AVX-512 kernels give other bytes, which shows the comparison can fail.
+- ``-cpu Nehalem`` (SSE4.2, no AVX) with ``kernels: sse41``: byte-identical to this machine's sse41 run;
+  and a study pinned to avx2 is refused there in one line naming ``study.kernels`` (the CPU lacks AVX2).
+
+Slow (three emulated runs, several minutes); needs ``qemu-x86_64`` (Debian's ``qemu-user``, which
 ``.ci/run`` installs where it is root).
 """
 
@@ -29,30 +34,60 @@ RUN = ("import sys, torch; torch.set_num_threads(1); from fplstudy import config
        "study.run_plan(cfg, sys.argv[1]); print(torch.backends.cpu.get_cpu_capability())")
 
 
-def _run(folder: Path, *, emulate: bool, portable: bool) -> tuple[dict[str, bytes], str]:
-    env = {k: v for k, v in os.environ.items() if k not in study.PORTABLE_ENV}
-    env.update(study.PORTABLE_ENV if portable else {"OMP_NUM_THREADS": "1"})
+def _env(kernels: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in study.KERNEL_VARIABLES}
+    env.update(study.KERNELS[kernels][0])
     env["PYTHONPATH"] = str(ROOT / "src")
+    return env
+
+
+def _run(folder: Path, *, cpu: str | None, kernels: str) -> tuple[dict[str, bytes], str]:
     cmd = [sys.executable, "-c", RUN, str(folder)]
-    if emulate:
-        cmd = ["qemu-x86_64", "-cpu", "Nehalem", *cmd]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    if cpu:
+        cmd = ["qemu-x86_64", "-cpu", cpu, *cmd]
+    proc = subprocess.run(cmd, env=_env(kernels), capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}, proc.stdout.strip()
 
 
-def test_portable_kernels_give_the_same_bytes_on_another_cpu(tmp_path: Path):
-    here, here_level = _run(tmp_path / "here", emulate=False, portable=True)
-    there, there_level = _run(tmp_path / "there", emulate=True, portable=True)
-    assert here_level == there_level == "DEFAULT"
+@pytest.fixture(scope="module")
+def haswell(tmp_path_factory) -> tuple[dict[str, bytes], str]:
+    return _run(tmp_path_factory.mktemp("haswell"), cpu="Haswell", kernels="avx2")
+
+
+def test_avx2_kernels_give_the_same_bytes_on_another_cpu(tmp_path: Path, haswell):
+    here, here_level = _run(tmp_path / "here", cpu=None, kernels="avx2")
+    there, there_level = haswell
+    assert here_level == there_level == "AVX2"
     assert set(here) == {"metrics.json", "rounds.csv", "ledger.csv"}
     assert here == there
 
 
-def test_native_kernels_differ_between_the_two_cpus(tmp_path: Path):
-    here, here_level = _run(tmp_path / "here", emulate=False, portable=False)
-    there, there_level = _run(tmp_path / "there", emulate=True, portable=False)
+def test_native_kernels_differ_between_the_two_cpus(tmp_path: Path, haswell):
+    here, here_level = _run(tmp_path / "here", cpu=None, kernels="native")
+    there, there_level = haswell  # Haswell's own best level is AVX2, as pinned
     if here_level == there_level:
         pytest.skip(f"this CPU runs {here_level} kernels too: nothing to tell apart")
-    assert there_level == "DEFAULT"  # the emulated CPU has no AVX
     assert here["rounds.csv"] != there["rounds.csv"]  # so the check above can fail
+
+
+def test_sse41_kernels_give_the_same_bytes_on_a_cpu_without_avx(tmp_path: Path):
+    here, here_level = _run(tmp_path / "here", cpu=None, kernels="sse41")
+    there, there_level = _run(tmp_path / "there", cpu="Nehalem", kernels="sse41")
+    assert here_level == there_level == "DEFAULT"
+    assert here == there
+
+
+def test_a_study_pinned_to_avx2_is_refused_on_a_cpu_without_it(tmp_path: Path):
+    code = ("from fplstudy import study\n"
+            "try:\n"
+            "    study._worker_run({'strategy': 'fl', 'nodes': 2, 'rounds': 1, 'max_train_samples': 64}, "
+            f"{str(tmp_path / 'run')!r}, 'avx2')\n"
+            "except study.StudyError as exc:\n"
+            "    print(exc)\n")
+    proc = subprocess.run(["qemu-x86_64", "-cpu", "Nehalem", sys.executable, "-c", code], env=_env("avx2"),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = proc.stdout.strip()
+    assert line.startswith("params.yaml: study.kernels: got 'avx2'") and "kernels: sse41" in line, line
+    assert "\n" not in line and not (tmp_path / "run").exists()  # refused before any work

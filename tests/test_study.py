@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from fplstudy import stats, study
@@ -53,6 +54,7 @@ def _bad(mutate) -> str:
     (lambda s: s.update(seeds=[0, 0, 1]), "study.seeds"),
     (lambda s: s.update(seeds=[-1]), "study.seeds"),
     (lambda s: s.update(workers=0), "study.workers"),
+    (lambda s: s.update(kernels="avx512"), "study.kernels"),
     (lambda s: s["findings"].update(confidence=1.5), "study.findings.confidence"),
     (lambda s: s["groups"].update({"fl2": {"strategy": ["fl"], "nodes": [2], "partition": ["iid"]}}),
      "also in group"),
@@ -145,8 +147,8 @@ def test_runs_record_what_can_change_their_floats(tmp_path: Path):
     cfg = study.load_study(study.smoke_params()).plans[0].config
     [record] = study.train_runs([(cfg, tmp_path / "run", "one")], workers=1, log=lambda line: None)
     env = record["environment"]
-    assert env["torch_threads"] == 1 and env["cpu_capability"] == "DEFAULT" and env["torch"].startswith("2.14")
-    assert env["cpu_model"] and env["env"]["ATEN_CPU_CAPABILITY"] == "default" and env["env"]["MKL_CBWR"] == "COMPATIBLE"
+    assert env["torch_threads"] == 1 and env["cpu_capability"] == "AVX2" and env["torch"] == torch.__version__
+    assert env["cpu_model"] and env["env"]["ATEN_CPU_CAPABILITY"] == "avx2" and env["env"]["MKL_CBWR"] == "COMPATIBLE"
     doc = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert "environment" not in doc and "timing" not in doc and "git_commit" not in doc["code_version"]
     assert doc["config"]["threads"] == 1 and doc["code_version"]["code_hash"] == study.code_hash()
@@ -160,3 +162,26 @@ def test_workers_do_not_change_results(tiny_study, tmp_path: Path):
     theirs = sorted((folder / "runs" / "mp").rglob("*.*"))
     assert [p.relative_to(tmp_path / "runs") for p in ours] == [p.relative_to(folder / "runs") for p in theirs]
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(ours, theirs))
+
+
+@pytest.mark.parametrize("partition", ["iid", "dirichlet"])
+def test_the_same_seed_gives_every_strategy_the_same_data(partition):
+    """The paired design: plans with the same seed and branch count see the same train/test split and the same
+    shards, whatever their strategy (fl with 2 clients, sl/sfl with 2 clients + a server, fpl with 2 branches);
+    another seed moves both."""
+    from fplstudy.config import make_config
+    from fplstudy.engine import load_partitioned
+    from fplstudy.plan import resolve
+
+    def data(strategy: str, nodes: int, seed: int):
+        cfg = make_config({"strategy": strategy, "nodes": nodes, "partition": partition, "seed": seed})
+        split, part = load_partitioned(resolve(cfg))
+        return split, [ix.tolist() for ix in part.indices]
+
+    ref_split, ref_shards = data("fl", 2, 3)
+    for strategy, nodes in (("sl", 3), ("sfl", 3), ("fpl", 4)):
+        split, shards = data(strategy, nodes, 3)
+        assert torch.equal(split.x_train, ref_split.x_train) and torch.equal(split.y_test, ref_split.y_test)
+        assert shards == ref_shards, strategy
+    other_split, other_shards = data("fl", 2, 4)
+    assert not torch.equal(other_split.y_train, ref_split.y_train) and other_shards != ref_shards

@@ -12,8 +12,8 @@ Runs are written to ``results/runs/<group>/<plan>/seed-<seed>/`` (``metrics.json
 ``ledger.csv``). Run folders hold only deterministic content: the volatile part of ``metrics.json``
 (wall-clock timing, the environment, the git commit) is shown in the executed notebook instead, so a
 regenerated study is byte-identical. Each run is trained in a worker process whose floating-point
-kernels are pinned to the level every x86-64 CPU has (:data:`PORTABLE_ENV`), at one thread, so the
-same study gives the same bytes on any x86-64 Linux machine.
+kernels are pinned to one instruction-set level (``study.kernels``, :data:`KERNELS`; default AVX2), at
+one thread, so the same study gives the same bytes on any x86-64 Linux machine that has that level.
 
 Command line (used by ``dvc.yaml``)::
 
@@ -48,12 +48,25 @@ from fplstudy.config import Config, ConfigError, YamlError, make_config, read_ya
 from fplstudy.results import VOLATILE, atomic_write_text, dumps_json
 from fplstudy.style import LABEL_ORDER
 
-# Environment of every study run. ATen's DEFAULT kernels (no AVX), oneDNN's SSE4.1 kernels and MKL's
-# conditional-numerical-reproducibility COMPATIBLE branch are what every x86-64 CPU with SSE4.1 runs
-# (all since 2008), so the floats do not depend on the CPU; with one thread the summation order is
-# fixed. Measured cost: about 2.5-3x the time of the native AVX-512 kernels (README, "The study").
-PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_CBWR": "COMPATIBLE",
-                "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# The CPU kernel levels a study can pin (params.yaml `study.kernels`): the environment of every run, and the
+# level torch must then report. ATen's kernels capped at a level, oneDNN's capped at the same ISA and MKL's
+# conditional-numerical-reproducibility COMPATIBLE branch compute the same floats on every x86-64 CPU that
+# has the level; with one thread the summation order is fixed.
+# - avx2 (default): x86-64-v3 (AVX2 + FMA), every Intel CPU since Haswell (2013) and AMD since Excavator
+#   (2015, all Zen). Costs nothing here (benchmarks/portable_cost.py: 1.0x the native AVX-512 kernels).
+# - sse41: every x86-64 CPU with SSE4.1 (all since 2008); oneDNN's SSE4.1 convolutions cost about 3-4x.
+# - native: this CPU's fastest kernels (floats differ between CPUs).
+_THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+KERNELS: dict[str, tuple[dict[str, str], str | None]] = {
+    "avx2": ({"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "COMPATIBLE", **_THREADS},
+             "AVX2"),
+    "sse41": ({"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_CBWR": "COMPATIBLE", **_THREADS},
+              "DEFAULT"),
+    "native": (dict(_THREADS), None),
+}
+DEFAULT_KERNELS = "avx2"
+PORTABLE_ENV = KERNELS[DEFAULT_KERNELS][0]  # the default study's environment
+KERNEL_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")
 
 # Final metrics of a run (metrics.json keys), aggregated over seeds.
 METRIC_KEYS = ("test_acc_mean", "test_acc_worst", "test_loss_mean", "train_loss", "rounds_completed",
@@ -111,6 +124,7 @@ class Study:
         workers: runs trained at once.
         plans: every plan, grouped in the order of ``groups``.
         findings: the ``findings`` section.
+        kernels: the CPU kernel level every run is pinned to (a key of :data:`KERNELS`).
     """
 
     name: str
@@ -119,6 +133,7 @@ class Study:
     workers: int
     plans: tuple[PlanSpec, ...]
     findings: dict[str, Any]
+    kernels: str = DEFAULT_KERNELS
 
     @property
     def groups(self) -> list[str]:
@@ -189,6 +204,10 @@ def load_study(params: dict[str, Any] | str | Path = "params.yaml") -> Study:
     if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= (os.cpu_count() or 1) * 4:
         raise StudyError(f"params.yaml: study.workers: got {workers!r}; give an integer from 1 to "
                          f"{(os.cpu_count() or 1) * 4} (runs at once; results do not depend on it)")
+    kernels = block.get("kernels", DEFAULT_KERNELS)
+    if kernels not in KERNELS:
+        raise StudyError(f"params.yaml: study.kernels: got {kernels!r}; use one of {', '.join(KERNELS)} (avx2: "
+                         f"the same bytes on every x86-64 CPU with AVX2; sse41: on every x86-64 CPU, slower)")
     groups = block.get("groups")
     if not isinstance(groups, dict) or not groups:
         raise StudyError(f"params.yaml: study.groups: got {groups!r}; give a mapping of group name to axes")
@@ -204,7 +223,7 @@ def load_study(params: dict[str, Any] | str | Path = "params.yaml") -> Study:
     findings = block.get("findings") or {}
     _check_findings(findings, specs)
     return Study(name=name, train=dict(train), seeds=tuple(seeds), workers=workers, plans=tuple(specs),
-                 findings=findings)
+                 findings=findings, kernels=kernels)
 
 
 def _group_plans(group: str, axes: Any, train: dict[str, Any]) -> list[PlanSpec]:
@@ -300,13 +319,15 @@ def run_plan(cfg: Config, run_dir: str | Path) -> tuple[Any, dict[str, Any]]:
     return outcome, volatile
 
 
-def _worker_run(cfg_values: dict[str, Any], run_dir: str) -> dict[str, Any]:
-    """One run in a worker process (kernels pinned by :data:`PORTABLE_ENV`); returns a short record."""
+def _worker_run(cfg_values: dict[str, Any], run_dir: str, kernels: str) -> dict[str, Any]:
+    """One run in a worker process (kernels pinned by :data:`KERNELS`); returns a short record."""
     import torch
 
-    if os.environ.get("ATEN_CPU_CAPABILITY") == "default" and torch.backends.cpu.get_cpu_capability() != "DEFAULT":
-        raise RuntimeError("portable kernels requested but torch runs "
-                           f"{torch.backends.cpu.get_cpu_capability()}; the study would not be reproducible")
+    level = KERNELS[kernels][1]
+    if level is not None and torch.backends.cpu.get_cpu_capability() != level:
+        raise StudyError(f"params.yaml: study.kernels: got {kernels!r}, but torch runs "
+                         f"{torch.backends.cpu.get_cpu_capability()} kernels on this CPU (it lacks {level}), so the "
+                         f"study's bytes would not be reproducible; use `kernels: sse41` (every x86-64 CPU)")
     t0 = time.perf_counter()
     cfg = make_config(cfg_values)
     outcome, volatile = run_plan(cfg, run_dir)
@@ -315,10 +336,14 @@ def _worker_run(cfg_values: dict[str, Any], run_dir: str) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _environment(values: dict[str, str]):
-    """Set environment variables for the processes started inside the block, then restore them."""
+def _environment(values: dict[str, str | None]):
+    """Set (None: unset) environment variables for the processes started inside the block, then restore them."""
     old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     try:
         yield
     finally:
@@ -366,7 +391,7 @@ def pending(study: Study, group: str, runs_dir: str | Path) -> list[tuple[PlanSp
 
 
 def run_group(study: Study, group: str | None, runs_dir: str | Path, *, workers: int | None = None,
-              portable: bool = True, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+              kernels: str | None = None, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Train every plan × seed of one group (what its DVC stage does), or of the whole study when
     ``group`` is None, ``workers`` at a time, skipping runs already complete (:func:`pending`).
 
@@ -375,8 +400,7 @@ def run_group(study: Study, group: str | None, runs_dir: str | Path, *, workers:
         group: one of ``study.groups``, or None for all of them (one pool: tests and smoke runs).
         runs_dir: ``results/runs``.
         workers: runs at once (default: the study's); every run uses its own process.
-        portable: pin the kernels with :data:`PORTABLE_ENV` (False: this CPU's fastest kernels, whose
-            floats differ between CPUs).
+        kernels: the kernel level (:data:`KERNELS`); None = the study's (``study.kernels``).
         log: where progress lines go (default: the terminal, even inside a notebook kernel).
 
     Returns:
@@ -392,11 +416,11 @@ def run_group(study: Study, group: str | None, runs_dir: str | Path, *, workers:
     others = [(p, s, d) for p, s, d in run_dirs(study, runs_dir) if p.group not in groups]
     after = sum(1 for p, s, d in others if not run_complete(d, p.for_seed(s)))
     return train_runs([(p.for_seed(s), d, f"{p.name} seed {s}") for p, s, d in todo],
-                      workers=workers or study.workers, portable=portable, log=log, label=group or "study",
+                      workers=workers or study.workers, kernels=kernels or study.kernels, log=log, label=group or "study",
                       runs_after=after)
 
 
-def train_runs(runs: list[tuple[Config, Path, str]], *, workers: int = 1, portable: bool = True,
+def train_runs(runs: list[tuple[Config, Path, str]], *, workers: int = 1, kernels: str = DEFAULT_KERNELS,
                log: Callable[[str], None] | None = None, label: str = "runs", runs_after: int = 0,
                ) -> list[dict[str, Any]]:
     """Train runs in ``workers`` worker processes (spawned, so :data:`PORTABLE_ENV` applies to their
@@ -406,7 +430,7 @@ def train_runs(runs: list[tuple[Config, Path, str]], *, workers: int = 1, portab
     Args:
         runs: ``(config, run folder, title)`` per run.
         workers: runs at once (each one thread unless its config says otherwise).
-        portable: pin the kernels with :data:`PORTABLE_ENV`.
+        kernels: the kernel level every run is pinned to (:data:`KERNELS`; ``native``: none).
         log: where progress lines go (default: the terminal).
         label: prefix of the progress lines (the group).
         runs_after: runs still to train after these (for the estimate of the whole study).
@@ -420,9 +444,12 @@ def train_runs(runs: list[tuple[Config, Path, str]], *, workers: int = 1, portab
     if not runs:
         return records
     t0 = time.perf_counter()
-    with _environment(PORTABLE_ENV if portable else {}), \
+    if kernels not in KERNELS:
+        raise StudyError(f"kernels: got {kernels!r}; use one of {', '.join(KERNELS)}")
+    env = {**{k: None for k in KERNEL_VARIABLES}, **KERNELS[kernels][0]}  # native: this CPU's own, unpinned
+    with _environment(env), \
             ProcessPoolExecutor(min(workers, len(runs)), mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [(title, pool.submit(_worker_run, cfg.model_dump(), str(folder))) for cfg, folder, title in runs]
+        futures = [(title, pool.submit(_worker_run, cfg.model_dump(), str(folder), kernels)) for cfg, folder, title in runs]
         for done, (title, future) in enumerate(futures, 1):
             rec = future.result()
             records.append({"run": title, "skipped": False, **rec})

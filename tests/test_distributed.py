@@ -216,6 +216,21 @@ def test_store_and_gloo_listen_on_loopback_only():
     assert any(pid != os.getpid() for pid, _, _ in seen[0]), seen  # node processes listen too (gloo)
 
 
+def test_store_listens_on_the_named_address_only():
+    """Across hosts the store binds MASTER_ADDR itself: named 127.0.0.2 (an address of this host, not the usual
+    loopback one), the only listener of this process is 127.0.0.2:<port>, not a wildcard. (The emulated
+    testbed runs the same path with rank 0 at 10.0.0.1 inside its own network namespace.)"""
+    before = {(ip, port) for _, ip, port in _listening({os.getpid()})}
+    store = store_server("127.0.0.2", 0, 5)
+    try:
+        new = {(ip, port) for _, ip, port in _listening({os.getpid()})} - before
+        assert len(new) == 1 and next(iter(new))[0] == "127.0.0.2", new
+        store.set("k", "v")
+        assert store.get("k") == b"v"  # a working store, not only a socket
+    finally:
+        del store
+
+
 def test_store_refuses_a_wildcard_a_foreign_address_and_a_taken_port():
     with pytest.raises(LaunchError, match="'MASTER_ADDR': got '0.0.0.0'; a wildcard"):
         store_server("0.0.0.0", 0, 5)

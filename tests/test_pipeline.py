@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 
 from fplstudy import study
@@ -115,3 +116,23 @@ def test_a_hostile_group_name_never_reaches_a_shell(tmp_path: Path):
     assert proc.returncode != 0
     assert "group name" in proc.stdout + proc.stderr  # refused by the check stage, naming the entry
     assert not (tmp_path / "pwned").exists() and not (repo / "pwned").exists()
+
+
+def test_the_committed_study_is_complete_and_current(tmp_path: Path):
+    """A user clones this repository's committed study (HEAD): a plain `dvc pull` succeeds, `dvc status` has
+    nothing to reproduce (every run folder, table and figure is committed and matches the code and params that
+    dvc.lock names), and `git status` stays clean. Fails when a change to the library or params.yaml lands
+    without the study regenerated."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout: nothing committed to clone")
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "CI": "1"}
+    clone = tmp_path / "clone"
+    _sh(["git", "clone", "-q", str(ROOT), str(clone)], tmp_path, env)
+    env["PYTHONPATH"] = str(clone / "src")
+    _sh(["dvc", "pull"], clone, env)
+    status = _sh(["dvc", "status"], clone, env)
+    assert "up to date" in status.lower(), status[-3000:]
+    assert _sh(["git", "status", "--porcelain", "--untracked-files=all"], clone, env) == ""
+    assert len(list((clone / "results" / "runs").rglob("metrics.json"))) == len(
+        study.load_study(clone / "params.yaml").plans) * len(study.load_study(clone / "params.yaml").seeds)

@@ -194,12 +194,24 @@ def test_bad_out_is_refused_before_any_work(out, words, tmp_path, capsys):
 
 
 def test_unwritable_folder_is_refused_before_any_work(tmp_path, capsys):
-    if os.geteuid() == 0:
-        pytest.skip("root writes into read-only folders; /proc and /sys cover the refusal")
+    """A folder nobody may write into: mode 0555 for a user; for root (who writes through modes), a read-only
+    file system mounted there (a tmpfs mounted ro)."""
     ro = tmp_path / "ro"
     ro.mkdir(mode=0o555)
-    rc = main(["run", "--quiet", *TINY_ARGS, "--set", "rounds=100000", "--out", str(ro / "x")])
-    assert rc == 2 and "cannot write" in capsys.readouterr().err
+    mounted = False
+    if os.geteuid() == 0:
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "fplstudy-ro", str(ro)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"root writes through modes and cannot mount a read-only tmpfs here: {proc.stderr.strip()}")
+        mounted = True
+    try:
+        rc = main(["run", "--quiet", *TINY_ARGS, "--set", "rounds=100000", "--out", str(ro / "x")])
+        assert rc == 2 and "cannot write" in capsys.readouterr().err
+        assert not (ro / "x").exists()
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(ro)], check=True)
 
 
 def test_cost_into_a_run_folder_is_refused(tmp_path, capsys):

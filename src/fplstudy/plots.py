@@ -34,6 +34,7 @@ LABELS = {
     "makespan_s": "makespan of the training (s)",
 }
 SCALE = {"bytes_total": 1e-6}  # bytes are drawn in MB
+BOUNDED = {"test_acc_mean": 1.0}  # metrics that cannot exceed a bound (an interval above it is cut at the frame)
 
 
 def _iid(table: pd.DataFrame) -> pd.DataFrame:
@@ -90,22 +91,56 @@ def tradeoff(seeds: pd.DataFrame, x: str, y: str, *, maximize_y: bool = False):
         lambda v, _: f"{v:g}" if f"{v:e}"[0] in "25" else ""))
     for _, row in zero.iterrows():
         ax.axhline(row[y], color=LABEL_PALETTE.get(row["label"], "grey"), linestyle=":", linewidth=1.2)
-        ax.annotate(f"{row['name']} (0 {LABELS.get(x, x).split('(')[-1].rstrip(')')}, not on the log axis)",
-                    (0.01, row[y]), xycoords=("axes fraction", "data"), xytext=(0, 3),
-                    textcoords="offset points", fontsize=7)
     front = means[pareto_front(means, "x_plan", y, maximize_y=maximize_y)].sort_values("x_plan")
     ax.step(front["x_plan"], front[y], where="post", color="black", linewidth=1, linestyle="--")
-    for i, (_, row) in enumerate(front.iterrows()):
-        ax.annotate(row["name"], (row["x_plan"], row[y]), textcoords="offset points",
-                    xytext=(6, -11 if i % 2 else 5), fontsize=7)
+    cut = ""
+    if y in BOUNDED and ax.get_ylim()[1] > BOUNDED[y]:  # a t-interval of few seeds can pass the bound
+        ax.set_ylim(top=BOUNDED[y] + 0.01)
+        cut = f"; intervals cut at {BOUNDED[y]:g}"
     ax.set_xlabel(LABELS.get(x, x) + ", mean over seeds")
     ax.set_ylabel(LABELS.get(y, y))
+    lone = " (one plan beats all: a front of one point)" if len(front) == 1 else ""
     ax.set_title(f"{LABELS.get(y, y).split(' (')[0]} vs {LABELS.get(x, x).split(' (')[0]}, IID data\n"
-                 f"mean and 95 % interval over {data['seed'].nunique()} seeds; dashed: Pareto front of the means",
-                 fontsize=10)
+                 f"mean and 95 % interval over {data['seed'].nunique()} seeds{cut}; dashed: Pareto front of the "
+                 f"means{lone}", fontsize=10)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
+    unit = LABELS.get(x, x).split('(')[-1].rstrip(')')
+    labels = [(f"{row['name']} (0 {unit}, not on the log axis)", None, row[y]) for _, row in zero.iterrows()]
+    labels += [(row["name"], row["x_plan"], row[y]) for _, row in front.iterrows()]
+    place_labels(ax, labels)
     return fig
+
+
+def place_labels(ax, labels: list[tuple[str, float | None, float]], fontsize: float = 7) -> None:
+    """Annotate points so that no two labels overlap: each label goes to the first of a few offsets
+    (above, below, further up, further down …) whose box overlaps no label placed before it.
+
+    Args:
+        ax: axes whose limits and position are final (call after ``tight_layout``).
+        labels: ``(text, x, y)`` in data coordinates; x None = at the left edge of the axes (a reference
+            line's label).
+    """
+    scale = ax.figure.dpi / 72.0  # points -> pixels
+    char_w, line_h = 0.55 * fontsize * scale, 1.25 * fontsize * scale
+    placed: list[tuple[float, float, float, float]] = []
+    offsets = [(6, 5), (6, -11), (6, 15), (6, -21), (6, 25), (6, -31), (6, 35), (6, -41)]
+    left = ax.transAxes.transform((0.01, 0))[0]
+    bottom, top = ax.transAxes.transform((0, 0))[1], ax.transAxes.transform((0, 1))[1]
+    for text, x, y in labels:
+        px, py = ax.transData.transform((x if x is not None else 1.0, y))
+        if x is None:
+            px = left
+        width = char_w * len(text)
+        for dx, dy in (offsets if x is not None else [(0, 3), (0, -11), (0, 13)]):
+            x0, y0 = px + dx * scale, py + dy * scale
+            box = (x0, y0, x0 + width, y0 + line_h)
+            inside = bottom <= box[1] and box[3] <= top  # not into the title or the tick labels
+            if inside and not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+                break
+        placed.append(box)
+        xy, coords = ((0.01, y), ("axes fraction", "data")) if x is None else ((x, y), "data")
+        ax.annotate(text, xy, xycoords=coords, xytext=(dx, dy), textcoords="offset points", fontsize=fontsize)
 
 
 def node_costs(costs: pd.DataFrame, plans: list[str]):
@@ -124,6 +159,7 @@ def node_costs(costs: pd.DataFrame, plans: list[str]):
     plans = [p for p in plans if p in set(costs["name"])]
     seeds = costs.groupby("name")["seed"].nunique()
     fig, axes = plt.subplots(2, len(plans), figsize=(2.4 * len(plans) + 2.2, 6.5), squeeze=False, sharey="row")
+    tops = [0.0, 0.0]  # tallest stack per row
     for col, name in enumerate(plans):
         part = costs[costs["name"] == name]
         for row, (value, scale, unit) in enumerate((("energy_j", 1.0, "energy (J)"),
@@ -138,13 +174,15 @@ def node_costs(costs: pd.DataFrame, plans: list[str]):
                        linewidth=0.3)
                 bottom = bottom + table[kind]
             ax.tick_params(axis="x", labelrotation=90, labelsize=7)
-            ax.margins(y=0.08)  # the tallest bar does not touch the frame
+            tops[row] = max(tops[row], float(bottom.max()) if len(bottom) else 0.0)
             if col == 0:
                 ax.set_ylabel(unit)
             if row == 0:
                 ax.set_title(name, fontsize=9)
             else:
                 ax.set_xlabel("node")
+    for row, top in enumerate(tops):
+        axes[row, 0].set_ylim(0, top * 1.08 if top > 0 else 1.0)  # the tallest stack does not touch the frame
     kinds = [k for k in KIND_ORDER if k in set(costs["kind"])]
     fig.legend([plt.Rectangle((0, 0), 1, 1, color=KIND_PALETTE[k]) for k in kinds], kinds, loc="center right",
                fontsize=8, title="kind")

@@ -42,10 +42,10 @@ study: venv
 	"$(BIN)/dvc" repro
 
 test: venv
-	"$(BIN)/python" -m pytest -q -m "not slow"
+	"$(BIN)/python" -m pytest -q -m "not slow" --durations=15
 
 test-slow: venv
-	"$(BIN)/python" -m pytest -q -m slow -s
+	"$(BIN)/python" -m pytest -q -m slow -s --durations=15
 
 bench: venv
 	"$(BIN)/python" benchmarks/engine_overhead.py

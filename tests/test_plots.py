@@ -34,6 +34,8 @@ def test_point_labels_do_not_overlap_and_stay_inside(x, y, maximize):
     for a, b in itertools.combinations(boxes, 2):
         assert not a.overlaps(b), (a, b)
     frame = ax.get_window_extent()
+    title, whole = ax.title.get_window_extent(), fig.bbox
+    assert whole.x0 <= title.x0 and title.x1 <= whole.x1 and title.y1 <= whole.y1, (title, whole)  # not cut off
     assert all(frame.y0 - 1 <= b.y0 and b.y1 <= frame.y1 + 1 for b in boxes)  # not into the title
     if y == "test_acc_mean":
         assert ax.get_ylim()[1] <= 1.01 + 1e-9  # an accuracy axis never shows values above 1

@@ -101,8 +101,8 @@ def tradeoff(seeds: pd.DataFrame, x: str, y: str, *, maximize_y: bool = False):
     ax.set_ylabel(LABELS.get(y, y))
     lone = " (one plan beats all: a front of one point)" if len(front) == 1 else ""
     ax.set_title(f"{LABELS.get(y, y).split(' (')[0]} vs {LABELS.get(x, x).split(' (')[0]}, IID data\n"
-                 f"mean and 95 % interval over {data['seed'].nunique()} seeds{cut}; dashed: Pareto front of the "
-                 f"means{lone}", fontsize=10)
+                 f"mean and 95 % interval over {data['seed'].nunique()} seeds{cut}\n"
+                 f"dashed: Pareto front of the means{lone}", fontsize=10)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     unit = LABELS.get(x, x).split('(')[-1].rstrip(')')

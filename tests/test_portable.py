@@ -3,7 +3,7 @@
 Emulated CPUs (QEMU user mode) run the same run as this machine's AVX-512 CPU:
 
 - ``-cpu Haswell`` (AVX2 + FMA, no AVX-512) with the default study kernels (``kernels: avx2``,
-  :data:`fplstudy.study.PORTABLE_ENV`): the run files are byte-identical to this machine's with the same
+  ``fplstudy.study.KERNELS["avx2"]``): the run files are byte-identical to this machine's with the same
   pinning; this machine's native AVX-512 kernels give other bytes, which shows the comparison can fail.
 - ``-cpu Nehalem`` (SSE4.2, no AVX) with ``kernels: sse41``: byte-identical to this machine's sse41 run;
   pinned to avx2 there, torch dies of an illegal instruction before writing anything (a known defect: it

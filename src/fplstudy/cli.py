@@ -200,11 +200,10 @@ def _declared_note(cfg: Config) -> str | None:
 
 
 def _cmd_cost(cfg: Config, args) -> int:
-    from fplstudy.dryrun import cost_declared
     from fplstudy.runner import cost
 
     note = _declared_note(cfg)
-    dry = (cost_declared if note else cost)(cfg, args.out, overwrite=args.overwrite)
+    dry = cost(cfg, args.out, overwrite=args.overwrite)
     if note:
         print(note)
     for key, value in dry.totals.items():

@@ -381,38 +381,3 @@ def dry_run(cfg_or_plan: Config | Plan, *, shards: list[int] | None = None,
     events = plan_events(plan, sizes)
     ledger = price(plan, events, profiles)
     return DryRun(plan, sizes, events, ledger, totals(plan, ledger), peak_memory(plan), source)
-
-
-def cost_declared(cfg: Config, out=None, *, overwrite: bool = False) -> DryRun:
-    """:func:`fplstudy.runner.cost` on the dataset's declared shape (no files): the same ledger.csv and
-    metrics.json, with ``priced_from: "declared shape"`` in metrics.json.
-
-    Args:
-        cfg: validated config whose dataset has declared class counts.
-        out: run folder to write (checked before any work); None writes nothing.
-        overwrite: replace the run files of a non-empty ``out``.
-
-    Returns:
-        The :class:`DryRun`.
-    """
-    import time
-
-    from fplstudy.ledger import write_ledger_csv
-    from fplstudy.results import run_id, write_metrics
-    from fplstudy.runner import RunFolder, check_out, set_threads
-
-    path = check_out(out, overwrite=overwrite) if out is not None else None
-    set_threads(cfg.threads)
-    plan = resolve(cfg)
-    profiles = check_profiles(plan)
-    sizes = declared_shard_sizes(plan)
-    t0 = time.perf_counter()
-    dry = dry_run(plan, shards=sizes, profiles=profiles)
-    dry.priced_from = FROM_DECLARED
-    if path is not None:
-        with RunFolder(path, overwrite=overwrite):
-            write_ledger_csv(dry.ledger.assign(run_id=run_id(plan.config.model_dump())), path / "ledger.csv")
-            write_metrics(path, plan, rounds=None, totals=dry.totals, status="dry-run",
-                          timing={"dry_run_s": time.perf_counter() - t0},
-                          extra={"shard_sizes": sizes, "priced_from": FROM_DECLARED})
-    return dry

@@ -551,7 +551,8 @@ def _now() -> str:
 
 
 def cost(cfg: Config, out: str | Path | None = None, *, overwrite: bool = False):
-    """Price a plan without training (dry run) and write ``ledger.csv`` and ``metrics.json``.
+    """Price a plan without training (dry run) and write ``ledger.csv`` and ``metrics.json``: from the
+    dataset's files, or from its declared shape where they are missing (``priced_from`` in metrics.json).
 
     Args:
         cfg: validated config (``threads`` is set first).
@@ -561,17 +562,26 @@ def cost(cfg: Config, out: str | Path | None = None, *, overwrite: bool = False)
     Returns:
         The :class:`fplstudy.dryrun.DryRun`.
     """
-    from fplstudy.dryrun import dry_run
+    from fplstudy.dryrun import FROM_DECLARED, declared_shard_sizes, dry_run, priced_from
     from fplstudy.ledger import write_ledger_csv
+    from fplstudy.plan import resolve
+    from fplstudy.profiles import check_profiles
 
     path = check_out(out, overwrite=overwrite) if out is not None else None
     set_threads(cfg.threads)
-    plan, profiles, (split, part) = prepare(cfg)
+    source = priced_from(cfg)
+    if source == FROM_DECLARED:  # no files: shard sizes from the dataset's published class counts
+        plan = resolve(cfg)
+        profiles, sizes = check_profiles(plan), declared_shard_sizes(plan)
+    else:
+        plan, profiles, (split, part) = prepare(cfg)
+        sizes = part.samples()
     t0 = time.perf_counter()
-    dry = dry_run(plan, shards=part.samples(), profiles=profiles)
+    dry = dry_run(plan, shards=sizes, profiles=profiles)
+    extra = {"shard_sizes": sizes, **({"priced_from": source} if source == FROM_DECLARED else {})}
     if path is not None:
         with RunFolder(path, overwrite=overwrite):
             write_ledger_csv(dry.ledger.assign(run_id=run_id(plan.config.model_dump())), path / "ledger.csv")
             write_metrics(path, plan, rounds=None, totals=dry.totals, status="dry-run",
-                          timing={"dry_run_s": time.perf_counter() - t0}, extra={"shard_sizes": part.samples()})
+                          timing={"dry_run_s": time.perf_counter() - t0}, extra=extra)
     return dry

@@ -65,7 +65,6 @@ KERNELS: dict[str, tuple[dict[str, str], str | None]] = {
     "native": (dict(_THREADS), None),
 }
 DEFAULT_KERNELS = "avx2"
-PORTABLE_ENV = KERNELS[DEFAULT_KERNELS][0]  # the default study's environment
 KERNEL_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")
 
 # Final metrics of a run (metrics.json keys), aggregated over seeds.
@@ -423,7 +422,7 @@ def run_group(study: Study, group: str | None, runs_dir: str | Path, *, workers:
 def train_runs(runs: list[tuple[Config, Path, str]], *, workers: int = 1, kernels: str = DEFAULT_KERNELS,
                log: Callable[[str], None] | None = None, label: str = "runs", runs_after: int = 0,
                ) -> list[dict[str, Any]]:
-    """Train runs in ``workers`` worker processes (spawned, so :data:`PORTABLE_ENV` applies to their
+    """Train runs in ``workers`` worker processes (spawned, so the pinned :data:`KERNELS` apply to their
     torch), each into its folder, printing one progress line per run with the time left. A script that
     calls it needs the ``if __name__ == "__main__":`` guard (spawned workers import the main module).
 

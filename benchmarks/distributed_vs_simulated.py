@@ -21,7 +21,8 @@ import torch
 
 from fplstudy.config import load_config
 from fplstudy.distributed import train_distributed
-from fplstudy.engine import load_partitioned, train
+from fplstudy.engine import train
+from fplstudy.partition import load_partitioned
 from fplstudy.plan import resolve
 from fplstudy.runner import set_threads
 

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from fplstudy.config import load_config
-from fplstudy.engine import load_partitioned, train
+from fplstudy.engine import train
+from fplstudy.partition import load_partitioned
 from fplstudy.models import build_model
 from fplstudy.plan import resolve
 from fplstudy.runner import set_threads

@@ -26,6 +26,7 @@ from fplstudy.distributed import (FAULT_ENV, WIRE_COLUMNS, DistributedError, Lau
                                   events_bytes, load_state_bytes, state_bytes, store_server, train_distributed)
 from fplstudy.events import TRANSFER_KINDS, Transfer
 from fplstudy.ledger import price
+from fplstudy.partition import load_partitioned
 from fplstudy.plan import resolve
 from fplstudy.profiles import check_profiles
 
@@ -57,7 +58,7 @@ def _children() -> set[int]:
 def both(request):
     """The same plan trained by both backends: (plan, simulated result, distributed result)."""
     plan = _plan(request.param)
-    data = engine.load_partitioned(plan)
+    data = load_partitioned(plan)
     before = _children()
     dist = train_distributed(plan, data=data, timeout_s=60)
     assert _children() <= before, "a node process was left behind"
@@ -267,13 +268,14 @@ torch.set_num_threads(1)
 from fplstudy import engine
 from fplstudy.config import make_config
 from fplstudy.distributed import DistributedTransport, _NodeFailure, rendezvous, store_server
+from fplstudy.partition import load_partitioned
 from fplstudy.plan import resolve
 plan = resolve(make_config(dict(strategy="mp", nodes=2, max_train_samples=64, rounds=1, batch_size=16)))
 store = store_server("127.0.0.1", 0, 10)
 print(store.port, flush=True)
 rendezvous(0, 2, "127.0.0.1", store.port, 10, store)
 T = DistributedTransport(plan, 0, 10)
-split, _ = engine.load_partitioned(plan)
+split, _ = load_partitioned(plan)
 try:
     T.score(plan, engine.build_holdings(plan), [0.5], split.x_test, split.y_test)
     print("scored")

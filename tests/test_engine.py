@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from fplstudy.config import load_config
-from fplstudy.engine import SimulatedTransport, fedavg, round_batches, sync_branches, train, build_holdings
+from fplstudy.engine import SimulatedTransport, fedavg, sync_branches, train, build_holdings
+from fplstudy.schedule import round_batches
 from fplstudy.events import Transfer
 from fplstudy.plan import resolve
 from fplstudy.runner import run

@@ -265,7 +265,7 @@ def test_test_fraction_bounds_follow_the_dataset_size():
 def test_branch_count_bound_is_the_training_set_size():
     """Every branch needs at least one training sample (so at least one batch)."""
     from fplstudy.config import ConfigError, make_config
-    from fplstudy.engine import load_partitioned
+    from fplstudy.partition import load_partitioned
     from fplstudy.plan import resolve
 
     plan = resolve(make_config({"strategy": "fl", "nodes": 5, "max_train_samples": 5}))

@@ -170,7 +170,7 @@ def test_the_same_seed_gives_every_strategy_the_same_data(partition):
     shards, whatever their strategy (fl with 2 clients, sl/sfl with 2 clients + a server, fpl with 2 branches);
     another seed moves both."""
     from fplstudy.config import make_config
-    from fplstudy.engine import load_partitioned
+    from fplstudy.partition import load_partitioned
     from fplstudy.plan import resolve
 
     def data(strategy: str, nodes: int, seed: int):

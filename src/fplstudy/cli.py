@@ -173,7 +173,7 @@ def _print_keys() -> None:
 def _cmd_plan(cfg: Config, args) -> int:
     from fplstudy.plan import resolve
     from fplstudy.profiles import check_profiles
-    from fplstudy.engine import load_partitioned
+    from fplstudy.partition import load_partitioned
 
     plan = resolve(cfg)
     check_profiles(plan)

@@ -76,6 +76,7 @@ from torch import nn
 from fplstudy import engine
 from fplstudy.config import Config, ConfigError
 from fplstudy.events import TRANSFER_KINDS, Compute, Transfer
+from fplstudy.partition import load_partitioned
 from fplstudy.plan import Plan
 
 TIMEOUT_KEY = "distributed_timeout_s"  # the config key of the longest wait (s)
@@ -751,7 +752,7 @@ def train_distributed(plan: Plan, *, data=None, progress: bool = False, on_round
     if timeout_s is None:
         timeout_s = float(plan.config.distributed_timeout_s)
     if data is None:
-        data = engine.load_partitioned(plan)
+        data = load_partitioned(plan)
     if _external_launch():
         return _train_this_rank(plan, data, progress, on_round, timeout_s)
     return _train_local(plan, data, progress, on_round, timeout_s)

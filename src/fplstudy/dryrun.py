@@ -1,11 +1,12 @@
 """Dry run: the event stream, ledger and cost totals of a plan, without training.
 
 Costs do not depend on the weights: what every node computes and sends is fixed by the plan, the
-model's block profiles and the shard sizes. :func:`plan_events` replays the engine's schedule
-(:func:`fplstudy.engine.round_batches`, :func:`~fplstudy.engine.branch_chain`, sync and relay, in the
-same order, with the same fields) without a tensor, so a dry run's ledger equals, row for row, the
-ledger of a real run of the same plan (tests/test_costs.py checks it for every strategy). Only the
-dataset's labels are read (the partition of the shards depends on them).
+model's block profiles and the shard sizes. :func:`plan_events` walks the round program that the
+training engine executes (:func:`fplstudy.schedule.round_program`: batches, chains of chunks, hand-offs,
+relays and syncs) and turns each of its operations into its event without a tensor
+(:func:`fplstudy.schedule.item_events`), so a dry run's ledger equals, row for row, the ledger of a real
+run of the same plan (tests/test_costs.py checks it for every strategy). Only the dataset's labels are
+read (the partition of the shards depends on them).
 
 **Declared shape.** Where a torchvision dataset's files are not on disk (MNIST, Fashion-MNIST,
 CIFAR-10), the dry run prices the plan on the dataset's declared shape instead: its published sizes,
@@ -21,16 +22,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
-from fplstudy.config import Config
-from fplstudy.events import Compute, Event, Transfer
-from fplstudy.ledger import Pricer, chunk_profiles, price, totals
+from fplstudy.config import Config, ConfigError
+from fplstudy.datasets import DATASET_CLASS_COUNTS, DATASET_META, declared_labels, files_present
+from fplstudy.events import Event
+from fplstudy.ledger import Pricer, price, totals
 from fplstudy.memory import peak_memory
+from fplstudy.partition import load_partitioned, make_partition
 from fplstudy.plan import Plan, resolve
 from fplstudy.profiles import Profiles, check_profiles
+from fplstudy.schedule import BatchStep, item_events, plan_chains, round_batches, round_kind, round_program
 
-F32, I64 = 4, 8  # bytes per element
 FROM_FILES, FROM_DECLARED = "files", "declared shape"  # what a dry run's shard sizes were drawn on
 
 
@@ -58,159 +62,22 @@ class DryRun:
     priced_from: str = FROM_FILES
 
 
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
-
-
-class _Emitter:
-    """Appends events exactly as the engine's transport records them."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def move(self, src, dst, kind, shape, where, elem=F32, dtype="float32"):
-        shape = tuple(int(s) for s in shape)
-        self.events.append(Transfer(*where, src, dst, kind, shape, dtype, _numel(shape) * elem))
-
-    def compute(self, where, node, blocks, in_shape, k, phase, input_grad):
-        self.events.append(Compute(*where, node, tuple(blocks), tuple(in_shape), k, phase, input_grad))
-
-    def forward(self, chain, shapes, where, k):
-        for i, ch in enumerate(chain):
-            if i > 0 and ch.node != chain[i - 1].node:
-                self.move(chain[i - 1].node, ch.node, "activations", (k, *shapes[i]), where)
-            self.compute(where, ch.node, ch.blocks, shapes[i], k, "forward", False)
-
-    def backward(self, chain, shapes, where, k, reads_data=True):
-        for i in range(len(chain) - 1, -1, -1):
-            ch = chain[i]
-            self.compute(where, ch.node, ch.blocks, shapes[i], k, "backward", i > 0 or not reads_data)
-            if i > 0 and chain[i - 1].node != ch.node:
-                self.move(ch.node, chain[i - 1].node, "gradients", (k, *shapes[i]), where)
-
-    def labels(self, data_node, loss_node, where, k):
-        if loss_node != data_node:
-            self.move(data_node, loss_node, "labels", (k,), where, I64, "int64")
-
-
-def _stage_numel(plan: Plan, stage) -> int:
-    return sum(p.sync_numel for p in plan.profile[stage.start:stage.stop])
-
-
-class _Chains:
-    """What every batch of a plan runs through: the branches' chains and shapes, the trunk's (lockstep)."""
-
-    def __init__(self, plan: Plan) -> None:
-        from fplstudy.engine import branch_chain, branch_in_shape, chain_in_shapes, trunk_chain
-
-        D = len(plan.branches)
-        self.plan = plan
-        self.chains = [branch_chain(plan, d) for d in range(D)]
-        self.shapes = [chain_in_shapes(plan, self.chains[d], branch_in_shape(plan, d)) for d in range(D)]
-        self.trunk = trunk_chain(plan)
-        if plan.schedule == "lockstep":
-            self.tshapes = chain_in_shapes(plan, self.trunk, plan.junction_shape())
-            self.outs = [chunk_profiles(plan, self.chains[d][-1].blocks, self.shapes[d][-1])[-1].out_shape
-                         for d in range(D)]
-
-    def emit(self, em: _Emitter, rnd: int, item: tuple) -> None:
-        """Emit the events of one item of :func:`_round_program` in round ``rnd``."""
-        plan, what, step, arg = self.plan, *item
-        agg = plan.aggregator
-        if what == "relay":
-            src_b, dst_b = arg
-            for a, b in zip(plan.branches[src_b].stages, plan.branches[dst_b].stages):
-                where = (rnd, step, dst_b, -1)
-                numel = _stage_numel(plan, a)
-                if a.node != agg:
-                    em.move(a.node, agg, "params_up", (numel,), where)
-                if b.node != agg:
-                    em.move(agg, b.node, "params_down", (numel,), where)
-        elif what == "sync":
-            for s in range(len(plan.branches[0].stages)):
-                numel = _stage_numel(plan, plan.branches[0].stages[s])
-                for kind in ("params_up", "params_down"):
-                    for d, b in enumerate(plan.branches):
-                        node = b.stages[s].node
-                        if node != agg:
-                            src, dst = (node, agg) if kind == "params_up" else (agg, node)
-                            em.move(src, dst, kind, (numel,), (rnd, step, d, -1))
-        else:
-            self.batch(em, rnd, arg)
-
-    def batch(self, em: _Emitter, rnd: int, batch) -> None:
-        plan, chains, shapes = self.plan, self.chains, self.shapes
-        for micro, k in enumerate(batch.micro_sizes):
-            where = (rnd, batch.step, batch.branch, micro)
-            if plan.schedule != "lockstep":
-                d = batch.branch
-                em.forward(chains[d], shapes[d], where, k)
-                em.labels(plan.branches[d].data_node, chains[d][-1].node, where, k)
-                em.backward(chains[d], shapes[d], where, k)
-                continue
-            trunk, join = self.trunk, self.trunk[0].node
-            for d in range(len(plan.branches)):
-                em.forward(chains[d], shapes[d], where, k)
-                if chains[d][-1].node != join:
-                    em.move(chains[d][-1].node, join, "activations", (k, *self.outs[d]), where)
-            em.forward(trunk, self.tshapes, where, k)
-            em.labels(plan.branches[0].data_node, trunk[-1].node, where, k)
-            em.backward(trunk, self.tshapes, where, k, reads_data=False)
-            for d in range(len(plan.branches)):
-                if chains[d][-1].node != join:
-                    em.move(join, chains[d][-1].node, "gradients", (k, *self.outs[d]), where)
-                em.backward(chains[d], shapes[d], where, k)
-
-
-def _round_program(plan: Plan, batches: list, rnd: int) -> list[tuple]:
-    """What round ``rnd`` does, in the engine's order: ``("relay", step, (src_branch, dst_branch))`` (SL
-    turns hand the head over, but not before the first turn of the run), ``("batch", step, batch)``, and
-    ``("sync", step, None)`` at the end of a round that syncs."""
-    from fplstudy.engine import sync_due
-
-    D = len(plan.branches)
-    out, turn = [], None
-    for batch in batches:
-        if plan.schedule == "turns" and batch.branch != turn:
-            if D > 1 and not (rnd == 0 and turn is None):
-                out.append(("relay", batch.step, ((batch.branch - 1) % D, batch.branch)))
-            turn = batch.branch
-        out.append(("batch", batch.step, batch))
-    if sync_due(plan, rnd):
-        out.append(("sync", len(batches), None))
-    return out
-
-
-def _round_kind(plan: Plan, rnd: int) -> tuple[bool, bool]:
-    """What :func:`_round_program` reads of ``rnd``: whether it is the first round of SL turns (no
-    hand-over before the first client) and whether the round syncs. Rounds of one kind are the same."""
-    from fplstudy.engine import sync_due
-
-    return plan.schedule == "turns" and rnd == 0, sync_due(plan, rnd)
-
-
 def plan_events(plan: Plan, shard_sizes: list[int]) -> list[Event]:
     """The events a real run of ``plan`` emits, computed from the plan alone (no tensors).
 
     Args:
         plan: the plan.
-        shard_sizes: training samples per branch (``engine.load_partitioned(plan)[1].samples()``).
+        shard_sizes: training samples per branch (``partition.load_partitioned(plan)[1].samples()``).
 
     Returns:
         The event stream of all ``plan.config.rounds`` rounds, in the engine's order.
     """
-    from fplstudy.engine import round_batches
-
-    em = _Emitter()
-    batches = round_batches(plan, shard_sizes)  # the same every round
-    chains = _Chains(plan)
+    batches, chains, programs = round_batches(plan, shard_sizes), plan_chains(plan), {}  # the same every round
+    events: list[Event] = []
     for rnd in range(plan.config.rounds):
-        for item in _round_program(plan, batches, rnd):
-            chains.emit(em, rnd, item)
-    return em.events
+        for item in round_program(plan, batches, rnd, chains, programs):
+            events += item_events(item, rnd)
+    return events
 
 
 _BATCHES: dict[tuple, list] = {}
@@ -227,8 +94,6 @@ def price_plan(plan: Plan, shard_sizes: list[int], profiles: Profiles | None = N
     hold (:func:`fplstudy.makespan.schedule_fixed_order`), or ``fast=False``, the reference prices the
     event stream.
     """
-    from fplstudy.engine import round_batches
-
     profiles = profiles or check_profiles(plan)
     pricer = Pricer(plan, profiles)
     if fast and pricer.applies:
@@ -237,22 +102,22 @@ def price_plan(plan: Plan, shard_sizes: list[int], profiles: Profiles | None = N
         if key not in _BATCHES:
             _BATCHES[key] = round_batches(plan, shard_sizes)
         batches = _BATCHES[key]
-        chains = _Chains(plan)
+        chains, programs = plan_chains(plan), {}
         templates: dict[tuple, object] = {}
         priced: dict[tuple, tuple | None] = {}
         rounds = []
         for rnd in range(plan.config.rounds):
-            kind = _round_kind(plan, rnd)
+            kind = round_kind(plan, rnd)
             if kind not in priced:
                 segments = []
-                for item in _round_program(plan, batches, rnd):
-                    what, step, arg = item
-                    key = (what, (arg.branch, arg.micro_sizes) if what == "batch" else arg)
+                for item in round_program(plan, batches, rnd, chains, programs):
+                    if isinstance(item, BatchStep):
+                        key = ("batch", item.batch.branch, item.batch.micro_sizes)
+                    else:
+                        key = (type(item).__name__, getattr(item, "src", None), getattr(item, "dst", None))
                     if key not in templates:
-                        em = _Emitter()
-                        chains.emit(em, rnd, item)
-                        templates[key] = pricer.template(em.events)
-                    segments.append((step, templates[key]))
+                        templates[key] = pricer.template(item_events(item, rnd))
+                    segments.append((item.batch.step if isinstance(item, BatchStep) else item.step, templates[key]))
                 priced[kind] = pricer.price_round(segments)
             if priced[kind] is None:
                 break
@@ -265,8 +130,6 @@ def price_plan(plan: Plan, shard_sizes: list[int], profiles: Profiles | None = N
 def priced_from(cfg: Config | Plan) -> str:
     """:data:`FROM_DECLARED` when ``cfg``'s dataset has declared class counts and its files are not in
     ``data_dir``, else :data:`FROM_FILES` (digits and mnist5k ship with their packages)."""
-    from fplstudy.datasets import DATASET_CLASS_COUNTS, files_present
-
     cfg = cfg.config if isinstance(cfg, Plan) else cfg
     if cfg.dataset in DATASET_CLASS_COUNTS and not files_present(cfg.dataset, cfg.data_dir):
         return FROM_DECLARED
@@ -277,7 +140,7 @@ def declared_shard_sizes(plan: Plan, class_counts: tuple[int, ...] | None = None
     """Training samples per branch drawn on the dataset's declared class counts, without its files.
 
     The partition is :func:`fplstudy.partition.make_partition` with the plan's seed on
-    :func:`fplstudy.datasets.declared_labels`, checked as :func:`fplstudy.engine.load_partitioned`
+    :func:`fplstudy.datasets.declared_labels`, checked as :func:`fplstudy.partition.load_partitioned`
     checks it (a bad setting or an empty branch is a ConfigError naming the key).
 
     Args:
@@ -292,12 +155,6 @@ def declared_shard_sizes(plan: Plan, class_counts: tuple[int, ...] | None = None
         ConfigError: for a dataset without declared counts, ``max_train_samples`` with a label-skewed
             partition, or a partition that cannot be drawn.
     """
-    import numpy as np
-
-    from fplstudy.config import ConfigError
-    from fplstudy.datasets import DATASET_CLASS_COUNTS, DATASET_META, declared_labels
-    from fplstudy.partition import make_partition
-
     cfg = plan.config
     if class_counts is None:
         if cfg.dataset not in DATASET_CLASS_COUNTS:
@@ -331,8 +188,6 @@ def declared_shard_sizes(plan: Plan, class_counts: tuple[int, ...] | None = None
 def shard_sizes(plan: Plan) -> list[int]:
     """Training samples per branch, as the engine partitions them: from the dataset's labels, or from
     its declared class counts where its files are not on disk (:func:`priced_from`)."""
-    from fplstudy.engine import load_partitioned
-
     if priced_from(plan) == FROM_DECLARED:
         return declared_shard_sizes(plan)
     return [int(n) for n in load_partitioned(plan)[1].samples()]

@@ -27,117 +27,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fplstudy.datasets import DatasetSplit, load_dataset
+from fplstudy.datasets import DatasetSplit
 from fplstudy.events import Compute, Event, Transfer
-from fplstudy.flops import profile_blocks
 from fplstudy.models import build_model, cut, make_adapter
-from fplstudy.partition import Partition, make_partition
+from fplstudy.partition import Partition, load_partitioned
 from fplstudy.plan import Plan
+from fplstudy.schedule import (TRUNK, BatchStep, Hop, Join, Loss, Relay, Run, Split, Sync, plan_chains,
+                               round_batches, round_program, run_event, sync_item)
 
 
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite; completed rounds are kept."""
-
-
-# --------------------------------------------------------------------------- schedule (no tensors)
-
-@dataclass(frozen=True)
-class Batch:
-    """One step of a round: a batch of ``size`` samples of ``branch`` (-1: every branch, lockstep)."""
-
-    step: int
-    branch: int
-    size: int
-    micro_sizes: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """A module call on one node inside a branch's chain: a stage, or the junction adapter."""
-
-    node: str
-    blocks: tuple[str, ...]
-    start: int
-    stop: int
-    kind: str  # 'stage' | 'adapter'
-
-
-def _micro_sizes(size: int, parts: int) -> tuple[int, ...]:
-    return tuple(int(len(a)) for a in np.array_split(np.arange(size), parts) if len(a))
-
-
-def _epoch_sizes(n: int, batch_size: int) -> list[int]:
-    return [batch_size] * (n // batch_size) + ([n % batch_size] if n % batch_size else [])
-
-
-def round_batches(plan: Plan, shard_sizes: list[int]) -> list[Batch]:
-    """The batches of one round in execution order.
-
-    Args:
-        plan: the plan.
-        shard_sizes: training samples per branch (for ``concat``: every branch holds the same samples).
-
-    Returns:
-        Batches; steps are numbered 0.. in execution order.
-    """
-    cfg = plan.config
-    per_branch = [_epoch_sizes(n, cfg.batch_size) * cfg.local_epochs for n in shard_sizes]
-    order: list[tuple[int, int]] = []
-    if plan.schedule == "lockstep":
-        order = [(-1, s) for s in per_branch[0]]
-    elif plan.schedule == "turns":
-        order = [(d, s) for d, sizes in enumerate(per_branch) for s in sizes]
-    else:
-        for p in range(max(len(s) for s in per_branch)):
-            order += [(d, sizes[p]) for d, sizes in enumerate(per_branch) if p < len(sizes)]
-    return [Batch(k, d, s, _micro_sizes(s, cfg.micro_batches)) for k, (d, s) in enumerate(order)]
-
-
-def branch_chain(plan: Plan, d: int) -> list[Chunk]:
-    """The chunks a batch of branch ``d`` runs through, in forward order (for ``concat``: the
-    branch's own chunks only; the trunk follows the join)."""
-    b = plan.branches[d]
-    chain = [Chunk(s.node, s.blocks, s.start, s.stop, "stage") for s in b.stages]
-    if b.adapter_node:
-        chain.append(Chunk(b.adapter_node, ("adapter",), plan.junction_at, plan.junction_at, "adapter"))
-    if plan.junction != "concat":
-        chain += trunk_chain(plan)
-    return chain
-
-
-def trunk_chain(plan: Plan) -> list[Chunk]:
-    """The trunk's chunks in forward order."""
-    return [Chunk(s.node, s.blocks, s.start, s.stop, "stage") for s in plan.trunk]
-
-
-def sync_due(plan: Plan, rnd: int) -> bool:
-    """Whether replicated parts are averaged at the end of round ``rnd`` (0-based)."""
-    return plan.sync == "fedavg" and (rnd + 1) % plan.sync_every == 0
-
-
-def load_partitioned(plan: Plan) -> tuple[DatasetSplit, Partition]:
-    """Load the plan's dataset and partition its training set among the branches.
-
-    Raises:
-        fplstudy.config.ConfigError: when a branch would get no samples.
-    """
-    from fplstudy.config import ConfigError
-
-    cfg = plan.config
-    data = load_dataset(cfg.dataset, seed=cfg.seed, data_dir=cfg.data_dir, download=cfg.download,
-                        test_fraction=cfg.test_fraction, max_train_samples=cfg.max_train_samples)
-    try:
-        part = make_partition(cfg.partition, data.y_train.numpy(), len(plan.branches), seed=cfg.seed,
-                              alpha=cfg.alpha, classes_per_node=cfg.classes_per_node,
-                              input_shape=data.input_shape)
-    except ValueError as exc:
-        raise ConfigError("partition", cfg.partition, str(exc)) from None
-    empty = [d for d, n in enumerate(part.samples()) if n == 0]
-    if empty:
-        raise ConfigError("branches", len(plan.branches),
-                          f"branch(es) {empty} get no training samples with partition={cfg.partition}; "
-                          f"use fewer branches or more samples")
-    return data, part
 
 
 # --------------------------------------------------------------------------- transports
@@ -205,7 +105,7 @@ class Holdings:
     adapters: list[nn.Module | None]  # [d] junction adapter of branch d
     trunk_parts: list[nn.Module]  # [s] trunk stage modules (shared by every branch)
     optimizer: torch.optim.Optimizer | None = None  # SGD over every parameter (updates are per parameter)
-    chains: dict[int, tuple] = field(default_factory=dict)  # d -> (chunks, modules, input shapes), a cache
+    chains: dict[int, list[nn.Module]] = field(default_factory=dict)  # chain -> its modules, a cache
 
     def chain_modules(self, plan: Plan, d: int) -> list[nn.Module]:
         mods: list[nn.Module] = list(self.branch_parts[d])
@@ -250,100 +150,82 @@ def build_holdings(plan: Plan) -> Holdings:
 
 # --------------------------------------------------------------------------- one batch
 
-def _out_shape(plan: Plan, ch: Chunk, in_shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Per-sample output shape of a chunk (from the plan's profile; measured for concat views)."""
-    if ch.kind == "adapter":
-        return tuple(in_shape)
-    if tuple(in_shape) != plan.profile[ch.start].in_shape:  # a concat view: measure on its shape
-        return profile_blocks(plan.model, plan.input_shape, plan.num_classes, ch.start, ch.stop,
-                              tuple(in_shape))[-1].out_shape
-    return plan.profile[ch.stop - 1].out_shape
+_DTYPES = {"float32": torch.float32, "int64": torch.int64}
 
 
-def chain_in_shapes(plan: Plan, chain: list[Chunk], first_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
-    """Per-sample input shape of every chunk of ``chain`` given the first chunk's input shape."""
-    shapes = [tuple(first_shape)]
-    for ch in chain[:-1]:
-        shapes.append(_out_shape(plan, ch, shapes[-1]))
-    return shapes
+def _modules(plan: Plan, hold: Holdings, c: int) -> list[nn.Module]:
+    """The modules of chain ``c`` (a branch, or the trunk after a ``concat`` join), cached per run."""
+    if c not in hold.chains:
+        hold.chains[c] = list(hold.trunk_parts) if c == TRUNK else hold.chain_modules(plan, c)
+    return hold.chains[c]
 
 
-def branch_in_shape(plan: Plan, d: int) -> tuple[int, ...]:
-    """Per-sample input shape a branch reads (a row view of the input for ``concat``)."""
-    view = plan.branches[d].view
-    if view is None:
-        return tuple(plan.input_shape)
-    c, _, *rest = plan.input_shape
-    return (c, view[1] - view[0], *rest)
+def _run_micro(plan: Plan, T: Transport, hold: Holdings, ops: tuple, xs: list, y, where: tuple, k: int,
+               batch_size: int):
+    """Execute one micro-batch's program (:func:`fplstudy.schedule.micro_program`) with tensors.
 
-
-def _forward_chain(T, chain, mods, h, shapes, where, k, reads_data=True):
-    """Run ``chain`` forward from ``h`` (held by chain[0].node); hand activations across nodes.
+    Per chain, ``h`` is the value going forward and ``g`` the gradient coming back; a node that is not
+    local to the transport skips the tensor work of its operations but records their events, and
+    :meth:`Transport.move` hands a value on (on a distributed transport: sends or receives it).
 
     Returns:
-        (inputs, outputs) per chunk; an input is a leaf that will receive its gradient.
+        The micro-batch's loss (weighted k / B) on the loss node, None elsewhere.
     """
-    rnd, step, d, micro = where
-    ins, outs = [], []
-    for i, (ch, mod) in enumerate(zip(chain, mods)):
-        if i > 0 and ch.node != chain[i - 1].node:
-            h = T.move(h, src=chain[i - 1].node, dst=ch.node, kind="activations", shape=(k, *shapes[i]),
-                       dtype=torch.float32, where=where)
-        x = None
-        if T.is_local(ch.node):
-            x = h if (i == 0 and reads_data) else h.detach().requires_grad_(True)
-            h = mod(x)
-        T.compute(Compute(rnd, step, d, micro, ch.node, ch.blocks, shapes[i], k, "forward", False))
-        ins.append(x)
-        outs.append(h)
-    return ins, outs
+    h: dict[int, torch.Tensor | None] = dict(enumerate(xs))
+    g: dict[int, torch.Tensor | None] = {}
+    ins: dict[int, list] = {}
+    outs: dict[int, list] = {}
+    leaves: list = []
+    joined = loss = None
+    for op in ops:
+        if isinstance(op, Run):
+            c, node = op.chain, op.chunk.node
+            if op.phase == "forward":
+                x = None
+                if T.is_local(node):
+                    x = h[c].detach().requires_grad_(True) if op.input_grad else h[c]
+                    h[c] = _modules(plan, hold, c)[op.index](x)
+                ins.setdefault(c, []).append(x)
+                outs.setdefault(c, []).append(h[c])
+            elif T.is_local(node):
+                torch.autograd.backward(outs[c][op.index], g.get(c))
+                g[c] = ins[c][op.index].grad if op.input_grad else None
+            T.compute(run_event(op, where, k))
+        elif isinstance(op, Hop):
+            held = y if op.kind == "labels" else (h if op.kind == "activations" else g).get(op.chain)
+            moved = T.move(held, src=op.src, dst=op.dst, kind=op.kind, shape=op.full_shape(k),
+                           dtype=_DTYPES[op.dtype], where=where)
+            if op.kind == "labels":
+                y = moved
+            else:
+                (h if op.kind == "activations" else g)[op.chain] = moved
+        elif isinstance(op, Loss):
+            if T.is_local(op.node):  # the loss is the batch mean: a micro-batch weighs k / B
+                loss = F.cross_entropy(outs[op.chain][-1], y) * (k / batch_size)
+                outs[op.chain][-1] = loss
+        elif isinstance(op, Join):
+            if T.is_local(op.node):
+                leaves = [h[d].detach().requires_grad_(True) for d in range(len(plan.branches))]
+                joined = torch.cat(leaves, dim=2)  # (k, C, H, W): the views' rows side by side again
+            h[TRUNK] = joined
+        elif isinstance(op, Split):
+            if T.is_local(op.node):
+                torch.autograd.backward(joined, g[TRUNK])  # split the join's gradient into the branch leaves
+            for d in range(len(plan.branches)):
+                g[d] = leaves[d].grad if leaves else None
+    return loss
 
 
-def _backward_chain(T, chain, ins, outs, grad_out, shapes, where, k, reads_data=True):
-    """Backward through ``chain``; ``grad_out`` is the gradient at its output (None: outs[-1] is a
-    loss). Returns the gradient w.r.t. the chain's input on chain[0].node (None if it reads data)."""
-    rnd, step, d, micro = where
-    g = grad_out
-    for i in range(len(chain) - 1, -1, -1):
-        ch = chain[i]
-        input_grad = i > 0 or not reads_data
-        if T.is_local(ch.node):
-            torch.autograd.backward(outs[i], g)
-            g = ins[i].grad if input_grad else None
-        T.compute(Compute(rnd, step, d, micro, ch.node, ch.blocks, shapes[i], k, "backward", input_grad))
-        if i > 0 and chain[i - 1].node != ch.node:
-            g = T.move(g, src=ch.node, dst=chain[i - 1].node, kind="gradients", shape=(k, *shapes[i]),
-                       dtype=torch.float32, where=where)
-    return g
-
-
-def _loss(T, logits, y, loss_node, data_node, k, batch_size, where):
-    """Labels travel to the loss node; the loss is the batch mean (a micro-batch weighs k / B)."""
-    if loss_node != data_node:
-        y = T.move(y, src=data_node, dst=loss_node, kind="labels", shape=(k,), dtype=torch.int64, where=where)
-    if not T.is_local(loss_node):
-        return None
-    return F.cross_entropy(logits, y) * (k / batch_size)
-
-
-def _chain_of(plan: Plan, hold: Holdings, d: int):
-    """Branch ``d``'s chunks, modules and per-chunk input shapes (computed once per run)."""
-    if d not in hold.chains:
-        chain = branch_chain(plan, d)
-        hold.chains[d] = (chain, hold.chain_modules(plan, d), chain_in_shapes(plan, chain, branch_in_shape(plan, d)))
-    return hold.chains[d]
-
-
-def run_batch(plan: Plan, T: Transport, hold: Holdings, batch: Batch, xs: list[torch.Tensor | None],
+def run_batch(plan: Plan, T: Transport, hold: Holdings, step: BatchStep, xs: list[torch.Tensor | None],
               y: torch.Tensor | None, rnd: int) -> float | None:
-    """Forward and backward one batch through its chain(s), micro-batch by micro-batch, then step
-    the parameters the batch touched once (gradients of the micro-batches accumulate).
+    """Forward and backward one batch, micro-batch by micro-batch, then step the parameters the batch
+    touched once (gradients of the micro-batches accumulate).
 
     Args:
         plan: the plan.
         T: the transport.
         hold: the modules.
-        batch: which branch, how many samples, which micro-batches.
+        step: the batch (which branch, how many samples, which micro-batches) and its program.
         xs: per branch, the batch inputs as that branch sees them (None where not local); an
             interleaved/turns batch uses ``xs[batch.branch]`` only.
         y: the batch labels on the data owner (None where not local).
@@ -352,61 +234,19 @@ def run_batch(plan: Plan, T: Transport, hold: Holdings, batch: Batch, xs: list[t
     Returns:
         The batch's mean training loss on the loss node (None elsewhere).
     """
+    batch = step.batch
     total: float | None = None
     offsets = np.cumsum((0, *batch.micro_sizes))
     for micro, k in enumerate(batch.micro_sizes):
         sl = slice(int(offsets[micro]), int(offsets[micro + 1]))
         xs_m = [x[sl] if x is not None else None for x in xs]
         y_m = y[sl] if y is not None else None
-        where = (rnd, batch.step, batch.branch, micro)
-        if plan.schedule == "lockstep":
-            loss = _lockstep_micro(plan, T, hold, xs_m, y_m, where, k, batch.size)
-        else:
-            d = batch.branch
-            chain, mods, shapes = _chain_of(plan, hold, d)
-            ins, outs = _forward_chain(T, chain, mods, xs_m[d], shapes, where, k)
-            loss = _loss(T, outs[-1], y_m, chain[-1].node, plan.branches[d].data_node, k, batch.size, where)
-            if loss is not None:
-                outs[-1] = loss
-            _backward_chain(T, chain, ins, outs, None, shapes, where, k)
+        loss = _run_micro(plan, T, hold, step.ops, xs_m, y_m, (rnd, batch.step, batch.branch, micro), k, batch.size)
         if loss is not None:
             total = (total or 0.0) + float(loss.detach())
     hold.optimizer.step()  # parameters without a gradient (not in this batch's chain) are skipped
     hold.optimizer.zero_grad(set_to_none=True)
     return total
-
-
-def _lockstep_micro(plan, T, hold, xs, y, where, k, batch_size):
-    """concat: every branch runs its view of the same micro-batch; the trunk joins them along H."""
-    trunk = trunk_chain(plan)
-    join_node = trunk[0].node
-    results = []
-    for d in range(len(plan.branches)):
-        chain, mods, shapes = _chain_of(plan, hold, d)
-        ins, outs = _forward_chain(T, chain, mods, xs[d], shapes, where, k)
-        out_shape = _out_shape(plan, chain[-1], shapes[-1])
-        h = outs[-1]
-        if chain[-1].node != join_node:
-            h = T.move(h, src=chain[-1].node, dst=join_node, kind="activations", shape=(k, *out_shape),
-                       dtype=torch.float32, where=where)
-        leaf = h.detach().requires_grad_(True) if T.is_local(join_node) else None
-        results.append((chain, ins, outs, shapes, out_shape, leaf))
-    joined = torch.cat([r[-1] for r in results], dim=2) if T.is_local(join_node) else None  # (k, C, H, W)
-    tshapes = chain_in_shapes(plan, trunk, plan.junction_shape())
-    ins, outs = _forward_chain(T, trunk, hold.trunk_parts, joined, tshapes, where, k, reads_data=False)
-    loss = _loss(T, outs[-1], y, trunk[-1].node, plan.branches[0].data_node, k, batch_size, where)
-    if loss is not None:
-        outs[-1] = loss
-    g_join = _backward_chain(T, trunk, ins, outs, None, tshapes, where, k, reads_data=False)
-    if T.is_local(join_node):
-        torch.autograd.backward(joined, g_join)  # split the join's gradient into the branch leaves
-    for chain, bins, bouts, shapes, out_shape, leaf in results:
-        g = leaf.grad if leaf is not None else None
-        if chain[-1].node != join_node:
-            g = T.move(g, src=join_node, dst=chain[-1].node, kind="gradients", shape=(k, *out_shape),
-                       dtype=torch.float32, where=where)
-        _backward_chain(T, chain, bins, bouts, g, shapes, where, k)
-    return loss
 
 
 # --------------------------------------------------------------------------- sync
@@ -435,31 +275,35 @@ def fedavg(vectors: list[torch.Tensor], samples: list[int]) -> torch.Tensor:
     return out
 
 
-def sync_branches(plan: Plan, T: Transport, hold: Holdings, samples: list[int], rnd: int, step: int) -> None:
-    """FedAvg of every branch stage across branches, through the aggregator (adapters stay local)."""
+def sync_branches(plan: Plan, T: Transport, hold: Holdings, samples: list[int], rnd: int, step: int,
+                  item: Sync | None = None) -> None:
+    """FedAvg of every branch stage across branches, through the aggregator (adapters stay local).
+
+    Walks ``item`` (:func:`fplstudy.schedule.sync_item` of ``step`` when None): per stage position,
+    every copy goes up (where its holder is not the aggregator), the aggregator averages them, and the
+    average comes down.
+    """
     agg = plan.aggregator
-    n_stages = len(plan.branches[0].stages)
-    for s in range(n_stages):
-        numel = _flat_state(hold.branch_parts[0][s]).numel()
+    for st in (item or sync_item(plan, step)).stages:
         received = []
-        for d, b in enumerate(plan.branches):
-            node = b.stages[s].node
-            vec = _flat_state(hold.branch_parts[d][s]) if T.is_local(node) else None
-            if node != agg:
-                vec = T.move(vec, src=node, dst=agg, kind="params_up", shape=(numel,), dtype=torch.float32,
+        for d, (b, hop) in enumerate(zip(plan.branches, st.up)):
+            node = b.stages[st.stage].node
+            vec = _flat_state(hold.branch_parts[d][st.stage]) if T.is_local(node) else None
+            if hop is not None:
+                vec = T.move(vec, src=hop.src, dst=hop.dst, kind=hop.kind, shape=hop.shape, dtype=torch.float32,
                              where=(rnd, step, d, -1))
             received.append(vec)
         avg = fedavg(received, samples) if T.is_local(agg) else None
-        for d, b in enumerate(plan.branches):
-            node = b.stages[s].node
+        for d, (b, hop) in enumerate(zip(plan.branches, st.down)):
+            node = b.stages[st.stage].node
             vec = avg
-            if node != agg:
-                vec = T.move(avg, src=agg, dst=node, kind="params_down", shape=(numel,), dtype=torch.float32,
+            if hop is not None:
+                vec = T.move(avg, src=hop.src, dst=hop.dst, kind=hop.kind, shape=hop.shape, dtype=torch.float32,
                              where=(rnd, step, d, -1))
             if T.is_local(node):
-                _load_flat(hold.branch_parts[d][s], vec)
+                _load_flat(hold.branch_parts[d][st.stage], vec)
                 if plan.config.client_optimizer == "reset":
-                    forget_optimizer_state(hold.optimizer, hold.branch_parts[d][s].parameters())
+                    forget_optimizer_state(hold.optimizer, hold.branch_parts[d][st.stage].parameters())
 
 
 def forget_optimizer_state(optimizer: torch.optim.Optimizer, params) -> None:
@@ -469,20 +313,19 @@ def forget_optimizer_state(optimizer: torch.optim.Optimizer, params) -> None:
         optimizer.state.pop(p, None)
 
 
-def relay(plan: Plan, T: Transport, hold: Holdings, src_branch: int, dst_branch: int, rnd: int, step: int) -> None:
-    """Split learning's hand-over: the previous client's head goes up to the server and down to the next."""
-    agg = plan.aggregator
-    for s, (a, b) in enumerate(zip(plan.branches[src_branch].stages, plan.branches[dst_branch].stages)):
-        numel = _flat_state(hold.branch_parts[src_branch][s]).numel()
-        vec = _flat_state(hold.branch_parts[src_branch][s]) if T.is_local(a.node) else None
-        if a.node != agg:
-            vec = T.move(vec, src=a.node, dst=agg, kind="params_up", shape=(numel,), dtype=torch.float32,
-                         where=(rnd, step, dst_branch, -1))
-        if b.node != agg:
-            vec = T.move(vec, src=agg, dst=b.node, kind="params_down", shape=(numel,), dtype=torch.float32,
-                         where=(rnd, step, dst_branch, -1))
+def relay(plan: Plan, T: Transport, hold: Holdings, item: Relay, rnd: int) -> None:
+    """Split learning's hand-over (:class:`fplstudy.schedule.Relay`): the previous client's head goes up
+    to the server and down to the next."""
+    src, dst = item.src, item.dst
+    for st in item.stages:
+        a, b = plan.branches[src].stages[st.stage], plan.branches[dst].stages[st.stage]
+        vec = _flat_state(hold.branch_parts[src][st.stage]) if T.is_local(a.node) else None
+        for hop in (*st.up, *st.down):
+            if hop is not None:
+                vec = T.move(vec, src=hop.src, dst=hop.dst, kind=hop.kind, shape=hop.shape, dtype=torch.float32,
+                             where=(rnd, item.step, dst, -1))
         if T.is_local(b.node):
-            _load_flat(hold.branch_parts[dst_branch][s], vec)
+            _load_flat(hold.branch_parts[dst][st.stage], vec)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -689,18 +532,22 @@ def train(plan: Plan, transport: Transport | None = None, *, progress: bool = Fa
 
         bar = tqdm(total=cfg.rounds, initial=len(rows), desc=f"{plan.strategy} rounds", unit="round")
     views = [b.view for b in plan.branches]
+    batches, chains, programs = round_batches(plan, samples), plan_chains(plan), {}  # the same every round
     try:
         for rnd in range(len(rows), cfg.rounds):
             order = [_shuffled(sh, cfg, rnd, 0 if plan.schedule == "lockstep" else d)
                      for d, sh in enumerate(shards)]
             pos = [0] * len(shards)
-            losses, turn = [], None
-            for batch in round_batches(plan, samples):
+            losses = []
+            for item in round_program(plan, batches, rnd, chains, programs):
+                if isinstance(item, Relay):
+                    relay(plan, T, hold, item, rnd)
+                    continue
+                if isinstance(item, Sync):
+                    sync_branches(plan, T, hold, samples, rnd, item.step, item)
+                    continue
+                batch = item.batch
                 d = 0 if batch.branch < 0 else batch.branch
-                if plan.schedule == "turns" and batch.branch != turn:
-                    if len(plan.branches) > 1 and not (rnd == 0 and turn is None):
-                        relay(plan, T, hold, (batch.branch - 1) % len(plan.branches), batch.branch, rnd, batch.step)
-                    turn = batch.branch
                 idx = order[d][pos[d]:pos[d] + batch.size]
                 pos[d] += batch.size
                 x, y = split.x_train[idx], split.y_train[idx]
@@ -709,15 +556,13 @@ def train(plan: Plan, transport: Transport | None = None, *, progress: bool = Fa
                 else:
                     xs = [None] * len(shards)
                     xs[batch.branch] = x
-                loss = run_batch(plan, T, hold, batch, xs, y, rnd)
+                loss = run_batch(plan, T, hold, item, xs, y, rnd)
                 if loss is not None:
                     if not math.isfinite(loss):
                         raise TrainingDiverged(
                             f"round {rnd}, step {batch.step}, branch {batch.branch}: the training loss became "
                             f"{loss}; lower lr (now {cfg.lr}) or check the data")
                     losses.append(loss)
-            if sync_due(plan, rnd):
-                sync_branches(plan, T, hold, samples, rnd, len(round_batches(plan, samples)))
             losses, accs, test_losses = T.score(plan, hold, losses, split.x_test, split.y_test)
             row = {
                 "round": rnd,

@@ -52,50 +52,20 @@ import os
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from fplstudy.events import Compute, Event
-from fplstudy.flops import BlockProfile, profile_block, profile_blocks
 from fplstudy.makespan import (TASK_COMPUTE, TASK_DATA, TASK_DOWN, TASK_UP, fast_path_applies, schedule_fixed_order,
                                schedule_round)
-from fplstudy.models import make_adapter
 from fplstudy.profiles import Profiles, check_profiles
+from fplstudy.schedule import chunk_profiles
 
 KINDS = ("forward", "backward", "activations", "gradients", "labels", "params_up", "params_down", "idle")
 COLUMNS = ("round", "node", "role", "device", "kind", "count", "flops", "bytes_tx", "bytes_rx", "seconds",
            "energy_j", "round_makespan_s")
-
-
-@lru_cache(maxsize=64)
-def adapter_profile(shape: tuple[int, ...]) -> BlockProfile:
-    """Per-sample profile of the junction adapter for activations of per-sample ``shape``."""
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        adapter = make_adapter(shape)
-    return profile_block("adapter", adapter, shape)
-
-
-def chunk_profiles(plan, blocks: tuple[str, ...], in_shape: tuple[int, ...]) -> tuple[BlockProfile, ...]:
-    """Per-sample profiles of a run of blocks fed inputs of per-sample ``in_shape``.
-
-    The plan's own profile where the shape matches; the adapter's; or a measurement on the other
-    shape (the row views of a ``concat`` junction).
-    """
-    in_shape = tuple(in_shape)
-    if tuple(blocks) == ("adapter",):
-        return (adapter_profile(in_shape),)
-    start = plan.block_names.index(blocks[0])
-    stop = start + len(blocks)
-    if plan.block_names[start:stop] != tuple(blocks):
-        raise ValueError(f"blocks {blocks} are not a contiguous run of {plan.model}'s blocks {plan.block_names}")
-    if plan.profile[start].in_shape == in_shape:
-        return plan.profile[start:stop]
-    return profile_blocks(plan.model, tuple(plan.input_shape), plan.num_classes, start, stop, in_shape)
 
 
 def chunk_flops(plan, blocks: tuple[str, ...], in_shape: tuple[int, ...], phase: str, input_grad: bool) -> int:

@@ -28,8 +28,8 @@ import math
 
 import pandas as pd
 
-from fplstudy.ledger import chunk_profiles
 from fplstudy.makespan import chain_depths
+from fplstudy.schedule import branch_chain, branch_in_shape, chain_in_shapes, chunk_profiles, trunk_chain
 
 FLOAT_BYTES = 4  # float32
 
@@ -44,8 +44,6 @@ def node_chunks(plan, d: int) -> list[tuple[str, str, tuple, tuple[int, ...], bo
     from another node. For ``concat`` the trunk follows the branch's own chunks and reads the joined
     activations.
     """
-    from fplstudy.engine import branch_chain, branch_in_shape, chain_in_shapes, trunk_chain
-
     chain = branch_chain(plan, d)
     shapes = chain_in_shapes(plan, chain, branch_in_shape(plan, d))
     if plan.junction == "concat":

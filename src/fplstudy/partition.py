@@ -19,6 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fplstudy.config import ConfigError
+from fplstudy.datasets import DatasetSplit, load_dataset
+
 PARTITIONS = ("iid", "dirichlet", "shards", "features")
 
 DIRICHLET_MIN_SAMPLES = 8  # default floor of samples per branch for ``dirichlet`` (see dirichlet())
@@ -243,3 +246,26 @@ def make_partition(kind: str, labels: np.ndarray, parts: int, *, seed: int, alph
     if kind == "features":
         return features(len(y), parts, input_shape)
     raise KeyError(f"unknown partition {kind!r}; known: {', '.join(PARTITIONS)}")
+
+
+def load_partitioned(plan) -> tuple[DatasetSplit, Partition]:
+    """Load the plan's dataset and partition its training set among the branches.
+
+    Raises:
+        fplstudy.config.ConfigError: when a branch would get no samples.
+    """
+    cfg = plan.config
+    data = load_dataset(cfg.dataset, seed=cfg.seed, data_dir=cfg.data_dir, download=cfg.download,
+                        test_fraction=cfg.test_fraction, max_train_samples=cfg.max_train_samples)
+    try:
+        part = make_partition(cfg.partition, data.y_train.numpy(), len(plan.branches), seed=cfg.seed,
+                              alpha=cfg.alpha, classes_per_node=cfg.classes_per_node,
+                              input_shape=data.input_shape)
+    except ValueError as exc:
+        raise ConfigError("partition", cfg.partition, str(exc)) from None
+    empty = [d for d, n in enumerate(part.samples()) if n == 0]
+    if empty:
+        raise ConfigError("branches", len(plan.branches),
+                          f"branch(es) {empty} get no training samples with partition={cfg.partition}; "
+                          f"use fewer branches or more samples")
+    return data, part

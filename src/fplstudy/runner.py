@@ -121,7 +121,7 @@ def prepare(cfg: Config):
         ConfigError: a bad key, value, profile or partition.
         FileNotFoundError: a torchvision dataset that is not on disk (message says how to get it).
     """
-    from fplstudy.engine import load_partitioned
+    from fplstudy.partition import load_partitioned
     from fplstudy.profiles import check_profiles
 
     plan = resolve(cfg)
@@ -303,7 +303,7 @@ def estimate_round_s(plan: Plan, data) -> float | None:
 
     Times a training step of the whole model (forward, backward, SGD step) on one micro-batch of the
     real training data, and an evaluation forward of up to 1024 test samples, and multiplies by the
-    round's micro-batches (:func:`fplstudy.engine.round_batches`) and evaluation chunks (one per
+    round's micro-batches (:func:`fplstudy.schedule.round_batches`) and evaluation chunks (one per
     branch). Leaves out the engine's hand-offs and the cost of cutting the model into stages (a few
     % to 10 %, ``benchmarks/engine_overhead.py``). Torch's random state is left as it was.
 
@@ -313,7 +313,7 @@ def estimate_round_s(plan: Plan, data) -> float | None:
     import torch
     import torch.nn.functional as F
 
-    from fplstudy.engine import round_batches
+    from fplstudy.schedule import round_batches
     from fplstudy.models import build_model
 
     split, part = data
@@ -420,6 +420,7 @@ class _RunWriter:
         self.timing: dict[str, Any] = {"backend": backend, "started_utc": _now()}
         self._t0: float | None = None  # perf_counter when training started
         self.rows: list[dict] = []
+        self._checkpointed: list[dict] = []  # the rows of the last checkpoint written
 
     # -- files
     def _rows(self, rows: list[dict]) -> list[dict]:
@@ -440,6 +441,7 @@ class _RunWriter:
         buf = io.BytesIO()
         torch.save(state, buf)
         atomic_write_bytes(self.out / CHECKPOINT, buf.getvalue())
+        self._checkpointed = state["rows"]
 
     # -- training
     def train(self, progress: bool, on_round: Callable[[dict], None] | None, state: dict | None) -> RunOutcome:
@@ -476,6 +478,8 @@ class _RunWriter:
                                on_state=self._checkpoint if out is not None else None)
         except KeyboardInterrupt:
             self._stamp()
+            if len(self._checkpointed) > len(self.rows):  # Ctrl-C between a round's checkpoint and its row:
+                self.rows = [dict(r) for r in self._checkpointed]  # the checkpoint holds the round, keep it
             done = len(self.rows)
             events = ([e for e in T.events if e.round < done] if T is not None else self._replay(done))
             outcome = self._finish("interrupted", f"interrupted (Ctrl-C) after {done} completed rounds", events)

@@ -1,7 +1,10 @@
-"""The project's folders, in one place (notebooks and scripts import these, never retype them)."""
+"""The project's folders, in one place: the library and the notebooks take them from here (a notebook's
+folder parameters left empty mean :func:`folders`' folders), and ``dvc.yaml`` passes the study's stages
+their folders explicitly."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
@@ -20,9 +23,43 @@ def find_repo_root(start: Path | None = None) -> Path | None:
     return None
 
 
+@dataclass(frozen=True)
+class Folders:
+    """The folders of one checkout.
+
+    Attributes:
+        root: the repository root (``params.yaml`` and ``dvc.yaml`` are there).
+    """
+
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        """Datasets: the DVC-tracked digits (``dvc pull data.dvc``) and torchvision's downloads."""
+        return self.root / "data"
+
+    @property
+    def results(self) -> Path:
+        """The study's tables and run folders (what ``dvc repro`` writes)."""
+        return self.root / "results"
+
+    @property
+    def notebook_runs(self) -> Path:
+        """Where the train notebook writes run folders by default (git-ignored ``runs/``)."""
+        return self.root / "runs" / "notebook"
+
+    @property
+    def notebook_figures(self) -> Path:
+        """Where the trade-offs notebook saves figures by default (git-ignored ``runs/``)."""
+        return self.root / "runs" / "figures"
+
+
+def folders(start: Path | None = None) -> Folders:
+    """The folders of the checkout at or above ``start`` (a notebook passes its working directory, the
+    checkout papermill or JupyterLab runs in), else of the checkout this package lies in, else of the
+    working directory."""
+    return Folders((find_repo_root(start) if start is not None else None) or ROOT or Path.cwd())
+
+
 ROOT = find_repo_root()
-DATA = (ROOT / "data") if ROOT else Path.cwd() / "data"
-RESULTS = (ROOT / "results") if ROOT else Path.cwd() / "results"
-RUNS = RESULTS / "runs"
-FIGURES = (ROOT / "figures") if ROOT else Path.cwd() / "figures"
-NOTEBOOKS = (ROOT / "notebooks") if ROOT else None
+DATA = folders().data  # the default data_dir (fplstudy.datasets)

@@ -17,14 +17,22 @@ one thread, so the same study gives the same bytes on any x86-64 Linux machine t
 
 Command line (used by ``dvc.yaml``)::
 
+    python -m fplstudy.study check --params params.yaml --stamp results/check.txt
     python -m fplstudy.study aggregate --params params.yaml --runs results/runs --out results
     python -m fplstudy.study export-digits data/digits
+
+and ``python -m fplstudy.study deps [--write]``: every stage of ``dvc.yaml`` lists in its ``deps`` exactly
+the code it runs (:func:`stage_code`: its notebook, the modules of its import closure, their data files),
+so a change to a module re-runs only the stages that run it; ``--write`` brings the lists up to date after
+an import changed.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -77,6 +85,7 @@ PLAN_COLUMNS = ("name", "group", "strategy", "nodes", "junction", "partition")
 # timing and environment) and the git commit are kept out of the tracked files.
 VOLATILE_CODE_VERSION = ("git_commit",)
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")  # group and plan names (fullmatch): safe in paths and shell commands
+SMOKE_SIZES = {"max_train_samples": 120, "rounds": 2}  # smoke runs (CI, notebooks' smoke_test): seconds each
 CHECKED = "the active study of params.yaml passed `python -m fplstudy.study check`\n"  # the stamp (constant)
 
 
@@ -93,23 +102,23 @@ class PlanSpec:
         group: the group (DVC stage) it belongs to.
         swept: the group's values for this plan, in the group's order (``strategy`` included).
         config: the plan's config with seed 0 (:meth:`for_seed` gives the others).
+        junction: the junction mode the plan resolves to (:func:`fplstudy.plan.resolve`: the config's, or
+            the strategy's own when the config leaves it out).
     """
 
     name: str
     group: str
     swept: dict[str, Any]
     config: Config
+    junction: str
 
     def for_seed(self, seed: int) -> Config:
         """The plan's config for one seed."""
         return self.config.model_copy(update={"seed": seed})
 
     def column(self, key: str) -> Any:
-        """A setting of this plan as a table column (``junction`` resolved to what the run used)."""
-        value = getattr(self.config, key)
-        if key == "junction" and value is None:
-            return "adapter" if self.config.strategy == "fpl" else "shared"
-        return value
+        """A setting of this plan as a table column (``junction``: the one the run used)."""
+        return self.junction if key == "junction" else getattr(self.config, key)
 
 
 @dataclass(frozen=True)
@@ -254,10 +263,11 @@ def _group_plans(group: str, axes: Any, train: dict[str, Any]) -> list[PlanSpec]
             from fplstudy.plan import resolve
             from fplstudy.profiles import check_profiles
 
-            check_profiles(resolve(cfg))  # a plan or profile the run refuses is refused before any stage trains
+            plan = resolve(cfg)
+            check_profiles(plan)  # a plan or profile the run refuses is refused before any stage trains
         except ConfigError as exc:
             raise StudyError(f"{where} {plan_name(swept)}: {exc}") from None
-        specs.append(PlanSpec(plan_name(swept), group, swept, cfg))
+        specs.append(PlanSpec(plan_name(swept), group, swept, cfg, plan.junction))
     return specs
 
 
@@ -280,18 +290,238 @@ def _check_findings(findings: Any, specs: list[PlanSpec]) -> None:
             raise StudyError(f"{where}.against: got {other!r}; use strategies among fl, sl, sfl, mp, centralized")
 
 
-# --- running ----------------------------------------------------------------------------------------
+# --- the code a run and a DVC stage are made of -------------------------------------------------------
 
+PACKAGE = Path(__file__).resolve().parent
+# Files of the package that a module reads besides its source (a folder stands for every file in it). They
+# decide what the module computes (the shipped device and link profiles price every run), so they count as
+# its code. tests/test_study.py fails when the package holds a data file that no module here claims.
+MODULE_DATA: dict[str, tuple[str, ...]] = {"fplstudy.profiles": ("profiles",)}
+# What a run is made by: the module whose function a worker process runs (:func:`_worker_run`, which
+# imports everything else it needs). :func:`code_hash` covers its import closure.
+RUN_MODULES = ("fplstudy.study",)
+DVC_FILE = "dvc.yaml"
+_ENTRY = re.compile(r"python3? -m (fplstudy(?:\.\w+)*)")  # a stage's Python entry module
+_NOTEBOOK = re.compile(r"\bpapermill\b[^&]*?\s(\S+\.ipynb)")  # the notebook a stage runs (papermill's input)
+
+
+def _module_file(module: str, package: Path) -> Path | None:
+    """The source of an fplstudy module (``fplstudy.x``: ``x.py`` or ``x/__init__.py``), None if not one."""
+    parts = module.split(".")[1:]
+    candidates = [package.joinpath(*parts).with_suffix(".py")] if parts else []
+    for path in (*candidates, package.joinpath(*parts, "__init__.py")):
+        if path.is_file():
+            return path
+    return None
+
+
+def imported_modules(source: str, module: str = "", package: Path = PACKAGE) -> set[str]:
+    """The fplstudy modules that importing and running ``source`` imports, function-local imports
+    included (``ast``: every ``import`` statement anywhere in the code), with the packages above them
+    (importing ``fplstudy.x`` runs ``fplstudy/__init__.py`` first).
+
+    Args:
+        source: Python source.
+        module: its dotted name (resolves relative imports; empty for a notebook or script).
+        package: the folder of the ``fplstudy`` package.
+
+    Raises:
+        SyntaxError: ``source`` is not Python.
+        StudyError: a relative import in code that is no module of the package.
+    """
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                if not module.startswith("fplstudy"):
+                    raise StudyError(f"a relative import (from {'.' * node.level}{base} import ...) outside the "
+                                     f"fplstudy package; write `from fplstudy.<module> import ...`")
+                here = module.split(".")
+                is_package = _module_file(module, package) == package.joinpath(*here[1:], "__init__.py")
+                up = here if is_package else here[:-1]
+                up = up[:len(up) - (node.level - 1)]
+                base = ".".join([*up, base] if base else up)
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)  # submodules imported by name
+    found = set()
+    for name in names:
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:i])
+            if parts[0] == "fplstudy" and _module_file(prefix, package) is not None:
+                found.add(prefix)
+    return found
+
+
+def notebook_source(path: str | Path) -> str:
+    """The Python of a notebook's code cells, IPython's ``%magic`` and ``!shell`` lines left out."""
+    cells = json.loads(Path(path).read_text(encoding="utf-8"))["cells"]
+    lines = []
+    for cell in cells:
+        if cell["cell_type"] == "code":
+            source = "".join(cell["source"])
+            lines += [line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def import_closure(modules: list[str] | tuple[str, ...], package: Path = PACKAGE) -> list[str]:
+    """Every file of the package that running ``modules`` reads as code: the sources of the modules and of
+    every fplstudy module they import, transitively (function-local imports included), and the data files
+    those modules read (:data:`MODULE_DATA`).
+
+    Args:
+        modules: dotted names of fplstudy modules (e.g. the stage's entry module and a notebook's imports).
+        package: the folder of the ``fplstudy`` package.
+
+    Returns:
+        Paths relative to ``package``, POSIX-style and sorted (a data folder as the folder, e.g. ``profiles``).
+
+    Raises:
+        StudyError: a name that is no module of the package.
+    """
+    todo, seen = list(modules), set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        path = _module_file(name, package)
+        if path is None:
+            raise StudyError(f"module {name!r}: not a module of the fplstudy package at {package}; "
+                             f"name one of its files (e.g. fplstudy.study)")
+        seen.add(name)
+        todo += [m for m in imported_modules(path.read_text(encoding="utf-8"), name, package) if m not in seen]
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts)) if ".".join(parts[:i]) not in seen]
+    files = {_module_file(name, package).relative_to(package).as_posix() for name in seen}
+    files.update(data for name in seen for data in MODULE_DATA.get(name, ()))
+    return sorted(files)
+
+
+@functools.cache
 def code_hash() -> str:
-    """SHA-256 (first 16 hex digits) of the fplstudy package's source files: which code made a run
-    (deterministic, unlike a git commit, which changes with every commit of any file)."""
-    package = Path(__file__).resolve().parent
+    """SHA-256 (first 16 hex digits) of the code a run is made by (:func:`code_hash_of` this package),
+    computed once per process."""
+    return code_hash_of(PACKAGE)
+
+
+def code_hash_of(package: Path) -> str:
+    """SHA-256 (first 16 hex digits) of the files of :func:`import_closure` of :data:`RUN_MODULES` in
+    ``package``: every module a worker imports to train a run and the shipped profiles, each under its path
+    in the package. Deterministic, unlike a git commit, and unchanged by edits of code a run does not
+    execute (the figures, the command line, the notebooks, which only hand plans to :func:`run_group`; a
+    plan's settings are compared by :func:`run_complete` separately), so such an edit keeps the finished
+    runs a resumed stage skips."""
     digest = hashlib.sha256()
-    for path in sorted(package.rglob("*")):
-        if path.suffix in (".py", ".yaml") and "__pycache__" not in path.parts:
-            digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    for rel in import_closure(RUN_MODULES, package):
+        path = package / rel
+        for file in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+            if "__pycache__" not in file.parts:
+                digest.update(file.relative_to(package).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 
+
+def stage_code(cmd: str, root: str | Path = ".") -> list[str]:
+    """The code a DVC stage command runs, as ``dvc.yaml`` lists it in the stage's ``deps``: the notebook it
+    runs through papermill, then the files of :func:`import_closure` of its entry module
+    (``python -m fplstudy.X``) and of the fplstudy modules the notebook imports.
+
+    Args:
+        cmd: the stage's ``cmd`` (``${...}`` left unexpanded).
+        root: the repository root: the notebook's path and ``src/fplstudy`` start there.
+
+    Returns:
+        Paths relative to ``root``: the notebook first, then ``src/fplstudy/...`` sorted.
+
+    Raises:
+        StudyError: the command runs neither an fplstudy module nor a notebook.
+    """
+    package = Path(root) / "src" / "fplstudy"
+    modules = _ENTRY.findall(cmd)
+    notebooks = _NOTEBOOK.findall(cmd)
+    for notebook in notebooks:
+        modules += sorted(imported_modules(notebook_source(Path(root) / notebook), "", package))
+    if not modules:
+        raise StudyError(f"dvc stage command {cmd!r}: runs no `python -m fplstudy.<module>` and no notebook "
+                         f"through papermill that imports fplstudy, so its code cannot be derived; list its "
+                         f"deps by hand")
+    return [*notebooks, *(f"src/fplstudy/{rel}" for rel in import_closure(modules, package))]
+
+
+def stage_deps(dvc_file: str | Path = DVC_FILE) -> dict[str, tuple[list[str], list[str], list[str]]]:
+    """Per stage of ``dvc.yaml``: its other deps, the code deps it lists and the code it runs.
+
+    The code deps listed are the stage's deps under ``src/`` or ``notebooks/``; the others (data, tables,
+    the check stamp) are not code, and :func:`write_stage_deps` keeps them as they are.
+
+    Returns:
+        ``{stage: (other deps, code deps listed, code it runs)}``, the last from :func:`stage_code`.
+    """
+    dvc_file = Path(dvc_file)
+    try:
+        doc = read_yaml_file(dvc_file)
+    except YamlError as exc:
+        raise StudyError(f"{dvc_file}: {exc}; run from the repository root or pass --dvc <file>") from None
+    out = {}
+    for name, stage in doc["stages"].items():
+        stage = stage.get("do", stage)  # a foreach stage keeps its command under do:
+        cmds = stage["cmd"] if isinstance(stage["cmd"], list) else [stage["cmd"]]
+        deps = [str(d) for d in stage.get("deps", [])]
+        code = [d for d in deps if d.startswith(("src/", "notebooks/"))]
+        out[name] = ([d for d in deps if d not in code], code, stage_code(" && ".join(cmds), dvc_file.parent))
+    return out
+
+
+_DEPS_LINE = re.compile(r"^(?P<indent>[ ]*)deps: \[[^\]]*\]", re.M)
+
+
+def write_stage_deps(dvc_file: str | Path = DVC_FILE) -> list[str]:
+    """Rewrite the ``deps:`` of every stage of ``dvc.yaml`` whose code deps differ from the code it runs
+    (:func:`stage_deps`): its other deps first, as they were, then the code. Comments and everything else
+    are kept; each stage's ``deps`` must be one flow list (``deps: [a, b]``, lines may wrap).
+
+    Returns:
+        The stages rewritten.
+
+    Raises:
+        StudyError: ``dvc.yaml`` has a stage without such a ``deps`` list.
+    """
+    dvc_file = Path(dvc_file)
+    deps = stage_deps(dvc_file)
+    text = dvc_file.read_text(encoding="utf-8")
+    lines = list(_DEPS_LINE.finditer(text))
+    if len(lines) != len(deps):
+        raise StudyError(f"{dvc_file}: {len(lines)} `deps: [...]` lists for {len(deps)} stages; give every stage "
+                         f"one, written as a flow list (deps: [a, b])")
+    changed, out, at = [], [], 0
+    for (name, (other, listed, runs)), match in zip(deps.items(), lines):
+        out.append(text[at:match.start()])
+        at = match.end()
+        if sorted(listed) == sorted(runs):
+            out.append(match.group(0))
+            continue
+        changed.append(name)
+        out.append(_flow_list(match.group("indent"), "deps", [*other, *runs]))
+    atomic_write_text(dvc_file, "".join(out) + text[at:])
+    return changed
+
+
+def _flow_list(indent: str, key: str, items: list[str], width: int = 116) -> str:
+    """``key: [a, b, ...]`` wrapped at ``width`` characters, continuation lines under the first item."""
+    lines, line = [], f"{indent}{key}: ["
+    for i, item in enumerate(items):
+        word = item + ("," if i < len(items) - 1 else "]")
+        if len(line) + len(word) > width and not line.endswith("["):
+            lines.append(line.rstrip())
+            line = " " * (len(indent) + len(key) + 3)
+        line += word + " "
+    return "\n".join([*lines, line.rstrip()])
+
+
+# --- running ----------------------------------------------------------------------------------------
 
 def run_plan(cfg: Config, run_dir: str | Path) -> tuple[Any, dict[str, Any]]:
     """Train one plan (in this process) into ``run_dir``, keeping only reproducible content in its
@@ -472,6 +702,30 @@ def _terminal(line: str) -> None:
         print(line, flush=True)
 
 
+def single_plan(values: dict[str, Any], seeds: list[int], out: str | Path, **sizes: Any,
+                ) -> tuple[str, list[tuple[Config, Path, str]]]:
+    """One plan outside the study (the train notebook without a group): its name and its runs.
+
+    Args:
+        values: the plan's config keys; the others take their :class:`~fplstudy.config.Config` defaults.
+        seeds: its seeds; empty means ``[the config's seed]``.
+        out: the folder of its run folders (``seed-<s>``).
+        **sizes: config keys that size the runs (e.g. :data:`SMOKE_SIZES`), left out of the name.
+
+    Returns:
+        ``(name, runs)``: :func:`plan_name` of the strategy and the other keys given (the seed aside), and
+        per seed ``(config, out/seed-<s>, title)`` for :func:`train_runs`.
+
+    Raises:
+        ConfigError: a key or value the plan refuses, named in one line.
+    """
+    cfg = make_config({**values, **sizes})
+    name = plan_name({"strategy": cfg.strategy, **{k: v for k, v in values.items() if k not in ("strategy", "seed")}})
+    out = Path(out)
+    return name, [(cfg.model_copy(update={"seed": s}), out / f"seed-{s}", f"{name} seed {s}")
+                  for s in (seeds or [cfg.seed])]
+
+
 # --- data -------------------------------------------------------------------------------------------
 
 def require_dataset(dataset: str, data_dir: str | Path) -> None:
@@ -519,14 +773,14 @@ def export_digits(folder: str | Path) -> list[Path]:
 
 
 def smoke_params(**train: Any) -> dict[str, Any]:
-    """A tiny study (2 rounds on 120 samples, 3 seeds, a few plans of every strategy) for smoke runs.
+    """A tiny study (the cnn on digits, :data:`SMOKE_SIZES`, 3 seeds, a few plans of every strategy) for
+    smoke runs; the other keys take their :class:`~fplstudy.config.Config` defaults.
 
     Args:
         **train: config keys that replace the tiny study's shared ones.
     """
     return {"study": {
-        "train": {"dataset": "digits", "model": "cnn", "max_train_samples": 120, "rounds": 2, "batch_size": 32,
-                  "lr": 0.05, "alpha": 0.5, **train},
+        "train": {"dataset": "digits", "model": "cnn", **SMOKE_SIZES, **train},
         "seeds": [0, 1, 2], "workers": 2,
         "groups": {"centralized": {"nodes": [1], "partition": ["iid"]},
                    "mp": {"nodes": [2], "partition": ["iid"]},
@@ -810,7 +1064,8 @@ def findings(findings_cfg: dict[str, Any], table: pd.DataFrame, summary: pd.Data
 # --- command line -----------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
-    """``check`` (validate params.yaml), ``aggregate`` (the aggregate stage), ``export-digits``."""
+    """``check`` (validate params.yaml), ``aggregate`` (the aggregate stage), ``export-digits``, ``deps``
+    (``dvc.yaml``'s code deps against the code each stage runs)."""
     parser = argparse.ArgumentParser(prog="python -m fplstudy.study", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     chk = sub.add_parser("check", help="validate the active study of params.yaml (every plan's config)")
@@ -824,6 +1079,11 @@ def main(argv: list[str] | None = None) -> int:
     agg.add_argument("--out", required=True, help="folder for the tables")
     exp = sub.add_parser("export-digits", help="write scikit-learn's digits as .npy files")
     exp.add_argument("folder")
+    dep = sub.add_parser("deps", help="check that every stage of dvc.yaml lists in its deps exactly the code it "
+                                      "runs (its notebook and the import closure); exit 1 naming the stages that "
+                                      "do not, with the deps to give them")
+    dep.add_argument("--dvc", default=DVC_FILE)
+    dep.add_argument("--write", action="store_true", help="rewrite the deps of those stages in place")
     args = parser.parse_args(argv)
     try:
         if args.command == "check":
@@ -837,6 +1097,20 @@ def main(argv: list[str] | None = None) -> int:
             study = load_study(args.params)
             for path in write_aggregate(study, aggregate(study, args.runs), args.out):
                 print(path)
+        elif args.command == "deps":
+            if args.write:
+                changed = write_stage_deps(args.dvc)
+                print(f"{args.dvc}: deps rewritten for {', '.join(changed)}" if changed else
+                      f"{args.dvc}: every stage lists the code it runs; nothing rewritten")
+                return 0
+            wrong = {name: (other, runs) for name, (other, listed, runs) in stage_deps(args.dvc).items()
+                     if sorted(listed) != sorted(runs)}
+            for name, (other, runs) in wrong.items():
+                print(f"stage {name}: its deps miss or add code; give it (or run with --write):\n"
+                      f"{_flow_list('  ', 'deps', [*other, *runs])}")
+            if wrong:
+                return 1
+            print(f"{args.dvc}: every stage lists the code it runs")
         else:
             for path in export_digits(args.folder):
                 print(path)

@@ -12,7 +12,9 @@ mapping.
 
 Limits that need no data live here (finite floats, the seed range, sanity bounds on ``rounds`` and
 ``local_epochs``); limits derived from the dataset and the model (branches, ``test_fraction``,
-``batch_size``, batch steps) are checked by :func:`fplstudy.plan.resolve`.
+``batch_size``, batch steps) are checked by :func:`fplstudy.plan.resolve`. So is the ``strategy``
+name: the strategies are :mod:`fplstudy.strategies`'s registry, which reads this module (never the
+other way round), and :func:`fplstudy.strategies.preset` refuses a name it does not hold.
 """
 
 from __future__ import annotations
@@ -25,10 +27,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-STRATEGIES = ("centralized", "fl", "mp", "sl", "sfl", "fpl")
-PARTITIONS = ("iid", "dirichlet", "shards", "features")
-JUNCTIONS = ("shared", "adapter", "concat")
-SYNCS = ("none", "fedavg", "relay")
+JUNCTIONS = ("shared", "adapter", "concat")  # the junction modes (DESIGN.md, "Vocabulary")
 
 
 SEED_MAX = 2**32 - 1  # numpy.random.seed's and scikit-learn's random_state range is 0..2**32 - 1
@@ -184,7 +183,7 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     # --- what is learned
-    strategy: Literal["centralized", "fl", "mp", "sl", "sfl", "fpl"] = "fpl"
+    strategy: str = "fpl"  # a name of fplstudy.strategies.REGISTRY; checked where the plan is resolved
     dataset: str = "digits"  # digits, mnist5k (both offline) | mnist | fashion_mnist | cifar10
     data_dir: Optional[str] = None  # torchvision root folder; None = <repo>/data or ./data
     download: bool = False  # let torchvision download a missing dataset (needs network)
@@ -387,3 +386,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
     else:
         values.update(parse_overrides(overrides))
     return make_config(values)
+
+
+def __getattr__(name: str) -> Any:
+    """``config.STRATEGIES``, moved to :data:`fplstudy.strategies.STRATEGIES` (the registry), still answers
+    for ``fplstudy.scale`` until it imports it from there (PEP 562; then delete this)."""
+    if name == "STRATEGIES":
+        from fplstudy.strategies import STRATEGIES  # noqa: PLC0415  (strategies imports config)
+
+        return STRATEGIES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

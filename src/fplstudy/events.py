@@ -49,7 +49,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 TRANSFER_KINDS = ("activations", "gradients", "labels", "params_up", "params_down")
-PHASES = ("forward", "backward")
 
 
 @dataclass(frozen=True)

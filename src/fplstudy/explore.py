@@ -21,7 +21,6 @@ adds its aggregator, so the ``nodes_used`` column may be ``nodes + 1``; ``centra
 
 from __future__ import annotations
 
-import itertools
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
@@ -29,17 +28,16 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import pandas as pd
 
-from fplstudy.config import JUNCTIONS, STRATEGIES, Config, ConfigError, make_config
+from fplstudy.config import JUNCTIONS, Config, ConfigError, make_config
 from fplstudy.dryrun import cached_shard_sizes, price_plan
 from fplstudy.ledger import totals
 from fplstudy.makespan import fast_path_applies
 from fplstudy.plan import Plan, max_nodes, resolve, training_samples
 from fplstudy.profiles import check_profiles
+from fplstudy.strategies import CUTS, STRATEGIES, Axes, strategy
 
 OBJECTIVES = ("energy_j", "bytes_total", "makespan_s", "memory_bytes_max_node")
 FPL_SYNCS = ("none", "fedavg", "relay")
-CUTS = ("balanced", "all")
-CUT_BYS = {"balanced": ("flops", "count"), "all": ("flops",)}  # with explicit cuts cut_by plays no part
 # config keys that describe the plan's shape; explore sets them, a base config must leave them out
 SHAPE_KEYS = ("strategy", "nodes", "branches", "branch_stages", "trunk_stages", "junction", "junction_at",
               "branch_cuts", "trunk_cuts", "cut_by", "sync", "sync_every")
@@ -92,58 +90,14 @@ def _base_values(base: Config) -> dict[str, Any]:
     return values
 
 
-def _cut_sets(lo: int, hi: int, parts: int, cuts: str) -> Iterator[list[int] | None]:
-    """Cut lists for blocks ``lo:hi`` in ``parts`` non-empty stages: every placement (``cuts="all"``),
-    or None, which lets :func:`fplstudy.plan.resolve` balance them (``cuts="balanced"``)."""
-    if parts == 1 or cuts == "balanced":
-        yield None
-        return
-    for combo in itertools.combinations(range(lo + 1, hi), parts - 1):
-        yield list(combo)
-
-
 def _candidates(base: Config, nodes: int, n_blocks: int, strategies: Iterable[str], junctions: Iterable[str],
                 syncs: Iterable[str], sync_every: Iterable[int], cuts: str) -> Iterator[dict[str, Any]]:
-    """Plan-shape overrides of every candidate plan (not yet checked by resolve)."""
-    periods = tuple(sync_every)
-    features = base.partition == "features"
+    """Plan-shape overrides of every candidate plan (not yet checked by resolve): each strategy's own
+    :attr:`fplstudy.strategies.Strategy.candidates`, in the order of ``strategies``."""
+    axes = Axes(nodes, n_blocks, tuple(junctions), tuple(syncs), tuple(sync_every), cuts,
+                features=base.partition == "features")
     for s in strategies:
-        if s == "centralized":
-            yield {"strategy": s, "nodes": nodes}
-        elif s == "fl":
-            for se in periods:
-                yield {"strategy": s, "nodes": nodes, "sync_every": se}
-        elif s == "mp":
-            for tc in _cut_sets(0, n_blocks, min(nodes, n_blocks), cuts):
-                for cut_by in CUT_BYS[cuts]:
-                    yield {"strategy": s, "nodes": nodes, "trunk_cuts": tc, "cut_by": cut_by}
-        elif s in ("sl", "sfl"):
-            for j in range(1, n_blocks):
-                for se in (periods if s == "sfl" else (1,)):
-                    yield {"strategy": s, "nodes": nodes, "junction_at": j, "sync_every": se}
-        elif s == "fpl":
-            for sb in range(1, nodes):
-                for d in range(1, nodes // sb + 1):
-                    st = nodes - d * sb
-                    if st < 1:
-                        continue
-                    for j in range(sb, n_blocks - st + 1):
-                        for bc, tc in itertools.product(_cut_sets(0, j, sb, cuts), _cut_sets(j, n_blocks, st, cuts)):
-                            for junction in junctions:
-                                if features and junction != "concat":
-                                    continue  # a features partition only fits concat
-                                for sync in syncs:
-                                    for se in (periods if sync == "fedavg" else (1,)):
-                                        out = {"strategy": s, "nodes": nodes, "branches": d, "branch_stages": sb,
-                                               "trunk_stages": st, "junction": junction, "junction_at": j,
-                                               "branch_cuts": bc, "trunk_cuts": tc, "sync": sync,
-                                               "sync_every": se}
-                                        if junction == "concat":
-                                            out["partition"] = "features"
-                                        for cut_by in CUT_BYS[cuts]:
-                                            yield {**out, "cut_by": cut_by}
-        else:
-            raise ConfigError("strategies", s, f"known strategies: {', '.join(STRATEGIES)}")
+        yield from strategy(s, key="strategies").candidates(axes)
 
 
 def enumerate_plans(base: Config | None = None, nodes: int | None = None, *,
@@ -292,20 +246,9 @@ def price_all(plans: list[Plan], workers: int = 1) -> list[dict[str, Any]]:
 
 
 def plan_name(plan: Plan) -> str:
-    """A readable, unique name of a plan's shape, e.g. ``fpl-2x1+2-j2-adapter-fedavg1-b-t4``."""
-    cfg, s = plan.config, plan.strategy
-    if s in ("centralized", "fl"):
-        return f"{s}-{cfg.nodes}" + (f"-every{plan.sync_every}" if s == "fl" else "")
-    trunk_cuts = "-".join(str(t.start) for t in plan.trunk[1:])
-    if s == "mp":
-        return f"mp-{cfg.nodes}-t{trunk_cuts}"
-    if s in ("sl", "sfl"):
-        return f"{s}-{cfg.nodes}-j{plan.junction_at}" + (f"-every{plan.sync_every}" if s == "sfl" else "")
-    sb = len(plan.branches[0].stages)
-    branch_cuts = "-".join(str(t.start) for t in plan.branches[0].stages[1:])
-    sync = plan.sync + (str(plan.sync_every) if plan.sync == "fedavg" else "")
-    return (f"fpl-{len(plan.branches)}x{sb}+{len(plan.trunk)}-j{plan.junction_at}-{plan.junction}-{sync}"
-            f"-b{branch_cuts}-t{trunk_cuts}")
+    """A readable, unique name of a plan's shape, e.g. ``fpl-2x1+2-j2-adapter-fedavg1-b-t4`` (each
+    strategy's :attr:`fplstudy.strategies.Strategy.plan_name`)."""
+    return strategy(plan.strategy).plan_name(plan)
 
 
 def plan_row(plan: Plan) -> dict[str, Any]:

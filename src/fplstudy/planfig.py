@@ -32,10 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from fplstudy.events import Transfer
 from fplstudy.plan import Plan
+from fplstudy.strategies import strategy
 from fplstudy.style import KIND_PALETTE, MESSAGE_KINDS
 
 LINE_STYLE = {"activations": "-", "gradients": (0, (4, 2)), "labels": (0, (1.2, 1.6)), "params_up": "-",
@@ -204,11 +203,11 @@ class PlanGraph:
 
 def human_bytes(n: float) -> str:
     """``1536`` → ``1.5 kB`` (decimal prefixes, as link rates are quoted)."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
         n /= 1000
-    return f"{n:.3g} TB"  # pragma: no cover
+    return f"{n:.3g} TB"
 
 
 def layers_label(blocks: list[str] | tuple[str, ...]) -> str:
@@ -223,10 +222,6 @@ def text_width(text: str, points: float) -> float:
     return max((len(line) for line in text.split("\n")), default=0) * EM * points / 72
 
 
-STRATEGY_WORDS = {
-    "centralized": "Centralized training", "fl": "Federated learning (FL)", "mp": "Model parallelism (MP)",
-    "sl": "Split learning (SL)", "sfl": "Split-federated learning (SFL)", "fpl": "Flexible parallel learning (FPL)",
-}
 JUNCTION_WORDS = {"shared": "branch outputs go straight into the trunk",
                   "adapter": "each branch ends in its own adapter",
                   "concat": "branch outputs joined along the image height"}
@@ -243,8 +238,8 @@ def plan_words(plan: Plan) -> str:
     D, n = len(plan.branches), plan.n_blocks
     sb = len(plan.branches[0].stages) if D else 0
     st, j = len(plan.trunk), plan.junction_at
-    head = f"{STRATEGY_WORDS.get(plan.strategy, plan.strategy)} on {_plural(len(plan.nodes), 'node')}: "
-    split = plan.strategy in ("sl", "sfl")
+    head = f"{strategy(plan.strategy).title} on {_plural(len(plan.nodes), 'node')}: "
+    split = strategy(plan.strategy).client_server
     if not plan.trunk:  # centralized, fl
         body = ("one node holds all " if D == 1 else f"{D} nodes each hold a copy of all ") + f"{n} layers"
         if plan.aggregator:
@@ -661,7 +656,7 @@ def draw_plan(plan: Plan, path: str | Path | None = None, ax=None, ledger: Any =
         ax.text(b.x, b.y, "\n".join(b.lines(g.costs)), ha="center", va="center", fontsize=pt(FONT_BOX),
                 linespacing=1.25, zorder=3)
         if b.group in ("trunk", "aggregator") and b.row is None:
-            word = "server" if plan.strategy in ("sl", "sfl") and b.group == "trunk" else b.group
+            word = "server" if strategy(plan.strategy).client_server and b.group == "trunk" else b.group
             ax.text(b.x, b.bottom + 0.08, word, ha="center", va="bottom", fontsize=pt(FONT_NOTE),
                     color="0.35", zorder=3)
     for s in g.shards:
@@ -723,9 +718,3 @@ def wrap_text(text: str, width_in: float, points: float) -> str:
     """``text`` wrapped to ``width_in`` inches at ``points`` (see :data:`EM`), keeping its line breaks."""
     chars = max(30, int(width_in * 72 / (EM * points)))
     return "\n".join(textwrap.fill(part, chars) for part in text.split("\n"))
-
-
-def graph_table(g: PlanGraph) -> pd.DataFrame:
-    """The arrows of a :class:`PlanGraph` as a table (src, dst, kind, bytes and messages per round)."""
-    return pd.DataFrame([a.__dict__ for a in g.arrows], columns=["src", "dst", "kind", "bytes_per_round",
-                                                                 "messages_per_round"])

@@ -23,6 +23,8 @@ import seaborn as sns
 import seaborn.objects as so
 
 from fplstudy import stats
+from fplstudy.config import JUNCTIONS
+from fplstudy.strategies import REGISTRY
 from fplstudy.study import pareto_front, plan_label as label
 from fplstudy.style import (KIND_ORDER, KIND_PALETTE, LABEL_MARKERS, LABEL_ORDER, LABEL_PALETTE,  # noqa: F401
                             MARKERS, PALETTE, STRATEGY_ORDER, save_figure)
@@ -198,7 +200,8 @@ def learning_curves(rounds: pd.DataFrame, nodes: int):
     Returns:
         The figure, or None without data.
     """
-    data = rounds[(rounds["nodes"] == nodes) | (rounds["strategy"] == "centralized")].copy()
+    one_node = [s.name for s in REGISTRY.values() if s.fixed_nodes == 1]  # centralized: in every panel
+    data = rounds[(rounds["nodes"] == nodes) | rounds["strategy"].isin(one_node)].copy()
     if data.empty:
         return None
     data["plan"] = label(data)
@@ -214,7 +217,8 @@ def learning_curves(rounds: pd.DataFrame, nodes: int):
     grid.set_titles(f"{nodes} nodes, {{col_name}} data")
     for ax in grid.axes.flat:
         ax.grid(True, alpha=0.3)
-    same = " (mp trains exactly as centralized: their lines coincide)" if {"mp", "centralized"} <= set(order) else ""
+    same = "".join(f" ({s.name} trains exactly as {s.trains_as}: their lines coincide)" for s in REGISTRY.values()
+                   if s.trains_as is not None and {s.name, s.trains_as} <= set(order))
     grid.figure.suptitle(f"Learning curves: mean over seeds, band 95 % interval{same}", fontsize=9)
     grid.figure.tight_layout(rect=(0, 0, 0.85, 1))
     return grid.figure
@@ -226,14 +230,15 @@ def model_size(summary: pd.DataFrame):
     Returns:
         The figure, or None without fpl plans.
     """
-    data = summary[summary["strategy"] == "fpl"].drop_duplicates(["junction", "nodes"]).copy()
+    fpl = REGISTRY["fpl"]  # the strategy whose plans differ by junction (its junction_looks)
+    data = summary[summary["strategy"] == fpl.name].drop_duplicates(["junction", "nodes"]).copy()
     if data.empty:
         return None
     data["increase_pct"] = 100 * (data["model_params_ratio_mean"] - 1)
     fig, ax = plt.subplots(figsize=(6.5, 4))
     sns.barplot(data=data, x="nodes", y="increase_pct", hue="junction",
-                hue_order=[j for j in ("shared", "adapter", "concat") if j in set(data["junction"])],
-                palette={f"{j}": LABEL_PALETTE[f"fpl-{j}"] for j in ("shared", "adapter", "concat")},
+                hue_order=[j for j in JUNCTIONS if j in set(data["junction"])],
+                palette={j: LABEL_PALETTE[f"{fpl.name}-{j}"] for j in fpl.junction_looks},
                 edgecolor="black", ax=ax)
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xlabel("edge nodes")

@@ -3,8 +3,10 @@
 One palette for the kinds of work and messages (``forward`` … ``idle``: the stacked bars of the study's
 figures, the arrows of the plan picture and the teaching panel's energy bars) and one for the
 strategies (colour and marker, so the figures also read in greyscale). Both are seaborn's
-colour-blind-safe ``colorblind`` palette, written out here so that drawing a plan does not need
-seaborn; ``tests/test_style.py`` checks the values against seaborn's.
+colour-blind-safe ``colorblind`` palette, written out so that drawing a plan does not need seaborn:
+the kinds' here, the strategies' in the registry (:data:`fplstudy.strategies.REGISTRY`, each
+strategy's colour, marker and place in the legends), from which this module builds the tables the
+figures read; ``tests/test_style.py`` checks the values against seaborn's.
 
 Importing this module does not import pyplot and never chooses a matplotlib backend.
 """
@@ -15,13 +17,15 @@ from pathlib import Path
 
 from matplotlib.colors import to_rgb
 
+from fplstudy.strategies import LEGEND_ORDER, REGISTRY
+
 # seaborn's "colorblind" palette, in seaborn's order
 COLORBLIND = ("#0173B2", "#DE8F05", "#029E73", "#D55E00", "#CC78BC", "#CA9161", "#FBAFE4", "#949494",
               "#ECE133", "#56B4E9")
 
-STRATEGY_ORDER = ("centralized", "mp", "fl", "sl", "sfl", "fpl")
-PALETTE = dict(zip(STRATEGY_ORDER, (to_rgb(c) for c in COLORBLIND)))  # strategy -> RGB
-MARKERS = dict(zip(STRATEGY_ORDER, ("*", "s", "o", "^", "v", "D")))
+STRATEGY_ORDER = LEGEND_ORDER  # strategies in every legend (centralized, mp, fl, sl, sfl, fpl)
+PALETTE = {s: to_rgb(REGISTRY[s].colour) for s in STRATEGY_ORDER}  # strategy -> RGB
+MARKERS = {s: REGISTRY[s].marker for s in STRATEGY_ORDER}
 
 # kinds of a ledger row: compute, the five message kinds, waiting
 KIND_ORDER = ("forward", "backward", "activations", "gradients", "labels", "params_up", "params_down", "idle")
@@ -29,11 +33,11 @@ KIND_PALETTE = dict(zip(KIND_ORDER, (to_rgb(c) for c in COLORBLIND)))  # kind ->
 MESSAGE_KINDS = ("activations", "gradients", "labels", "params_up", "params_down")
 
 # Legend labels of the study's figures: the strategies, fpl split by junction (fpl-shared keeps fpl's
-# colour and marker); fplstudy.study.plan_label gives a plan's label.
-LABEL_ORDER = ("centralized", "mp", "fl", "sl", "sfl", "fpl-shared", "fpl-adapter", "fpl-concat")
-LABEL_PALETTE = dict(zip(LABEL_ORDER, (to_rgb(c) for c in COLORBLIND)))  # label -> RGB
-LABEL_MARKERS = {**{k: v for k, v in MARKERS.items() if k != "fpl"}, "fpl-shared": MARKERS["fpl"],
-                 "fpl-adapter": "P", "fpl-concat": "X"}
+# colour and marker: Strategy.junction_looks); fplstudy.study.plan_label gives a plan's label.
+_LOOKS = {label: look for s in STRATEGY_ORDER for label, look in REGISTRY[s].looks().items()}
+LABEL_ORDER = tuple(_LOOKS)  # centralized, mp, fl, sl, sfl, fpl-shared, fpl-adapter, fpl-concat
+LABEL_PALETTE = {label: to_rgb(colour) for label, (colour, _) in _LOOKS.items()}  # label -> RGB
+LABEL_MARKERS = {label: marker for label, (_, marker) in _LOOKS.items()}
 
 DPI = 150  # fixed, so the PNG bytes do not depend on the matplotlib rc of the machine
 

@@ -21,38 +21,25 @@ from typing import Any
 import pandas as pd
 from ipywidgets import VBox
 
-from fplstudy.config import ConfigError, make_config
+from fplstudy.config import JUNCTIONS, ConfigError, make_config
 from fplstudy.dryrun import DryRun, cached_shard_sizes, dry_run
 from fplstudy.plan import resolve
+from fplstudy.strategies import REGISTRY, strategy
 from fplstudy.style import KIND_ORDER, KIND_PALETTE, MARKERS, PALETTE, STRATEGY_ORDER
 
-# The walk: strategy, how ``nodes`` is read, and what a newcomer should look at.
-WALK = (
-    ("centralized", "one node holds the whole model and all the data: no messages at all, "
-                    "but one device does all the work and must hold everything"),
-    ("fl", "every node trains the whole model on its own shard; an aggregator averages the copies "
-           "(FedAvg): the only messages are parameters, once per round"),
-    ("mp", "the layers are split across the nodes (model parallelism, the paper's distributed SGD): "
-           "each node holds a slice, but activations and gradients cross every cut for every batch"),
-    ("sl", "split learning: each client holds the first layers (the head) on its own data, a server holds "
-           "the rest; clients take turns and pass the head's weights along"),
-    ("sfl", "split-federated: like SL, but the clients train in parallel and their heads are averaged "
-            "every round"),
-    ("fpl", "flexible parallel learning: D branches (data parallel) meet a trunk split over nodes "
-            "(model parallel) at a junction layer; the junction and the cuts are the knobs"),
-)
+# The walk: strategy and what a newcomer should look at (each strategy's teaching text, registry order).
+WALK = tuple((s.name, s.teaching) for s in REGISTRY.values())
 OBJECTIVE_WORDS = {"energy_j": "energy", "bytes_total": "data moved", "makespan_s": "time",
                    "memory_bytes_max_node": "memory of the busiest node"}
-STRATEGY_NAMES = {"centralized": "centralized", "fl": "FL", "mp": "MP", "sl": "SL", "sfl": "SFL", "fpl": "FPL"}
-JUNCTIONS = ("shared", "adapter", "concat")
+STRATEGY_NAMES = {s.name: s.short for s in REGISTRY.values()}  # strategy -> its name in tables and labels
 PANEL_FIGSIZE = (12.2, 6.3)  # inches at 100 dpi: 1220 × 630 px, under the sliders within a 1500 × 950 screen
 PANEL_DPI = 100
 PANEL_MAX_ROWS = 3  # branch rows the panel's plan picture draws (the others stand in one short row)
 
 
 def walk_configs(base: dict[str, Any], nodes: int) -> list[dict[str, Any]]:
-    """The config of each step of :data:`WALK` (``centralized`` on 1 node, the others on ``nodes``)."""
-    return [{**base, "strategy": s, "nodes": 1 if s == "centralized" else nodes} for s, _ in WALK]
+    """The config of each step of :data:`WALK` (``centralized`` on its 1 node, the others on ``nodes``)."""
+    return [{**base, "strategy": s, "nodes": REGISTRY[s].fixed_nodes or nodes} for s, _ in WALK]
 
 
 def node_costs(dry: DryRun) -> pd.DataFrame:
@@ -396,11 +383,13 @@ def draw_choice(dry: DryRun, reference: pd.DataFrame):
     trade_ax.scatter([me["bytes_per_round"] / 1e6], [me["energy_j_per_round"]], color=PALETTE["fpl"], s=220,
                      marker="*", edgecolor="black", linewidth=0.8, zorder=4,
                      label=f"this plan ({me['nodes_used']} nodes)")
-    walk_nodes = sorted(set(ref.loc[ref["strategy"] != "centralized", "nodes"]))
+    fixed = {s.name: s.fixed_nodes for s in REGISTRY.values() if s.fixed_nodes is not None}  # centralized: 1
+    walk_nodes = sorted(set(ref.loc[~ref["strategy"].isin(list(fixed)), "nodes"]))
     trade_ax.set_xlabel("data moved per round (MB)", fontsize=9)
     trade_ax.set_ylabel("energy per round, all nodes (J)", fontsize=9)
     trade_ax.set_title(f"Where this plan sits: the walk's plans priced at {', '.join(map(str, walk_nodes))} "
-                       f"nodes\n(centralized at 1; nodes used in brackets)", fontsize=9)
+                       f"nodes\n({''.join(f'{name} at {n}; ' for name, n in fixed.items())}nodes used in "
+                       f"brackets)", fontsize=9)
     trade_ax.tick_params(labelsize=8)
     trade_ax.legend(fontsize=8, loc="lower right")
     trade_ax.grid(alpha=0.3)
@@ -599,27 +588,9 @@ def plot_front(res, x: str = "bytes_per_round", y: str = "energy_j", ax=None):
 
 def readable_name(row: dict[str, Any] | pd.Series) -> str:
     """A plan of the search (a row of :attr:`fplstudy.explore.Exploration.plans`) in words, e.g.
-    ``FPL: 5 branches + a trunk of 1 node, cut after layer 7, shared junction, no averaging``."""
-    s, n = row["strategy"], int(row["nodes"])
-    every = int(row.get("sync_every", 1) or 1)
-    avg = "averaged every round" if every == 1 else f"averaged every {every} rounds"
-    if s == "centralized":
-        return "centralized (1 node)"
-    if s == "fl":
-        return f"FL: {_count(n, 'client')} + an aggregator, {avg}"
-    if s == "mp":
-        cuts = str(row.get("trunk_cuts", "")).split()
-        where = (f", cut{'s' if len(cuts) > 1 else ''} after layer{'s' if len(cuts) > 1 else ''} "
-                 f"{', '.join(cuts)}") if cuts else ""
-        return f"MP: a chain of {n} nodes{where}"
-    j = int(row["junction_at"])
-    if s in ("sl", "sfl"):
-        return f"{STRATEGY_NAMES[s]}: {_count(n - 1, 'client')} + a server, cut after layer {j}" + (
-            f", {avg}" if s == "sfl" else "")
-    d, sb, st = int(row["branches"]), int(row["branch_stages"]), int(row["trunk_stages"])
-    branches = _count(d, "branch", "branches") + (f" of {sb} nodes" if sb > 1 else "")
-    sync = {"none": "no averaging", "fedavg": f"branches {avg}", "relay": "branches take turns"}[row["sync"]]
-    return f"FPL: {branches} + a trunk of {_count(st, 'node')}, cut after layer {j}, {row['junction']} junction, {sync}"
+    ``FPL: 5 branches + a trunk of 1 node, cut after layer 7, shared junction, no averaging`` (each
+    strategy's :attr:`fplstudy.strategies.Strategy.describe`)."""
+    return strategy(row["strategy"]).describe(row)
 
 
 def _count(n: int, word: str, plural: str | None = None) -> str:

@@ -387,12 +387,3 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
         values.update(parse_overrides(overrides))
     return make_config(values)
 
-
-def __getattr__(name: str) -> Any:
-    """``config.STRATEGIES``, moved to :data:`fplstudy.strategies.STRATEGIES` (the registry), still answers
-    for ``fplstudy.scale`` until it imports it from there (PEP 562; then delete this)."""
-    if name == "STRATEGIES":
-        from fplstudy.strategies import STRATEGIES  # noqa: PLC0415  (strategies imports config)
-
-        return STRATEGIES
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

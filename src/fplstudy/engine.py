@@ -241,7 +241,7 @@ def run_batch(plan: Plan, T: Transport, hold: Holdings, step: BatchStep, xs: lis
         sl = slice(int(offsets[micro]), int(offsets[micro + 1]))
         xs_m = [x[sl] if x is not None else None for x in xs]
         y_m = y[sl] if y is not None else None
-        loss = _run_micro(plan, T, hold, step.ops, xs_m, y_m, (rnd, batch.step, batch.branch, micro), k, batch.size)
+        loss = _run_micro(plan, T, hold, step.program.ops, xs_m, y_m, (rnd, batch.step, batch.branch, micro), k, batch.size)
         if loss is not None:
             total = (total or 0.0) + float(loss.detach())
     hold.optimizer.step()  # parameters without a gradient (not in this batch's chain) are skipped
@@ -330,6 +330,9 @@ def relay(plan: Plan, T: Transport, hold: Holdings, item: Relay, rnd: int) -> No
 
 # --------------------------------------------------------------------------- evaluation
 
+EVAL_BATCH = 1024  # test samples per forward pass: bounds evaluation memory (a CPU kernel may sum in another
+                   # order for another batch size, so the committed scores are pinned to this value)
+
 def _replicas_identical(plan: Plan, hold: Holdings) -> bool:
     """Whether every branch holds exactly the same weights (e.g. just after FedAvg, no adapters)."""
     if len(plan.branches) == 1 or any(a is not None for a in hold.adapters):
@@ -339,7 +342,7 @@ def _replicas_identical(plan: Plan, hold: Holdings) -> bool:
 
 
 @torch.no_grad()
-def evaluate(plan: Plan, hold: Holdings, x: torch.Tensor, y: torch.Tensor, batch: int = 1024,
+def evaluate(plan: Plan, hold: Holdings, x: torch.Tensor, y: torch.Tensor, batch: int = EVAL_BATCH,
              ) -> tuple[list[float], list[float]]:
     """Test accuracy and loss of every branch as its data owner deploys it (branch + adapter + trunk).
 

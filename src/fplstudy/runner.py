@@ -39,9 +39,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
+import torch
+import torch.nn.functional as F
 
 from fplstudy.config import Config, ConfigError
+from fplstudy.distributed import DistributedError, check_wire, train_distributed, write_wire_csv
+from fplstudy.dryrun import FROM_DECLARED, declared_shard_sizes, dry_run, plan_events, priced_from
+from fplstudy.engine import EVAL_BATCH, SimulatedTransport, train
+from fplstudy.ledger import price, totals, write_ledger_csv
+from fplstudy.models import build_model
+from fplstudy.partition import load_partitioned
 from fplstudy.plan import Plan, resolve
+from fplstudy.profiles import check_profiles
+from fplstudy.schedule import round_batches
 from fplstudy.results import (CHECKPOINT, ROUND_COLUMNS, RUN_FILES, atomic_write_bytes, code_version, environment,
                               final_metrics, run_id, write_metrics, write_rows_csv)
 
@@ -104,8 +114,6 @@ def set_threads(threads: int) -> int:
     Returns:
         The threads torch uses now.
     """
-    import torch
-
     if threads > 0:
         torch.set_num_threads(threads)
     return torch.get_num_threads()
@@ -121,9 +129,6 @@ def prepare(cfg: Config):
         ConfigError: a bad key, value, profile or partition.
         FileNotFoundError: a torchvision dataset that is not on disk (message says how to get it).
     """
-    from fplstudy.partition import load_partitioned
-    from fplstudy.profiles import check_profiles
-
     plan = resolve(cfg)
     profiles = check_profiles(plan)
     data = load_partitioned(plan)
@@ -240,8 +245,6 @@ def _resume_state(folder: RunFolder, cfg: Config, env: dict) -> dict | None:
         RunFolderError: nothing to resume (a finished run, or files that are not an fplstudy run),
             other code or another numeric environment, or an unreadable checkpoint.
     """
-    import torch
-
     path = folder.path
     names = folder.files()
     if not names:
@@ -302,7 +305,7 @@ def estimate_round_s(plan: Plan, data) -> float | None:
     """Seconds one round of ``plan`` should take here, measured before training.
 
     Times a training step of the whole model (forward, backward, SGD step) on one micro-batch of the
-    real training data, and an evaluation forward of up to 1024 test samples, and multiplies by the
+    real training data, and an evaluation forward of up to ``EVAL_BATCH`` test samples, and multiplies by the
     round's micro-batches (:func:`fplstudy.schedule.round_batches`) and evaluation chunks (one per
     branch). Leaves out the engine's hand-offs and the cost of cutting the model into stages (a few
     % to 10 %, ``benchmarks/engine_overhead.py``). Torch's random state is left as it was.
@@ -310,11 +313,7 @@ def estimate_round_s(plan: Plan, data) -> float | None:
     Returns:
         Seconds per round, or None where the probe itself fails (the run reports its own error).
     """
-    import torch
-    import torch.nn.functional as F
 
-    from fplstudy.schedule import round_batches
-    from fplstudy.models import build_model
 
     split, part = data
     micro = [k for b in round_batches(plan, part.samples()) for k in b.micro_sizes]
@@ -338,7 +337,7 @@ def estimate_round_s(plan: Plan, data) -> float | None:
                 times.append(time.perf_counter() - t0)
             step_s = sorted(times)[1]
             model.eval()
-            xt = split.x_test[:1024]
+            xt = split.x_test[:EVAL_BATCH]
             with torch.no_grad():
                 t0 = time.perf_counter()
                 model(xt)
@@ -434,8 +433,6 @@ class _RunWriter:
         write_rows_csv(self.out / "rounds.csv", self._rows(self.rows), ROUND_COLUMNS)
 
     def _checkpoint(self, state: dict) -> None:
-        import torch
-
         state = {**state, "run_id": self.run_id, "config": self.config, "code_version": self.code,
                  "environment": {k: self.env[k] for k in _NUMERIC_ENVIRONMENT}}
         buf = io.BytesIO()
@@ -446,8 +443,6 @@ class _RunWriter:
     # -- training
     def train(self, progress: bool, on_round: Callable[[dict], None] | None, state: dict | None) -> RunOutcome:
         """Train (from ``state``, a checkpoint, when given), writing the folder as rounds complete."""
-        from fplstudy.engine import SimulatedTransport, train
-
         plan, out = self.plan, self.out
         if state is not None:
             self.rows = [dict(r) for r in state["rows"]]
@@ -469,8 +464,6 @@ class _RunWriter:
             self._announce()
             self._t0 = time.perf_counter()
             if self.backend == "distributed":
-                from fplstudy.distributed import train_distributed
-
                 result = train_distributed(plan, data=self.data, progress=progress, on_round=row_done)
             else:
                 T = SimulatedTransport()
@@ -485,8 +478,6 @@ class _RunWriter:
             outcome = self._finish("interrupted", f"interrupted (Ctrl-C) after {done} completed rounds", events)
             raise RunInterrupted(outcome) from None
         except RuntimeError as exc:
-            from fplstudy.distributed import DistributedError
-
             if not isinstance(exc, DistributedError):
                 raise
             self._stamp()
@@ -507,19 +498,14 @@ class _RunWriter:
     def _replay(self, rounds: int) -> list:
         """The events of the first ``rounds`` rounds where the distributed parent holds none: the dry
         run's replay of the engine's schedule, equal to a real run's (tests/test_costs.py)."""
-        from fplstudy.dryrun import plan_events
-
         short = replace(self.plan, config=self.plan.config.model_copy(update={"rounds": rounds}))
         return plan_events(short, self.data[1].samples())
 
     def _finish(self, status: str, message: str, events: list, wire=None, rank: int = 0) -> RunOutcome:
-        from fplstudy.ledger import price, totals, write_ledger_csv
-
         ledger = price(self.plan, events, self.profiles)
         tot = totals(self.plan, ledger)
         out = self.out
         if self.backend == "distributed":  # the wire is the independent measurement of the ledger's bytes
-            from fplstudy.distributed import check_wire, write_wire_csv
 
             if out is not None and wire is not None and rank == 0:
                 write_wire_csv(wire, out / "wire.csv")
@@ -566,11 +552,6 @@ def cost(cfg: Config, out: str | Path | None = None, *, overwrite: bool = False)
     Returns:
         The :class:`fplstudy.dryrun.DryRun`.
     """
-    from fplstudy.dryrun import FROM_DECLARED, declared_shard_sizes, dry_run, priced_from
-    from fplstudy.ledger import write_ledger_csv
-    from fplstudy.plan import resolve
-    from fplstudy.profiles import check_profiles
-
     path = check_out(out, overwrite=overwrite) if out is not None else None
     set_threads(cfg.threads)
     source = priced_from(cfg)

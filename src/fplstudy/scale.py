@@ -41,7 +41,16 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from fplstudy.config import ConfigError, short_repr
+from fplstudy.config import ConfigError, make_config, read_yaml_file
+from fplstudy.datasets import DATASET_META, split_sizes
+from fplstudy.dryrun import price_plan, priced_from, shard_sizes
+from fplstudy.ledger import totals
+from fplstudy.memory import node_chunks, peak_memory
+from fplstudy.models import MODELS
+from fplstudy.plan import resolve
+from fplstudy.profiles import check_profiles, load_profiles
+from fplstudy.results import atomic_write_text
+from fplstudy.strategies import STRATEGIES
 from fplstudy.style import MARKERS, MESSAGE_KINDS, PALETTE, STRATEGY_ORDER, save_figure
 
 ACTIVATION_STRATEGIES = ("mp", "sl", "sfl", "fpl")  # strategies that ship activations (vs FL's parameters)
@@ -123,11 +132,6 @@ def parse_params(section: Any) -> ScaleParams:
     Raises:
         ConfigError: naming ``scale.<key>``, the value and the fix (unknown keys too).
     """
-    from fplstudy.config import STRATEGIES
-    from fplstudy.datasets import DATASET_META, split_sizes
-    from fplstudy.models import MODELS
-    from fplstudy.profiles import load_profiles
-
     if not isinstance(section, dict):
         raise ConfigError("scale", section, "give a mapping of the scale study's keys (see params.yaml)")
     known = ("dataset", "models", "strategies", "nodes", "batch_size", "device", "server_device", "link",
@@ -200,8 +204,6 @@ def parse_params(section: Any) -> ScaleParams:
 
 def load_params(path: str | Path = "params.yaml") -> ScaleParams:
     """The ``scale:`` section of ``path``, validated (:func:`parse_params`)."""
-    from fplstudy.config import read_yaml_file
-
     doc = read_yaml_file(path)
     if not isinstance(doc, dict) or "scale" not in doc:
         raise ConfigError("scale", None, f"{path} has no top-level scale: section; add one (see params.yaml)")
@@ -212,8 +214,6 @@ def load_params(path: str | Path = "params.yaml") -> ScaleParams:
 
 def _cut_numel(plan) -> int:
     """Elements per sample of the activations that cross the first cut between two nodes (0: none)."""
-    from fplstudy.memory import node_chunks
-
     chunks = node_chunks(plan, 0)
     for node, _kind, _profs, shape, received in chunks:
         if received:
@@ -231,13 +231,6 @@ def price_one(values: dict[str, Any]) -> dict[str, Any]:
         A row of :data:`COST_COLUMNS` (``status`` ``refused`` with the reason for a plan the strategy
         refuses), plus ``_memory``: the plan's :func:`fplstudy.memory.peak_memory` rows with devices.
     """
-    from fplstudy.config import make_config
-    from fplstudy.dryrun import price_plan, priced_from, shard_sizes
-    from fplstudy.ledger import totals
-    from fplstudy.memory import peak_memory
-    from fplstudy.plan import resolve
-    from fplstudy.profiles import check_profiles
-
     row: dict[str, Any] = {"model": values.get("model"), "strategy": values["strategy"], "nodes": values["nodes"]}
     try:
         cfg = make_config(values)
@@ -277,8 +270,6 @@ def price_grid(params: ScaleParams) -> tuple[pd.DataFrame, pd.DataFrame]:
         (model, strategy, nodes, node, role, device, its peak memory by part, the device's memory,
         ``fits``, and ``fits_<device>`` for each of ``memory_devices``).
     """
-    from fplstudy.profiles import load_profiles
-
     rows, mems = [], []
     for model in params.models:
         for strategy in params.strategies:
@@ -309,8 +300,6 @@ def crossover_grid(params: ScaleParams) -> pd.DataFrame:
         (parameters up and down), ``bytes_activations`` (activations, gradients, labels); refused plans
         are left out.
     """
-    from fplstudy.datasets import split_sizes
-
     cases = [(model, params.dataset, model, params.crossover_samples) for model in params.models]
     if params.crossover_reference is not None:
         dataset, model = params.crossover_reference
@@ -438,8 +427,6 @@ def _mb(b: float) -> str:
 
 def findings(params: ScaleParams, costs: pd.DataFrame, memory: pd.DataFrame, points: pd.DataFrame) -> str:
     """``findings.md``: which of the paper's cost claims hold at this scale, each computed from the tables."""
-    from fplstudy.datasets import split_sizes
-
     n_train = split_sizes(params.dataset)[0]
     ok = costs[costs["status"] == "priced"]
     lines = [f"# Costs at the paper's scale: {', '.join(params.models)} on {params.dataset}",
@@ -486,7 +473,7 @@ def findings(params: ScaleParams, costs: pd.DataFrame, memory: pd.DataFrame, poi
         lines.append(f"- FPL needs {what} per epoch than {other.upper()}: {verdict} "
                      f"({sum(held)} of {len(held)} model × node counts).")
     fl = ok[ok["strategy"] == "fl"]
-    lines.append(f"- FL's bytes grow with the clients and not with the data: "
+    lines.append("- FL's bytes grow with the clients and not with the data: "
                  + "; ".join(f"{m} {_mb(r['bytes_total'].min())}..{_mb(r['bytes_total'].max())} at "
                              f"{r['nodes'].min()}..{r['nodes'].max()} nodes" for m, r in fl.groupby("model", sort=False))
                  + ".")
@@ -576,7 +563,6 @@ def draw_memory(memory: pd.DataFrame, params: ScaleParams):
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from fplstudy.profiles import load_profiles
 
     edge = memory[memory["device"] == params.device] if len(memory) else memory
     if edge is None or len(edge) == 0:
@@ -646,7 +632,6 @@ def run_scale(params: ScaleParams, out: str | Path, figures: str | Path) -> dict
     """
     import matplotlib.pyplot as plt
 
-    from fplstudy.results import atomic_write_text
 
     t0 = time.perf_counter()
     out, figures = Path(out), Path(figures)

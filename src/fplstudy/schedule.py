@@ -17,7 +17,8 @@ depends only on the plan climbs up into the engine.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -251,8 +252,7 @@ def run_event(op: Run, where: tuple[int, int, int, int], k: int) -> Compute:
 def hop_event(hop: Hop, where: tuple[int, int, int, int], k: int = 0) -> Transfer:
     """The event of a :class:`Hop` as declared (shape, dtype, bytes = numel x element size)."""
     shape = hop.full_shape(k)
-    return Transfer(*where, hop.src, hop.dst, hop.kind, shape, hop.dtype,
-                    int(np.prod(shape, dtype=np.int64)) * ELEMENT_BYTES[hop.dtype])
+    return Transfer(*where, hop.src, hop.dst, hop.kind, shape, hop.dtype, math.prod(shape) * ELEMENT_BYTES[hop.dtype])
 
 
 def _forward(plan, c: int, chain: list[Chunk], shapes, reads_data: bool) -> list:
@@ -306,7 +306,31 @@ def plan_chains(plan) -> Chains:
                   tuple(chain_in_shapes(plan, trunk, plan.junction_shape())), tuple(outs))
 
 
-def micro_program(plan, chains: Chains, branch: int) -> tuple:
+@dataclass(frozen=True, eq=False)
+class MicroProgram:
+    """The operations of one micro-batch, in order (:func:`micro_program`), and their events.
+
+    Attributes:
+        ops: :class:`Run`, :class:`Hop`, :class:`Loss`, :class:`Join`, :class:`Split` operations.
+    """
+
+    ops: tuple
+    _fields: dict = field(default_factory=dict, repr=False)  # k -> the events' fields after ``where``
+
+    def events(self, where: tuple[int, int, int, int], k: int) -> list:
+        """The events of the program's :class:`Run` and :class:`Hop` operations for a micro-batch of
+        ``k`` samples at ``where``: :func:`run_event` and :func:`hop_event`, built once per ``k``."""
+        fields = self._fields.get(k)
+        if fields is None:
+            zero = (0, 0, 0, 0)
+            fields = self._fields[k] = [
+                (type(e), tuple(e.__dict__.values())[4:])
+                for e in (run_event(op, zero, k) if isinstance(op, Run) else hop_event(op, zero, k)
+                          for op in self.ops if isinstance(op, (Run, Hop)))]
+        return [cls(*where, *rest) for cls, rest in fields]
+
+
+def micro_program(plan, chains: Chains, branch: int) -> MicroProgram:
     """The operations of one micro-batch of ``branch`` (-1: every branch in lockstep), in order.
 
     One branch: its chain forward (activations handed across every node boundary), the labels to the
@@ -316,9 +340,9 @@ def micro_program(plan, chains: Chains, branch: int) -> tuple:
     """
     if plan.schedule != "lockstep":
         chain, shapes = chains.chains[branch], chains.shapes[branch]
-        return tuple(_forward(plan, branch, chain, shapes, True)
-                     + _loss(branch, plan.branches[branch].data_node, chain[-1].node)
-                     + _backward(plan, branch, chain, shapes, True))
+        return MicroProgram(tuple(_forward(plan, branch, chain, shapes, True)
+                                  + _loss(branch, plan.branches[branch].data_node, chain[-1].node)
+                                  + _backward(plan, branch, chain, shapes, True)))
     trunk, join = chains.trunk, chains.trunk[0].node
     ops: list = []
     for d, chain in enumerate(chains.chains):
@@ -334,7 +358,7 @@ def micro_program(plan, chains: Chains, branch: int) -> tuple:
         if chain[-1].node != join:
             ops.append(Hop("gradients", join, chain[-1].node, chains.outs[d], chain=d))
         ops += _backward(plan, d, chain, chains.shapes[d], True)
-    return tuple(ops)
+    return MicroProgram(tuple(ops))
 
 
 # --------------------------------------------------------------------------- the round
@@ -369,7 +393,7 @@ class BatchStep:
     """One batch: the program of each of its micro-batches (:func:`micro_program`)."""
 
     batch: Batch
-    ops: tuple
+    program: MicroProgram
 
 
 @dataclass(frozen=True)
@@ -416,7 +440,8 @@ def round_program(plan, batches: list[Batch], rnd: int, chains: Chains | None = 
         batches: :func:`round_batches` (the same every round).
         rnd: the round, 0-based.
         chains: :func:`plan_chains` (computed when None).
-        ops: a cache of :func:`micro_program` by branch, kept by the caller across rounds.
+        ops: a cache of :func:`micro_program` by branch, kept by the caller across rounds (the
+            programs then build each kind of micro-batch's events once).
     """
     chains = chains or plan_chains(plan)
     ops = {} if ops is None else ops
@@ -448,9 +473,7 @@ def item_events(item, rnd: int) -> list:
         b = item.batch
         events: list = []
         for micro, k in enumerate(b.micro_sizes):
-            where = (rnd, b.step, b.branch, micro)
-            events += [run_event(op, where, k) if isinstance(op, Run) else hop_event(op, where, k)
-                       for op in item.ops if isinstance(op, (Run, Hop))]
+            events += item.program.events((rnd, b.step, b.branch, micro), k)
         return events
     if isinstance(item, Relay):
         return [hop_event(h, (rnd, item.step, item.dst, -1)) for st in item.stages for h in (*st.up, *st.down)

@@ -1,0 +1,111 @@
+"""The package's structure, read from its source: no import cycle (function-local imports included, so a
+local import cannot hide one) and no private name taken from another module."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "fplstudy"
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node of ``tree`` but those under ``if TYPE_CHECKING:`` (names for signatures, never imported)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING":
+            todo += node.orelse
+            continue
+        todo += ast.iter_child_nodes(node)
+
+
+def _imports(path: Path) -> list[tuple[str, tuple[str, ...], int]]:
+    """Every ``fplstudy`` import of a module: ``(module, names, line)``, wherever it stands at run time."""
+    out = []
+    for node in _runtime_nodes(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module.startswith("fplstudy"):
+            names = tuple(a.name for a in node.names)
+            if node.module == "fplstudy":  # `from fplstudy import engine`
+                for name in names:
+                    out.append((f"fplstudy.{name}", (), node.lineno))
+            else:
+                out.append((node.module, names, node.lineno))
+        elif isinstance(node, ast.Import):
+            out += [(a.name, (), node.lineno) for a in node.names if a.name.startswith("fplstudy.")]
+    return out
+
+
+def _graph() -> dict[str, set[str]]:
+    graph = {}
+    for path in sorted(SRC.glob("*.py")):
+        name = f"fplstudy.{path.stem}" if path.stem != "__init__" else "fplstudy"
+        graph[name] = {m for m, _names, _line in _imports(path) if m != name}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(graph.get(n, ())):
+            if state.get(m) == 1:
+                return stack[stack.index(m):] + [m]
+            if m not in state and (found := visit(m)):
+                return found
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(graph):
+        if n not in state and (found := visit(n)):
+            return found
+    return None
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_imports_inside_functions_count_and_type_checking_ones_do_not(tmp_path):
+    mod = tmp_path / "m.py"
+    mod.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from fplstudy.plan import Plan\n"
+                   "def f():\n    from fplstudy.engine import train\n")
+    assert [m for m, _n, _l in _imports(mod)] == ["fplstudy.engine"]
+
+
+def test_no_import_cycle_counting_function_local_imports():
+    graph = _graph()
+    assert "fplstudy.engine" in graph and "fplstudy.schedule" in graph["fplstudy.engine"]
+    cycle = _cycle(graph)
+    assert cycle is None, f"import cycle: {' -> '.join(cycle)}"
+
+
+def test_no_private_name_is_imported_from_another_module():
+    private = [f"{path.name}:{line}: {mod}.{n}" for path in sorted(SRC.glob("*.py"))
+               for mod, names, line in _imports(path) for n in names if n.startswith("_")]
+    assert not private, private
+
+
+def test_costing_never_climbs_into_the_training_engine():
+    """What depends only on the plan (the round program, shapes, costs, memory) is computed without
+    importing the engine."""
+    graph = _graph()
+
+    def closure(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            n = todo.pop()
+            if n not in seen:
+                seen.add(n)
+                todo += graph.get(n, ())
+        return seen
+
+    for module in ("fplstudy.schedule", "fplstudy.dryrun", "fplstudy.ledger", "fplstudy.memory",
+                   "fplstudy.makespan"):
+        assert "fplstudy.engine" not in closure(module), module

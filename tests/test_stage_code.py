@@ -72,7 +72,8 @@ FAKE = {
             from fplstudy import lazy  # function-local: runs only when main does, still code of the entry
             return lazy.x
         """,
-    "helper.py": "from . import profiles\nhelper = 1\n",
+    "helper.py": "from typing import TYPE_CHECKING\nfrom . import profiles\nif TYPE_CHECKING:\n"
+                 "    from fplstudy import figures  # named in signatures only: never imported\nhelper = 1\n",
     "lazy.py": "import fplstudy.sub.leaf\nx = 2\n",
     "sub/__init__.py": "from .leaf import y\n",
     "sub/leaf.py": "y = 3\n",

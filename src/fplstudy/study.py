@@ -315,10 +315,22 @@ def _module_file(module: str, package: Path) -> Path | None:
     return None
 
 
+def runtime_nodes(tree: ast.AST):
+    """Every node of ``tree`` but those under ``if TYPE_CHECKING:`` (names for signatures, never imported)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING":
+            todo += node.orelse
+            continue
+        todo += ast.iter_child_nodes(node)
+
+
 def imported_modules(source: str, module: str = "", package: Path = PACKAGE) -> set[str]:
     """The fplstudy modules that importing and running ``source`` imports, function-local imports
-    included (``ast``: every ``import`` statement anywhere in the code), with the packages above them
-    (importing ``fplstudy.x`` runs ``fplstudy/__init__.py`` first).
+    included (``ast``: every ``import`` statement anywhere in the code but under ``if TYPE_CHECKING:``),
+    with the packages above them (importing ``fplstudy.x`` runs ``fplstudy/__init__.py`` first).
 
     Args:
         source: Python source.
@@ -330,7 +342,7 @@ def imported_modules(source: str, module: str = "", package: Path = PACKAGE) -> 
         StudyError: a relative import in code that is no module of the package.
     """
     names: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
+    for node in runtime_nodes(ast.parse(source)):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):

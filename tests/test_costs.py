@@ -26,12 +26,13 @@ from fplstudy import engine
 from fplstudy.config import ConfigError, make_config
 from fplstudy.dryrun import dry_run, plan_events
 from fplstudy.events import Compute, Transfer
-from fplstudy.ledger import chunk_flops, price, read_ledger_csv, totals, write_ledger_csv
+from fplstudy.ledger import (chunk_flops, event_costs, price, price_compute, price_message, read_ledger_csv, totals,
+                             write_ledger_csv)
 from fplstudy.makespan import schedule_round
 from fplstudy.memory import model_size, peak_memory
 from fplstudy.models import MODELS, ModelInfo
-from fplstudy.plan import resolve
-from fplstudy.profiles import ProfileError, STATUSES, check_profiles, load_profiles
+from fplstudy.plan import Node, resolve
+from fplstudy.profiles import ProfileError, STATUSES, DeviceProfile, LinkProfile, check_profiles, device_key, load_profiles
 
 
 def _mlp2(input_shape, num_classes):
@@ -203,6 +204,82 @@ def test_server_to_edge_messages_use_the_down_rate(toy_file):
     secs = ledger.set_index(["node", "kind"])["seconds"]
     assert secs["n0", "activations"] == pytest.approx(512 / 800 + 0.5)
     assert secs["n0", "gradients"] == pytest.approx(512 / 1600 + 0.5)
+
+
+TOYLINK = LinkProfile("toylink", up_bps=800, down_bps=1600, tx_j_per_bit=1.0e-3, rx_j_per_bit=5.0e-4, latency_s=0.5)
+EDGE, EDGE2 = Node("n0", "branch", "toy", branch=0, stage=0), Node("n1", "branch", "toy", branch=1, stage=0)
+TRUNK, AGG = Node("n2", "trunk", "toy", stage=0), Node("n3", "aggregator", "toy", aggregates=True)
+
+
+@pytest.mark.parametrize("src, dst, rate", [
+    (EDGE, TRUNK, 800), (EDGE, AGG, 800), (EDGE, EDGE2, 800),  # from an edge node: up
+    (TRUNK, EDGE, 1600), (AGG, EDGE, 1600),  # from the server side to an edge node: down
+    (TRUNK, AGG, 800), (AGG, TRUNK, 800),  # between server-side nodes: up
+])
+def test_one_message_is_priced_by_the_sides_of_its_ends(src, dst, rate):
+    # 64 bytes = 512 bits: bits / rate + latency at both ends, tx J/bit at the sender, rx J/bit at the receiver
+    assert price_message(TOYLINK, 64, src, dst) == (512 / rate + 0.5, 512 * 1.0e-3, 512 * 5.0e-4)
+
+
+def test_one_compute_call_is_flops_over_rate_plus_the_call_overhead():
+    device = DeviceProfile("toy", flops_per_s=1000, active_w=2.0, idle_w=0.5, call_overhead_s=0.25)
+    assert price_compute(device, 2048) == (2048 / 1000 + 0.25, 2.0 * (2048 / 1000 + 0.25))
+
+
+def test_event_costs_and_both_ledgers_use_the_one_message_price(toy_file):
+    plan = _plan(strategy="sl", nodes=3, device="toy", server_device="toy", link="toylink",
+                 profiles_file=toy_file)
+    up = Transfer(0, 0, 0, 0, "n0", "n2", "activations", (1, 16), "float32", 64)
+    down = Transfer(0, 0, 0, 0, "n2", "n0", "gradients", (1, 16), "float32", 64)
+    profiles = check_profiles(plan)
+    want = {ev.kind: price_message(profiles.link("toylink"), 64, plan.node(ev.src), plan.node(ev.dst))
+            for ev in (up, down)}
+    assert event_costs(plan, [up, down], profiles) == ([0, 0], [want["activations"][0], want["gradients"][0]])
+    for fast in (True, False):
+        rows = price(plan, [up, down], profiles, fast=fast).set_index(["node", "kind"])
+        for kind, (seconds, tx_j, rx_j) in want.items():
+            sender, receiver = ("n0", "n2") if kind == "activations" else ("n2", "n0")
+            assert rows.loc[(sender, kind), "seconds"] == rows.loc[(receiver, kind), "seconds"] == seconds
+            assert rows.loc[(sender, kind), "energy_j"] == tx_j and rows.loc[(receiver, kind), "energy_j"] == rx_j
+
+
+@pytest.mark.parametrize("over, roles, keys", [
+    (dict(strategy="centralized", nodes=1), ["branch0/stage0"], ["device"]),
+    (dict(strategy="fl", nodes=2), ["branch0/stage0", "branch1/stage0", "aggregator"],
+     ["device", "device", "server_device"]),
+    (dict(strategy="mp", nodes=2), ["trunk/stage0", "trunk/stage1"], ["device", "device"]),
+    (dict(strategy="sl", nodes=3), ["branch0/stage0", "branch1/stage0", "trunk/stage0+aggregator"],
+     ["device", "device", "server_device"]),
+    (dict(strategy="fpl", nodes=3, branches=2, sync="none"), ["branch0/stage0", "branch1/stage0", "trunk/stage0"],
+     ["device", "device", "server_device"]),
+    (dict(model="mlp3", strategy="fpl", nodes=5, branches=2, branch_stages=2, junction_at=2),
+     ["branch0/stage0", "branch0/stage1", "branch1/stage0", "branch1/stage1", "trunk/stage0+aggregator"],
+     ["device"] * 4 + ["server_device"]),
+])
+def test_node_roles_are_typed_fields_written_as_before(over, roles, keys):
+    plan = _plan(**over)
+    assert [n.role for n in plan.nodes] == roles  # the ledger's and memory table's role column
+    assert [n.side for n in plan.nodes] == ["edge" if r.startswith("branch") else "server" for r in roles]
+    assert [device_key(plan, n.name) for n in plan.nodes] == keys
+    for n in plan.nodes:
+        assert n.aggregates == (n.name == plan.aggregator)
+        if n.part == "branch":
+            assert plan.branches[n.branch].stages[n.stage].node == n.name
+        elif n.part == "trunk":
+            assert plan.trunk[n.stage].node == n.name
+
+
+@pytest.mark.parametrize("fields, field", [
+    (dict(part="server"), "Node.part"),
+    (dict(part="branch", stage=0), "Node.branch"),
+    (dict(part="trunk", branch=0, stage=0), "Node.branch"),
+    (dict(part="trunk"), "Node.stage"),
+    (dict(part="aggregator", stage=0, aggregates=True), "Node.stage"),
+    (dict(part="aggregator"), "Node.aggregates"),
+])
+def test_a_node_with_inconsistent_fields_is_refused_naming_the_field(fields, field):
+    with pytest.raises(ValueError, match=rf"^{field}: got "):
+        Node("n0", device="toy", **fields)
 
 
 # --------------------------------------------------------------------------- makespan of a 3-stage pipeline

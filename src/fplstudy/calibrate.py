@@ -24,6 +24,12 @@ import torch
 import yaml
 
 from fplstudy.config import ConfigError
+from fplstudy.datasets import DATASET_META
+from fplstudy.flops import profile_model
+from fplstudy.models import build_model
+from fplstudy.profiles import load_profiles
+from fplstudy.results import atomic_write_text
+from fplstudy.testbed import calibrated_name
 
 WINDOWS = 5  # timed windows per model; the median is kept
 MODEL_DATASET = {"cnn": "digits", "lenet5": "mnist", "vgg11": "cifar10", "resnet18": "cifar10",
@@ -44,9 +50,6 @@ def cpu_model() -> str:
 def training_flops_per_sample(model: str) -> tuple[int, tuple[int, ...], int]:
     """``(FLOPs of one training sample, input shape, classes)``: forward plus backward of every block, the first
     block without its input's gradient (it reads data), as the ledger counts a whole-model step."""
-    from fplstudy.datasets import DATASET_META
-    from fplstudy.flops import profile_model
-
     shape, classes = DATASET_META[MODEL_DATASET[model]]
     prof = profile_model(model, tuple(shape), classes)
     fwd = sum(p.flops_fwd for p in prof)
@@ -72,8 +75,6 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0) -> dict:
         ``{"model", "flops_per_s", "call_overhead_s", "batch_size", "steps", "whole_s", "cut_s"}``
         (``whole_s``/``cut_s``: median seconds per step).
     """
-    from fplstudy.models import build_model
-
     flops, shape, classes = training_flops_per_sample(model)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -140,10 +141,6 @@ def calibrate(out: str | Path, models: list[str] | None = None, batch_size: int 
     Raises:
         ConfigError: an unknown model, a batch size < 1, seconds <= 0, or an ``out`` that is not a profiles file.
     """
-    from fplstudy.profiles import load_profiles
-    from fplstudy.results import atomic_write_text
-    from fplstudy.testbed import calibrated_name
-
     models = list(MODEL_DATASET) if models is None else models
     for m in models:
         if m not in MODEL_DATASET:

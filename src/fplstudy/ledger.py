@@ -11,7 +11,8 @@ column              type     meaning
 ==================  =======  ========================================================================
 round               int      communication round, 0-based
 node                str      node name (``n0``, ``n1``, …)
-role                str      the node's role in the plan (``branch0/stage0``, ``trunk/stage1``, …)
+role                str      the node's role in the plan (:attr:`fplstudy.plan.Node.role`: ``branch0/stage0``,
+                             ``trunk/stage1``, ``trunk/stage0+aggregator``, ``aggregator``)
 device              str      the node's device profile
 kind                str      ``forward``, ``backward`` (compute); ``activations``, ``gradients``,
                              ``labels``, ``params_up``, ``params_down`` (messages the node sent or
@@ -39,8 +40,10 @@ Speed: :func:`price` takes a fast path by default (:class:`Pricer`: a one-pass s
 array sums, the same floats as the event-by-event reference, which ``price(..., fast=False)`` keeps);
 :func:`fplstudy.dryrun.price_plan` prices a plan without building its event stream at all.
 
+Prices: :func:`price_compute` prices a compute call and :func:`price_message` a message, for every path.
 Link direction: a message uses the link profile's ``down_bps`` when it goes from the server side (a
-trunk stage or the aggregator) to an edge node (a branch stage holder), ``up_bps`` otherwise. The config
+trunk stage or the aggregator) to an edge node (a branch stage holder; :attr:`fplstudy.plan.Node.side`),
+``up_bps`` otherwise. The config
 key ``network`` says how messages share the network (:mod:`fplstudy.makespan`): ``links``, a link per
 pair of nodes, or ``star``, one interface per node (priced by the reference schedule only).
 """
@@ -60,7 +63,9 @@ import pandas as pd
 from fplstudy.events import Compute, Event
 from fplstudy.makespan import (TASK_COMPUTE, TASK_DATA, TASK_DOWN, TASK_UP, fast_path_applies, schedule_fixed_order,
                                schedule_round)
-from fplstudy.profiles import Profiles, check_profiles
+from fplstudy.memory import memory_rows, model_size
+from fplstudy.plan import Node
+from fplstudy.profiles import DeviceProfile, LinkProfile, Profiles, check_profiles
 from fplstudy.schedule import chunk_profiles
 
 KINDS = ("forward", "backward", "activations", "gradients", "labels", "params_up", "params_down", "idle")
@@ -84,8 +89,55 @@ def chunk_flops(plan, blocks: tuple[str, ...], in_shape: tuple[int, ...], phase:
     return total
 
 
-def _server_side(plan) -> set[str]:
-    return {n.name for n in plan.nodes if n.role.startswith(("trunk", "aggregator"))}
+def price_compute(device: DeviceProfile, flops: int) -> tuple[float, float]:
+    """Seconds and energy of one compute call on ``device``: ``flops / flops_per_s + call_overhead_s`` and
+    ``active_w × seconds``. Every pricing path (:func:`event_costs`, :func:`price`, :class:`Pricer`) calls it.
+
+    Returns:
+        ``(seconds, energy_j)``.
+    """
+    seconds = flops / device.flops_per_s + device.call_overhead_s
+    return seconds, device.active_w * seconds
+
+
+def price_message(link: LinkProfile, nbytes: int, src: Node, dst: Node) -> tuple[float, float, float]:
+    """Seconds and radio energy of one message of ``nbytes`` payload bytes from ``src`` to ``dst``.
+
+    Direction: ``down_bps`` when the message goes from the server side to an edge node (:attr:`Node.side`),
+    ``up_bps`` otherwise. Every pricing path (:func:`event_costs`, :func:`price`, :class:`Pricer`) calls it.
+
+    Returns:
+        ``(seconds, tx_j, rx_j)``: bits / rate + latency (the sender and the receiver are both busy that
+        long), bits × ``tx_j_per_bit`` at the sender, bits × ``rx_j_per_bit`` at the receiver.
+    """
+    bits = nbytes * 8
+    rate = link.down_bps if src.side == "server" and dst.side == "edge" else link.up_bps
+    return bits / rate + link.latency_s, bits * link.tx_j_per_bit, bits * link.rx_j_per_bit
+
+
+def _event_prices(plan, events: list[Event], profiles: Profiles) -> tuple[list[int], list[float], list[tuple]]:
+    """FLOPs, seconds and energy of every event: a compute's ``(energy_j,)``, a message's ``(tx_j, rx_j)``."""
+    link = profiles.link(plan.config.link)
+    nodes = {n.name: n for n in plan.nodes}
+    devices = {n.name: profiles.device(n.device) for n in plan.nodes}
+    cache: dict[tuple, int] = {}
+    flops, seconds, energy = [], [], []
+    for ev in events:
+        if isinstance(ev, Compute):
+            key = (ev.blocks, ev.in_shape, ev.phase, ev.input_grad)
+            if key not in cache:
+                cache[key] = chunk_flops(plan, ev.blocks, ev.in_shape, ev.phase, ev.input_grad)
+            f = cache[key] * ev.samples
+            s, e = price_compute(devices[ev.node], f)
+            flops.append(f)
+            seconds.append(s)
+            energy.append((e,))
+        else:
+            s, tx_j, rx_j = price_message(link, ev.nbytes, nodes[ev.src], nodes[ev.dst])
+            flops.append(0)
+            seconds.append(s)
+            energy.append((tx_j, rx_j))
+    return flops, seconds, energy
 
 
 def event_costs(plan, events: list[Event], profiles: Profiles) -> tuple[list[int], list[float]]:
@@ -94,23 +146,7 @@ def event_costs(plan, events: list[Event], profiles: Profiles) -> tuple[list[int
     Returns:
         ``(flops, seconds)``, one entry per event.
     """
-    link = profiles.link(plan.config.link)
-    server = _server_side(plan)
-    devices = {n.name: profiles.device(n.device) for n in plan.nodes}
-    cache: dict[tuple, int] = {}
-    flops, seconds = [], []
-    for ev in events:
-        if isinstance(ev, Compute):
-            key = (ev.blocks, ev.in_shape, ev.phase, ev.input_grad)
-            if key not in cache:
-                cache[key] = chunk_flops(plan, ev.blocks, ev.in_shape, ev.phase, ev.input_grad)
-            f = cache[key] * ev.samples
-            flops.append(f)
-            seconds.append(f / devices[ev.node].flops_per_s + devices[ev.node].call_overhead_s)
-        else:
-            rate = link.down_bps if ev.src in server and ev.dst not in server else link.up_bps
-            flops.append(0)
-            seconds.append(ev.nbytes * 8 / rate + link.latency_s)
+    flops, seconds, _ = _event_prices(plan, events, profiles)
     return flops, seconds
 
 
@@ -147,9 +183,8 @@ def price(plan, events: list[Event], profiles: Profiles | None = None, pipeline:
             ledger = pricer.price_events(events)
             if ledger is not None:
                 return ledger
-    link = profiles.link(plan.config.link)
     devices = {n.name: profiles.device(n.device) for n in plan.nodes}
-    flops, seconds = event_costs(plan, events, profiles)
+    flops, seconds, energy = _event_prices(plan, events, profiles)
     by_round: dict[int, list[int]] = defaultdict(list)
     for i, ev in enumerate(events):
         by_round[ev.round].append(i)
@@ -178,12 +213,12 @@ def price(plan, events: list[Event], profiles: Profiles | None = None, pipeline:
             ev, s = events[i], seconds[i]
             span = (sched.start[j], sched.finish[j])
             if isinstance(ev, Compute):
-                add((rnd, ev.node, ev.phase), 1, flops[i], 0, 0, s, devices[ev.node].active_w * s)
+                add((rnd, ev.node, ev.phase), 1, flops[i], 0, 0, s, energy[i][0])
                 busy[ev.node].append(span)
             else:
-                bits = ev.nbytes * 8
-                add((rnd, ev.src, ev.kind), 1, 0, ev.nbytes, 0, s, bits * link.tx_j_per_bit)
-                add((rnd, ev.dst, ev.kind), 1, 0, 0, ev.nbytes, s, bits * link.rx_j_per_bit)
+                tx_j, rx_j = energy[i]
+                add((rnd, ev.src, ev.kind), 1, 0, ev.nbytes, 0, s, tx_j)
+                add((rnd, ev.dst, ev.kind), 1, 0, 0, ev.nbytes, s, rx_j)
                 busy[ev.src].append(span)
                 busy[ev.dst].append(span)
         for n in plan.nodes:
@@ -250,12 +285,8 @@ class Pricer:
         self.link = profiles.link(plan.config.link)
         self.names = [n.name for n in plan.nodes]
         self.index = {name: i for i, name in enumerate(self.names)}
-        devices = [profiles.device(n.device) for n in plan.nodes]
-        self.flops_per_s = [d.flops_per_s for d in devices]
-        self.call_s = [d.call_overhead_s for d in devices]
-        self.active_w = [d.active_w for d in devices]
-        self.idle_w = np.array([d.idle_w for d in devices], dtype=float)
-        self.server = _server_side(plan)
+        self.devices = [profiles.device(n.device) for n in plan.nodes]
+        self.idle_w = np.array([d.idle_w for d in self.devices], dtype=float)
         self.resources: dict[tuple[str, str], int] = {}  # links; node i is resource i
         self._flops: dict[tuple, int] = {}
 
@@ -264,8 +295,9 @@ class Pricer:
         return len(self.names) + len(self.resources)
 
     def template(self, events: list[Event]) -> Template:
-        """The compact form of ``events`` (priced exactly as :func:`event_costs` prices them)."""
-        link, width = self.link, len(KINDS)
+        """The compact form of ``events`` (priced by :func:`price_compute` and :func:`price_message`, as
+        :func:`event_costs` prices them)."""
+        link, nodes, width = self.link, self.plan.nodes, len(KINDS)
         tasks, key, flops, tx, rx, sec, energy, busy_node, busy_task = [], [], [], [], [], [], [], [], []
         for j, ev in enumerate(events):
             if isinstance(ev, Compute):
@@ -274,33 +306,31 @@ class Pricer:
                 if ck not in self._flops:
                     self._flops[ck] = chunk_flops(self.plan, ev.blocks, ev.in_shape, ev.phase, ev.input_grad)
                 f = self._flops[ck] * ev.samples
-                s = f / self.flops_per_s[a] + self.call_s[a]
+                s, e = price_compute(self.devices[a], f)
                 tasks.append((TASK_COMPUTE, ev.micro, a, -1, a if s != 0.0 else -1, s, ev.phase == "backward"))
                 key.append(a * width + _KIND_INDEX[ev.phase])
                 flops.append(f)
                 tx.append(0)
                 rx.append(0)
                 sec.append(s)
-                energy.append(self.active_w[a] * s)
+                energy.append(e)
                 busy_node.append(a)
                 busy_task.append(j)
                 continue
             a, b = self.index[ev.src], self.index[ev.dst]
-            rate = link.down_bps if ev.src in self.server and ev.dst not in self.server else link.up_bps
-            s = ev.nbytes * 8 / rate + link.latency_s
+            s, tx_j, rx_j = price_message(link, ev.nbytes, nodes[a], nodes[b])
             res = -1
             if s != 0.0:
                 res = self.resources.setdefault((ev.src, ev.dst), len(self.names) + len(self.resources))
             typ = TASK_DATA if ev.micro != -1 else (TASK_UP if ev.kind == "params_up" else TASK_DOWN)
             tasks.append((typ, ev.micro, a, b, res, s, False))
-            bits = ev.nbytes * 8
             k = _KIND_INDEX[ev.kind]
             key += [a * width + k, b * width + k]
             flops += [0, 0]
             tx += [ev.nbytes, 0]
             rx += [0, ev.nbytes]
             sec += [s, s]
-            energy += [bits * link.tx_j_per_bit, bits * link.rx_j_per_bit]
+            energy += [tx_j, rx_j]
             busy_node += [a, b]
             busy_task += [j, j]
         return Template(tasks, np.array(key, dtype=np.int64), np.array(flops, dtype=np.int64),
@@ -416,8 +446,6 @@ def totals(plan, ledger: pd.DataFrame) -> dict:
         ``memory_bytes_max_node`` (peak, :func:`fplstudy.memory.peak_memory`), ``model_params``,
         ``model_params_ratio`` and ``params_stored_total`` (:func:`fplstudy.memory.model_size`).
     """
-    from fplstudy.memory import memory_rows, model_size
-
     per_node = ledger.groupby("node")["energy_j"].sum()
     size = model_size(plan)
     # the first makespan of every round, in round order (what groupby("round").first() gives), summed alike

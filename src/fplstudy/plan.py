@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
 
 from fplstudy.config import Config, ConfigError
 from fplstudy.datasets import DATASET_META, DATASET_SIZES, DATASETS, DRAWN_SPLIT, split_sizes
-from fplstudy.flops import BlockProfile, profile_model
+from fplstudy.flops import BlockProfile, profile_blocks, profile_model
 from fplstudy.models import DATASET_DEFAULT_MODEL, MODELS
-from fplstudy.strategies import Shape, preset
+from fplstudy.strategies import Shape, preset, strategy
 
 # Sanity bound on the batch steps of a run (rounds x local_epochs x batches per epoch, over all
 # branches): 1e7 steps is ~3 h at 1 ms a step on the smallest model, and a dry run keeps the events of
@@ -59,13 +59,61 @@ class Branch:
     view: tuple[int, int] | None = None
 
 
+NODE_PARTS = ("branch", "trunk", "aggregator")  # what a node holds: a branch stage, a trunk stage, or no layers
+
+
 @dataclass(frozen=True)
 class Node:
-    """A participant: a name, the role it plays and its device profile name."""
+    """A participant: its name, the part of the plan it holds and its device profile name.
+
+    Attributes:
+        name: ``n0``, ``n1``, … (module docstring).
+        part: ``branch`` (stage ``stage`` of branch ``branch``; its last stage also holds the branch's
+            adapter under the ``adapter`` junction), ``trunk`` (trunk stage ``stage``) or ``aggregator`` (a
+            dedicated aggregator, holding no layers).
+        device: its device profile name.
+        branch: the branch index of a ``branch`` node; None otherwise.
+        stage: the stage index of a ``branch`` or ``trunk`` node within its branch or the trunk; None for an
+            ``aggregator``.
+        aggregates: whether this node is the plan's :attr:`Plan.aggregator`, which syncs or relays the
+            replicated parts (a dedicated aggregator, or the first trunk stage of a plan that syncs without
+            one).
+    """
 
     name: str
-    role: str
+    part: str
     device: str
+    branch: int | None = None
+    stage: int | None = None
+    aggregates: bool = False
+
+    def __post_init__(self) -> None:
+        if self.part not in NODE_PARTS:
+            raise ValueError(f"Node.part: got {self.part!r}; use one of {', '.join(NODE_PARTS)}")
+        if (self.branch is not None) != (self.part == "branch"):
+            raise ValueError(f"Node.branch: got {self.branch!r} for part {self.part!r}; a branch node needs its "
+                             "branch index, any other node None")
+        if (self.stage is None) != (self.part == "aggregator"):
+            raise ValueError(f"Node.stage: got {self.stage!r} for part {self.part!r}; a branch or trunk node needs "
+                             "its stage index, an aggregator None")
+        if self.part == "aggregator" and not self.aggregates:
+            raise ValueError("Node.aggregates: got False for a dedicated aggregator; set it True")
+
+    @property
+    def side(self) -> str:
+        """``edge`` (a branch stage holder) or ``server`` (a trunk stage or the aggregator): which link rate a
+        message uses depends on it (:func:`fplstudy.ledger.price_message`)."""
+        return "edge" if self.part == "branch" else "server"
+
+    @property
+    def role(self) -> str:
+        """The role as ``ledger.csv`` and the memory table write it: ``branch<d>/stage<s>``, ``trunk/stage<s>``
+        (``+aggregator`` when it aggregates) or ``aggregator``."""
+        if self.part == "branch":
+            return f"branch{self.branch}/stage{self.stage}"
+        if self.part == "trunk":
+            return f"trunk/stage{self.stage}" + ("+aggregator" if self.aggregates else "")
+        return "aggregator"
 
 
 @dataclass(frozen=True)
@@ -183,14 +231,7 @@ def _check_data_bounds(cfg: Config, shape: Shape, n_train: int, num_classes: int
     d = shape.branches
     more = f"(or raise max_train_samples, now {cfg.max_train_samples})" if cfg.max_train_samples else ""
     if cfg.partition != "features" and d > n_train:
-        if cfg.strategy == "fpl" and cfg.branches is not None:
-            key, value, fix = "branches", d, f"use branches <= {n_train}"
-        elif cfg.strategy in ("sl", "sfl"):
-            key, value, fix = "nodes", cfg.nodes, f"use at most {n_train + 1} nodes (one server, {n_train} clients)"
-        elif cfg.strategy == "fl":
-            key, value, fix = "nodes", cfg.nodes, f"use at most {n_train} nodes"
-        else:
-            key, value, fix = "nodes", cfg.nodes, f"set branches <= {n_train}"
+        key, value, fix = strategy(cfg.strategy).fewer_branches(cfg, n_train)
         raise ConfigError(key, value, f"{d} branches for {n_train} training samples of {cfg.dataset}: every "
                                       f"branch needs at least one sample (one batch); {fix} {more}".rstrip())
     n_all = DATASET_SIZES[cfg.dataset][0]  # a batch larger than a shard is the whole shard: allowed
@@ -293,7 +334,7 @@ def resolve(cfg: Config) -> Plan:
     shape = preset(cfg, n_blocks, MODELS[model].default_junction)
     _check_data_bounds(cfg, shape, n_train, num_classes)
     j = shape.junction_at
-    if cfg.strategy in ("sl", "sfl", "fpl") and not 1 <= j <= n_blocks - 1:
+    if shape.cuts_a_head and not 1 <= j <= n_blocks - 1:
         raise ConfigError("junction_at", j, f"the head must hold 1..{n_blocks - 1} of the {n_blocks} blocks "
                                             f"of {model} so that the trunk is not empty")
     if (cfg.partition == "features") != (shape.junction == "concat"):
@@ -316,24 +357,24 @@ def resolve(cfg: Config) -> Plan:
     for d in range(shape.branches):
         node_names = [f"n{next(counter)}" for _ in range(shape.branch_stages)]
         for s, name in enumerate(node_names):
-            nodes.append(Node(name, f"branch{d}/stage{s}", cfg.device))
+            nodes.append(Node(name, "branch", cfg.device, branch=d, stage=s))
         stages = _stages([0, *branch_cuts, j], names, node_names) if shape.branch_stages else ()
         branches.append((d, stages, node_names))
     trunk_names = [f"n{next(counter)}" for _ in range(shape.trunk_stages)]
     trunk_device = cfg.server_device if j > 0 else cfg.device
     for s, name in enumerate(trunk_names):
-        nodes.append(Node(name, f"trunk/stage{s}", trunk_device))
+        nodes.append(Node(name, "trunk", trunk_device, stage=s))
     trunk = _stages([j, *trunk_cuts, n_blocks], names, trunk_names) if shape.trunk_stages else ()
 
     aggregator = None
     if shape.sync != "none" or shape.dedicated_aggregator:
         if shape.dedicated_aggregator:
             aggregator = f"n{next(counter)}"
-            nodes.append(Node(aggregator, "aggregator", cfg.server_device))
+            nodes.append(Node(aggregator, "aggregator", cfg.server_device, aggregates=True))
         elif trunk:
             aggregator = trunk[0].node
-            nodes[[n.name for n in nodes].index(aggregator)] = Node(aggregator, "trunk/stage0+aggregator",
-                                                                     trunk_device)
+            at = [n.name for n in nodes].index(aggregator)
+            nodes[at] = replace(nodes[at], aggregates=True)
         else:
             raise ConfigError("sync", shape.sync, "there is no node to aggregate on; use sync=none")
 
@@ -349,7 +390,7 @@ def resolve(cfg: Config) -> Plan:
         if name not in known:
             raise ConfigError("node_devices", {name: overrides[name]},
                               f"no node named {name!r} in this plan; nodes are {', '.join(sorted(known))}")
-    nodes = [Node(n.name, n.role, overrides.get(n.name, n.device)) for n in nodes]
+    nodes = [replace(n, device=overrides.get(n.name, n.device)) for n in nodes]
     return Plan(cfg, model, tuple(input_shape), num_classes, names, shape.junction, j, tuple(built), trunk,
                 shape.sync, cfg.sync_every, aggregator, tuple(nodes), profile)
 
@@ -361,8 +402,6 @@ def _view_out_shape(model: str, input_shape: tuple[int, ...], num_classes: int, 
     or the error message when the head cannot run on it. Cached, failures included: a search over
     plans (:mod:`fplstudy.explore`) asks for the same views many times. The profile it measures is
     the one the engine and the ledger look up for that view."""
-    from fplstudy.flops import profile_blocks
-
     try:
         return profile_blocks(model, input_shape, num_classes, 0, j, strip)[-1].out_shape
     except RuntimeError as exc:

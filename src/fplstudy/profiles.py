@@ -1,8 +1,10 @@
 """Device and link profiles: the numbers that turn FLOPs and bytes into seconds and joules.
 
 Profiles are data files. fplstudy ships ``profiles/devices.yaml`` and ``profiles/links.yaml`` (every
-number with a ``source`` and a ``status``: M measured, S spec, D derived, E estimate, U remembered and
-not re-read; see ``shared/reference/edge-profiles.md``). A user adds profiles, or overrides single
+number with a ``source`` and a ``status``: M measured by the source, S vendor spec, D derived by arithmetic
+from M/S, E estimate, U remembered from a paper and not re-read). The shipped numbers were gathered in the
+team's notes *Sourced figures for device and link profiles*, which are not part of this repository; each
+number's own ``source`` names where it comes from. A user adds profiles, or overrides single
 numbers of shipped ones, with ``profiles_file`` in the config: a YAML file with a ``devices:`` and/or
 ``links:`` section of the same shape. A user number may be written plainly (``flops_per_s: 2.0e+10``)
 or as ``{value: …, status: …, source: …}``; a new profile must give every required number.
@@ -236,8 +238,8 @@ def device_key(plan, node: str) -> str:
     cfg = plan.config
     if cfg.node_devices and node in cfg.node_devices:
         return f"node_devices.{node}"
-    role = plan.node(node).role
-    if role == "aggregator" or (role.startswith("trunk") and plan.junction_at > 0):
+    part = plan.node(node).part
+    if part == "aggregator" or (part == "trunk" and plan.junction_at > 0):
         return "server_device"  # plan.resolve: the server side runs on server_device unless mp
     return "device"
 

@@ -64,10 +64,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from fplstudy.config import Config, ConfigError
+from fplstudy.distributed import DILATE_ENV, GATE_ENV, TRACE_ENV, DistributedError
+from fplstudy.dryrun import plan_events
+from fplstudy.events import Compute
+from fplstudy.ledger import event_costs, price
 from fplstudy.plan import Plan
 from fplstudy.profiles import Profiles
+from fplstudy.results import atomic_write_text, write_rows_csv
+from fplstudy.runner import prepare
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # where the Debian package installs the mininet module
 NETCTL = Path(__file__).with_name("netctl.py")
@@ -125,11 +132,6 @@ class Emulation:
         return tuple(c / self.cores for c in self.core_share)
 
 
-def server_side(plan: Plan) -> set[str]:
-    """Nodes on the server side (trunk stages, the aggregator): they send at ``down_bps``."""
-    return {n.name for n in plan.nodes if n.role.startswith(("trunk", "aggregator"))}
-
-
 def emulation(plan: Plan, profiles: Profiles, calibrated_flops_per_s: float, cores: int,
               time_scale: float | None = None, calibrated_call_s: float = 0.0) -> Emulation:
     """The CPU shares, CFS periods, shaped rates and time scale that emulate ``plan`` on ``cores`` cores.
@@ -165,10 +167,9 @@ def emulation(plan: Plan, profiles: Profiles, calibrated_flops_per_s: float, cor
                           "device profiles or a machine with more cores")
     share = tuple(f / s for f in need)
     period = tuple(min(MAX_PERIOD_US, math.ceil(MIN_QUOTA_US / c)) for c in share)
-    server = server_side(plan)
     up, down = link.up_bps / s / TCP_GOODPUT_SHARE / 1e6, link.down_bps / s / TCP_GOODPUT_SHARE / 1e6
-    egress = tuple(down if n.name in server else up for n in plan.nodes)
-    ingress = tuple(up if n.name in server else down for n in plan.nodes)
+    egress = tuple(down if n.side == "server" else up for n in plan.nodes)  # price_message's direction rule
+    ingress = tuple(up if n.side == "server" else down for n in plan.nodes)
     devices = dict(profiles.devices)
     for n in plan.nodes:
         d = profiles.device(n.device)
@@ -280,10 +281,6 @@ def measured(trace: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
 def predicted(plan: Plan, shard_sizes: list[int], emu: Emulation) -> tuple[pd.DataFrame, pd.Series]:
     """The model's figures for the same plan priced with the emulated profiles and the ``star`` network (one
     interface per node, as the testbed's bridge gives), in the units of :func:`measured`."""
-    from fplstudy.dryrun import plan_events
-    from fplstudy.events import Compute
-    from fplstudy.ledger import event_costs, price
-
     plan = replace(plan, config=plan.config.model_copy(update={"network": "star"}))  # the testbed's network
     events = plan_events(plan, shard_sizes)
     _, seconds = event_costs(plan, events, emu.profiles)
@@ -442,8 +439,6 @@ def prepare_emulation(cfg: Config, time_scale: float | None = None):
     Raises:
         ConfigError: one line naming the key (or the missing requirement) and the fix.
     """
-    from fplstudy.runner import prepare
-
     plan, profiles, data = prepare(cfg)
     problem = requirements_problem()
     if problem:
@@ -471,9 +466,6 @@ def run_emulated(cfg: Config, out: str | Path, *, time_scale: float | None = Non
         ConfigError: bad input or a missing requirement, before anything is built.
         DistributedError: a node failed (the message names it and quotes its log); the network is gone.
     """
-    from fplstudy.distributed import DILATE_ENV, GATE_ENV, TRACE_ENV, DistributedError
-    from fplstudy.results import atomic_write_text
-
     out = Path(out)
     check_out(out)
     plan, profiles, (split, part), emu = prepare_emulation(cfg, time_scale)
@@ -485,8 +477,6 @@ def run_emulated(cfg: Config, out: str | Path, *, time_scale: float | None = Non
         values = cfg.model_dump()
         if values.get("profiles_file"):
             values["profiles_file"] = str(Path(values["profiles_file"]).resolve())
-        import yaml
-
         config_file.write_text(yaml.safe_dump(values, sort_keys=False))
         (work / "gate").mkdir()
         hosts = []
@@ -550,8 +540,6 @@ def run_emulated(cfg: Config, out: str | Path, *, time_scale: float | None = Non
                    "ingress_mbit": dict(zip(emu.nodes, emu.ingress_mbit)),
                    "latency_emulated": False, "load_average_before": load0, "load_average_after": os.getloadavg()[0],
                    "testbed_wall_s": wall_s, "network_build_s": outcome.get("build_s")}
-        from fplstudy.results import write_rows_csv
-
         write_rows_csv(out / "testbed.csv", table.to_dict("records"), TESTBED_COLUMNS)
         atomic_write_text(out / "testbed_summary.json", json.dumps(summary, indent=2) + "\n")
         parity_figure([(f"{plan.strategy}, {len(plan.nodes)} nodes", table)], out / "testbed_parity.png")

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import psutil
@@ -22,9 +23,10 @@ import torch
 
 from fplstudy import engine
 from fplstudy.config import make_config
-from fplstudy.distributed import (FAULT_ENV, WIRE_COLUMNS, DistributedError, LaunchError, WireMismatch, check_wire,
-                                  events_bytes, load_state_bytes, state_bytes, store_server, train_distributed)
-from fplstudy.events import TRANSFER_KINDS, Transfer
+from fplstudy.distributed import (FAULT_ENV, FAULT_EXIT_CODE, WIRE_COLUMNS, DistributedError, DistributedTransport,
+                                  LaunchError, WireMismatch, check_wire, events_bytes, load_state_bytes, state_bytes,
+                                  store_server, train_distributed, wire_table)
+from fplstudy.events import TRANSFER_KINDS, Compute, Transfer
 from fplstudy.ledger import price
 from fplstudy.partition import load_partitioned
 from fplstudy.plan import resolve
@@ -122,6 +124,33 @@ def test_check_wire_fails_loudly_on_a_difference():
         check_wire(wire, want)
 
 
+def test_wire_table_sorts_by_round_node_peer_kind_for_any_number_of_nodes():
+    """Sorted as tuples: with 102 nodes, round 0's rows from n101 still come before round 1's (an integer key
+    packed as round·10⁶ + node·10⁴ + … put round 1 of n0 first). Rows of one key are summed."""
+    plan = SimpleNamespace(nodes=[SimpleNamespace(name=f"n{i}") for i in range(102)])
+
+    def row(rnd, node, peer, kind, nbytes):
+        return dict(zip(WIRE_COLUMNS, (rnd, node, peer, kind, 1, nbytes, 16, 0, 0, 0)))
+
+    rows = [row(1, "n0", "n1", "activations", 8), row(0, "n101", "n0", "gradients", 8),
+            row(0, "n2", "n101", "gradients", 8), row(0, "n2", "n101", "activations", 8),
+            row(0, "n2", "n101", "activations", 4), row(0, "n2", "n11", "activations", 8)]
+    table = wire_table(rows, plan)
+    assert table[["round", "node", "peer", "kind"]].values.tolist() == [
+        [0, "n2", "n11", "activations"], [0, "n2", "n101", "activations"], [0, "n2", "n101", "gradients"],
+        [0, "n101", "n0", "gradients"], [1, "n0", "n1", "activations"]]
+    assert table.loc[1, "bytes_tx"] == 12 and table.loc[1, "messages_tx"] == 2 and list(table) == list(WIRE_COLUMNS)
+
+
+def test_last_step_is_the_highest_step_computed_this_round():
+    plan = _plan("fpl")
+    transport = DistributedTransport(plan, 0, fault="")  # no process group needed to record events
+    assert transport.last_step == -1
+    for step in (0, 2, 1):  # another node's chunks: recorded, not computed here
+        transport.compute(Compute(0, step, step % 2, -1, plan.nodes[1].name, ("b",), (1,), 1, "forward", False))
+    assert transport.last_step == 2 and len(transport.events) == 3
+
+
 def test_killed_worker_stops_the_run_with_the_node_and_round_and_keeps_round_0(tmp_path, monkeypatch):
     from fplstudy.runner import run
 
@@ -132,7 +161,7 @@ def test_killed_worker_stops_the_run_with_the_node_and_round_and_keeps_round_0(t
         run(make_config(dict(strategy="fpl", nodes=4, **TINY)), tmp_path, progress=False, backend="distributed")
     elapsed = time.monotonic() - t0
     msg = str(info.value)
-    assert "round 1" in msg and "node n2 (rank 2) died" in msg, msg
+    assert "round 1" in msg and f"node n2 (rank 2) died (exit code {FAULT_EXIT_CODE})" in msg, msg
     assert elapsed < 60 + 30  # the default timeout plus start-up: a dead node is noticed at once
     kept = info.value.result
     assert kept.status == "failed" and [r["round"] for r in kept.rounds] == [0]

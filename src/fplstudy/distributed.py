@@ -54,6 +54,7 @@ import fcntl
 import ipaddress
 import json
 import math
+import multiprocessing as mp
 import os
 import pickle
 import queue as queue_mod
@@ -68,6 +69,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
@@ -78,10 +80,14 @@ from fplstudy.config import Config, ConfigError
 from fplstudy.events import TRANSFER_KINDS, Compute, Transfer
 from fplstudy.partition import load_partitioned
 from fplstudy.plan import Plan
+from fplstudy.results import atomic_write_text, write_rows_csv
 
 TIMEOUT_KEY = "distributed_timeout_s"  # the config key of the longest wait (s)
 DEFAULT_TIMEOUT_S = Config.model_fields[TIMEOUT_KEY].default
 FAULT_ENV = "FPLSTUDY_DISTRIBUTED_FAULT"  # test hook: "<node>@<round>" exits that node, "...:hang" hangs it
+# exit status of a node the fault hook kills: neither 0, nor 1 (what a rank that reported its error, or lost
+# its parent, exits with), nor negative (a signal's), so that "died (exit code 86)" is the hook's doing
+FAULT_EXIT_CODE = 86
 TRACE_ENV = "FPLSTUDY_TRACE"  # a folder: each rank writes trace-<rank>.csv, the timing of its own work (testbed)
 TRACE_COLUMNS = ("round", "node", "op", "kind", "peer", "nbytes", "seq", "post_s", "end_s")
 GATE_ENV = "FPLSTUDY_TESTBED_GATE"  # a folder: after the rendezvous, write ready-<rank> and wait for the file go
@@ -201,12 +207,18 @@ class DistributedTransport(engine.Transport):
     def is_local(self, node: str) -> bool:
         return node == self.node
 
+    @property
+    def last_step(self) -> int:
+        """The highest batch step of the current round this node has reached a compute of (-1 before the
+        first): where a divergence happened, in the step order the simulated backend reports it in."""
+        return max(self._steps, default=-1)
+
     def _maybe_fault(self, rnd: int) -> None:
         if self._fault and self._fault[0] == self.node and self._fault[1] == rnd:
             if self._fault[2] == "hang":
                 while True:  # pragma: no cover - stopped from outside
                     time.sleep(1)
-            os._exit(86)  # pragma: no cover - the test hook: die without a word
+            os._exit(FAULT_EXIT_CODE)  # pragma: no cover - the test hook: die without a word
 
     def compute(self, ev: Compute) -> None:
         self.round = ev.round
@@ -302,9 +314,11 @@ class DistributedTransport(engine.Transport):
 
     def barrier(self) -> None:
         self._settle()
-        self._collective(lambda: dist.barrier(), "at a barrier")
+        self.collective(lambda: dist.barrier(), "at a barrier")
 
-    def _collective(self, fn: Callable[[], Any], what: str) -> Any:
+    def collective(self, fn: Callable[[], Any], what: str) -> Any:
+        """Run ``fn``, a collective of the default process group (it times out after ``timeout_s``); its
+        failure becomes one error naming this node, ``what`` it was doing and the round."""
         try:
             return fn()
         except RuntimeError as exc:
@@ -338,10 +352,10 @@ class DistributedTransport(engine.Transport):
             lengths = torch.tensor([len(v) for v in scores], dtype=torch.int64)
         else:
             lengths = torch.zeros(3, dtype=torch.int64)
-        self._collective(lambda: dist.broadcast(lengths, src=0), "broadcasting the round's scores")
+        self.collective(lambda: dist.broadcast(lengths, src=0), "broadcasting the round's scores")
         values = (torch.tensor([v for part in scores for v in part], dtype=torch.float64) if self.rank == 0
                   else torch.empty(int(lengths.sum()), dtype=torch.float64))
-        self._collective(lambda: dist.broadcast(values, src=0), "broadcasting the round's scores")
+        self.collective(lambda: dist.broadcast(values, src=0), "broadcasting the round's scores")
         flat, cuts = values.tolist(), lengths.cumsum(0).tolist()
         self._steps = {}
         self._mark, self._cpu_mark = time.perf_counter(), time.thread_time()  # evaluation is not training
@@ -356,8 +370,6 @@ class DistributedTransport(engine.Transport):
         first chunk); a send row is the moment the message was posted; a recv row spans from the posting
         of the receive to the message's arrival.
         """
-        from fplstudy.results import write_rows_csv
-
         rows = [dict(zip(TRACE_COLUMNS, row)) for row in self.trace or []]
         return write_rows_csv(Path(folder) / f"trace-{self.rank}.csv", rows, TRACE_COLUMNS)
 
@@ -372,7 +384,7 @@ class DistributedTransport(engine.Transport):
         world = dist.get_world_size()
         mine = torch.tensor([*head, payload.numel()], dtype=torch.int64)
         heads = [torch.zeros_like(mine) for _ in range(world)] if self.rank == 0 else None
-        self._collective(lambda: dist.gather(mine, heads, dst=0), f"gathering the sizes of {what}")
+        self.collective(lambda: dist.gather(mine, heads, dst=0), f"gathering the sizes of {what}")
         if self.rank != 0:
             self._wait(dist.isend(payload, dst=0, tag=tag), f"sending {what} to rank 0", self.round)
             return None
@@ -447,15 +459,15 @@ def wire_table(rows: list[dict], plan: Plan) -> pd.DataFrame:
         return df
     order = {n.name: i for i, n in enumerate(plan.nodes)}
     kinds = {k: i for i, k in enumerate(TRANSFER_KINDS)}
-    df = df.groupby(["round", "node", "peer", "kind"], as_index=False).sum()
-    key = df["round"] * 10**6 + df["node"].map(order) * 10**4 + df["peer"].map(order) * 10 + df["kind"].map(kinds)
-    return df.iloc[key.argsort(kind="stable")].reset_index(drop=True)[list(WIRE_COLUMNS)]
+    df = df.groupby(["round", "node", "peer", "kind"], as_index=False).sum()  # one row per key
+    # np.lexsort sorts by its last key first: round, then node, then peer, then kind, for any number of
+    # nodes and rounds (an integer key packed in decimal digits would mis-sort plans of over 100 nodes)
+    at = np.lexsort((df["kind"].map(kinds), df["peer"].map(order), df["node"].map(order), df["round"]))
+    return df.iloc[at].reset_index(drop=True)[list(WIRE_COLUMNS)]
 
 
 def write_wire_csv(wire: pd.DataFrame, path: str | Path) -> Path:
     """Write the wire table beside the ledger, atomically (``<run>/wire.csv``)."""
-    from fplstudy.results import write_rows_csv
-
     return write_rows_csv(path, wire.to_dict("records"), WIRE_COLUMNS)
 
 
@@ -698,7 +710,7 @@ def _spawned_rank(rank: int, world: int, plan: Plan, data, port: int, timeout_s:
                   if rank == 0 else None)
         events = T.events if rank == 0 else None
         _report(reports, "done", rank, dict(status=result.status, message=result.message, wire=T.wire_rows(),
-                                         events=events, states=states, at=(T.round, max(T._steps, default=-1))))
+                                         events=events, states=states, at=(T.round, T.last_step)))
     except BaseException as exc:  # report, then die: the parent stops the others
         msg = str(exc) if isinstance(exc, (_NodeFailure, DistributedError)) else (
             f"node {node} (rank {rank}) failed in round {T.round if T else 0}: "
@@ -774,8 +786,6 @@ def _context():
     started a thread pool): starting four is then about as cheap as forking, and as safe as spawning.
     The fork server lives as long as this interpreter, like multiprocessing's resource tracker.
     """
-    import multiprocessing as mp
-
     ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
     if ctx.get_start_method() == "forkserver":
         ctx.set_forkserver_preload(["fplstudy.distributed"])
@@ -968,20 +978,18 @@ def _share_wire_rows(T: DistributedTransport, plan: Plan) -> list[dict]:
         size = torch.tensor([table.numel()], dtype=torch.int64)
     else:
         size = torch.zeros(1, dtype=torch.int64)
-    T._collective(lambda: dist.broadcast(size, src=0), "broadcasting the wire counts")
+    T.collective(lambda: dist.broadcast(size, src=0), "broadcasting the wire counts")
     if not 0 <= int(size) <= _MAX_WIRE_JSON_BYTES * world:
         raise _NodeFailure(f"rank 0 announced {int(size)} bytes of wire counts", None)
     if T.rank != 0:
         table = torch.empty(int(size), dtype=torch.uint8)
-    T._collective(lambda: dist.broadcast(table, src=0), "broadcasting the wire counts")
+    T.collective(lambda: dist.broadcast(table, src=0), "broadcasting the wire counts")
     return rows if T.rank == 0 else _wire_rows_from_json(table, plan, None)
 
 
 def _pass_gate(folder: Path, rank: int, timeout_s: float) -> None:
     """The testbed's start line: say this rank is ready, wait until the testbed says go (it throttles the hosts'
     CPUs in between, so that start-up runs at full speed and training at the emulated one)."""
-    from fplstudy.results import atomic_write_text
-
     atomic_write_text(folder / f"ready-{rank}", "")
     deadline = time.monotonic() + timeout_s
     while not (folder / "go").exists():

@@ -32,7 +32,8 @@ from fplstudy.makespan import schedule_round
 from fplstudy.memory import model_size, peak_memory
 from fplstudy.models import MODELS, ModelInfo
 from fplstudy.plan import Node, resolve
-from fplstudy.profiles import ProfileError, STATUSES, DeviceProfile, LinkProfile, check_profiles, device_key, load_profiles
+from fplstudy.profiles import (ProfileError, STATUSES, DeviceProfile, LinkProfile, check_profiles, device_key,
+                               load_profiles)
 
 
 def _mlp2(input_shape, num_classes):

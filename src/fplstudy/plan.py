@@ -6,7 +6,9 @@ who computes the loss, who aggregates, and with which device profile. Every chec
 without data happens here, so a bad config is refused before any training.
 
 Node naming: ``n0, n1, …`` — branch stage holders first (branch 0 stage 0, branch 0 stage 1, …),
-then the trunk stages in order, then a dedicated aggregator if the strategy has one (``fl``).
+then the trunk stages in order, then a dedicated aggregator if the strategy has one (``fl``). What a node
+holds is typed data (:class:`Node`: ``part``, ``branch``, ``stage``, ``aggregates``); its ``side`` (edge or
+server) and its ``role`` as the ledger writes it (``branch0/stage1``, ``trunk/stage0+aggregator``) follow.
 """
 
 from __future__ import annotations

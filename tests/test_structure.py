@@ -6,25 +6,15 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from fplstudy.study import runtime_nodes
+
 SRC = Path(__file__).resolve().parents[1] / "src" / "fplstudy"
-
-
-def _runtime_nodes(tree: ast.AST):
-    """Every node of ``tree`` but those under ``if TYPE_CHECKING:`` (names for signatures, never imported)."""
-    todo = [tree]
-    while todo:
-        node = todo.pop()
-        yield node
-        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING":
-            todo += node.orelse
-            continue
-        todo += ast.iter_child_nodes(node)
 
 
 def _imports(path: Path) -> list[tuple[str, tuple[str, ...], int]]:
     """Every ``fplstudy`` import of a module: ``(module, names, line)``, wherever it stands at run time."""
     out = []
-    for node in _runtime_nodes(ast.parse(path.read_text(), filename=str(path))):
+    for node in runtime_nodes(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module.startswith("fplstudy"):
             names = tuple(a.name for a in node.names)
             if node.module == "fplstudy":  # `from fplstudy import engine`

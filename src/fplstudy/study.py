@@ -54,6 +54,7 @@ import pandas as pd
 from fplstudy import stats
 from fplstudy.config import Config, ConfigError, YamlError, make_config, read_yaml_file
 from fplstudy.results import VOLATILE, atomic_write_text, dumps_json
+from fplstudy.strategies import REGISTRY, STRATEGIES, strategy
 from fplstudy.style import LABEL_ORDER
 
 # The CPU kernel levels a study can pin (params.yaml `study.kernels`): the environment of every run, and the
@@ -282,12 +283,14 @@ def _check_findings(findings: Any, specs: list[PlanSpec]) -> None:
     confidence = findings.get("confidence", 0.95)
     if not isinstance(confidence, float) or not 0.5 <= confidence < 1:
         raise StudyError(f"{where}.confidence: got {confidence!r}; give a level in [0.5, 1), e.g. 0.95")
-    junction = findings.get("fpl_junction", "adapter")
-    if junction not in ("shared", "adapter", "concat"):
-        raise StudyError(f"{where}.fpl_junction: got {junction!r}; use shared, adapter or concat")
+    junctions = strategy("fpl").junctions
+    junction = findings.get("fpl_junction", junctions[0])
+    if junction not in junctions:
+        raise StudyError(f"{where}.fpl_junction: got {junction!r}; use {', '.join(junctions)}")
+    others = [s for s in STRATEGIES if s != "fpl"]
     for other in findings.get("against", []):
-        if other not in ("centralized", "fl", "mp", "sl", "sfl"):
-            raise StudyError(f"{where}.against: got {other!r}; use strategies among fl, sl, sfl, mp, centralized")
+        if other not in others:
+            raise StudyError(f"{where}.against: got {other!r}; use strategies among {', '.join(others)}")
 
 
 # --- the code a run and a DVC stage are made of -------------------------------------------------------
@@ -889,7 +892,8 @@ def headline(study: Study, summary: pd.DataFrame) -> dict[str, Any]:
 def plan_label(table: pd.DataFrame) -> pd.Series:
     """Legend label of each row (:data:`fplstudy.style.LABEL_ORDER`): the strategy, with the junction for
     fpl (``fpl-adapter``)."""
-    return table["strategy"].where(table["strategy"] != "fpl", "fpl-" + table["junction"].astype(str))
+    split = table["strategy"].map(lambda s: bool(REGISTRY[s].junction_looks))  # labelled per junction
+    return table["strategy"].where(~split, table["strategy"] + "-" + table["junction"].astype(str))
 
 
 def curves(rounds: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:

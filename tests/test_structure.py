@@ -4,11 +4,13 @@ local import cannot hide one) and no private name taken from another module."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from fplstudy.study import runtime_nodes
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "fplstudy"
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "fplstudy"
 
 
 def _imports(path: Path) -> list[tuple[str, tuple[str, ...], int]]:
@@ -99,3 +101,22 @@ def test_costing_never_climbs_into_the_training_engine():
     for module in ("fplstudy.schedule", "fplstudy.dryrun", "fplstudy.ledger", "fplstudy.memory",
                    "fplstudy.makespan"):
         assert "fplstudy.engine" not in closure(module), module
+
+
+def _layers() -> list[list[str]]:
+    """The module rows of docs/DESIGN.md's structure table ("Structure: which module owns what")."""
+    text = (ROOT / "docs" / "DESIGN.md").read_text()
+    table = text[text.index("| layer | modules | owns |"):].split("\n\n", 1)[0].splitlines()[2:]
+    return [[f"fplstudy.{m}" for m in re.findall(r"`([a-z_]+)`", row.split("|")[2])] for row in table]
+
+
+def test_every_module_stands_in_the_design_tables_rows_and_imports_only_its_row_or_above():
+    graph, layers = _graph(), _layers()
+    row = {m: i for i, mods in enumerate(layers) for m in mods}
+    assert len(layers) >= 10 and row["fplstudy.schedule"] < row["fplstudy.engine"]
+    unplaced = sorted(set(graph) - set(row) - {"fplstudy"})
+    assert not unplaced, f"modules missing from docs/DESIGN.md's structure table: {unplaced}"
+    assert not set(row) - set(graph), f"the table names modules that do not exist: {sorted(set(row) - set(graph))}"
+    up = [f"{m} -> {d}" for m, deps in sorted(graph.items()) for d in sorted(deps)
+          if m in row and d in row and row[d] > row[m]]
+    assert not up, f"imports that go up docs/DESIGN.md's structure table: {up}"

@@ -108,3 +108,41 @@ def test_the_fixed_order_check_refuses_an_order_the_list_scheduler_does_not_foll
     fast = schedule_fixed_order(plan, [(0, [tasks[i] for i in (3, 4, 5, 0, 1, 2)])], 5, "gpipe")
     ref = schedule_round(plan, swapped, [durations[i] for i in (3, 4, 5, 0, 1, 2)], "gpipe")
     assert fast is not None and list(fast.start) == ref.start and list(fast.finish) == ref.finish
+
+
+BLOCK_RATED = """devices:
+  rated_edge:
+    flops_per_s: 2.0e+10
+    active_w: 3.0
+    idle_w: 0.5
+    call_overhead_s: 4.0e-5
+    block_flops_per_s: {cnn: {conv1: 1.3e+9, conv2: 2.1e+10, conv3: 1.9e+10, conv4: 2.4e+10, fc1: 1.7e+10,
+                              fc3: 4.0e+8}}
+  rated_server:
+    flops_per_s: 6.0e+10
+    active_w: 20.0
+    idle_w: 4.0
+    block_flops_per_s: {cnn: {conv3: 5.0e+10, conv5: 7.0e+10, fc2: 3.0e+10}}
+"""
+
+
+@pytest.mark.parametrize("name", list(PLANS))
+def test_fast_ledger_equals_the_reference_with_block_rates(name, tmp_path):
+    """Per-block rates (some blocks rated, conv5 on the edge and others on the server left to flops_per_s), the
+    adapter and concat views at flops_per_s: the fast paths still give the reference's floats; and the rates are
+    used (the ledger's compute seconds differ from the one-rate ledger's)."""
+    path = tmp_path / "rated.yaml"
+    path.write_text(BLOCK_RATED)
+    plan = resolve(make_config({**SMALL, **PLANS[name], "profiles_file": str(path), "device": "rated_edge",
+                                "server_device": "rated_server"}))
+    _check(plan)
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("\n".join(line for line in BLOCK_RATED.splitlines()
+                              if "block_flops_per_s" not in line and "fc3: 4.0e+8" not in line) + "\n")
+    one = resolve(make_config({**SMALL, **PLANS[name], "profiles_file": str(flat), "device": "rated_edge",
+                               "server_device": "rated_server"}))
+    events = plan_events(plan, shard_sizes(plan))
+    rated, flat_ledger = price(plan, events), price(one, events)
+    compute = rated["kind"].isin(["forward", "backward"])
+    assert (rated["flops"] == flat_ledger["flops"]).all()
+    assert not (rated[compute]["seconds"].to_numpy() == flat_ledger[compute]["seconds"].to_numpy()).all()

@@ -25,7 +25,7 @@ from fplstudy.config import ConfigError, make_config
 from fplstudy.distributed import check_wire
 from fplstudy.dryrun import plan_events
 from fplstudy.events import Compute
-from fplstudy.ledger import price
+from fplstudy.ledger import chunk_block_flops, price
 from fplstudy.makespan import schedule_round
 from fplstudy.plan import resolve
 from fplstudy.profiles import check_profiles, load_profiles
@@ -58,6 +58,50 @@ def test_time_scale_shares_periods_and_rates_by_hand():
     assert rpi4.call_overhead_s == pytest.approx(1e-4 * 4e10 * s / 1.6e10, rel=1e-12)  # o × C × s / F
     assert emu.profiles.device("minipc").flops_per_s == pytest.approx(6e10 / s, rel=1e-12)
     assert (link.up_bps, link.down_bps, link.latency_s) == pytest.approx((2.26e8 / s, 2.62e8 / s, 0.0), rel=1e-12)
+
+
+def test_block_rates_scale_with_the_time_scale_and_the_cpu_share_by_hand(tmp_path):
+    """The same fl plan, this machine calibrated at C = 4e10 with conv1 at 2e9 and conv2 at 5e10 per core: a node
+    of device FLOP/s F gets F / (C s) of a core, so it runs conv1 at 2e9 F / (C s) (rpi4: 2e9 × 0.4 / s) — this
+    machine's proportions, not the device's own block rates (rpi4's 1e10 for conv1 is dropped); without
+    calibrated block rates the emulated profiles carry none."""
+    own = tmp_path / "own.yaml"
+    own.write_text("devices:\n  rpi4: {block_flops_per_s: {cnn: {conv1: 1.0e+10}}}\n")
+    plan = _plan(strategy="fl", nodes=3, profiles_file=str(own))
+    profiles = check_profiles(plan)
+    assert profiles.device("rpi4").block_flops_per_s == {"cnn": {"conv1": 1e10}}
+    emu = testbed.emulation(plan, profiles, 4e10, 2, calibrated_call_s=1e-4,
+                            calibrated_block_flops_per_s={"conv1": 2e9, "conv2": 5e10})
+    s = 2.7 / 1.6
+    assert emu.time_scale == pytest.approx(s, rel=1e-12)  # block rates do not move the shares or the scale
+    rpi4, minipc = emu.profiles.device("rpi4"), emu.profiles.device("minipc")
+    assert set(rpi4.block_flops_per_s) == {"cnn"}
+    assert rpi4.block_flops_per_s["cnn"] == pytest.approx({"conv1": 2e9 * 0.4 / s, "conv2": 5e10 * 0.4 / s}, rel=1e-12)
+    assert minipc.block_flops_per_s["cnn"] == pytest.approx({"conv1": 2e9 * 1.5 / s, "conv2": 5e10 * 1.5 / s},
+                                                            rel=1e-12)
+    # the calibrated device itself (F = C) runs its blocks at c_b / s, as its flops_per_s runs at C / s
+    cal = tmp_path / "host.yaml"
+    cal.write_text("devices:\n  calibrated_cnn_b32: {flops_per_s: 4.0e+10, active_w: 0, idle_w: 0, "
+                   "block_flops_per_s: {cnn: {conv1: 2.0e+9, conv2: 5.0e+10}}}\n")
+    mine = _plan(strategy="mp", nodes=2, device="calibrated_cnn_b32", server_device="calibrated_cnn_b32",
+                 profiles_file=str(cal))
+    mp_profiles = check_profiles(mine)
+    assert testbed.calibrated_block_rates(mine, mp_profiles) == {"conv1": 2e9, "conv2": 5e10}
+    emu = testbed.emulation(mine, mp_profiles, 4e10, 2, time_scale=3.0,
+                            calibrated_block_flops_per_s=testbed.calibrated_block_rates(mine, mp_profiles))
+    dev = emu.profiles.device("calibrated_cnn_b32")
+    assert dev.flops_per_s == pytest.approx(4e10 / 3, rel=1e-12)
+    assert dev.block_flops_per_s["cnn"] == pytest.approx({"conv1": 2e9 / 3, "conv2": 5e10 / 3}, rel=1e-12)
+    # predicted busy seconds use them: conv1 + conv2 on n0, priced block by block
+    events = [e for e in plan_events(mine, [32]) if isinstance(e, Compute) and e.node == "n0" and e.round == 0]
+    per_node, _ = testbed.predicted(mine, [32], emu)
+    want = sum(sum(f * e.samples / dev.block_flops_per_s["cnn"].get(b, dev.flops_per_s)
+                   for b, f in chunk_block_flops(mine, e.blocks, e.in_shape, e.phase, e.input_grad))
+               + dev.call_overhead_s for e in events)
+    got = per_node[(per_node["round"] == 0) & (per_node["node"] == "n0")]["predicted_busy_s"].iloc[0]
+    assert got == pytest.approx(want, rel=1e-12)
+    flat = testbed.emulation(plan, profiles, 4e10, 2)
+    assert flat.profiles.device("rpi4").block_flops_per_s == {}
 
 
 def test_time_scale_for_a_link_faster_than_mininet_shapes_and_refusals(tmp_path):

@@ -5,10 +5,15 @@ backward, SGD step: what a node does per batch) with one intra-op thread, and di
 steps — the project's own count, :mod:`fplstudy.flops`, forward plus backward, the first block without an
 input gradient as in the engine — by their wall time, less the per-call overhead found by also running
 the model cut into one chunk per block (:func:`measure`). The rate is the median of several timed windows,
-so that a burst of other work on a shared machine moves it little. :func:`calibrate` writes one device
+so that a burst of other work on a shared machine moves it little. In the cut step every block's forward and
+backward calls are timed too, which gives each block its own training FLOP/s (:func:`block_rates`): a first
+convolution on one channel runs far below the model's average, and a model-parallel stage of a few blocks at
+its blocks' rates, not the whole model's. :func:`calibrate` writes one device
 profile ``calibrated_<model>_b<batch>`` per model and batch size (status ``M``, measured; the date, CPU model, torch version and
 settings in its ``source``), loadable with the config key ``profiles_file``; the emulated testbed reads it
-(:mod:`fplstudy.testbed`). Power is not measured: ``active_w`` and ``idle_w`` are written as 0 with status
+(:mod:`fplstudy.testbed`); the block rates go in its optional field ``block_flops_per_s``
+(``{<model>: {<block>: FLOP/s}}``), which prices every call of that model block by block
+(:func:`fplstudy.ledger.price_compute`). Power is not measured: ``active_w`` and ``idle_w`` are written as 0 with status
 ``E`` (set them to price energy).
 """
 
@@ -50,11 +55,54 @@ def cpu_model() -> str:
 def training_flops_per_sample(model: str) -> tuple[int, tuple[int, ...], int]:
     """``(FLOPs of one training sample, input shape, classes)``: forward plus backward of every block, the first
     block without its input's gradient (it reads data), as the ledger counts a whole-model step."""
+    per_block, shape, classes = block_training_flops(model)
+    return sum(per_block.values()), shape, classes
+
+
+def block_training_flops(model: str) -> tuple[dict[str, int], tuple[int, ...], int]:
+    """``({block: FLOPs of one training sample}, input shape, classes)``: each block's forward plus backward, the
+    first block's backward without its input's gradient (it reads data), every other block's with it (its input
+    requires grad, in the whole model and in the cut step alike): the ledger's count (``ledger.chunk_flops``)."""
     shape, classes = DATASET_META[MODEL_DATASET[model]]
     prof = profile_model(model, tuple(shape), classes)
-    fwd = sum(p.flops_fwd for p in prof)
-    bwd = prof[0].flops_bwd_no_input_grad + sum(p.flops_bwd for p in prof[1:])
-    return fwd + bwd, tuple(shape), classes
+    per_block = {p.name: p.flops_fwd + (p.flops_bwd_no_input_grad if i == 0 else p.flops_bwd)
+                 for i, p in enumerate(prof)}
+    return per_block, tuple(shape), classes
+
+
+def block_rates(flops: dict[str, int], block_s: dict[str, float], cut_s: float, call_s: float) -> dict[str, float]:
+    """Each block's training FLOP/s from the cut step's timings.
+
+    A block's seconds are its two timed calls (forward, backward) ``t_b`` less their overhead ``2 o``, plus its
+    FLOP share of the rest of the cut step, ``R = cut_s − Σ t_b − 2 (k − |P|) o`` over the blocks ``P`` that
+    have FLOPs (``R``: the loss, the SGD step, zeroing the gradients, and the calls of blocks without FLOPs,
+    less their overhead): ``rate_b = FLOPs_b / (t_b − 2 o + R FLOPs_b / Σ_P FLOPs)``. The rest is shared by
+    FLOPs as the whole-model rate shares it, so ``Σ_P`` of the blocks' seconds is ``cut_s − 2 k o``; with
+    ``o = (cut_s − whole_s) / (2k − 2)`` that is ``whole_s − 2 o``, and the FLOP-weighted harmonic mean of the
+    block rates (``Σ FLOPs / Σ FLOPs_b / rate_b``) is the whole-model rate. Blocks without FLOPs, or whose
+    seconds come out not positive (noise on a block far shorter than a call's overhead), get no rate (the
+    ledger prices them at ``flops_per_s``).
+
+    Args:
+        flops: per block, its FLOPs in one step (all samples).
+        block_s: per block, seconds of its forward and backward calls in one cut step.
+        cut_s: seconds of the whole cut step.
+        call_s: the overhead of one compute call (``o``).
+
+    Returns:
+        ``{block: FLOP/s}``, in block order.
+    """
+    rated = [b for b in flops if flops[b] > 0]
+    total = sum(flops[b] for b in rated)
+    if not total:
+        return {}
+    rest = cut_s - sum(block_s[b] for b in rated) - 2 * (len(flops) - len(rated)) * call_s
+    out = {}
+    for b in rated:
+        seconds = block_s[b] - 2 * call_s + rest * flops[b] / total
+        if seconds > 0:
+            out[b] = flops[b] / seconds
+    return out
 
 
 def measure(model: str, batch_size: int = 32, seconds: float = 3.0) -> dict:
@@ -63,7 +111,9 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0) -> dict:
     The whole model is two compute calls per step (forward, backward); cut into its ``k`` blocks as the
     engine cuts stages (each block's input detached and requiring its gradient, one backward call per
     block), ``2k``. The extra time per extra call is the call overhead ``o``; the FLOP/s is the FLOPs of
-    the step over its time less its two calls' overhead: ``t_whole = FLOPs / F + 2 o``.
+    the step over its time less its two calls' overhead: ``t_whole = FLOPs / F + 2 o``. In the cut step
+    each block's forward and backward calls are timed (``perf_counter`` around each), the median per block
+    over the windows kept, and :func:`block_rates` turns them into per-block FLOP/s.
 
     Args:
         model: a registered model (:data:`MODEL_DATASET`).
@@ -72,17 +122,22 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0) -> dict:
             warm-up.
 
     Returns:
-        ``{"model", "flops_per_s", "call_overhead_s", "batch_size", "steps", "whole_s", "cut_s"}``
-        (``whole_s``/``cut_s``: median seconds per step).
+        ``{"model", "flops_per_s", "call_overhead_s", "batch_size", "steps", "whole_s", "cut_s",
+        "block_flops_per_s", "block_s", "block_flops"}`` (``whole_s``/``cut_s``: median seconds per step;
+        ``block_s``: per block, median seconds of its forward and backward calls per cut step; ``block_flops``:
+        per block, FLOPs per step; ``block_flops_per_s``: :func:`block_rates`).
     """
-    flops, shape, classes = training_flops_per_sample(model)
+    per_block, shape, classes = block_training_flops(model)
+    flops = sum(per_block.values())
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         torch.manual_seed(0)
         net = build_model(model, shape, classes)
-        blocks = list(net.children())
+        names, blocks = zip(*net.named_children())
         opt = torch.optim.SGD(net.parameters(), lr=0.01)
+        clock = time.perf_counter
+        spent = [0.0] * len(blocks)  # seconds of each block's calls, summed over a window's cut steps
         x, y = torch.randn(batch_size, *shape), torch.randint(0, classes, (batch_size,))
 
         def whole() -> None:
@@ -95,13 +150,17 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0) -> dict:
             h, ins, outs = x, [], []
             for i, block in enumerate(blocks):
                 inp = h if i == 0 else h.detach().requires_grad_(True)
+                t = clock()
                 h = block(inp)
+                spent[i] += clock() - t
                 ins.append(inp)
                 outs.append(h)
             outs[-1] = torch.nn.functional.cross_entropy(outs[-1], y)
             g = None
             for i in range(len(blocks) - 1, -1, -1):
+                t = clock()
                 torch.autograd.backward(outs[i], g)
+                spent[i] += clock() - t
                 g = ins[i].grad if i > 0 else None
             opt.step()
 
@@ -113,19 +172,26 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0) -> dict:
         per_step = (time.perf_counter() - t0) / warm / 2
         steps = max(1, round(seconds / (2 * WINDOWS) / per_step))
         times: dict = {whole: [], cut: []}
+        windows: list[list[float]] = []  # per window, each block's seconds per cut step
         for _ in range(WINDOWS):
             for fn in (whole, cut):  # alternate: both see the same background load
+                spent[:] = [0.0] * len(blocks)
                 t = time.perf_counter()
                 for _ in range(steps):
                     fn()
                 times[fn].append((time.perf_counter() - t) / steps)
+            windows.append([b / steps for b in spent])
     finally:
         torch.set_num_threads(threads)
     whole_s, cut_s = statistics.median(times[whole]), statistics.median(times[cut])
     k = len(blocks)
     call_s = max(0.0, (cut_s - whole_s) / (2 * k - 2)) if k > 1 else 0.0
+    block_s = {n: statistics.median(w[i] for w in windows) for i, n in enumerate(names)}
+    block_flops = {n: f * batch_size for n, f in per_block.items()}
     return {"model": model, "flops_per_s": flops * batch_size / (whole_s - 2 * call_s), "call_overhead_s": call_s,
-            "batch_size": batch_size, "steps": 2 * steps * WINDOWS, "whole_s": whole_s, "cut_s": cut_s}
+            "batch_size": batch_size, "steps": 2 * steps * WINDOWS, "whole_s": whole_s, "cut_s": cut_s,
+            "block_flops_per_s": block_rates(block_flops, block_s, cut_s, call_s), "block_s": block_s,
+            "block_flops": block_flops}
 
 
 def calibrate(out: str | Path, models: list[str] | None = None, batch_size: int = 32, seconds: float = 3.0,
@@ -168,10 +234,18 @@ def calibrate(out: str | Path, models: list[str] | None = None, batch_size: int 
                f"random inputs, batch {batch_size}, medians of {WINDOWS} windows ({row['steps']} steps of forward + "
                f"backward + SGD, whole and cut per block: {row['whole_s']:.4g} s and {row['cut_s']:.4g} s per step), "
                "FLOPs counted by fplstudy.flops")
-        devices[row["profile"]] = {
+        entry = {
             "description": f"this machine ({cpu}), one thread, training {m}; measured {now} with torch {version}",
             "flops_per_s": {"value": float(f"{row['flops_per_s']:.4g}"), "status": "M", "source": how},
             "call_overhead_s": {"value": float(f"{row['call_overhead_s']:.4g}"), "status": "M", "source": how},
+        }
+        if row["block_flops_per_s"]:
+            entry["block_flops_per_s"] = {
+                "value": {m: {b: float(f"{r:.4g}") for b, r in row["block_flops_per_s"].items()}}, "status": "M",
+                "source": how + "; per block: its forward and backward calls timed in the cut step, less two "
+                                "call overheads, plus its FLOP share of the step's other seconds (loss, SGD step, "
+                                "blocks without FLOPs): fplstudy.calibrate.block_rates"}
+        devices[row["profile"]] = entry | {
             "active_w": {"value": 0.0, "status": "E", "source": "not measured (calibrate measures speed only)"},
             "idle_w": {"value": 0.0, "status": "E", "source": "not measured (calibrate measures speed only)"},
         }

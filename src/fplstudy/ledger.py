@@ -22,7 +22,8 @@ count               int      compute calls, or messages sent + received, of that
 flops               int      FLOPs computed (FlopCounterMode's count, FLOP = 2 MAC); 0 for messages
 bytes_tx            int      payload bytes sent (numel × element size, no framing)
 bytes_rx            int      payload bytes received
-seconds             float    compute: FLOPs / device FLOP/s + the device's call overhead (default 0);
+seconds             float    compute: FLOPs / device FLOP/s + the device's call overhead (default 0;
+                             with per-block rates, Σ block FLOPs / block FLOP/s: :func:`price_compute`);
                              message: bits / link rate + latency,
                              counted at the sender *and* at the receiver (both radios are busy);
                              idle: round makespan − the time the node computed or communicated
@@ -73,31 +74,75 @@ COLUMNS = ("round", "node", "role", "device", "kind", "count", "flops", "bytes_t
            "energy_j", "round_makespan_s")
 
 
-def chunk_flops(plan, blocks: tuple[str, ...], in_shape: tuple[int, ...], phase: str, input_grad: bool) -> int:
-    """FLOPs per sample of one forward or backward of a run of blocks.
+def chunk_block_flops(plan, blocks: tuple[str, ...], in_shape: tuple[int, ...], phase: str,
+                      input_grad: bool) -> tuple[tuple[str | None, int], ...]:
+    """FLOPs per sample of each block of one forward or backward of a run of blocks: ``(name, FLOPs)`` per
+    block, in order. The name is None where no block rate may price the block (a device's
+    ``block_flops_per_s`` is measured on the model's own blocks at their own shapes): the junction adapter,
+    and blocks fed another shape than in the whole model (the views of a ``concat`` junction).
 
     Backward: a block computes its input's gradient when that input requires grad — the chunk's input
     when ``input_grad``, and any block's input once an earlier block of the chunk has parameters.
     """
     profs = chunk_profiles(plan, blocks, in_shape)
+    own = tuple(blocks) != ("adapter",) and plan.profile[plan.block_names.index(blocks[0])].in_shape == tuple(in_shape)
     if phase == "forward":
-        return sum(p.flops_fwd for p in profs)
-    total, requires = 0, input_grad
+        return tuple((p.name if own else None, p.flops_fwd) for p in profs)
+    out, requires = [], input_grad
     for p in profs:
-        total += p.flops_bwd if requires else p.flops_bwd_no_input_grad
+        out.append((p.name if own else None, p.flops_bwd if requires else p.flops_bwd_no_input_grad))
         requires = requires or p.params > 0
-    return total
+    return tuple(out)
 
 
-def price_compute(device: DeviceProfile, flops: int) -> tuple[float, float]:
-    """Seconds and energy of one compute call on ``device``: ``flops / flops_per_s + call_overhead_s`` and
-    ``active_w × seconds``. Every pricing path (:func:`event_costs`, :func:`price`, :class:`Pricer`) calls it.
+def chunk_flops(plan, blocks: tuple[str, ...], in_shape: tuple[int, ...], phase: str, input_grad: bool) -> int:
+    """FLOPs per sample of one forward or backward of a run of blocks (the sum of :func:`chunk_block_flops`)."""
+    return sum(f for _, f in chunk_block_flops(plan, blocks, in_shape, phase, input_grad))
+
+
+def price_compute(device: DeviceProfile, flops: int, model: str | None = None,
+                  blocks: tuple[tuple[str | None, int], ...] = ()) -> tuple[float, float]:
+    """Seconds and energy of one compute call on ``device``. Every pricing path (:func:`event_costs`,
+    :func:`price`, :class:`Pricer`) calls it.
+
+    Without block rates (``device.block_flops_per_s`` has none for ``model``, or no ``blocks`` given):
+    ``flops / flops_per_s + call_overhead_s``, exactly as always. With them: ``Σ over blocks of block FLOPs /
+    block rate + call_overhead_s``, a block the rates do not name (or named None) at ``flops_per_s``.
+    Energy: ``active_w × seconds``.
+
+    Args:
+        device: the node's device profile.
+        flops: FLOPs of the call (all its samples).
+        model: the plan's model (whose block rates apply).
+        blocks: the call's FLOPs per block, ``((name, FLOPs), ...)`` summing to ``flops``
+            (:func:`chunk_block_flops` times the samples).
 
     Returns:
         ``(seconds, energy_j)``.
     """
-    seconds = flops / device.flops_per_s + device.call_overhead_s
+    rates = device.block_flops_per_s.get(model) if blocks else None
+    if not rates:
+        seconds = flops / device.flops_per_s + device.call_overhead_s
+    else:
+        seconds = sum(f / rates.get(name, device.flops_per_s) for name, f in blocks) + device.call_overhead_s
     return seconds, device.active_w * seconds
+
+
+def _price_call(model: str, device: DeviceProfile, chunk: tuple[int, tuple], samples: int) -> tuple[int, float, float]:
+    """FLOPs, seconds and energy of a compute call of ``samples`` samples of a chunk ``(FLOPs per sample, its
+    per-block split)``: what every pricing path prices a :class:`~fplstudy.events.Compute` with."""
+    per_sample, split = chunk
+    f = per_sample * samples
+    if model in device.block_flops_per_s:
+        s, e = price_compute(device, f, model, tuple((name, b * samples) for name, b in split))
+    else:
+        s, e = price_compute(device, f)
+    return f, s, e
+
+
+def _chunk(plan, ev: Compute) -> tuple[int, tuple]:
+    split = chunk_block_flops(plan, ev.blocks, ev.in_shape, ev.phase, ev.input_grad)
+    return sum(f for _, f in split), split
 
 
 def price_message(link: LinkProfile, nbytes: int, src: Node, dst: Node) -> tuple[float, float, float]:
@@ -120,15 +165,14 @@ def _event_prices(plan, events: list[Event], profiles: Profiles) -> tuple[list[i
     link = profiles.link(plan.config.link)
     nodes = {n.name: n for n in plan.nodes}
     devices = {n.name: profiles.device(n.device) for n in plan.nodes}
-    cache: dict[tuple, int] = {}
+    cache: dict[tuple, tuple[int, tuple]] = {}
     flops, seconds, energy = [], [], []
     for ev in events:
         if isinstance(ev, Compute):
             key = (ev.blocks, ev.in_shape, ev.phase, ev.input_grad)
             if key not in cache:
-                cache[key] = chunk_flops(plan, ev.blocks, ev.in_shape, ev.phase, ev.input_grad)
-            f = cache[key] * ev.samples
-            s, e = price_compute(devices[ev.node], f)
+                cache[key] = _chunk(plan, ev)
+            f, s, e = _price_call(plan.model, devices[ev.node], cache[key], ev.samples)
             flops.append(f)
             seconds.append(s)
             energy.append((e,))
@@ -288,7 +332,7 @@ class Pricer:
         self.devices = [profiles.device(n.device) for n in plan.nodes]
         self.idle_w = np.array([d.idle_w for d in self.devices], dtype=float)
         self.resources: dict[tuple[str, str], int] = {}  # links; node i is resource i
-        self._flops: dict[tuple, int] = {}
+        self._chunks: dict[tuple, tuple[int, tuple]] = {}
 
     @property
     def n_resources(self) -> int:
@@ -303,10 +347,9 @@ class Pricer:
             if isinstance(ev, Compute):
                 a = self.index[ev.node]
                 ck = (ev.blocks, ev.in_shape, ev.phase, ev.input_grad)
-                if ck not in self._flops:
-                    self._flops[ck] = chunk_flops(self.plan, ev.blocks, ev.in_shape, ev.phase, ev.input_grad)
-                f = self._flops[ck] * ev.samples
-                s, e = price_compute(self.devices[a], f)
+                if ck not in self._chunks:
+                    self._chunks[ck] = _chunk(self.plan, ev)
+                f, s, e = _price_call(self.plan.model, self.devices[a], self._chunks[ck], ev.samples)
                 tasks.append((TASK_COMPUTE, ev.micro, a, -1, a if s != 0.0 else -1, s, ev.phase == "backward"))
                 key.append(a * width + _KIND_INDEX[ev.phase])
                 flops.append(f)

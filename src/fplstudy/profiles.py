@@ -16,7 +16,12 @@ Fields (units in the names; every number must lie in the physically plausible ra
   computing), ``idle_w`` (0..1e5, while waiting), ``memory_bytes`` (1e3..1e15, optional),
   ``call_overhead_s`` (0..3600, optional, default 0: seconds every compute call — one chunk's forward or
   backward — costs beyond its FLOPs, the framework's per-call work that FLOP/s measured on a whole model
-  hides; ``fplstudy calibrate`` measures it).
+  hides; ``fplstudy calibrate`` measures it), ``block_flops_per_s`` (optional: per model, per block, the
+  block's sustained training FLOP/s, each 1e3..1e18, e.g. ``{cnn: {conv1: 1.2e+10, conv2: 4.5e+10}}``, plain or
+  as ``{value: {…}, status: …, source: …}``; written by ``fplstudy calibrate``). With it, a compute call of the
+  named model costs Σ over its blocks of block FLOPs / block rate (:func:`fplstudy.ledger.price_compute`);
+  blocks it does not name (the junction adapter, a block fed a ``concat`` view) use ``flops_per_s``.
+  A user file that gives it for an existing profile replaces the profile's whole mapping.
 - link: ``up_bps`` / ``down_bps`` (1..1e13; *up* is every message except those sent from the server
   side — a trunk stage or the aggregator — to an edge node, which use *down*), ``tx_j_per_bit`` /
   ``rx_j_per_bit`` (0..1, radio energy at the sender / receiver), ``latency_s`` (0..86400, optional,
@@ -43,12 +48,14 @@ STATUSES = ("M", "S", "D", "E", "U")
 
 # field -> required
 DEVICE_FIELDS = {"flops_per_s": True, "active_w": True, "idle_w": True, "memory_bytes": False,
-                 "call_overhead_s": False}
+                 "call_overhead_s": False, "block_flops_per_s": False}
+BLOCK_RATES = "block_flops_per_s"  # the one device field that is a mapping (model -> block -> FLOP/s), not a number
 LINK_FIELDS = {"up_bps": True, "down_bps": True, "tx_j_per_bit": True, "rx_j_per_bit": True, "latency_s": False}
 SECTIONS = {"devices": DEVICE_FIELDS, "links": LINK_FIELDS}
 
 # field -> (lowest, highest, unit and why): physically plausible ranges. With them every time and
-# energy the ledger derives stays finite (no division by ~0, no overflow to inf).
+# energy the ledger derives stays finite (no division by ~0, no overflow to inf). Every number of a
+# ``block_flops_per_s`` mapping lies in the range of ``flops_per_s``.
 BOUNDS: dict[str, dict[str, tuple[float, float, str]]] = {
     "devices": {
         "flops_per_s": (1e3, 1e18, "FLOP/s, from a microcontroller to an exascale machine"),
@@ -78,7 +85,11 @@ class ProfileError(ConfigError):
 
 @dataclass(frozen=True)
 class DeviceProfile:
-    """A node's hardware: sustained training FLOP/s, power while computing and while waiting."""
+    """A node's hardware: sustained training FLOP/s, power while computing and while waiting.
+
+    ``block_flops_per_s`` maps a model's name to its blocks' own training FLOP/s (``{}``: none, every block at
+    ``flops_per_s``); it takes no part in the hash (a mapping), but in equality.
+    """
 
     name: str
     flops_per_s: float
@@ -86,6 +97,7 @@ class DeviceProfile:
     idle_w: float
     memory_bytes: float | None = None
     call_overhead_s: float = 0.0
+    block_flops_per_s: dict[str, dict[str, float]] = field(default_factory=dict, hash=False)
     description: str = ""
     status: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     source: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -140,6 +152,26 @@ def _number(file: Path, key: str, raw: Any, bounds: tuple[float, float, str]) ->
     return float(value)
 
 
+def _block_rates(file: Path, where: str, raw: Any) -> dict[str, dict[str, float]]:
+    """Validate a ``block_flops_per_s`` mapping: model name -> block name -> FLOP/s (each in its bounds)."""
+    example = "e.g. {cnn: {conv1: 1.2e+10, conv2: 4.5e+10}}"
+    if not isinstance(raw, dict) or not raw:
+        raise ProfileError(file, where, raw, f"must map model names to {{block: FLOP/s}}, {example}")
+    out: dict[str, dict[str, float]] = {}
+    for model, rates in raw.items():
+        at = f"{where}.{model}"
+        if not isinstance(model, str) or not model.strip():
+            raise ProfileError(file, at, model, f"a model name must be a non-empty string, {example}")
+        if not isinstance(rates, dict) or not rates:
+            raise ProfileError(file, at, rates, f"must map block names of {model} to FLOP/s, {example}")
+        out[model] = {}
+        for block, rate in rates.items():
+            if not isinstance(block, str) or not block.strip():
+                raise ProfileError(file, f"{at}.{block}", block, f"a block name must be a non-empty string, {example}")
+            out[model][block] = _number(file, f"{at}.{block}", rate, BOUNDS["devices"]["flops_per_s"])
+    return out
+
+
 def _read_entry(file: Path, section: str, name: str, entry: Any, base: dict | None,
                 require_sources: bool) -> dict:
     """Validate one profile mapping; merge it over ``base`` (an existing profile's fields)."""
@@ -156,9 +188,15 @@ def _read_entry(file: Path, section: str, name: str, entry: Any, base: dict | No
         if key not in fields_spec:
             raise ProfileError(file, where, raw, f"unknown field; known fields: description, {', '.join(fields_spec)}")
         status, source = "U", "user file"
+        wrapped = isinstance(raw, dict) and "value" in raw and set(raw) <= {"value", "status", "source"}
+        if key == BLOCK_RATES and isinstance(raw, dict) and not wrapped:  # the plain form of the one mapping field
+            if require_sources:
+                raise ProfileError(file, where, raw, "a shipped profile gives {value, status, source} for every number")
+            out[key] = _block_rates(file, where, raw)
+            out["status"][key], out["source"][key] = status, source
+            continue
         if isinstance(raw, dict):
-            unknown = set(raw) - {"value", "status", "source"}
-            if unknown or "value" not in raw:
+            if not wrapped:
                 raise ProfileError(file, where, raw, "write a number or {value: …, status: …, source: …}")
             status, source = raw.get("status", status), raw.get("source", source)
             raw = raw["value"]
@@ -168,7 +206,8 @@ def _read_entry(file: Path, section: str, name: str, entry: Any, base: dict | No
             raise ProfileError(file, where, raw, "a shipped profile gives {value, status, source} for every number")
         if require_sources and not str(source).strip():
             raise ProfileError(file, where + ".source", source, "every shipped number needs a source")
-        out[key] = _number(file, where, raw, BOUNDS[section][key])
+        out[key] = _block_rates(file, where, raw) if key == BLOCK_RATES else _number(file, where, raw,
+                                                                                     BOUNDS[section][key])
         out["status"][key], out["source"][key] = str(status), str(source)
     for key, required in fields_spec.items():
         if required and key not in out:
@@ -279,4 +318,32 @@ def check_profiles(plan_or_cfg) -> Profiles:
     if not cfg.link or cfg.link not in profiles.links:
         raise ConfigError("link", cfg.link, f"unknown link profile; known: {', '.join(sorted(profiles.links))}"
                                             + ("" if cfg.profiles_file else "; add your own with profiles_file"))
+    if not isinstance(plan_or_cfg, Config):
+        check_block_rates(plan_or_cfg, profiles)
     return profiles
+
+
+def check_block_rates(plan, profiles: Profiles) -> None:
+    """Refuse ``block_flops_per_s`` of the plan's devices that name an unknown model, or a block the plan's
+    model does not have (a typo would otherwise price that block at ``flops_per_s`` without a word).
+
+    Raises:
+        ProfileError: naming the file, the key (``devices.<profile>.block_flops_per_s.<model>[.<block>]``), the
+            value and the known names.
+    """
+    named = sorted({n.device for n in plan.nodes if profiles.devices[n.device].block_flops_per_s})
+    if not named:
+        return
+    from fplstudy.models import MODELS  # here, not at the top: loading profiles needs no torch (a plan has it)
+
+    file = plan.config.profiles_file or SHIPPED_DIR / "devices.yaml"
+    for name in named:
+        for model, rates in profiles.devices[name].block_flops_per_s.items():
+            key = f"devices.{name}.block_flops_per_s.{model}"
+            if model not in MODELS:
+                raise ProfileError(file, key, model, f"unknown model; known: {', '.join(MODELS)}")
+            unknown = [b for b in rates if model == plan.model and b not in plan.block_names]
+            if unknown:
+                raise ProfileError(file, f"{key}.{unknown[0]}", unknown[0],
+                                   f"not a block of {model}; its blocks: {', '.join(plan.block_names)} "
+                                   "(the junction adapter and concat views take flops_per_s); fix or drop the name")

@@ -112,7 +112,8 @@ class Emulation:
         period_us: per node, the CFS period (quota = share × period >= 1 ms).
         egress_mbit / ingress_mbit: per node, the shaped rates on the wire (Mbit/s) of what it sends and
             what it receives.
-        profiles: the emulated profiles: device FLOP/s and link rates divided by ``s``, no latency.
+        profiles: the emulated profiles: device FLOP/s and link rates divided by ``s``, no latency; block
+            FLOP/s of the plan's model from this machine's calibrated ones, ``c_b F / (C s)``.
     """
 
     nodes: tuple[str, ...]
@@ -133,7 +134,8 @@ class Emulation:
 
 
 def emulation(plan: Plan, profiles: Profiles, calibrated_flops_per_s: float, cores: int,
-              time_scale: float | None = None, calibrated_call_s: float = 0.0) -> Emulation:
+              time_scale: float | None = None, calibrated_call_s: float = 0.0,
+              calibrated_block_flops_per_s: dict[str, float] | None = None) -> Emulation:
     """The CPU shares, CFS periods, shaped rates and time scale that emulate ``plan`` on ``cores`` cores.
 
     Args:
@@ -144,6 +146,11 @@ def emulation(plan: Plan, profiles: Profiles, calibrated_flops_per_s: float, cor
         time_scale: the slow-down wanted (None: the smallest that fits).
         calibrated_call_s: this machine's overhead per compute call (``o``); a node slowed to ``F / (C s)``
             of a core pays ``o C s / F`` per call, which the emulated profile carries.
+        calibrated_block_flops_per_s: this machine's training FLOP/s per block of the plan's model on one core
+            (``c_b``; None or empty: none). A node slowed to ``F / (C s)`` of a core runs block ``b`` at
+            ``c_b F / (C s)``, which its emulated profile carries as its ``block_flops_per_s`` for the plan's
+            model (the host is this machine, so its blocks keep this machine's proportions, whatever the
+            device's own block rates); without ``c_b`` it carries none.
 
     Returns:
         The :class:`Emulation`.
@@ -173,8 +180,12 @@ def emulation(plan: Plan, profiles: Profiles, calibrated_flops_per_s: float, cor
     devices = dict(profiles.devices)
     for n in plan.nodes:
         d = profiles.device(n.device)
+        speed = d.flops_per_s / (calibrated_flops_per_s * s)  # this machine's speed the host gets: F / (C s)
+        blocks = {plan.model: {b: c * speed for b, c in calibrated_block_flops_per_s.items()}} \
+            if calibrated_block_flops_per_s else {}
         devices[n.device] = replace(d, flops_per_s=d.flops_per_s / s,
-                                    call_overhead_s=calibrated_call_s * calibrated_flops_per_s * s / d.flops_per_s)
+                                    call_overhead_s=calibrated_call_s * calibrated_flops_per_s * s / d.flops_per_s,
+                                    block_flops_per_s=blocks)
     links = {**profiles.links, link.name: replace(link, up_bps=link.up_bps / s, down_bps=link.down_bps / s,
                                                   latency_s=0.0)}
     return Emulation(tuple(n.name for n in plan.nodes), s, cores, calibrated_flops_per_s, calibrated_call_s, share,
@@ -240,6 +251,13 @@ def calibrated_speed(plan: Plan, profiles: Profiles) -> tuple[float, float]:
                           f"{plan.config.batch_size}); run `fplstudy calibrate --models {plan.model} --batch-size "
                           f"{plan.config.batch_size} --out host.yaml` and set profiles_file=host.yaml")
     return profiles.device(name).flops_per_s, profiles.device(name).call_overhead_s
+
+
+def calibrated_block_rates(plan: Plan, profiles: Profiles) -> dict[str, float]:
+    """This machine's calibrated training FLOP/s per block of the plan's model (``{}`` where the calibration
+    has none); call after :func:`calibrated_speed`, which refuses a missing calibration."""
+    name = calibrated_name(plan.model, plan.config.batch_size)
+    return dict(profiles.device(name).block_flops_per_s.get(plan.model, {}))
 
 
 # --------------------------------------------------------------------------- measured vs predicted
@@ -447,7 +465,8 @@ def prepare_emulation(cfg: Config, time_scale: float | None = None):
     check_capacity(plan)
     flops_per_s, call_s = calibrated_speed(plan, profiles)
     emu = emulation(plan, profiles, flops_per_s, os.cpu_count() or 1,
-                    time_scale if time_scale is not None else cfg.testbed_time_scale, call_s)
+                    time_scale if time_scale is not None else cfg.testbed_time_scale, call_s,
+                    calibrated_block_rates(plan, profiles))
     return plan, profiles, data, emu
 
 

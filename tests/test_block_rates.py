@@ -1,0 +1,298 @@
+"""Per-block training FLOP/s: measured by ``fplstudy calibrate``, carried by a device profile
+(``block_flops_per_s``), priced by ``ledger.price_compute``; opt-in: without them every float is as before."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+
+import pandas as pd
+import pytest
+import yaml
+
+from fplstudy.calibrate import block_rates, block_training_flops, calibrate, training_flops_per_sample
+from fplstudy.config import ConfigError, make_config
+from fplstudy.dryrun import plan_events, price_plan, shard_sizes
+from fplstudy.events import Compute
+from fplstudy.ledger import chunk_block_flops, chunk_flops, event_costs, price, price_compute
+from fplstudy.plan import resolve
+from fplstudy.profiles import DeviceProfile, ProfileError, check_profiles, load_profiles
+
+RATED = """devices:
+  rated:
+    flops_per_s: 2.0e+10
+    active_w: 3.0
+    idle_w: 0.5
+    call_overhead_s: 0.001
+    block_flops_per_s: {cnn: {conv1: 1.0e+9, conv2: 4.0e+10}}
+"""
+
+
+def _plan(**kw):
+    return resolve(make_config(kw))
+
+
+@pytest.fixture
+def rated_file(tmp_path):
+    path = tmp_path / "rated.yaml"
+    path.write_text(RATED)
+    return str(path)
+
+
+# --------------------------------------------------------------------------- pricing by hand
+
+def test_a_chunk_of_two_blocks_with_two_rates_by_hand(rated_file):
+    """mp on 4 nodes: n0 holds conv1 (18 432 FLOP forward per sample, at 1e9 FLOP/s) and conv2 (589 824, at 4e10);
+    n1 holds conv3, which has no rate (at flops_per_s, 2e10). One batch of 32, 1 ms per call."""
+    plan = _plan(strategy="mp", nodes=4, device="rated", server_device="rated", profiles_file=rated_file,
+                 batch_size=32, max_train_samples=32, rounds=1)
+    dev = check_profiles(plan).device("rated")
+    split = chunk_block_flops(plan, ("conv1", "conv2"), (1, 8, 8), "forward", False)
+    assert split == (("conv1", 18432), ("conv2", 589824))
+    # backward from data: conv1 without its input gradient, conv2 with (conv1 has parameters)
+    assert chunk_block_flops(plan, ("conv1", "conv2"), (1, 8, 8), "backward", False) == (("conv1", 18432),
+                                                                                       ("conv2", 1179648))
+    fwd = 32 * (18432 / 1e9 + 589824 / 4e10) + 0.001  # 2.0616832e-3 s
+    bwd = 32 * (18432 / 1e9 + 1179648 / 4e10) + 0.001  # 2.5335424e-3 s
+    s, e = price_compute(dev, 32 * 608256, "cnn", tuple((n, 32 * f) for n, f in split))
+    assert s == pytest.approx(2.0616832e-3, rel=1e-12) and s == pytest.approx(fwd, rel=1e-15)
+    assert e == pytest.approx(3.0 * 2.0616832e-3, rel=1e-12)
+    assert price_compute(dev, 32 * 608256)[0] == 32 * 608256 / 2e10 + 0.001  # no split given: the one rate
+    assert price_compute(dev, 32 * 608256, "lenet5", split)[0] == 32 * 608256 / 2e10 + 0.001  # no rates for lenet5
+    for fast in (True, False):
+        ledger = price(plan, plan_events(plan, shard_sizes(plan)), fast=fast)
+        rows = {(r.node, r.kind): r for r in ledger.itertuples()}
+        assert rows["n0", "forward"].seconds == pytest.approx(2.0616832e-3, rel=1e-12)
+        assert rows["n0", "backward"].seconds == pytest.approx(2.5335424e-3, rel=1e-12)
+        assert rows["n0", "backward"].seconds == pytest.approx(bwd, rel=1e-15)
+        assert rows["n1", "forward"].seconds == 32 * 294912 / 2e10 + 0.001  # conv3: no rate, flops_per_s
+        # the makespan is scheduled with the same seconds: one chain of calls, activations and gradients (the
+        # labels go to the last stage while the first computes)
+        compute = ledger[ledger["kind"].isin(["forward", "backward"])]["seconds"].sum()
+        messages = ledger[ledger["kind"].isin(["activations", "gradients"])]["seconds"].sum() / 2  # both ends
+        assert ledger["round_makespan_s"].iloc[0] == pytest.approx(compute + messages, rel=1e-12)
+
+
+def test_the_adapter_and_concat_views_are_priced_at_flops_per_s(tmp_path):
+    """Rates for every cnn block and none of them equal to flops_per_s: the adapter (not a model block) and the
+    branch heads of concat (fed 4-row views, another shape than the rates were measured on) take flops_per_s."""
+    rates = {b: 1e9 * (i + 2) for i, b in enumerate(("conv1", "conv2", "conv3", "conv4", "conv5", "fc1", "fc2", "fc3"))}
+    path = tmp_path / "all.yaml"
+    path.write_text(yaml.safe_dump({"devices": {"all": {"flops_per_s": 5.0e10, "active_w": 1, "idle_w": 0,
+                                                        "block_flops_per_s": {"cnn": rates}}}}))
+    for junction, extra in (("adapter", {}), ("concat", {"partition": "features"})):
+        plan = _plan(strategy="fpl", nodes=4, branches=2, junction=junction, device="all", server_device="all",
+                     profiles_file=str(path), batch_size=32, max_train_samples=64, rounds=1, **extra)
+        events = plan_events(plan, shard_sizes(plan))
+        flops, seconds = event_costs(plan, events, check_profiles(plan))
+        checked = 0
+        for ev, f, s in zip(events, flops, seconds):
+            if not isinstance(ev, Compute):
+                continue
+            split = chunk_block_flops(plan, ev.blocks, ev.in_shape, ev.phase, ev.input_grad)
+            view = ev.blocks == ("adapter",) or ev.in_shape != plan.profile[plan.block_names.index(ev.blocks[0])].in_shape
+            want = f / 5e10 if view else sum(b * ev.samples / rates[n] for n, b in split)
+            assert s == pytest.approx(want, rel=1e-12), (junction, ev)
+            assert all(n is None for n, _ in split) == view
+            checked += view
+        assert checked >= 2  # each branch's adapter (or view head) at least once
+
+
+def test_block_rates_scale_the_ledger_of_a_whole_model_like_one_rate():
+    """price_compute with a rate per block equal to flops_per_s: the same seconds up to rounding (the sum is
+    taken block by block), so a flat profile written per block changes nothing but the last bits."""
+    flat = DeviceProfile("flat", flops_per_s=3e10, active_w=1, idle_w=0, call_overhead_s=2e-4,
+                         block_flops_per_s={"cnn": {"conv1": 3e10, "conv2": 3e10}})
+    blocks = (("conv1", 589824), ("conv2", 18874368), (None, 4096))
+    assert price_compute(flat, 589824 + 18874368 + 4096, "cnn", blocks)[0] == pytest.approx(
+        (589824 + 18874368 + 4096) / 3e10 + 2e-4, rel=1e-14)
+
+
+# --------------------------------------------------------------------------- without block rates: as before
+
+SNAPSHOT_PLANS = {
+    "centralized": dict(strategy="centralized", nodes=1),
+    "fl-every2": dict(strategy="fl", nodes=3, sync_every=2),
+    "mp-1f1b-m4": dict(strategy="mp", nodes=3, micro_batches=4, pipeline="1f1b"),
+    "sl": dict(strategy="sl", nodes=4),
+    "sfl": dict(strategy="sfl", nodes=3),
+    "fpl": dict(strategy="fpl", nodes=4, branches=2),
+    "fpl-concat": dict(strategy="fpl", nodes=4, branches=2, junction="concat", partition="features"),
+    "fpl-relay-m2": dict(strategy="fpl", nodes=5, branches=2, branch_stages=2, sync="relay", micro_batches=2,
+                         pipeline="gpipe"),
+    "mp-star-overhead": dict(strategy="mp", nodes=4, network="star", device="slowcall", server_device="slowcall"),
+}
+# sha256 (first 16 hex digits) of each plan's ledger as ledger.csv writes it (%.17g), priced by the code before
+# block rates existed (commit 707fe96: seconds = flops / flops_per_s + call_overhead_s); fast, reference and
+# price_plan gave the same bytes then
+SNAPSHOT = {
+    "centralized": "35fed9e4efc224e8",
+    "fl-every2": "9c60efeb880cb27d",
+    "mp-1f1b-m4": "8f9855b3778c4dac",
+    "sl": "0129f7c5682e7b0a",
+    "sfl": "4ad38f200ad1ea20",
+    "fpl": "c6c1a59be70e220d",
+    "fpl-concat": "5e26e491ac418602",
+    "fpl-relay-m2": "8450e855e6554d1d",
+    "mp-star-overhead": "dcb1bc512394bf3f",
+}
+SLOWCALL = "devices:\n  slowcall: {flops_per_s: 3.0e+9, active_w: 1.5, idle_w: 0.3, call_overhead_s: 0.0007}\n"
+
+
+def _digest(df: pd.DataFrame) -> str:
+    buf = io.StringIO()
+    df.to_csv(buf, index=False, float_format="%.17g")
+    return hashlib.sha256(buf.getvalue().encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("name", list(SNAPSHOT_PLANS))
+def test_without_block_rates_the_ledger_is_byte_identical_to_before(name, tmp_path):
+    """Also with block rates for another model only (lenet5): a cnn plan does not use them."""
+    for text in (SLOWCALL, SLOWCALL.replace("}\n", ", block_flops_per_s: {lenet5: {conv1: 1.0e+9}}}\n")):
+        path = tmp_path / "p.yaml"
+        path.write_text(text)
+        plan = _plan(max_train_samples=200, rounds=3, profiles_file=str(path), **SNAPSHOT_PLANS[name])
+        profiles = check_profiles(plan)
+        shards = shard_sizes(plan)
+        events = plan_events(plan, shards)
+        for ledger in (price(plan, events, profiles), price(plan, events, profiles, fast=False),
+                       price_plan(plan, shards, profiles)):
+            assert _digest(ledger) == SNAPSHOT[name], (name, text)
+
+
+def test_the_no_rates_path_keeps_the_old_formula_exactly():
+    dev = DeviceProfile("d", flops_per_s=1.7e10, active_w=4.0, idle_w=1.0, call_overhead_s=3.3e-5)
+    for f in (1, 12345, 608256 * 128, 3 * 10**12):
+        old = f / 1.7e10 + 3.3e-5
+        assert price_compute(dev, f) == (old, 4.0 * old)
+        assert price_compute(dev, f, "cnn", (("conv1", f),)) == (old, 4.0 * old)  # no rates for cnn
+
+
+# --------------------------------------------------------------------------- the profile field
+
+def test_block_rates_round_trip_through_yaml(tmp_path):
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(RATED)
+    wrapped = tmp_path / "wrapped.yaml"
+    wrapped.write_text("devices:\n  rated:\n    flops_per_s: 2.0e+10\n    active_w: 3.0\n    idle_w: 0.5\n"
+                       "    block_flops_per_s:\n      value: {cnn: {conv1: 1.0e+9, conv2: 4.0e+10}}\n"
+                       "      status: M\n      source: my bench\n")
+    a, b = load_profiles(plain).device("rated"), load_profiles(wrapped).device("rated")
+    assert a.block_flops_per_s == b.block_flops_per_s == {"cnn": {"conv1": 1e9, "conv2": 4e10}}
+    assert (a.status["block_flops_per_s"], a.source["block_flops_per_s"]) == ("U", "user file")
+    assert (b.status["block_flops_per_s"], b.source["block_flops_per_s"]) == ("M", "my bench")
+    assert isinstance(hash(a), int)  # a frozen profile stays hashable with its mapping field
+    again = tmp_path / "again.yaml"  # what was read, written back, reads the same
+    again.write_text(yaml.safe_dump({"devices": {"rated": {"flops_per_s": a.flops_per_s, "active_w": a.active_w,
+                                                           "idle_w": a.idle_w,
+                                                           "block_flops_per_s": a.block_flops_per_s}}}))
+    assert load_profiles(again).device("rated").block_flops_per_s == a.block_flops_per_s
+    assert load_profiles().device("rpi4").block_flops_per_s == {}  # shipped profiles have none
+
+
+@pytest.mark.parametrize("field, key, value", [
+    ("{cnn: {conv1: -1.0e+9}}", "devices.d.block_flops_per_s.cnn.conv1", "-1000000000.0"),
+    ("{cnn: {conv1: 0}}", "devices.d.block_flops_per_s.cnn.conv1", "0"),
+    ("{cnn: {conv1: .inf}}", "devices.d.block_flops_per_s.cnn.conv1", "inf"),
+    ("{cnn: {conv1: .nan}}", "devices.d.block_flops_per_s.cnn.conv1", "nan"),
+    ("{cnn: {conv1: fast}}", "devices.d.block_flops_per_s.cnn.conv1", "'fast'"),
+    ("{cnn: {conv1: true}}", "devices.d.block_flops_per_s.cnn.conv1", "True"),
+    ("{cnn: [1.0e+9]}", "devices.d.block_flops_per_s.cnn", "[1000000000.0]"),
+    ("{cnn: {}}", "devices.d.block_flops_per_s.cnn", "{}"),
+    ("{cnn: {1: 1.0e+9}}", "devices.d.block_flops_per_s.cnn.1", "1"),
+    ("{}", "devices.d.block_flops_per_s", "{}"),
+    ("5.0e+9", "devices.d.block_flops_per_s", "5000000000.0"),
+    ("[conv1]", "devices.d.block_flops_per_s", "['conv1']"),
+    ("{value: {cnn: {conv1: 1.0e+9}}, status: Q}", "devices.d.block_flops_per_s.status", "'Q'"),
+])
+def test_bad_block_rates_are_refused_naming_the_key_and_value(tmp_path, field, key, value):
+    path = tmp_path / "p.yaml"
+    path.write_text(f"devices:\n  d: {{flops_per_s: 1.0e+9, active_w: 1, idle_w: 0, block_flops_per_s: {field}}}\n")
+    with pytest.raises(ProfileError) as err:
+        load_profiles(path)
+    msg = str(err.value)
+    assert len(msg.splitlines()) == 1
+    assert f"key '{key}': got {value};" in msg, msg
+    assert str(path) in msg
+
+
+@pytest.mark.parametrize("rates, key, value, hint", [
+    ("{cnnn: {conv1: 1.0e+9}}", "devices.d.block_flops_per_s.cnnn", "'cnnn'", "unknown model; known: cnn"),
+    ("{cnn: {conv9: 1.0e+9}}", "devices.d.block_flops_per_s.cnn.conv9", "'conv9'", "not a block of cnn; its blocks"),
+    ("{cnn: {adapter: 1.0e+9}}", "devices.d.block_flops_per_s.cnn.adapter", "'adapter'",
+     "not a block of cnn; its blocks: conv1, conv2, conv3, conv4, conv5, fc1, fc2, fc3 (the junction adapter"),
+])
+def test_rates_for_an_unknown_model_or_block_are_refused_with_the_plan(tmp_path, rates, key, value, hint):
+    path = tmp_path / "p.yaml"
+    path.write_text(f"devices:\n  d: {{flops_per_s: 1.0e+9, active_w: 1, idle_w: 0, block_flops_per_s: {rates}}}\n")
+    plan = _plan(strategy="mp", nodes=2, device="d", profiles_file=str(path))
+    with pytest.raises(ConfigError) as err:
+        check_profiles(plan)
+    msg = str(err.value)
+    assert len(msg.splitlines()) == 1 and f"key '{key}': got {value}; {hint}" in msg, msg
+
+
+# --------------------------------------------------------------------------- calibration
+
+def test_block_rates_from_timings_by_hand():
+    """Blocks a (100 FLOPs, 3 s), b (300, 4 s), z (no FLOPs, 1 s); cut step 10 s, 0.5 s per call. The rest,
+    10 − 3 − 4 − 2 × 1 × 0.5 = 2 s (z's call time less its two overheads, and whatever is outside the calls),
+    is shared by FLOPs: a 3 − 1 + 0.5 = 2.5 s (40 FLOP/s), b 4 − 1 + 1.5 = 4.5 s (66.7); z gets no rate. The
+    FLOP-weighted harmonic mean, 400 / 7, is the step's FLOPs over cut − 2 k o = 10 − 3."""
+    r = block_rates({"a": 100, "b": 300, "z": 0}, {"a": 3.0, "b": 4.0, "z": 1.0}, 10.0, 0.5)
+    assert r == pytest.approx({"a": 40.0, "b": 300 / 4.5}, rel=1e-12) and list(r) == ["a", "b"]
+    assert 400 / (100 / r["a"] + 300 / r["b"]) == pytest.approx(400 / 7, rel=1e-12)
+    # a block whose seconds come out not positive gets no rate: rest 9 − 0.9 − 8 = 0.1; a 0.9 − 1 + 0.025 < 0,
+    # b 8 − 1 + 0.075 = 7.075 s
+    assert block_rates({"a": 100, "b": 300}, {"a": 0.9, "b": 8.0}, 9.0, 0.5) == pytest.approx({"b": 300 / 7.075},
+                                                                                             rel=1e-12)
+    assert block_rates({"z": 0}, {"z": 1.0}, 1.0, 0.0) == {}
+
+
+def test_block_training_flops_are_the_ledgers_count():
+    per_block, shape, classes = block_training_flops("cnn")
+    plan = _plan(strategy="mp", nodes=8)  # one block per node: every block's own chunk, as calibrate cuts
+    ledger_count = {}
+    in_shape = tuple(shape)
+    for i, b in enumerate(plan.block_names):
+        ledger_count[b] = (chunk_flops(plan, (b,), in_shape, "forward", False)
+                           + chunk_flops(plan, (b,), in_shape, "backward", i > 0))
+        in_shape = plan.profile[i].out_shape
+    assert per_block == ledger_count
+    assert sum(per_block.values()) == training_flops_per_sample("cnn")[0]
+    assert per_block["conv1"] == 18432 + 18432  # its input is the data: no input gradient
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cal") / "host.yaml"
+    rows = calibrate(out, models=["cnn"], batch_size=16, seconds=0.6)
+    return out, rows[0]
+
+
+def test_calibrate_writes_block_rates_whose_harmonic_mean_is_the_whole_model_rate(calibrated):
+    """By construction (:func:`block_rates`) the blocks' seconds add up to ``cut_s − 2 k o``, which is
+    ``whole_s − 2 o`` whenever the overhead ``o = (cut_s − whole_s) / (2k − 2)`` is positive, so the FLOP-weighted
+    harmonic mean of the block rates equals the whole-model rate to rounding. It can differ only where ``o`` is
+    clamped to 0 (the cut step came out faster than the whole: noise of a shared machine) — by
+    ``whole_s / cut_s``, bounded below loosely by 0.8 here (this 2-core machine shares its cores with other
+    jobs) — or where a block got no rate; and the file rounds each rate to 4 digits (5e-4 each)."""
+    out, row = calibrated
+    flops, rates = row["block_flops"], row["block_flops_per_s"]
+    assert set(rates) == set(flops) == {"conv1", "conv2", "conv3", "conv4", "conv5", "fc1", "fc2", "fc3"}
+    assert all(math.isfinite(r) and r > 0 for r in rates.values())
+    k = len(flops)
+    harmonic = sum(flops.values()) / sum(flops[b] / rates[b] for b in rates)
+    assert harmonic == pytest.approx(sum(flops.values()) / (row["cut_s"] - 2 * k * row["call_overhead_s"]), rel=1e-9)
+    if row["call_overhead_s"] > 0:
+        assert harmonic == pytest.approx(row["flops_per_s"], rel=1e-9)
+    else:
+        assert harmonic / row["flops_per_s"] == pytest.approx(row["whole_s"] / row["cut_s"], rel=1e-9)
+    assert 0.8 <= harmonic / row["flops_per_s"] <= 1.0 + 1e-9
+    dev = load_profiles(out).device("calibrated_cnn_b16")
+    written = dev.block_flops_per_s["cnn"]
+    assert written == {b: float(f"{r:.4g}") for b, r in rates.items()}
+    assert dev.status["block_flops_per_s"] == "M" and "fplstudy.calibrate.block_rates" in dev.source["block_flops_per_s"]
+    h_written = sum(flops.values()) / sum(flops[b] / written[b] for b in written)
+    assert h_written == pytest.approx(harmonic, rel=1e-3)

@@ -275,9 +275,10 @@ def test_calibrate_writes_block_rates_whose_harmonic_mean_is_the_whole_model_rat
     """By construction (:func:`block_rates`) the blocks' seconds add up to ``cut_s − 2 k o``, which is
     ``whole_s − 2 o`` whenever the overhead ``o = (cut_s − whole_s) / (2k − 2)`` is positive, so the FLOP-weighted
     harmonic mean of the block rates equals the whole-model rate to rounding. It can differ only where ``o`` is
-    clamped to 0 (the cut step came out faster than the whole: noise of a shared machine) — by
-    ``whole_s / cut_s``, bounded below loosely by 0.8 here (this 2-core machine shares its cores with other
-    jobs) — or where a block got no rate; and the file rounds each rate to 4 digits (5e-4 each)."""
+    clamped to 0 (the cut step, with more calls, came out faster than the whole: noise of a shared machine),
+    by ``whole_s / cut_s`` > 1 — bounded loosely by 1.25 here, since this 2-core machine shares its cores with
+    other jobs and the two steps' medians can move apart by that much — or where a block got no rate (not so
+    for cnn, all of whose blocks have FLOPs); and the file rounds each rate to 4 digits (5e-4 each)."""
     out, row = calibrated
     flops, rates = row["block_flops"], row["block_flops_per_s"]
     assert set(rates) == set(flops) == {"conv1", "conv2", "conv3", "conv4", "conv5", "fc1", "fc2", "fc3"}
@@ -289,7 +290,7 @@ def test_calibrate_writes_block_rates_whose_harmonic_mean_is_the_whole_model_rat
         assert harmonic == pytest.approx(row["flops_per_s"], rel=1e-9)
     else:
         assert harmonic / row["flops_per_s"] == pytest.approx(row["whole_s"] / row["cut_s"], rel=1e-9)
-    assert 0.8 <= harmonic / row["flops_per_s"] <= 1.0 + 1e-9
+    assert 1.0 - 1e-9 <= harmonic / row["flops_per_s"] <= 1.25
     dev = load_profiles(out).device("calibrated_cnn_b16")
     written = dev.block_flops_per_s["cnn"]
     assert written == {b: float(f"{r:.4g}") for b, r in rates.items()}

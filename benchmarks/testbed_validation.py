@@ -31,7 +31,8 @@ import torch
 import yaml
 
 from fplstudy.calibrate import calibrate
-from fplstudy.config import STRATEGIES, ConfigError, load_config
+from fplstudy.config import ConfigError, load_config
+from fplstudy.strategies import STRATEGIES
 from fplstudy.distributed import DistributedError
 from fplstudy.testbed import parity_figure, run_emulated
 

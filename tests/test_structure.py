@@ -120,3 +120,19 @@ def test_every_module_stands_in_the_design_tables_rows_and_imports_only_its_row_
     up = [f"{m} -> {d}" for m, deps in sorted(graph.items()) for d in sorted(deps)
           if m in row and d in row and row[d] > row[m]]
     assert not up, f"imports that go up docs/DESIGN.md's structure table: {up}"
+
+
+def test_every_benchmark_script_imports(tmp_path):
+    """Benchmarks run by hand, never in the suite: a renamed or moved name would break them unseen."""
+    import subprocess
+    import sys
+
+    scripts = sorted((ROOT / "benchmarks").glob("*.py"))
+    assert len(scripts) >= 5
+    code = ("import importlib.util, sys\n"
+            "for path in sys.argv[1:]:\n"
+            "    spec = importlib.util.spec_from_file_location('bench', path)\n"
+            "    spec.loader.exec_module(importlib.util.module_from_spec(spec))\n")
+    out = subprocess.run([sys.executable, "-c", code, *map(str, scripts)], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr.strip().splitlines()[-1:]

@@ -145,13 +145,10 @@ def chunk_profiles(plan, blocks: tuple[str, ...], in_shape: tuple[int, ...]) -> 
 
 
 def chunk_out_shape(plan, ch: Chunk, in_shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Per-sample output shape of a chunk (from the plan's profile; measured for concat views)."""
+    """Per-sample output shape of a chunk (:func:`chunk_profiles`: measured for concat views)."""
     if ch.kind == "adapter":
         return tuple(in_shape)
-    if tuple(in_shape) != plan.profile[ch.start].in_shape:  # a concat view: measure on its shape
-        return profile_blocks(plan.model, plan.input_shape, plan.num_classes, ch.start, ch.stop,
-                              tuple(in_shape))[-1].out_shape
-    return plan.profile[ch.stop - 1].out_shape
+    return chunk_profiles(plan, ch.blocks, in_shape)[-1].out_shape
 
 
 def chain_in_shapes(plan, chain: list[Chunk], first_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
@@ -255,7 +252,7 @@ def hop_event(hop: Hop, where: tuple[int, int, int, int], k: int = 0) -> Transfe
     return Transfer(*where, hop.src, hop.dst, hop.kind, shape, hop.dtype, math.prod(shape) * ELEMENT_BYTES[hop.dtype])
 
 
-def _forward(plan, c: int, chain: list[Chunk], shapes, reads_data: bool) -> list:
+def _forward(c: int, chain: list[Chunk], shapes, reads_data: bool) -> list:
     ops: list = []
     for i, ch in enumerate(chain):
         if i > 0 and ch.node != chain[i - 1].node:
@@ -264,7 +261,7 @@ def _forward(plan, c: int, chain: list[Chunk], shapes, reads_data: bool) -> list
     return ops
 
 
-def _backward(plan, c: int, chain: list[Chunk], shapes, reads_data: bool) -> list:
+def _backward(c: int, chain: list[Chunk], shapes, reads_data: bool) -> list:
     ops: list = []
     for i in range(len(chain) - 1, -1, -1):
         ch = chain[i]
@@ -340,24 +337,24 @@ def micro_program(plan, chains: Chains, branch: int) -> MicroProgram:
     """
     if plan.schedule != "lockstep":
         chain, shapes = chains.chains[branch], chains.shapes[branch]
-        return MicroProgram(tuple(_forward(plan, branch, chain, shapes, True)
+        return MicroProgram(tuple(_forward(branch, chain, shapes, True)
                                   + _loss(branch, plan.branches[branch].data_node, chain[-1].node)
-                                  + _backward(plan, branch, chain, shapes, True)))
+                                  + _backward(branch, chain, shapes, True)))
     trunk, join = chains.trunk, chains.trunk[0].node
     ops: list = []
     for d, chain in enumerate(chains.chains):
-        ops += _forward(plan, d, chain, chains.shapes[d], True)
+        ops += _forward(d, chain, chains.shapes[d], True)
         if chain[-1].node != join:
             ops.append(Hop("activations", chain[-1].node, join, chains.outs[d], chain=d))
     ops.append(Join(join))
-    ops += _forward(plan, TRUNK, trunk, chains.trunk_shapes, False)
+    ops += _forward(TRUNK, trunk, chains.trunk_shapes, False)
     ops += _loss(TRUNK, plan.branches[0].data_node, trunk[-1].node)
-    ops += _backward(plan, TRUNK, trunk, chains.trunk_shapes, False)
+    ops += _backward(TRUNK, trunk, chains.trunk_shapes, False)
     ops.append(Split(join))
     for d, chain in enumerate(chains.chains):
         if chain[-1].node != join:
             ops.append(Hop("gradients", join, chain[-1].node, chains.outs[d], chain=d))
-        ops += _backward(plan, d, chain, chains.shapes[d], True)
+        ops += _backward(d, chain, chains.shapes[d], True)
     return MicroProgram(tuple(ops))
 
 
@@ -411,10 +408,12 @@ def _params(kind: str, src: str, dst: str, numel: int) -> Hop | None:
 def relay_item(plan, step: int, src: int, dst: int) -> Relay:
     """The hand-over of the head from branch ``src`` to branch ``dst`` at ``step``."""
     agg = plan.aggregator
-    stages = tuple(StageHops(s, stage_numel(plan, a), (_params("params_up", a.node, agg, stage_numel(plan, a)),),
-                             (_params("params_down", agg, b.node, stage_numel(plan, a)),))
-                   for s, (a, b) in enumerate(zip(plan.branches[src].stages, plan.branches[dst].stages)))
-    return Relay(step, src, dst, stages)
+    stages = []
+    for s, (a, b) in enumerate(zip(plan.branches[src].stages, plan.branches[dst].stages)):
+        numel = stage_numel(plan, a)
+        stages.append(StageHops(s, numel, (_params("params_up", a.node, agg, numel),),
+                                (_params("params_down", agg, b.node, numel),)))
+    return Relay(step, src, dst, tuple(stages))
 
 
 def sync_item(plan, step: int) -> Sync:

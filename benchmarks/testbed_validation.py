@@ -1,7 +1,9 @@
 """Validation of the cost model on the emulated testbed: predicted against measured, per plan and node.
 
 Runs every strategy at several node counts and link rates on digits with ``--backend emulated`` (root and
-Mininet needed, see ``fplstudy.testbed``), after calibrating this machine, and prints per run the median
+Mininet needed, see ``fplstudy.testbed``), after calibrating this machine as the testbed runs it (as many
+processes at once as the plan has hosts, each call after ``--after-wait`` seconds idle: one calibration
+per number of hosts, ``profiles-<hosts>.yaml``), and prints per run the median
 absolute error of the round makespan and of the per-node busy seconds (warm-up round left out), then
 the same over all runs against the goal (both <= 15 %). Writes, under ``--out``: one run folder per plan,
 ``validation.csv`` (one row per run), ``validation_summary.json`` and ``validation_parity.png`` (every
@@ -13,7 +15,7 @@ runs on it: the load average before and after each run is in ``validation.csv``;
 machine before quoting the figures.
 
 Run: ``python benchmarks/testbed_validation.py --out runs/validation [--strategies fl,mp] [--nodes 2,4,8]
-[--rates 10,100] [--cpu cfs|dilate] [--rounds 3] [--batch-size 128] [--profiles host.yaml]``.
+[--rates 10,100] [--cpu cfs|dilate] [--rounds 3] [--batch-size 128] [--after-wait 0.05] [--profiles host.yaml]``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from fplstudy.calibrate import calibrate
 from fplstudy.config import ConfigError, load_config
 from fplstudy.strategies import STRATEGIES
 from fplstudy.distributed import DistributedError
+from fplstudy.runner import prepare
 from fplstudy.testbed import parity_figure, run_emulated
 
 def link_profiles(rates_mbit: list[str]) -> dict:
@@ -55,18 +58,36 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="rounds per run; round 0 is the warm-up")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--profiles", help="an existing calibration file (default: calibrate now)")
+    ap.add_argument("--after-wait", type=float, default=0.05, metavar="S",
+                    help="calibrate with S seconds of idle before each call, as the nodes compute (default 0.05; "
+                         "0: the tight-loop rate)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    profiles = out / "profiles.yaml"
+    base = out / "links.yaml"  # the validation's link profiles (and --profiles' devices, if given)
     doc = yaml.safe_load(Path(args.profiles).read_text()) if args.profiles else {}
     doc.setdefault("links", {}).update(link_profiles(args.rates.split(",")))
-    profiles.write_text(yaml.safe_dump(doc, sort_keys=False))
-    cal = [] if args.profiles else calibrate(profiles, models=["cnn"], batch_size=args.batch_size)  # keeps the links
+    base.write_text(yaml.safe_dump(doc, sort_keys=False))
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
-          + (f"calibrated {cal[0]['flops_per_s']:.4g} FLOP/s, {1e6 * cal[0]['call_overhead_s']:.0f} us per call"
-             if cal else f"calibration from {args.profiles}"))
+          + (f"calibration from {args.profiles}" if args.profiles else
+             f"calibrated per number of hosts, that many processes at once, each call after {args.after_wait:g} s idle"))
+    calibrations: dict[int, tuple[Path, dict]] = {}  # hosts -> (profiles file, calibration row)
+
+    def calibration(hosts: int) -> tuple[Path, dict]:
+        """The profiles file for a plan of ``hosts`` nodes: this machine measured as the testbed will run it."""
+        if args.profiles:
+            return base, {}
+        if hosts not in calibrations:
+            path = out / f"profiles-{hosts}.yaml"
+            path.write_text(base.read_text())
+            row = calibrate(path, models=["cnn"], batch_size=args.batch_size, seconds=10.0, wait_s=args.after_wait,
+                            processes=hosts)[0]  # keeps the links
+            print(f"calibrated for {hosts} hosts: {row['flops_per_s']:.4g} FLOP/s, "
+                  f"{1e6 * row['call_overhead_s']:.0f} us per call", flush=True)
+            calibrations[hosts] = (path, row)
+        return calibrations[hosts]
+
     rows, tables = [], []
     for strategy in args.strategies.split(","):
         sizes = [1] if strategy == "centralized" else list(map(int, args.nodes.split(",")))  # one node, by definition
@@ -74,9 +95,11 @@ def main() -> int:
             for mbit in args.rates.split(","):
                 name = f"{strategy}-{nodes}-{mbit}mbit"
                 values = dict(strategy=strategy, nodes=nodes, link=f"tb{mbit}", rounds=args.rounds,
-                              batch_size=args.batch_size, profiles_file=str(profiles), testbed_cpu=args.cpu)
-                load0, t0 = os.getloadavg()[0], time.monotonic()
+                              batch_size=args.batch_size, profiles_file=str(base), testbed_cpu=args.cpu)
                 try:
+                    path, cal = calibration(len(prepare(load_config(None, values))[0].nodes))
+                    values["profiles_file"] = str(path)
+                    load0, t0 = os.getloadavg()[0], time.monotonic()
                     res = run_emulated(load_config(None, values), out / name)
                 except (ConfigError, DistributedError) as exc:
                     print(f"{name:22} not run: {exc}")
@@ -87,6 +110,8 @@ def main() -> int:
                                  hosts=len(res.emulation.nodes), time_scale=s["time_scale"],
                                  makespan_error=s["round_makespan_median_abs_error"],
                                  busy_error=s["busy_median_abs_error"], send_error=s["send_median_abs_error"],
+                                 calibrated_flops_per_s=s["calibrated_flops_per_s"],
+                                 calibrated_call_s=s["calibrated_call_s"], calibration_processes=cal.get("processes"),
                                  load_before=load0, load_after=os.getloadavg()[0], wall_s=time.monotonic() - t0))
                 tables.append((name, res.table))
                 print(f"{name:22} {len(res.emulation.nodes)} hosts, time scale {s['time_scale']:5.2f}: makespan error "

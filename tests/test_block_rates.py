@@ -297,3 +297,39 @@ def test_calibrate_writes_block_rates_whose_harmonic_mean_is_the_whole_model_rat
     assert dev.status["block_flops_per_s"] == "M" and "fplstudy.calibrate.block_rates" in dev.source["block_flops_per_s"]
     h_written = sum(flops.values()) / sum(flops[b] / written[b] for b in written)
     assert h_written == pytest.approx(harmonic, rel=1e-3)
+
+
+def test_calls_after_a_wait_time_the_calls_never_the_sleeps(tmp_path):
+    """With ``wait_s`` every compute call follows a sleep, and only the calls are timed: a whole step of two
+    calls after 0.05 s idle each would count at least 0.1 s if the sleeps were timed (the cut step of 16 calls,
+    0.8 s); the cnn step at batch 2 takes milliseconds. The profile says how it was measured."""
+    from fplstudy.calibrate import measure
+
+    row = measure("cnn", batch_size=2, seconds=0.2, wait_s=0.05)
+    assert row["wait_s"] == 0.05 and row["steps"] == 10  # one step of each kind per window: the sleeps fill the budget
+    assert 0 < row["whole_s"] < 0.1 and 0 < row["cut_s"] < 0.1  # 2 and 16 calls each after 0.05 s idle: not timed
+    out = tmp_path / "host.yaml"
+    calibrate(out, models=["cnn"], batch_size=2, seconds=0.2, wait_s=0.01)
+    dev = load_profiles(out).device("calibrated_cnn_b2")
+    assert "each call after 0.01 s idle" in dev.source["flops_per_s"] and "0.01 s idle" in dev.description
+
+
+def test_calibration_in_processes_at_once_gives_the_medians_over_them(tmp_path):
+    """``processes=2`` measures in two spawned processes together; the rate is the median (the mean of two)
+    of theirs, every block has one, the steps add up, and the profile says so."""
+    out = tmp_path / "host.yaml"
+    row = calibrate(out, models=["cnn"], batch_size=4, seconds=0.3, processes=2)[0]  # fplstudy.calibrate.measure_together
+    assert row["processes"] == 2 and row["steps"] >= 2 * 2 * 5
+    assert math.isfinite(row["flops_per_s"]) and row["flops_per_s"] > 0
+    assert set(row["block_flops_per_s"]) <= set(row["block_flops"]) and row["block_flops_per_s"]
+    dev = load_profiles(out).device("calibrated_cnn_b4")
+    assert "2 processes at once" in dev.source["flops_per_s"] and dev.flops_per_s == float(f"{row['flops_per_s']:.4g}")
+
+
+@pytest.mark.parametrize(("kwargs", "key", "value"), [
+    ({"wait_s": -1.0}, "--after-wait", "-1.0"), ({"wait_s": 11.0}, "--after-wait", "11.0"),
+    ({"processes": 0}, "--processes", "0"), ({"processes": 1.5}, "--processes", "1.5")])
+def test_bad_calibration_settings_are_refused_naming_the_flag(tmp_path, kwargs, key, value):
+    with pytest.raises(ConfigError, match=f"'{key}': got {value}") as err:
+        calibrate(tmp_path / "host.yaml", models=["cnn"], **kwargs)
+    assert "\n" not in str(err.value) and not (tmp_path / "host.yaml").exists()

@@ -20,6 +20,7 @@ settings in its ``source``), loadable with the config key ``profiles_file``; the
 from __future__ import annotations
 
 import datetime as dt
+import multiprocessing
 import platform
 import statistics
 import time
@@ -105,7 +106,7 @@ def block_rates(flops: dict[str, int], block_s: dict[str, float], cut_s: float, 
     return out
 
 
-def measure(model: str, batch_size: int = 32, seconds: float = 3.0) -> dict:
+def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: float = 0.0) -> dict:
     """Time training steps of ``model`` on one thread, whole and cut into one chunk per block.
 
     The whole model is two compute calls per step (forward, backward); cut into its ``k`` blocks as the
@@ -115,11 +116,18 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0) -> dict:
     each block's forward and backward calls are timed (``perf_counter`` around each), the median per block
     over the windows kept, and :func:`block_rates` turns them into per-block FLOP/s.
 
+    With ``wait_s > 0`` every compute call (a forward, a backward) follows ``wait_s`` seconds of sleep, as on
+    a node that waits for a message (or, on the emulated testbed, sleeps out its CPU share) before each
+    chunk: caches and predictors have gone cold, and the same call takes longer than in a tight loop
+    (measured here: a whole cnn step at batch 128 after 50 ms idle 1.2-1.3x its tight-loop time). Only the
+    calls are timed, never the sleeps.
+
     Args:
         model: a registered model (:data:`MODEL_DATASET`).
         batch_size: samples per step.
         seconds: timed training in all (whole and cut alternate, :data:`WINDOWS` windows each), after a
-            warm-up.
+            warm-up; with ``wait_s``, the sleeps count in it (at least one step per window is timed).
+        wait_s: seconds of idle before each compute call (0: a tight loop, the sustained rate).
 
     Returns:
         ``{"model", "flops_per_s", "call_overhead_s", "batch_size", "steps", "whole_s", "cut_s",
@@ -140,46 +148,67 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0) -> dict:
         spent = [0.0] * len(blocks)  # seconds of each block's calls, summed over a window's cut steps
         x, y = torch.randn(batch_size, *shape), torch.randint(0, classes, (batch_size,))
 
-        def whole() -> None:
-            opt.zero_grad(set_to_none=True)
-            torch.nn.functional.cross_entropy(net(x), y).backward()
-            opt.step()
+        def pause() -> None:
+            if wait_s > 0:
+                time.sleep(wait_s)
 
-        def cut() -> None:  # as fplstudy.engine runs a chain of stages
+        def whole() -> float:  # the seconds of its timed parts (without the pauses)
+            opt.zero_grad(set_to_none=True)
+            pause()
+            t = clock()
+            loss = torch.nn.functional.cross_entropy(net(x), y)
+            took = clock() - t
+            pause()
+            t = clock()
+            loss.backward()
+            opt.step()
+            return took + clock() - t
+
+        def cut() -> float:  # as fplstudy.engine runs a chain of stages
+            t = clock()
             opt.zero_grad(set_to_none=True)
             h, ins, outs = x, [], []
+            took = clock() - t
             for i, block in enumerate(blocks):
-                inp = h if i == 0 else h.detach().requires_grad_(True)
+                pause()
                 t = clock()
+                inp = h if i == 0 else h.detach().requires_grad_(True)
                 h = block(inp)
-                spent[i] += clock() - t
+                d = clock() - t
+                took, spent[i] = took + d, spent[i] + d
                 ins.append(inp)
                 outs.append(h)
+            t = clock()
             outs[-1] = torch.nn.functional.cross_entropy(outs[-1], y)
+            took += clock() - t
             g = None
             for i in range(len(blocks) - 1, -1, -1):
+                pause()
                 t = clock()
                 torch.autograd.backward(outs[i], g)
-                spent[i] += clock() - t
+                d = clock() - t
+                took, spent[i] = took + d, spent[i] + d
                 g = ins[i].grad if i > 0 else None
+            t = clock()
             opt.step()
+            return took + clock() - t
 
         t0, warm = time.perf_counter(), 0
         while warm < 3 or time.perf_counter() - t0 < min(1.0, seconds / 3):  # warm-up: allocator, kernels
             whole()
             cut()
             warm += 1
-        per_step = (time.perf_counter() - t0) / warm / 2
+        per_step = (time.perf_counter() - t0) / warm / 2  # wall, pauses included
         steps = max(1, round(seconds / (2 * WINDOWS) / per_step))
         times: dict = {whole: [], cut: []}
         windows: list[list[float]] = []  # per window, each block's seconds per cut step
         for _ in range(WINDOWS):
             for fn in (whole, cut):  # alternate: both see the same background load
                 spent[:] = [0.0] * len(blocks)
-                t = time.perf_counter()
+                took = 0.0
                 for _ in range(steps):
-                    fn()
-                times[fn].append((time.perf_counter() - t) / steps)
+                    took += fn()
+                times[fn].append(took / steps)
             windows.append([b / steps for b in spent])
     finally:
         torch.set_num_threads(threads)
@@ -189,23 +218,83 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0) -> dict:
     block_s = {n: statistics.median(w[i] for w in windows) for i, n in enumerate(names)}
     block_flops = {n: f * batch_size for n, f in per_block.items()}
     return {"model": model, "flops_per_s": flops * batch_size / (whole_s - 2 * call_s), "call_overhead_s": call_s,
-            "batch_size": batch_size, "steps": 2 * steps * WINDOWS, "whole_s": whole_s, "cut_s": cut_s,
+            "batch_size": batch_size, "wait_s": wait_s, "steps": 2 * steps * WINDOWS, "whole_s": whole_s, "cut_s": cut_s,
             "block_flops_per_s": block_rates(block_flops, block_s, cut_s, call_s), "block_s": block_s,
             "block_flops": block_flops}
 
 
+def _measure_child(barrier, queue, args: tuple) -> None:  # a process of measure_together
+    try:
+        barrier.wait()  # torch imported in every process: all start timing together
+        queue.put(measure(*args))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises
+        queue.put(exc)
+
+
+def measure_together(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: float = 0.0,
+                     processes: int = 1) -> dict:
+    """:func:`measure` in ``processes`` processes at once (one thread each), the medians over them.
+
+    A node of the emulated testbed is one process among as many as the plan has nodes, all on this
+    machine's few cores: between its own calls, the others compute and evict its caches, so its calls run
+    slower than one process alone (measured here: 8 processes at once, each call after 50 ms idle, 1.4x
+    the time per call of 4). Calibrating with the testbed's number of processes measures the speed a
+    node's process gets. ``processes=1`` is :func:`measure` itself.
+
+    Returns:
+        :func:`measure`'s dict with the medians over the processes of ``flops_per_s``, ``call_overhead_s``,
+        ``whole_s``, ``cut_s`` and each block's rate and seconds, ``steps`` summed, plus ``processes``.
+    """
+    if processes == 1:
+        return measure(model, batch_size, seconds, wait_s) | {"processes": 1}
+    ctx = multiprocessing.get_context("spawn")
+    barrier, queue = ctx.Barrier(processes), ctx.Queue()
+    procs = [ctx.Process(target=_measure_child, args=(barrier, queue, (model, batch_size, seconds, wait_s)))
+             for _ in range(processes)]
+    for proc in procs:
+        proc.start()
+    try:
+        rows = [queue.get(timeout=600 + 3 * seconds * processes) for _ in procs]
+    finally:
+        for proc in procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+    for row in rows:
+        if isinstance(row, BaseException):
+            raise row
+
+    def med(key: str) -> float:
+        return statistics.median(r[key] for r in rows)
+
+    def med_blocks(key: str) -> dict:
+        names = [b for b in rows[0][key] if all(b in r[key] for r in rows)]
+        return {b: statistics.median(r[key][b] for r in rows) for b in names}
+
+    return rows[0] | {"flops_per_s": med("flops_per_s"), "call_overhead_s": med("call_overhead_s"),
+                      "whole_s": med("whole_s"), "cut_s": med("cut_s"), "steps": sum(r["steps"] for r in rows),
+                      "block_flops_per_s": med_blocks("block_flops_per_s"), "block_s": med_blocks("block_s"),
+                      "processes": processes}
+
+
 def calibrate(out: str | Path, models: list[str] | None = None, batch_size: int = 32, seconds: float = 3.0,
-              ) -> list[dict]:
+              wait_s: float = 0.0, processes: int = 1) -> list[dict]:
     """Measure every model and write (or update) the profiles file ``out``.
 
     An existing ``out`` keeps its other devices and links (its comments are not kept); its
     ``calibrated_<model>_b<batch>`` entries are replaced.
 
+    ``wait_s`` (:func:`measure`): idle seconds before each timed call; 0 gives the sustained rate, a
+    positive value the rate of calls that follow a wait, as the emulated testbed's nodes make them.
+    ``processes`` (:func:`measure_together`): that many processes measure at once, as the testbed runs
+    one process per node.
+
     Returns:
         One dict per model (:func:`measure`'s, plus ``profile``: the device profile's name).
 
     Raises:
-        ConfigError: an unknown model, a batch size < 1, seconds <= 0, or an ``out`` that is not a profiles file.
+        ConfigError: an unknown model, a batch size < 1, seconds <= 0, wait_s outside [0, 10], processes
+            outside [1, 64], or an ``out`` that is not a profiles file.
     """
     models = list(MODEL_DATASET) if models is None else models
     for m in models:
@@ -215,6 +304,10 @@ def calibrate(out: str | Path, models: list[str] | None = None, batch_size: int 
         raise ConfigError("--batch-size", batch_size, "must be an integer >= 1")
     if not 0 < seconds <= 3600:
         raise ConfigError("--seconds", seconds, "must be > 0 and <= 3600")
+    if not 0 <= wait_s <= 10:
+        raise ConfigError("--after-wait", wait_s, "give seconds >= 0 and <= 10 (0: calls in a tight loop)")
+    if not (isinstance(processes, int) and 1 <= processes <= 64):
+        raise ConfigError("--processes", processes, "give an integer >= 1 and <= 64 (1: one process alone)")
     out = Path(out)
     doc: dict = {}
     if out.exists():
@@ -227,15 +320,20 @@ def calibrate(out: str | Path, models: list[str] | None = None, batch_size: int 
     rows = []
     devices = doc.setdefault("devices", {})
     for m in models:
-        row = measure(m, batch_size, seconds)
+        row = measure_together(m, batch_size, seconds, wait_s, processes)
         row["profile"] = calibrated_name(m, batch_size)
         rows.append(row)
         how = (f"fplstudy calibrate, {now}: {cpu}, torch {version}, 1 thread, {m} on {MODEL_DATASET[m]}-shaped "
                f"random inputs, batch {batch_size}, medians of {WINDOWS} windows ({row['steps']} steps of forward + "
                f"backward + SGD, whole and cut per block: {row['whole_s']:.4g} s and {row['cut_s']:.4g} s per step), "
-               "FLOPs counted by fplstudy.flops")
+               + (f"each call after {wait_s:g} s idle, " if wait_s else "calls in a tight loop, ")
+               + (f"{processes} processes at once (medians over them), " if processes > 1 else "")
+               + "FLOPs counted by fplstudy.flops")
         entry = {
-            "description": f"this machine ({cpu}), one thread, training {m}; measured {now} with torch {version}",
+            "description": f"this machine ({cpu}), one thread, training {m}"
+                           + (f", each call after {wait_s:g} s idle" if wait_s else "")
+                           + (f", {processes} processes at once" if processes > 1 else "")
+                           + f"; measured {now} with torch {version}",
             "flops_per_s": {"value": float(f"{row['flops_per_s']:.4g}"), "status": "M", "source": how},
             "call_overhead_s": {"value": float(f"{row['call_overhead_s']:.4g}"), "status": "M", "source": how},
         }

@@ -6,8 +6,8 @@ Emulated CPUs (QEMU user mode) run the same run as this machine's AVX-512 CPU:
   ``fplstudy.study.KERNELS["avx2"]``): the run files are byte-identical to this machine's with the same
   pinning; this machine's native AVX-512 kernels give other bytes, which shows the comparison can fail.
 - ``-cpu Nehalem`` (SSE4.2, no AVX) with ``kernels: sse41``: byte-identical to this machine's sse41 run;
-  pinned to avx2 there, torch dies of an illegal instruction before writing anything (a known defect: it
-  should be a one-line refusal naming ``study.kernels``).
+  a study pinned to avx2 there is refused by the parent in one line naming ``study.kernels``, before any
+  worker starts (a pinned worker's torch would die of an illegal instruction first).
 
 Slow (three emulated runs, several minutes); needs ``qemu-x86_64`` (Debian's ``qemu-user``, which
 ``.ci/run`` installs where it is root).
@@ -79,12 +79,26 @@ def test_sse41_kernels_give_the_same_bytes_on_a_cpu_without_avx(tmp_path: Path):
     assert here == there
 
 
-def test_avx2_kernels_on_a_cpu_without_avx2_never_give_silently_other_bytes(tmp_path: Path):
-    """Known defect, pinned here: on a CPU without AVX2 a study pinned to ``avx2`` does not give other bytes
-    quietly, but torch (which trusts ATEN_CPU_CAPABILITY) dies of an illegal instruction before any run
-    file is written, instead of the one-line refusal naming ``study.kernels`` that the worker's check would
-    give. The fix (check the CPU's own level in the parent before pinning) is left to the next change."""
-    proc = subprocess.run(["qemu-x86_64", "-cpu", "Nehalem", sys.executable, "-c", RUN, str(tmp_path / "run")],
-                          env=_env("avx2"), capture_output=True, text=True, timeout=900)
-    assert proc.returncode != 0 and "Illegal instruction" in proc.stderr, (proc.returncode, proc.stderr[-500:])
-    assert not (tmp_path / "run" / "rounds.csv").exists()
+REFUSE = ("import sys; from fplstudy import config, study\n"
+          "cfg = config.make_config({'strategy': 'fpl', 'nodes': 4, 'rounds': 2, 'max_train_samples': 120})\n"
+          "try:\n    study.train_runs([(cfg, sys.argv[1], 'fpl')], kernels='avx2')\n"
+          "except study.StudyError as exc:\n    print(exc, file=sys.stderr); sys.exit(2)")
+
+
+def test_avx2_kernels_on_a_cpu_without_avx2_are_refused_in_one_line_before_any_run(tmp_path: Path):
+    """On a CPU without AVX2 a study pinned to ``avx2`` is refused by the parent (``study.check_kernels``,
+    before any worker starts, since a pinned worker's torch would die of an illegal instruction first),
+    in one line naming ``study.kernels`` and the fix; no run folder is made. On this CPU the same call trains
+    (the check can pass)."""
+    env = {k: v for k, v in os.environ.items() if k not in study.KERNEL_VARIABLES}  # the parent is not pinned
+    env["PYTHONPATH"] = str(ROOT / "src")
+    proc = subprocess.run(["qemu-x86_64", "-cpu", "Nehalem", sys.executable, "-c", REFUSE, str(tmp_path / "run")],
+                          env=env, capture_output=True, text=True, timeout=900)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, (proc.returncode, proc.stderr[-1000:])
+    assert lines[0].startswith("params.yaml: study.kernels: got 'avx2', but this CPU lacks AVX2") and "sse41" in lines[0]
+    assert not (tmp_path / "run").exists()
+    here = subprocess.run([sys.executable, "-c", REFUSE, str(tmp_path / "here")], env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert here.returncode == 0, here.stderr[-1000:]
+    assert (tmp_path / "here" / "rounds.csv").exists()

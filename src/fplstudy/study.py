@@ -299,7 +299,7 @@ PACKAGE = Path(__file__).resolve().parent
 # Files of the package that a module reads besides its source (a folder stands for every file in it). They
 # decide what the module computes (the shipped device and link profiles price every run), so they count as
 # its code. tests/test_study.py fails when the package holds a data file that no module here claims.
-MODULE_DATA: dict[str, tuple[str, ...]] = {"fplstudy.profiles": ("profiles",)}
+MODULE_DATA: dict[str, tuple[str, ...]] = {"fplstudy.profiles": ("profiles",), "fplstudy.topology": ("topologies",)}
 # What a run is made by: the module whose function a worker process runs (:func:`_worker_run`, which
 # imports everything else it needs). :func:`code_hash` covers its import closure.
 RUN_MODULES = ("fplstudy.study",)
@@ -664,6 +664,29 @@ def run_group(study: Study, group: str | None, runs_dir: str | Path, *, workers:
                       runs_after=after)
 
 
+def check_kernels(kernels: str) -> None:
+    """Refuse, in the parent and before any worker starts, a kernel level this CPU cannot run.
+
+    torch trusts ``ATEN_CPU_CAPABILITY``: a worker pinned to ``avx2`` on a CPU without AVX2 dies of an
+    illegal instruction before it can check anything. This process's torch is not pinned (the variables
+    are set only for the workers), so its capability is the CPU's own level (``default`` when it lacks AVX2).
+    """
+    if kernels not in KERNELS:
+        raise StudyError(f"kernels: got {kernels!r}; use one of {', '.join(KERNELS)}")
+    level = KERNELS[kernels][1]
+    if level is None or level == "DEFAULT":
+        return
+    pinned = {k: os.environ[k] for k in KERNEL_VARIABLES if k in os.environ}
+    if pinned:  # this process pinned by hand: its torch would report the pin, not the CPU
+        return
+    import torch
+
+    own = torch.backends.cpu.get_cpu_capability()
+    if own == "DEFAULT":
+        raise StudyError(f"params.yaml: study.kernels: got {kernels!r}, but this CPU lacks {level} (torch finds "
+                         f"only {own} kernels); use `kernels: sse41` (every x86-64 CPU, slower) or `native`")
+
+
 def train_runs(runs: list[tuple[Config, Path, str]], *, workers: int = 1, kernels: str = DEFAULT_KERNELS,
                log: Callable[[str], None] | None = None, label: str = "runs", runs_after: int = 0,
                ) -> list[dict[str, Any]]:
@@ -688,8 +711,7 @@ def train_runs(runs: list[tuple[Config, Path, str]], *, workers: int = 1, kernel
     if not runs:
         return records
     t0 = time.perf_counter()
-    if kernels not in KERNELS:
-        raise StudyError(f"kernels: got {kernels!r}; use one of {', '.join(KERNELS)}")
+    check_kernels(kernels)
     env = {**{k: None for k in KERNEL_VARIABLES}, **KERNELS[kernels][0]}  # native: this CPU's own, unpinned
     with _environment(env), \
             ProcessPoolExecutor(min(workers, len(runs)), mp_context=multiprocessing.get_context("spawn")) as pool:

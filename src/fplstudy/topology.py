@@ -1,0 +1,275 @@
+"""Topologies: which device each node is and which links join them, and the path a message takes.
+
+A topology file (YAML) describes a site:
+
+.. code-block:: yaml
+
+    description: 4 sensors on Wi-Fi 4 -> an access point -> a fog gateway on Ethernet
+    nodes:                        # the points that compute, in order; each with its device profile
+      s0: {device: rpi4}
+      s1: {device: rpi4, flops_per_s: 5.0e+9}   # a device field given here overrides the profile's
+      gw: {device: jetson_orin_nano}
+    sites: [ap]                   # points of the network that compute nothing (access points, switches)
+    links:
+      - {between: [s0, ap], profile: wifi4}     # s0 -> ap at up_bps, ap -> s0 at down_bps
+      - {between: [s1, ap], profile: wifi4}
+      - {between: [ap, gw], profile: ethernet}
+      - {from: s0, to: s1, profile: ble, rate: up}   # one direction only, at the rate named
+      - {between: [s1, gw], profile: ble, up_bps: 1.0e+6}  # a link field given here overrides the profile's
+
+A ``between: [a, b]`` link is both directions of one link profile: ``a -> b`` at its ``up_bps`` (``a`` is
+the lower end: a station's uplink to its access point), ``b -> a`` at its ``down_bps``. A ``from/to`` link
+is one direction, at the profile's ``up_bps`` or ``down_bps`` (``rate``). A link field (``up_bps``,
+``down_bps``, ``tx_j_per_bit``, ``rx_j_per_bit``, ``latency_s``) given in the entry overrides the profile's, a
+device field given in a node's entry the device profile's (status ``U``, the topology as source), each in
+the range :data:`fplstudy.profiles.BOUNDS` allows. No two entries may give the same direction of the same
+pair. ``description`` and ``source`` say what the site is and where its shape comes from.
+
+**The path and its price** (:meth:`Topology.path`, :func:`price_path`). A message takes the path of fewest
+hops (ties: the least seconds per bit, then the names in order), and is priced **store-and-forward per
+hop**: every hop carries the whole message, one hop after the other, so the message takes
+``Σ_hops (bits / rate_h + latency_h)``; each hop spends ``bits × tx_j_per_bit`` at its sending end and
+``bits × rx_j_per_bit`` at its receiving end (a relay in the middle of the path spends both). A path of one
+hop is priced exactly as :func:`fplstudy.ledger.price_message` prices a message on one link (same float
+operations), so a topology that links every pair of nodes directly with one profile — directed the way the
+shorthand keys direct it (:func:`uniform_links`) — is the uniform site of the config keys ``link`` and
+``node_devices``.
+
+Errors (:class:`TopologyError`, a :class:`~fplstudy.config.ConfigError`) name the file, the entry and the
+value, before any work: an unknown device or link profile, a duplicate node or site, a link to an unknown
+point, a bad or out-of-range number, a direction given twice, a pair with no path
+(:meth:`Topology.check_reachable`).
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from fplstudy.config import ConfigError, YamlError, read_yaml_file, short_repr
+from fplstudy.profiles import BOUNDS, DEVICE_FIELDS, LINK_FIELDS, DeviceProfile, LinkProfile, Profiles
+
+OVERRIDABLE = tuple(k for k in DEVICE_FIELDS if k in BOUNDS["devices"])  # numeric device fields a node may override
+LINK_OVERRIDABLE = tuple(LINK_FIELDS)  # link fields a link entry may override
+RATES = ("up", "down")  # which rate of its profile a directed link uses
+
+
+class TopologyError(ConfigError):
+    """A topology file that cannot be used; the message names the file, the entry and the value."""
+
+    def __init__(self, file: str | Path, key: str, value: Any, allowed: str):
+        self.file = str(file)
+        ValueError.__init__(self, f"topology file '{file}', entry '{key}': got {short_repr(value)}; {allowed}")
+        self.key, self.value, self.allowed = key, value, allowed
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One direction of one link: ``src -> dst`` over ``link`` at ``rate_bps`` (its up or down rate)."""
+
+    src: str
+    dst: str
+    link: LinkProfile
+    rate_bps: float
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A site: its nodes (device profile names, per-node overrides), sites, and every directed hop."""
+
+    name: str
+    nodes: dict[str, str]  # node -> device profile name, in the file's order
+    overrides: dict[str, dict[str, float]]  # node -> device field -> value
+    sites: tuple[str, ...]
+    hops: dict[str, tuple[Hop, ...]]  # point -> the hops leaving it (sorted by destination)
+    description: str = ""
+    _paths: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
+
+    @property
+    def points(self) -> tuple[str, ...]:
+        return tuple(self.nodes) + self.sites
+
+    def device(self, node: str, profiles: Profiles) -> DeviceProfile:
+        """``node``'s device profile with the topology's overrides applied."""
+        dev = profiles.device(self.nodes[node])
+        extra = self.overrides.get(node)
+        if not extra:
+            return dev
+        status = dict(dev.status) | {k: "U" for k in extra}
+        source = dict(dev.source) | {k: f"topology {self.name}, node {node}" for k in extra}
+        return replace(dev, name=f"{dev.name}@{node}", status=status, source=source, **extra)
+
+    def path(self, src: str, dst: str) -> tuple[Hop, ...] | None:
+        """The hops a message from ``src`` to ``dst`` takes (fewest hops; ties: least seconds per bit, then
+        the names of the points in order); ``()`` for ``src == dst``; None when there is no path."""
+        key = (src, dst)
+        if key not in self._paths:
+            self._paths[key] = self._route(src, dst)
+        return self._paths[key]
+
+    def _route(self, src: str, dst: str) -> tuple[Hop, ...] | None:
+        if src == dst:
+            return ()
+        # Dijkstra on (hops, seconds per bit, names): a lexicographic cost, so the first arrival at dst is it
+        heap: list[tuple[int, float, tuple[str, ...]]] = [(0, 0.0, (src,))]
+        done: set[str] = set()
+        while heap:
+            n, spb, names = heapq.heappop(heap)
+            here = names[-1]
+            if here == dst:
+                return tuple(next(h for h in self.hops[a] if h.dst == b) for a, b in zip(names, names[1:]))
+            if here in done:
+                continue
+            done.add(here)
+            for hop in self.hops.get(here, ()):
+                if hop.dst not in done:
+                    heapq.heappush(heap, (n + 1, spb + 1.0 / hop.rate_bps, names + (hop.dst,)))
+        return None
+
+    def check_reachable(self, pairs, where: str = "links") -> None:
+        """Refuse the topology when a message of one of ``pairs`` ``(src, dst)`` has no path."""
+        for src, dst in pairs:
+            if self.path(src, dst) is None:
+                raise TopologyError(self.name, where, f"{src} -> {dst}",
+                                    f"no path from {src} to {dst}; add a link (between: [{src}, …]) that joins them")
+
+
+def price_path(hops: tuple[Hop, ...], nbytes: int) -> tuple[float, dict[str, float], dict[str, float]]:
+    """Seconds and radio energy of one message of ``nbytes`` payload bytes along ``hops``, store-and-forward.
+
+    Returns:
+        ``(seconds, tx_j, rx_j)``: Σ over hops of bits / rate + latency; per point, the joules it spends
+        sending (bits × ``tx_j_per_bit`` of each hop it sends on) and receiving (bits × ``rx_j_per_bit``).
+    """
+    bits = nbytes * 8
+    seconds = 0.0
+    tx: dict[str, float] = {}
+    rx: dict[str, float] = {}
+    for hop in hops:
+        seconds += bits / hop.rate_bps + hop.link.latency_s
+        tx[hop.src] = tx.get(hop.src, 0.0) + bits * hop.link.tx_j_per_bit
+        rx[hop.dst] = rx.get(hop.dst, 0.0) + bits * hop.link.rx_j_per_bit
+    return seconds, tx, rx
+
+
+def _mapping(file, key: str, raw: Any, what: str) -> dict:
+    if not isinstance(raw, dict):
+        raise TopologyError(file, key, raw, f"must be a mapping of {what}")
+    return raw
+
+
+def _override(file, key: str, raw: Any, section: str = "devices") -> float:
+    low, high, unit = BOUNDS[section][key.rsplit(".", 1)[-1]]
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw != raw:
+        raise TopologyError(file, key, raw, f"must be a number ({unit})")
+    if not low <= raw <= high:
+        raise TopologyError(file, key, raw, f"must lie in [{low:g}, {high:g}] ({unit})")
+    return float(raw)
+
+
+def uniform_links(nodes: dict[str, str], link: str) -> list[dict]:
+    """Directed link entries joining every ordered pair of ``nodes`` (``{name: side}``, side ``edge`` or
+    ``server``) with profile ``link``, directed as :func:`fplstudy.ledger.price_message` directs a message:
+    ``down`` from the server side to an edge node, ``up`` otherwise. A topology of them is the uniform site."""
+    return [{"from": a, "to": b, "profile": link, "rate": "down" if sa == "server" and nodes[b] == "edge" else "up"}
+            for a, sa in nodes.items() for b in nodes if a != b]
+
+
+def parse_topology(doc: Any, profiles: Profiles, file: str | Path = "<topology>") -> Topology:
+    """A topology from its YAML document (see the module docstring); refuses a bad entry naming it."""
+    name = str(file)
+    doc = _mapping(file, "(top level)", doc, "description, nodes, sites and links")
+    unknown = set(doc) - {"description", "source", "nodes", "sites", "links"}
+    if unknown:
+        key = sorted(unknown)[0]
+        raise TopologyError(file, key, doc[key], "unknown entry; a topology has description, source, nodes, sites, links")
+    raw_nodes = _mapping(file, "nodes", doc.get("nodes"), "node names to {device: <profile>, …}")
+    if not raw_nodes:
+        raise TopologyError(file, "nodes", raw_nodes, "give at least one node")
+    nodes: dict[str, str] = {}
+    overrides: dict[str, dict[str, float]] = {}
+    for node, entry in raw_nodes.items():
+        where = f"nodes.{node}"
+        entry = _mapping(file, where, entry, "device: <profile> and optional device fields")
+        if "device" not in entry:
+            raise TopologyError(file, f"{where}.device", None, "missing; name the node's device profile")
+        device = str(entry["device"])
+        if device not in profiles.devices:
+            raise TopologyError(file, f"{where}.device", device,
+                                f"unknown device profile; known: {', '.join(sorted(profiles.devices))}")
+        for key in entry:
+            if key != "device" and key not in OVERRIDABLE:
+                raise TopologyError(file, f"{where}.{key}", entry[key],
+                                    f"unknown field; a node has device and may override {', '.join(OVERRIDABLE)}")
+        nodes[str(node)] = device
+        extra = {k: _override(file, f"{where}.{k}", v) for k, v in entry.items() if k != "device"}
+        if extra:
+            overrides[str(node)] = extra
+    sites_raw = doc.get("sites") or []
+    if not isinstance(sites_raw, list):
+        raise TopologyError(file, "sites", sites_raw, "must be a list of site names")
+    sites: list[str] = []
+    for i, site in enumerate(sites_raw):
+        site = str(site)
+        if site in nodes or site in sites:
+            raise TopologyError(file, f"sites[{i}]", site, "duplicate name; every node and site needs its own")
+        sites.append(site)
+    points = set(nodes) | set(sites)
+    links_raw = doc.get("links") or []
+    if not isinstance(links_raw, list):
+        raise TopologyError(file, "links", links_raw, "must be a list of {between: [a, b], profile: …} entries")
+    directed: dict[tuple[str, str], Hop] = {}
+    for i, entry in enumerate(links_raw):
+        where = f"links[{i}]"
+        entry = _mapping(file, where, entry, "between: [a, b] (or from:, to:, rate:) and profile:")
+        shape = {"between", "profile"} if "between" in entry else {"from", "to", "profile", "rate"}
+        if not shape <= set(entry) or set(entry) - shape - set(LINK_OVERRIDABLE):
+            raise TopologyError(file, where, entry, "give between: [a, b] and profile:, or from:, to:, profile: "
+                                                    f"and rate: up|down; optional overrides: {', '.join(LINK_OVERRIDABLE)}")
+        profile = str(entry["profile"])
+        if profile not in profiles.links:
+            raise TopologyError(file, f"{where}.profile", profile,
+                                f"unknown link profile; known: {', '.join(sorted(profiles.links))}")
+        link = profiles.links[profile]
+        extra = {k: _override(file, f"{where}.{k}", entry[k], "links") for k in LINK_OVERRIDABLE if k in entry}
+        if extra:
+            link = replace(link, name=f"{profile}@{where}", status=dict(link.status) | {k: "U" for k in extra},
+                           source=dict(link.source) | {k: f"topology {name}, {where}" for k in extra}, **extra)
+        if "between" in entry:
+            ends = entry["between"]
+            if not (isinstance(ends, list) and len(ends) == 2 and ends[0] != ends[1]):
+                raise TopologyError(file, f"{where}.between", ends, "give two different points: [lower, upper]")
+            a, b = map(str, ends)
+            pairs = [(a, b, link.up_bps), (b, a, link.down_bps)]
+        else:
+            if entry["rate"] not in RATES:
+                raise TopologyError(file, f"{where}.rate", entry["rate"], "must be up or down")
+            a, b = str(entry["from"]), str(entry["to"])
+            if a == b:
+                raise TopologyError(file, f"{where}.to", b, "a link joins two different points")
+            pairs = [(a, b, link.up_bps if entry["rate"] == "up" else link.down_bps)]
+        for end in (a, b):
+            if end not in points:
+                raise TopologyError(file, where, end, f"unknown point; nodes and sites: {', '.join(sorted(points))}")
+        for src, dst, rate in pairs:
+            if (src, dst) in directed:
+                raise TopologyError(file, where, f"{src} -> {dst}", "this direction is already linked; give each "
+                                                                    "direction of a pair once")
+            directed[(src, dst)] = Hop(src, dst, link, rate)
+    hops: dict[str, list[Hop]] = {}
+    for (src, dst), hop in sorted(directed.items()):
+        hops.setdefault(src, []).append(hop)
+    return Topology(name=name, nodes=nodes, overrides=overrides, sites=tuple(sites),
+                    hops={p: tuple(h) for p, h in hops.items()}, description=str(doc.get("description", "")))
+
+
+def load_topology(path: str | Path, profiles: Profiles) -> Topology:
+    """Read and check a topology file (see the module docstring). Which pairs must reach each other depends
+    on the plan: its user calls :meth:`Topology.check_reachable` with the pairs its messages join."""
+    try:
+        doc = read_yaml_file(path)
+    except YamlError as exc:
+        raise TopologyError(path, exc.key or "(file)", exc.value if exc.key else str(path), exc.reason) from None
+    return parse_topology(doc, profiles, path)

@@ -13,7 +13,9 @@ profile ``calibrated_<model>_b<batch>`` per model and batch size (status ``M``, 
 settings in its ``source``), loadable with the config key ``profiles_file``; the emulated testbed reads it
 (:mod:`fplstudy.testbed`); the block rates go in its optional field ``block_flops_per_s``
 (``{<model>: {<block>: FLOP/s}}``), which prices every call of that model block by block
-(:func:`fplstudy.ledger.price_compute`). Power is not measured: ``active_w`` and ``idle_w`` are written as 0 with status
+(:func:`fplstudy.ledger.price_compute`). Two settings measure the machine as the emulated testbed uses it
+rather than in a tight loop alone: ``wait_s`` (each call after an idle, :func:`measure`) and ``processes``
+(several processes at once, :func:`measure_together`). Power is not measured: ``active_w`` and ``idle_w`` are written as 0 with status
 ``E`` (set them to price energy).
 """
 

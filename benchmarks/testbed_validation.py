@@ -36,7 +36,7 @@ from fplstudy.calibrate import calibrate
 from fplstudy.config import ConfigError, load_config
 from fplstudy.strategies import STRATEGIES
 from fplstudy.distributed import DistributedError
-from fplstudy.runner import prepare
+from fplstudy.plan import resolve
 from fplstudy.testbed import parity_figure, run_emulated
 
 def link_profiles(rates_mbit: list[str]) -> dict:
@@ -97,7 +97,7 @@ def main() -> int:
                 values = dict(strategy=strategy, nodes=nodes, link=f"tb{mbit}", rounds=args.rounds,
                               batch_size=args.batch_size, profiles_file=str(base), testbed_cpu=args.cpu)
                 try:
-                    path, cal = calibration(len(prepare(load_config(None, values))[0].nodes))
+                    path, cal = calibration(len(resolve(load_config(None, values)).nodes))  # the plan alone: no data read
                     values["profiles_file"] = str(path)
                     load0, t0 = os.getloadavg()[0], time.monotonic()
                     res = run_emulated(load_config(None, values), out / name)

@@ -2,8 +2,9 @@
 
 Runs every strategy at several node counts and link rates on digits with ``--backend emulated`` (root and
 Mininet needed, see ``fplstudy.testbed``), after calibrating this machine as the testbed runs it (as many
-processes at once as the plan has hosts, each call after ``--after-wait`` seconds idle: one calibration
-per number of hosts, ``profiles-<hosts>.yaml``), and prints per run the median
+processes at once as the plan has hosts, in a tight loop since a node's chunks between two messages run
+back to back, or each call after ``--after-wait`` seconds idle: one calibration per number of hosts,
+``profiles-<hosts>.yaml``), and prints per run the median
 absolute error of the round makespan and of the per-node busy seconds (warm-up round left out), then
 the same over all runs against the goal (both <= 15 %). Writes, under ``--out``: one run folder per plan,
 ``validation.csv`` (one row per run), ``validation_summary.json`` and ``validation_parity.png`` (every
@@ -15,7 +16,7 @@ runs on it: the load average before and after each run is in ``validation.csv``;
 machine before quoting the figures.
 
 Run: ``python benchmarks/testbed_validation.py --out runs/validation [--strategies fl,mp] [--nodes 2,4,8]
-[--rates 10,100] [--cpu cfs|dilate] [--rounds 3] [--batch-size 128] [--after-wait 0.05] [--profiles host.yaml]``.
+[--rates 10,100] [--cpu cfs|dilate] [--rounds 3] [--batch-size 128] [--after-wait 0] [--profiles host.yaml]``.
 """
 
 from __future__ import annotations
@@ -58,9 +59,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="rounds per run; round 0 is the warm-up")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--profiles", help="an existing calibration file (default: calibrate now)")
-    ap.add_argument("--after-wait", type=float, default=0.05, metavar="S",
-                    help="calibrate with S seconds of idle before each call, as the nodes compute (default 0.05; "
-                         "0: the tight-loop rate)")
+    ap.add_argument("--after-wait", type=float, default=0.0, metavar="S",
+                    help="calibrate with S seconds of idle before each call (default 0: the tight-loop rate, as a "
+                         "node's chunks between two messages run)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -71,7 +72,8 @@ def main() -> int:
     base.write_text(yaml.safe_dump(doc, sort_keys=False))
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
           + (f"calibration from {args.profiles}" if args.profiles else
-             f"calibrated per number of hosts, that many processes at once, each call after {args.after_wait:g} s idle"))
+             f"calibrated per number of hosts, that many processes at once, each call after {args.after_wait:g} s idle"
+             if args.after_wait else "calibrated per number of hosts, that many processes at once, in a tight loop"))
     calibrations: dict[int, tuple[Path, dict]] = {}  # hosts -> (profiles file, calibration row)
 
     def calibration(hosts: int) -> tuple[Path, dict]:

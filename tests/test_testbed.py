@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from fplstudy import engine, testbed
 from fplstudy.config import ConfigError, make_config
@@ -186,6 +187,54 @@ def test_measured_figures_from_a_hand_made_trace():
     unpaired = trace.iloc[:4]  # a receive whose send is missing
     with pytest.raises(RuntimeError, match="do not pair up"):
         testbed.measured(unpaired.drop(index=1))
+
+
+class _Clock:
+    """This test's stand-in for the process's clocks: wall and CPU seconds advance only when told."""
+
+    def __init__(self):
+        self.wall, self.cpu, self.slept = 100.0, 10.0, []
+
+    def run(self, wall, cpu):  # a chunk that took `wall` seconds and `cpu` seconds of CPU
+        self.wall += wall
+        self.cpu += cpu
+
+    def sleep(self, s):
+        self.slept.append(s)
+        self.wall += s
+
+
+def test_dilation_is_slept_once_before_the_next_message_by_hand(tmp_path, monkeypatch):
+    """At share 0.25 three chunks of n0 (wall 0.1, 0.1, 0.3 s; CPU 0.1, 0.05, 0.01 s) last max(wall, CPU / 0.25)
+    = 0.4, 0.2, 0.3 s on n0's clock, back to back from 100.0 with no sleep in between; before its message
+    n0 sleeps once, 100.9 - 100.5 = 0.4 s, and the message is posted at 100.9. Undilated, the rows are the
+    real times and nothing is slept."""
+    from fplstudy import distributed
+
+    plan = _plan(strategy="sl", nodes=2, rounds=1, batch_size=64)
+    computes = [Compute(0, 0, 0, 0, plan.nodes[0].name, ("b0",), (64, 64), 64, phase, False)
+                for phase in ("forward", "backward", "backward")]  # what they compute does not matter here
+    peer = plan.nodes[1].name
+    for share, rows, slept in ((0.25, [(100.0, 100.4), (100.4, 100.6), (100.6, 100.9)], [0.4]),
+                               (0, [(100.0, 100.1), (100.1, 100.2), (100.2, 100.5)], [])):
+        clock = _Clock()
+        monkeypatch.setattr(distributed.time, "perf_counter", lambda c=clock: c.wall)
+        monkeypatch.setattr(distributed.time, "thread_time", lambda c=clock: c.cpu)
+        monkeypatch.setattr(distributed.time, "sleep", clock.sleep)
+        monkeypatch.setenv(distributed.DILATE_ENV, str(share))
+        monkeypatch.setenv(distributed.TRACE_ENV, str(tmp_path))
+        T = distributed.DistributedTransport(plan, rank=0)
+        for ev, (wall, cpu) in zip(computes, [(0.1, 0.1), (0.1, 0.05), (0.3, 0.01)]):
+            clock.run(wall, cpu)
+            T.compute(ev)
+        assert clock.slept == []  # nothing slept between chunks
+        monkeypatch.setattr(distributed.dist, "isend", lambda buf, dst: None)
+        monkeypatch.setattr(T, "_settle", lambda keep=0: None)
+        T.move(torch.zeros(2), src=T.node, dst=peer, kind="activations", shape=(2,), dtype=torch.float32,
+               where=(0, 0, 0, 0))
+        assert clock.slept == pytest.approx(slept)
+        assert [r[-2:] for r in T.trace[:3]] == [pytest.approx(r) for r in rows]
+        assert T.trace[3][2] == "send" and T.trace[3][7] == pytest.approx(rows[-1][1])
 
 
 def test_error_summary_leaves_out_the_warmup_round():

@@ -91,7 +91,7 @@ FAULT_EXIT_CODE = 86
 TRACE_ENV = "FPLSTUDY_TRACE"  # a folder: each rank writes trace-<rank>.csv, the timing of its own work (testbed)
 TRACE_COLUMNS = ("round", "node", "op", "kind", "peer", "nbytes", "seq", "post_s", "end_s")
 GATE_ENV = "FPLSTUDY_TESTBED_GATE"  # a folder: after the rendezvous, write ready-<rank> and wait for the file go
-DILATE_ENV = "FPLSTUDY_TESTBED_DILATE"  # a share of one core: each local chunk lasts its CPU time / share (testbed)
+DILATE_ENV = "FPLSTUDY_TESTBED_DILATE"  # a share of one core: local chunks last their CPU time / share (testbed)
 WIRE_COLUMNS = ("round", "node", "peer", "kind", "messages_tx", "bytes_tx", "header_bytes_tx", "messages_rx",
                 "bytes_rx", "header_bytes_rx")  # bytes_*: payload, as the ledger counts; header_*: strides
 _MAX_PENDING_SENDS = 64  # sends a node may have in flight before it waits for the oldest
@@ -200,9 +200,8 @@ class DistributedTransport(engine.Transport):
         self._fault = _parse_fault(os.environ.get(FAULT_ENV, "") if fault is None else fault)
         self.trace: list[tuple] | None = [] if os.environ.get(TRACE_ENV) else None  # rows of TRACE_COLUMNS
         self._seq: dict[tuple[str, str], int] = defaultdict(int)  # (op, peer) -> messages so far
-        self._mark = time.perf_counter()  # when this rank last came back from the transport (CLOCK_MONOTONIC)
         self._dilate = float(os.environ.get(DILATE_ENV) or 0)  # 0: off
-        self._cpu_mark = time.thread_time()
+        self._reset_marks()
 
     def is_local(self, node: str) -> bool:
         return node == self.node
@@ -226,15 +225,31 @@ class DistributedTransport(engine.Transport):
         self._steps.setdefault(ev.step, ev.branch)  # the round's batches, in step order
         super().compute(ev)
         if ev.node == self.node and (self._dilate or self.trace is not None):  # the chunk has just run
-            if self._dilate:  # as on a CPU `share` times as fast: the chunk lasts its CPU time / share
-                left = (time.thread_time() - self._cpu_mark) / self._dilate - (time.perf_counter() - self._mark)
-                if left > 0:
-                    time.sleep(left)
-            now = time.perf_counter()
+            now, cpu = time.perf_counter(), time.thread_time()
+            lasted = now - self._real
+            if self._dilate:  # on a CPU `share` times as fast the chunk lasts its CPU time / share
+                lasted = max(lasted, (cpu - self._cpu_mark) / self._dilate)
             if self.trace is not None:
                 self.trace.append((ev.round, self.node, "compute", ev.phase, "", 0, self._next("compute", ""),
-                                   self._mark, now))
-            self._mark, self._cpu_mark = now, time.thread_time()
+                                   self._mark, self._mark + lasted))
+            self._mark, self._real, self._cpu_mark = self._mark + lasted, now, cpu
+
+    def _reset_marks(self) -> None:
+        """This rank has just come back from the transport: its emulated clock is the real one again."""
+        self._mark = self._real = time.perf_counter()  # CLOCK_MONOTONIC
+        self._cpu_mark = time.thread_time()
+
+    def _catch_up(self) -> None:
+        """Before this node's next message (or barrier, or evaluation): sleep until the real clock reaches
+        the emulated one (:attr:`_mark`), so the message leaves when the slower CPU would have finished.
+
+        Dilation is deferred to here rather than slept after every chunk, so that a node's chunks between
+        two messages run back to back, as on the emulated device (a chunk that follows an idle period runs
+        slower on this machine: caches and clock speed have cooled), and ``fplstudy calibrate`` measures
+        them in a tight loop."""
+        left = self._mark - time.perf_counter()
+        if left > 0:
+            time.sleep(left)
 
     def _next(self, op: str, peer: str) -> int:
         self._seq[(op, peer)] += 1
@@ -253,6 +268,8 @@ class DistributedTransport(engine.Transport):
         header = 8 * len(shape)  # int64 strides
         at = f"round {rnd}, step {step}, branch {branch}, micro {micro}"
         out = None
+        if self.node in (src, dst):
+            self._catch_up()
         if self.node == src:
             if tuple(tensor.shape) != shape or tensor.dtype != dtype:
                 raise RuntimeError(f"{kind} {src}->{dst} at {where}: tensor {tuple(tensor.shape)} {tensor.dtype} "
@@ -282,7 +299,8 @@ class DistributedTransport(engine.Transport):
             self._count(rnd, src, kind, 1, payload, header)
         self.events.append(Transfer(rnd, step, branch, micro, src, dst, kind, shape,
                                     str(dtype).removeprefix("torch."), nbytes))
-        self._mark, self._cpu_mark = time.perf_counter(), time.thread_time()
+        if self.node in (src, dst):
+            self._reset_marks()
         return out
 
     def _settle(self, keep: int = 0) -> None:
@@ -313,6 +331,7 @@ class DistributedTransport(engine.Transport):
                 f"raise the config key {TIMEOUT_KEY}, e.g. --set {TIMEOUT_KEY}=300)")
 
     def barrier(self) -> None:
+        self._catch_up()
         self._settle()
         self.collective(lambda: dist.barrier(), "at a barrier")
 
@@ -332,6 +351,7 @@ class DistributedTransport(engine.Transport):
         Nothing is unpickled: each rank sends its losses as float64 and its modules' state as raw tensor
         bytes, which rank 0 reads into its own copy of those modules (it knows every shape and dtype);
         the scores come back as float64 tensors."""
+        self._catch_up()
         self._settle()
         owners = module_owners(plan, hold)
         theirs = [[mod for _, node, mod in owners if node == n.name] for n in plan.nodes]
@@ -358,17 +378,18 @@ class DistributedTransport(engine.Transport):
         self.collective(lambda: dist.broadcast(values, src=0), "broadcasting the round's scores")
         flat, cuts = values.tolist(), lengths.cumsum(0).tolist()
         self._steps = {}
-        self._mark, self._cpu_mark = time.perf_counter(), time.thread_time()  # evaluation is not training
+        self._reset_marks()  # evaluation is not training
         return tuple(flat[a:b] for a, b in zip([0, *cuts[:-1]], cuts))
 
     def write_trace(self, folder: str | Path) -> Path:
         """Write this rank's trace (:data:`TRACE_COLUMNS`; times in seconds of CLOCK_MONOTONIC, which every
         process of the machine shares) to ``folder/trace-<rank>.csv``, atomically.
 
-        A compute row spans from when the rank last came back from the transport to when the engine
-        reported the chunk done (the chunk, plus the optimizer step and batch slicing before a batch's
-        first chunk); a send row is the moment the message was posted; a recv row spans from the posting
-        of the receive to the message's arrival.
+        A compute row spans from when the rank last came back from the transport (or finished its
+        previous chunk) to when the engine reported the chunk done (the chunk, plus the optimizer step
+        and batch slicing before a batch's first chunk); under dilation (:data:`DILATE_ENV`) on the
+        emulated clock, each chunk lasting at least its CPU time / share. A send row is the moment the
+        message was posted; a recv row spans from the posting of the receive to the message's arrival.
         """
         rows = [dict(zip(TRACE_COLUMNS, row)) for row in self.trace or []]
         return write_rows_csv(Path(folder) / f"trace-{self.rank}.csv", rows, TRACE_COLUMNS)

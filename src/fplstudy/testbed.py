@@ -34,8 +34,10 @@ How a node's CPU is slowed is the config key ``testbed_cpu``:
   chunks of a few ms are slowed only in part. Model-parallel stages of a small model at small batches
   are such chunks: their busy seconds come out below the model's;
 - ``dilate``: the hosts are not throttled; each node stretches every chunk it computes to its CPU time
-  divided by its share (it sleeps the difference), which slows chunks of any length by exactly the share.
-  The machine's load still lengthens the CPU time itself.
+  divided by its share, which slows chunks of any length by exactly the share. The node keeps the
+  stretched time on its own clock and sleeps the difference once, before its next message: its chunks
+  between two messages run back to back, as on the slower device, rather than each after a sleep (a
+  call that follows an idle period runs slower here). The machine's load still lengthens the CPU time.
 
 What the testbed does not emulate: latency (``netem`` is not available on every kernel: links have a
 rate and no added delay, and the emulated profiles set ``latency_s`` to 0); radio energy and power; a

@@ -3,8 +3,9 @@
 Runs every strategy at several node counts and link rates on digits with ``--backend emulated`` (root and
 Mininet needed, see ``fplstudy.testbed``), after calibrating this machine as the testbed runs it (as many
 processes at once as the plan has hosts, in a tight loop since a node's chunks between two messages run
-back to back, or each call after ``--after-wait`` seconds idle: one calibration per number of hosts,
-``profiles-<hosts>.yaml``), and prints per run the median
+back to back, or each call after ``--after-wait`` seconds idle; with ``--cpu dilate`` each call timed by its
+CPU seconds, which that mode stretches: one calibration per number of hosts, ``profiles-<hosts>.yaml``),
+and prints per run the median
 absolute error of the round makespan and of the per-node busy seconds (warm-up round left out), then
 the same over all runs against the goal (both <= 15 %). Writes, under ``--out``: one run folder per plan,
 ``validation.csv`` (one row per run), ``validation_summary.json`` and ``validation_parity.png`` (every
@@ -84,7 +85,7 @@ def main() -> int:
             path = out / f"profiles-{hosts}.yaml"
             path.write_text(base.read_text())
             row = calibrate(path, models=["cnn"], batch_size=args.batch_size, seconds=10.0, wait_s=args.after_wait,
-                            processes=hosts)[0]  # keeps the links
+                            processes=hosts, clock="cpu" if args.cpu == "dilate" else "wall")[0]  # keeps the links
             print(f"calibrated for {hosts} hosts: {row['flops_per_s']:.4g} FLOP/s, "
                   f"{1e6 * row['call_overhead_s']:.0f} us per call", flush=True)
             calibrations[hosts] = (path, row)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import time
 
 import pandas as pd
 import pytest
@@ -314,6 +315,44 @@ def test_calls_after_a_wait_time_the_calls_never_the_sleeps(tmp_path):
     assert "each call after 0.01 s idle" in dev.source["flops_per_s"] and "0.01 s idle" in dev.description
 
 
+def test_the_cpu_clock_leaves_out_the_seconds_a_call_is_off_the_cpu(tmp_path, monkeypatch):
+    """A first block that sleeps 20 ms in each forward (as a process waiting for a core is off the CPU): by the
+    wall its calls take at least 20 ms per cut step, by the CPU clock less than 5 ms (the cnn block at batch 2
+    computes for about a millisecond); the whole step likewise loses the sleep. The profile says which clock timed it."""
+    from torch import nn
+
+    from fplstudy import calibrate as cal
+
+    class Sleepy(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            time.sleep(0.02)
+            return self.inner(x)
+
+    real = cal.build_model
+
+    def build(model, shape, classes):
+        net = real(model, shape, classes)
+        name, block = next(iter(net.named_children()))
+        setattr(net, name, Sleepy(block))
+        return net
+
+    monkeypatch.setattr(cal, "build_model", build)
+    first = next(iter(cal.block_training_flops("cnn")[0]))
+    wall = cal.measure("cnn", batch_size=2, seconds=0.3, clock="wall")
+    cpu = cal.measure("cnn", batch_size=2, seconds=0.3, clock="cpu")
+    assert wall["clock"] == "wall" and cpu["clock"] == "cpu"
+    assert wall["block_s"][first] >= 0.02 and wall["whole_s"] >= 0.02
+    assert cpu["block_s"][first] < 0.005 and wall["whole_s"] - cpu["whole_s"] > 0.01
+    out = tmp_path / "host.yaml"
+    calibrate(out, models=["cnn"], batch_size=2, seconds=0.2, clock="cpu")
+    dev = load_profiles(out).device("calibrated_cnn_b2")
+    assert "CPU seconds" in dev.source["flops_per_s"] and "CPU seconds" in dev.description
+
+
 def test_calibration_in_processes_at_once_gives_the_medians_over_them(tmp_path):
     """``processes=2`` measures in two spawned processes together; the rate is the median (the mean of two)
     of theirs, every block has one, the steps add up, and the profile says so."""
@@ -328,7 +367,8 @@ def test_calibration_in_processes_at_once_gives_the_medians_over_them(tmp_path):
 
 @pytest.mark.parametrize(("kwargs", "key", "value"), [
     ({"wait_s": -1.0}, "--after-wait", "-1.0"), ({"wait_s": 11.0}, "--after-wait", "11.0"),
-    ({"processes": 0}, "--processes", "0"), ({"processes": 1.5}, "--processes", "1.5")])
+    ({"processes": 0}, "--processes", "0"), ({"processes": 1.5}, "--processes", "1.5"),
+    ({"clock": "gpu"}, "--clock", "'gpu'")])
 def test_bad_calibration_settings_are_refused_naming_the_flag(tmp_path, kwargs, key, value):
     with pytest.raises(ConfigError, match=f"'{key}': got {value}") as err:
         calibrate(tmp_path / "host.yaml", models=["cnn"], **kwargs)

@@ -40,6 +40,7 @@ from fplstudy.results import atomic_write_text
 from fplstudy.testbed import calibrated_name
 
 WINDOWS = 5  # timed windows per model; the median is kept
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}  # what measure times a call by
 MODEL_DATASET = {"cnn": "digits", "lenet5": "mnist", "vgg11": "cifar10", "resnet18": "cifar10",
                  "mobilenetv2": "cifar10"}  # the dataset whose input shape a model is measured on
 
@@ -108,7 +109,7 @@ def block_rates(flops: dict[str, int], block_s: dict[str, float], cut_s: float, 
     return out
 
 
-def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: float = 0.0) -> dict:
+def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: float = 0.0, clock: str = "wall") -> dict:
     """Time training steps of ``model`` on one thread, whole and cut into one chunk per block.
 
     The whole model is two compute calls per step (forward, backward); cut into its ``k`` blocks as the
@@ -124,12 +125,17 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: floa
     (measured here: a whole cnn step at batch 128 after 50 ms idle 1.2-1.3x its tight-loop time). Only the
     calls are timed, never the sleeps.
 
+    ``clock="cpu"`` times each call by its thread's CPU seconds (``thread_time``) rather than the wall:
+    what the testbed's ``dilate`` mode stretches, and not lengthened while the process waits for a core
+    (more processes than cores), though still by the caches the other processes evict.
+
     Args:
         model: a registered model (:data:`MODEL_DATASET`).
         batch_size: samples per step.
         seconds: timed training in all (whole and cut alternate, :data:`WINDOWS` windows each), after a
             warm-up; with ``wait_s``, the sleeps count in it (at least one step per window is timed).
         wait_s: seconds of idle before each compute call (0: a tight loop, the sustained rate).
+        clock: ``"wall"`` (``perf_counter``) or ``"cpu"`` (``thread_time``), what the calls are timed by.
 
     Returns:
         ``{"model", "flops_per_s", "call_overhead_s", "batch_size", "steps", "whole_s", "cut_s",
@@ -146,7 +152,7 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: floa
         net = build_model(model, shape, classes)
         names, blocks = zip(*net.named_children())
         opt = torch.optim.SGD(net.parameters(), lr=0.01)
-        clock = time.perf_counter
+        tick = CLOCKS[clock]
         spent = [0.0] * len(blocks)  # seconds of each block's calls, summed over a window's cut steps
         x, y = torch.randn(batch_size, *shape), torch.randint(0, classes, (batch_size,))
 
@@ -157,43 +163,43 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: floa
         def whole() -> float:  # the seconds of its timed parts (without the pauses)
             opt.zero_grad(set_to_none=True)
             pause()
-            t = clock()
+            t = tick()
             loss = torch.nn.functional.cross_entropy(net(x), y)
-            took = clock() - t
+            took = tick() - t
             pause()
-            t = clock()
+            t = tick()
             loss.backward()
             opt.step()
-            return took + clock() - t
+            return took + tick() - t
 
         def cut() -> float:  # as fplstudy.engine runs a chain of stages
-            t = clock()
+            t = tick()
             opt.zero_grad(set_to_none=True)
             h, ins, outs = x, [], []
-            took = clock() - t
+            took = tick() - t
             for i, block in enumerate(blocks):
                 pause()
-                t = clock()
+                t = tick()
                 inp = h if i == 0 else h.detach().requires_grad_(True)
                 h = block(inp)
-                d = clock() - t
+                d = tick() - t
                 took, spent[i] = took + d, spent[i] + d
                 ins.append(inp)
                 outs.append(h)
-            t = clock()
+            t = tick()
             outs[-1] = torch.nn.functional.cross_entropy(outs[-1], y)
-            took += clock() - t
+            took += tick() - t
             g = None
             for i in range(len(blocks) - 1, -1, -1):
                 pause()
-                t = clock()
+                t = tick()
                 torch.autograd.backward(outs[i], g)
-                d = clock() - t
+                d = tick() - t
                 took, spent[i] = took + d, spent[i] + d
                 g = ins[i].grad if i > 0 else None
-            t = clock()
+            t = tick()
             opt.step()
-            return took + clock() - t
+            return took + tick() - t
 
         t0, warm = time.perf_counter(), 0
         while warm < 3 or time.perf_counter() - t0 < min(1.0, seconds / 3):  # warm-up: allocator, kernels
@@ -220,7 +226,8 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: floa
     block_s = {n: statistics.median(w[i] for w in windows) for i, n in enumerate(names)}
     block_flops = {n: f * batch_size for n, f in per_block.items()}
     return {"model": model, "flops_per_s": flops * batch_size / (whole_s - 2 * call_s), "call_overhead_s": call_s,
-            "batch_size": batch_size, "wait_s": wait_s, "steps": 2 * steps * WINDOWS, "whole_s": whole_s, "cut_s": cut_s,
+            "batch_size": batch_size, "wait_s": wait_s, "clock": clock, "steps": 2 * steps * WINDOWS,
+            "whole_s": whole_s, "cut_s": cut_s,
             "block_flops_per_s": block_rates(block_flops, block_s, cut_s, call_s), "block_s": block_s,
             "block_flops": block_flops}
 
@@ -234,7 +241,7 @@ def _measure_child(barrier, queue, args: tuple) -> None:  # a process of measure
 
 
 def measure_together(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: float = 0.0,
-                     processes: int = 1) -> dict:
+                     processes: int = 1, clock: str = "wall") -> dict:
     """:func:`measure` in ``processes`` processes at once (one thread each), the medians over them.
 
     A node of the emulated testbed is one process among as many as the plan has nodes, all on this
@@ -248,10 +255,10 @@ def measure_together(model: str, batch_size: int = 32, seconds: float = 3.0, wai
         ``whole_s``, ``cut_s`` and each block's rate and seconds, ``steps`` summed, plus ``processes``.
     """
     if processes == 1:
-        return measure(model, batch_size, seconds, wait_s) | {"processes": 1}
+        return measure(model, batch_size, seconds, wait_s, clock) | {"processes": 1}
     ctx = multiprocessing.get_context("spawn")
     barrier, queue = ctx.Barrier(processes), ctx.Queue()
-    procs = [ctx.Process(target=_measure_child, args=(barrier, queue, (model, batch_size, seconds, wait_s)))
+    procs = [ctx.Process(target=_measure_child, args=(barrier, queue, (model, batch_size, seconds, wait_s, clock)))
              for _ in range(processes)]
     for proc in procs:
         proc.start()
@@ -280,7 +287,7 @@ def measure_together(model: str, batch_size: int = 32, seconds: float = 3.0, wai
 
 
 def calibrate(out: str | Path, models: list[str] | None = None, batch_size: int = 32, seconds: float = 3.0,
-              wait_s: float = 0.0, processes: int = 1) -> list[dict]:
+              wait_s: float = 0.0, processes: int = 1, clock: str = "wall") -> list[dict]:
     """Measure every model and write (or update) the profiles file ``out``.
 
     An existing ``out`` keeps its other devices and links (its comments are not kept); its
@@ -289,14 +296,15 @@ def calibrate(out: str | Path, models: list[str] | None = None, batch_size: int 
     ``wait_s`` (:func:`measure`): idle seconds before each timed call; 0 gives the sustained rate, a
     positive value the rate of calls that follow a wait, as the emulated testbed's nodes make them.
     ``processes`` (:func:`measure_together`): that many processes measure at once, as the testbed runs
-    one process per node.
+    one process per node. ``clock`` (:func:`measure`): ``"cpu"`` times the calls by their CPU seconds, as
+    the testbed's ``dilate`` mode stretches them.
 
     Returns:
         One dict per model (:func:`measure`'s, plus ``profile``: the device profile's name).
 
     Raises:
         ConfigError: an unknown model, a batch size < 1, seconds <= 0, wait_s outside [0, 10], processes
-            outside [1, 64], or an ``out`` that is not a profiles file.
+            outside [1, 64], an unknown clock, or an ``out`` that is not a profiles file.
     """
     models = list(MODEL_DATASET) if models is None else models
     for m in models:
@@ -310,6 +318,8 @@ def calibrate(out: str | Path, models: list[str] | None = None, batch_size: int 
         raise ConfigError("--after-wait", wait_s, "give seconds >= 0 and <= 10 (0: calls in a tight loop)")
     if not (isinstance(processes, int) and 1 <= processes <= 64):
         raise ConfigError("--processes", processes, "give an integer >= 1 and <= 64 (1: one process alone)")
+    if clock not in CLOCKS:
+        raise ConfigError("--clock", clock, f"give one of {', '.join(CLOCKS)}")
     out = Path(out)
     doc: dict = {}
     if out.exists():
@@ -322,7 +332,7 @@ def calibrate(out: str | Path, models: list[str] | None = None, batch_size: int 
     rows = []
     devices = doc.setdefault("devices", {})
     for m in models:
-        row = measure_together(m, batch_size, seconds, wait_s, processes)
+        row = measure_together(m, batch_size, seconds, wait_s, processes, clock)
         row["profile"] = calibrated_name(m, batch_size)
         rows.append(row)
         how = (f"fplstudy calibrate, {now}: {cpu}, torch {version}, 1 thread, {m} on {MODEL_DATASET[m]}-shaped "
@@ -330,11 +340,13 @@ def calibrate(out: str | Path, models: list[str] | None = None, batch_size: int 
                f"backward + SGD, whole and cut per block: {row['whole_s']:.4g} s and {row['cut_s']:.4g} s per step), "
                + (f"each call after {wait_s:g} s idle, " if wait_s else "calls in a tight loop, ")
                + (f"{processes} processes at once (medians over them), " if processes > 1 else "")
+               + ("each call timed by its thread's CPU seconds, " if clock == "cpu" else "")
                + "FLOPs counted by fplstudy.flops")
         entry = {
             "description": f"this machine ({cpu}), one thread, training {m}"
                            + (f", each call after {wait_s:g} s idle" if wait_s else "")
                            + (f", {processes} processes at once" if processes > 1 else "")
+                           + (", CPU seconds" if clock == "cpu" else "")
                            + f"; measured {now} with torch {version}",
             "flops_per_s": {"value": float(f"{row['flops_per_s']:.4g}"), "status": "M", "source": how},
             "call_overhead_s": {"value": float(f"{row['call_overhead_s']:.4g}"), "status": "M", "source": how},

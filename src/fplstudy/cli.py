@@ -165,10 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="samples per training step (default 32)")
     p.add_argument("--seconds", type=float, default=3.0, help="seconds of timed training per model (default 3)")
     p.add_argument("--after-wait", type=float, default=0.0, metavar="S",
-                   help="sleep S seconds before each timed call: the rate of calls that follow a wait, as the "
-                        "emulated testbed's nodes make them (default 0: a tight loop, the sustained rate)")
+                   help="sleep S seconds before each timed call: the rate of calls that follow a wait for a "
+                        "message (default 0: a tight loop, the sustained rate)")
     p.add_argument("--processes", type=int, default=1, metavar="K",
                    help="measure in K processes at once, as the testbed runs one process per node (default 1)")
+    p.add_argument("--clock", default="wall", metavar="wall|cpu",
+                   help="time each call by the wall (default) or by its thread's CPU seconds, which the testbed's "
+                        "dilate mode stretches and which waiting for a core does not lengthen")
 
     sub.add_parser("keys", help="list every config key with its default")
     return parser
@@ -265,11 +268,12 @@ def _cmd_calibrate(args) -> int:
 
     models = [m.strip() for m in args.models.split(",")] if args.models else None
     for row in calibrate(args.out, models=models, batch_size=args.batch_size, seconds=args.seconds,
-                         wait_s=args.after_wait, processes=args.processes):
+                         wait_s=args.after_wait, processes=args.processes, clock=args.clock):
         print(f"{row['profile']:24} {row['flops_per_s']:.4g} FLOP/s, {1e6 * row['call_overhead_s']:.0f} us per call "
               f"({row['model']}, batch {row['batch_size']}, {row['steps']} steps"
               + (f", each call after {row['wait_s']:g} s idle" if row["wait_s"] else "")
-              + (f", {row['processes']} processes at once" if row["processes"] > 1 else "") + ")")
+              + (f", {row['processes']} processes at once" if row["processes"] > 1 else "")
+              + (", CPU seconds" if row["clock"] == "cpu" else "") + ")")
         rates = row["block_flops_per_s"]
         if rates:
             print(" " * 25 + "per block: " + ", ".join(f"{b} {r:.3g}" for b, r in rates.items()))

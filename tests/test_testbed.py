@@ -206,17 +206,19 @@ class _Clock:
 
 def test_dilation_is_slept_once_before_the_next_message_by_hand(tmp_path, monkeypatch):
     """At share 0.25 three chunks of n0 (wall 0.1, 0.1, 0.3 s; CPU 0.1, 0.05, 0.01 s) last max(wall, CPU / 0.25)
-    = 0.4, 0.2, 0.3 s on n0's clock, back to back from 100.0 with no sleep in between; before its message
-    n0 sleeps once, 100.9 - 100.5 = 0.4 s, and the message is posted at 100.9. Undilated, the rows are the
-    real times and nothing is slept."""
+    = 0.4, 0.2, 0.3 s on n0's clock, back to back from 100.0 with no sleep in between; n0's visit of n1's
+    event after the first chunk (0.2 s of bookkeeping) counts nowhere. Before its message n0 sleeps once,
+    100.9 - 100.7 = 0.2 s, and the message is posted at 100.9. Undilated, the rows are the real times less
+    the visit, and nothing is slept."""
     from fplstudy import distributed
 
     plan = _plan(strategy="sl", nodes=2, rounds=1, batch_size=64)
     computes = [Compute(0, 0, 0, 0, plan.nodes[0].name, ("b0",), (64, 64), 64, phase, False)
                 for phase in ("forward", "backward", "backward")]  # what they compute does not matter here
     peer = plan.nodes[1].name
-    for share, rows, slept in ((0.25, [(100.0, 100.4), (100.4, 100.6), (100.6, 100.9)], [0.4]),
-                               (0, [(100.0, 100.1), (100.1, 100.2), (100.2, 100.5)], [])):
+    theirs = Compute(0, 0, 0, 0, peer, ("b1",), (64, 64), 64, "forward", False)
+    for share, rows, slept in ((0.25, [(100.0, 100.4), (100.4, 100.6), (100.6, 100.9)], [0.2]),
+                               (0, [(100.0, 100.1), (100.3, 100.4), (100.4, 100.7)], [])):
         clock = _Clock()
         monkeypatch.setattr(distributed.time, "perf_counter", lambda c=clock: c.wall)
         monkeypatch.setattr(distributed.time, "thread_time", lambda c=clock: c.cpu)
@@ -224,7 +226,8 @@ def test_dilation_is_slept_once_before_the_next_message_by_hand(tmp_path, monkey
         monkeypatch.setenv(distributed.DILATE_ENV, str(share))
         monkeypatch.setenv(distributed.TRACE_ENV, str(tmp_path))
         T = distributed.DistributedTransport(plan, rank=0)
-        for ev, (wall, cpu) in zip(computes, [(0.1, 0.1), (0.1, 0.05), (0.3, 0.01)]):
+        for ev, (wall, cpu) in zip([computes[0], theirs, *computes[1:]],
+                                   [(0.1, 0.1), (0.2, 0.2), (0.1, 0.05), (0.3, 0.01)]):
             clock.run(wall, cpu)
             T.compute(ev)
         assert clock.slept == []  # nothing slept between chunks

@@ -224,7 +224,9 @@ class DistributedTransport(engine.Transport):
         self._maybe_fault(ev.round)
         self._steps.setdefault(ev.step, ev.branch)  # the round's batches, in step order
         super().compute(ev)
-        if ev.node == self.node and (self._dilate or self.trace is not None):  # the chunk has just run
+        if ev.node != self.node:
+            self._skip()
+        elif self._dilate or self.trace is not None:  # the chunk has just run
             now, cpu = time.perf_counter(), time.thread_time()
             lasted = now - self._real
             if self._dilate:  # on a CPU `share` times as fast the chunk lasts its CPU time / share
@@ -233,6 +235,15 @@ class DistributedTransport(engine.Transport):
                 self.trace.append((ev.round, self.node, "compute", ev.phase, "", 0, self._next("compute", ""),
                                    self._mark, self._mark + lasted))
             self._mark, self._real, self._cpu_mark = self._mark + lasted, now, cpu
+
+    def _skip(self) -> None:
+        """This rank has just visited another node's event (the SPMD loop visits every event; a real node
+        would not): the seconds since the last mark are bookkeeping of the emulation, not this node's
+        work, so they do not count in its next chunk, nor (dilated) on its clock."""
+        if self._dilate or self.trace is not None:
+            self._real, self._cpu_mark = time.perf_counter(), time.thread_time()
+            if not self._dilate:
+                self._mark = self._real
 
     def _reset_marks(self) -> None:
         """This rank has just come back from the transport: its emulated clock is the real one again."""
@@ -301,6 +312,8 @@ class DistributedTransport(engine.Transport):
                                     str(dtype).removeprefix("torch."), nbytes))
         if self.node in (src, dst):
             self._reset_marks()
+        else:
+            self._skip()
         return out
 
     def _settle(self, keep: int = 0) -> None:
@@ -386,7 +399,7 @@ class DistributedTransport(engine.Transport):
         process of the machine shares) to ``folder/trace-<rank>.csv``, atomically.
 
         A compute row spans from when the rank last came back from the transport (or finished its
-        previous chunk) to when the engine reported the chunk done (the chunk, plus the optimizer step
+        previous chunk, or visited another node's event) to when the engine reported the chunk done (the chunk, plus the optimizer step
         and batch slicing before a batch's first chunk); under dilation (:data:`DILATE_ENV`) on the
         emulated clock, each chunk lasting at least its CPU time / share. A send row is the moment the
         message was posted; a recv row spans from the posting of the receive to the message's arrival.

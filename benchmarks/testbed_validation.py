@@ -71,10 +71,10 @@ def main() -> int:
     doc = yaml.safe_load(Path(args.profiles).read_text()) if args.profiles else {}
     doc.setdefault("links", {}).update(link_profiles(args.rates.split(",")))
     base.write_text(yaml.safe_dump(doc, sort_keys=False))
+    how = f"each call after {args.after_wait:g} s idle" if args.after_wait else "in a tight loop"
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
           + (f"calibration from {args.profiles}" if args.profiles else
-             f"calibrated per number of hosts, that many processes at once, each call after {args.after_wait:g} s idle"
-             if args.after_wait else "calibrated per number of hosts, that many processes at once, in a tight loop"))
+             f"calibrated per number of hosts, that many processes at once, {how}"))
     calibrations: dict[int, tuple[Path, dict]] = {}  # hosts -> (profiles file, calibration row)
 
     def calibration(hosts: int) -> tuple[Path, dict]:

@@ -398,11 +398,13 @@ class DistributedTransport(engine.Transport):
         """Write this rank's trace (:data:`TRACE_COLUMNS`; times in seconds of CLOCK_MONOTONIC, which every
         process of the machine shares) to ``folder/trace-<rank>.csv``, atomically.
 
-        A compute row spans from when the rank last came back from the transport (or finished its
-        previous chunk, or visited another node's event) to when the engine reported the chunk done (the chunk, plus the optimizer step
-        and batch slicing before a batch's first chunk); under dilation (:data:`DILATE_ENV`) on the
-        emulated clock, each chunk lasting at least its CPU time / share. A send row is the moment the
-        message was posted; a recv row spans from the posting of the receive to the message's arrival.
+        A compute row spans from this rank's last mark to when the engine reported the chunk done: the
+        mark is set when the rank comes back from the transport, finishes a chunk or visits another
+        node's event, so a row holds the chunk and whatever local work came just before it (a batch's
+        slicing; the previous batch's optimizer step unless another node's event was visited since).
+        Under dilation (:data:`DILATE_ENV`) rows are on the emulated clock, each chunk lasting at least its
+        CPU time / share. A send row is the moment the message was posted; a recv row spans from the
+        posting of the receive to the message's arrival.
         """
         rows = [dict(zip(TRACE_COLUMNS, row)) for row in self.trace or []]
         return write_rows_csv(Path(folder) / f"trace-{self.rank}.csv", rows, TRACE_COLUMNS)

@@ -292,7 +292,8 @@ def test_state_bytes_round_trip_bit_for_bit():
 
 
 _RANK0_SCORES = """
-import sys, torch
+import sys, torch, torch.distributed
+from datetime import timedelta
 torch.set_num_threads(1)
 from fplstudy import engine
 from fplstudy.config import make_config
@@ -300,9 +301,10 @@ from fplstudy.distributed import DistributedTransport, _NodeFailure, rendezvous,
 from fplstudy.partition import load_partitioned
 from fplstudy.plan import resolve
 plan = resolve(make_config(dict(strategy="mp", nodes=2, max_train_samples=64, rounds=1, batch_size=16)))
-store = store_server("127.0.0.1", 0, 10)
+store = store_server("127.0.0.1", 0, 120)  # the peer starts only now: its imports count against the rendezvous
 print(store.port, flush=True)
-rendezvous(0, 2, "127.0.0.1", store.port, 10, store)
+rendezvous(0, 2, "127.0.0.1", store.port, 120, store)
+torch.distributed.set_timeout(timedelta(seconds=10))  # collectives: as short as before
 T = DistributedTransport(plan, 0, 10)
 split, _ = load_partitioned(plan)
 try:
@@ -314,13 +316,15 @@ except _NodeFailure as exc:
 
 _EVIL_PEER = """
 import pathlib, sys, torch.distributed as dist
+from datetime import timedelta
 from fplstudy.distributed import rendezvous
 
 class Payload:  # unpickling it creates the marker file: what a malicious peer would make run on rank 0
     def __reduce__(self):
         return (pathlib.Path.touch, (pathlib.Path(sys.argv[2]),))
 
-rendezvous(1, 2, "127.0.0.1", int(sys.argv[1]), 10)
+rendezvous(1, 2, "127.0.0.1", int(sys.argv[1]), 120)
+dist.set_timeout(timedelta(seconds=10))
 try:  # what the evaluation gather of the old protocol carried: a pickled object, unpickled on rank 0
     dist.gather_object(Payload(), None, dst=0)
 except Exception:
@@ -340,8 +344,8 @@ def test_rank0_never_unpickles_what_a_peer_sends(tmp_path):
         port = rank0.stdout.readline().strip()
         assert port.isdigit(), rank0.stderr.read()
         peer = subprocess.run([sys.executable, "-c", _EVIL_PEER, port, str(marker)], capture_output=True, text=True,
-                              env=env, timeout=120)
-        out, err = rank0.communicate(timeout=120)
+                              env=env, timeout=240)
+        out, err = rank0.communicate(timeout=240)
     finally:
         rank0.kill()
     assert not marker.exists(), "rank 0 ran code a peer sent"

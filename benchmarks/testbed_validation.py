@@ -4,7 +4,9 @@ Runs every strategy at several node counts and link rates on digits with ``--bac
 Mininet needed, see ``fplstudy.testbed``), after calibrating this machine as the testbed runs it (as many
 processes at once as the plan has hosts, in a tight loop since a node's chunks between two messages run
 back to back, or each call after ``--after-wait`` seconds idle; with ``--cpu dilate`` each call timed by its
-CPU seconds, which that mode stretches: one calibration per number of hosts, ``profiles-<hosts>.yaml``),
+CPU seconds, which that mode stretches; at the batch size and at ``--fit-batch``, so that each block gets fixed
+seconds per call and a partial batch is priced below a full one's rate: one calibration per number of hosts,
+``profiles-<hosts>.yaml``),
 and prints per run the median
 absolute error of the round makespan and of the per-node busy seconds (warm-up round left out), then
 the same over all runs against the goal (both <= 15 %). Writes, under ``--out``: one run folder per plan,
@@ -17,7 +19,8 @@ runs on it: the load average before and after each run is in ``validation.csv``;
 machine before quoting the figures.
 
 Run: ``python benchmarks/testbed_validation.py --out runs/validation [--strategies fl,mp] [--nodes 2,4,8]
-[--rates 10,100] [--cpu cfs|dilate] [--rounds 3] [--batch-size 128] [--after-wait 0] [--profiles host.yaml]``.
+[--rates 10,100] [--cpu cfs|dilate] [--rounds 3] [--batch-size 128] [--fit-batch 32] [--after-wait 0]
+[--profiles host.yaml]``.
 """
 
 from __future__ import annotations
@@ -63,6 +66,9 @@ def main() -> int:
     ap.add_argument("--after-wait", type=float, default=0.0, metavar="S",
                     help="calibrate with S seconds of idle before each call (default 0: the tight-loop rate, as a "
                          "node's chunks between two messages run)")
+    ap.add_argument("--fit-batch", type=int, default=32, metavar="B",
+                    help="also calibrate at batch B and fit each block's fixed seconds per call (fplstudy calibrate "
+                         "--fit-batch), so that partial batches are priced below a full one's rate; 0: do not")
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -85,9 +91,13 @@ def main() -> int:
             path = out / f"profiles-{hosts}.yaml"
             path.write_text(base.read_text())
             row = calibrate(path, models=["cnn"], batch_size=args.batch_size, seconds=10.0, wait_s=args.after_wait,
-                            processes=hosts, clock="cpu" if args.cpu == "dilate" else "wall")[0]  # keeps the links
+                            processes=hosts, clock="cpu" if args.cpu == "dilate" else "wall",
+                            fit_batch=args.fit_batch or None)[0]  # keeps the links
+            fixed = sum(row.get("block_call_s", {}).values())
             print(f"calibrated for {hosts} hosts: {row['flops_per_s']:.4g} FLOP/s, "
-                  f"{1e6 * row['call_overhead_s']:.0f} us per call", flush=True)
+                  f"{1e6 * row['call_overhead_s']:.0f} us per call"
+                  + (f", blocks' fixed seconds per call summing to {1e6 * fixed:.0f} us (fit through batch "
+                     f"{args.fit_batch})" if args.fit_batch else ""), flush=True)
             calibrations[hosts] = (path, row)
         return calibrations[hosts]
 

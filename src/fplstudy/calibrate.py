@@ -109,6 +109,42 @@ def block_rates(flops: dict[str, int], block_s: dict[str, float], cut_s: float, 
     return out
 
 
+def fit_block_costs(per_sample: dict[str, int], batch: int, block_s: dict[str, float], batch2: int,
+                    block_s2: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+    """Each block's rate per sample and fixed seconds per call, from its seconds per step at two batch sizes.
+
+    A block's seconds per training step are taken as a line in the batch size, ``s(n) = c + n u``: ``u`` the
+    seconds of one more sample, ``c`` what the step costs whatever its batch (the framework's work per operator,
+    kernels that do not fill the core on a small batch). Through the two points, ``u = (s − s₂) / (n − n₂)``,
+    ``c = s − n u``; the block's rate is ``FLOPs per sample / u`` and its fixed seconds per call ``c / 2`` (a step
+    is two calls of it, forward and backward), which :func:`fplstudy.ledger.price_compute` adds to every call.
+    At ``batch`` the two give back ``s`` exactly. A block whose ``u`` comes out not positive (noise: it is as
+    slow at the smaller batch) keeps its rate at ``batch`` and no fixed seconds; one whose ``c`` comes out
+    negative gets no fixed seconds and its rate at ``batch`` (``s / batch`` per sample). Blocks missing from
+    either timing are left out.
+
+    Args:
+        per_sample: per block, its training FLOPs of one sample.
+        batch, block_s: the first batch size, and per block its seconds per step there (FLOPs / block rate).
+        batch2, block_s2: the same at the second batch size (``!= batch``).
+
+    Returns:
+        ``({block: FLOP/s}, {block: fixed seconds per call})``, in block order; the second only for blocks
+        with a positive fixed part.
+    """
+    rates, fixed = {}, {}
+    for b, f in per_sample.items():
+        if b not in block_s or b not in block_s2:
+            continue
+        u = (block_s[b] - block_s2[b]) / (batch - batch2)
+        c = block_s[b] - batch * u
+        if u <= 0 or c <= 0:
+            rates[b] = f * batch / block_s[b]
+            continue
+        rates[b], fixed[b] = f / u, c / 2
+    return rates, fixed
+
+
 def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: float = 0.0, clock: str = "wall") -> dict:
     """Time training steps of ``model`` on one thread, whole and cut into one chunk per block.
 
@@ -286,8 +322,20 @@ def measure_together(model: str, batch_size: int = 32, seconds: float = 3.0, wai
                       "processes": processes}
 
 
+def _fit(row: dict, row2: dict) -> dict:
+    """``row`` (:func:`measure_together` at its batch) with its block rates refitted through ``row2``'s (another
+    batch size) by :func:`fit_block_costs`, their fixed seconds in ``block_call_s``."""
+    b, b2 = row["batch_size"], row2["batch_size"]
+    seconds = {r["batch_size"]: {k: r["block_flops"][k] / v for k, v in r["block_flops_per_s"].items()}
+               for r in (row, row2)}
+    per_sample = {k: f // b for k, f in row["block_flops"].items()}
+    rates, fixed = fit_block_costs(per_sample, b, seconds[b], b2, seconds[b2])
+    return row | {"block_flops_per_s": rates, "block_call_s": fixed, "batch_block_flops_per_s": row["block_flops_per_s"],
+                  "fit_batch": b2, "fit_whole_s": row2["whole_s"], "fit_block_flops_per_s": row2["block_flops_per_s"]}
+
+
 def calibrate(out: str | Path, models: list[str] | None = None, batch_size: int = 32, seconds: float = 3.0,
-              wait_s: float = 0.0, processes: int = 1, clock: str = "wall") -> list[dict]:
+              wait_s: float = 0.0, processes: int = 1, clock: str = "wall", fit_batch: int | None = None) -> list[dict]:
     """Measure every model and write (or update) the profiles file ``out``.
 
     An existing ``out`` keeps its other devices and links (its comments are not kept); its
@@ -297,14 +345,19 @@ def calibrate(out: str | Path, models: list[str] | None = None, batch_size: int 
     positive value the rate of calls that follow a wait, as the emulated testbed's nodes make them.
     ``processes`` (:func:`measure_together`): that many processes measure at once, as the testbed runs
     one process per node. ``clock`` (:func:`measure`): ``"cpu"`` times the calls by their CPU seconds, as
-    the testbed's ``dilate`` mode stretches them.
+    the testbed's ``dilate`` mode stretches them. ``fit_batch``: also measure at this batch size and refit
+    each block's rate as a rate per sample plus fixed seconds per call (:func:`fit_block_costs`, the profile's
+    ``block_call_s``), so that the ledger prices a partial or micro-batch below the rate of a full one.
 
     Returns:
-        One dict per model (:func:`measure`'s, plus ``profile``: the device profile's name).
+        One dict per model (:func:`measure`'s, plus ``profile``: the device profile's name; with ``fit_batch``,
+        ``block_call_s``, ``batch_block_flops_per_s`` (the block rates at the batch size, before the fit), ``fit_batch``,
+        ``fit_whole_s`` and ``fit_block_flops_per_s``: the second measurement's).
 
     Raises:
         ConfigError: an unknown model, a batch size < 1, seconds <= 0, wait_s outside [0, 10], processes
-            outside [1, 64], an unknown clock, or an ``out`` that is not a profiles file.
+            outside [1, 64], an unknown clock, a fit batch < 1 or equal to the batch size, or an ``out`` that
+            is not a profiles file.
     """
     models = list(MODEL_DATASET) if models is None else models
     for m in models:
@@ -320,6 +373,10 @@ def calibrate(out: str | Path, models: list[str] | None = None, batch_size: int 
         raise ConfigError("--processes", processes, "give an integer >= 1 and <= 64 (1: one process alone)")
     if clock not in CLOCKS:
         raise ConfigError("--clock", clock, f"give one of {', '.join(CLOCKS)}")
+    if fit_batch is not None and (isinstance(fit_batch, bool) or not isinstance(fit_batch, int) or fit_batch < 1
+                                  or fit_batch == batch_size):
+        raise ConfigError("--fit-batch", fit_batch, f"give an integer batch size >= 1 other than --batch-size "
+                                                    f"({batch_size}), e.g. the plan's last partial batch")
     out = Path(out)
     doc: dict = {}
     if out.exists():
@@ -333,6 +390,8 @@ def calibrate(out: str | Path, models: list[str] | None = None, batch_size: int 
     devices = doc.setdefault("devices", {})
     for m in models:
         row = measure_together(m, batch_size, seconds, wait_s, processes, clock)
+        if fit_batch is not None:
+            row = _fit(row, measure_together(m, fit_batch, seconds, wait_s, processes, clock))
         row["profile"] = calibrated_name(m, batch_size)
         rows.append(row)
         how = (f"fplstudy calibrate, {now}: {cpu}, torch {version}, 1 thread, {m} on {MODEL_DATASET[m]}-shaped "
@@ -356,7 +415,15 @@ def calibrate(out: str | Path, models: list[str] | None = None, batch_size: int 
                 "value": {m: {b: float(f"{r:.4g}") for b, r in row["block_flops_per_s"].items()}}, "status": "M",
                 "source": how + "; per block: its forward and backward calls timed in the cut step, less two "
                                 "call overheads, plus its FLOP share of the step's other seconds (loss, SGD step, "
-                                "blocks without FLOPs): fplstudy.calibrate.block_rates"}
+                                "blocks without FLOPs): fplstudy.calibrate.block_rates"
+                                + (f"; then per sample, through the same at batch {fit_batch} "
+                                   "(fplstudy.calibrate.fit_block_costs)" if fit_batch is not None else "")}
+        if row.get("block_call_s"):
+            entry["block_call_s"] = {
+                "value": {m: {b: float(f"{c:.4g}") for b, c in row["block_call_s"].items()}}, "status": "M",
+                "source": how + f"; per block: the part of its seconds per step that does not grow with the batch, "
+                                f"through batch {batch_size} and {fit_batch}, halved (forward and backward calls): "
+                                "fplstudy.calibrate.fit_block_costs"}
         devices[row["profile"]] = entry | {
             "active_w": {"value": 0.0, "status": "E", "source": "not measured (calibrate measures speed only)"},
             "idle_w": {"value": 0.0, "status": "E", "source": "not measured (calibrate measures speed only)"},

@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clock", default="wall", metavar="wall|cpu",
                    help="time each call by the wall (default) or by its thread's CPU seconds, which the testbed's "
                         "dilate mode stretches and which waiting for a core does not lengthen")
+    p.add_argument("--fit-batch", type=int, default=None, metavar="B",
+                   help="also measure at batch B and give each block a rate per sample plus fixed seconds per call "
+                        "(block_call_s), so that a partial batch is priced below a full one's rate")
 
     sub.add_parser("keys", help="list every config key with its default")
     return parser
@@ -268,7 +271,8 @@ def _cmd_calibrate(args) -> int:
 
     models = [m.strip() for m in args.models.split(",")] if args.models else None
     for row in calibrate(args.out, models=models, batch_size=args.batch_size, seconds=args.seconds,
-                         wait_s=args.after_wait, processes=args.processes, clock=args.clock):
+                         wait_s=args.after_wait, processes=args.processes, clock=args.clock,
+                         fit_batch=args.fit_batch):
         print(f"{row['profile']:24} {row['flops_per_s']:.4g} FLOP/s, {1e6 * row['call_overhead_s']:.0f} us per call "
               f"({row['model']}, batch {row['batch_size']}, {row['steps']} steps"
               + (f", each call after {row['wait_s']:g} s idle" if row["wait_s"] else "")
@@ -277,6 +281,9 @@ def _cmd_calibrate(args) -> int:
         rates = row["block_flops_per_s"]
         if rates:
             print(" " * 25 + "per block: " + ", ".join(f"{b} {r:.3g}" for b, r in rates.items()))
+        if row.get("block_call_s"):
+            print(" " * 25 + f"fixed per call (fit through batch {row['fit_batch']}): "
+                  + ", ".join(f"{b} {1e6 * c:.0f} us" for b, c in row["block_call_s"].items()))
     print(f"wrote {args.out}")
     return 0
 

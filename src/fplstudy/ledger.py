@@ -23,7 +23,8 @@ flops               int      FLOPs computed (FlopCounterMode's count, FLOP = 2 M
 bytes_tx            int      payload bytes sent (numel × element size, no framing)
 bytes_rx            int      payload bytes received
 seconds             float    compute: FLOPs / device FLOP/s + the device's call overhead (default 0;
-                             with per-block rates, Σ block FLOPs / block FLOP/s: :func:`price_compute`);
+                             with per-block rates, Σ block FLOPs / block FLOP/s, plus each block's
+                             fixed seconds per call where given: :func:`price_compute`);
                              message: bits / link rate + latency,
                              counted at the sender *and* at the receiver (both radios are busy);
                              idle: round makespan − the time the node computed or communicated
@@ -105,10 +106,12 @@ def price_compute(device: DeviceProfile, flops: int, model: str | None = None,
     """Seconds and energy of one compute call on ``device``. Every pricing path (:func:`event_costs`,
     :func:`price`, :class:`Pricer`) calls it.
 
-    Without block rates (``device.block_flops_per_s`` has none for ``model``, or no ``blocks`` given):
-    ``flops / flops_per_s + call_overhead_s``, exactly as always. With them: ``Σ over blocks of block FLOPs /
-    block rate + call_overhead_s``, a block the rates do not name (or named None) at ``flops_per_s``.
-    Energy: ``active_w × seconds``.
+    Without block rates or fixed seconds (``device.block_flops_per_s`` and ``device.block_call_s`` have none
+    for ``model``, or no ``blocks`` given): ``flops / flops_per_s + call_overhead_s``, exactly as always. With
+    them: ``Σ over blocks of (block FLOPs / block rate + block fixed seconds) + call_overhead_s``, a block the
+    rates do not name (or named None) at ``flops_per_s``, one the fixed seconds do not name with none. The
+    fixed seconds make a call of few samples run below the block's rate, as a small batch does (fitted from
+    two batch sizes by ``fplstudy calibrate --fit-batch``). Energy: ``active_w × seconds``.
 
     Args:
         device: the node's device profile.
@@ -121,10 +124,13 @@ def price_compute(device: DeviceProfile, flops: int, model: str | None = None,
         ``(seconds, energy_j)``.
     """
     rates = device.block_flops_per_s.get(model) if blocks else None
-    if not rates:
+    fixed = device.block_call_s.get(model) if blocks else None
+    if not rates and not fixed:
         seconds = flops / device.flops_per_s + device.call_overhead_s
     else:
-        seconds = sum(f / rates.get(name, device.flops_per_s) for name, f in blocks) + device.call_overhead_s
+        rates, fixed = rates or {}, fixed or {}
+        seconds = sum(f / rates.get(name, device.flops_per_s) + fixed.get(name, 0.0) for name, f in blocks) \
+            + device.call_overhead_s
     return seconds, device.active_w * seconds
 
 
@@ -133,7 +139,7 @@ def _price_call(model: str, device: DeviceProfile, chunk: tuple[int, tuple], sam
     per-block split)``: what every pricing path prices a :class:`~fplstudy.events.Compute` with."""
     per_sample, split = chunk
     f = per_sample * samples
-    if model in device.block_flops_per_s:
+    if model in device.block_flops_per_s or model in device.block_call_s:
         s, e = price_compute(device, f, model, tuple((name, b * samples) for name, b in split))
     else:
         s, e = price_compute(device, f)

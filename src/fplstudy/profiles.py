@@ -21,7 +21,10 @@ Fields (units in the names; every number must lie in the physically plausible ra
   as ``{value: {…}, status: …, source: …}``; written by ``fplstudy calibrate``). With it, a compute call of the
   named model costs Σ over its blocks of block FLOPs / block rate (:func:`fplstudy.ledger.price_compute`);
   blocks it does not name (the junction adapter, a block fed a ``concat`` view) use ``flops_per_s``.
-  A user file that gives it for an existing profile replaces the profile's whole mapping.
+  ``block_call_s`` (optional, same shape, each 0..3600 s: the seconds a call of the block costs whatever its
+  batch, so that a small batch runs below the block's rate; ``fplstudy calibrate --fit-batch`` fits it from two
+  batch sizes) adds its block's seconds to every call of the block; a block it does not name adds none.
+  A user file that gives either mapping for an existing profile replaces that profile's whole mapping.
 - link: ``up_bps`` / ``down_bps`` (1..1e13; *up* is every message except those sent from the server
   side — a trunk stage or the aggregator — to an edge node, which use *down*), ``tx_j_per_bit`` /
   ``rx_j_per_bit`` (0..1, radio energy at the sender / receiver), ``latency_s`` (0..86400, optional,
@@ -48,14 +51,17 @@ STATUSES = ("M", "S", "D", "E", "U")
 
 # field -> required
 DEVICE_FIELDS = {"flops_per_s": True, "active_w": True, "idle_w": True, "memory_bytes": False,
-                 "call_overhead_s": False, "block_flops_per_s": False}
-BLOCK_RATES = "block_flops_per_s"  # the one device field that is a mapping (model -> block -> FLOP/s), not a number
+                 "call_overhead_s": False, "block_flops_per_s": False, "block_call_s": False}
+# the device fields that are mappings (model -> block -> number), not numbers, and the field whose bounds and
+# unit their numbers take
+BLOCK_MAPS = {"block_flops_per_s": ("flops_per_s", "FLOP/s", "{cnn: {conv1: 1.2e+10, conv2: 4.5e+10}}"),
+              "block_call_s": ("call_overhead_s", "seconds per call", "{cnn: {conv1: 2.0e-4, fc1: 5.0e-5}}")}
 LINK_FIELDS = {"up_bps": True, "down_bps": True, "tx_j_per_bit": True, "rx_j_per_bit": True, "latency_s": False}
 SECTIONS = {"devices": DEVICE_FIELDS, "links": LINK_FIELDS}
 
 # field -> (lowest, highest, unit and why): physically plausible ranges. With them every time and
 # energy the ledger derives stays finite (no division by ~0, no overflow to inf). Every number of a
-# ``block_flops_per_s`` mapping lies in the range of ``flops_per_s``.
+# ``block_flops_per_s`` (``block_call_s``) mapping lies in the range of ``flops_per_s`` (``call_overhead_s``).
 BOUNDS: dict[str, dict[str, tuple[float, float, str]]] = {
     "devices": {
         "flops_per_s": (1e3, 1e18, "FLOP/s, from a microcontroller to an exascale machine"),
@@ -88,7 +94,8 @@ class DeviceProfile:
     """A node's hardware: sustained training FLOP/s, power while computing and while waiting.
 
     ``block_flops_per_s`` maps a model's name to its blocks' own training FLOP/s (``{}``: none, every block at
-    ``flops_per_s``); it takes no part in the hash (a mapping), but in equality.
+    ``flops_per_s``), ``block_call_s`` to its blocks' fixed seconds per call (``{}``: none); they take no part in
+    the hash (mappings), but in equality.
     """
 
     name: str
@@ -98,6 +105,7 @@ class DeviceProfile:
     memory_bytes: float | None = None
     call_overhead_s: float = 0.0
     block_flops_per_s: dict[str, dict[str, float]] = field(default_factory=dict, hash=False)
+    block_call_s: dict[str, dict[str, float]] = field(default_factory=dict, hash=False)
     description: str = ""
     status: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     source: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -152,23 +160,25 @@ def _number(file: Path, key: str, raw: Any, bounds: tuple[float, float, str]) ->
     return float(value)
 
 
-def _block_rates(file: Path, where: str, raw: Any) -> dict[str, dict[str, float]]:
-    """Validate a ``block_flops_per_s`` mapping: model name -> block name -> FLOP/s (each in its bounds)."""
-    example = "e.g. {cnn: {conv1: 1.2e+10, conv2: 4.5e+10}}"
+def _block_map(file: Path, where: str, key: str, raw: Any) -> dict[str, dict[str, float]]:
+    """Validate a ``block_flops_per_s`` or ``block_call_s`` mapping (``key``): model name -> block name -> number,
+    each in the bounds of the field it refines (:data:`BLOCK_MAPS`)."""
+    bounds, unit, example = BLOCK_MAPS[key]
+    example = "e.g. " + example
     if not isinstance(raw, dict) or not raw:
-        raise ProfileError(file, where, raw, f"must map model names to {{block: FLOP/s}}, {example}")
+        raise ProfileError(file, where, raw, f"must map model names to {{block: {unit}}}, {example}")
     out: dict[str, dict[str, float]] = {}
     for model, rates in raw.items():
         at = f"{where}.{model}"
         if not isinstance(model, str) or not model.strip():
             raise ProfileError(file, at, model, f"a model name must be a non-empty string, {example}")
         if not isinstance(rates, dict) or not rates:
-            raise ProfileError(file, at, rates, f"must map block names of {model} to FLOP/s, {example}")
+            raise ProfileError(file, at, rates, f"must map block names of {model} to {unit}, {example}")
         out[model] = {}
         for block, rate in rates.items():
             if not isinstance(block, str) or not block.strip():
                 raise ProfileError(file, f"{at}.{block}", block, f"a block name must be a non-empty string, {example}")
-            out[model][block] = _number(file, f"{at}.{block}", rate, BOUNDS["devices"]["flops_per_s"])
+            out[model][block] = _number(file, f"{at}.{block}", rate, BOUNDS["devices"][bounds])
     return out
 
 
@@ -189,10 +199,10 @@ def _read_entry(file: Path, section: str, name: str, entry: Any, base: dict | No
             raise ProfileError(file, where, raw, f"unknown field; known fields: description, {', '.join(fields_spec)}")
         status, source = "U", "user file"
         wrapped = isinstance(raw, dict) and "value" in raw and set(raw) <= {"value", "status", "source"}
-        if key == BLOCK_RATES and isinstance(raw, dict) and not wrapped:  # the plain form of the one mapping field
+        if key in BLOCK_MAPS and isinstance(raw, dict) and not wrapped:  # the plain form of a mapping field
             if require_sources:
                 raise ProfileError(file, where, raw, "a shipped profile gives {value, status, source} for every number")
-            out[key] = _block_rates(file, where, raw)
+            out[key] = _block_map(file, where, key, raw)
             out["status"][key], out["source"][key] = status, source
             continue
         if isinstance(raw, dict):
@@ -206,8 +216,8 @@ def _read_entry(file: Path, section: str, name: str, entry: Any, base: dict | No
             raise ProfileError(file, where, raw, "a shipped profile gives {value, status, source} for every number")
         if require_sources and not str(source).strip():
             raise ProfileError(file, where + ".source", source, "every shipped number needs a source")
-        out[key] = _block_rates(file, where, raw) if key == BLOCK_RATES else _number(file, where, raw,
-                                                                                     BOUNDS[section][key])
+        out[key] = _block_map(file, where, key, raw) if key in BLOCK_MAPS else _number(file, where, raw,
+                                                                                       BOUNDS[section][key])
         out["status"][key], out["source"][key] = str(status), str(source)
     for key, required in fields_spec.items():
         if required and key not in out:
@@ -324,22 +334,23 @@ def check_profiles(plan_or_cfg) -> Profiles:
 
 
 def check_block_rates(plan, profiles: Profiles) -> None:
-    """Refuse ``block_flops_per_s`` of the plan's devices that name an unknown model, or a block the plan's
-    model does not have (a typo would otherwise price that block at ``flops_per_s`` without a word).
+    """Refuse ``block_flops_per_s`` or ``block_call_s`` of the plan's devices that name an unknown model, or a
+    block the plan's model does not have (a typo would otherwise price that block at ``flops_per_s``, or
+    without its fixed seconds, without a word).
 
     Raises:
-        ProfileError: naming the file, the key (``devices.<profile>.block_flops_per_s.<model>[.<block>]``), the
-            value and the known names.
+        ProfileError: naming the file, the key (``devices.<profile>.<field>.<model>[.<block>]``), the value and
+            the known names.
     """
-    named = sorted({n.device for n in plan.nodes if profiles.devices[n.device].block_flops_per_s})
+    named = sorted({(n.device, f) for n in plan.nodes for f in BLOCK_MAPS if getattr(profiles.devices[n.device], f)})
     if not named:
         return
     from fplstudy.models import MODELS  # here, not at the top: loading profiles needs no torch (a plan has it)
 
     file = plan.config.profiles_file or SHIPPED_DIR / "devices.yaml"
-    for name in named:
-        for model, rates in profiles.devices[name].block_flops_per_s.items():
-            key = f"devices.{name}.block_flops_per_s.{model}"
+    for name, fld in named:
+        for model, rates in getattr(profiles.devices[name], fld).items():
+            key = f"devices.{name}.{fld}.{model}"
             if model not in MODELS:
                 raise ProfileError(file, key, model, f"unknown model; known: {', '.join(MODELS)}")
             unknown = [b for b in rates if model == plan.model and b not in plan.block_names]

@@ -137,7 +137,8 @@ class Emulation:
 
 def emulation(plan: Plan, profiles: Profiles, calibrated_flops_per_s: float, cores: int,
               time_scale: float | None = None, calibrated_call_s: float = 0.0,
-              calibrated_block_flops_per_s: dict[str, float] | None = None) -> Emulation:
+              calibrated_block_flops_per_s: dict[str, float] | None = None,
+              calibrated_block_call_s: dict[str, float] | None = None) -> Emulation:
     """The CPU shares, CFS periods, shaped rates and time scale that emulate ``plan`` on ``cores`` cores.
 
     Args:
@@ -153,6 +154,9 @@ def emulation(plan: Plan, profiles: Profiles, calibrated_flops_per_s: float, cor
             ``c_b F / (C s)``, which its emulated profile carries as its ``block_flops_per_s`` for the plan's
             model (the host is this machine, so its blocks keep this machine's proportions, whatever the
             device's own block rates); without ``c_b`` it carries none.
+        calibrated_block_call_s: this machine's fixed seconds per call of each block (``k_b``, the calibration's
+            ``block_call_s``; None or empty: none); the slowed node pays ``k_b C s / F``, which its emulated
+            profile carries as its ``block_call_s`` for the plan's model.
 
     Returns:
         The :class:`Emulation`.
@@ -185,9 +189,11 @@ def emulation(plan: Plan, profiles: Profiles, calibrated_flops_per_s: float, cor
         speed = d.flops_per_s / (calibrated_flops_per_s * s)  # this machine's speed the host gets: F / (C s)
         blocks = {plan.model: {b: c * speed for b, c in calibrated_block_flops_per_s.items()}} \
             if calibrated_block_flops_per_s else {}
+        fixed = {plan.model: {b: k / speed for b, k in calibrated_block_call_s.items()}} \
+            if calibrated_block_call_s else {}
         devices[n.device] = replace(d, flops_per_s=d.flops_per_s / s,
                                     call_overhead_s=calibrated_call_s * calibrated_flops_per_s * s / d.flops_per_s,
-                                    block_flops_per_s=blocks)
+                                    block_flops_per_s=blocks, block_call_s=fixed)
     links = {**profiles.links, link.name: replace(link, up_bps=link.up_bps / s, down_bps=link.down_bps / s,
                                                   latency_s=0.0)}
     return Emulation(tuple(n.name for n in plan.nodes), s, cores, calibrated_flops_per_s, calibrated_call_s, share,
@@ -260,6 +266,13 @@ def calibrated_block_rates(plan: Plan, profiles: Profiles) -> dict[str, float]:
     has none); call after :func:`calibrated_speed`, which refuses a missing calibration."""
     name = calibrated_name(plan.model, plan.config.batch_size)
     return dict(profiles.device(name).block_flops_per_s.get(plan.model, {}))
+
+
+def calibrated_block_call_s(plan: Plan, profiles: Profiles) -> dict[str, float]:
+    """This machine's calibrated fixed seconds per call of each block of the plan's model (``{}`` where the
+    calibration has none: ``fplstudy calibrate`` without ``--fit-batch``); after :func:`calibrated_speed`."""
+    name = calibrated_name(plan.model, plan.config.batch_size)
+    return dict(profiles.device(name).block_call_s.get(plan.model, {}))
 
 
 # --------------------------------------------------------------------------- measured vs predicted
@@ -468,7 +481,7 @@ def prepare_emulation(cfg: Config, time_scale: float | None = None):
     flops_per_s, call_s = calibrated_speed(plan, profiles)
     emu = emulation(plan, profiles, flops_per_s, os.cpu_count() or 1,
                     time_scale if time_scale is not None else cfg.testbed_time_scale, call_s,
-                    calibrated_block_rates(plan, profiles))
+                    calibrated_block_rates(plan, profiles), calibrated_block_call_s(plan, profiles))
     return plan, profiles, data, emu
 
 

@@ -96,7 +96,8 @@ def test_fixed_seconds_load_plain_and_wrapped_and_bad_ones_are_refused(tmp_path)
         msg = str(err.value)
         assert len(msg.splitlines()) == 1 and f"key 'devices.d.block_call_s.cnn.conv1': got {shown}; {why}" in msg, msg
     unknown = tmp_path / "unknown.yaml"
-    unknown.write_text("devices:\n  d: {flops_per_s: 1.0e+9, active_w: 1, idle_w: 0, block_call_s: {cnn: {conv9: 1}}}\n")
+    unknown.write_text("devices:\n  d: {flops_per_s: 1.0e+9, active_w: 1, idle_w: 0, "
+                       "block_call_s: {cnn: {conv9: 1}}}\n")
     with pytest.raises(ConfigError) as err:
         check_profiles(_plan(strategy="mp", nodes=2, device="d", profiles_file=str(unknown)))
     assert "key 'devices.d.block_call_s.cnn.conv9': got 'conv9'; not a block of cnn" in str(err.value)

@@ -330,8 +330,9 @@ def _fit(row: dict, row2: dict) -> dict:
                for r in (row, row2)}
     per_sample = {k: f // b for k, f in row["block_flops"].items()}
     rates, fixed = fit_block_costs(per_sample, b, seconds[b], b2, seconds[b2])
-    return row | {"block_flops_per_s": rates, "block_call_s": fixed, "batch_block_flops_per_s": row["block_flops_per_s"],
-                  "fit_batch": b2, "fit_whole_s": row2["whole_s"], "fit_block_flops_per_s": row2["block_flops_per_s"]}
+    return row | {"block_flops_per_s": rates, "block_call_s": fixed,
+                  "batch_block_flops_per_s": row["block_flops_per_s"], "fit_batch": b2, "fit_whole_s": row2["whole_s"],
+                  "fit_block_flops_per_s": row2["block_flops_per_s"]}
 
 
 def calibrate(out: str | Path, models: list[str] | None = None, batch_size: int = 32, seconds: float = 3.0,
@@ -351,8 +352,8 @@ def calibrate(out: str | Path, models: list[str] | None = None, batch_size: int 
 
     Returns:
         One dict per model (:func:`measure`'s, plus ``profile``: the device profile's name; with ``fit_batch``,
-        ``block_call_s``, ``batch_block_flops_per_s`` (the block rates at the batch size, before the fit), ``fit_batch``,
-        ``fit_whole_s`` and ``fit_block_flops_per_s``: the second measurement's).
+        ``block_call_s``, ``batch_block_flops_per_s`` (the block rates at the batch size, before the fit),
+        ``fit_batch``, ``fit_whole_s`` and ``fit_block_flops_per_s``: the second measurement's).
 
     Raises:
         ConfigError: an unknown model, a batch size < 1, seconds <= 0, wait_s outside [0, 10], processes

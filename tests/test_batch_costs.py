@@ -150,3 +150,4 @@ def test_a_bad_fit_batch_is_refused_before_any_timing(tmp_path, fit, shown):
     msg = str(err.value)
     assert len(msg.splitlines()) == 1 and "--fit-batch" in msg and f"got {shown}" in msg, msg
     assert not (tmp_path / "host.yaml").exists()
+

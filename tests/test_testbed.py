@@ -83,11 +83,13 @@ def test_block_rates_scale_with_the_time_scale_and_the_cpu_share_by_hand(tmp_pat
     # the calibrated device itself (F = C) runs its blocks at c_b / s, as its flops_per_s runs at C / s
     cal = tmp_path / "host.yaml"
     cal.write_text("devices:\n  calibrated_cnn_b32: {flops_per_s: 4.0e+10, active_w: 0, idle_w: 0, "
-                   "block_flops_per_s: {cnn: {conv1: 2.0e+9, conv2: 5.0e+10}}}\n")
+                   "block_flops_per_s: {cnn: {conv1: 2.0e+9, conv2: 5.0e+10}}, "
+                   "block_call_s: {cnn: {conv1: 3.0e-4}}}\n")
     mine = _plan(strategy="mp", nodes=2, device="calibrated_cnn_b32", server_device="calibrated_cnn_b32",
                  profiles_file=str(cal))
     mp_profiles = check_profiles(mine)
     assert testbed.calibrated_block_rates(mine, mp_profiles) == {"conv1": 2e9, "conv2": 5e10}
+    assert testbed.calibrated_block_rates(mine, mp_profiles, "block_call_s") == {"conv1": 3e-4}
     emu = testbed.emulation(mine, mp_profiles, 4e10, 2, time_scale=3.0,
                             calibrated_block_flops_per_s=testbed.calibrated_block_rates(mine, mp_profiles))
     dev = emu.profiles.device("calibrated_cnn_b32")

@@ -261,18 +261,13 @@ def calibrated_speed(plan: Plan, profiles: Profiles) -> tuple[float, float]:
     return profiles.device(name).flops_per_s, profiles.device(name).call_overhead_s
 
 
-def calibrated_block_rates(plan: Plan, profiles: Profiles) -> dict[str, float]:
-    """This machine's calibrated training FLOP/s per block of the plan's model (``{}`` where the calibration
-    has none); call after :func:`calibrated_speed`, which refuses a missing calibration."""
+def calibrated_block_rates(plan: Plan, profiles: Profiles, field: str = "block_flops_per_s") -> dict[str, float]:
+    """This machine's calibrated per-block numbers for the plan's model: its training FLOP/s per block, or with
+    ``field="block_call_s"`` its fixed seconds per call of each block (``{}`` where the calibration has none:
+    ``fplstudy calibrate`` without ``--fit-batch`` writes no fixed seconds); call after
+    :func:`calibrated_speed`, which refuses a missing calibration."""
     name = calibrated_name(plan.model, plan.config.batch_size)
-    return dict(profiles.device(name).block_flops_per_s.get(plan.model, {}))
-
-
-def calibrated_block_call_s(plan: Plan, profiles: Profiles) -> dict[str, float]:
-    """This machine's calibrated fixed seconds per call of each block of the plan's model (``{}`` where the
-    calibration has none: ``fplstudy calibrate`` without ``--fit-batch``); after :func:`calibrated_speed`."""
-    name = calibrated_name(plan.model, plan.config.batch_size)
-    return dict(profiles.device(name).block_call_s.get(plan.model, {}))
+    return dict(getattr(profiles.device(name), field).get(plan.model, {}))
 
 
 # --------------------------------------------------------------------------- measured vs predicted
@@ -481,7 +476,7 @@ def prepare_emulation(cfg: Config, time_scale: float | None = None):
     flops_per_s, call_s = calibrated_speed(plan, profiles)
     emu = emulation(plan, profiles, flops_per_s, os.cpu_count() or 1,
                     time_scale if time_scale is not None else cfg.testbed_time_scale, call_s,
-                    calibrated_block_rates(plan, profiles), calibrated_block_call_s(plan, profiles))
+                    calibrated_block_rates(plan, profiles), calibrated_block_rates(plan, profiles, "block_call_s"))
     return plan, profiles, data, emu
 
 

@@ -231,6 +231,8 @@ class Config(BaseModel):
     server_device: str = "minipc"  # device profile of trunk stage holders and the aggregator
     link: str = "wifi5"  # link profile of every link
     node_devices: Optional[dict[str, str]] = None  # per-node override, {node name: device profile}
+    topology: Optional[str] = None  # a topology file (or a shipped one's name): every node's device and the links (topology.py); None = the uniform site of the keys above
+    placement: Optional[dict[str, str]] = None  # with topology: {plan node: topology node}; nodes left out are placed by topology.place's rule
     profiles_file: Optional[str] = None  # YAML file with extra or overriding device/link profiles
     pipeline: Literal["sequential", "gpipe", "1f1b"] = "sequential"  # makespan of a branch's stages
     network: Literal["links", "star"] = "links"  # links: a link per node pair; star: one half-duplex interface per node (makespan.py)

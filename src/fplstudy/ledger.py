@@ -25,24 +25,29 @@ bytes_rx            int      payload bytes received
 seconds             float    compute: FLOPs / device FLOP/s + the device's call overhead (default 0;
                              with per-block rates, Σ block FLOPs / block FLOP/s, plus each block's
                              fixed seconds per call where given: :func:`price_compute`);
-                             message: bits / link rate + latency,
-                             counted at the sender *and* at the receiver (both radios are busy);
+                             message: bits / link rate + latency (on a topology: Σ over the
+                             path's hops, store-and-forward), counted at the sender *and* at
+                             the receiver (both radios are busy);
                              idle: round makespan − the time the node computed or communicated
                              (union of its intervals in the schedule, :mod:`fplstudy.makespan`)
 energy_j            float    compute: active W × seconds; message: bits × tx J/bit at the sender,
-                             bits × rx J/bit at the receiver; idle: idle W × seconds
+                             bits × rx J/bit at the receiver (on a topology: of their own hops; a
+                             plan node that relays it gets both of its hops' joules and the bytes
+                             in bytes_tx and bytes_rx, with count 0 and no seconds: :func:`message_pricer`);
+                             idle: idle W × seconds
 round_makespan_s    float    wall-clock length of the round (same on every row of the round)
 run_id              str      in ``ledger.csv`` only: the run's id (:func:`fplstudy.results.run_id`)
 ==================  =======  ========================================================================
 
-Sums that hold: Σ bytes_tx = Σ bytes_rx = bytes of all messages; Σ flops = the run's training FLOPs;
-per node and round, seconds of compute + idle ≤ round makespan (messages may overlap compute).
+Sums that hold: Σ bytes_tx = Σ bytes_rx = bytes of all messages (on a topology, plus those relays forward);
+Σ flops = the run's training FLOPs; per node and round, seconds of compute + idle ≤ round makespan (messages may overlap compute).
 
 Speed: :func:`price` takes a fast path by default (:class:`Pricer`: a one-pass schedule per round and
 array sums, the same floats as the event-by-event reference, which ``price(..., fast=False)`` keeps);
 :func:`fplstudy.dryrun.price_plan` prices a plan without building its event stream at all.
 
-Prices: :func:`price_compute` prices a compute call and :func:`price_message` a message, for every path.
+Prices: :func:`price_compute` prices a compute call and :func:`message_pricer` a message (:func:`price_message`
+on one link, or the path on a topology), for every path.
 Link direction: a message uses the link profile's ``down_bps`` when it goes from the server side (a
 trunk stage or the aggregator) to an edge node (a branch stage holder; :attr:`fplstudy.plan.Node.side`),
 ``up_bps`` otherwise. The config
@@ -69,6 +74,7 @@ from fplstudy.memory import memory_rows, model_size
 from fplstudy.plan import Node
 from fplstudy.profiles import DeviceProfile, LinkProfile, Profiles, check_profiles
 from fplstudy.schedule import chunk_profiles
+from fplstudy.topology import price_path
 
 KINDS = ("forward", "backward", "activations", "gradients", "labels", "params_up", "params_down", "idle")
 COLUMNS = ("round", "node", "role", "device", "kind", "count", "flops", "bytes_tx", "bytes_rx", "seconds",
@@ -166,9 +172,33 @@ def price_message(link: LinkProfile, nbytes: int, src: Node, dst: Node) -> tuple
     return bits / rate + link.latency_s, bits * link.tx_j_per_bit, bits * link.rx_j_per_bit
 
 
+def message_pricer(plan, profiles: Profiles):
+    """The price of one message of ``plan`` as a function ``(nbytes, src Node, dst Node) -> (seconds, tx_j,
+    rx_j, relays)``; ``relays``: ``((plan node, joules), ...)`` of the plan nodes the message passes through.
+
+    Without a topology: :func:`price_message` on the link profile ``config.link``, no relays. On a topology
+    (config key ``topology``): :func:`fplstudy.topology.price_path` on the path between the nodes' topology
+    nodes (store-and-forward); the sender pays its hop's tx joules, the receiver its hop's rx joules, a plan
+    node on the path the tx and rx joules of its two hops; points that host no plan node are not charged.
+    """
+    site = plan.site
+    if site is None:
+        link = profiles.link(plan.config.link)
+        return lambda nbytes, src, dst: (*price_message(link, nbytes, src, dst), ())
+    hosted = {n.point: n.name for n in plan.nodes}
+
+    def priced(nbytes: int, src: Node, dst: Node) -> tuple[float, float, float, tuple]:
+        hops = site.path(src.point, dst.point)
+        seconds, tx, rx = price_path(hops, nbytes)
+        relays = tuple((hosted[h.dst], tx[h.dst] + rx[h.dst]) for h in hops[:-1] if h.dst in hosted)
+        return seconds, tx.get(src.point, 0.0), rx.get(dst.point, 0.0), relays
+    return priced
+
+
 def _event_prices(plan, events: list[Event], profiles: Profiles) -> tuple[list[int], list[float], list[tuple]]:
-    """FLOPs, seconds and energy of every event: a compute's ``(energy_j,)``, a message's ``(tx_j, rx_j)``."""
-    link = profiles.link(plan.config.link)
+    """FLOPs, seconds and energy of every event: a compute's ``(energy_j,)``, a message's ``(tx_j, rx_j,
+    relays)`` (:func:`message_pricer`)."""
+    message = message_pricer(plan, profiles)
     nodes = {n.name: n for n in plan.nodes}
     devices = {n.name: profiles.device(n.device) for n in plan.nodes}
     cache: dict[tuple, tuple[int, tuple]] = {}
@@ -183,10 +213,10 @@ def _event_prices(plan, events: list[Event], profiles: Profiles) -> tuple[list[i
             seconds.append(s)
             energy.append((e,))
         else:
-            s, tx_j, rx_j = price_message(link, ev.nbytes, nodes[ev.src], nodes[ev.dst])
+            s, tx_j, rx_j, relays = message(ev.nbytes, nodes[ev.src], nodes[ev.dst])
             flops.append(0)
             seconds.append(s)
-            energy.append((tx_j, rx_j))
+            energy.append((tx_j, rx_j, relays))
     return flops, seconds, energy
 
 
@@ -266,9 +296,11 @@ def price(plan, events: list[Event], profiles: Profiles | None = None, pipeline:
                 add((rnd, ev.node, ev.phase), 1, flops[i], 0, 0, s, energy[i][0])
                 busy[ev.node].append(span)
             else:
-                tx_j, rx_j = energy[i]
+                tx_j, rx_j, relays = energy[i]
                 add((rnd, ev.src, ev.kind), 1, 0, ev.nbytes, 0, s, tx_j)
                 add((rnd, ev.dst, ev.kind), 1, 0, 0, ev.nbytes, s, rx_j)
+                for relay, relay_j in relays:  # forwards it: its bytes both ways, its joules, no count or seconds
+                    add((rnd, relay, ev.kind), 0, 0, ev.nbytes, ev.nbytes, 0.0, relay_j)
                 busy[ev.src].append(span)
                 busy[ev.dst].append(span)
         for n in plan.nodes:
@@ -303,9 +335,10 @@ class Template:
     Attributes:
         tasks: the schedule's tasks (:func:`fplstudy.makespan.schedule_fixed_order`), one per event.
         key: ledger entry of each cost share, ``node * len(KINDS) + kind`` (a compute: one share; a
-            message: the sender's, then the receiver's), in event order.
+            message: the sender's, then the receiver's, then each relay's on a topology), in event order.
         flops, tx, rx, seconds, energy: the shares (int64, int64, int64, float64, float64).
         busy_node, busy_task: the node each busy interval belongs to and the task it is.
+        relayed: the ledger entries of relays' shares (which add no count), or an empty array.
     """
 
     tasks: list[tuple]
@@ -317,6 +350,7 @@ class Template:
     energy: np.ndarray
     busy_node: np.ndarray
     busy_task: np.ndarray
+    relayed: np.ndarray
 
 
 class Pricer:
@@ -332,7 +366,7 @@ class Pricer:
         self.plan = plan
         self.pipeline = pipeline or plan.config.pipeline
         self.applies = fast_path_applies(plan, self.pipeline)
-        self.link = profiles.link(plan.config.link)
+        self.message = message_pricer(plan, profiles)
         self.names = [n.name for n in plan.nodes]
         self.index = {name: i for i, name in enumerate(self.names)}
         self.devices = [profiles.device(n.device) for n in plan.nodes]
@@ -347,8 +381,8 @@ class Pricer:
     def template(self, events: list[Event]) -> Template:
         """The compact form of ``events`` (priced by :func:`price_compute` and :func:`price_message`, as
         :func:`event_costs` prices them)."""
-        link, nodes, width = self.link, self.plan.nodes, len(KINDS)
-        tasks, key, flops, tx, rx, sec, energy, busy_node, busy_task = [], [], [], [], [], [], [], [], []
+        message, nodes, width = self.message, self.plan.nodes, len(KINDS)
+        tasks, key, flops, tx, rx, sec, energy, busy_node, busy_task, relayed = [], [], [], [], [], [], [], [], [], []
         for j, ev in enumerate(events):
             if isinstance(ev, Compute):
                 a = self.index[ev.node]
@@ -367,7 +401,7 @@ class Pricer:
                 busy_task.append(j)
                 continue
             a, b = self.index[ev.src], self.index[ev.dst]
-            s, tx_j, rx_j = price_message(link, ev.nbytes, nodes[a], nodes[b])
+            s, tx_j, rx_j, relays = message(ev.nbytes, nodes[a], nodes[b])
             res = -1
             if s != 0.0:
                 res = self.resources.setdefault((ev.src, ev.dst), len(self.names) + len(self.resources))
@@ -382,10 +416,18 @@ class Pricer:
             energy += [tx_j, rx_j]
             busy_node += [a, b]
             busy_task += [j, j]
+            for relay, relay_j in relays:  # as the reference adds them (price): no count, no seconds, not busy
+                key.append(self.index[relay] * width + k)
+                relayed.append(key[-1])
+                flops.append(0)
+                tx.append(ev.nbytes)
+                rx.append(ev.nbytes)
+                sec.append(0.0)
+                energy.append(relay_j)
         return Template(tasks, np.array(key, dtype=np.int64), np.array(flops, dtype=np.int64),
                         np.array(tx, dtype=np.int64), np.array(rx, dtype=np.int64), np.array(sec, dtype=float),
                         np.array(energy, dtype=float), np.array(busy_node, dtype=np.int64),
-                        np.array(busy_task, dtype=np.int64))
+                        np.array(busy_task, dtype=np.int64), np.array(relayed, dtype=np.int64))
 
     def price_round(self, segments: list[tuple[int, Template]]) -> tuple | None:
         """Sums of one round: ``(present, count, flops, tx, rx, seconds, energy, makespan)``, the arrays
@@ -399,7 +441,8 @@ class Pricer:
         temps = [t for _, t in segments]
         offsets = np.cumsum([0] + [len(t.tasks) for t in temps[:-1]])
         key = np.concatenate([t.key for t in temps])
-        count = np.bincount(key, minlength=size)
+        count = np.bincount(key, minlength=size) - np.bincount(np.concatenate([t.relayed for t in temps]),
+                                                               minlength=size)
         flops, tx, rx = (np.zeros(size, dtype=np.int64) for _ in range(3))
         np.add.at(flops, key, np.concatenate([t.flops for t in temps]))
         np.add.at(tx, key, np.concatenate([t.tx for t in temps]))
@@ -415,7 +458,7 @@ class Pricer:
         idle = np.array([max(0.0, makespan - u) for u in union.tolist()])
         seconds[_IDLE::width] = idle
         energy[_IDLE::width] = self.idle_w * idle
-        present = count > 0
+        present = (count > 0) | (tx > 0) | (rx > 0)  # a relay's rows have bytes and no count
         present[_IDLE::width] = True
         return present, count, flops, tx, rx, seconds, energy, makespan
 

@@ -17,6 +17,7 @@ import itertools
 import math
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +26,7 @@ from fplstudy.datasets import DATASET_META, DATASET_SIZES, DATASETS, DRAWN_SPLIT
 from fplstudy.flops import BlockProfile, profile_blocks, profile_model
 from fplstudy.models import DATASET_DEFAULT_MODEL, MODELS
 from fplstudy.strategies import Shape, preset, strategy
+from fplstudy.topology import place, site_of
 
 # Sanity bound on the batch steps of a run (rounds x local_epochs x batches per epoch, over all
 # branches): 1e7 steps is ~3 h at 1 ms a step on the smallest model, and a dry run keeps the events of
@@ -80,6 +82,8 @@ class Node:
         aggregates: whether this node is the plan's :attr:`Plan.aggregator`, which syncs or relays the
             replicated parts (a dedicated aggregator, or the first trunk stage of a plan that syncs without
             one).
+        point: the topology node that hosts it (config key ``topology``, :func:`fplstudy.topology.place`);
+            None without a topology.
     """
 
     name: str
@@ -88,6 +92,7 @@ class Node:
     branch: int | None = None
     stage: int | None = None
     aggregates: bool = False
+    point: str | None = None
 
     def __post_init__(self) -> None:
         if self.part not in NODE_PARTS:
@@ -136,6 +141,7 @@ class Plan:
     aggregator: str | None
     nodes: tuple[Node, ...]
     profile: tuple[BlockProfile, ...] = field(repr=False)
+    site: Any = field(default=None, repr=False, compare=False)  # the Topology of config key topology, or None
 
     @property
     def strategy(self) -> str:
@@ -393,8 +399,26 @@ def resolve(cfg: Config) -> Plan:
             raise ConfigError("node_devices", {name: overrides[name]},
                               f"no node named {name!r} in this plan; nodes are {', '.join(sorted(known))}")
     nodes = [replace(n, device=overrides.get(n.name, n.device)) for n in nodes]
+    site = _place_on_site(cfg, nodes, j)
+    if site is not None:
+        site, where = site
+        nodes = [replace(n, device=site.device_name(where[n.name]), point=where[n.name]) for n in nodes]
     return Plan(cfg, model, tuple(input_shape), num_classes, names, shape.junction, j, tuple(built), trunk,
-                shape.sync, cfg.sync_every, aggregator, tuple(nodes), profile)
+                shape.sync, cfg.sync_every, aggregator, tuple(nodes), profile, site)
+
+
+def _place_on_site(cfg: Config, nodes: list[Node], j: int):
+    """``(topology, {plan node: topology node})`` for a config with ``topology``, else None."""
+    if cfg.topology is None:
+        if cfg.placement:
+            raise ConfigError("placement", cfg.placement, "places nodes on a topology; give topology: FILE too")
+        return None
+    if cfg.node_devices:
+        raise ConfigError("node_devices", cfg.node_devices, "with topology, every node's device is the topology "
+                                                            "node's that hosts it; drop node_devices or topology")
+    site = site_of(cfg)
+    server_side = {n.name for n in nodes if n.part == "aggregator" or (n.part == "trunk" and j > 0)}
+    return site, place(site, nodes, server_side, cfg.placement)
 
 
 @lru_cache(maxsize=256)

@@ -285,6 +285,8 @@ def _config_of(plan_or_cfg) -> Config:
 def device_key(plan, node: str) -> str:
     """The config key that chose ``node``'s device profile (for error messages)."""
     cfg = plan.config
+    if getattr(plan.node(node), "point", None):
+        return f"topology ({plan.node(node).point})"
     if cfg.node_devices and node in cfg.node_devices:
         return f"node_devices.{node}"
     part = plan.node(node).part
@@ -298,7 +300,8 @@ def check_profiles(plan_or_cfg) -> Profiles:
 
     With a :class:`~fplstudy.plan.Plan`, every node's device profile is checked; with a bare
     :class:`~fplstudy.config.Config`, the profiles it names (``device``, ``server_device``, every
-    ``node_devices`` value, ``link``) are.
+    ``node_devices`` value, ``link``) are. A plan on a topology (config key ``topology``) gets back the
+    profiles with its nodes' overridden devices added (:meth:`fplstudy.topology.Topology.with_devices`).
 
     Args:
         plan_or_cfg: a Plan or a Config.
@@ -312,6 +315,9 @@ def check_profiles(plan_or_cfg) -> Profiles:
     """
     cfg = _config_of(plan_or_cfg)
     profiles = load_profiles(cfg.profiles_file)
+    site = getattr(plan_or_cfg, "site", None)  # a plan on a topology: its nodes' devices, overrides included
+    if site is not None:
+        profiles = site.with_devices(profiles)
     known_dev = ", ".join(sorted(profiles.devices))
     wanted: list[tuple[str, str]] = []
     if isinstance(plan_or_cfg, Config):

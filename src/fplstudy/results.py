@@ -143,7 +143,8 @@ def plan_summary(plan) -> dict[str, Any]:
     """The plan's layout as plain data (who holds which blocks)."""
     return {
         "model": plan.model,
-        "nodes": [{"name": n.name, "role": n.role, "device": n.device} for n in plan.nodes],
+        "nodes": [{"name": n.name, "role": n.role, "device": n.device} | ({"point": n.point} if n.point else {})
+                  for n in plan.nodes],
         "branches": [{"index": b.index, "data_node": b.data_node, "adapter_node": b.adapter_node,
                       "view": list(b.view) if b.view else None,
                       "stages": [{"node": s.node, "blocks": list(s.blocks)} for s in b.stages]}

@@ -239,7 +239,11 @@ def _free_memory_bytes() -> float:
 
 
 def check_capacity(plan: Plan) -> None:
-    """Refuse a plan with more node processes than this machine's memory holds or than a /24 network numbers."""
+    """Refuse a plan on a topology (not emulated yet), or with more node processes than this machine's memory
+    holds or than a /24 network numbers."""
+    if plan.config.topology is not None:
+        raise ConfigError("topology", plan.config.topology, "the testbed emulates the uniform site (one link profile, "
+                                                            "config key link); run this plan on the simulated backend")
     n = len(plan.nodes)
     if n > 200:
         raise ConfigError("nodes", plan.config.nodes, f"{n} node processes; the testbed hosts at most 200")

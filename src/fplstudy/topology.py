@@ -35,6 +35,21 @@ operations), so a topology that links every pair of nodes directly with one prof
 shorthand keys direct it (:func:`uniform_links`) — is the uniform site of the config keys ``link`` and
 ``node_devices``.
 
+**In a plan** (config keys ``topology`` and ``placement``, :func:`place`). ``topology: FILE`` (a path, or
+the name of a shipped example: ``fog_wifi``, ``phones_lte``, ``wearables_ble``) gives every node of the
+plan its device and the links between them; ``device``, ``server_device`` and ``link`` are then not used
+and ``node_devices`` is refused. ``placement: {plan node: topology node}`` says which topology node hosts
+which plan node; a plan node it leaves out is placed by the default rule: the nodes on the server side
+(the aggregator, and trunk stages of a plan with a head) on the topology's nodes from the last one
+backwards, every other node on its nodes from the first one on, in file order, skipping nodes already
+taken. A topology node hosts at most one plan node, and every placed node must reach every other.
+The ledger prices each message on its path (:func:`fplstudy.ledger.message_pricer`): the sender's row
+gets its hop's tx joules, the receiver's its hop's rx joules, a plan node that relays the message (a
+gateway on the path) the joules of both its hops and the bytes it forwards (in ``bytes_tx`` and
+``bytes_rx``, count 0, no seconds); a relay that hosts no plan node (a site, an unused node) is the
+network's and not in the ledger. The makespan schedules a message as one task of the path's seconds on
+the network the config key ``network`` says (per-hop contention is not modelled).
+
 Errors (:class:`TopologyError`, a :class:`~fplstudy.config.ConfigError`) name the file, the entry and the
 value, before any work: an unknown device or link profile, a duplicate node or site, a link to an unknown
 point, a bad or out-of-range number, a direction given twice, a pair with no path
@@ -48,12 +63,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from functools import lru_cache
+
 from fplstudy.config import ConfigError, YamlError, read_yaml_file, short_repr
-from fplstudy.profiles import BOUNDS, DEVICE_FIELDS, LINK_FIELDS, DeviceProfile, LinkProfile, Profiles
+from fplstudy.profiles import BOUNDS, DEVICE_FIELDS, LINK_FIELDS, DeviceProfile, LinkProfile, Profiles, load_profiles
 
 OVERRIDABLE = tuple(k for k in DEVICE_FIELDS if k in BOUNDS["devices"])  # numeric device fields a node may override
 LINK_OVERRIDABLE = tuple(LINK_FIELDS)  # link fields a link entry may override
 RATES = ("up", "down")  # which rate of its profile a directed link uses
+SHIPPED_DIR = Path(__file__).with_name("topologies")  # the shipped examples, by name
 
 
 class TopologyError(ConfigError):
@@ -100,6 +118,16 @@ class Topology:
         status = dict(dev.status) | {k: "U" for k in extra}
         source = dict(dev.source) | {k: f"topology {self.name}, node {node}" for k in extra}
         return replace(dev, name=f"{dev.name}@{node}", status=status, source=source, **extra)
+
+    def device_name(self, node: str) -> str:
+        """The device profile name a plan node placed on ``node`` carries: the profile's, or
+        ``<profile>@<node>`` where the topology overrides some of its fields (:meth:`with_devices`)."""
+        return f"{self.nodes[node]}@{node}" if self.overrides.get(node) else self.nodes[node]
+
+    def with_devices(self, profiles: Profiles) -> Profiles:
+        """``profiles`` and every overridden node's device profile, under :meth:`device_name`."""
+        extra = {self.device_name(n): self.device(n, profiles) for n in self.overrides}
+        return Profiles(profiles.devices | extra, profiles.links) if extra else profiles
 
     def path(self, src: str, dst: str) -> tuple[Hop, ...] | None:
         """The hops a message from ``src`` to ``dst`` takes (fewest hops; ties: least seconds per bit, then
@@ -263,6 +291,77 @@ def parse_topology(doc: Any, profiles: Profiles, file: str | Path = "<topology>"
         hops.setdefault(src, []).append(hop)
     return Topology(name=name, nodes=nodes, overrides=overrides, sites=tuple(sites),
                     hops={p: tuple(h) for p, h in hops.items()}, description=str(doc.get("description", "")))
+
+
+def topology_path(name: str) -> Path:
+    """The file of the config value ``topology``: a path, or the name of a shipped example."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = SHIPPED_DIR / f"{name}.yaml"
+    if shipped.is_file() and path.parent == Path("."):
+        return shipped
+    known = ", ".join(sorted(p.stem for p in SHIPPED_DIR.glob("*.yaml")))
+    raise ConfigError("topology", name, f"no such file; give a topology file's path or a shipped one: {known}")
+
+
+@lru_cache(maxsize=32)
+def _site_cached(file: str, mtime: float, profiles_file: str | None, profiles_mtime: float | None) -> Topology:
+    return load_topology(file, load_profiles(profiles_file))
+
+
+def site_of(cfg) -> Topology | None:
+    """The topology of a config (key ``topology``, read once per file version), or None without one."""
+    if cfg.topology is None:
+        return None
+    path = topology_path(cfg.topology)
+    extra = Path(cfg.profiles_file) if cfg.profiles_file else None
+    extra_mtime = extra.stat().st_mtime if extra is not None and extra.is_file() else None
+    return _site_cached(str(path), path.stat().st_mtime, cfg.profiles_file, extra_mtime)
+
+
+def place(site: Topology, nodes, server_side: set[str], placement: dict[str, str] | None) -> dict[str, str]:
+    """Which topology node hosts each plan node (the module docstring's rule).
+
+    Args:
+        site: the topology.
+        nodes: the plan's nodes (``.name``), in plan order.
+        server_side: names of the nodes placed from the topology's last node backwards.
+        placement: the config key ``placement`` (plan node -> topology node), or None.
+
+    Raises:
+        ConfigError: ``placement`` naming an unknown plan or topology node, two plan nodes on one topology
+            node, or a plan with more nodes than the topology; ``topology`` when two placed nodes have no path.
+    """
+    placement = dict(placement or {})
+    names = [n.name for n in nodes]
+    for plan_node, point in placement.items():
+        if plan_node not in names:
+            raise ConfigError("placement", {plan_node: point},
+                              f"no node named {plan_node!r} in this plan; nodes are {', '.join(names)}")
+        if point not in site.nodes:
+            raise ConfigError(f"placement.{plan_node}", point,
+                              f"not a node of topology {site.name}; its nodes: {', '.join(site.nodes)}")
+    taken: dict[str, str] = {}
+    for plan_node, point in placement.items():
+        if point in taken:
+            raise ConfigError(f"placement.{plan_node}", point, f"already hosts {taken[point]}; a topology node "
+                                                               "hosts one plan node")
+        taken[point] = plan_node
+    if len(names) > len(site.nodes):
+        raise ConfigError("topology", site.name, f"has {len(site.nodes)} nodes and the plan {len(names)}; use a "
+                                                 "topology with as many nodes or a plan with fewer")
+    free_front = [p for p in site.nodes if p not in taken]
+    where = dict(placement)
+    for name in names:
+        if name not in where and name in server_side:
+            where[name] = free_front.pop()
+    for name in names:
+        if name not in where:
+            where[name] = free_front.pop(0)
+    points = [where[n] for n in names]
+    site.check_reachable([(a, b) for a in points for b in points if a != b], where="topology")
+    return where
 
 
 def load_topology(path: str | Path, profiles: Profiles) -> Topology:

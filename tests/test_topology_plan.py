@@ -1,0 +1,167 @@
+"""A plan on a topology (config keys ``topology`` and ``placement``): where its nodes go, the devices they get,
+and the ledger that prices every message on its path (by hand on three hops, exactly today's ledger on the
+uniform site), and bad placements refused before any work."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import yaml
+
+from fplstudy.config import ConfigError, make_config
+from fplstudy.dryrun import plan_events, price_plan, shard_sizes
+from fplstudy.events import Compute, Transfer
+from fplstudy.ledger import price
+from fplstudy.plan import resolve
+from fplstudy.profiles import check_profiles
+from fplstudy.testbed import check_capacity
+from fplstudy.topology import uniform_links
+
+HAND = {"links": {
+    "radio": {"up_bps": 1.0e6, "down_bps": 2.0e6, "tx_j_per_bit": 1.0e-7, "rx_j_per_bit": 5.0e-8, "latency_s": 0.01},
+    "wire": {"up_bps": 1.0e7, "down_bps": 1.0e7, "tx_j_per_bit": 1.0e-9, "rx_j_per_bit": 2.0e-9, "latency_s": 0.001},
+    "fibre": {"up_bps": 1.0e8, "down_bps": 1.0e8, "tx_j_per_bit": 0.0, "rx_j_per_bit": 0.0}}}
+THREE_HOPS = {  # s0 -radio- ap -wire- gw -fibre- srv; ap is a site (computes nothing)
+    "nodes": {"s0": {"device": "rpi4"}, "gw": {"device": "jetson_orin_nano"}, "srv": {"device": "minipc"}},
+    "sites": ["ap"],
+    "links": [{"between": ["s0", "ap"], "profile": "radio"}, {"between": ["ap", "gw"], "profile": "wire"},
+              {"between": ["gw", "srv"], "profile": "fibre"}],
+}
+SMALL = {"dataset": "digits", "rounds": 2, "max_train_samples": 300, "batch_size": 64}
+
+
+def _files(tmp_path, topo: dict, profiles: dict | None = None) -> dict:
+    (tmp_path / "site.yaml").write_text(yaml.safe_dump(topo))
+    keys = {"topology": str(tmp_path / "site.yaml")}
+    if profiles is not None:
+        (tmp_path / "links.yaml").write_text(yaml.safe_dump(profiles))
+        keys["profiles_file"] = str(tmp_path / "links.yaml")
+    return keys
+
+
+def _hops(bits: float, hops: list[tuple[float, float]]) -> float:
+    """Store-and-forward seconds, added hop by hop as :func:`fplstudy.topology.price_path` adds them."""
+    seconds = 0.0
+    for rate, latency in hops:
+        seconds += bits / rate + latency
+    return seconds
+
+
+def test_three_hops_in_the_ledger_by_hand(tmp_path):
+    """mp on 3 stages: n0 on s0, n1 on srv, n2 on gw. Activations n0 -> n1 take s0 -> ap -> gw -> srv at the up
+    rates, gradients n1 -> n0 the way back at the down rates; n2 (on gw) relays both: its row gets their bytes
+    both ways and the joules of its two hops (wire rx + fibre tx up, fibre rx + wire tx down), no count and no
+    seconds. The labels n0 -> n2 pass the site ap, which is charged nothing. Every figure by hand, event by event."""
+    cfg = make_config({**SMALL, "strategy": "mp", "nodes": 3, **_files(tmp_path, THREE_HOPS, HAND),
+                       "placement": {"n0": "s0", "n1": "srv", "n2": "gw"}})
+    plan = resolve(cfg)
+    assert [(n.point, n.device) for n in plan.nodes] == [("s0", "rpi4"), ("srv", "minipc"), ("gw", "jetson_orin_nano")]
+    events = plan_events(plan, shard_sizes(plan))
+    want: dict[tuple, list] = {}  # (round, node, kind) -> [count, tx, rx, seconds, energy]
+
+    def add(key, count, tx, rx, s, e):
+        row = want.setdefault(key, [0, 0, 0, 0.0, 0.0])
+        for i, v in enumerate((count, tx, rx, s, e)):
+            row[i] += v
+
+    routes = {("n0", "n1"): ([(1e6, 0.01), (1e7, 0.001), (1e8, 0.0)], 1e-7, 0.0, 2e-9 + 0.0),
+              ("n1", "n0"): ([(1e8, 0.0), (1e7, 0.001), (2e6, 0.01)], 0.0, 5e-8, 0.0 + 1e-9),
+              ("n1", "n2"): ([(1e8, 0.0)], 0.0, 0.0, None), ("n2", "n1"): ([(1e8, 0.0)], 0.0, 0.0, None),
+              ("n0", "n2"): ([(1e6, 0.01), (1e7, 0.001)], 1e-7, 2e-9, None)}  # the labels, past the site ap
+    relayed = 0
+    for ev in events:
+        if not isinstance(ev, Transfer):
+            continue
+        hops, tx_j, rx_j, relay_j = routes[(ev.src, ev.dst)]
+        bits = ev.nbytes * 8
+        s = _hops(bits, hops)
+        add((ev.round, ev.src, ev.kind), 1, ev.nbytes, 0, s, bits * tx_j)
+        add((ev.round, ev.dst, ev.kind), 1, 0, ev.nbytes, s, bits * rx_j)
+        if relay_j is not None:
+            add((ev.round, "n2", ev.kind), 0, ev.nbytes, ev.nbytes, 0.0, bits * relay_j)
+            relayed += ev.nbytes
+    assert relayed > 0
+    for fast in (True, False):
+        ledger = price(plan, events, check_profiles(plan), fast=fast)
+        msgs = ledger[ledger.kind.isin(["activations", "gradients", "labels"])]
+        got = {(r.round, r.node, r.kind): [r.count, r.bytes_tx, r.bytes_rx, r.seconds, r.energy_j]
+               for r in msgs.itertuples()}
+        assert set(got) == set(want)
+        for key, row in want.items():
+            assert got[key][:3] == row[:3], key
+            assert got[key][3:] == pytest.approx(row[3:], rel=1e-12, abs=1e-18), key
+        assert ledger.bytes_tx.sum() == ledger.bytes_rx.sum() == sum(
+            ev.nbytes for ev in events if isinstance(ev, Transfer)) + relayed
+
+
+@pytest.mark.parametrize("strategy,nodes,extra", [("fl", 4, {}), ("sfl", 3, {}), ("fpl", 4, {"branches": 2}),
+                                                  ("mp", 3, {}), ("sl", 3, {"network": "star"})])
+def test_a_uniform_topology_file_gives_todays_ledger(tmp_path, strategy, nodes, extra):
+    """The shorthand keys are a special case: a topology file that links every pair of the plan's nodes
+    directly with the config's link profile, each node on the plan's own device, placed one to one, gives the
+    same ledger DataFrame as the plan without it, float for float, on the fast and the reference path."""
+    base = make_config({**SMALL, "strategy": strategy, "nodes": nodes, "link": "wifi4", **extra})
+    plain = resolve(base)
+    topo = {"nodes": {n.name: {"device": n.device} for n in plain.nodes},
+            "links": uniform_links({n.name: n.side for n in plain.nodes}, "wifi4")}
+    placed = resolve(make_config({**base.model_dump(exclude_defaults=True), **_files(tmp_path, topo),
+                                  "placement": {n.name: n.name for n in plain.nodes}}))
+    assert [n.point for n in placed.nodes] == [n.name for n in plain.nodes]
+    sizes = shard_sizes(plain)
+    events = plan_events(plain, sizes)
+    assert events == plan_events(placed, sizes)
+    for fast in (True, False):
+        want = price(plain, events, check_profiles(plain), fast=fast)
+        pd.testing.assert_frame_equal(price(placed, events, check_profiles(placed), fast=fast), want, check_exact=True)
+    pd.testing.assert_frame_equal(price_plan(placed, sizes), price_plan(plain, sizes), check_exact=True)
+
+
+def test_default_placement_and_a_node_override(tmp_path):
+    """Default rule: the aggregator on the last topology node, the clients on the first ones in file order.
+    A node's override of its device's FLOP/s is its device (``<profile>@<node>``) and prices its compute."""
+    topo = {"nodes": {"a": {"device": "rpi4", "flops_per_s": 1.0e9}, "b": {"device": "rpi4"},
+                      "c": {"device": "rpi4"}, "hub": {"device": "minipc"}},
+            "links": [{"between": [x, "hub"], "profile": "wifi4"} for x in "abc"]}
+    plan = resolve(make_config({**SMALL, "strategy": "fl", "nodes": 2, **_files(tmp_path, topo)}))
+    assert [(n.name, n.point, n.device) for n in plan.nodes] == [
+        ("n0", "a", "rpi4@a"), ("n1", "b", "rpi4"), ("n2", "hub", "minipc")]
+    profiles = check_profiles(plan)
+    events = plan_events(plan, shard_sizes(plan))
+    ledger = price(plan, events, profiles)
+    fwd = ledger[(ledger.kind == "forward") & (ledger.node == "n0")]
+    calls = [ev for ev in events if isinstance(ev, Compute) and ev.node == "n0" and ev.phase == "forward"]
+    assert fwd["count"].sum() == len(calls)
+    assert fwd.seconds.sum() == pytest.approx(fwd.flops.sum() / 1.0e9, rel=1e-9)
+    assert profiles.device("rpi4@a").status["flops_per_s"] == "U"
+    other = ledger[(ledger.kind == "forward") & (ledger.node == "n1")]
+    assert other.seconds.sum() == pytest.approx(other.flops.sum() / profiles.device("rpi4").flops_per_s, rel=1e-9)
+
+
+@pytest.mark.parametrize("keys,field,hint", [
+    ({"placement": {"n0": "d0"}}, "placement", "give topology: FILE too"),
+    ({"topology": "fog_wifi", "node_devices": {"n0": "rpi4"}}, "node_devices", "drop node_devices or topology"),
+    ({"topology": "fog_wifi", "placement": {"n9": "d0"}}, "placement", "no node named 'n9'"),
+    ({"topology": "fog_wifi", "placement": {"n0": "mars"}}, "placement.n0", "not a node of topology"),
+    ({"topology": "fog_wifi", "placement": {"n0": "d0", "n1": "d0"}}, "placement.n1", "already hosts n0"),
+    ({"topology": "fog_wifi", "nodes": 11}, "topology", "has 11 nodes and the plan 12"),
+    ({"topology": "no_such_site"}, "topology", "shipped one: fog_wifi"),
+])
+def test_bad_placements_are_refused_before_any_work(keys, field, hint):
+    with pytest.raises(ConfigError) as err:
+        resolve(make_config({"strategy": "fl", "nodes": 4, **keys}))
+    assert err.value.key == field and hint in str(err.value) and "\n" not in str(err.value)
+
+
+def test_placed_nodes_with_no_path_between_them_are_refused(tmp_path):
+    topo = {"nodes": {"a": {"device": "rpi4"}, "b": {"device": "rpi4"}, "hub": {"device": "minipc"}},
+            "links": [{"between": ["a", "hub"], "profile": "wifi4"}, {"from": "b", "to": "hub", "profile": "wifi4",
+                                                                     "rate": "up"}]}
+    with pytest.raises(ConfigError, match=r"no path from a to b"):
+        resolve(make_config({"strategy": "fl", "nodes": 2, **_files(tmp_path, topo)}))
+
+
+def test_the_testbed_refuses_a_topology_naming_it():
+    plan = resolve(make_config({"strategy": "fl", "nodes": 2, "topology": "fog_wifi"}))
+    with pytest.raises(ConfigError, match="the testbed emulates the uniform site") as err:
+        check_capacity(plan)
+    assert err.value.key == "topology"

@@ -165,3 +165,22 @@ def test_the_testbed_refuses_a_topology_naming_it():
     with pytest.raises(ConfigError, match="the testbed emulates the uniform site") as err:
         check_capacity(plan)
     assert err.value.key == "topology"
+
+
+def test_explore_prices_its_plans_on_the_topology():
+    """explore's plans carry the base config's topology (default placement): each is priced on its paths, as
+    a dry run of the same plan prices it, and not as the uniform site of the same devices would."""
+    from fplstudy.dryrun import dry_run
+    from fplstudy.explore import enumerate_plans
+    from fplstudy.explore import price as explore_price
+
+    base = make_config({**SMALL, "nodes": 3, "topology": "fog_wifi"})
+    plans, _ = enumerate_plans(base, strategies=("fl", "sl", "fpl"), cuts="balanced")
+    assert len(plans) >= 3 and all(n.point for p in plans for n in p.nodes)
+    for plan in plans[:3]:
+        got, want = explore_price(plan), dry_run(plan).totals
+        assert (got["energy_j"], got["makespan_s"], got["bytes_total"]) == (
+            want["energy_j"], want["makespan_s"], want["bytes_total"])
+        uniform = {**plan.config.model_dump(exclude_defaults=True), "topology": None, "placement": None,
+                   "node_devices": {n.name: n.device for n in plan.nodes}}
+        assert dry_run(make_config(uniform)).totals["energy_j"] != got["energy_j"]

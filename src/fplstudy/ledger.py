@@ -379,7 +379,7 @@ class Pricer:
         return len(self.names) + len(self.resources)
 
     def template(self, events: list[Event]) -> Template:
-        """The compact form of ``events`` (priced by :func:`price_compute` and :func:`price_message`, as
+        """The compact form of ``events`` (priced by :func:`price_compute` and :func:`message_pricer`, as
         :func:`event_costs` prices them)."""
         message, nodes, width = self.message, self.plan.nodes, len(KINDS)
         tasks, key, flops, tx, rx, sec, energy, busy_node, busy_task, relayed = [], [], [], [], [], [], [], [], [], []
@@ -441,8 +441,10 @@ class Pricer:
         temps = [t for _, t in segments]
         offsets = np.cumsum([0] + [len(t.tasks) for t in temps[:-1]])
         key = np.concatenate([t.key for t in temps])
-        count = np.bincount(key, minlength=size) - np.bincount(np.concatenate([t.relayed for t in temps]),
-                                                               minlength=size)
+        count = np.bincount(key, minlength=size)
+        relayed = np.concatenate([t.relayed for t in temps])
+        if len(relayed):  # relays' shares add no count (only on a topology)
+            count -= np.bincount(relayed, minlength=size)
         flops, tx, rx = (np.zeros(size, dtype=np.int64) for _ in range(3))
         np.add.at(flops, key, np.concatenate([t.flops for t in temps]))
         np.add.at(tx, key, np.concatenate([t.tx for t in temps]))

@@ -399,20 +399,19 @@ def resolve(cfg: Config) -> Plan:
             raise ConfigError("node_devices", {name: overrides[name]},
                               f"no node named {name!r} in this plan; nodes are {', '.join(sorted(known))}")
     nodes = [replace(n, device=overrides.get(n.name, n.device)) for n in nodes]
-    site = _place_on_site(cfg, nodes, j)
+    site, where = _place_on_site(cfg, nodes, j)
     if site is not None:
-        site, where = site
         nodes = [replace(n, device=site.device_name(where[n.name]), point=where[n.name]) for n in nodes]
     return Plan(cfg, model, tuple(input_shape), num_classes, names, shape.junction, j, tuple(built), trunk,
                 shape.sync, cfg.sync_every, aggregator, tuple(nodes), profile, site)
 
 
 def _place_on_site(cfg: Config, nodes: list[Node], j: int):
-    """``(topology, {plan node: topology node})`` for a config with ``topology``, else None."""
+    """``(topology, {plan node: topology node})`` for a config with ``topology``, else ``(None, {})``."""
     if cfg.topology is None:
         if cfg.placement:
             raise ConfigError("placement", cfg.placement, "places nodes on a topology; give topology: FILE too")
-        return None
+        return None, {}
     if cfg.node_devices:
         raise ConfigError("node_devices", cfg.node_devices, "with topology, every node's device is the topology "
                                                             "node's that hosts it; drop node_devices or topology")

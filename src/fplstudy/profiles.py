@@ -285,7 +285,7 @@ def _config_of(plan_or_cfg) -> Config:
 def device_key(plan, node: str) -> str:
     """The config key that chose ``node``'s device profile (for error messages)."""
     cfg = plan.config
-    if getattr(plan.node(node), "point", None):
+    if plan.node(node).point:
         return f"topology ({plan.node(node).point})"
     if cfg.node_devices and node in cfg.node_devices:
         return f"node_devices.{node}"
@@ -315,9 +315,8 @@ def check_profiles(plan_or_cfg) -> Profiles:
     """
     cfg = _config_of(plan_or_cfg)
     profiles = load_profiles(cfg.profiles_file)
-    site = getattr(plan_or_cfg, "site", None)  # a plan on a topology: its nodes' devices, overrides included
-    if site is not None:
-        profiles = site.with_devices(profiles)
+    if not isinstance(plan_or_cfg, Config) and plan_or_cfg.site is not None:  # its nodes' devices, overrides included
+        profiles = plan_or_cfg.site.with_devices(profiles)
     known_dev = ", ".join(sorted(profiles.devices))
     wanted: list[tuple[str, str]] = []
     if isinstance(plan_or_cfg, Config):

@@ -60,10 +60,9 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
-
-from functools import lru_cache
 
 from fplstudy.config import ConfigError, YamlError, read_yaml_file, short_repr
 from fplstudy.profiles import BOUNDS, DEVICE_FIELDS, LINK_FIELDS, DeviceProfile, LinkProfile, Profiles, load_profiles
@@ -117,7 +116,7 @@ class Topology:
             return dev
         status = dict(dev.status) | {k: "U" for k in extra}
         source = dict(dev.source) | {k: f"topology {self.name}, node {node}" for k in extra}
-        return replace(dev, name=f"{dev.name}@{node}", status=status, source=source, **extra)
+        return replace(dev, name=self.device_name(node), status=status, source=source, **extra)
 
     def device_name(self, node: str) -> str:
         """The device profile name a plan node placed on ``node`` carries: the profile's, or

@@ -11,7 +11,7 @@ import yaml
 from fplstudy.config import ConfigError, make_config
 from fplstudy.dryrun import plan_events, price_plan, shard_sizes
 from fplstudy.events import Compute, Transfer
-from fplstudy.ledger import price
+from fplstudy.ledger import price, totals
 from fplstudy.plan import resolve
 from fplstudy.profiles import check_profiles
 from fplstudy.testbed import check_capacity
@@ -50,8 +50,9 @@ def _hops(bits: float, hops: list[tuple[float, float]]) -> float:
 def test_three_hops_in_the_ledger_by_hand(tmp_path):
     """mp on 3 stages: n0 on s0, n1 on srv, n2 on gw. Activations n0 -> n1 take s0 -> ap -> gw -> srv at the up
     rates, gradients n1 -> n0 the way back at the down rates; n2 (on gw) relays both: its row gets their bytes
-    both ways and the joules of its two hops (wire rx + fibre tx up, fibre rx + wire tx down), no count and no
-    seconds. The labels n0 -> n2 pass the site ap, which is charged nothing. Every figure by hand, event by event."""
+    both ways and the joules of its two hops (wire rx + fibre tx up, fibre rx + wire tx down) in a ``relay`` row,
+    one count per message forwarded and no seconds; ``bytes_total`` counts every message once. The labels
+    n0 -> n2 pass the site ap, which is charged nothing. Every figure by hand, event by event."""
     cfg = make_config({**SMALL, "strategy": "mp", "nodes": 3, **_files(tmp_path, THREE_HOPS, HAND),
                        "placement": {"n0": "s0", "n1": "srv", "n2": "gw"}})
     plan = resolve(cfg)
@@ -78,12 +79,12 @@ def test_three_hops_in_the_ledger_by_hand(tmp_path):
         add((ev.round, ev.src, ev.kind), 1, ev.nbytes, 0, s, bits * tx_j)
         add((ev.round, ev.dst, ev.kind), 1, 0, ev.nbytes, s, bits * rx_j)
         if relay_j is not None:
-            add((ev.round, "n2", ev.kind), 0, ev.nbytes, ev.nbytes, 0.0, bits * relay_j)
+            add((ev.round, "n2", "relay"), 1, ev.nbytes, ev.nbytes, 0.0, bits * relay_j)
             relayed += ev.nbytes
     assert relayed > 0
     for fast in (True, False):
         ledger = price(plan, events, check_profiles(plan), fast=fast)
-        msgs = ledger[ledger.kind.isin(["activations", "gradients", "labels"])]
+        msgs = ledger[ledger.kind.isin(["activations", "gradients", "labels", "relay"])]
         got = {(r.round, r.node, r.kind): [r.count, r.bytes_tx, r.bytes_rx, r.seconds, r.energy_j]
                for r in msgs.itertuples()}
         assert set(got) == set(want)
@@ -92,6 +93,7 @@ def test_three_hops_in_the_ledger_by_hand(tmp_path):
             assert got[key][3:] == pytest.approx(row[3:], rel=1e-12, abs=1e-18), key
         assert ledger.bytes_tx.sum() == ledger.bytes_rx.sum() == sum(
             ev.nbytes for ev in events if isinstance(ev, Transfer)) + relayed
+        assert totals(plan, ledger)["bytes_total"] == sum(ev.nbytes for ev in events if isinstance(ev, Transfer))
 
 
 @pytest.mark.parametrize("strategy,nodes,extra", [("fl", 4, {}), ("sfl", 3, {}), ("fpl", 4, {"branches": 2}),

@@ -16,9 +16,10 @@ role                str      the node's role in the plan (:attr:`fplstudy.plan.N
 device              str      the node's device profile
 kind                str      ``forward``, ``backward`` (compute); ``activations``, ``gradients``,
                              ``labels``, ``params_up``, ``params_down`` (messages the node sent or
-                             received); ``idle`` (waiting). Only kinds that occurred, plus ``idle``
-                             for every node in every round
-count               int      compute calls, or messages sent + received, of that kind
+                             received); ``relay`` (on a topology: others' messages the node forwards
+                             because its topology node is on their path); ``idle`` (waiting). Only
+                             kinds that occurred, plus ``idle`` for every node in every round
+count               int      compute calls, or messages sent + received (relay: forwarded), of that kind
 flops               int      FLOPs computed (FlopCounterMode's count, FLOP = 2 MAC); 0 for messages
 bytes_tx            int      payload bytes sent (numel × element size, no framing)
 bytes_rx            int      payload bytes received
@@ -32,14 +33,16 @@ seconds             float    compute: FLOPs / device FLOP/s + the device's call 
                              (union of its intervals in the schedule, :mod:`fplstudy.makespan`)
 energy_j            float    compute: active W × seconds; message: bits × tx J/bit at the sender,
                              bits × rx J/bit at the receiver (on a topology: of their own hops; a
-                             plan node that relays it gets both of its hops' joules and the bytes
-                             in bytes_tx and bytes_rx, with count 0 and no seconds: :func:`message_pricer`);
+                             plan node that relays it gets a ``relay`` row: both of its hops' joules
+                             and the bytes in bytes_tx and bytes_rx, no seconds: :func:`message_pricer`);
                              idle: idle W × seconds
 round_makespan_s    float    wall-clock length of the round (same on every row of the round)
 run_id              str      in ``ledger.csv`` only: the run's id (:func:`fplstudy.results.run_id`)
 ==================  =======  ========================================================================
 
-Sums that hold: Σ bytes_tx = Σ bytes_rx = bytes of all messages (on a topology, plus those relays forward);
+Sums that hold: Σ bytes_tx = Σ bytes_rx = bytes of all messages over the message kinds
+(:data:`fplstudy.events.TRANSFER_KINDS`;
+``relay`` rows add the bytes forwarded, once out and once in);
 Σ flops = the run's training FLOPs; per node and round, seconds of compute + idle ≤ round makespan (messages may overlap compute).
 
 Speed: :func:`price` takes a fast path by default (:class:`Pricer`: a one-pass schedule per round and
@@ -76,7 +79,7 @@ from fplstudy.profiles import DeviceProfile, LinkProfile, Profiles, check_profil
 from fplstudy.schedule import chunk_profiles
 from fplstudy.topology import price_path
 
-KINDS = ("forward", "backward", "activations", "gradients", "labels", "params_up", "params_down", "idle")
+KINDS = ("forward", "backward", "activations", "gradients", "labels", "params_up", "params_down", "relay", "idle")
 COLUMNS = ("round", "node", "role", "device", "kind", "count", "flops", "bytes_tx", "bytes_rx", "seconds",
            "energy_j", "round_makespan_s")
 
@@ -299,8 +302,8 @@ def price(plan, events: list[Event], profiles: Profiles | None = None, pipeline:
                 tx_j, rx_j, relays = energy[i]
                 add((rnd, ev.src, ev.kind), 1, 0, ev.nbytes, 0, s, tx_j)
                 add((rnd, ev.dst, ev.kind), 1, 0, 0, ev.nbytes, s, rx_j)
-                for relay, relay_j in relays:  # forwards it: its bytes both ways, its joules, no count or seconds
-                    add((rnd, relay, ev.kind), 0, 0, ev.nbytes, ev.nbytes, 0.0, relay_j)
+                for relay, relay_j in relays:  # forwards it: its bytes both ways, its joules, no seconds
+                    add((rnd, relay, "relay"), 1, 0, ev.nbytes, ev.nbytes, 0.0, relay_j)
                 busy[ev.src].append(span)
                 busy[ev.dst].append(span)
         for n in plan.nodes:
@@ -326,6 +329,7 @@ def _frame(rows: list[tuple]) -> pd.DataFrame:
 
 _KIND_INDEX = {k: i for i, k in enumerate(KINDS)}
 _IDLE = _KIND_INDEX["idle"]
+_RELAY = _KIND_INDEX["relay"]
 
 
 @dataclass
@@ -335,10 +339,10 @@ class Template:
     Attributes:
         tasks: the schedule's tasks (:func:`fplstudy.makespan.schedule_fixed_order`), one per event.
         key: ledger entry of each cost share, ``node * len(KINDS) + kind`` (a compute: one share; a
-            message: the sender's, then the receiver's, then each relay's on a topology), in event order.
+            message: the sender's, then the receiver's, then each relay's ``relay`` share on a topology), in
+            event order.
         flops, tx, rx, seconds, energy: the shares (int64, int64, int64, float64, float64).
         busy_node, busy_task: the node each busy interval belongs to and the task it is.
-        relayed: the ledger entries of relays' shares (which add no count), or an empty array.
     """
 
     tasks: list[tuple]
@@ -350,7 +354,6 @@ class Template:
     energy: np.ndarray
     busy_node: np.ndarray
     busy_task: np.ndarray
-    relayed: np.ndarray
 
 
 class Pricer:
@@ -382,7 +385,7 @@ class Pricer:
         """The compact form of ``events`` (priced by :func:`price_compute` and :func:`message_pricer`, as
         :func:`event_costs` prices them)."""
         message, nodes, width = self.message, self.plan.nodes, len(KINDS)
-        tasks, key, flops, tx, rx, sec, energy, busy_node, busy_task, relayed = [], [], [], [], [], [], [], [], [], []
+        tasks, key, flops, tx, rx, sec, energy, busy_node, busy_task = [], [], [], [], [], [], [], [], []
         for j, ev in enumerate(events):
             if isinstance(ev, Compute):
                 a = self.index[ev.node]
@@ -416,9 +419,8 @@ class Pricer:
             energy += [tx_j, rx_j]
             busy_node += [a, b]
             busy_task += [j, j]
-            for relay, relay_j in relays:  # as the reference adds them (price): no count, no seconds, not busy
-                key.append(self.index[relay] * width + k)
-                relayed.append(key[-1])
+            for relay, relay_j in relays:  # as the reference adds them (price): no seconds, not busy
+                key.append(self.index[relay] * width + _RELAY)
                 flops.append(0)
                 tx.append(ev.nbytes)
                 rx.append(ev.nbytes)
@@ -427,7 +429,7 @@ class Pricer:
         return Template(tasks, np.array(key, dtype=np.int64), np.array(flops, dtype=np.int64),
                         np.array(tx, dtype=np.int64), np.array(rx, dtype=np.int64), np.array(sec, dtype=float),
                         np.array(energy, dtype=float), np.array(busy_node, dtype=np.int64),
-                        np.array(busy_task, dtype=np.int64), np.array(relayed, dtype=np.int64))
+                        np.array(busy_task, dtype=np.int64))
 
     def price_round(self, segments: list[tuple[int, Template]]) -> tuple | None:
         """Sums of one round: ``(present, count, flops, tx, rx, seconds, energy, makespan)``, the arrays
@@ -442,9 +444,6 @@ class Pricer:
         offsets = np.cumsum([0] + [len(t.tasks) for t in temps[:-1]])
         key = np.concatenate([t.key for t in temps])
         count = np.bincount(key, minlength=size)
-        relayed = np.concatenate([t.relayed for t in temps])
-        if len(relayed):  # relays' shares add no count (only on a topology)
-            count -= np.bincount(relayed, minlength=size)
         flops, tx, rx = (np.zeros(size, dtype=np.int64) for _ in range(3))
         np.add.at(flops, key, np.concatenate([t.flops for t in temps]))
         np.add.at(tx, key, np.concatenate([t.tx for t in temps]))
@@ -460,7 +459,7 @@ class Pricer:
         idle = np.array([max(0.0, makespan - u) for u in union.tolist()])
         seconds[_IDLE::width] = idle
         energy[_IDLE::width] = self.idle_w * idle
-        present = (count > 0) | (tx > 0) | (rx > 0)  # a relay's rows have bytes and no count
+        present = count > 0
         present[_IDLE::width] = True
         return present, count, flops, tx, rx, seconds, energy, makespan
 
@@ -535,7 +534,7 @@ def totals(plan, ledger: pd.DataFrame) -> dict:
         ledger: its priced ledger (:func:`price`, or read back from ``ledger.csv``).
 
     Returns:
-        ``flops_total``, ``bytes_total`` (every message once), ``energy_j`` (all nodes),
+        ``flops_total``, ``bytes_total`` (every message once: ``relay`` rows left out), ``energy_j`` (all nodes),
         ``energy_j_max_node`` (the node that spent most), ``makespan_s`` (sum over rounds),
         ``memory_bytes_max_node`` (peak, :func:`fplstudy.memory.peak_memory`), ``model_params``,
         ``model_params_ratio`` and ``params_stored_total`` (:func:`fplstudy.memory.model_size`).
@@ -547,7 +546,7 @@ def totals(plan, ledger: pd.DataFrame) -> dict:
     makespans = pd.Series(ledger["round_makespan_s"].to_numpy()[first], dtype="float64")
     return {
         "flops_total": int(ledger["flops"].sum()),
-        "bytes_total": int(ledger["bytes_tx"].sum()),
+        "bytes_total": int(ledger["bytes_tx"].to_numpy()[(ledger["kind"] != "relay").to_numpy()].sum()),
         "energy_j": float(ledger["energy_j"].sum()),
         "energy_j_max_node": float(per_node.max()) if len(per_node) else 0.0,
         "makespan_s": float(makespans.sum()),

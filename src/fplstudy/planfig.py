@@ -450,7 +450,8 @@ def plan_graph(plan: Plan, ledger: Any = None, events: list | None = None, *, co
     tot = {}
     if ledger is not None and len(ledger):
         lr = max(1, ledger["round"].nunique())
-        tot = {"bytes_per_round": float(ledger["bytes_tx"].sum()) / lr,
+        sent = ledger.loc[ledger["kind"] != "relay", "bytes_tx"]  # every message once
+        tot = {"bytes_per_round": float(sent.sum()) / lr,
                "energy_j_per_round": float(ledger["energy_j"].sum()) / lr,
                "makespan_s_per_round": float(ledger.groupby("round")["round_makespan_s"].first().mean())}
     note = ""

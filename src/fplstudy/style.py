@@ -27,9 +27,10 @@ STRATEGY_ORDER = LEGEND_ORDER  # strategies in every legend (centralized, mp, fl
 PALETTE = {s: to_rgb(REGISTRY[s].colour) for s in STRATEGY_ORDER}  # strategy -> RGB
 MARKERS = {s: REGISTRY[s].marker for s in STRATEGY_ORDER}
 
-# kinds of a ledger row: compute, the five message kinds, waiting
-KIND_ORDER = ("forward", "backward", "activations", "gradients", "labels", "params_up", "params_down", "idle")
-KIND_PALETTE = dict(zip(KIND_ORDER, (to_rgb(c) for c in COLORBLIND)))  # kind -> RGB
+# kinds of a ledger row (fplstudy.ledger.KINDS): compute, the five message kinds, forwarding, waiting
+KIND_ORDER = ("forward", "backward", "activations", "gradients", "labels", "params_up", "params_down", "relay", "idle")
+# kind -> RGB; relay (only on a topology) takes the colour after idle's, so the others keep theirs
+KIND_PALETTE = dict(zip((*(k for k in KIND_ORDER if k != "relay"), "relay"), (to_rgb(c) for c in COLORBLIND)))
 MESSAGE_KINDS = ("activations", "gradients", "labels", "params_up", "params_down")
 
 # Legend labels of the study's figures: the strategies, fpl split by junction (fpl-shared keeps fpl's

@@ -160,6 +160,12 @@ CASES = [
     Case("explore-workers-0", ("explore", *_sets("nodes=2"), "--workers", "0"), "--workers", "0"),
     Case("explore-workers-huge", ("explore", *_sets("nodes=2"), "--workers", "100000"), "--workers", "100000"),
     Case("explore-workers-not-int", ("explore", *_sets("nodes=2"), "--workers", "two"), "--workers", "two"),
+    Case("explore-max-placements-0", ("explore", *_sets("nodes=2", "topology=fog_wifi"), "--search-placement",
+                                      "--max-placements", "0"), "--max-placements", "0"),
+    Case("explore-max-placements-alone", ("explore", *_sets("nodes=2"), "--max-placements", "5"),
+         "--max-placements", "5"),
+    Case("explore-search-no-topology", ("explore", *_sets("nodes=2"), "--search-placement"),
+         "search_placement", "topology"),
 ]
 
 

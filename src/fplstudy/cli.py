@@ -8,6 +8,7 @@ Examples::
     fplstudy plan --set strategy=sl --set nodes=4
     fplstudy cost --set strategy=mp --set nodes=8 --out runs/mp8-cost
     fplstudy explore --set nodes=8 --cuts balanced --budget-bytes-per-round 5e7 --out front.csv
+    fplstudy explore --set nodes=4 --set topology=fog_wifi --search-placement --out front.csv
     fplstudy calibrate --models cnn --out host.yaml
     fplstudy run --set profiles_file=host.yaml --set strategy=mp --set nodes=2 --backend emulated --out runs/tb
     fplstudy keys
@@ -56,6 +57,17 @@ class _Parser(argparse.ArgumentParser):
 
 def _usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _max_placements(text: str) -> int:
+    """``--max-placements``: a whole number from 1 to 1000000."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 1 <= value <= 10**6:
+        raise argparse.ArgumentTypeError(f"got {short_repr(text)}; must be a whole number in 1..1000000")
+    return value
 
 
 def _workers(text: str) -> int:
@@ -157,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-energy-j-per-node", type=_budget, help="max joules of the busiest node over the run")
     p.add_argument("--budget-bytes-per-round", type=_budget, help="max payload bytes moved per round")
     p.add_argument("--workers", type=_workers, default=1, help="processes pricing plans in parallel")
+    p.add_argument("--search-placement", action="store_true",
+                   help="also search which topology node hosts which plan node (needs --set topology=FILE)")
+    p.add_argument("--max-placements", type=_max_placements, default=None,
+                   help="placements priced per plan shape at most (default 1000; more: a seeded sample)")
 
     p = sub.add_parser("calibrate", help="measure this machine's training FLOP/s (one thread, per model) into a "
                                          "device profile file")
@@ -232,8 +248,13 @@ def _cmd_cost(cfg: Config, args) -> int:
 def _cmd_explore(cfg: Config, args) -> int:
     from fplstudy.explore import explore, front_csv
 
+    from fplstudy.explore import MAX_PLACEMENTS
+
+    if args.max_placements is not None and not args.search_placement:
+        raise ConfigError("--max-placements", args.max_placements, "bounds a placement search; add --search-placement")
     res = explore(cfg, cuts=args.cuts, budget_energy_j_per_node=args.budget_energy_j_per_node,
-                  budget_bytes_per_round=args.budget_bytes_per_round, workers=args.workers)
+                  budget_bytes_per_round=args.budget_bytes_per_round, workers=args.workers,
+                  search_placement=args.search_placement, max_placements=args.max_placements or MAX_PLACEMENTS)
     front = front_csv(res)
     note = _declared_note(cfg)
     if note:

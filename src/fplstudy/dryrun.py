@@ -83,46 +83,89 @@ def plan_events(plan: Plan, shard_sizes: list[int]) -> list[Event]:
 _BATCHES: dict[tuple, list] = {}
 
 
+@dataclass
+class RoundShapes:
+    """The part of a plan's fast pricing that its prices do not change (:func:`round_shapes`): the same for
+    every placement of the plan's nodes and every device and link profile.
+
+    Attributes:
+        kinds: the kind (:func:`fplstudy.schedule.round_kind`) of every round, in round order.
+        items: each kind's round program as ``(step, key)`` segments, in order.
+        events: the events of each key (a kind of batch, relay or sync), to be priced as one template.
+    """
+
+    kinds: list[tuple]
+    items: dict[tuple, list[tuple[int, tuple]]]
+    events: dict[tuple, list[Event]]
+
+
+def round_shapes(plan: Plan, shard_sizes: list[int]) -> RoundShapes:
+    """The :class:`RoundShapes` of ``plan``: each kind of round's program emitted once, each kind of batch
+    (branch and micro-batch sizes), relay and sync's events once."""
+    cfg = plan.config  # what round_batches reads of a plan (Batch is frozen: the lists are shared)
+    key = (tuple(shard_sizes), cfg.batch_size, cfg.local_epochs, cfg.micro_batches, plan.schedule)
+    if key not in _BATCHES:
+        _BATCHES[key] = round_batches(plan, shard_sizes)
+    batches = _BATCHES[key]
+    chains, programs = plan_chains(plan), {}
+    kinds: list[tuple] = []
+    items: dict[tuple, list[tuple[int, tuple]]] = {}
+    events: dict[tuple, list[Event]] = {}
+    for rnd in range(cfg.rounds):
+        kind = round_kind(plan, rnd)
+        kinds.append(kind)
+        if kind in items:
+            continue
+        segments = []
+        for item in round_program(plan, batches, rnd, chains, programs):
+            if isinstance(item, BatchStep):
+                key = ("batch", item.batch.branch, item.batch.micro_sizes)
+            else:
+                key = (type(item).__name__, getattr(item, "src", None), getattr(item, "dst", None))
+            if key not in events:
+                events[key] = item_events(item, rnd)
+            segments.append((item.batch.step if isinstance(item, BatchStep) else item.step, key))
+        items[kind] = segments
+    return RoundShapes(kinds, items, events)
+
+
+def price_rounds(pricer: Pricer, shapes: RoundShapes) -> list[tuple] | None:
+    """Every round's :meth:`fplstudy.ledger.Pricer.price_round`, each kind of round priced once; None
+    where the fast schedule does not hold for a round."""
+    templates: dict[tuple, object] = {}
+    priced: dict[tuple, tuple | None] = {}
+    rounds = []
+    for kind in shapes.kinds:
+        if kind not in priced:
+            segments = []
+            for step, key in shapes.items[kind]:
+                if key not in templates:
+                    templates[key] = pricer.template(shapes.events[key])
+                segments.append((step, templates[key]))
+            priced[kind] = pricer.price_round(segments)
+        if priced[kind] is None:
+            return None
+        rounds.append(priced[kind])
+    return rounds
+
+
 def price_plan(plan: Plan, shard_sizes: list[int], profiles: Profiles | None = None, fast: bool = True,
-               ) -> pd.DataFrame:
+               shapes: RoundShapes | None = None) -> pd.DataFrame:
     """The priced ledger of ``plan``, equal to ``price(plan, plan_events(plan, shard_sizes), profiles)``.
 
     The fast path never builds the run's event stream: the events of each kind of batch (branch and
-    micro-batch sizes), relay and sync are emitted once, as :class:`fplstudy.ledger.Template` s, a round
-    is the list of its items' templates, and rounds with the same items (all but the first of an SL
-    relay, and those that sync or not) are scheduled and summed once. Where the fast schedule does not
-    hold (:func:`fplstudy.makespan.schedule_fixed_order`), or ``fast=False``, the reference prices the
-    event stream.
+    micro-batch sizes), relay and sync are emitted once (:func:`round_shapes`; pass ``shapes`` to reuse
+    them for another placement or profile of the same plan), as :class:`fplstudy.ledger.Template` s, a
+    round is the list of its items' templates, and rounds with the same items (all but the first of an SL
+    relay, and those that sync or not) are scheduled and summed once (:func:`price_rounds`). Where the
+    fast schedule does not hold (:func:`fplstudy.makespan.schedule_fixed_order`), or ``fast=False``, the
+    reference prices the event stream.
     """
     profiles = profiles or check_profiles(plan)
     pricer = Pricer(plan, profiles)
     if fast and pricer.applies:
-        cfg = plan.config  # what round_batches reads of a plan (Batch is frozen: the lists are shared)
-        key = (tuple(shard_sizes), cfg.batch_size, cfg.local_epochs, cfg.micro_batches, plan.schedule)
-        if key not in _BATCHES:
-            _BATCHES[key] = round_batches(plan, shard_sizes)
-        batches = _BATCHES[key]
-        chains, programs = plan_chains(plan), {}
-        templates: dict[tuple, object] = {}
-        priced: dict[tuple, tuple | None] = {}
-        rounds = []
-        for rnd in range(plan.config.rounds):
-            kind = round_kind(plan, rnd)
-            if kind not in priced:
-                segments = []
-                for item in round_program(plan, batches, rnd, chains, programs):
-                    if isinstance(item, BatchStep):
-                        key = ("batch", item.batch.branch, item.batch.micro_sizes)
-                    else:
-                        key = (type(item).__name__, getattr(item, "src", None), getattr(item, "dst", None))
-                    if key not in templates:
-                        templates[key] = pricer.template(item_events(item, rnd))
-                    segments.append((item.batch.step if isinstance(item, BatchStep) else item.step, templates[key]))
-                priced[kind] = pricer.price_round(segments)
-            if priced[kind] is None:
-                break
-            rounds.append(priced[kind])
-        else:
+        rounds = price_rounds(pricer, shapes or round_shapes(plan, shard_sizes))
+        if rounds is not None:
             return pricer.ledger(rounds)
     return price(plan, plan_events(plan, shard_sizes), profiles, fast=False)
 

@@ -17,34 +17,64 @@ no hand-over) and repeats its ledger rows over ``config.rounds`` rounds before s
 Which nodes count: ``nodes`` is read as each strategy reads it (see :mod:`fplstudy.strategies`); ``fl``
 adds its aggregator, so the ``nodes_used`` column may be ``nodes + 1``; ``centralized`` only fits
 ``nodes=1``.
+
+Memory: ``memory_fits`` says whether every node's peak memory fits its device's ``memory_bytes``
+(:func:`fplstudy.memory.misfits`); a plan that does not fit is not ``within_budget`` and not on the front
+(a run refuses it: :func:`fplstudy.memory.check_memory`).
+
+Energy on a topology: the ledger charges the plan's nodes only; a point of the topology that hosts no plan
+node but forwards its messages (a gateway left free, an access point) spends ``energy_j_network``
+(:func:`network_joules`), and ``energy_j_site`` (the default energy objective) is both. Without it a search
+would find it cheaper to put a stage behind a free relay. Without a topology both equal ``energy_j`` and 0.
+
+**Placement search** (``search_placement=True``, ``fplstudy explore --search-placement``; the base config
+needs ``topology``). On a heterogeneous site the question is also which node holds which part. The data
+owners (:func:`data_owners`: each branch's first stage, ``mp``'s first stage) stay where the data is (where
+the default placement rule puts them); every other plan node (later branch stages, trunk stages, a
+dedicated aggregator) may go to any free topology node that can hold it (memory) and reaches the others
+(:func:`placements`). The search space, and how it is bounded: plan shapes (as above) × injective
+assignments of the movable nodes to the free nodes, counted once per class of interchangeable topology nodes
+(:func:`interchangeable`: same device numbers, same hops to and from everyone, never inside another pair's
+path; swapping two gives the same ledger, tests/test_placement_search.py checks it), and at most
+``max_placements`` (default :data:`MAX_PLACEMENTS`) a shape: a shape with more is priced on its default
+placement and a seeded sample (column ``placements_exhaustive`` False), so a search prices at most
+shapes × ``max_placements`` plans. Each placement is priced from its shape's round programs, computed once
+(:func:`price_placements`, equal to :func:`price` of the placed plan to 1e-12): benchmarks/placement_search.py
+measures the rate (README).
 """
 
 from __future__ import annotations
 
+import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
 
 from fplstudy.config import JUNCTIONS, Config, ConfigError, make_config
-from fplstudy.dryrun import cached_shard_sizes, price_plan
-from fplstudy.ledger import totals
+from fplstudy.dryrun import RoundShapes, cached_shard_sizes, price_plan, price_rounds, round_shapes
+from fplstudy.events import Transfer
+from fplstudy.ledger import Pricer, totals
 from fplstudy.makespan import fast_path_applies
+from fplstudy.memory import memory_rows, misfits, model_size
 from fplstudy.plan import Plan, max_nodes, resolve, training_samples
-from fplstudy.profiles import check_profiles
+from fplstudy.profiles import Profiles, check_profiles
 from fplstudy.strategies import CUTS, STRATEGIES, Axes, strategy
+from fplstudy.topology import price_path
 
-OBJECTIVES = ("energy_j", "bytes_total", "makespan_s", "memory_bytes_max_node")
+OBJECTIVES = ("energy_j_site", "bytes_total", "makespan_s", "memory_bytes_max_node")
 FPL_SYNCS = ("none", "fedavg", "relay")
 # config keys that describe the plan's shape; explore sets them, a base config must leave them out
 SHAPE_KEYS = ("strategy", "nodes", "branches", "branch_stages", "trunk_stages", "junction", "junction_at",
               "branch_cuts", "trunk_cuts", "cut_by", "sync", "sync_every")
 PLAN_COLUMNS = ("name", "strategy", "nodes", "nodes_used", "branches", "branch_stages", "trunk_stages",
-                "junction", "junction_at", "branch_cuts", "trunk_cuts", "sync", "sync_every")
+                "junction", "junction_at", "branch_cuts", "trunk_cuts", "sync", "sync_every", "placement")
 COST_COLUMNS = ("flops_total", "bytes_total", "bytes_per_round", "energy_j", "energy_j_max_node",
-                "makespan_s", "memory_bytes_max_node", "model_params", "model_params_ratio")
+                "energy_j_network", "energy_j_site", "makespan_s", "memory_bytes_max_node", "model_params",
+                "model_params_ratio")
+MAX_PLACEMENTS = 1000  # placements priced per plan shape in a placement search, at most (explore's default)
 
 
 @dataclass
@@ -202,8 +232,6 @@ def price_ledger(plan: Plan, fast: bool = True) -> pd.DataFrame:
 
 
 def _with_rounds(plan: Plan, rounds: int) -> Plan:
-    from dataclasses import replace
-
     return replace(plan, config=plan.config.model_copy(update={"rounds": rounds}))
 
 
@@ -219,30 +247,266 @@ def price(plan: Plan, fast: bool = True) -> dict[str, Any]:
     """
     out = totals(plan, price_ledger(plan, fast))
     out["bytes_per_round"] = out["bytes_total"] / plan.config.rounds
+    _add_network(out, plan, pair_bytes(round_shapes(plan, cached_shard_sizes(plan))) if plan.site else None)
     return out
 
 
-_POOL_PLANS: list[Plan] = []
+def pair_bytes(shapes: RoundShapes) -> dict[tuple[str, str], int]:
+    """Payload bytes each ordered pair of plan nodes sends over the whole run, from a plan's round shapes."""
+    per_kind: dict[tuple, dict[tuple[str, str], int]] = {}
+    for kind, segments in shapes.items.items():
+        sums: dict[tuple[str, str], int] = {}
+        for _step, key in segments:
+            for ev in shapes.events[key]:
+                if isinstance(ev, Transfer):
+                    sums[ev.src, ev.dst] = sums.get((ev.src, ev.dst), 0) + ev.nbytes
+        per_kind[kind] = sums
+    out: dict[tuple[str, str], int] = {}
+    for kind in shapes.kinds:
+        for pair, nbytes in per_kind[kind].items():
+            out[pair] = out.get(pair, 0) + nbytes
+    return out
 
 
-def _price_index(i: int) -> dict[str, Any]:
-    return price(_POOL_PLANS[i])
+def network_joules(plan: Plan, pairs: dict[tuple[str, str], int]) -> float:
+    """Joules the points of ``plan``'s topology that host no plan node (sites, gateways left free) spend
+    forwarding its messages: the ledger leaves them out (they are the network's), so a search that moved
+    a plan node behind a free relay would look cheaper than it is. 0 without a topology."""
+    site = plan.site
+    if site is None:
+        return 0.0
+    point = {n.name: n.point for n in plan.nodes}
+    hosted = set(point.values())
+    total = 0.0
+    for (src, dst), nbytes in sorted(pairs.items()):
+        hops = site.path(point[src], point[dst])
+        _, tx, rx = price_path(hops, nbytes)
+        total += sum(tx[h.dst] + rx[h.dst] for h in hops[:-1] if h.dst not in hosted)
+    return total
+
+
+def _add_network(cost: dict[str, Any], plan: Plan, pairs: dict | None) -> None:
+    cost["energy_j_network"] = network_joules(plan, pairs) if pairs is not None else 0.0
+    cost["energy_j_site"] = cost["energy_j"] + cost["energy_j_network"]
+
+
+_POOL: list = []  # (function, items) of the running _fork_map, read by its forked workers
+
+
+def _pool_call(i: int):
+    fn, items = _POOL
+    return fn(items[i])
+
+
+def _fork_map(fn, items: list, workers: int) -> list:
+    """``[fn(x) for x in items]``, in ``workers`` forked processes when more than one (and fork exists);
+    the first item is done here first, so the caches it fills (shards, block profiles) are shared."""
+    import multiprocessing as mp
+
+    if workers <= 1 or len(items) < 2 or "fork" not in mp.get_all_start_methods():
+        return [fn(x) for x in items]
+    global _POOL
+    first = fn(items[0])
+    _POOL = [fn, items]
+    try:
+        with mp.get_context("fork").Pool(workers) as pool:
+            rest = pool.map(_pool_call, range(1, len(items)), chunksize=max(1, len(items) // (8 * workers)))
+    finally:
+        _POOL = []
+    return [first, *rest]
 
 
 def price_all(plans: list[Plan], workers: int = 1) -> list[dict[str, Any]]:
     """:func:`price` every plan, in ``workers`` forked processes when more than one (and fork exists)."""
-    import multiprocessing as mp
+    return _fork_map(price, plans, workers)
 
-    if workers <= 1 or len(plans) < 2 or "fork" not in mp.get_all_start_methods():
-        return [price(p) for p in plans]
-    global _POOL_PLANS
-    price(plans[0])  # warm the caches (shards, block profiles) once, before the fork
-    _POOL_PLANS = plans
-    try:
-        with mp.get_context("fork").Pool(workers) as pool:
-            return pool.map(_price_index, range(len(plans)), chunksize=max(1, len(plans) // (8 * workers)))
-    finally:
-        _POOL_PLANS = []
+
+def data_owners(plan: Plan) -> tuple[str, ...]:
+    """The plan nodes that read the training data: each branch's first stage (a plan without a head, ``mp``:
+    the first trunk stage). A placement search keeps them where the data is."""
+    part = "branch" if plan.junction_at > 0 else "trunk"
+    return tuple(n.name for n in plan.nodes if n.part == part and n.stage == 0)
+
+
+def _hop_numbers(hops) -> tuple:
+    return tuple((h.rate_bps, h.link.latency_s, h.link.tx_j_per_bit, h.link.rx_j_per_bit) for h in hops)
+
+
+def _device_numbers(dev):
+    return replace(dev, name="", description="")  # status and source take no part in comparisons
+
+
+def interchangeable(site, profiles: Profiles) -> dict[str, str]:
+    """Which topology nodes may swap the plan nodes they host without changing any price: each node's class
+    (the name of its class's first node, in file order).
+
+    Two nodes ``a``, ``b`` are interchangeable when their devices have the same numbers, neither lies inside
+    the path between two other nodes (a relay's joules would follow the name), every path from ``a`` and
+    from ``b`` to a third node has the same hops (rates, latencies, J/bit) through the same points, so has
+    every path to them, and ``a -> b`` has the numbers of ``b -> a``. Swapping them maps a placement to one
+    of the same ledger, so a search prices one placement per class of such swaps."""
+    points = list(site.nodes)
+    inside = {h.dst for a in points for b in points if a != b for h in (site.path(a, b) or ())[:-1]}
+    dev = {p: _device_numbers(site.device(p, profiles)) for p in points}
+
+    def route(a, b):
+        hops = site.path(a, b)
+        return None if hops is None else (_hop_numbers(hops), tuple(h.dst for h in hops[:-1]))
+
+    def same(a, b) -> bool:
+        if a in inside or b in inside or dev[a] != dev[b]:
+            return False
+        if route(a, b) is None or route(b, a) is None or route(a, b)[0] != route(b, a)[0]:
+            return False
+        return all(route(a, x) == route(b, x) and route(x, a) == route(x, b) for x in points if x not in (a, b))
+
+    cls: dict[str, str] = {}
+    for p in points:
+        cls[p] = next((q for q in points[:points.index(p)] if cls[q] == q and same(q, p)), p)
+    return cls
+
+
+def placements(plan: Plan, profiles: Profiles | None = None, twins: bool = True) -> Iterator[dict[str, str]]:
+    """Every placement of ``plan``'s nodes on its topology that a search prices, in a fixed order.
+
+    The data owners (:func:`data_owners`) stay on the topology nodes ``plan`` has them on (where its config's
+    ``placement`` or the default rule put them: where the data is); every other plan node (branch stages
+    after the first, trunk stages, a dedicated aggregator) goes, in plan order, to any free topology node
+    that can hold it (its peak memory, :func:`fplstudy.memory.memory_rows`, within the device's
+    ``memory_bytes`` where the device gives one) and reaches every node placed before it both ways. One
+    topology node hosts one plan node. With ``twins``, of interchangeable free nodes (:func:`interchangeable`)
+    only the first unused one is tried, so each placement stands for every placement its swaps give.
+
+    Yields:
+        ``{plan node: topology node}`` for every plan node.
+    """
+    site = plan.site
+    if site is None:
+        raise ConfigError("topology", None, "a placement search needs a topology; give topology: FILE")
+    profiles = profiles or check_profiles(plan)
+    owners = data_owners(plan)
+    fixed = {n.name: n.point for n in plan.nodes if n.name in owners}
+    movable = [n.name for n in plan.nodes if n.name not in owners]
+    need = {row[0]: row[-1] for row in memory_rows(plan)}
+    room = {p: site.device(p, profiles).memory_bytes for p in site.nodes}
+    free = [p for p in site.nodes if p not in fixed.values()]
+    cls = interchangeable(site, profiles) if twins else {p: p for p in site.nodes}
+    reach = {(a, b): site.path(a, b) is not None for a in site.nodes for b in site.nodes}
+
+    def fits(name: str, point: str, used: list[str]) -> bool:
+        if room[point] is not None and need[name] > room[point]:
+            return False
+        return all(reach[point, q] and reach[q, point] for q in used)
+
+    def walk(i: int, where: dict[str, str], used: list[str]) -> Iterator[dict[str, str]]:
+        if i == len(movable):
+            yield {n.name: where[n.name] for n in plan.nodes}
+            return
+        name, tried = movable[i], set()
+        for point in free:
+            if point in used or cls[point] in tried:
+                continue
+            tried.add(cls[point])  # the first unused node of its class stands for the class
+            if fits(name, point, used):
+                where[name] = point
+                yield from walk(i + 1, where, used + [point])
+                del where[name]
+
+    if all(fits(n, p, [q for q in fixed.values() if q != p]) for n, p in fixed.items()):
+        yield from walk(0, dict(fixed), list(fixed.values()))
+
+
+def _sampled_placements(plan: Plan, profiles: Profiles, limit: int, seed: int) -> tuple[list[dict], bool]:
+    """At most ``limit`` placements of :func:`placements`: all of them when there are no more (and True),
+    else the plan's own placement and a seeded sample of distinct others (and False), drawn by random walks
+    down the same choices (one interchangeable node per class, memory, reach)."""
+    every = []
+    for where in placements(plan, profiles):
+        every.append(where)
+        if len(every) > limit:
+            break
+    if len(every) <= limit:
+        return every, True
+    site, owners = plan.site, data_owners(plan)
+    need = {row[0]: row[-1] for row in memory_rows(plan)}
+    room = {p: site.device(p, profiles).memory_bytes for p in site.nodes}
+    cls = interchangeable(site, profiles)
+    reach = {(a, b): site.path(a, b) is not None for a in site.nodes for b in site.nodes}
+    rng = random.Random(f"{plan_key(plan)}:{seed}")
+    own = {n.name: n.point for n in plan.nodes}
+    chosen = {tuple(own.items()): own}
+    for _ in range(50 * limit):
+        if len(chosen) >= limit:
+            break
+        where = {n: p for n, p in own.items() if n in owners}
+        for n in plan.nodes:
+            if n.name in where:
+                continue
+            used, tried, options = set(where.values()), set(), []
+            for p in site.nodes:
+                if p in used or cls[p] in tried:
+                    continue
+                tried.add(cls[p])
+                if (room[p] is None or need[n.name] <= room[p]) and all(reach[p, q] and reach[q, p] for q in used):
+                    options.append(p)
+            if not options:
+                break
+            where[n.name] = rng.choice(options)
+        else:
+            ordered = {n.name: where[n.name] for n in plan.nodes}
+            chosen.setdefault(tuple(ordered.items()), ordered)
+    return list(chosen.values()), False
+
+
+def placed(plan: Plan, where: dict[str, str]) -> Plan:
+    """``plan`` with its nodes on the topology nodes ``where`` names (config key ``placement`` set to it):
+    the plan :func:`fplstudy.plan.resolve` gives for that config, without resolving it again."""
+    site = plan.site
+    nodes = tuple(replace(n, device=site.device_name(where[n.name]), point=where[n.name]) for n in plan.nodes)
+    return replace(plan, config=plan.config.model_copy(update={"placement": dict(where)}), nodes=nodes)
+
+
+def price_placements(plan: Plan, wheres: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """:func:`price` of ``placed(plan, where)`` for every placement, fast: the round programs and events
+    (:func:`fplstudy.dryrun.round_shapes`), the memory and the model size are the same for every placement
+    and computed once; each placement is templated, scheduled and summed on arrays
+    (:meth:`fplstudy.ledger.Pricer.totals`), with no ledger DataFrame. Equal to :func:`price` to 1e-12."""
+    profiles = check_profiles(plan)
+    shapes = round_shapes(plan, cached_shard_sizes(plan))
+    pairs = pair_bytes(shapes)
+    size = model_size(plan)
+    fixed = {"memory_bytes_max_node": int(max(row[-1] for row in memory_rows(plan))),
+             "model_params": size["model_params"], "model_params_ratio": size["model_params_ratio"],
+             "params_stored_total": size["params_stored_total"]}
+    out = []
+    for where in wheres:
+        p = placed(plan, where)
+        pricer = Pricer(p, profiles)
+        rounds = price_rounds(pricer, shapes) if pricer.applies else None
+        if rounds is None:
+            out.append(price(p))
+            continue
+        cost = {**pricer.totals(rounds), **fixed}
+        cost["bytes_per_round"] = cost["bytes_total"] / p.config.rounds
+        _add_network(cost, p, pairs)
+        out.append(cost)
+    return out
+
+
+def memory_fits(plan: Plan, profiles: Profiles | None = None) -> bool:
+    """Whether every node's peak memory fits its device's ``memory_bytes`` (:func:`fplstudy.memory.misfits`;
+    a device without one: assumed to fit)."""
+    return not misfits(plan, profiles or check_profiles(plan))
+
+
+def _price_job(job: tuple[Plan, list[dict[str, str]]]) -> list[dict[str, Any]]:
+    return price_placements(*job)
+
+
+def price_all_placements(jobs: list[tuple[Plan, list[dict[str, str]]]], workers: int = 1) -> list[list[dict]]:
+    """:func:`price_placements` of every ``(plan, placements)`` job, in ``workers`` forked processes when
+    more than one (and fork exists)."""
+    return _fork_map(_price_job, jobs, workers)
 
 
 def plan_name(plan: Plan) -> str:
@@ -262,6 +526,7 @@ def plan_row(plan: Plan) -> dict[str, Any]:
         "branch_cuts": " ".join(str(s.start) for s in stages[1:]),
         "trunk_cuts": " ".join(str(s.start) for s in plan.trunk[1:]),
         "sync": plan.sync, "sync_every": plan.sync_every,
+        "placement": " ".join(f"{n.name}={n.point}" for n in plan.nodes if n.point),
         "overrides": cfg.model_dump(exclude_defaults=True),
     }
 
@@ -289,7 +554,8 @@ def explore(base: Config | dict | None = None, nodes: int | None = None, *,
             strategies: Iterable[str] = STRATEGIES, junctions: Iterable[str] = JUNCTIONS,
             syncs: Iterable[str] = FPL_SYNCS, sync_every: Iterable[int] = (1,), cuts: str = "all",
             objectives: Iterable[str] = OBJECTIVES, budget_energy_j_per_node: float | None = None,
-            budget_bytes_per_round: float | None = None, workers: int = 1) -> Exploration:
+            budget_bytes_per_round: float | None = None, workers: int = 1, search_placement: bool = False,
+            max_placements: int = MAX_PLACEMENTS) -> Exploration:
     """Enumerate, price and rank every valid plan; see the module docstring.
 
     Args:
@@ -301,12 +567,19 @@ def explore(base: Config | dict | None = None, nodes: int | None = None, *,
             the run's ``rounds`` (``energy_j_max_node``); None = no budget.
         budget_bytes_per_round: keep plans that move at most this many payload bytes per round.
         workers: processes that price plans in parallel (fork; 1 = in this process).
+        search_placement: also search which topology node hosts which plan node (the base config needs
+            ``topology``): every plan shape is priced on each of its :func:`placements`, at most
+            ``max_placements`` of them (more: the shape's own placement and a seeded sample, column
+            ``placements_exhaustive`` False); each row is one placement (its name ends ``@`` and the
+            topology nodes of ``n0, n1, …``; ``overrides`` include ``placement``).
+        max_placements: the bound on placements priced per plan shape (1 .. 10**6).
 
     Returns:
         An :class:`Exploration`.
 
     Raises:
-        ConfigError: a bad base config or an unknown objective.
+        ConfigError: a bad base config, an unknown objective, a placement search without a topology or
+            a bad ``max_placements``.
     """
     t0 = time.perf_counter()
     if not isinstance(base, Config):
@@ -315,12 +588,26 @@ def explore(base: Config | dict | None = None, nodes: int | None = None, *,
     for o in objectives:
         if o not in COST_COLUMNS:
             raise ConfigError("objectives", o, f"choose among {', '.join(COST_COLUMNS)}")
+    if search_placement and base.topology is None:
+        raise ConfigError("search_placement", True, "searches placements on a topology; give the base config "
+                                                    "topology: FILE (or a shipped name: fog_wifi, …)")
+    if not isinstance(max_placements, int) or isinstance(max_placements, bool) or not 1 <= max_placements <= 10**6:
+        raise ConfigError("max_placements", max_placements, "a whole number from 1 to 1000000")
+    if search_placement and base.placement:
+        raise ConfigError("placement", base.placement, "the placement search places every node itself; drop "
+                                                       "placement from the base config")
     plans, refused = enumerate_plans(base, nodes, strategies=strategies, junctions=junctions, syncs=syncs,
                                      sync_every=sync_every, cuts=cuts)
-    costs = price_all(plans, workers)
-    rows = [{**plan_row(plan), **{c: cost[c] for c in COST_COLUMNS}} for plan, cost in zip(plans, costs)]
-    table = pd.DataFrame(rows, columns=[*PLAN_COLUMNS, *COST_COLUMNS, "overrides"])
-    within = np.ones(len(table), dtype=bool)
+    extra = ["memory_fits"]
+    if search_placement:
+        rows = _search_rows(plans, max_placements, base.seed, workers)
+        extra.append("placements_exhaustive")
+    else:
+        costs = price_all(plans, workers)
+        rows = [{**plan_row(plan), **{c: cost[c] for c in COST_COLUMNS}, "memory_fits": memory_fits(plan)}
+                for plan, cost in zip(plans, costs)]
+    table = pd.DataFrame(rows, columns=[*PLAN_COLUMNS, *COST_COLUMNS, *extra, "overrides"])
+    within = table["memory_fits"].to_numpy(dtype=bool).copy()
     if budget_energy_j_per_node is not None:
         within &= (table["energy_j_max_node"] <= budget_energy_j_per_node).to_numpy()
     if budget_bytes_per_round is not None:
@@ -332,6 +619,24 @@ def explore(base: Config | dict | None = None, nodes: int | None = None, *,
     table["on_front"] = on_front
     front = table[on_front].sort_values(list(objectives)).reset_index(drop=True)
     return Exploration(table, front, objectives, time.perf_counter() - t0, refused)
+
+
+def _search_rows(plans: list[Plan], limit: int, seed: int, workers: int) -> list[dict[str, Any]]:
+    """The table rows of a placement search: every shape on each of its (bounded) placements."""
+    jobs, exhaustive = [], []
+    for plan in plans:
+        wheres, every = _sampled_placements(plan, check_profiles(plan), limit, seed)
+        jobs.append((plan, wheres))
+        exhaustive.append(every)
+    rows = []
+    for (plan, wheres), every, costs in zip(jobs, exhaustive, price_all_placements(jobs, workers)):
+        shape = plan_name(plan)
+        for where, cost in zip(wheres, costs):
+            row = plan_row(placed(plan, where))
+            row["name"] = f"{shape}@{','.join(where[n.name] for n in plan.nodes)}"
+            rows.append({**row, **{c: cost[c] for c in COST_COLUMNS}, "memory_fits": True,
+                         "placements_exhaustive": every})
+    return rows
 
 
 def _csv(rows: pd.DataFrame, drop: list[str]) -> pd.DataFrame:
@@ -354,4 +659,6 @@ def plans_csv(result: Exploration) -> pd.DataFrame:
 def _yaml_value(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ",".join(str(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f'"{k}":"{v}"' for k, v in value.items()) + "}"  # YAML flow, no spaces
     return str(value)

@@ -486,6 +486,26 @@ class Pricer:
             "seconds": seconds, "energy_j": energy, "round_makespan_s": makespan,
         }, columns=list(COLUMNS))
 
+    def totals(self, rounds: list[tuple]) -> dict:
+        """The ledger parts of :func:`totals` (``flops_total``, ``bytes_total``, ``energy_j``,
+        ``energy_j_max_node``, ``makespan_s``) straight from :meth:`price_round`'s sums, without building
+        the ledger: the sums run over the ledger's rows in its order (``energy_j_max_node`` adds each node's
+        rows one after another where pandas' groupby compensates, so it may differ in the last bits)."""
+        width = len(KINDS)
+        energy, flops, sent, makespans = [], 0, 0, []
+        per_node = np.zeros(len(self.names))
+        for present, _count, f, tx, _rx, _seconds, e, makespan in rounds:
+            idx = np.flatnonzero(present)
+            energy.append(e[idx])
+            flops += int(f.sum())
+            sent += int(tx.sum() - tx[_RELAY::width].sum())
+            per_node += e.reshape(-1, width).sum(axis=1)
+            makespans.append(makespan)
+        return {"flops_total": flops, "bytes_total": sent,
+                "energy_j": float(np.concatenate(energy).sum()) if energy else 0.0,
+                "energy_j_max_node": float(per_node.max()) if rounds and len(per_node) else 0.0,
+                "makespan_s": float(np.array(makespans, dtype=float).sum())}
+
     def price_events(self, events: list[Event]) -> pd.DataFrame | None:
         """The ledger of an event stream (rounds 0.. in order); None when a round's fast schedule fails."""
         by_round: dict[int, list[Event]] = defaultdict(list)

@@ -28,6 +28,7 @@ import math
 
 import pandas as pd
 
+from fplstudy.config import ConfigError
 from fplstudy.makespan import chain_depths
 from fplstudy.schedule import branch_chain, branch_in_shape, chain_in_shapes, chunk_profiles, trunk_chain
 
@@ -117,6 +118,34 @@ def memory_rows(plan) -> list[tuple]:
         s = sync if n.name == plan.aggregator else 0
         rows.append((n.name, n.role, params, grads, optim, act, s, params + grads + optim + act + s))
     return rows
+
+
+def misfits(plan, profiles) -> list[tuple[str, int, float]]:
+    """The nodes whose peak memory (:func:`memory_rows`) exceeds their device's ``memory_bytes``:
+    ``(node, peak bytes, device bytes)`` each, in plan order (a device without ``memory_bytes`` fits)."""
+    out = []
+    for row in memory_rows(plan):
+        room = profiles.device(plan.node(row[0]).device).memory_bytes
+        if room is not None and row[-1] > room:
+            out.append((row[0], row[-1], room))
+    return out
+
+
+def check_memory(plan, profiles) -> None:
+    """Refuse a plan with a node that needs more memory at its peak than its device has (:func:`misfits`),
+    naming the config key that chose the device.
+
+    Raises:
+        ConfigError: for the first such node.
+    """
+    from fplstudy.profiles import device_key
+
+    for name, need, room in misfits(plan, profiles)[:1]:
+        node = plan.node(name)
+        raise ConfigError(device_key(plan, name), node.device,
+                          f"node {name} ({node.role}) needs {need / 1e6:.3g} MB at its peak and the device has "
+                          f"{room / 1e6:.3g} MB (memory_bytes); choose a device with more memory, or cut the model "
+                          f"into more stages, or lower batch_size or raise micro_batches")
 
 
 def model_size(plan) -> dict:

@@ -47,6 +47,7 @@ from fplstudy.distributed import DistributedError, check_wire, train_distributed
 from fplstudy.dryrun import FROM_DECLARED, declared_shard_sizes, dry_run, plan_events, priced_from
 from fplstudy.engine import EVAL_BATCH, SimulatedTransport, train
 from fplstudy.ledger import price, totals, write_ledger_csv
+from fplstudy.memory import check_memory
 from fplstudy.models import build_model
 from fplstudy.partition import load_partitioned
 from fplstudy.plan import Plan, resolve
@@ -126,11 +127,13 @@ def prepare(cfg: Config):
         ``(plan, profiles, (dataset, partition))``.
 
     Raises:
-        ConfigError: a bad key, value, profile or partition.
+        ConfigError: a bad key, value, profile or partition, or a node that needs more memory than its device
+            has (:func:`fplstudy.memory.check_memory`).
         FileNotFoundError: a torchvision dataset that is not on disk (message says how to get it).
     """
     plan = resolve(cfg)
     profiles = check_profiles(plan)
+    check_memory(plan, profiles)
     data = load_partitioned(plan)
     return plan, profiles, data
 

@@ -108,6 +108,36 @@ def test_interrupted_then_resumed_equals_uninterrupted_byte_for_byte(overrides, 
     assert not (part / CHECKPOINT).exists() and not (tmp_path / "whole" / CHECKPOINT).exists()
 
 
+def test_a_signal_as_the_checkpoint_lands_keeps_rounds_and_checkpoint_in_step(tmp_path, monkeypatch):
+    """A real SIGINT right after the checkpoint file of round 1 is renamed into place (before the run notes
+    which rows it holds): the run still ends with rounds.csv, metrics.json and the checkpoint agreeing on
+    the rounds completed, and resumes to the uninterrupted run's files."""
+    from fplstudy import runner
+
+    cfg = load_config(None, {**TINY, "strategy": "fl", "nodes": 2, "momentum": 0.9})
+    whole = run(cfg, tmp_path / "whole", progress=False)
+    real, calls = runner.atomic_write_bytes, []
+
+    def write_then_signal(path, data):
+        real(path, data)
+        if Path(path).name == CHECKPOINT:
+            calls.append(path)
+            if len(calls) == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(runner, "atomic_write_bytes", write_then_signal)
+    part = tmp_path / "part"
+    with pytest.raises(RunInterrupted):
+        run(cfg, part, progress=False)
+    monkeypatch.setattr(runner, "atomic_write_bytes", real)
+    metrics = _strict((part / "metrics.json").read_text())
+    state = torch.load(part / CHECKPOINT, weights_only=True)
+    assert state["rounds_completed"] == metrics["rounds_completed"] == 2
+    assert pd.read_csv(part / "rounds.csv")["round"].tolist() == [0, 1]
+    assert run(cfg, part, progress=False, resume=True).status == whole.status == "completed"
+    _assert_same_files(tmp_path / "whole", part)
+
+
 def test_the_checkpoint_restores_torch_random_state(dropout_model, tmp_path):
     """The resume test above can fail: without the random state, dropout draws other masks."""
     cfg = load_config(None, {**TINY, "strategy": "centralized", "nodes": 1, "model": dropout_model})

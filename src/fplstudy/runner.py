@@ -30,8 +30,10 @@ import io
 import json
 import math
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -65,6 +67,20 @@ _NUMERIC_ENVIRONMENT = ("torch_threads", "cpu_capability", "torch", "env")
 
 class RunFolderError(ValueError):
     """A run folder that cannot be written as asked; the message says why and what to do instead."""
+
+
+class _signals_held:
+    """Hold SIGINT and SIGTERM for the block (delivered as it ends), in the main thread where signals land."""
+
+    def __enter__(self):
+        self.held = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
+        if self.held:
+            self.before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.held:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self.before)
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -440,8 +456,11 @@ class _RunWriter:
                  "environment": {k: self.env[k] for k in _NUMERIC_ENVIRONMENT}}
         buf = io.BytesIO()
         torch.save(state, buf)
-        atomic_write_bytes(self.out / CHECKPOINT, buf.getvalue())
-        self._checkpointed = state["rows"]
+        # Ctrl-C or SIGTERM between the file's rename and the note of its rows would leave a checkpoint one
+        # round ahead of rounds.csv: hold them until both are done (they are raised right after)
+        with _signals_held():
+            atomic_write_bytes(self.out / CHECKPOINT, buf.getvalue())
+            self._checkpointed = state["rows"]
 
     # -- training
     def train(self, progress: bool, on_round: Callable[[dict], None] | None, state: dict | None) -> RunOutcome:

@@ -186,3 +186,20 @@ def test_explore_prices_its_plans_on_the_topology():
         uniform = {**plan.config.model_dump(exclude_defaults=True), "topology": None, "placement": None,
                    "node_devices": {n.name: n.device for n in plan.nodes}}
         assert dry_run(make_config(uniform)).totals["energy_j"] != got["energy_j"]
+
+
+def test_the_plan_figure_names_points_and_links(tmp_path):
+    """On a topology the plan picture says which topology node hosts each box and the path of every pair
+    that exchanges messages, hop by hop with its link profile; without one it says neither."""
+    from fplstudy.planfig import draw_plan, plan_graph
+
+    cfg = make_config({**SMALL, "strategy": "mp", "nodes": 3, **_files(tmp_path, THREE_HOPS, HAND),
+                       "placement": {"n0": "s0", "n1": "srv", "n2": "gw"}})
+    g = plan_graph(resolve(cfg))
+    assert [b.device for b in g.boxes] == ["rpi4 on s0", "minipc on srv", "jetson_orin_nano on gw"]
+    assert g.title.endswith(f" On topology {resolve(cfg).site.name}: n0–n1: s0 –radio→ ap –wire→ gw –fibre→ srv; "
+                            "n0–n2: s0 –radio→ ap –wire→ gw; n1–n2: srv –fibre→ gw.")
+    plain = plan_graph(resolve(make_config({**SMALL, "strategy": "mp", "nodes": 3})))
+    assert "topology" not in plain.title and [b.device for b in plain.boxes] == ["rpi4"] * 3
+    draw_plan(resolve(cfg), tmp_path / "plan.png")
+    assert (tmp_path / "plan.png").stat().st_size > 0

@@ -1,6 +1,7 @@
 """A picture of a plan: nodes as boxes grouped into branches and trunk, the layers each holds, the
 junction, the data shards, and the messages of one round between the nodes, labelled with their
-payload bytes per round.
+payload bytes per round. On a topology each box names the topology node that hosts it, and the words
+above the picture give every communicating pair's path with each hop's link profile (:func:`link_words`).
 
 :func:`plan_graph` computes the drawing data from the plan and the events of its dry run (boxes,
 arrows, shards, and where each goes); :func:`arrow_routes` routes the arrows; :func:`draw_plan`
@@ -357,6 +358,20 @@ def _layout(plan: Plan, boxes_text: dict[str, list[str]], shard_text: list[str],
     return geom, shards, junction_x, (x, top, bottom, ellipsis_y)
 
 
+def link_words(plan: Plan, arrows: list[Arrow]) -> str:
+    """On a topology: the path of every pair of nodes that exchange messages, hop by hop with each hop's link
+    profile (``n0–n2: d0 –wifi4→ gw0 –ethernet→ server``), as a sentence; empty without a topology."""
+    if plan.site is None:
+        return ""
+    order = {n.name: i for i, n in enumerate(plan.nodes)}
+    point = {n.name: n.point for n in plan.nodes}
+    pairs = sorted({tuple(sorted((a.src, a.dst), key=order.get)) for a in arrows},
+                   key=lambda p: (order[p[0]], order[p[1]]))
+    paths = [f"{a}–{b}: {point[a]}" + "".join(f" –{h.link.name}→ {h.dst}" for h in plan.site.path(point[a], point[b]))
+             for a, b in pairs]
+    return f" On topology {plan.site.name}: " + "; ".join(paths) + "." if paths else ""
+
+
 def plan_graph(plan: Plan, ledger: Any = None, events: list | None = None, *, costs: bool = True,
                max_rows: int | None = None) -> PlanGraph:
     """The drawing data of a plan.
@@ -414,7 +429,8 @@ def plan_graph(plan: Plan, ledger: Any = None, events: list | None = None, *, co
         if per_node is not None and n.name in per_node.index:
             e = float(per_node.loc[n.name, "energy_j"])
             bts = float(per_node.loc[n.name, "bytes_tx"] + per_node.loc[n.name, "bytes_rx"])
-        draft.append(Box(n.name, n.role, n.device, group[n.name], tuple(holds.get(n.name, ())),
+        device = n.device if n.point is None else f"{n.device.split('@')[0]} on {n.point}"
+        draft.append(Box(n.name, n.role, device, group[n.name], tuple(holds.get(n.name, ())),
                          n.name == plan.aggregator, 0.0, 0.0, e, bts,
                          duty=duty if n.name == plan.aggregator else ""))
 
@@ -458,7 +474,8 @@ def plan_graph(plan: Plan, ledger: Any = None, events: list | None = None, *, co
     if junction_x is not None:
         j = plan.junction_at
         note = f"junction after layer {j} ({plan.block_names[j - 1]}): {JUNCTION_WORDS[plan.junction]}"
-    g = PlanGraph(plan_words(plan), boxes, arrows, shards, dict(groups), plan.junction_at, plan.junction,
+    g = PlanGraph(plan_words(plan) + link_words(plan, arrows), boxes, arrows, shards, dict(groups),
+                  plan.junction_at, plan.junction,
                   junction_x, rounds, tot, note, costs=costs)
     if ellipsis_y is not None:
         left_out = [b for b in boxes if b.hidden]

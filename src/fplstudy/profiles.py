@@ -80,13 +80,22 @@ BOUNDS: dict[str, dict[str, tuple[float, float, str]]] = {
 }
 
 
-class ProfileError(ConfigError):
-    """A profile file that cannot be used; the message names the file, the key and the value."""
+class FileError(ConfigError):
+    """A data file that cannot be used; the message names the file, the key and the value. Subclasses say
+    what the file is and what its keys are called."""
+
+    WHAT, KEY = "file", "key"
 
     def __init__(self, file: str | Path, key: str, value: Any, allowed: str):
         self.file = str(file)
-        ValueError.__init__(self, f"profile file '{file}', key '{key}': got {short_repr(value)}; {allowed}")
+        ValueError.__init__(self, f"{self.WHAT} '{file}', {self.KEY} '{key}': got {short_repr(value)}; {allowed}")
         self.key, self.value, self.allowed = key, value, allowed
+
+
+class ProfileError(FileError):
+    """A profile file that cannot be used; the message names the file, the key and the value."""
+
+    WHAT = "profile file"
 
 
 @dataclass(frozen=True)
@@ -144,19 +153,22 @@ class Profiles:
         return self.links[name]
 
 
-def _number(file: Path, key: str, raw: Any, bounds: tuple[float, float, str]) -> float:
+def check_number(file: str | Path, key: str, raw: Any, bounds: tuple[float, float, str],
+                 error: type[FileError] = ProfileError) -> float:
+    """A profile number read from a data file (``raw``) as a float in ``bounds`` (``(low, high, what)``, one
+    of :data:`BOUNDS`' entries), or ``error`` naming the file, the key and the value."""
     value = raw
     if isinstance(value, str):  # YAML 1.1 reads 1.6e10 (no dot/sign in the exponent) as a string
         try:
             value = float(value)
         except ValueError:
-            raise ProfileError(file, key, raw, "must be a number") from None
+            raise error(file, key, raw, "must be a number") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ProfileError(file, key, raw, "must be a finite number")
+        raise error(file, key, raw, "must be a finite number")
     lo, hi, why = bounds
     if not lo <= value <= hi:
-        raise ProfileError(file, key, raw, f"must be a number in [{lo:g}, {hi:g}] ({why}); the times and "
-                                           f"energies derived from it must stay finite")
+        raise error(file, key, raw, f"must be a number in [{lo:g}, {hi:g}] ({why}); the times and "
+                                    f"energies derived from it must stay finite")
     return float(value)
 
 
@@ -178,7 +190,7 @@ def _block_map(file: Path, where: str, key: str, raw: Any) -> dict[str, dict[str
         for block, rate in rates.items():
             if not isinstance(block, str) or not block.strip():
                 raise ProfileError(file, f"{at}.{block}", block, f"a block name must be a non-empty string, {example}")
-            out[model][block] = _number(file, f"{at}.{block}", rate, BOUNDS["devices"][bounds])
+            out[model][block] = check_number(file, f"{at}.{block}", rate, BOUNDS["devices"][bounds])
     return out
 
 
@@ -216,7 +228,7 @@ def _read_entry(file: Path, section: str, name: str, entry: Any, base: dict | No
             raise ProfileError(file, where, raw, "a shipped profile gives {value, status, source} for every number")
         if require_sources and not str(source).strip():
             raise ProfileError(file, where + ".source", source, "every shipped number needs a source")
-        out[key] = _block_map(file, where, key, raw) if key in BLOCK_MAPS else _number(file, where, raw,
+        out[key] = _block_map(file, where, key, raw) if key in BLOCK_MAPS else check_number(file, where, raw,
                                                                                        BOUNDS[section][key])
         out["status"][key], out["source"][key] = str(status), str(source)
     for key, required in fields_spec.items():
@@ -289,10 +301,9 @@ def device_key(plan, node: str) -> str:
         return f"topology ({plan.node(node).point})"
     if cfg.node_devices and node in cfg.node_devices:
         return f"node_devices.{node}"
-    part = plan.node(node).part
-    if part == "aggregator" or (part == "trunk" and plan.junction_at > 0):
-        return "server_device"  # plan.resolve: the server side runs on server_device unless mp
-    return "device"
+    from fplstudy.plan import on_server
+
+    return "server_device" if on_server(plan.node(node), plan.junction_at) else "device"
 
 
 def check_profiles(plan_or_cfg) -> Profiles:

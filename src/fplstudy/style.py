@@ -30,7 +30,8 @@ MARKERS = {s: REGISTRY[s].marker for s in STRATEGY_ORDER}
 # kinds of a ledger row (fplstudy.ledger.KINDS): compute, the five message kinds, forwarding, waiting
 KIND_ORDER = ("forward", "backward", "activations", "gradients", "labels", "params_up", "params_down", "relay", "idle")
 # kind -> RGB; relay (only on a topology) takes the colour after idle's, so the others keep theirs
-KIND_PALETTE = dict(zip((*(k for k in KIND_ORDER if k != "relay"), "relay"), (to_rgb(c) for c in COLORBLIND)))
+_KIND_COLOURS = dict(zip((*(k for k in KIND_ORDER if k != "relay"), "relay"), (to_rgb(c) for c in COLORBLIND)))
+KIND_PALETTE = {k: _KIND_COLOURS[k] for k in KIND_ORDER}
 MESSAGE_KINDS = ("activations", "gradients", "labels", "params_up", "params_down")
 
 # Legend labels of the study's figures: the strategies, fpl split by junction (fpl-shared keeps fpl's

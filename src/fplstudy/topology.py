@@ -64,8 +64,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from fplstudy.config import ConfigError, YamlError, read_yaml_file, short_repr
-from fplstudy.profiles import BOUNDS, DEVICE_FIELDS, LINK_FIELDS, DeviceProfile, LinkProfile, Profiles, load_profiles
+from fplstudy.config import ConfigError, YamlError, read_yaml_file
+from fplstudy.profiles import (BOUNDS, DEVICE_FIELDS, LINK_FIELDS, DeviceProfile, FileError, LinkProfile, Profiles,
+                               check_number, load_profiles)
 
 OVERRIDABLE = tuple(k for k in DEVICE_FIELDS if k in BOUNDS["devices"])  # numeric device fields a node may override
 LINK_OVERRIDABLE = tuple(LINK_FIELDS)  # link fields a link entry may override
@@ -73,13 +74,10 @@ RATES = ("up", "down")  # which rate of its profile a directed link uses
 SHIPPED_DIR = Path(__file__).with_name("topologies")  # the shipped examples, by name
 
 
-class TopologyError(ConfigError):
+class TopologyError(FileError):
     """A topology file that cannot be used; the message names the file, the entry and the value."""
 
-    def __init__(self, file: str | Path, key: str, value: Any, allowed: str):
-        self.file = str(file)
-        ValueError.__init__(self, f"topology file '{file}', entry '{key}': got {short_repr(value)}; {allowed}")
-        self.key, self.value, self.allowed = key, value, allowed
+    WHAT, KEY = "topology file", "entry"
 
 
 @dataclass(frozen=True)
@@ -188,12 +186,7 @@ def _mapping(file, key: str, raw: Any, what: str) -> dict:
 
 
 def _override(file, key: str, raw: Any, section: str = "devices") -> float:
-    low, high, unit = BOUNDS[section][key.rsplit(".", 1)[-1]]
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw != raw:
-        raise TopologyError(file, key, raw, f"must be a number ({unit})")
-    if not low <= raw <= high:
-        raise TopologyError(file, key, raw, f"must lie in [{low:g}, {high:g}] ({unit})")
-    return float(raw)
+    return check_number(file, key, raw, BOUNDS[section][key.rsplit(".", 1)[-1]], TopologyError)
 
 
 def uniform_links(nodes: dict[str, str], link: str) -> list[dict]:

@@ -193,3 +193,27 @@ def test_notebook_shows_every_figure_inline(tmp_path):
     assert sum(pngs) == 10  # 6 steps, side by side, panel, search, ResNet-18 against the digits CNN
     lessons = "".join(cells[-1]["outputs"][0]["data"]["text/markdown"])
     assert "Cheapest plan per objective" in lessons and "fpl-" not in lessons
+
+
+def test_the_panel_and_the_notebook_on_a_topology(reference, tmp_path):
+    """With a topology the device and link menus are off (the site gives both), the status line says which
+    topology node hosts each plan node and equals the priced plan's, node counts the site cannot host are not
+    offered, and the notebook's plan search also places the nodes."""
+    base = {**SMALL, "topology": "wearables_ble"}
+    profiles = load_profiles()
+    panel = teach.slider_panel(base, reference, sorted(profiles.devices), sorted(profiles.links), nodes=3)
+    assert panel.controls["device"].disabled and panel.controls["link"].disabled
+    where = ", ".join(f"{n.name} on {n.point}" for n in panel.dry.plan.nodes)
+    assert panel.dry.plan.site is not None and f"topology wearables_ble ({where};" in panel.status.value
+    from fplstudy.topology import site_of
+    from fplstudy.config import make_config
+
+    assert max(panel.space.nodes) <= len(site_of(make_config(base)).nodes)
+    plain = teach.slider_panel(SMALL, reference, sorted(profiles.devices), sorted(profiles.links), nodes=3)
+    assert not plain.controls["device"].disabled and "topology" not in plain.status.value
+    out = tmp_path / "teach.ipynb"
+    pm.execute_notebook(str(ROOT / "notebooks" / "teach.ipynb"), str(out),
+                        parameters={"smoke_test": True, "topology": "fog_wifi"}, kernel_name="python3",
+                        cwd=str(ROOT), progress_bar=False)
+    text = out.read_text()
+    assert "placement" in text and "n0=d0" in text and "topology fog_wifi" in text

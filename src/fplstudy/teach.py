@@ -419,7 +419,9 @@ def figure_png(fig) -> bytes:
 
 class SliderPanel(VBox):
     """The slider panel: sliders for nodes, branches, cut point, junction, device and link above the
-    figure of :func:`draw_choice` and the per-node cost table.
+    figure of :func:`draw_choice` and the per-node cost table. With ``topology`` in ``base`` every node's
+    device and every message's path come from it: the device and link menus are disabled and a line says
+    which topology node hosts each plan node.
 
     The shape sliders offer only what :class:`SliderSpace` allows, so every reachable position is a
     plan; a line under the sliders says what limits them. Should a position still be refused (a
@@ -455,6 +457,11 @@ class SliderPanel(VBox):
             "link": w.Dropdown(options=links, value=link, description="link", layout=w.Layout(width="220px"),
                                style=style),
         }
+        self.site = base.get("topology")
+        if self.site:  # the topology gives every node its device and every pair its path: these two do nothing
+            for name in ("device", "link"):
+                self.controls[name].disabled = True
+                self.controls[name].tooltip = f"set by topology {self.site}"
         self.status = w.HTML(layout=w.Layout(min_height="36px"))
         self.image = w.Image(format="png", layout=w.Layout(width="100%", max_width=f"{PANEL_FIGSIZE[0] * PANEL_DPI:.0f}px"))
         self.table = w.HTML()
@@ -522,6 +529,10 @@ class SliderPanel(VBox):
                  + (f"; moved {', '.join(m.split(':')[0] for m in moves)} to stay a plan" if moves else "") + "."]
         lines += [f"<span style='color:#555'>{h[0].upper() + h[1:]}.</span>"
                   for h in self.space.hints({s: d[s] for s in SHAPE_SLIDERS})]
+        if self.site:
+            where = ", ".join(f"{n.name} on {n.point}" for n in dry.plan.nodes)
+            lines.append(f"<span style='color:#555'>Devices and links: topology {self.site} ({where}; the default "
+                         f"placement rule), so the device and link menus are off.</span>")
         self.status.value = "<br>".join(lines)
         self.table.value = node_costs(dry).round(3).to_html(index=False)
         return True

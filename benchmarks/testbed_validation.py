@@ -2,11 +2,14 @@
 
 Runs every strategy at several node counts and link rates on digits with ``--backend emulated`` (root and
 Mininet needed, see ``fplstudy.testbed``), after calibrating this machine as the testbed runs it (as many
-processes at once as the plan has hosts, in a tight loop since a node's chunks between two messages run
+processes at once as the plan has hosts, ``--concurrency hosts``, the default; or as many as it computes at
+once on average, ``--concurrency plan``: its predicted compute seconds over its predicted makespan, which
+measured no better, README; in a tight loop since a node's
+chunks between two messages run
 back to back, or each call after ``--after-wait`` seconds idle; with ``--cpu dilate`` each call timed by its
 CPU seconds, which that mode stretches; at the batch size and at ``--fit-batch``, so that each block gets fixed
-seconds per call and a partial batch is priced below a full one's rate: one calibration per number of hosts,
-``profiles-<hosts>.yaml``),
+seconds per call and a partial batch is priced below a full one's rate: one calibration per number of processes,
+``profiles-<processes>.yaml``),
 and prints per run the median
 absolute error of the round makespan and of the per-node busy seconds (warm-up round left out), then
 the same over all runs against the goal (both <= 15 %). Writes, under ``--out``: one run folder per plan,
@@ -19,7 +22,7 @@ runs on it: the load average before and after each run is in ``validation.csv``;
 machine before quoting the figures.
 
 Run: ``python benchmarks/testbed_validation.py --out runs/validation [--strategies fl,mp] [--nodes 2,4,8]
-[--rates 10,100] [--cpu cfs|dilate] [--rounds 3] [--batch-size 128] [--fit-batch 32] [--after-wait 0]
+[--rates 10,100] [--cpu cfs|dilate] [--concurrency plan|hosts] [--rounds 3] [--batch-size 128] [--fit-batch 32] [--after-wait 0]
 [--profiles host.yaml]``.
 """
 
@@ -41,6 +44,7 @@ from fplstudy.calibrate import calibrate
 from fplstudy.config import ConfigError, load_config
 from fplstudy.strategies import STRATEGIES
 from fplstudy.distributed import DistributedError
+from fplstudy.dryrun import dry_run
 from fplstudy.plan import resolve
 from fplstudy.testbed import parity_figure, run_emulated
 
@@ -66,6 +70,10 @@ def main() -> int:
     ap.add_argument("--after-wait", type=float, default=0.0, metavar="S",
                     help="calibrate with S seconds of idle before each call (default 0: the tight-loop rate, as a "
                          "node's chunks between two messages run)")
+    ap.add_argument("--concurrency", default="hosts", choices=["hosts", "plan"],
+                    help="processes that compete in the calibration: hosts (default): one per host; plan: as many as "
+                         "the plan computes at once on average (predicted compute seconds of all nodes / predicted "
+                         "makespan, priced with a one-process calibration, rounded, 1..hosts)")
     ap.add_argument("--fit-batch", type=int, default=32, metavar="B",
                     help="also calibrate at batch B and fit each block's fixed seconds per call (fplstudy calibrate "
                          "--fit-batch), so that partial batches are priced below a full one's rate; 0: do not")
@@ -80,11 +88,12 @@ def main() -> int:
     how = f"each call after {args.after_wait:g} s idle" if args.after_wait else "in a tight loop"
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
           + (f"calibration from {args.profiles}" if args.profiles else
-             f"calibrated per number of hosts, that many processes at once, {how}"))
-    calibrations: dict[int, tuple[Path, dict]] = {}  # hosts -> (profiles file, calibration row)
+             f"calibrated with as many processes at once as "
+             f"{'the plan computes at once' if args.concurrency == 'plan' else 'the plan has hosts'}, {how}"))
+    calibrations: dict[int, tuple[Path, dict]] = {}  # processes -> (profiles file, calibration row)
 
     def calibration(hosts: int) -> tuple[Path, dict]:
-        """The profiles file for a plan of ``hosts`` nodes: this machine measured as the testbed will run it."""
+        """The profiles file calibrated with ``hosts`` processes at once: this machine as the testbed runs it."""
         if args.profiles:
             return base, {}
         if hosts not in calibrations:
@@ -94,12 +103,21 @@ def main() -> int:
                             processes=hosts, clock="cpu" if args.cpu == "dilate" else "wall",
                             fit_batch=args.fit_batch or None)[0]  # keeps the links
             fixed = sum(row.get("block_call_s", {}).values())
-            print(f"calibrated for {hosts} hosts: {row['flops_per_s']:.4g} FLOP/s, "
+            print(f"calibrated with {hosts} processes at once: {row['flops_per_s']:.4g} FLOP/s, "
                   f"{1e6 * row['call_overhead_s']:.0f} us per call"
                   + (f", blocks' fixed seconds per call summing to {1e6 * fixed:.0f} us (fit through batch "
                      f"{args.fit_batch})" if args.fit_batch else ""), flush=True)
             calibrations[hosts] = (path, row)
         return calibrations[hosts]
+
+    def concurrency(values: dict, hosts: int) -> int:
+        """How many of the plan's nodes compute at once, on average: its predicted compute seconds (all nodes,
+        all rounds) over its predicted makespan, priced with the one-process calibration; rounded, 1..hosts."""
+        one, _ = calibration(1)
+        ledger = dry_run(load_config(None, {**values, "profiles_file": str(one)})).ledger
+        compute = float(ledger.loc[ledger["kind"].isin(["forward", "backward"]), "seconds"].sum())
+        makespan = float(ledger.groupby("round")["round_makespan_s"].first().sum())
+        return max(1, min(hosts, round(compute / makespan)))
 
     rows, tables = [], []
     for strategy in args.strategies.split(","):
@@ -110,7 +128,9 @@ def main() -> int:
                 values = dict(strategy=strategy, nodes=nodes, link=f"tb{mbit}", rounds=args.rounds,
                               batch_size=args.batch_size, profiles_file=str(base), testbed_cpu=args.cpu)
                 try:
-                    path, cal = calibration(len(resolve(load_config(None, values)).nodes))  # the plan alone: no data read
+                    hosts = len(resolve(load_config(None, values)).nodes)  # the plan alone: no data read
+                    k = hosts if args.concurrency == "hosts" or args.profiles else concurrency(values, hosts)
+                    path, cal = calibration(k)
                     values["profiles_file"] = str(path)
                     load0, t0 = os.getloadavg()[0], time.monotonic()
                     res = run_emulated(load_config(None, values), out / name)
@@ -125,9 +145,10 @@ def main() -> int:
                                  busy_error=s["busy_median_abs_error"], send_error=s["send_median_abs_error"],
                                  calibrated_flops_per_s=s["calibrated_flops_per_s"],
                                  calibrated_call_s=s["calibrated_call_s"], calibration_processes=cal.get("processes"),
+                                 concurrency=args.concurrency,
                                  load_before=load0, load_after=os.getloadavg()[0], wall_s=time.monotonic() - t0))
                 tables.append((name, res.table))
-                print(f"{name:22} {len(res.emulation.nodes)} hosts, time scale {s['time_scale']:5.2f}: makespan error "
+                print(f"{name:22} {len(res.emulation.nodes)} hosts ({k} calibrated at once), time scale {s['time_scale']:5.2f}: makespan error "
                       f"{100 * s['round_makespan_median_abs_error']:5.1f} %, busy error "
                       f"{100 * s['busy_median_abs_error']:5.1f} % (load {load0:.1f})", flush=True)
     df = pd.DataFrame(rows)

@@ -110,8 +110,9 @@ def test_interrupted_then_resumed_equals_uninterrupted_byte_for_byte(overrides, 
 
 def test_a_signal_as_the_checkpoint_lands_keeps_rounds_and_checkpoint_in_step(tmp_path, monkeypatch):
     """A real SIGINT right after the checkpoint file of round 1 is renamed into place (before the run notes
-    which rows it holds): the run still ends with rounds.csv, metrics.json and the checkpoint agreeing on
-    the rounds completed, and resumes to the uninterrupted run's files."""
+    which rows it holds): the run reads the rows from the file that landed, and ends with rounds.csv,
+    metrics.json and the checkpoint agreeing on the rounds completed, and resumes to the uninterrupted run's
+    files."""
     from fplstudy import runner
 
     cfg = load_config(None, {**TINY, "strategy": "fl", "nodes": 2, "momentum": 0.9})

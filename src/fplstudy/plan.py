@@ -112,6 +112,12 @@ class Node:
         message uses depends on it (:func:`fplstudy.ledger.price_message`)."""
         return "edge" if self.part == "branch" else "server"
 
+    def on_server(self, junction_at: int) -> bool:
+        """Whether the node runs on the server side: the aggregator, and trunk stages of a plan with a head
+        (``junction_at > 0``; mp's trunk is the whole model, on the edge). Those nodes take ``server_device``,
+        and on a topology the default placement puts them on its last nodes."""
+        return self.part == "aggregator" or (self.part == "trunk" and junction_at > 0)
+
     @property
     def role(self) -> str:
         """The role as ``ledger.csv`` and the memory table write it: ``branch<d>/stage<s>``, ``trunk/stage<s>``
@@ -406,13 +412,6 @@ def resolve(cfg: Config) -> Plan:
                 shape.sync, cfg.sync_every, aggregator, tuple(nodes), profile, site)
 
 
-def on_server(node: Node, junction_at: int) -> bool:
-    """Whether ``node`` runs on the server side: the aggregator, and trunk stages of a plan with a head
-    (``junction_at > 0``; mp's trunk is the whole model, on the edge). Those nodes take ``server_device``,
-    and on a topology the default placement puts them on its last nodes."""
-    return node.part == "aggregator" or (node.part == "trunk" and junction_at > 0)
-
-
 def _place_on_site(cfg: Config, nodes: list[Node], j: int):
     """``(topology, {plan node: topology node})`` for a config with ``topology``, else ``(None, {})``."""
     if cfg.topology is None:
@@ -423,7 +422,7 @@ def _place_on_site(cfg: Config, nodes: list[Node], j: int):
         raise ConfigError("node_devices", cfg.node_devices, "with topology, every node's device is the topology "
                                                             "node's that hosts it; drop node_devices or topology")
     site = site_of(cfg)
-    server_side = {n.name for n in nodes if on_server(n, j)}
+    server_side = {n.name for n in nodes if n.on_server(j)}
     return site, place(site, nodes, server_side, cfg.placement)
 
 

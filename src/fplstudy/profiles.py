@@ -301,9 +301,7 @@ def device_key(plan, node: str) -> str:
         return f"topology ({plan.node(node).point})"
     if cfg.node_devices and node in cfg.node_devices:
         return f"node_devices.{node}"
-    from fplstudy.plan import on_server
-
-    return "server_device" if on_server(plan.node(node), plan.junction_at) else "device"
+    return "server_device" if plan.node(node).on_server(plan.junction_at) else "device"
 
 
 def check_profiles(plan_or_cfg) -> Profiles:

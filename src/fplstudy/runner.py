@@ -30,10 +30,8 @@ import io
 import json
 import math
 import os
-import signal
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -67,20 +65,6 @@ _NUMERIC_ENVIRONMENT = ("torch_threads", "cpu_capability", "torch", "env")
 
 class RunFolderError(ValueError):
     """A run folder that cannot be written as asked; the message says why and what to do instead."""
-
-
-class _signals_held:
-    """Hold SIGINT and SIGTERM for the block (delivered as it ends), in the main thread where signals land."""
-
-    def __enter__(self):
-        self.held = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
-        if self.held:
-            self.before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.held:
-            signal.pthread_sigmask(signal.SIG_SETMASK, self.before)
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -439,6 +423,7 @@ class _RunWriter:
         self._t0: float | None = None  # perf_counter when training started
         self.rows: list[dict] = []
         self._checkpointed: list[dict] = []  # the rows of the last checkpoint written
+        self._writing = False  # a checkpoint is being written (atomically: the file is the old one or the new)
 
     # -- files
     def _rows(self, rows: list[dict]) -> list[dict]:
@@ -456,11 +441,10 @@ class _RunWriter:
                  "environment": {k: self.env[k] for k in _NUMERIC_ENVIRONMENT}}
         buf = io.BytesIO()
         torch.save(state, buf)
-        # Ctrl-C or SIGTERM between the file's rename and the note of its rows would leave a checkpoint one
-        # round ahead of rounds.csv: hold them until both are done (they are raised right after)
-        with _signals_held():
-            atomic_write_bytes(self.out / CHECKPOINT, buf.getvalue())
-            self._checkpointed = state["rows"]
+        self._writing = True  # Ctrl-C or SIGTERM from here on: the file on disk says which rows it holds
+        atomic_write_bytes(self.out / CHECKPOINT, buf.getvalue())
+        self._checkpointed = state["rows"]
+        self._writing = False
 
     # -- training
     def train(self, progress: bool, on_round: Callable[[dict], None] | None, state: dict | None) -> RunOutcome:
@@ -493,6 +477,8 @@ class _RunWriter:
                                on_state=self._checkpoint if out is not None else None)
         except KeyboardInterrupt:
             self._stamp()
+            if self._writing and (out / CHECKPOINT).is_file():  # interrupted around the rename: read what landed
+                self._checkpointed = torch.load(out / CHECKPOINT, weights_only=True)["rows"]
             if len(self._checkpointed) > len(self.rows):  # Ctrl-C between a round's checkpoint and its row:
                 self.rows = [dict(r) for r in self._checkpointed]  # the checkpoint holds the round, keep it
             done = len(self.rows)

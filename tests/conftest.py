@@ -26,9 +26,10 @@ def tiny_study(tmp_path_factory) -> tuple[object, Path]:
 
 @pytest.fixture(autouse=True)
 def _sigint_as_python_sets_it():
-    """Every test starts with Python's own Ctrl-C: SIGINT raising KeyboardInterrupt and not blocked. Some test
-    earlier in the suite leaves it ignored or blocked (stop 21's CI; cause still being bisected), and the Ctrl-C
-    tests of tests/test_run_folders.py need it."""
+    """Every test starts with Python's own Ctrl-C: SIGINT raising KeyboardInterrupt and not blocked. A suite
+    started as a background job of a non-interactive shell (``sh -c 'make test &'``, nohup) inherits SIGINT
+    ignored (POSIX), Python then leaves it ignored, and so does every child it starts: the Ctrl-C tests of
+    tests/test_run_folders.py would fail (4 of them did, launched so, without this fixture)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -56,9 +56,9 @@ import pandas as pd
 from fplstudy.config import JUNCTIONS, Config, ConfigError, make_config
 from fplstudy.dryrun import RoundShapes, cached_shard_sizes, price_plan, price_rounds, round_shapes
 from fplstudy.events import Transfer
-from fplstudy.ledger import Pricer, totals
+from fplstudy.ledger import Pricer, plan_totals, totals
 from fplstudy.makespan import fast_path_applies
-from fplstudy.memory import memory_rows, misfits, model_size
+from fplstudy.memory import memory_rows, misfits
 from fplstudy.plan import Plan, max_nodes, resolve, training_samples
 from fplstudy.profiles import Profiles, check_profiles
 from fplstudy.strategies import CUTS, STRATEGIES, Axes, strategy
@@ -212,16 +212,17 @@ def period_rounds(plan: Plan) -> tuple[int, list[int]]:
     return priced, source
 
 
-def price_ledger(plan: Plan, fast: bool = True) -> pd.DataFrame:
+def price_ledger(plan: Plan, fast: bool = True, shapes: RoundShapes | None = None) -> pd.DataFrame:
     """The priced ledger of ``plan`` for ``config.rounds`` rounds, from one period of dry-run rounds.
 
     Row for row equal to ``dry_run(plan).ledger`` (see :func:`period_rounds`). With ``fast`` (see
     :func:`fplstudy.dryrun.price_plan`) every kind of round is priced once anyway; ``fast=False`` prices
-    the period's event stream with the reference (event by event) and repeats its rows.
+    the period's event stream with the reference (event by event) and repeats its rows. ``shapes``: the
+    plan's :func:`fplstudy.dryrun.round_shapes`, if the caller has them.
     """
     priced, source = period_rounds(plan)
     if priced == plan.config.rounds or (fast and fast_path_applies(plan)):
-        return price_plan(plan, cached_shard_sizes(plan), check_profiles(plan), fast=fast)
+        return price_plan(plan, cached_shard_sizes(plan), check_profiles(plan), fast=fast, shapes=shapes)
     short = _with_rounds(plan, priced)
     ledger = price_plan(short, cached_shard_sizes(plan), check_profiles(plan), fast=fast)
     rows = ledger.groupby("round").indices
@@ -245,9 +246,10 @@ def price(plan: Plan, fast: bool = True) -> dict[str, Any]:
     Returns:
         :func:`fplstudy.ledger.totals`'s dict with ``bytes_per_round`` added.
     """
-    out = totals(plan, price_ledger(plan, fast))
+    shapes = round_shapes(plan, cached_shard_sizes(plan)) if plan.site is not None else None  # for the network
+    out = totals(plan, price_ledger(plan, fast, shapes))
     out["bytes_per_round"] = out["bytes_total"] / plan.config.rounds
-    _add_network(out, plan, pair_bytes(round_shapes(plan, cached_shard_sizes(plan))) if plan.site else None)
+    _add_network(out, plan, pair_bytes(shapes) if shapes is not None else {})
     return out
 
 
@@ -285,8 +287,8 @@ def network_joules(plan: Plan, pairs: dict[tuple[str, str], int]) -> float:
     return total
 
 
-def _add_network(cost: dict[str, Any], plan: Plan, pairs: dict | None) -> None:
-    cost["energy_j_network"] = network_joules(plan, pairs) if pairs is not None else 0.0
+def _add_network(cost: dict[str, Any], plan: Plan, pairs: dict) -> None:
+    cost["energy_j_network"] = network_joules(plan, pairs)
     cost["energy_j_site"] = cost["energy_j"] + cost["energy_j_network"]
 
 
@@ -366,6 +368,46 @@ def interchangeable(site, profiles: Profiles) -> dict[str, str]:
     return cls
 
 
+class _Choices:
+    """Where each movable plan node of ``plan`` may go (:func:`placements`): the data owners' topology nodes
+    are fixed; :meth:`options` gives, for a movable node and the topology nodes already taken, the free nodes
+    that hold it (memory) and reach every taken one both ways, one per class of interchangeable nodes."""
+
+    def __init__(self, plan: Plan, profiles: Profiles, twins: bool = True):
+        site = plan.site
+        if site is None:
+            raise ConfigError("topology", None, "a placement search needs a topology; give topology: FILE")
+        self.plan, owners = plan, data_owners(plan)
+        self.fixed = {n.name: n.point for n in plan.nodes if n.name in owners}
+        self.movable = [n.name for n in plan.nodes if n.name not in owners]
+        self.points = list(site.nodes)
+        self.need = {row[0]: row[-1] for row in memory_rows(plan)}
+        self.room = {p: site.device(p, profiles).memory_bytes for p in self.points}
+        self.cls = interchangeable(site, profiles) if twins else {p: p for p in self.points}
+        self.reach = {(a, b): site.path(a, b) is not None for a in self.points for b in self.points}
+
+    def fits(self, name: str, point: str, used) -> bool:
+        room = self.room[point]
+        return (room is None or self.need[name] <= room) and all(
+            self.reach[point, q] and self.reach[q, point] for q in used)
+
+    def options(self, name: str, used: list[str]) -> list[str]:
+        out, tried = [], set()
+        for point in self.points:
+            if point in used or self.cls[point] in tried:
+                continue
+            tried.add(self.cls[point])  # the first unused node of its class stands for the class
+            if self.fits(name, point, used):
+                out.append(point)
+        return out
+
+    def owners_fit(self) -> bool:
+        return all(self.fits(n, p, [q for q in self.fixed.values() if q != p]) for n, p in self.fixed.items())
+
+    def ordered(self, where: dict[str, str]) -> dict[str, str]:
+        return {n.name: where[n.name] for n in self.plan.nodes}
+
+
 def placements(plan: Plan, profiles: Profiles | None = None, twins: bool = True) -> Iterator[dict[str, str]]:
     """Every placement of ``plan``'s nodes on its topology that a search prices, in a fixed order.
 
@@ -380,46 +422,26 @@ def placements(plan: Plan, profiles: Profiles | None = None, twins: bool = True)
     Yields:
         ``{plan node: topology node}`` for every plan node.
     """
-    site = plan.site
-    if site is None:
-        raise ConfigError("topology", None, "a placement search needs a topology; give topology: FILE")
-    profiles = profiles or check_profiles(plan)
-    owners = data_owners(plan)
-    fixed = {n.name: n.point for n in plan.nodes if n.name in owners}
-    movable = [n.name for n in plan.nodes if n.name not in owners]
-    need = {row[0]: row[-1] for row in memory_rows(plan)}
-    room = {p: site.device(p, profiles).memory_bytes for p in site.nodes}
-    free = [p for p in site.nodes if p not in fixed.values()]
-    cls = interchangeable(site, profiles) if twins else {p: p for p in site.nodes}
-    reach = {(a, b): site.path(a, b) is not None for a in site.nodes for b in site.nodes}
-
-    def fits(name: str, point: str, used: list[str]) -> bool:
-        if room[point] is not None and need[name] > room[point]:
-            return False
-        return all(reach[point, q] and reach[q, point] for q in used)
+    space = _Choices(plan, profiles or check_profiles(plan), twins)
 
     def walk(i: int, where: dict[str, str], used: list[str]) -> Iterator[dict[str, str]]:
-        if i == len(movable):
-            yield {n.name: where[n.name] for n in plan.nodes}
+        if i == len(space.movable):
+            yield space.ordered(where)
             return
-        name, tried = movable[i], set()
-        for point in free:
-            if point in used or cls[point] in tried:
-                continue
-            tried.add(cls[point])  # the first unused node of its class stands for the class
-            if fits(name, point, used):
-                where[name] = point
-                yield from walk(i + 1, where, used + [point])
-                del where[name]
+        name = space.movable[i]
+        for point in space.options(name, used):
+            where[name] = point
+            yield from walk(i + 1, where, used + [point])
+            del where[name]
 
-    if all(fits(n, p, [q for q in fixed.values() if q != p]) for n, p in fixed.items()):
-        yield from walk(0, dict(fixed), list(fixed.values()))
+    if space.owners_fit():
+        yield from walk(0, dict(space.fixed), list(space.fixed.values()))
 
 
 def _sampled_placements(plan: Plan, profiles: Profiles, limit: int, seed: int) -> tuple[list[dict], bool]:
     """At most ``limit`` placements of :func:`placements`: all of them when there are no more (and True),
     else the plan's own placement and a seeded sample of distinct others (and False), drawn by random walks
-    down the same choices (one interchangeable node per class, memory, reach)."""
+    down the same choices (:class:`_Choices`)."""
     every = []
     for where in placements(plan, profiles):
         every.append(where)
@@ -427,33 +449,21 @@ def _sampled_placements(plan: Plan, profiles: Profiles, limit: int, seed: int) -
             break
     if len(every) <= limit:
         return every, True
-    site, owners = plan.site, data_owners(plan)
-    need = {row[0]: row[-1] for row in memory_rows(plan)}
-    room = {p: site.device(p, profiles).memory_bytes for p in site.nodes}
-    cls = interchangeable(site, profiles)
-    reach = {(a, b): site.path(a, b) is not None for a in site.nodes for b in site.nodes}
+    space = _Choices(plan, profiles)
     rng = random.Random(f"{plan_key(plan)}:{seed}")
     own = {n.name: n.point for n in plan.nodes}
     chosen = {tuple(own.items()): own}
     for _ in range(50 * limit):
         if len(chosen) >= limit:
             break
-        where = {n: p for n, p in own.items() if n in owners}
-        for n in plan.nodes:
-            if n.name in where:
-                continue
-            used, tried, options = set(where.values()), set(), []
-            for p in site.nodes:
-                if p in used or cls[p] in tried:
-                    continue
-                tried.add(cls[p])
-                if (room[p] is None or need[n.name] <= room[p]) and all(reach[p, q] and reach[q, p] for q in used):
-                    options.append(p)
+        where = dict(space.fixed)
+        for name in space.movable:
+            options = space.options(name, list(where.values()))
             if not options:
                 break
-            where[n.name] = rng.choice(options)
+            where[name] = rng.choice(options)
         else:
-            ordered = {n.name: where[n.name] for n in plan.nodes}
+            ordered = space.ordered(where)
             chosen.setdefault(tuple(ordered.items()), ordered)
     return list(chosen.values()), False
 
@@ -473,11 +483,7 @@ def price_placements(plan: Plan, wheres: list[dict[str, str]]) -> list[dict[str,
     (:meth:`fplstudy.ledger.Pricer.totals`), with no ledger DataFrame. Equal to :func:`price` to 1e-12."""
     profiles = check_profiles(plan)
     shapes = round_shapes(plan, cached_shard_sizes(plan))
-    pairs = pair_bytes(shapes)
-    size = model_size(plan)
-    fixed = {"memory_bytes_max_node": int(max(row[-1] for row in memory_rows(plan))),
-             "model_params": size["model_params"], "model_params_ratio": size["model_params_ratio"],
-             "params_stored_total": size["params_stored_total"]}
+    pairs, fixed = pair_bytes(shapes), plan_totals(plan)
     out = []
     for where in wheres:
         p = placed(plan, where)

@@ -531,8 +531,8 @@ class SliderPanel(VBox):
                   for h in self.space.hints({s: d[s] for s in SHAPE_SLIDERS})]
         if self.site:
             where = ", ".join(f"{n.name} on {n.point}" for n in dry.plan.nodes)
-            lines.append(f"<span style='color:#555'>Devices and links: topology {self.site} ({where}; the default "
-                         f"placement rule), so the device and link menus are off.</span>")
+            lines.append(f"<span style='color:#555'>Devices and links: topology {self.site} ({where}), so the "
+                         f"device and link menus are off.</span>")
         self.status.value = "<br>".join(lines)
         self.table.value = node_costs(dry).round(3).to_html(index=False)
         return True

@@ -488,7 +488,7 @@ class Pricer:
 
     def totals(self, rounds: list[tuple]) -> dict:
         """The ledger parts of :func:`totals` (``flops_total``, ``bytes_total``, ``energy_j``,
-        ``energy_j_max_node``, ``makespan_s``; :func:`plan_totals` gives the rest) straight from :meth:`price_round`'s sums, without building
+        ``energy_j_max_node``, ``makespan_s``) straight from :meth:`price_round`'s sums, without building
         the ledger: the sums run over the ledger's rows in its order (``energy_j_max_node`` adds each node's
         rows one after another where pandas' groupby compensates, so it may differ in the last bits)."""
         width = len(KINDS)
@@ -560,6 +560,7 @@ def totals(plan, ledger: pd.DataFrame) -> dict:
         ``model_params_ratio`` and ``params_stored_total`` (:func:`fplstudy.memory.model_size`).
     """
     per_node = ledger.groupby("node")["energy_j"].sum()
+    size = model_size(plan)
     # the first makespan of every round, in round order (what groupby("round").first() gives), summed alike
     _, first = np.unique(ledger["round"].to_numpy(), return_index=True)
     makespans = pd.Series(ledger["round_makespan_s"].to_numpy()[first], dtype="float64")
@@ -569,17 +570,11 @@ def totals(plan, ledger: pd.DataFrame) -> dict:
         "energy_j": float(ledger["energy_j"].sum()),
         "energy_j_max_node": float(per_node.max()) if len(per_node) else 0.0,
         "makespan_s": float(makespans.sum()),
-        **plan_totals(plan),
+        "memory_bytes_max_node": int(max(row[-1] for row in memory_rows(plan))),
+        "model_params": size["model_params"],
+        "model_params_ratio": size["model_params_ratio"],
+        "params_stored_total": size["params_stored_total"],
     }
-
-
-def plan_totals(plan) -> dict:
-    """The totals that depend on the plan alone, not on its ledger (the same for every placement and
-    profile): ``memory_bytes_max_node``, ``model_params``, ``model_params_ratio``, ``params_stored_total``."""
-    size = model_size(plan)
-    return {"memory_bytes_max_node": int(max(row[-1] for row in memory_rows(plan))),
-            "model_params": size["model_params"], "model_params_ratio": size["model_params_ratio"],
-            "params_stored_total": size["params_stored_total"]}
 
 
 def write_ledger_csv(ledger: pd.DataFrame, path: str | Path) -> Path:

@@ -1,0 +1,164 @@
+"""Who takes part in each round: participation, dropout and what a missing node costs a plan.
+
+Issue 13, part 3. This module is the participation model, computed from the plan alone (no tensors, no
+prices), round by round, as :class:`Turnout` s. It is not yet read by the round program, the engine or the
+ledger (the next step: :func:`fplstudy.schedule.round_program` filters a round's items by its turnout, so
+that both walkers, and so both backends and the ledger, follow the same rule).
+
+The model (every rule is in :func:`turnouts`):
+
+- **Absent nodes.** A node is absent for a whole round or present for all of it (a drop-out at the start
+  of a round: no work of an absent node is started, so none is wasted). Either a fixed ``trace``
+  (``{round: absent node names}``) or a per-round, per-node probability ``dropout``, drawn with
+  ``numpy.random.default_rng([seed, round, DROPOUT_STREAM])`` once per plan node in node order; the
+  probability applies to the edge side only (``not Node.on_server``: an edge server on mains power and a
+  wire is taken to stay up; a trace may name any node).
+- **Available branches.** A branch can train when every node of its chain is present: its stages and
+  adapter, and the trunk's stages (a branch of a ``concat`` plan trains with all the others or not at all).
+  A plan that syncs or relays needs its aggregator: without it nothing trains (it coordinates the round).
+- **Participation** (Flower's ``fraction_fit``): of the available branches, ``max(1, floor(fraction_fit
+  × available))`` take part, drawn without replacement with ``default_rng([seed, round,
+  PARTICIPATION_STREAM])``. The others rest.
+- **A lost round**: no branch takes part (a trunk stage or the aggregator absent, or every branch out). It
+  trains nothing and sends nothing.
+- **FedAvg** averages the branches that took part, weighted by their samples; the average goes down to
+  them only. A branch that missed the last effective sync is stale: when it next takes part it first
+  fetches the aggregator's average (``catch_up``), so every branch trains from the latest global model,
+  as a sampled FedAvg client does; the work it did since its last sync and did not deliver is lost. Its
+  optimizer state stays as it was (reset on the catch-up when ``client_optimizer`` is ``reset``, as on a
+  sync).
+- **Split learning's relay** passes the head from the client that trained last (``holder``, possibly in
+  an earlier round) to the next one that takes part. If the holder is absent the head is out of reach:
+  the next client goes on with its own last copy.
+- **Idle time** is priced only for the nodes with a part in the round (``engaged``): the present nodes
+  of the branches that take part, the trunk and the aggregator. A resting or absent node waits for
+  nothing and is priced no idle energy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+DROPOUT_STREAM = 0x64726F70  # 'drop': the random stream of absences, apart from every other draw of the seed
+PARTICIPATION_STREAM = 0x66697421  # 'fit!': the random stream of participation
+
+
+@dataclass(frozen=True)
+class Turnout:
+    """What a round's dynamics leave of the plan.
+
+    Attributes:
+        absent: the plan nodes absent for the round.
+        active: the branches that train in the round, in branch order (empty: the round is lost).
+        syncs: the round ends with a FedAvg of ``active`` (the plan syncs this round and someone trained).
+        catch_up: the branches of ``active`` that first fetch the aggregator's last average.
+        holder: split learning (``turns``): the branch whose head is the latest at the round's start (None:
+            no client has trained yet, or the holder is absent and its head out of reach); None otherwise.
+        engaged: the nodes with a part in the round (idle time is priced for them only).
+    """
+
+    absent: frozenset[str]
+    active: tuple[int, ...]
+    syncs: bool
+    catch_up: tuple[int, ...]
+    holder: int | None
+    engaged: frozenset[str]
+
+    @property
+    def lost(self) -> bool:
+        return not self.active
+
+
+def branch_nodes(plan, d: int) -> frozenset[str]:
+    """The nodes a batch of branch ``d`` runs through: its stages, its adapter and the trunk's stages."""
+    b = plan.branches[d]
+    names = {s.node for s in b.stages} | {s.node for s in plan.trunk}
+    if b.adapter_node:
+        names.add(b.adapter_node)
+    return frozenset(names)
+
+
+def check_trace(plan, trace: dict[int, list[str]], key: str = "dropout_trace") -> dict[int, frozenset[str]]:
+    """``trace`` as ``{round: frozenset of absent nodes}``, refusing a round outside the run or an unknown
+    node with one line naming the entry (:class:`fplstudy.config.ConfigError`)."""
+    from fplstudy.config import ConfigError
+
+    names = [n.name for n in plan.nodes]
+    out: dict[int, frozenset[str]] = {}
+    for rnd, absent in trace.items():
+        if not isinstance(rnd, int) or isinstance(rnd, bool) or not 0 <= rnd < plan.config.rounds:
+            raise ConfigError(f"{key}.{rnd}", absent, f"a trace names rounds 0..{plan.config.rounds - 1} of this run")
+        for name in absent:
+            if name not in names:
+                raise ConfigError(f"{key}.{rnd}", name, f"unknown node; this plan's nodes are {', '.join(names)}")
+        out[rnd] = frozenset(absent)
+    return out
+
+
+def turnouts(plan, fraction_fit: float = 1.0, dropout: float = 0.0,
+             trace: dict[int, list[str]] | None = None) -> list[Turnout]:
+    """Every round's :class:`Turnout` (module docstring), rounds ``0 .. plan.config.rounds - 1``.
+
+    Args:
+        plan: the plan.
+        fraction_fit: the share of available branches that take part in a round, in (0, 1].
+        dropout: the probability that an edge-side node is absent for a round, in [0, 1].
+        trace: ``{round: absent node names}`` instead of ``dropout`` (rounds left out: everyone present).
+
+    Returns:
+        One turnout per round. With ``fraction_fit`` 1, ``dropout`` 0 and no trace every round has every
+        branch and every node, as a plan without dynamics does.
+    """
+    from fplstudy.config import ConfigError
+
+    if not 0 < fraction_fit <= 1:
+        raise ConfigError("fraction_fit", fraction_fit, "the share of branches that take part must lie in (0, 1]")
+    if not 0 <= dropout <= 1:
+        raise ConfigError("dropout", dropout, "a probability must lie in [0, 1]")
+    if trace is not None and dropout > 0:
+        raise ConfigError("dropout", dropout, "give dropout or dropout_trace, not both")
+    absences = check_trace(plan, trace) if trace is not None else {}
+    cfg, D = plan.config, len(plan.branches)
+    chains = [branch_nodes(plan, d) for d in range(D)]
+    everyone = frozenset(n.name for n in plan.nodes)
+    edge = [not n.on_server(plan.junction_at) for n in plan.nodes]
+    coordinated = plan.sync in ("fedavg", "relay")
+    current = [True] * D  # the branch holds the latest average (or the common initial model)
+    holder: int | None = None
+    out: list[Turnout] = []
+    for rnd in range(cfg.rounds):
+        if trace is not None:
+            absent = absences.get(rnd, frozenset())
+        elif dropout > 0:
+            draws = np.random.default_rng([cfg.seed, rnd, DROPOUT_STREAM]).random(len(plan.nodes))
+            absent = frozenset(n.name for n, u, e in zip(plan.nodes, draws, edge) if e and u < dropout)
+        else:
+            absent = frozenset()
+        available = [d for d in range(D) if not chains[d] & absent]
+        if coordinated and plan.aggregator in absent:
+            available = []
+        if plan.schedule == "lockstep" and len(available) < D:
+            available = []
+        if available and fraction_fit < 1:
+            k = max(1, math.floor(fraction_fit * len(available) + 1e-9))
+            if k < len(available):
+                rng = np.random.default_rng([cfg.seed, rnd, PARTICIPATION_STREAM])
+                available = sorted(int(d) for d in rng.choice(available, size=k, replace=False))
+        active = tuple(available)
+        syncs = bool(active) and plan.sync == "fedavg" and (rnd + 1) % plan.sync_every == 0
+        catch_up = tuple(d for d in active if not current[d]) if plan.sync == "fedavg" else ()
+        for d in catch_up:
+            current[d] = True
+        if syncs:
+            current = [d in active for d in range(D)]
+        start = holder if plan.schedule == "turns" and holder is not None and not chains[holder] & absent else None
+        engaged = frozenset().union(*(chains[d] for d in active)) if active else frozenset()
+        if active and plan.aggregator is not None:
+            engaged |= {plan.aggregator}
+        out.append(Turnout(absent, active, syncs, catch_up, start, engaged & everyone))
+        if active and plan.schedule == "turns":
+            holder = active[-1]
+    return out

@@ -42,6 +42,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fplstudy.config import ConfigError
+from fplstudy.schedule import branch_chain, sync_due
+
 DROPOUT_STREAM = 0x64726F70  # 'drop': the random stream of absences, apart from every other draw of the seed
 PARTICIPATION_STREAM = 0x66697421  # 'fit!': the random stream of participation
 
@@ -74,18 +77,12 @@ class Turnout:
 
 def branch_nodes(plan, d: int) -> frozenset[str]:
     """The nodes a batch of branch ``d`` runs through: its stages, its adapter and the trunk's stages."""
-    b = plan.branches[d]
-    names = {s.node for s in b.stages} | {s.node for s in plan.trunk}
-    if b.adapter_node:
-        names.add(b.adapter_node)
-    return frozenset(names)
+    return frozenset(c.node for c in branch_chain(plan, d)) | {s.node for s in plan.trunk}  # concat's chain stops at the join
 
 
 def check_trace(plan, trace: dict[int, list[str]], key: str = "dropout_trace") -> dict[int, frozenset[str]]:
     """``trace`` as ``{round: frozenset of absent nodes}``, refusing a round outside the run or an unknown
     node with one line naming the entry (:class:`fplstudy.config.ConfigError`)."""
-    from fplstudy.config import ConfigError
-
     names = [n.name for n in plan.nodes]
     out: dict[int, frozenset[str]] = {}
     for rnd, absent in trace.items():
@@ -112,8 +109,6 @@ def turnouts(plan, fraction_fit: float = 1.0, dropout: float = 0.0,
         One turnout per round. With ``fraction_fit`` 1, ``dropout`` 0 and no trace every round has every
         branch and every node, as a plan without dynamics does.
     """
-    from fplstudy.config import ConfigError
-
     if not 0 < fraction_fit <= 1:
         raise ConfigError("fraction_fit", fraction_fit, "the share of branches that take part must lie in (0, 1]")
     if not 0 <= dropout <= 1:
@@ -123,7 +118,6 @@ def turnouts(plan, fraction_fit: float = 1.0, dropout: float = 0.0,
     absences = check_trace(plan, trace) if trace is not None else {}
     cfg, D = plan.config, len(plan.branches)
     chains = [branch_nodes(plan, d) for d in range(D)]
-    everyone = frozenset(n.name for n in plan.nodes)
     edge = [not n.on_server(plan.junction_at) for n in plan.nodes]
     coordinated = plan.sync in ("fedavg", "relay")
     current = [True] * D  # the branch holds the latest average (or the common initial model)
@@ -148,7 +142,7 @@ def turnouts(plan, fraction_fit: float = 1.0, dropout: float = 0.0,
                 rng = np.random.default_rng([cfg.seed, rnd, PARTICIPATION_STREAM])
                 available = sorted(int(d) for d in rng.choice(available, size=k, replace=False))
         active = tuple(available)
-        syncs = bool(active) and plan.sync == "fedavg" and (rnd + 1) % plan.sync_every == 0
+        syncs = bool(active) and sync_due(plan, rnd)
         catch_up = tuple(d for d in active if not current[d]) if plan.sync == "fedavg" else ()
         for d in catch_up:
             current[d] = True
@@ -158,7 +152,7 @@ def turnouts(plan, fraction_fit: float = 1.0, dropout: float = 0.0,
         engaged = frozenset().union(*(chains[d] for d in active)) if active else frozenset()
         if active and plan.aggregator is not None:
             engaged |= {plan.aggregator}
-        out.append(Turnout(absent, active, syncs, catch_up, start, engaged & everyone))
+        out.append(Turnout(absent, active, syncs, catch_up, start, engaged))
         if active and plan.schedule == "turns":
             holder = active[-1]
     return out

@@ -407,6 +407,22 @@ class _Choices:
     def ordered(self, where: dict[str, str]) -> dict[str, str]:
         return {n.name: where[n.name] for n in self.plan.nodes}
 
+    def every(self) -> Iterator[dict[str, str]]:
+        """Every placement, in a fixed order (:func:`placements`)."""
+
+        def walk(i: int, where: dict[str, str], used: list[str]) -> Iterator[dict[str, str]]:
+            if i == len(self.movable):
+                yield self.ordered(where)
+                return
+            name = self.movable[i]
+            for point in self.options(name, used):
+                where[name] = point
+                yield from walk(i + 1, where, used + [point])
+                del where[name]
+
+        if self.owners_fit():
+            yield from walk(0, dict(self.fixed), list(self.fixed.values()))
+
 
 def placements(plan: Plan, profiles: Profiles | None = None, twins: bool = True) -> Iterator[dict[str, str]]:
     """Every placement of ``plan``'s nodes on its topology that a search prices, in a fixed order.
@@ -422,34 +438,21 @@ def placements(plan: Plan, profiles: Profiles | None = None, twins: bool = True)
     Yields:
         ``{plan node: topology node}`` for every plan node.
     """
-    space = _Choices(plan, profiles or check_profiles(plan), twins)
-
-    def walk(i: int, where: dict[str, str], used: list[str]) -> Iterator[dict[str, str]]:
-        if i == len(space.movable):
-            yield space.ordered(where)
-            return
-        name = space.movable[i]
-        for point in space.options(name, used):
-            where[name] = point
-            yield from walk(i + 1, where, used + [point])
-            del where[name]
-
-    if space.owners_fit():
-        yield from walk(0, dict(space.fixed), list(space.fixed.values()))
+    yield from _Choices(plan, profiles or check_profiles(plan), twins).every()
 
 
 def _sampled_placements(plan: Plan, profiles: Profiles, limit: int, seed: int) -> tuple[list[dict], bool]:
     """At most ``limit`` placements of :func:`placements`: all of them when there are no more (and True),
     else the plan's own placement and a seeded sample of distinct others (and False), drawn by random walks
     down the same choices (:class:`_Choices`)."""
+    space = _Choices(plan, profiles)  # memory, reach and classes worked out once for the walk and the sample
     every = []
-    for where in placements(plan, profiles):
+    for where in space.every():
         every.append(where)
         if len(every) > limit:
             break
     if len(every) <= limit:
         return every, True
-    space = _Choices(plan, profiles)
     rng = random.Random(f"{plan_key(plan)}:{seed}")
     own = {n.name: n.point for n in plan.nodes}
     chosen = {tuple(own.items()): own}

@@ -197,7 +197,7 @@ def test_the_plan_figure_names_points_and_links(tmp_path):
                        "placement": {"n0": "s0", "n1": "srv", "n2": "gw"}})
     g = plan_graph(resolve(cfg))
     assert [b.device for b in g.boxes] == ["rpi4 on s0", "minipc on srv", "jetson_orin_nano on gw"]
-    assert g.title.endswith(f" On topology {resolve(cfg).site.name}: n0–n1: s0 –radio→ ap –wire→ gw –fibre→ srv; "
+    assert g.title.endswith(" On topology site: n0–n1: s0 –radio→ ap –wire→ gw –fibre→ srv; "
                             "n0–n2: s0 –radio→ ap –wire→ gw; n1–n2: srv –fibre→ gw.")
     plain = plan_graph(resolve(make_config({**SMALL, "strategy": "mp", "nodes": 3})))
     assert "topology" not in plain.title and [b.device for b in plain.boxes] == ["rpi4"] * 3

@@ -226,6 +226,11 @@ class Config(BaseModel):
     sync: Optional[Literal["none", "fedavg", "relay"]] = None  # None = the strategy's own
     sync_every: int = 1  # rounds between syncs
 
+    # --- dynamics: who takes part in a round (dynamics.py)
+    fraction_fit: float = 1.0  # share of the available branches that train in a round (Flower's fraction_fit), in (0, 1]
+    dropout: float = 0.0  # probability that an edge-side node is absent for a round, in [0, 1]
+    dropout_trace: Optional[str] = None  # CSV file round,node of absences instead of dropout
+
     # --- costing (profiles are data files, see profiles.py)
     device: str = "rpi4"  # device profile of data owners and branch stage holders
     server_device: str = "minipc"  # device profile of trunk stage holders and the aggregator
@@ -296,6 +301,12 @@ def _check_ranges(cfg: Config) -> None:
         value = getattr(cfg, key)
         if value is not None and value < 1:
             raise ConfigError(key, value, "must be an integer >= 1 (or left out to derive it)")
+    if not 0 < cfg.fraction_fit <= 1:
+        raise ConfigError("fraction_fit", cfg.fraction_fit, "the share of branches that take part must lie in (0, 1]")
+    if not 0 <= cfg.dropout <= 1:
+        raise ConfigError("dropout", cfg.dropout, "a probability must lie in [0, 1]")
+    if cfg.dropout_trace is not None and cfg.dropout > 0:
+        raise ConfigError("dropout", cfg.dropout, "give dropout or dropout_trace, not both")
     if cfg.junction_at is not None and cfg.junction_at < 0:
         raise ConfigError("junction_at", cfg.junction_at, "must be >= 0 (blocks below the junction)")
     if not cfg.alpha > 0:

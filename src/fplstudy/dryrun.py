@@ -27,13 +27,14 @@ import pandas as pd
 
 from fplstudy.config import Config, ConfigError
 from fplstudy.datasets import DATASET_CLASS_COUNTS, DATASET_META, declared_labels, files_present
+from fplstudy.dynamics import plan_turnouts
 from fplstudy.events import Event
 from fplstudy.ledger import Pricer, price, totals
 from fplstudy.memory import peak_memory
 from fplstudy.partition import load_partitioned, make_partition
 from fplstudy.plan import Plan, resolve
 from fplstudy.profiles import Profiles, check_profiles
-from fplstudy.schedule import BatchStep, item_events, plan_chains, round_batches, round_kind, round_program
+from fplstudy.schedule import BatchStep, everyone, item_events, plan_chains, round_batches, round_program
 
 FROM_FILES, FROM_DECLARED = "files", "declared shape"  # what a dry run's shard sizes were drawn on
 
@@ -73,9 +74,10 @@ def plan_events(plan: Plan, shard_sizes: list[int]) -> list[Event]:
         The event stream of all ``plan.config.rounds`` rounds, in the engine's order.
     """
     batches, chains, programs = round_batches(plan, shard_sizes), plan_chains(plan), {}  # the same every round
+    turnouts = plan_turnouts(plan)
     events: list[Event] = []
     for rnd in range(plan.config.rounds):
-        for item in round_program(plan, batches, rnd, chains, programs):
+        for item in round_program(plan, batches, rnd, chains, programs, turnouts[rnd] if turnouts else None):
             events += item_events(item, rnd)
     return events
 
@@ -89,9 +91,11 @@ class RoundShapes:
     every placement of the plan's nodes and every device and link profile.
 
     Attributes:
-        kinds: the kind (:func:`fplstudy.schedule.round_kind`) of every round, in round order.
-        items: each kind's round program as ``(step, key)`` segments, in order.
-        events: the events of each key (a kind of batch, relay or sync), to be priced as one template.
+        kinds: the kind of every round, in round order: its turnout (:func:`fplstudy.dynamics.plan_turnouts`,
+            :func:`fplstudy.schedule.everyone` without dynamics), which is all the round program reads of it.
+        items: each kind's round program as ``(step, key)`` segments, in order (empty: a lost round).
+        events: the events of each key (a kind of batch, relay, sync or catch-up), to be priced as one
+            template.
     """
 
     kinds: list[tuple]
@@ -101,27 +105,30 @@ class RoundShapes:
 
 def round_shapes(plan: Plan, shard_sizes: list[int]) -> RoundShapes:
     """The :class:`RoundShapes` of ``plan``: each kind of round's program emitted once, each kind of batch
-    (branch and micro-batch sizes), relay and sync's events once."""
+    (branch and micro-batch sizes), relay, sync and catch-up's events once."""
     cfg = plan.config  # what round_batches reads of a plan (Batch is frozen: the lists are shared)
     key = (tuple(shard_sizes), cfg.batch_size, cfg.local_epochs, cfg.micro_batches, plan.schedule)
     if key not in _BATCHES:
         _BATCHES[key] = round_batches(plan, shard_sizes)
     batches = _BATCHES[key]
     chains, programs = plan_chains(plan), {}
-    kinds: list[tuple] = []
-    items: dict[tuple, list[tuple[int, tuple]]] = {}
+    turnouts = plan_turnouts(plan)
+    kinds: list = []
+    items: dict = {}
     events: dict[tuple, list[Event]] = {}
     for rnd in range(cfg.rounds):
-        kind = round_kind(plan, rnd)
+        kind = turnouts[rnd] if turnouts else everyone(plan, rnd)
+        kind = (kind.active, kind.syncs, kind.catch_up, kind.holder, kind.engaged)  # absent: only via engaged
         kinds.append(kind)
         if kind in items:
             continue
         segments = []
-        for item in round_program(plan, batches, rnd, chains, programs):
+        for item in round_program(plan, batches, rnd, chains, programs, turnouts[rnd] if turnouts else None):
             if isinstance(item, BatchStep):
                 key = ("batch", item.batch.branch, item.batch.micro_sizes)
             else:
-                key = (type(item).__name__, getattr(item, "src", None), getattr(item, "dst", None))
+                key = (type(item).__name__, getattr(item, "src", None), getattr(item, "dst", None),
+                       getattr(item, "branches", None))
             if key not in events:
                 events[key] = item_events(item, rnd)
             segments.append((item.batch.step if isinstance(item, BatchStep) else item.step, key))
@@ -129,23 +136,29 @@ def round_shapes(plan: Plan, shard_sizes: list[int]) -> RoundShapes:
     return RoundShapes(kinds, items, events)
 
 
-def price_rounds(pricer: Pricer, shapes: RoundShapes) -> list[tuple] | None:
-    """Every round's :meth:`fplstudy.ledger.Pricer.price_round`, each kind of round priced once; None
-    where the fast schedule does not hold for a round."""
+_LOST = object()  # price_rounds' mark of a lost round's kind
+
+
+def price_rounds(pricer: Pricer, shapes: RoundShapes) -> list[tuple | None] | None:
+    """Every round's :meth:`fplstudy.ledger.Pricer.price_round`, each kind of round priced once (None for
+    a lost round: it costs nothing); None where the fast schedule does not hold for a round."""
     templates: dict[tuple, object] = {}
-    priced: dict[tuple, tuple | None] = {}
-    rounds = []
+    priced: dict = {}
+    rounds: list[tuple | None] = []
     for kind in shapes.kinds:
         if kind not in priced:
-            segments = []
-            for step, key in shapes.items[kind]:
-                if key not in templates:
-                    templates[key] = pricer.template(shapes.events[key])
-                segments.append((step, templates[key]))
-            priced[kind] = pricer.price_round(segments)
+            if not shapes.items[kind]:
+                priced[kind] = _LOST
+            else:
+                segments = []
+                for step, key in shapes.items[kind]:
+                    if key not in templates:
+                        templates[key] = pricer.template(shapes.events[key])
+                    segments.append((step, templates[key]))
+                priced[kind] = pricer.price_round(segments, kind[-1])
         if priced[kind] is None:
             return None
-        rounds.append(priced[kind])
+        rounds.append(None if priced[kind] is _LOST else priced[kind])
     return rounds
 
 

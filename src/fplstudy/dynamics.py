@@ -1,9 +1,9 @@
 """Who takes part in each round: participation, dropout and what a missing node costs a plan.
 
 Issue 13, part 3. This module is the participation model, computed from the plan alone (no tensors, no
-prices), round by round, as :class:`Turnout` s. It is not yet read by the round program, the engine or the
-ledger (the next step: :func:`fplstudy.schedule.round_program` filters a round's items by its turnout, so
-that both walkers, and so both backends and the ledger, follow the same rule).
+prices), round by round, as :class:`Turnout` s (:func:`plan_turnouts` reads the config keys
+``fraction_fit``, ``dropout`` and ``dropout_trace``). :func:`fplstudy.schedule.round_program` builds each
+round from its turnout, so the engine (both backends), the dry run and the ledger follow the same rule.
 
 The model (every rule is in :func:`turnouts`):
 
@@ -37,8 +37,10 @@ The model (every rule is in :func:`turnouts`):
 
 from __future__ import annotations
 
+import csv
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -156,3 +158,41 @@ def turnouts(plan, fraction_fit: float = 1.0, dropout: float = 0.0,
         if active and plan.schedule == "turns":
             holder = active[-1]
     return out
+
+
+def read_trace(path: str | Path, key: str = "dropout_trace") -> dict[int, list[str]]:
+    """A trace file: CSV with the header ``round,node`` and one row per absence (``3,n1``: node n1 is
+    absent in round 3), as ``{round: [nodes]}``. A missing file, another header or a row that is not
+    ``integer,name`` is refused with one line naming the row (:class:`fplstudy.config.ConfigError`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(key, str(path), "no such file; give a CSV with the header round,node")
+    with path.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    if not rows or [c.strip() for c in rows[0]] != ["round", "node"]:
+        raise ConfigError(key, str(path), f"the first line must be the header round,node (it is {','.join(rows[0]) if rows else 'empty'})")
+    out: dict[int, list[str]] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        cells = [c.strip() for c in row]
+        if len(cells) != 2 or not cells[0].lstrip("-").isdigit() or not cells[1]:
+            raise ConfigError(f"{key} line {line}", ",".join(row), "each row is round,node (an integer and a node name)")
+        out.setdefault(int(cells[0]), []).append(cells[1])
+    return out
+
+
+def has_dynamics(cfg) -> bool:
+    """Whether a config asks for any dynamics (else every round is everyone's: :func:`plan_turnouts` is None)."""
+    return cfg.fraction_fit < 1 or cfg.dropout > 0 or cfg.dropout_trace is not None
+
+
+def plan_turnouts(plan) -> list[Turnout] | None:
+    """The turnouts of ``plan`` from its config keys (``fraction_fit``, ``dropout``, ``dropout_trace``), or
+    None for a plan without dynamics (:func:`fplstudy.schedule.everyone` in every round). Bad values and bad
+    trace files are refused with one line (:class:`fplstudy.config.ConfigError`)."""
+    cfg = plan.config
+    if not has_dynamics(cfg):
+        return None
+    trace = read_trace(cfg.dropout_trace) if cfg.dropout_trace is not None else None
+    return turnouts(plan, cfg.fraction_fit, cfg.dropout, trace)

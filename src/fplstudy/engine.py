@@ -32,7 +32,8 @@ from fplstudy.events import Compute, Event, Transfer
 from fplstudy.models import build_model, cut, make_adapter
 from fplstudy.partition import Partition, load_partitioned
 from fplstudy.plan import Plan
-from fplstudy.schedule import (TRUNK, BatchStep, Hop, Join, Loss, Relay, Run, Split, Sync, plan_chains,
+from fplstudy.dynamics import plan_turnouts
+from fplstudy.schedule import (TRUNK, BatchStep, CatchUp, Hop, Join, Loss, Relay, Run, Split, Sync, plan_chains,
                                round_batches, round_program, run_event, sync_item)
 
 
@@ -106,6 +107,7 @@ class Holdings:
     trunk_parts: list[nn.Module]  # [s] trunk stage modules (shared by every branch)
     optimizer: torch.optim.Optimizer | None = None  # SGD over every parameter (updates are per parameter)
     chains: dict[int, list[nn.Module]] = field(default_factory=dict)  # chain -> its modules, a cache
+    average: dict[int, torch.Tensor] = field(default_factory=dict)  # stage position -> the aggregator's last FedAvg
 
     def chain_modules(self, plan: Plan, d: int) -> list[nn.Module]:
         mods: list[nn.Module] = list(self.branch_parts[d])
@@ -277,33 +279,54 @@ def fedavg(vectors: list[torch.Tensor], samples: list[int]) -> torch.Tensor:
 
 def sync_branches(plan: Plan, T: Transport, hold: Holdings, samples: list[int], rnd: int, step: int,
                   item: Sync | None = None) -> None:
-    """FedAvg of every branch stage across branches, through the aggregator (adapters stay local).
+    """FedAvg of every branch stage across the branches that trained, through the aggregator (adapters stay
+    local).
 
-    Walks ``item`` (:func:`fplstudy.schedule.sync_item` of ``step`` when None): per stage position,
-    every copy goes up (where its holder is not the aggregator), the aggregator averages them, and the
-    average comes down.
+    Walks ``item`` (:func:`fplstudy.schedule.sync_item` of ``step`` over every branch when None): per stage
+    position, every copy of ``item.branches`` goes up (where its holder is not the aggregator), the
+    aggregator averages them weighted by their samples, keeps the average (``hold.average``, for a later
+    :func:`catch_up`) and sends it down to them.
     """
     agg = plan.aggregator
-    for st in (item or sync_item(plan, step)).stages:
+    item = item or sync_item(plan, step)
+    weights = [samples[d] for d in item.branches]
+    for st in item.stages:
         received = []
-        for d, (b, hop) in enumerate(zip(plan.branches, st.up)):
-            node = b.stages[st.stage].node
+        for d, hop in zip(item.branches, st.up):
+            node = plan.branches[d].stages[st.stage].node
             vec = _flat_state(hold.branch_parts[d][st.stage]) if T.is_local(node) else None
             if hop is not None:
                 vec = T.move(vec, src=hop.src, dst=hop.dst, kind=hop.kind, shape=hop.shape, dtype=torch.float32,
                              where=(rnd, step, d, -1))
             received.append(vec)
-        avg = fedavg(received, samples) if T.is_local(agg) else None
-        for d, (b, hop) in enumerate(zip(plan.branches, st.down)):
-            node = b.stages[st.stage].node
-            vec = avg
-            if hop is not None:
-                vec = T.move(avg, src=hop.src, dst=hop.dst, kind=hop.kind, shape=hop.shape, dtype=torch.float32,
-                             where=(rnd, step, d, -1))
-            if T.is_local(node):
-                _load_flat(hold.branch_parts[d][st.stage], vec)
-                if plan.config.client_optimizer == "reset":
-                    forget_optimizer_state(hold.optimizer, hold.branch_parts[d][st.stage].parameters())
+        avg = fedavg(received, weights) if T.is_local(agg) else None
+        if avg is not None:
+            hold.average[st.stage] = avg
+        _send_down(plan, T, hold, st, item.branches, avg, rnd, step)
+
+
+def _send_down(plan: Plan, T: Transport, hold: Holdings, st, branches: tuple[int, ...], avg, rnd: int,
+               step: int) -> None:
+    """The average of stage position ``st.stage`` down to ``branches`` (``st.down``): loaded, and the
+    optimizer state of the loaded parameters dropped under ``client_optimizer: reset``."""
+    for d, hop in zip(branches, st.down):
+        node = plan.branches[d].stages[st.stage].node
+        vec = avg
+        if hop is not None:
+            vec = T.move(avg, src=hop.src, dst=hop.dst, kind=hop.kind, shape=hop.shape, dtype=torch.float32,
+                         where=(rnd, step, d, -1))
+        if T.is_local(node):
+            _load_flat(hold.branch_parts[d][st.stage], vec)
+            if plan.config.client_optimizer == "reset":
+                forget_optimizer_state(hold.optimizer, hold.branch_parts[d][st.stage].parameters())
+
+
+def catch_up(plan: Plan, T: Transport, hold: Holdings, item: CatchUp, rnd: int) -> None:
+    """Stale branches fetch the aggregator's last average (:class:`fplstudy.schedule.CatchUp`): what they
+    trained since their last sync is dropped, as a sampled FedAvg client starts from the global model."""
+    for st in item.stages:
+        avg = hold.average[st.stage] if T.is_local(plan.aggregator) else None
+        _send_down(plan, T, hold, st, item.branches, avg, rnd, item.step)
 
 
 def forget_optimizer_state(optimizer: torch.optim.Optimizer, params) -> None:
@@ -396,7 +419,7 @@ class TrainResult:
     Attributes:
         plan: the plan.
         rounds: one dict per completed round (round, train_loss, test_loss_mean, test_acc_mean,
-            test_acc_worst, test_acc_per_branch, wall_s).
+            test_acc_worst, test_acc_per_branch, branches_trained, nodes_absent, wall_s).
         events: the event stream.
         status: ``completed`` or ``diverged``.
         message: why it stopped early ('' when completed).
@@ -464,13 +487,14 @@ def train_state(hold: Holdings, rows: list[dict], events: list[tuple]) -> dict:
     Returns:
         ``format``, ``rounds_completed``, ``modules`` (state dict of every module, in
         :meth:`Holdings.all_modules` order), ``optimizer`` (its state dict: momentum buffers),
-        ``rng`` (:func:`rng_state`), ``rows`` and ``events``. The position in the data order is the
+        ``rng`` (:func:`rng_state`), ``rows``, ``events`` and ``average`` (the aggregator's last FedAvg by
+        stage position, which a stale branch fetches: :func:`catch_up`). The position in the data order is the
         round: every round draws its own permutation of every shard.
     """
     return {"format": CHECKPOINT_FORMAT, "rounds_completed": len(rows),
             "modules": [m.state_dict() for m in hold.all_modules()],
             "optimizer": hold.optimizer.state_dict(), "rng": rng_state(), "rows": [dict(r) for r in rows],
-            "events": list(events)}
+            "events": list(events), "average": {int(k): v for k, v in hold.average.items()}}
 
 
 def _restore(hold: Holdings, state: dict) -> None:
@@ -482,6 +506,7 @@ def _restore(hold: Holdings, state: dict) -> None:
     for mod, sd in zip(mods, state["modules"]):
         mod.load_state_dict(sd)
     hold.optimizer.load_state_dict(state["optimizer"])
+    hold.average = {int(k): v.clone() for k, v in state.get("average", {}).items()}
     set_rng_state(state["rng"])
 
 
@@ -536,15 +561,20 @@ def train(plan: Plan, transport: Transport | None = None, *, progress: bool = Fa
         bar = tqdm(total=cfg.rounds, initial=len(rows), desc=f"{plan.strategy} rounds", unit="round")
     views = [b.view for b in plan.branches]
     batches, chains, programs = round_batches(plan, samples), plan_chains(plan), {}  # the same every round
+    turnouts = plan_turnouts(plan)
     try:
         for rnd in range(len(rows), cfg.rounds):
             order = [_shuffled(sh, cfg, rnd, 0 if plan.schedule == "lockstep" else d)
                      for d, sh in enumerate(shards)]
             pos = [0] * len(shards)
             losses = []
-            for item in round_program(plan, batches, rnd, chains, programs):
+            turnout = turnouts[rnd] if turnouts is not None else None
+            for item in round_program(plan, batches, rnd, chains, programs, turnout):
                 if isinstance(item, Relay):
                     relay(plan, T, hold, item, rnd)
+                    continue
+                if isinstance(item, CatchUp):
+                    catch_up(plan, T, hold, item, rnd)
                     continue
                 if isinstance(item, Sync):
                     sync_branches(plan, T, hold, samples, rnd, item.step, item)
@@ -574,6 +604,8 @@ def train(plan: Plan, transport: Transport | None = None, *, progress: bool = Fa
                 "test_acc_mean": float(np.mean(accs)),
                 "test_acc_worst": float(np.min(accs)),
                 "test_acc_per_branch": " ".join(f"{a:.4f}" for a in accs),
+                "branches_trained": " ".join(str(d) for d in (turnout.active if turnout else range(len(shards)))),
+                "nodes_absent": " ".join(sorted(turnout.absent)) if turnout else "",
                 "wall_s": time.perf_counter() - t0,
             }
             rows.append(row)

@@ -56,9 +56,9 @@ import pandas as pd
 from fplstudy.config import JUNCTIONS, Config, ConfigError, make_config
 from fplstudy.dryrun import RoundShapes, cached_shard_sizes, price_plan, price_rounds, round_shapes
 from fplstudy.events import Transfer
-from fplstudy.ledger import Pricer, totals
+from fplstudy.ledger import Pricer, plan_totals, totals
 from fplstudy.makespan import fast_path_applies
-from fplstudy.memory import memory_rows, misfits, model_size
+from fplstudy.memory import memory_rows, misfits
 from fplstudy.plan import Plan, max_nodes, resolve, training_samples
 from fplstudy.profiles import Profiles, check_profiles
 from fplstudy.strategies import CUTS, STRATEGIES, Axes, strategy
@@ -486,11 +486,7 @@ def price_placements(plan: Plan, wheres: list[dict[str, str]]) -> list[dict[str,
     (:meth:`fplstudy.ledger.Pricer.totals`), with no ledger DataFrame. Equal to :func:`price` to 1e-12."""
     profiles = check_profiles(plan)
     shapes = round_shapes(plan, cached_shard_sizes(plan))
-    pairs = pair_bytes(shapes)
-    size = model_size(plan)  # the plan-only totals (ledger.totals computes them alike; one helper when ledger.py next changes)
-    fixed = {"memory_bytes_max_node": int(max(row[-1] for row in memory_rows(plan))),
-             "model_params": size["model_params"], "model_params_ratio": size["model_params_ratio"],
-             "params_stored_total": size["params_stored_total"]}
+    pairs, fixed = pair_bytes(shapes), plan_totals(plan)
     out = []
     for where in wheres:
         p = placed(plan, where)

@@ -70,6 +70,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fplstudy.dynamics import plan_turnouts
 from fplstudy.events import Compute, Event
 from fplstudy.makespan import (TASK_COMPUTE, TASK_DATA, TASK_DOWN, TASK_UP, fast_path_applies, schedule_fixed_order,
                                schedule_round)
@@ -282,6 +283,7 @@ def price(plan, events: list[Event], profiles: Profiles | None = None, pipeline:
         row[4] += s
         row[5] += e
 
+    turnouts = plan_turnouts(plan)
     makespans: dict[int, float] = {}
     schedules: dict[tuple, object] = {}  # rounds without a sync repeat the same events: schedule once
     for rnd, ids in sorted(by_round.items()):
@@ -307,6 +309,8 @@ def price(plan, events: list[Event], profiles: Profiles | None = None, pipeline:
                 busy[ev.src].append(span)
                 busy[ev.dst].append(span)
         for n in plan.nodes:
+            if turnouts is not None and n.name not in turnouts[rnd].engaged:
+                continue  # absent, or resting with no part in the round: it waits for nothing
             idle = max(0.0, sched.makespan_s - _union_length(busy.get(n.name, [])))
             add((rnd, n.name, "idle"), 0, 0, 0, 0, idle, devices[n.name].idle_w * idle)
 
@@ -431,9 +435,12 @@ class Pricer:
                         np.array(energy, dtype=float), np.array(busy_node, dtype=np.int64),
                         np.array(busy_task, dtype=np.int64))
 
-    def price_round(self, segments: list[tuple[int, Template]]) -> tuple | None:
+    def price_round(self, segments: list[tuple[int, Template]], engaged: frozenset[str] | None = None
+                    ) -> tuple | None:
         """Sums of one round: ``(present, count, flops, tx, rx, seconds, energy, makespan)``, the arrays
-        indexed by ledger entry (``node * len(KINDS) + kind``); None when the fast schedule does not hold."""
+        indexed by ledger entry (``node * len(KINDS) + kind``); None when the fast schedule does not hold.
+        Idle time is priced for the nodes of ``engaged`` only (None: every node; see
+        :class:`fplstudy.dynamics.Turnout`)."""
         sched = schedule_fixed_order(self.plan, [(step, t.tasks) for step, t in segments], self.n_resources,
                                      self.pipeline)
         if sched is None:
@@ -457,17 +464,23 @@ class Pricer:
         union = _union_lengths(node, start[task], finish[task], n)
         makespan = sched.makespan_s
         idle = np.array([max(0.0, makespan - u) for u in union.tolist()])
+        waits = np.ones(n, dtype=bool) if engaged is None else np.array([m in engaged for m in self.names])
+        idle[~waits] = 0.0
         seconds[_IDLE::width] = idle
         energy[_IDLE::width] = self.idle_w * idle
         present = count > 0
-        present[_IDLE::width] = True
+        present[_IDLE::width] = waits
         return present, count, flops, tx, rx, seconds, energy, makespan
 
-    def ledger(self, rounds: list[tuple]) -> pd.DataFrame:
-        """The ledger from each round's :meth:`price_round` (in round order, rounds 0, 1, …)."""
+    def ledger(self, rounds: list[tuple | None]) -> pd.DataFrame:
+        """The ledger from each round's :meth:`price_round` (in round order, rounds 0, 1, …; None: a lost
+        round, which has no rows)."""
         width = len(KINDS)
         parts = []
-        for rnd, (present, count, flops, tx, rx, seconds, energy, makespan) in enumerate(rounds):
+        for rnd, priced in enumerate(rounds):
+            if priced is None:
+                continue
+            present, count, flops, tx, rx, seconds, energy, makespan = priced
             idx = np.flatnonzero(present)
             parts.append((np.full(len(idx), rnd), idx, count[idx], flops[idx], tx[idx], rx[idx], seconds[idx],
                           energy[idx], np.full(len(idx), makespan)))
@@ -488,12 +501,13 @@ class Pricer:
 
     def totals(self, rounds: list[tuple]) -> dict:
         """The ledger parts of :func:`totals` (``flops_total``, ``bytes_total``, ``energy_j``,
-        ``energy_j_max_node``, ``makespan_s``) straight from :meth:`price_round`'s sums, without building
+        ``energy_j_max_node``, ``makespan_s``; :func:`plan_totals` gives the rest) straight from :meth:`price_round`'s sums, without building
         the ledger: the sums run over the ledger's rows in its order (``energy_j_max_node`` adds each node's
         rows one after another where pandas' groupby compensates, so it may differ in the last bits)."""
         width = len(KINDS)
         energy, flops, sent, makespans = [], 0, 0, []
         per_node = np.zeros(len(self.names))
+        rounds = [r for r in rounds if r is not None]  # lost rounds cost nothing
         for present, _count, f, tx, _rx, _seconds, e, makespan in rounds:
             idx = np.flatnonzero(present)
             energy.append(e[idx])
@@ -507,20 +521,26 @@ class Pricer:
                 "makespan_s": float(np.array(makespans, dtype=float).sum())}
 
     def price_events(self, events: list[Event]) -> pd.DataFrame | None:
-        """The ledger of an event stream (rounds 0.. in order); None when a round's fast schedule fails."""
+        """The ledger of an event stream (rounds 0.. in order, a round without events lost); None when a
+        round's fast schedule fails."""
         by_round: dict[int, list[Event]] = defaultdict(list)
         for ev in events:
             by_round[ev.round].append(ev)
-        if sorted(by_round) != list(range(len(by_round))):
-            return None  # rounds without events: leave them to the reference
-        rounds = []
-        for rnd in range(len(by_round)):
+        turnouts = plan_turnouts(self.plan)
+        rounds: list[tuple | None] = []
+        for rnd in range(max(by_round, default=-1) + 1):
+            if not by_round.get(rnd):
+                if turnouts is None or not turnouts[rnd].lost:
+                    return None  # rounds without events that the plan does not lose: leave them to the reference
+                rounds.append(None)
+                continue
             segments: list[tuple[int, list[Event]]] = []
             for ev in by_round[rnd]:
                 if not segments or segments[-1][0] != ev.step:
                     segments.append((ev.step, []))
                 segments[-1][1].append(ev)
-            priced = self.price_round([(step, self.template(evs)) for step, evs in segments])
+            priced = self.price_round([(step, self.template(evs)) for step, evs in segments],
+                                      turnouts[rnd].engaged if turnouts is not None else None)
             if priced is None:
                 return None
             rounds.append(priced)
@@ -560,7 +580,6 @@ def totals(plan, ledger: pd.DataFrame) -> dict:
         ``model_params_ratio`` and ``params_stored_total`` (:func:`fplstudy.memory.model_size`).
     """
     per_node = ledger.groupby("node")["energy_j"].sum()
-    size = model_size(plan)
     # the first makespan of every round, in round order (what groupby("round").first() gives), summed alike
     _, first = np.unique(ledger["round"].to_numpy(), return_index=True)
     makespans = pd.Series(ledger["round_makespan_s"].to_numpy()[first], dtype="float64")
@@ -570,11 +589,17 @@ def totals(plan, ledger: pd.DataFrame) -> dict:
         "energy_j": float(ledger["energy_j"].sum()),
         "energy_j_max_node": float(per_node.max()) if len(per_node) else 0.0,
         "makespan_s": float(makespans.sum()),
-        "memory_bytes_max_node": int(max(row[-1] for row in memory_rows(plan))),
-        "model_params": size["model_params"],
-        "model_params_ratio": size["model_params_ratio"],
-        "params_stored_total": size["params_stored_total"],
+        **plan_totals(plan),
     }
+
+
+def plan_totals(plan) -> dict:
+    """The totals that depend on the plan alone, not on its ledger (the same for every placement and
+    profile): ``memory_bytes_max_node``, ``model_params``, ``model_params_ratio``, ``params_stored_total``."""
+    size = model_size(plan)
+    return {"memory_bytes_max_node": int(max(row[-1] for row in memory_rows(plan))),
+            "model_params": size["model_params"], "model_params_ratio": size["model_params_ratio"],
+            "params_stored_total": size["params_stored_total"]}
 
 
 def write_ledger_csv(ledger: pd.DataFrame, path: str | Path) -> Path:

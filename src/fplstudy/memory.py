@@ -140,7 +140,9 @@ def check_memory(plan, profiles) -> None:
     """
     from fplstudy.profiles import device_key
 
-    for name, need, room in misfits(plan, profiles)[:1]:
+    bad = misfits(plan, profiles)
+    if bad:
+        name, need, room = bad[0]
         node = plan.node(name)
         raise ConfigError(device_key(plan, name), node.device,
                           f"node {name} ({node.role}) needs {need / 1e6:.3g} MB at its peak and the device has "

@@ -369,7 +369,7 @@ def link_words(plan: Plan, arrows: list[Arrow]) -> str:
                    key=lambda p: (order[p[0]], order[p[1]]))
     paths = [f"{a}–{b}: {point[a]}" + "".join(f" –{h.link.name}→ {h.dst}" for h in plan.site.path(point[a], point[b]))
              for a, b in pairs]
-    return f" On topology {plan.site.name}: " + "; ".join(paths) + "." if paths else ""
+    return f" On topology {Path(plan.site.name).stem}: " + "; ".join(paths) + "." if paths else ""
 
 
 def plan_graph(plan: Plan, ledger: Any = None, events: list | None = None, *, costs: bool = True,

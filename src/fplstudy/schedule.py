@@ -395,10 +395,22 @@ class BatchStep:
 
 @dataclass(frozen=True)
 class Sync:
-    """FedAvg at the end of a round, stage position by stage position, through the aggregator."""
+    """FedAvg at the end of a round, stage position by stage position, through the aggregator, of the
+    branches that trained (``branches``; the others neither send nor receive)."""
 
     step: int
     stages: tuple[StageHops, ...]
+    branches: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class CatchUp:
+    """Stale branches fetch the aggregator's last average before their first batch of the round
+    (:mod:`fplstudy.dynamics`): per stage position, ``down[i]`` carries it to ``branches[i]``'s holder."""
+
+    step: int
+    stages: tuple[StageHops, ...]
+    branches: tuple[int, ...]
 
 
 def _params(kind: str, src: str, dst: str, numel: int) -> Hop | None:
@@ -416,23 +428,56 @@ def relay_item(plan, step: int, src: int, dst: int) -> Relay:
     return Relay(step, src, dst, tuple(stages))
 
 
-def sync_item(plan, step: int) -> Sync:
-    """The FedAvg of every branch stage position at ``step`` (adapters stay local)."""
+def sync_item(plan, step: int, branches: tuple[int, ...] | None = None) -> Sync:
+    """The FedAvg of every branch stage position at ``step`` over ``branches`` (None: all; adapters stay
+    local). ``up`` / ``down`` hold one hop per branch of ``branches``, in that order."""
+    agg = plan.aggregator
+    branches = tuple(range(len(plan.branches))) if branches is None else tuple(branches)
+    stages = []
+    for s in range(len(plan.branches[0].stages)):
+        numel = stage_numel(plan, plan.branches[0].stages[s])
+        nodes = [plan.branches[d].stages[s].node for d in branches]
+        stages.append(StageHops(s, numel, tuple(_params("params_up", n, agg, numel) for n in nodes),
+                                tuple(_params("params_down", agg, n, numel) for n in nodes)))
+    return Sync(step, tuple(stages), branches)
+
+
+def catch_up_item(plan, step: int, branches: tuple[int, ...]) -> CatchUp:
+    """The fetch of the aggregator's last average by the stale ``branches`` at ``step``."""
     agg = plan.aggregator
     stages = []
     for s in range(len(plan.branches[0].stages)):
         numel = stage_numel(plan, plan.branches[0].stages[s])
-        nodes = [b.stages[s].node for b in plan.branches]
-        stages.append(StageHops(s, numel, tuple(_params("params_up", n, agg, numel) for n in nodes),
-                                tuple(_params("params_down", agg, n, numel) for n in nodes)))
-    return Sync(step, tuple(stages))
+        stages.append(StageHops(s, numel, (), tuple(_params("params_down", agg, plan.branches[d].stages[s].node,
+                                                            numel) for d in branches)))
+    return CatchUp(step, tuple(stages), tuple(branches))
+
+
+def everyone(plan, rnd: int):
+    """The turnout of a round without dynamics (:class:`fplstudy.dynamics.Turnout`'s fields, as a plain
+    namespace: this module does not import dynamics): every branch trains, the round syncs when due, SL's
+    head comes from the last client (none before the run's first turn), every node is priced."""
+    D = len(plan.branches)
+    holder = (D - 1 if rnd > 0 else None) if plan.schedule == "turns" else None
+    return _Everyone(frozenset(), tuple(range(D)), sync_due(plan, rnd), (), holder,
+                     frozenset(n.name for n in plan.nodes))
+
+
+@dataclass(frozen=True)
+class _Everyone:
+    absent: frozenset
+    active: tuple
+    syncs: bool
+    catch_up: tuple
+    holder: int | None
+    engaged: frozenset
 
 
 def round_program(plan, batches: list[Batch], rnd: int, chains: Chains | None = None,
-                  ops: dict | None = None) -> list:
-    """What round ``rnd`` does, in order: a :class:`Relay` before each SL turn (not before the first
-    turn of the run), a :class:`BatchStep` per batch, and a :class:`Sync` at the end of a round that
-    syncs.
+                  ops: dict | None = None, turnout=None) -> list:
+    """What round ``rnd`` does, in order: a :class:`CatchUp` of the stale branches, a :class:`Relay` before
+    each SL turn (from the head's holder; none before the run's first turn), a :class:`BatchStep` per batch
+    of a branch that trains, and a :class:`Sync` of those branches at the end of a round that syncs.
 
     Args:
         plan: the plan.
@@ -441,29 +486,33 @@ def round_program(plan, batches: list[Batch], rnd: int, chains: Chains | None = 
         chains: :func:`plan_chains` (computed when None).
         ops: a cache of :func:`micro_program` by branch, kept by the caller across rounds (the
             programs then build each kind of micro-batch's events once).
+        turnout: who takes part (:func:`fplstudy.dynamics.turnouts`); None = everyone (:func:`everyone`).
+            A lost round (no branch) has no items. A branch keeps its batches' step numbers.
     """
     chains = chains or plan_chains(plan)
     ops = {} if ops is None else ops
-    D = len(plan.branches)
+    turnout = turnout if turnout is not None else everyone(plan, rnd)
+    active = set(turnout.active)
     out: list = []
-    turn = None
+    if not active:
+        return out
+    if turnout.catch_up:
+        first = next(b.step for b in batches if b.branch < 0 or b.branch in active)
+        out.append(catch_up_item(plan, first, turnout.catch_up))
+    turn, prev = None, turnout.holder
     for batch in batches:
+        if batch.branch >= 0 and batch.branch not in active:
+            continue
         if plan.schedule == "turns" and batch.branch != turn:
-            if D > 1 and not (rnd == 0 and turn is None):
-                out.append(relay_item(plan, batch.step, (batch.branch - 1) % D, batch.branch))
-            turn = batch.branch
+            if prev is not None and prev != batch.branch:
+                out.append(relay_item(plan, batch.step, prev, batch.branch))
+            turn = prev = batch.branch
         if batch.branch not in ops:
             ops[batch.branch] = micro_program(plan, chains, batch.branch)
         out.append(BatchStep(batch, ops[batch.branch]))
-    if sync_due(plan, rnd):
-        out.append(sync_item(plan, len(batches)))
+    if turnout.syncs:
+        out.append(sync_item(plan, len(batches), turnout.active))
     return out
-
-
-def round_kind(plan, rnd: int) -> tuple[bool, bool]:
-    """What :func:`round_program` reads of ``rnd``: whether it is the first round of SL turns (no
-    hand-over before the first client) and whether the round syncs. Rounds of one kind are the same."""
-    return plan.schedule == "turns" and rnd == 0, sync_due(plan, rnd)
 
 
 def item_events(item, rnd: int) -> list:
@@ -478,4 +527,4 @@ def item_events(item, rnd: int) -> list:
         return [hop_event(h, (rnd, item.step, item.dst, -1)) for st in item.stages for h in (*st.up, *st.down)
                 if h is not None]
     return [hop_event(h, (rnd, item.step, d, -1)) for st in item.stages for hops in (st.up, st.down)
-            for d, h in enumerate(hops) if h is not None]
+            for d, h in zip(item.branches, hops) if h is not None]

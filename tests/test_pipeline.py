@@ -36,7 +36,11 @@ REDUCED = {"study": {
                  "size_delta": 0.1, "confidence": 0.95}},
     # the scale stage, reduced: one small model on MNIST's declared shape (no files), seconds
     "scale": {"dataset": "mnist", "models": ["cnn"], "strategies": ["fl", "mp", "fpl"], "nodes": [2],
-              "crossover": {"nodes": 2, "train_samples": [100, 200], "against": ["mp"]}}}
+              "crossover": {"nodes": 2, "train_samples": [100, 200], "against": ["mp"]}},
+    # the dropout sweep, reduced: two strategies on 3 nodes, two rates, two seeds
+    "dynamics": {"train": {"dataset": "digits", "max_train_samples": 96, "rounds": 2, "batch_size": 16, "threads": 1},
+                 "strategies": {"fpl": {"nodes": 3}, "fl": {"nodes": 3}}, "dropout": [0, 0.5], "seeds": [0, 1],
+                 "workers": 2, "kernels": "avx2"}}
 
 
 def _sh(args: list[str], cwd: Path, env: dict) -> str:

@@ -33,6 +33,7 @@ JUNCTIONS = ("shared", "adapter", "concat")  # the junction modes (DESIGN.md, "V
 SEED_MAX = 2**32 - 1  # numpy.random.seed's and scikit-learn's random_state range is 0..2**32 - 1
 FLOAT32_MAX = 3.4028234663852886e38  # torch's SGD casts lr and weight_decay to float32 (overflow above)
 MAX_ROUNDS = 100_000  # sanity bound: far beyond any FL study (hundreds to a few thousand rounds)
+MAX_SLOWDOWN = 1000.0  # sanity bound of straggler_slowdown: a straggler at most a thousand times slower
 MAX_LOCAL_EPOCHS = 10_000  # sanity bound on passes over a shard per round
 
 _REPR = reprlib.Repr()  # bounded repr: a value in a message stays one short line (no YAML alias bomb)
@@ -230,6 +231,9 @@ class Config(BaseModel):
     fraction_fit: float = 1.0  # share of the available branches that train in a round (Flower's fraction_fit), in (0, 1]
     dropout: float = 0.0  # probability that an edge-side node is absent for a round, in [0, 1]
     dropout_trace: Optional[str] = None  # CSV file round,node of absences instead of dropout
+    straggler_prob: float = 0.0  # probability that an edge-side node is a straggler for a round, in [0, 1]
+    straggler_slowdown: float = 1.0  # a straggler's computes take this many times as long (>= 1)
+    round_deadline_s: Optional[float] = None  # seconds into a FedAvg round after which late branches are dropped
 
     # --- costing (profiles are data files, see profiles.py)
     device: str = "rpi4"  # device profile of data owners and branch stage holders
@@ -307,6 +311,14 @@ def _check_ranges(cfg: Config) -> None:
         raise ConfigError("dropout", cfg.dropout, "a probability must lie in [0, 1]")
     if cfg.dropout_trace is not None and cfg.dropout > 0:
         raise ConfigError("dropout", cfg.dropout, "give dropout or dropout_trace, not both")
+    if not 0 <= cfg.straggler_prob <= 1:
+        raise ConfigError("straggler_prob", cfg.straggler_prob, "a probability must lie in [0, 1]")
+    if not 1 <= cfg.straggler_slowdown <= MAX_SLOWDOWN:
+        raise ConfigError("straggler_slowdown", cfg.straggler_slowdown,
+                          f"a straggler's computes take this many times as long: give a number in [1, {MAX_SLOWDOWN:g}]")
+    if cfg.round_deadline_s is not None and not (math.isfinite(cfg.round_deadline_s) and cfg.round_deadline_s > 0):
+        raise ConfigError("round_deadline_s", cfg.round_deadline_s,
+                          "give the seconds into a round after which late branches are dropped (> 0), or leave it out")
     if cfg.junction_at is not None and cfg.junction_at < 0:
         raise ConfigError("junction_at", cfg.junction_at, "must be >= 0 (blocks below the junction)")
     if not cfg.alpha > 0:

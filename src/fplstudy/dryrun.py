@@ -20,16 +20,18 @@ was. A seeded training subset (``max_train_samples``) of a label-skewed partitio
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
 from fplstudy.config import Config, ConfigError
 from fplstudy.datasets import DATASET_CLASS_COUNTS, DATASET_META, declared_labels, files_present
-from fplstudy.dynamics import plan_turnouts
+from fplstudy.dynamics import check_deadline, plan_turnouts, planned_turnouts
 from fplstudy.events import Event
-from fplstudy.ledger import Pricer, price, totals
+from fplstudy.ledger import Pricer, event_costs, price, totals
+from fplstudy.makespan import schedule_round
 from fplstudy.memory import peak_memory
 from fplstudy.partition import load_partitioned, make_partition
 from fplstudy.plan import Plan, resolve
@@ -117,8 +119,9 @@ def round_shapes(plan: Plan, shard_sizes: list[int]) -> RoundShapes:
     items: dict = {}
     events: dict[tuple, list[Event]] = {}
     for rnd in range(cfg.rounds):
-        kind = turnouts[rnd] if turnouts else everyone(plan, rnd)
-        kind = (kind.active, kind.syncs, kind.catch_up, kind.holder, kind.engaged)  # absent: only via engaged
+        t = turnouts[rnd] if turnouts else everyone(plan, rnd)
+        kind = (t.active, t.syncs, t.catch_up, t.holder, t.late, t.kept, t.slow, t.wait_s,
+                t.engaged)  # absent: only via engaged; engaged last (price_rounds reads it there)
         kinds.append(kind)
         if kind in items:
             continue
@@ -142,7 +145,7 @@ _LOST = object()  # price_rounds' mark of a lost round's kind
 def price_rounds(pricer: Pricer, shapes: RoundShapes) -> list[tuple | None] | None:
     """Every round's :meth:`fplstudy.ledger.Pricer.price_round`, each kind of round priced once (None for
     a lost round: it costs nothing); None where the fast schedule does not hold for a round."""
-    templates: dict[tuple, object] = {}
+    templates: dict[tuple, object] = {}  # by (item key, the round's stragglers)
     priced: dict = {}
     rounds: list[tuple | None] = []
     for kind in shapes.kinds:
@@ -151,11 +154,12 @@ def price_rounds(pricer: Pricer, shapes: RoundShapes) -> list[tuple | None] | No
                 priced[kind] = _LOST
             else:
                 segments = []
+                slow = kind[-3]
                 for step, key in shapes.items[kind]:
-                    if key not in templates:
-                        templates[key] = pricer.template(shapes.events[key])
-                    segments.append((step, templates[key]))
-                priced[kind] = pricer.price_round(segments, kind[-1])
+                    if (key, slow) not in templates:
+                        templates[(key, slow)] = pricer.template(shapes.events[key], dict(slow))
+                    segments.append((step, templates[(key, slow)]))
+                priced[kind] = pricer.price_round(segments, kind[-1], kind[-2])
         if priced[kind] is None:
             return None
         rounds.append(None if priced[kind] is _LOST else priced[kind])
@@ -289,6 +293,52 @@ def dry_run(cfg_or_plan: Config | Plan, *, shards: list[int] | None = None,
     profiles = profiles or check_profiles(plan)
     source = priced_from(plan)
     sizes = list(shards) if shards is not None else shard_sizes(plan)
+    plan = settle_deadline(plan, sizes, profiles)
     events = plan_events(plan, sizes)
     ledger = price(plan, events, profiles)
     return DryRun(plan, sizes, events, ledger, totals(plan, ledger), peak_memory(plan), source)
+
+
+def settle_deadline(plan: Plan, shard_sizes: list[int], profiles: Profiles | None = None) -> Plan:
+    """``plan`` with every round's turnout settled under its ``round_deadline_s`` (the plan itself when it
+    has none, or is settled already): :attr:`fplstudy.plan.Plan.turnouts`, which the engine, the dry run and
+    the ledger then read (:func:`fplstudy.dynamics.plan_turnouts`).
+
+    Round by round, in order (a late branch is stale afterwards, which changes the next rounds' catch-ups):
+    a round that ends with a FedAvg is scheduled as planned, every branch that takes part syncing
+    (:func:`fplstudy.makespan.schedule_round` on the round's events priced with its stragglers); a branch
+    whose last ``params_up`` finishes after the deadline is late, and keeps the batches it started before
+    the deadline (see :mod:`fplstudy.dynamics`, *Round deadline*).
+    """
+    cfg = plan.config
+    if cfg.round_deadline_s is None or plan.turnouts is not None:
+        return plan
+    check_deadline(plan)
+    profiles = profiles or check_profiles(plan)
+    deadline = cfg.round_deadline_s
+    batches, chains, programs = round_batches(plan, shard_sizes), plan_chains(plan), {}
+    late: dict[int, dict[int, int]] = {}
+    for rnd in range(cfg.rounds):
+        planned = planned_turnouts(plan, late)
+        t = planned[rnd]
+        if not t.syncs:
+            continue
+        events = [ev for item in round_program(plan, batches, rnd, chains, programs, t)
+                  for ev in item_events(item, rnd)]
+        _, seconds = event_costs(replace(plan, turnouts=tuple(planned)), events, profiles)
+        sched = schedule_round(plan, events, seconds)
+        arrival: dict[int, float] = {}
+        step_start: dict[tuple[int, int], float] = {}  # (branch, step) -> when its first event started
+        for ev, begin, end in zip(events, sched.start, sched.finish):
+            if ev.micro == -1:
+                if ev.kind == "params_up":
+                    arrival[ev.branch] = max(arrival.get(ev.branch, 0.0), end)
+            elif ev.branch >= 0:
+                step_start[(ev.branch, ev.step)] = min(step_start.get((ev.branch, ev.step), math.inf), begin)
+        dropped = {}
+        for d in t.active:
+            if arrival.get(d, 0.0) > deadline:
+                dropped[d] = sum(1 for (b, _), begin in step_start.items() if b == d and begin < deadline)
+        if dropped:
+            late[rnd] = dropped
+    return replace(plan, turnouts=tuple(planned_turnouts(plan, late)))

@@ -2,7 +2,9 @@
 
 Issue 13, part 3. This module is the participation model, computed from the plan alone (no tensors, no
 prices), round by round, as :class:`Turnout` s (:func:`plan_turnouts` reads the config keys
-``fraction_fit``, ``dropout`` and ``dropout_trace``). :func:`fplstudy.schedule.round_program` builds each
+``fraction_fit``, ``dropout``, ``dropout_trace``, ``straggler_prob``, ``straggler_slowdown`` and
+``round_deadline_s``; only the deadline needs prices: :func:`fplstudy.dryrun.settle_deadline` decides which
+branches are late and hands :func:`turnouts` its decisions). :func:`fplstudy.schedule.round_program` builds each
 round from its turnout, so the engine (both backends), the dry run and the ledger follow the same rule.
 
 The model (every rule is in :func:`turnouts`):
@@ -30,6 +32,21 @@ The model (every rule is in :func:`turnouts`):
 - **Split learning's relay** passes the head from the client that trained last (``holder``, possibly in
   an earlier round) to the next one that takes part. If the holder is absent the head is out of reach:
   the next client goes on with its own last copy.
+- **Stragglers.** With ``straggler_prob`` p and ``straggler_slowdown`` f, each edge-side node is a straggler
+  for a round with probability p (``default_rng([seed, round, STRAGGLER_STREAM])``, one draw per plan node
+  in node order, whatever its presence): its computes in that round take f times as long, at its active
+  power, so f times the joules (the device is slower, not idle: throttled, or shared with other work whose
+  joules it pays). A straggler that is not late changes only time and energy (:attr:`Turnout.slow`).
+- **Round deadline** (``round_deadline_s``, plans that sync with FedAvg in interleaved batches: fl, sfl,
+  fpl). In a round that ends with a FedAvg, a branch whose update would reach the aggregator later than
+  the deadline (seconds from the round's start, by the cost model with the round's stragglers,
+  :func:`fplstudy.dryrun.settle_deadline`) is *late*: told the round is closed, it stops at its first
+  batch boundary after the deadline (a client checks its time budget between batches), so it runs the
+  batches it started before the deadline, the one in flight included (done, priced, and wasted), sends no
+  update, and is stale (it catches up when it next takes part). The aggregator waits until the deadline,
+  then averages the branches that were on time (none: no average that round) and sends it down to them:
+  such a round lasts at least the deadline, and until the late branch's last batch ends. Rounds without a
+  FedAvg have no deadline.
 - **Idle time** is priced only for the nodes with a part in the round (``engaged``): the present nodes
   of the branches that take part, the trunk and the aggregator. A resting or absent node waits for
   nothing and is priced no idle energy.
@@ -49,6 +66,7 @@ from fplstudy.schedule import branch_chain, sync_due
 
 DROPOUT_STREAM = 0x64726F70  # 'drop': the random stream of absences, apart from every other draw of the seed
 PARTICIPATION_STREAM = 0x66697421  # 'fit!': the random stream of participation
+STRAGGLER_STREAM = 0x736C6F77  # 'slow': the random stream of stragglers
 
 
 @dataclass(frozen=True)
@@ -63,6 +81,13 @@ class Turnout:
         holder: split learning (``turns``): the branch whose head is the latest at the round's start (None:
             no client has trained yet, or the holder is absent and its head out of reach); None otherwise.
         engaged: the nodes with a part in the round (idle time is priced for them only).
+        slow: ``((node, slowdown), ...)`` of the round's stragglers, in node order (their computes take
+            ``slowdown`` times as long and cost as much more energy).
+        late: the branches of ``active`` that miss the round's deadline (they are left out of the FedAvg).
+        kept: ``((branch, batches), ...)``: each late branch runs only its first ``batches`` batches (those
+            it started before the deadline).
+        wait_s: the round's deadline when a branch is late (the aggregator waits until then before it
+            averages; the round lasts at least that long), else 0.
     """
 
     absent: frozenset[str]
@@ -71,6 +96,10 @@ class Turnout:
     catch_up: tuple[int, ...]
     holder: int | None
     engaged: frozenset[str]
+    slow: tuple[tuple[str, float], ...] = ()
+    late: tuple[int, ...] = ()
+    kept: tuple[tuple[int, int], ...] = ()
+    wait_s: float = 0.0
 
     @property
     def lost(self) -> bool:
@@ -98,7 +127,9 @@ def check_trace(plan, trace: dict[int, list[str]], key: str = "dropout_trace") -
 
 
 def turnouts(plan, fraction_fit: float = 1.0, dropout: float = 0.0,
-             trace: dict[int, list[str]] | None = None) -> list[Turnout]:
+             trace: dict[int, list[str]] | None = None, straggler_prob: float = 0.0,
+             straggler_slowdown: float = 1.0, late: dict[int, dict[int, int]] | None = None,
+             deadline_s: float = 0.0) -> list[Turnout]:
     """Every round's :class:`Turnout` (module docstring), rounds ``0 .. plan.config.rounds - 1``.
 
     Args:
@@ -106,6 +137,11 @@ def turnouts(plan, fraction_fit: float = 1.0, dropout: float = 0.0,
         fraction_fit: the share of available branches that take part in a round, in (0, 1].
         dropout: the probability that an edge-side node is absent for a round, in [0, 1].
         trace: ``{round: absent node names}`` instead of ``dropout`` (rounds left out: everyone present).
+        straggler_prob: the probability that an edge-side node is a straggler for a round, in [0, 1].
+        straggler_slowdown: a straggler's computes take this many times as long (>= 1).
+        late: ``{round: {late branch: batches it finished by the deadline}}``, the deadline's decisions
+            (:func:`fplstudy.dryrun.settle_deadline`); a late branch of a round must take part in it.
+        deadline_s: the round deadline (``wait_s`` of a round with a late branch).
 
     Returns:
         One turnout per round. With ``fraction_fit`` 1, ``dropout`` 0 and no trace every round has every
@@ -117,7 +153,10 @@ def turnouts(plan, fraction_fit: float = 1.0, dropout: float = 0.0,
         raise ConfigError("dropout", dropout, "a probability must lie in [0, 1]")
     if trace is not None and dropout > 0:
         raise ConfigError("dropout", dropout, "give dropout or dropout_trace, not both")
+    if not 0 <= straggler_prob <= 1:
+        raise ConfigError("straggler_prob", straggler_prob, "a probability must lie in [0, 1]")
     absences = check_trace(plan, trace) if trace is not None else {}
+    late = late or {}
     cfg, D = plan.config, len(plan.branches)
     chains = [branch_nodes(plan, d) for d in range(D)]
     edge = [not n.on_server(plan.junction_at) for n in plan.nodes]
@@ -144,17 +183,30 @@ def turnouts(plan, fraction_fit: float = 1.0, dropout: float = 0.0,
                 rng = np.random.default_rng([cfg.seed, rnd, PARTICIPATION_STREAM])
                 available = sorted(int(d) for d in rng.choice(available, size=k, replace=False))
         active = tuple(available)
-        syncs = bool(active) and sync_due(plan, rnd)
+        dropped = tuple(sorted(late.get(rnd, {})))
+        if not set(dropped) <= set(active):
+            raise ValueError(f"round {rnd}: late branches {dropped} must take part (active {active})")
+        on_time = tuple(d for d in active if d not in dropped)
+        syncs = bool(on_time) and sync_due(plan, rnd)
         catch_up = tuple(d for d in active if not current[d]) if plan.sync == "fedavg" else ()
         for d in catch_up:
             current[d] = True
         if syncs:
-            current = [d in active for d in range(D)]
+            current = [d in on_time for d in range(D)]
+        for d in dropped:  # its update is dropped: it is stale until it fetches the average
+            current[d] = False
+        slow: tuple = ()
+        if straggler_prob > 0 and straggler_slowdown != 1:
+            draws = np.random.default_rng([cfg.seed, rnd, STRAGGLER_STREAM]).random(len(plan.nodes))
+            slow = tuple((n.name, float(straggler_slowdown)) for n, u, e in zip(plan.nodes, draws, edge)
+                         if e and u < straggler_prob and n.name not in absent)
         start = holder if plan.schedule == "turns" and holder is not None and not chains[holder] & absent else None
         engaged = frozenset().union(*(chains[d] for d in active)) if active else frozenset()
         if active and plan.aggregator is not None:
             engaged |= {plan.aggregator}
-        out.append(Turnout(absent, active, syncs, catch_up, start, engaged))
+        kept = tuple(sorted(late.get(rnd, {}).items()))
+        out.append(Turnout(absent, active, syncs, catch_up, start, engaged, slow, dropped, kept,
+                           float(deadline_s) if dropped else 0.0))
         if active and plan.schedule == "turns":
             holder = active[-1]
     return out
@@ -184,15 +236,41 @@ def read_trace(path: str | Path, key: str = "dropout_trace") -> dict[int, list[s
 
 def has_dynamics(cfg) -> bool:
     """Whether a config asks for any dynamics (else every round is everyone's: :func:`plan_turnouts` is None)."""
-    return cfg.fraction_fit < 1 or cfg.dropout > 0 or cfg.dropout_trace is not None
+    return (cfg.fraction_fit < 1 or cfg.dropout > 0 or cfg.dropout_trace is not None
+            or (cfg.straggler_prob > 0 and cfg.straggler_slowdown != 1) or cfg.round_deadline_s is not None)
 
 
-def plan_turnouts(plan) -> list[Turnout] | None:
-    """The turnouts of ``plan`` from its config keys (``fraction_fit``, ``dropout``, ``dropout_trace``), or
-    None for a plan without dynamics (:func:`fplstudy.schedule.everyone` in every round). Bad values and bad
-    trace files are refused with one line (:class:`fplstudy.config.ConfigError`)."""
+def check_deadline(plan) -> None:
+    """Refuse ``round_deadline_s`` on a plan it does not apply to, in one line (:class:`ConfigError`)."""
+    cfg = plan.config
+    if cfg.round_deadline_s is not None and (plan.sync != "fedavg" or plan.schedule != "interleaved"):
+        raise ConfigError("round_deadline_s", cfg.round_deadline_s,
+                          f"a deadline drops late updates from a FedAvg; strategy {plan.strategy} (sync "
+                          f"{plan.sync}, {plan.schedule} batches) has none to drop: leave it out")
+
+
+def planned_turnouts(plan, late: dict[int, dict[int, int]] | None = None) -> list[Turnout] | None:
+    """The turnouts of ``plan`` from its config keys with the deadline's decisions ``late`` (None: no branch
+    late), or None for a plan without dynamics. Bad values and bad trace files are refused with one line
+    (:class:`fplstudy.config.ConfigError`)."""
     cfg = plan.config
     if not has_dynamics(cfg):
         return None
+    check_deadline(plan)
     trace = read_trace(cfg.dropout_trace) if cfg.dropout_trace is not None else None
-    return turnouts(plan, cfg.fraction_fit, cfg.dropout, trace)
+    return turnouts(plan, cfg.fraction_fit, cfg.dropout, trace, cfg.straggler_prob, cfg.straggler_slowdown,
+                    late, cfg.round_deadline_s or 0.0)
+
+
+def plan_turnouts(plan) -> list[Turnout] | None:
+    """The turnouts of ``plan`` (:func:`planned_turnouts`), or None for a plan without dynamics
+    (:func:`fplstudy.schedule.everyone` in every round). A plan with a ``round_deadline_s`` must have been
+    settled first (:func:`fplstudy.dryrun.settle_deadline`, which :func:`fplstudy.runner.prepare` and
+    :func:`fplstudy.dryrun.dry_run` call): its turnouts are then :attr:`fplstudy.plan.Plan.turnouts`."""
+    if plan.turnouts is not None:
+        return list(plan.turnouts)
+    if plan.config.round_deadline_s is not None:
+        check_deadline(plan)
+        raise RuntimeError("a plan with round_deadline_s is priced and run only once settled: "
+                           "plan = fplstudy.dryrun.settle_deadline(plan, shard_sizes, profiles)")
+    return planned_turnouts(plan)

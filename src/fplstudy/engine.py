@@ -147,6 +147,9 @@ def build_holdings(plan: Plan) -> Holdings:
     # the batch -- those of the modules it ran through -- are updated.
     params = [p for mod in hold.all_modules() for p in mod.parameters()]
     hold.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.round_deadline_s is not None and plan.sync == "fedavg":
+        # the aggregator holds the common initial model: a branch late before the first FedAvg fetches it
+        hold.average = {s: _flat_state(part).clone() for s, part in enumerate(branch_parts[0])}
     return hold
 
 
@@ -605,6 +608,7 @@ def train(plan: Plan, transport: Transport | None = None, *, progress: bool = Fa
                 "test_acc_worst": float(np.min(accs)),
                 "test_acc_per_branch": " ".join(f"{a:.4f}" for a in accs),
                 "branches_trained": " ".join(str(d) for d in (turnout.active if turnout else range(len(shards)))),
+                "branches_late": " ".join(str(d) for d in turnout.late) if turnout else "",
                 "nodes_absent": " ".join(sorted(turnout.absent)) if turnout else "",
                 "wall_s": time.perf_counter() - t0,
             }

@@ -597,6 +597,10 @@ def explore(base: Config | dict | None = None, nodes: int | None = None, *,
     for o in objectives:
         if o not in COST_COLUMNS:
             raise ConfigError("objectives", o, f"choose among {', '.join(COST_COLUMNS)}")
+    if base.round_deadline_s is not None:
+        raise ConfigError("round_deadline_s", base.round_deadline_s, "explore prices plans without a round deadline "
+                          "(which branches are late is settled per run): leave it out, or price one plan with "
+                          "fplstudy cost")
     if search_placement and base.topology is None:
         raise ConfigError("search_placement", True, "searches placements on a topology; give the base config "
                                                     "topology: FILE (or a shipped name: fog_wifi, …)")

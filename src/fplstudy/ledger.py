@@ -25,13 +25,14 @@ bytes_tx            int      payload bytes sent (numel × element size, no frami
 bytes_rx            int      payload bytes received
 seconds             float    compute: FLOPs / device FLOP/s + the device's call overhead (default 0;
                              with per-block rates, Σ block FLOPs / block FLOP/s, plus each block's
-                             fixed seconds per call where given: :func:`price_compute`);
+                             fixed seconds per call where given: :func:`price_compute`;
+                             a straggler's: its slowdown times that, :func:`slowdowns`);
                              message: bits / link rate + latency (on a topology: Σ over the
                              path's hops, store-and-forward), counted at the sender *and* at
                              the receiver (both radios are busy);
                              idle: round makespan − the time the node computed or communicated
                              (union of its intervals in the schedule, :mod:`fplstudy.makespan`)
-energy_j            float    compute: active W × seconds; message: bits × tx J/bit at the sender,
+energy_j            float    compute: active W × seconds (a straggler's: its slowdown times it); message: bits × tx J/bit at the sender,
                              bits × rx J/bit at the receiver (on a topology: of their own hops; a
                              plan node that relays it gets a ``relay`` row: both of its hops' joules
                              and the bytes in bytes_tx and bytes_rx, no seconds: :func:`message_pricer`);
@@ -199,10 +200,18 @@ def message_pricer(plan, profiles: Profiles):
     return priced
 
 
+def slowdowns(plan) -> dict[int, dict[str, float]]:
+    """``{round: {node: slowdown}}`` of the plan's stragglers (:attr:`fplstudy.dynamics.Turnout.slow`)."""
+    turnouts = plan_turnouts(plan)
+    return {rnd: dict(t.slow) for rnd, t in enumerate(turnouts) if t.slow} if turnouts else {}
+
+
 def _event_prices(plan, events: list[Event], profiles: Profiles) -> tuple[list[int], list[float], list[tuple]]:
     """FLOPs, seconds and energy of every event: a compute's ``(energy_j,)``, a message's ``(tx_j, rx_j,
-    relays)`` (:func:`message_pricer`)."""
+    relays)`` (:func:`message_pricer`). A straggler's compute takes its slowdown times the seconds and the
+    joules (:func:`slowdowns`)."""
     message = message_pricer(plan, profiles)
+    slow = slowdowns(plan)
     nodes = {n.name: n for n in plan.nodes}
     devices = {n.name: profiles.device(n.device) for n in plan.nodes}
     cache: dict[tuple, tuple[int, tuple]] = {}
@@ -213,6 +222,9 @@ def _event_prices(plan, events: list[Event], profiles: Profiles) -> tuple[list[i
             if key not in cache:
                 cache[key] = _chunk(plan, ev)
             f, s, e = _price_call(plan.model, devices[ev.node], cache[key], ev.samples)
+            factor = slow.get(ev.round, {}).get(ev.node)
+            if factor is not None:
+                s, e = s * factor, e * factor
             flops.append(f)
             seconds.append(s)
             energy.append((e,))
@@ -288,9 +300,12 @@ def price(plan, events: list[Event], profiles: Profiles | None = None, pipeline:
     schedules: dict[tuple, object] = {}  # rounds without a sync repeat the same events: schedule once
     for rnd, ids in sorted(by_round.items()):
         evs = [events[i] for i in ids]
-        signature = tuple(tuple(ev.__dict__.values())[1:] for ev in evs)  # every field but the round
+        turnout = turnouts[rnd] if turnouts is not None else None
+        wait_s = turnout.wait_s if turnout is not None else 0.0
+        signature = (tuple(tuple(ev.__dict__.values())[1:] for ev in evs),  # every field but the round
+                     turnout.slow if turnout is not None else (), wait_s)
         if signature not in schedules:
-            schedules[signature] = schedule_round(plan, evs, [seconds[i] for i in ids], pipeline)
+            schedules[signature] = schedule_round(plan, evs, [seconds[i] for i in ids], pipeline, wait_s)
         sched = schedules[signature]
         makespans[rnd] = sched.makespan_s
         busy: dict[str, list[tuple[float, float]]] = defaultdict(list)
@@ -385,9 +400,9 @@ class Pricer:
     def n_resources(self) -> int:
         return len(self.names) + len(self.resources)
 
-    def template(self, events: list[Event]) -> Template:
+    def template(self, events: list[Event], slow: dict[str, float] | None = None) -> Template:
         """The compact form of ``events`` (priced by :func:`price_compute` and :func:`message_pricer`, as
-        :func:`event_costs` prices them)."""
+        :func:`event_costs` prices them), ``slow``: ``{node: slowdown}`` of the round's stragglers."""
         message, nodes, width = self.message, self.plan.nodes, len(KINDS)
         tasks, key, flops, tx, rx, sec, energy, busy_node, busy_task = [], [], [], [], [], [], [], [], []
         for j, ev in enumerate(events):
@@ -397,6 +412,8 @@ class Pricer:
                 if ck not in self._chunks:
                     self._chunks[ck] = _chunk(self.plan, ev)
                 f, s, e = _price_call(self.plan.model, self.devices[a], self._chunks[ck], ev.samples)
+                if slow and ev.node in slow:
+                    s, e = s * slow[ev.node], e * slow[ev.node]
                 tasks.append((TASK_COMPUTE, ev.micro, a, -1, a if s != 0.0 else -1, s, ev.phase == "backward"))
                 key.append(a * width + _KIND_INDEX[ev.phase])
                 flops.append(f)
@@ -435,14 +452,14 @@ class Pricer:
                         np.array(energy, dtype=float), np.array(busy_node, dtype=np.int64),
                         np.array(busy_task, dtype=np.int64))
 
-    def price_round(self, segments: list[tuple[int, Template]], engaged: frozenset[str] | None = None
-                    ) -> tuple | None:
+    def price_round(self, segments: list[tuple[int, Template]], engaged: frozenset[str] | None = None,
+                    wait_s: float = 0.0) -> tuple | None:
         """Sums of one round: ``(present, count, flops, tx, rx, seconds, energy, makespan)``, the arrays
         indexed by ledger entry (``node * len(KINDS) + kind``); None when the fast schedule does not hold.
-        Idle time is priced for the nodes of ``engaged`` only (None: every node; see
-        :class:`fplstudy.dynamics.Turnout`)."""
+        Idle time is priced for the nodes of ``engaged`` only (None: every node), ``wait_s`` is the round's
+        deadline wait (see :class:`fplstudy.dynamics.Turnout`)."""
         sched = schedule_fixed_order(self.plan, [(step, t.tasks) for step, t in segments], self.n_resources,
-                                     self.pipeline)
+                                     self.pipeline, wait_s)
         if sched is None:
             return None
         n, width = len(self.names), len(KINDS)
@@ -539,8 +556,10 @@ class Pricer:
                 if not segments or segments[-1][0] != ev.step:
                     segments.append((ev.step, []))
                 segments[-1][1].append(ev)
-            priced = self.price_round([(step, self.template(evs)) for step, evs in segments],
-                                      turnouts[rnd].engaged if turnouts is not None else None)
+            t = turnouts[rnd] if turnouts is not None else None
+            slow = dict(t.slow) if t is not None else None
+            priced = self.price_round([(step, self.template(evs, slow)) for step, evs in segments],
+                                      t.engaged if t is not None else None, t.wait_s if t is not None else 0.0)
             if priced is None:
                 return None
             rounds.append(priced)

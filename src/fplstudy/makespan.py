@@ -205,7 +205,7 @@ def build_dag(plan, events: list[Event], pipeline: str | None = None) -> tuple[l
 
 
 def schedule_round(plan, events: list[Event], durations: list[float], pipeline: str | None = None,
-                   ) -> RoundSchedule:
+                   wait_s: float = 0.0) -> RoundSchedule:
     """List-schedule one round's events (see module docstring).
 
     Args:
@@ -213,6 +213,9 @@ def schedule_round(plan, events: list[Event], durations: list[float], pipeline: 
         events: one round's events in emission order.
         durations: seconds each event takes (same order).
         pipeline: ``sequential``/``gpipe``/``1f1b``; None = ``plan.config.pipeline``.
+        wait_s: a round deadline the aggregator waits for (:attr:`fplstudy.dynamics.Turnout.wait_s`): no
+            ``params_down`` of a sync (one that follows its ``params_up``) starts before it, and the round
+            lasts at least that long.
 
     Returns:
         The :class:`RoundSchedule`.
@@ -248,6 +251,12 @@ def schedule_round(plan, events: list[Event], durations: list[float], pipeline: 
     start = [0.0] * n
     finish = [0.0] * n
     ready_at = [0.0] * n
+    if wait_s:  # the sync's params_down (after its params_up; a catch-up's come without any) wait for it
+        ups = False
+        for i, ev in enumerate(events):
+            ups = ev.micro == -1 and (ups or ev.kind == "params_up")
+            if ups and ev.kind == "params_down":
+                ready_at[i] = wait_s
     queues: dict[tuple, list] = {}
     busy_until: dict[tuple, float] = {}
     dirty: set[tuple] = set()
@@ -319,7 +328,7 @@ def schedule_round(plan, events: list[Event], durations: list[float], pipeline: 
     if any(indeg[i] > 0 for i in range(n)):  # pragma: no cover - a bug in build_dag
         raise RuntimeError("the event DAG has a cycle; cannot schedule")
     makespan = max(finish[:n_ev], default=0.0)
-    return RoundSchedule(start[:n_ev], finish[:n_ev], makespan)
+    return RoundSchedule(start[:n_ev], finish[:n_ev], max(makespan, wait_s) if wait_s else makespan)
 
 
 # --------------------------------------------------------------------------- fast path
@@ -350,7 +359,7 @@ def fast_path_applies(plan, pipeline: str | None = None) -> bool:
 
 
 def schedule_fixed_order(plan, segments: list[tuple[int, list[tuple]]], n_res: int, pipeline: str | None = None,
-                         ) -> FastSchedule | None:
+                         wait_s: float = 0.0) -> FastSchedule | None:
     """The list schedule of one round (:func:`schedule_round`), computed in one pass in emission order.
 
     Every resource is assumed to serve its tasks in emission order, which is the list scheduler's priority
@@ -359,7 +368,7 @@ def schedule_fixed_order(plan, segments: list[tuple[int, list[tuple]]], n_res: i
     list schedule exactly (same float operations: ``start = max(ready, resource free)``, ``finish = start +
     duration``) when no resource, at a start it had to wait for (idle), had a later task ready before it,
     nor a later task of higher priority ready by then — which is checked afterwards. Only for plans where
-    :func:`fast_path_applies`.
+    :func:`fast_path_applies`. ``wait_s``: as :func:`schedule_round`'s.
 
     Returns:
         The :class:`FastSchedule`, or None when the check fails (use :func:`schedule_round`).
@@ -399,6 +408,8 @@ def schedule_fixed_order(plan, segments: list[tuple[int, list[tuple]]], n_res: i
                         r = u
                     else:
                         r = current[a] if current[a] is not None else 0.0
+                    if wait_s > r and ups_all is not None:  # a sync's (a catch-up has no params_up)
+                        r = wait_s
             else:
                 in_sync = False
                 if micro != g_micro or step != g_step:
@@ -456,7 +467,8 @@ def schedule_fixed_order(plan, segments: list[tuple[int, list[tuple]]], n_res: i
     if not _fixed_order_holds(served, pipeline == "1f1b"):
         return None
     times_a = np.array(times, dtype=float).reshape(-1, 2)
-    return FastSchedule(times_a[:, 0], times_a[:, 1], float(times_a[:, 1].max()) if len(times) else 0.0)
+    makespan = float(times_a[:, 1].max()) if len(times) else 0.0
+    return FastSchedule(times_a[:, 0], times_a[:, 1], max(makespan, wait_s) if wait_s else makespan)
 
 
 def _fixed_order_holds(served: list[tuple], backward_first: bool) -> bool:

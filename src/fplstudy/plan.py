@@ -148,6 +148,8 @@ class Plan:
     nodes: tuple[Node, ...]
     profile: tuple[BlockProfile, ...] = field(repr=False)
     site: Any = field(default=None, repr=False, compare=False)  # the Topology of config key topology, or None
+    # every round's Turnout once a round deadline is settled (fplstudy.dryrun.settle_deadline), else None
+    turnouts: Any = field(default=None, repr=False, compare=False)
 
     @property
     def strategy(self) -> str:

@@ -35,7 +35,7 @@ import torch
 import fplstudy
 
 ROUND_COLUMNS = ("round", "train_loss", "test_loss_mean", "test_acc_mean", "test_acc_worst",
-                 "test_acc_per_branch", "branches_trained", "nodes_absent", "run_id")
+                 "test_acc_per_branch", "branches_trained", "branches_late", "nodes_absent", "run_id")
 # metrics.json sections that differ between identical runs (fplstudy.study keeps them out of tracked files)
 VOLATILE = ("timing", "environment")
 # The per-round checkpoint of an unfinished run (weights, optimizer and RNG states, rows, events); it is

@@ -44,8 +44,8 @@ import torch.nn.functional as F
 
 from fplstudy.config import Config, ConfigError
 from fplstudy.distributed import DistributedError, check_wire, train_distributed, write_wire_csv
-from fplstudy.dryrun import FROM_DECLARED, declared_shard_sizes, dry_run, plan_events, priced_from
-from fplstudy.dynamics import plan_turnouts
+from fplstudy.dryrun import FROM_DECLARED, declared_shard_sizes, dry_run, plan_events, priced_from, settle_deadline
+from fplstudy.dynamics import planned_turnouts
 from fplstudy.engine import EVAL_BATCH, SimulatedTransport, train
 from fplstudy.ledger import price, totals, write_ledger_csv
 from fplstudy.memory import check_memory
@@ -135,8 +135,9 @@ def prepare(cfg: Config):
     plan = resolve(cfg)
     profiles = check_profiles(plan)
     check_memory(plan, profiles)
-    plan_turnouts(plan)  # the dynamics keys and a trace file, before any work
+    planned_turnouts(plan)  # the dynamics keys and a trace file, before any work
     data = load_partitioned(plan)
+    plan = settle_deadline(plan, data[1].samples(), profiles)  # which branches miss a round deadline
     return plan, profiles, data
 
 

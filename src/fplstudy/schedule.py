@@ -471,6 +471,10 @@ class _Everyone:
     catch_up: tuple
     holder: int | None
     engaged: frozenset
+    slow: tuple = ()
+    late: tuple = ()
+    kept: tuple = ()
+    wait_s: float = 0.0
 
 
 def round_program(plan, batches: list[Batch], rnd: int, chains: Chains | None = None,
@@ -487,7 +491,8 @@ def round_program(plan, batches: list[Batch], rnd: int, chains: Chains | None = 
         ops: a cache of :func:`micro_program` by branch, kept by the caller across rounds (the
             programs then build each kind of micro-batch's events once).
         turnout: who takes part (:func:`fplstudy.dynamics.turnouts`); None = everyone (:func:`everyone`).
-            A lost round (no branch) has no items. A branch keeps its batches' step numbers.
+            A lost round (no branch) has no items. A branch keeps its batches' step numbers; a late branch
+            (``turnout.late``) runs only its first ``turnout.kept`` batches and is left out of the sync.
     """
     chains = chains or plan_chains(plan)
     ops = {} if ops is None else ops
@@ -500,9 +505,14 @@ def round_program(plan, batches: list[Batch], rnd: int, chains: Chains | None = 
         first = next(b.step for b in batches if b.branch < 0 or b.branch in active)
         out.append(catch_up_item(plan, first, turnout.catch_up))
     turn, prev = None, turnout.holder
+    kept = dict(turnout.kept)
     for batch in batches:
         if batch.branch >= 0 and batch.branch not in active:
             continue
+        if batch.branch in kept:
+            if kept[batch.branch] <= 0:
+                continue  # a late branch stopped at the deadline
+            kept[batch.branch] -= 1
         if plan.schedule == "turns" and batch.branch != turn:
             if prev is not None and prev != batch.branch:
                 out.append(relay_item(plan, batch.step, prev, batch.branch))
@@ -511,7 +521,7 @@ def round_program(plan, batches: list[Batch], rnd: int, chains: Chains | None = 
             ops[batch.branch] = micro_program(plan, chains, batch.branch)
         out.append(BatchStep(batch, ops[batch.branch]))
     if turnout.syncs:
-        out.append(sync_item(plan, len(batches), turnout.active))
+        out.append(sync_item(plan, len(batches), tuple(d for d in turnout.active if d not in turnout.late)))
     return out
 
 

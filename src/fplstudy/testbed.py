@@ -471,6 +471,10 @@ def prepare_emulation(cfg: Config, time_scale: float | None = None):
     Raises:
         ConfigError: one line naming the key (or the missing requirement) and the fix.
     """
+    for key, off in (("straggler_prob", 0.0), ("round_deadline_s", None)):
+        if getattr(cfg, key) != off:  # the hosts' CPU shares are fixed for the run; a deadline would need scaling
+            raise ConfigError(key, getattr(cfg, key), "the emulated testbed runs without stragglers or a round "
+                              "deadline (each host's speed is fixed): leave it out, or run the simulated backend")
     plan, profiles, data = prepare(cfg)
     problem = requirements_problem()
     if problem:

@@ -28,7 +28,7 @@ import pandas as pd
 
 from fplstudy.config import Config, ConfigError
 from fplstudy.datasets import DATASET_CLASS_COUNTS, DATASET_META, declared_labels, files_present
-from fplstudy.dynamics import check_deadline, plan_turnouts, planned_turnouts
+from fplstudy.dynamics import plan_turnouts, turnout_rule
 from fplstudy.events import Event
 from fplstudy.ledger import Pricer, event_costs, price, totals
 from fplstudy.makespan import schedule_round
@@ -93,7 +93,7 @@ class RoundShapes:
     every placement of the plan's nodes and every device and link profile.
 
     Attributes:
-        kinds: the kind of every round, in round order: its turnout (:func:`fplstudy.dynamics.plan_turnouts`,
+        kinds: the kind of every round, in round order (:func:`round_kind` of its turnout,
             :func:`fplstudy.schedule.everyone` without dynamics), which is all the round program reads of it.
         items: each kind's round program as ``(step, key)`` segments, in order (empty: a lost round).
         events: the events of each key (a kind of batch, relay, sync or catch-up), to be priced as one
@@ -119,14 +119,12 @@ def round_shapes(plan: Plan, shard_sizes: list[int]) -> RoundShapes:
     items: dict = {}
     events: dict[tuple, list[Event]] = {}
     for rnd in range(cfg.rounds):
-        t = turnouts[rnd] if turnouts else everyone(plan, rnd)
-        kind = (t.active, t.syncs, t.catch_up, t.holder, t.late, t.kept, t.slow, t.wait_s,
-                t.engaged)  # absent: only via engaged; engaged last (price_rounds reads it there)
+        kind = round_kind(turnouts[rnd] if turnouts else everyone(plan, rnd))
         kinds.append(kind)
         if kind in items:
             continue
         segments = []
-        for item in round_program(plan, batches, rnd, chains, programs, turnouts[rnd] if turnouts else None):
+        for item in round_program(plan, batches, rnd, chains, programs, kind):
             if isinstance(item, BatchStep):
                 key = ("batch", item.batch.branch, item.batch.micro_sizes)
             else:
@@ -154,12 +152,11 @@ def price_rounds(pricer: Pricer, shapes: RoundShapes) -> list[tuple | None] | No
                 priced[kind] = _LOST
             else:
                 segments = []
-                slow = kind[-3]
                 for step, key in shapes.items[kind]:
-                    if (key, slow) not in templates:
-                        templates[(key, slow)] = pricer.template(shapes.events[key], dict(slow))
-                    segments.append((step, templates[(key, slow)]))
-                priced[kind] = pricer.price_round(segments, kind[-1], kind[-2])
+                    if (key, kind.slow) not in templates:
+                        templates[(key, kind.slow)] = pricer.template(shapes.events[key], dict(kind.slow))
+                    segments.append((step, templates[(key, kind.slow)]))
+                priced[kind] = pricer.price_round(segments, kind.engaged, kind.wait_s)
         if priced[kind] is None:
             return None
         rounds.append(None if priced[kind] is _LOST else priced[kind])
@@ -308,37 +305,52 @@ def settle_deadline(plan: Plan, shard_sizes: list[int], profiles: Profiles | Non
     a round that ends with a FedAvg is scheduled as planned, every branch that takes part syncing
     (:func:`fplstudy.makespan.schedule_round` on the round's events priced with its stragglers); a branch
     whose last ``params_up`` finishes after the deadline is late, and keeps the batches it started before
-    the deadline (see :mod:`fplstudy.dynamics`, *Round deadline*).
+    the deadline (see :mod:`fplstudy.dynamics`, *Round deadline*). Rounds of one kind (:func:`round_kind`)
+    are decided once.
     """
     cfg = plan.config
     if cfg.round_deadline_s is None or plan.turnouts is not None:
         return plan
-    check_deadline(plan)
+    rule = turnout_rule(plan)
     profiles = profiles or check_profiles(plan)
     deadline = cfg.round_deadline_s
     batches, chains, programs = round_batches(plan, shard_sizes), plan_chains(plan), {}
     late: dict[int, dict[int, int]] = {}
+    decided: dict = {}  # round kind -> {late branch: batches kept}
+    planned = rule(late)
     for rnd in range(cfg.rounds):
-        planned = planned_turnouts(plan, late)
         t = planned[rnd]
         if not t.syncs:
             continue
-        events = [ev for item in round_program(plan, batches, rnd, chains, programs, t)
-                  for ev in item_events(item, rnd)]
-        _, seconds = event_costs(replace(plan, turnouts=tuple(planned)), events, profiles)
-        sched = schedule_round(plan, events, seconds)
-        arrival: dict[int, float] = {}
-        step_start: dict[tuple[int, int], float] = {}  # (branch, step) -> when its first event started
-        for ev, begin, end in zip(events, sched.start, sched.finish):
-            if ev.micro == -1:
-                if ev.kind == "params_up":
-                    arrival[ev.branch] = max(arrival.get(ev.branch, 0.0), end)
-            elif ev.branch >= 0:
-                step_start[(ev.branch, ev.step)] = min(step_start.get((ev.branch, ev.step), math.inf), begin)
-        dropped = {}
-        for d in t.active:
-            if arrival.get(d, 0.0) > deadline:
-                dropped[d] = sum(1 for (b, _), begin in step_start.items() if b == d and begin < deadline)
-        if dropped:
-            late[rnd] = dropped
-    return replace(plan, turnouts=tuple(planned_turnouts(plan, late)))
+        kind = round_kind(t)
+        if kind not in decided:
+            decided[kind] = _late_branches(replace(plan, turnouts=tuple(planned)), rnd, t, deadline, profiles,
+                                           round_program(plan, batches, rnd, chains, programs, t))
+        if decided[kind]:
+            late[rnd] = decided[kind]
+            planned = rule(late)  # the late branches are stale in the rounds after this one
+    return replace(plan, turnouts=tuple(planned))
+
+
+def round_kind(turnout):
+    """What a round's program and prices read of its turnout: the turnout without its absent nodes (they
+    count only through ``engaged``); rounds of one kind have the same program, events and prices."""
+    return replace(turnout, absent=frozenset())
+
+
+def _late_branches(plan: Plan, rnd: int, turnout, deadline: float, profiles: Profiles, items: list
+                   ) -> dict[int, int]:
+    """``{late branch: batches it started before the deadline}`` of one round scheduled as planned."""
+    events = [ev for item in items for ev in item_events(item, rnd)]
+    _, seconds = event_costs(plan, events, profiles)
+    sched = schedule_round(plan, events, seconds)
+    arrival: dict[int, float] = {}
+    step_start: dict[tuple[int, int], float] = {}  # (branch, step) -> when its first event started
+    for ev, begin, end in zip(events, sched.start, sched.finish):
+        if ev.micro == -1:
+            if ev.kind == "params_up":
+                arrival[ev.branch] = max(arrival.get(ev.branch, 0.0), end)
+        elif ev.branch >= 0:
+            step_start[(ev.branch, ev.step)] = min(step_start.get((ev.branch, ev.step), math.inf), begin)
+    return {d: sum(1 for (b, _), begin in step_start.items() if b == d and begin < deadline)
+            for d in turnout.active if arrival.get(d, 0.0) > deadline}

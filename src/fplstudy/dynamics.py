@@ -249,17 +249,25 @@ def check_deadline(plan) -> None:
                           f"{plan.sync}, {plan.schedule} batches) has none to drop: leave it out")
 
 
-def planned_turnouts(plan, late: dict[int, dict[int, int]] | None = None) -> list[Turnout] | None:
-    """The turnouts of ``plan`` from its config keys with the deadline's decisions ``late`` (None: no branch
-    late), or None for a plan without dynamics. Bad values and bad trace files are refused with one line
-    (:class:`fplstudy.config.ConfigError`)."""
+def turnout_rule(plan):
+    """``plan``'s turnouts as a function of the deadline's decisions (``late`` of :func:`turnouts`; None: no
+    branch late), its trace file read once; None for a plan without dynamics. Bad values and bad trace files
+    are refused with one line (:class:`fplstudy.config.ConfigError`), a deadline where it does not apply at
+    once, the rest at the first call."""
     cfg = plan.config
     if not has_dynamics(cfg):
         return None
     check_deadline(plan)
     trace = read_trace(cfg.dropout_trace) if cfg.dropout_trace is not None else None
-    return turnouts(plan, cfg.fraction_fit, cfg.dropout, trace, cfg.straggler_prob, cfg.straggler_slowdown,
-                    late, cfg.round_deadline_s or 0.0)
+    return lambda late=None: turnouts(plan, cfg.fraction_fit, cfg.dropout, trace, cfg.straggler_prob,
+                                      cfg.straggler_slowdown, late, cfg.round_deadline_s or 0.0)
+
+
+def planned_turnouts(plan) -> list[Turnout] | None:
+    """The turnouts of ``plan`` from its config keys, no branch late (:func:`turnout_rule`), or None for a
+    plan without dynamics."""
+    rule = turnout_rule(plan)
+    return rule() if rule is not None else None
 
 
 def plan_turnouts(plan) -> list[Turnout] | None:

@@ -78,7 +78,7 @@ from fplstudy.makespan import (TASK_COMPUTE, TASK_DATA, TASK_DOWN, TASK_UP, fast
 from fplstudy.memory import memory_rows, model_size
 from fplstudy.plan import Node
 from fplstudy.profiles import DeviceProfile, LinkProfile, Profiles, check_profiles
-from fplstudy.schedule import chunk_profiles
+from fplstudy.schedule import chunk_profiles, everyone
 from fplstudy.topology import price_path
 
 KINDS = ("forward", "backward", "activations", "gradients", "labels", "params_up", "params_down", "relay", "idle")
@@ -200,18 +200,19 @@ def message_pricer(plan, profiles: Profiles):
     return priced
 
 
-def slowdowns(plan) -> dict[int, dict[str, float]]:
-    """``{round: {node: slowdown}}`` of the plan's stragglers (:attr:`fplstudy.dynamics.Turnout.slow`)."""
-    turnouts = plan_turnouts(plan)
+def slowdowns(turnouts) -> dict[int, dict[str, float]]:
+    """``{round: {node: slowdown}}`` of the stragglers of ``turnouts`` (:func:`fplstudy.dynamics.plan_turnouts`,
+    None: none; :attr:`fplstudy.dynamics.Turnout.slow`)."""
     return {rnd: dict(t.slow) for rnd, t in enumerate(turnouts) if t.slow} if turnouts else {}
 
 
-def _event_prices(plan, events: list[Event], profiles: Profiles) -> tuple[list[int], list[float], list[tuple]]:
+def _event_prices(plan, events: list[Event], profiles: Profiles, turnouts=None
+                  ) -> tuple[list[int], list[float], list[tuple]]:
     """FLOPs, seconds and energy of every event: a compute's ``(energy_j,)``, a message's ``(tx_j, rx_j,
     relays)`` (:func:`message_pricer`). A straggler's compute takes its slowdown times the seconds and the
-    joules (:func:`slowdowns`)."""
+    joules (:func:`slowdowns` of ``turnouts``, the plan's :func:`fplstudy.dynamics.plan_turnouts`)."""
     message = message_pricer(plan, profiles)
-    slow = slowdowns(plan)
+    slow = slowdowns(turnouts)
     nodes = {n.name: n for n in plan.nodes}
     devices = {n.name: profiles.device(n.device) for n in plan.nodes}
     cache: dict[tuple, tuple[int, tuple]] = {}
@@ -242,7 +243,7 @@ def event_costs(plan, events: list[Event], profiles: Profiles) -> tuple[list[int
     Returns:
         ``(flops, seconds)``, one entry per event.
     """
-    flops, seconds, _ = _event_prices(plan, events, profiles)
+    flops, seconds, _ = _event_prices(plan, events, profiles, plan_turnouts(plan))
     return flops, seconds
 
 
@@ -280,7 +281,8 @@ def price(plan, events: list[Event], profiles: Profiles | None = None, pipeline:
             if ledger is not None:
                 return ledger
     devices = {n.name: profiles.device(n.device) for n in plan.nodes}
-    flops, seconds, energy = _event_prices(plan, events, profiles)
+    turnouts = plan_turnouts(plan)
+    flops, seconds, energy = _event_prices(plan, events, profiles, turnouts)
     by_round: dict[int, list[int]] = defaultdict(list)
     for i, ev in enumerate(events):
         by_round[ev.round].append(i)
@@ -295,17 +297,15 @@ def price(plan, events: list[Event], profiles: Profiles | None = None, pipeline:
         row[4] += s
         row[5] += e
 
-    turnouts = plan_turnouts(plan)
     makespans: dict[int, float] = {}
     schedules: dict[tuple, object] = {}  # rounds without a sync repeat the same events: schedule once
     for rnd, ids in sorted(by_round.items()):
         evs = [events[i] for i in ids]
-        turnout = turnouts[rnd] if turnouts is not None else None
-        wait_s = turnout.wait_s if turnout is not None else 0.0
+        turnout = turnouts[rnd] if turnouts is not None else everyone(plan, rnd)
         signature = (tuple(tuple(ev.__dict__.values())[1:] for ev in evs),  # every field but the round
-                     turnout.slow if turnout is not None else (), wait_s)
+                     turnout.slow, turnout.wait_s)
         if signature not in schedules:
-            schedules[signature] = schedule_round(plan, evs, [seconds[i] for i in ids], pipeline, wait_s)
+            schedules[signature] = schedule_round(plan, evs, [seconds[i] for i in ids], pipeline, turnout.wait_s)
         sched = schedules[signature]
         makespans[rnd] = sched.makespan_s
         busy: dict[str, list[tuple[float, float]]] = defaultdict(list)
@@ -324,7 +324,7 @@ def price(plan, events: list[Event], profiles: Profiles | None = None, pipeline:
                 busy[ev.src].append(span)
                 busy[ev.dst].append(span)
         for n in plan.nodes:
-            if turnouts is not None and n.name not in turnouts[rnd].engaged:
+            if n.name not in turnout.engaged:
                 continue  # absent, or resting with no part in the round: it waits for nothing
             idle = max(0.0, sched.makespan_s - _union_length(busy.get(n.name, [])))
             add((rnd, n.name, "idle"), 0, 0, 0, 0, idle, devices[n.name].idle_w * idle)
@@ -556,10 +556,9 @@ class Pricer:
                 if not segments or segments[-1][0] != ev.step:
                     segments.append((ev.step, []))
                 segments[-1][1].append(ev)
-            t = turnouts[rnd] if turnouts is not None else None
-            slow = dict(t.slow) if t is not None else None
-            priced = self.price_round([(step, self.template(evs, slow)) for step, evs in segments],
-                                      t.engaged if t is not None else None, t.wait_s if t is not None else 0.0)
+            t = turnouts[rnd] if turnouts is not None else everyone(self.plan, rnd)
+            priced = self.price_round([(step, self.template(evs, dict(t.slow))) for step, evs in segments],
+                                      t.engaged, t.wait_s)
             if priced is None:
                 return None
             rounds.append(priced)

@@ -130,9 +130,10 @@ def test_time_scale_for_a_link_faster_than_mininet_shapes_and_refusals(tmp_path)
 def test_star_network_queues_the_aggregators_messages_by_hand():
     """fl, 3 clients of one batch: forward 1 s and backward 2 s in parallel, then 3 params_up and 3 params_down
     of 5 s each. A link per pair: 1 + 2 + 5 + 5. One interface per node: the aggregator receives, then sends,
-    one message at a time: 1 + 2 + 3 × 5 + 3 × 5."""
+    one message at a time: 1 + 2 + 3 × 5 + 3 × 5. ``inbox``: the aggregator posts one receive at a time and
+    sends to all at once: 1 + 2 + 3 × 5 + 5."""
     durations = {"forward": 1.0, "backward": 2.0}
-    for network, want in (("links", 13.0), ("star", 33.0)):
+    for network, want in (("links", 13.0), ("star", 33.0), ("inbox", 23.0)):
         plan = _plan(strategy="fl", nodes=3, batch_size=32, max_train_samples=96, rounds=1, network=network)
         events = plan_events(plan, [32, 32, 32])
         secs = [durations[e.phase] if isinstance(e, Compute) else 5.0 for e in events]
@@ -150,6 +151,116 @@ def test_star_interfaces_are_half_duplex_by_hand():
     for network, want in (("links", [5.0, 5.0, 5.0]), ("star", [5.0, 10.0, 5.0])):
         plan = _plan(strategy="mp", nodes=4, network=network)
         assert schedule_round(plan, events, [5.0] * 3).finish == want
+
+
+def test_inbox_a_message_waits_for_its_receivers_earlier_work_by_hand():
+    """n1 computes 5 s (step 0) while n0's message to it (step 1, 3 s) is ready at once: on ``links`` it arrives
+    meanwhile (finish 3 s); on ``inbox`` n1 posts the receive after its compute (5 + 3 = 8 s). A message that
+    n1 sends is not held up by it (n1 -> n2 from t = 0 in both)."""
+    from fplstudy.events import Transfer
+
+    events = [Compute(0, 0, 0, 0, "n1", ("conv1",), (1, 8, 8), 32, "forward", False),
+              Transfer(0, 1, 0, 0, "n0", "n1", "activations", (1, 16), "float32", 64),
+              Transfer(0, 1, 0, 0, "n2", "n3", "activations", (1, 16), "float32", 64)]
+    for network, want in (("links", [5.0, 3.0, 3.0]), ("inbox", [5.0, 8.0, 3.0])):
+        plan = _plan(strategy="mp", nodes=4, network=network)
+        assert schedule_round(plan, events, [5.0, 3.0, 3.0]).finish == want
+
+
+def _site_file(tmp_path, fast_bps: float) -> str:
+    path = tmp_path / "site.yaml"
+    path.write_text(f"""description: two sensors on Wi-Fi 4 to an access point, a gateway on Ethernet, LTE to a server
+nodes:
+  s0: {{device: rpi4}}
+  s1: {{device: rpi4}}
+  gw: {{device: rpi4}}
+  server: {{device: rpi4}}
+sites: [ap]
+links:
+  - {{between: [s0, ap], profile: wifi4}}
+  - {{between: [s1, ap], profile: wifi4}}
+  - {{between: [ap, gw], profile: ethernet, up_bps: {fast_bps!r}}}
+  - {{between: [gw, server], profile: lte, latency_s: 0.05}}
+""")
+    return str(path)
+
+
+def test_topology_wiring_routes_and_rates_by_hand(tmp_path):
+    """fl with 2 clients on a three-hop site: s0, s1 -(Wi-Fi 4)- ap -(Ethernet)- gw -(LTE)- server; the clients on
+    s0 and s1, the aggregator on server, gw runs nothing. The testbed emulates 5 points (ap and gw route), 4
+    links with each direction at its own rate, static routes along the model's paths; the Ethernet hop's up rate
+    is 2 Gbit/s of goodput on the wire, so the time scale is 2 (Mininet shapes at most 1000 Mbit/s), and the
+    prediction prices a message on the three hops at half their rates, without the LTE hop's latency."""
+    fast = 2e9 * GOODPUT  # goodput: 2e9 bit/s of frames on the wire
+    plan = _plan(strategy="fl", nodes=2, topology=_site_file(tmp_path, fast), batch_size=32, max_train_samples=64)
+    assert [(n.name, n.point) for n in plan.nodes] == [("n0", "s0"), ("n1", "s1"), ("n2", "server")]
+    w = testbed.wiring(plan)
+    assert w.points == ("s0", "s1", "server", "ap", "gw")
+    assert w.links == (("s0", "ap", 2.9e7, 4.0e7), ("s1", "ap", 2.9e7, 4.0e7), ("server", "gw", 1.3e7, 6.0e6),
+                       ("ap", "gw", fast, 9.4e8))  # between [gw, server]: gw -> server up (6e6), back down (1.3e7)
+    assert w.routes == {"s0": (("s1", "ap"), ("server", "ap")), "s1": (("s0", "ap"), ("server", "ap")),
+                        "server": (("s0", "gw"), ("s1", "gw")),
+                        "ap": (("s0", "s0"), ("s1", "s1"), ("server", "gw")),
+                        "gw": (("s0", "ap"), ("s1", "ap"), ("server", "server"))}
+    emu = testbed.emulation(plan, check_profiles(plan), 1e13, 2)  # a fast machine: the CPUs need no slow-down
+    assert emu.time_scale == pytest.approx(2.0, rel=1e-12)
+    spec = testbed.network_spec(emu)
+    assert spec["routers"] == ["r0", "r1"]  # ap, gw
+    mbit = lambda bps: bps / 2.0 / GOODPUT / 1e6  # noqa: E731 - goodput / s, on the wire
+    assert [(e["ends"], e["addrs"]) for e in spec["links"]] == [
+        (["h0", "r0"], ["10.1.0.1/24", "10.1.0.2/24"]), (["h1", "r0"], ["10.1.1.1/24", "10.1.1.2/24"]),
+        (["h2", "r1"], ["10.1.2.1/24", "10.1.2.2/24"]), (["r0", "r1"], ["10.1.3.1/24", "10.1.3.2/24"])]
+    assert [r for e in spec["links"] for r in e["mbit"]] == pytest.approx(
+        [mbit(2.9e7), mbit(4e7), mbit(2.9e7), mbit(4e7), mbit(1.3e7), mbit(6e6), 1000.0, mbit(9.4e8)], rel=1e-12)
+    assert spec["routes"] == {
+        "h0": [["10.0.0.2", "10.1.0.2"], ["10.0.0.3", "10.1.0.2"]],
+        "h1": [["10.0.0.1", "10.1.1.2"], ["10.0.0.3", "10.1.1.2"]],
+        "h2": [["10.0.0.1", "10.1.2.2"], ["10.0.0.2", "10.1.2.2"]],
+        "r0": [["10.0.0.1", "10.1.0.1"], ["10.0.0.2", "10.1.1.1"], ["10.0.0.3", "10.1.3.2"]],
+        "r1": [["10.0.0.1", "10.1.3.1"], ["10.0.0.2", "10.1.3.1"], ["10.0.0.3", "10.1.2.1"]]}
+    # the prediction: n0's params_up on s0 -> ap -> gw -> server at half of each hop's rate, store-and-forward
+    events = plan_events(plan, [32, 32])
+    up = next(e for e in events if not isinstance(e, Compute) and e.kind == "params_up" and e.src == "n0")
+    p_node, _ = testbed.predicted(plan, [32, 32], emu)
+    sent = p_node.set_index(["round", "node"]).loc[(0, "n0"), "predicted_send_s"]
+    assert sent == pytest.approx(up.nbytes * 8 * 2.0 * (1 / 2.9e7 + 1 / fast + 1 / 6e6), rel=1e-12)
+    assert [h.link.latency_s for h in plan.site.path("s0", "server")] == [0.0, 0.0, 0.05]
+    assert [h.link.latency_s for h in emu.site.path("s0", "server")] == [0.0, 0.0, 0.0]  # netem: not here
+
+
+def test_topology_on_the_testbed_refuses_what_it_cannot_route(tmp_path, monkeypatch):
+    """A plan whose paths use more links than the testbed numbers is refused naming the topology, before anything
+    is built; the capacity check does not refuse a topology (it is emulated)."""
+    plan = _plan(strategy="fl", nodes=2, topology=_site_file(tmp_path, 9.4e8), batch_size=32, max_train_samples=64)
+    testbed.check_capacity(plan)
+    monkeypatch.setattr(testbed, "MAX_LINKS", 3)
+    with pytest.raises(ConfigError, match=r"^config key 'topology'.*paths use 4 links; the testbed numbers at most 3"):
+        testbed.emulation(plan, check_profiles(plan), 1e13, 2)
+
+
+def test_topology_whose_paths_disagree_with_routing_by_destination_is_refused(tmp_path):
+    """a -> q -> {b or c} -> d: from q, the path through c costs 1/2e6 + 1/2e6 = 1e-6 s/bit and through b
+    1/3e6 + 1/1.5e6 = 1.0000000000000002e-6 (floating point), so q's own path to d goes through c; from a, both
+    sums round to the same value and the names decide: a's path goes on from q through b. IP forwards by
+    destination, so q cannot follow both: refused, naming the topology and the fix."""
+    path = tmp_path / "tie.yaml"
+    path.write_text("""nodes:
+  a: {device: rpi4}
+  d: {device: rpi4}
+sites: [q, b, c]
+links:
+  - {between: [a, q], profile: ethernet, up_bps: 6.0e+6}
+  - {between: [q, b], profile: ethernet, up_bps: 3.0e+6}
+  - {between: [b, d], profile: ethernet, up_bps: 1.5e+6}
+  - {between: [q, c], profile: ethernet, up_bps: 2.0e+6}
+  - {between: [c, d], profile: ethernet, up_bps: 2.0e+6}
+""")
+    plan = _plan(strategy="mp", nodes=2, topology=str(path))
+    assert [h.dst for h in plan.site.path("a", "d")] == ["q", "b", "d"]
+    assert [h.dst for h in plan.site.path("q", "d")] == ["c", "d"]
+    with pytest.raises(ConfigError, match=r"^config key 'topology'.*the path a -> d goes on from q to b, but q's own "
+                                          r"path to d is another; the testbed routes by destination"):
+        testbed.wiring(plan)
 
 
 def test_call_overhead_is_priced_alike_by_the_fast_path_and_the_reference(tmp_path):
@@ -304,6 +415,18 @@ def _calibration(tmp_path, batch=32) -> str:
     return str(path)
 
 
+def _iperf(tmp_path, spec: dict) -> tuple[float, dict]:
+    """Run ``spec`` (hosts a: iperf3 server at 10.0.0.1, b: a 3 s client) with netctl: the goodput b -> a (bit/s)
+    and netctl's outcome; nothing of the run is left."""
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    out = subprocess.run([testbed.SYSTEM_PYTHON, str(testbed.NETCTL), "run", str(tmp_path / "spec.json")],
+                         capture_output=True, text=True, timeout=120)
+    outcome = json.loads(out.stdout.strip().splitlines()[-1])
+    assert outcome["codes"] == [0, 0], out.stderr
+    assert testbed._netctl("leftovers", spec["tag"]) == {"processes": [], "links": [], "cgroups": []}
+    return json.loads((tmp_path / "iperf.json").read_text())["end"]["sum_received"]["bits_per_second"], outcome
+
+
 @needs_mininet
 @pytest.mark.skipif(shutil.which("iperf3") is None, reason="iperf3 missing (apt-get install iperf3): it measures the rate")
 def test_bulk_transfer_runs_at_the_shaped_rate(tmp_path):
@@ -314,15 +437,25 @@ def test_bulk_transfer_runs_at_the_shaped_rate(tmp_path):
     spec = {"tag": "fqtbk", "cwd": str(tmp_path), "deadline_s": 60, "hosts": [
         {"name": "a", "cpu": -1, "period_us": 100000, "up_mbit": 20, "down_mbit": 20, "argv": ["iperf3", "-s", "-1"]},
         {"name": "b", "cpu": -1, "period_us": 100000, "up_mbit": 20, "down_mbit": 20, "argv": ["sh", "-c", client]}]}
-    (tmp_path / "spec.json").write_text(json.dumps(spec))
-    out = subprocess.run([testbed.SYSTEM_PYTHON, str(testbed.NETCTL), "run", str(tmp_path / "spec.json")],
-                         capture_output=True, text=True, timeout=120)
-    outcome = json.loads(out.stdout.strip().splitlines()[-1])
-    assert outcome["codes"] == [0, 0], out.stderr
-    bps = json.loads((tmp_path / "iperf.json").read_text())["end"]["sum_received"]["bits_per_second"]
+    bps, _ = _iperf(tmp_path, spec)
     assert abs(bps - 20e6) / 20e6 <= 0.10
     assert abs(bps - 20e6 * GOODPUT) / (20e6 * GOODPUT) <= 0.03
-    assert testbed._netctl("leftovers", "fqtbk") == {"processes": [], "links": [], "cgroups": []}
+
+
+def _run_equals_simulated(tmp_path, values: dict):
+    """Run ``values`` on the testbed: it finishes, its wire bytes equal the ledger's, its results equal the simulated
+    backend's (same seed, one thread), and the measured-vs-predicted table has every round × node."""
+    res = testbed.run_emulated(make_config(values), tmp_path / "run")
+    plan = resolve(make_config(values))
+    assert res.metrics["status"] == "completed" and len(res.emulation.nodes) == len(plan.nodes)
+    check_wire(pd.read_csv(tmp_path / "run" / "wire.csv"), pd.read_csv(tmp_path / "run" / "ledger.csv"))
+    sim = engine.train(plan)
+    rounds = pd.read_csv(tmp_path / "run" / "rounds.csv")
+    for key in ("train_loss", "test_loss_mean", "test_acc_mean"):
+        assert rounds[key].tolist() == [r[key] for r in sim.rounds], key
+    table = pd.read_csv(tmp_path / "run" / "testbed.csv")
+    assert len(table) == values["rounds"] * len(plan.nodes) and (table["measured_round_s"] > 0).all()
+    return plan, table
 
 
 @needs_mininet
@@ -332,23 +465,62 @@ def test_runs_on_the_testbed_equal_the_simulated_backend(tmp_path, strategy, nod
     equal the simulated backend's (same seed, one thread), and the measured-vs-predicted table is complete."""
     values = dict(strategy=strategy, nodes=nodes, max_train_samples=128, rounds=2, batch_size=32,
                   profiles_file=_calibration(tmp_path))
-    res = testbed.run_emulated(make_config(values), tmp_path / "run")
-    plan = resolve(make_config(values))
-    assert res.metrics["status"] == "completed" and len(res.emulation.nodes) == len(plan.nodes)
-    ledger = pd.read_csv(tmp_path / "run" / "ledger.csv")
-    check_wire(pd.read_csv(tmp_path / "run" / "wire.csv"), ledger)
-    sim = engine.train(plan)
-    rounds = pd.read_csv(tmp_path / "run" / "rounds.csv")
-    for key in ("train_loss", "test_loss_mean", "test_acc_mean"):
-        assert rounds[key].tolist() == [r[key] for r in sim.rounds], key
-    table = pd.read_csv(tmp_path / "run" / "testbed.csv")
-    assert len(table) == 2 * len(plan.nodes) and (table["measured_round_s"] > 0).all()
+    plan, table = _run_equals_simulated(tmp_path, values)
     busy = table[table["predicted_busy_s"] > 0]
     assert (busy["measured_busy_s"] > 0).all()  # every node that computes was seen computing
     logs = {p.name for p in (tmp_path / "run" / "testbed").iterdir()}
     assert {f"{n.name}.log" for n in plan.nodes} <= logs
     assert (tmp_path / "run" / "testbed_parity.png").stat().st_size > 0
     assert testbed._netctl("leftovers", testbed._tag()) == {"processes": [], "links": [], "cgroups": []}
+
+
+@needs_mininet
+def test_a_plan_on_a_topology_runs_through_its_relays_and_equals_the_simulated_backend(tmp_path):
+    """fl with 2 clients on the three-hop site (s0, s1 -Wi-Fi 4- ap -Ethernet- gw -LTE- server): ap and gw are
+    routers that run nothing, every message crosses them; the run finishes, its wire bytes equal the ledger's, its
+    results equal the simulated backend's, and every emulated link carried at least the payload bytes of the
+    messages whose model path crosses it, in each direction (the interfaces' own counters)."""
+    values = dict(strategy="fl", nodes=2, max_train_samples=128, rounds=2, batch_size=32,
+                  topology=_site_file(tmp_path, 9.4e8), profiles_file=_calibration(tmp_path))
+    plan, _ = _run_equals_simulated(tmp_path, values)
+    summary = json.loads((tmp_path / "run" / "testbed_summary.json").read_text())
+    assert summary["topology"]["points"] == ["s0", "s1", "server", "ap", "gw"]
+    carried: dict[tuple[str, str], int] = {}  # (hop src, hop dst) -> payload bytes the model sends over it
+    point = {n.name: n.point for n in plan.nodes}
+    for ev in plan_events(plan, [64, 64]):
+        if not isinstance(ev, Compute):
+            for hop in plan.site.path(point[ev.src], point[ev.dst]):
+                carried[(hop.src, hop.dst)] = carried.get((hop.src, hop.dst), 0) + ev.nbytes
+    links = summary["topology"]["links"]
+    assert [tuple(e["ends"]) for e in links] == [("s0", "ap"), ("s1", "ap"), ("server", "gw"), ("ap", "gw")]
+    for e in links:
+        a, b = e["ends"]
+        for (src, dst), sent in ((a, b), e["tx_bytes"][0]), ((b, a), e["tx_bytes"][1]):
+            assert sent >= carried.get((src, dst), 0), (src, dst)
+        assert carried.get((a, b), 0) > 0 and carried.get((b, a), 0) > 0  # every link is used both ways
+    assert testbed._netctl("leftovers", testbed._tag()) == {"processes": [], "links": [], "cgroups": []}
+
+
+@needs_mininet
+@pytest.mark.skipif(shutil.which("iperf3") is None, reason="iperf3 missing (apt-get install iperf3): it measures the rate")
+def test_two_hops_carry_a_bulk_transfer_at_the_slower_hops_rate(tmp_path):
+    """iperf3 from b to a through a router r: b -> r shaped to 40 Mbit/s, r -> a to 20. The goodput is within 10 %
+    of the slower hop's (20 Mbit/s less the frame headers): IP forwards packet by packet, so a message over two
+    hops takes about bits / 20 Mbit/s, where the model's store-and-forward prices bits / 40 + bits / 20 (1.5 times
+    as long; topology.py, README)."""
+    client = "sleep 0.5; iperf3 -c 10.0.0.1 -t 3 -J > " + str(tmp_path / "iperf.json")
+    spec = {"tag": "fqtbr", "cwd": str(tmp_path), "deadline_s": 60, "hosts": [
+        {"name": "a", "cpu": -1, "period_us": 100000, "argv": ["iperf3", "-s", "-1"]},
+        {"name": "b", "cpu": -1, "period_us": 100000, "argv": ["sh", "-c", client]}],
+        "routers": ["r0"],
+        "links": [{"ends": ["h0", "r0"], "mbit": [20, 20], "addrs": ["10.1.0.1/24", "10.1.0.2/24"]},
+                  {"ends": ["h1", "r0"], "mbit": [40, 40], "addrs": ["10.1.1.1/24", "10.1.1.2/24"]}],
+        "routes": {"h0": [["10.0.0.2", "10.1.0.2"]], "h1": [["10.0.0.1", "10.1.1.2"]],
+                   "r0": [["10.0.0.1", "10.1.0.1"], ["10.0.0.2", "10.1.1.1"]]}}
+    bps, outcome = _iperf(tmp_path, spec)
+    assert abs(bps - 20e6 * GOODPUT) / (20e6 * GOODPUT) <= 0.10
+    sent = outcome["link_tx_bytes"]  # r0 -> a carried the data; b -> r0 as much
+    assert sent[0][1] >= bps * 3 / 8 * 0.9 and sent[1][0] >= bps * 3 / 8 * 0.9
 
 
 def _tag_of(pid: int) -> str:

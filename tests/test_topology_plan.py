@@ -14,7 +14,6 @@ from fplstudy.events import Compute, Transfer
 from fplstudy.ledger import price, totals
 from fplstudy.plan import resolve
 from fplstudy.profiles import check_profiles
-from fplstudy.testbed import check_capacity
 from fplstudy.topology import uniform_links
 
 HAND = {"links": {
@@ -160,13 +159,6 @@ def test_placed_nodes_with_no_path_between_them_are_refused(tmp_path):
                                                                      "rate": "up"}]}
     with pytest.raises(ConfigError, match=r"no path from a to b"):
         resolve(make_config({"strategy": "fl", "nodes": 2, **_files(tmp_path, topo)}))
-
-
-def test_the_testbed_refuses_a_topology_naming_it():
-    plan = resolve(make_config({"strategy": "fl", "nodes": 2, "topology": "fog_wifi"}))
-    with pytest.raises(ConfigError, match="the testbed emulates the uniform site") as err:
-        check_capacity(plan)
-    assert err.value.key == "topology"
 
 
 def test_explore_prices_its_plans_on_the_topology():

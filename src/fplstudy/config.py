@@ -244,7 +244,7 @@ class Config(BaseModel):
     placement: Optional[dict[str, str]] = None  # with topology: {plan node: topology node}; nodes left out are placed by topology.place's rule
     profiles_file: Optional[str] = None  # YAML file with extra or overriding device/link profiles
     pipeline: Literal["sequential", "gpipe", "1f1b"] = "sequential"  # makespan of a branch's stages
-    network: Literal["links", "star"] = "links"  # links: a link per node pair; star: one half-duplex interface per node (makespan.py)
+    network: Literal["links", "star", "inbox"] = "links"  # links: a link per node pair; star: one half-duplex interface per node; inbox: links, a receive posted after the receiver's earlier work (makespan.py)
 
     # --- the distributed backend (ignored by the simulated one)
     distributed_timeout_s: float = 60.0  # longest wait for the rendezvous, one message or one collective (s)

@@ -17,7 +17,14 @@ share the network is the config key ``network``:
   among concurrent messages instead; the last of them ends at the same time. On the emulated testbed's
   full-duplex shaped links, a node's outgoing queue delays the acknowledgements of what it receives, so
   sending and receiving barely overlap there either: tests/test_testbed.py, README.)
-  This is the network of the emulated testbed (:mod:`fplstudy.testbed`).
+  This is the network of the emulated testbed on the uniform site (:mod:`fplstudy.testbed`);
+- ``inbox``: every directed pair has its own link, as in ``links``, and a message starts only once its
+  receiver has *posted* its receive: after the receiver's earlier computes and receives of the round, in
+  emission order. This is how the ``distributed`` backend runs (each process follows the round program,
+  posts one receive at a time, and gloo moves a message only once its receive is posted): an aggregator
+  takes its clients' updates one after the other, a stage takes a micro-batch's activations only after it
+  has computed the previous one. It is the network of the emulated testbed on a topology, whose hosts
+  have a link per neighbour.
 
 A task with zero duration occupies nothing.
 
@@ -222,6 +229,16 @@ def schedule_round(plan, events: list[Event], durations: list[float], pipeline: 
     """
     pipeline = pipeline or plan.config.pipeline
     deps, n = build_dag(plan, events, pipeline)
+    network = getattr(plan.config, "network", "links")
+    if network == "inbox":  # a message waits for its receiver's earlier computes and receives (module docstring)
+        last: dict[str, int] = {}
+        for i, ev in enumerate(events):
+            if isinstance(ev, Compute):
+                last[ev.node] = i
+            else:
+                if ev.dst in last:
+                    deps[i].append(last[ev.dst])
+                last[ev.dst] = i
     n_ev = len(events)
     dur = list(durations) + [0.0] * (n - n_ev)
     succ: list[list[int]] = [[] for _ in range(n)]
@@ -230,7 +247,7 @@ def schedule_round(plan, events: list[Event], durations: list[float], pipeline: 
         for d in set(ds):
             succ[d].append(i)
             indeg[i] += 1
-    star = getattr(plan.config, "network", "links") == "star"
+    star = network == "star"
     resource: list[tuple | None] = []
     other: list[tuple | None] = []  # the second resource a star message holds: its receiver's interface
     prio: list[tuple] = []

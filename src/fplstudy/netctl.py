@@ -17,16 +17,35 @@ The spec::
                 "argv": [...], "env": {...}, "log": "/path/n0.log"}, ...],
      "cwd": "/path", "deadline_s": 600, "parent_pid": 1234, "gate": "/path/gate"}
 
+The outcome: ``{"tag", "hosts", "ips", "codes" (each command's exit code), "stopped" (null, "signal" or
+"deadline"), "build_s", "wall_s"}``, and on a topology ``link_tx_bytes``: per link, the bytes each end sent
+(Ethernet frames, from the interfaces' counters, read before the network is stopped).
+
 With ``gate``, the hosts start unthrottled; once every host has written ``gate/ready-<i>`` (its command
 has started and joined the run), the CPU limits are applied and the file ``gate/go`` is written. So the
 start-up (imports, rendezvous) runs at full speed and only the emulated work is throttled.
 
-Topology: one Linux bridge (no controller, no OpenFlow), every host joined to it by one link shaped
-with ``tc`` HTB (Mininet's ``TCLink``): ``up_mbit`` on the host's egress, ``down_mbit`` on the bridge's
-egress towards the host. No delay and no loss are emulated (``netem`` is not used: it is not available
+The network, without ``links`` in the spec (the uniform site): one Linux bridge (no controller, no
+OpenFlow), every host joined to it by one link shaped with ``tc`` HTB (Mininet's ``TCLink``): ``up_mbit``
+on the host's egress, ``down_mbit`` on the bridge's egress towards the host. Host ``i`` has the address
+``10.0.0.(i+1)/24`` on its interface ``<host>-eth0``.
+
+With ``links`` (a topology, :func:`fplstudy.testbed.network_spec`), the spec also gives::
+
+     "routers": ["r0", ...],                                   # relays that run no node (plain hosts)
+     "links": [{"ends": ["h0", "r0"], "mbit": [9.4, null],     # ends' egress rates (null: not shaped)
+                "addrs": ["10.1.0.1/24", "10.1.0.2/24"]}, ...],
+     "routes": {"h0": [["10.0.0.2", "10.1.0.2"], ...], ...}    # per point: destination, next hop
+
+and no bridge is built: every link joins its two ends directly, each end's egress shaped with ``tc`` HTB
+to its rate; every host and router forwards IPv4 (``ip_forward``, no reverse-path filter) along the static
+routes given, which are the model's paths. Host ``i``'s own address ``10.0.0.(i+1)/32`` is on an
+interface of its own, ``<host>-id`` (one end of a veth pair inside its namespace: this kernel has no
+``dummy`` interfaces), so that it is the same on every path; gloo binds to that interface, and the
+routes name it as the source. No delay and no loss are emulated (``netem`` is not used: it is not available
 on every kernel). Hosts are ``CPULimitedHost``: ``cpu`` is the share of the *whole machine* (Mininet's
 convention; a share of one core is ``cpu * cores``) enforced by CFS bandwidth control with period
-``period_us``. Host ``i`` has the address ``10.0.0.(i+1)``, inside its own network namespace.
+``period_us``. Every host and router has its own network namespace.
 
 CFS bandwidth control alone does not slow short bursts: a host that waited (for a message) starts each
 period with a fresh quota of at least 1 ms and runs a chunk shorter than that at full speed. So each
@@ -67,6 +86,11 @@ def _names(tag: str, n_hosts: int) -> tuple[list[str], str]:
     return [f"{tag}h{i}" for i in range(n_hosts)], f"{tag}s0"
 
 
+def _ours(tag: str, name: str) -> bool:
+    """Whether ``name`` is a host, router or the bridge of run ``tag`` (or an interface of one)."""
+    return re.fullmatch(rf"{tag}(h\d+|r\d+|s0)(-.*)?", name) is not None
+
+
 def _check() -> dict:
     """What a network needs here: root, the mininet module, mnexec, tc, brctl, the cpu cgroup controller."""
     missing = []
@@ -98,9 +122,9 @@ def sweep(tag: str) -> dict:
                 argv = f.read().split(b"\0")
         except OSError:
             continue
-        # the hosts' shells are "bash ... mininet:<host>"; the bridge's shell "... mininet:<tag>s0"
-        if any(a.decode(errors="replace") in {f"mininet:{tag}s0"} or
-               re.fullmatch(rf"mininet:{prefix}\d+", a.decode(errors="replace")) for a in argv):
+        # the hosts' and routers' shells are "bash ... mininet:<host>"; the bridge's shell "... mininet:<tag>s0"
+        if any(a.decode(errors="replace").startswith("mininet:") and _ours(tag, a.decode(errors="replace")[9:])
+               for a in argv):
             killed.append(int(pid))
     for sub in ("cpu", "cpuacct", "cpuset"):
         base = os.path.join(CGROUP_ROOT, sub)
@@ -119,7 +143,7 @@ def sweep(tag: str) -> dict:
     out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
     for m in re.finditer(r"^\d+: ([^:@]+)[:@]", out, re.M):
         name = m.group(1)
-        if name.startswith(tag + "h") or name.startswith(tag + "s"):
+        if _ours(tag, name):
             subprocess.run(["ip", "link", "del", name], capture_output=True)
             links.append(name)
     deadline = time.time() + 5
@@ -154,11 +178,10 @@ def leftovers(tag: str) -> dict:
                     argv = [a.decode(errors="replace") for a in f.read().split(b"\0")]
             except OSError:
                 continue
-            if any(a == f"mininet:{tag}s0" or re.fullmatch(rf"mininet:{prefix}\d+", a) for a in argv):
+            if any(a.startswith("mininet:") and _ours(tag, a[9:]) for a in argv):
                 procs.append(int(pid))
     out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
-    links = [m.group(1) for m in re.finditer(r"^\d+: ([^:@]+)[:@]", out, re.M)
-             if m.group(1).startswith((tag + "h", tag + "s"))]
+    links = [m.group(1) for m in re.finditer(r"^\d+: ([^:@]+)[:@]", out, re.M) if _ours(tag, m.group(1))]
     groups = [f"{sub}/{n}" for sub in ("cpu", "cpuacct", "cpuset")
               for n in (os.listdir(os.path.join(CGROUP_ROOT, sub)) if os.path.isdir(os.path.join(CGROUP_ROOT, sub)) else [])
               if re.fullmatch(rf"{prefix}\d+", n)]
@@ -173,12 +196,45 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _sh(node, command: str) -> None:
+    """Run ``command`` in ``node``'s namespace; raise with its output when it fails."""
+    out = node.cmd(command + " >/dev/null 2>&1 || echo FAILED")
+    if "FAILED" in out:
+        detail = node.cmd(command + " 2>&1")
+        raise RuntimeError(f"{node.name}: {command}: {detail.strip()}")
+
+
+def _tx_bytes(intf) -> int | None:
+    out = intf.node.cmd(f"cat /sys/class/net/{intf.name}/statistics/tx_bytes").strip()
+    return int(out) if out.isdigit() else None
+
+
+def _route(net, tag: str, names: list, made: list, routes: dict) -> None:
+    """Address every link's ends, give each host its own address on ``<host>-id``, turn on forwarding and
+    install the static routes of a topology spec (module docstring)."""
+    for node in net.hosts:
+        _sh(node, "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0")
+    for link, entry in made:
+        for intf, addr in zip((link.intf1, link.intf2), entry["addrs"]):
+            _sh(intf.node, f"ip addr flush dev {intf.name} && ip addr add {addr} dev {intf.name} && "
+                           f"ip link set {intf.name} up && sysctl -qw net.ipv4.conf.{intf.name}.rp_filter=0")
+    for i, name in enumerate(names):
+        host = net.get(name)
+        _sh(host, f"ip link add {name}-id type veth peer name {name}-ip && ip addr add 10.0.0.{i + 1}/32 dev "
+                  f"{name}-id && ip link set {name}-id up && ip link set {name}-ip up")
+    for local, table in routes.items():
+        node = net.get(tag + local)
+        src = f" src 10.0.0.{int(local[1:]) + 1}" if local.startswith("h") else ""
+        for dst, via in table:
+            _sh(node, f"ip route add {dst}/32 via {via}{src}")
+
+
 def run(spec: dict) -> dict:
     """Build the network of ``spec``, run every host's command, stop the network (see the module docstring)."""
     from mininet.link import TCLink
     from mininet.log import setLogLevel
     from mininet.net import Mininet
-    from mininet.node import CPULimitedHost
+    from mininet.node import CPULimitedHost, Host
     from mininet.nodelib import LinuxBridge
 
     setLogLevel("error")
@@ -219,15 +275,30 @@ def run(spec: dict) -> dict:
     outcome: dict = {"tag": tag, "hosts": names, "ips": [], "codes": [], "stopped": None}
     orphaned = False
     t0 = time.time()
+    topology = spec.get("links") is not None
+    made: list = []  # (link, its spec entry) on a topology
     try:
-        sw = net.addSwitch(switch)
+        sw = None if topology else net.addSwitch(switch)
         for i, (name, h) in enumerate(zip(names, hosts_spec)):
             cpu = -1 if spec.get("gate") else h["cpu"]  # -1: unlimited until the gate opens
-            host = net.addHost(name, ip=f"10.0.0.{i + 1}/24", cpu=cpu, period_us=int(h["period_us"]))
-            net.addLink(host, sw, cls=TCLink, params1={"bw": h["up_mbit"]}, params2={"bw": h["down_mbit"]})
+            host = net.addHost(name, ip=None if topology else f"10.0.0.{i + 1}/24", cpu=cpu,
+                               period_us=int(h["period_us"]))
+            if not topology:
+                net.addLink(host, sw, cls=TCLink, params1={"bw": h["up_mbit"]}, params2={"bw": h["down_mbit"]})
+        if topology:
+            for r in spec.get("routers", []):
+                net.addHost(tag + r, cls=Host, ip=None)
+            for entry in spec["links"]:
+                a, b = (net.get(tag + end) for end in entry["ends"])
+                shaped = [{"bw": m} if m else {} for m in entry["mbit"]]
+                made.append((net.addLink(a, b, cls=TCLink, params1=shaped[0], params2=shaped[1]), entry))
         net.build()
         net.start()
-        outcome["ips"] = [net.get(name).IP() for name in names]
+        if topology:
+            _route(net, tag, names, made, spec["routes"])
+            outcome["ips"] = [f"10.0.0.{i + 1}" for i in range(len(names))]
+        else:
+            outcome["ips"] = [net.get(name).IP() for name in names]
         outcome["build_s"] = time.time() - t0
         for name, h in zip(names, hosts_spec):
             log = open(h["log"], "w") if h.get("log") else subprocess.DEVNULL
@@ -274,6 +345,8 @@ def run(spec: dict) -> dict:
             except subprocess.TimeoutExpired:
                 pass
         outcome["codes"] = [p.returncode for p in procs]  # the fillers were killed: no code of theirs counts
+        if made:  # bytes each end of each link sent (frames, headers included), before the links go
+            outcome["link_tx_bytes"] = [[_tx_bytes(intf) for intf in (link.intf1, link.intf2)] for link, _ in made]
         for log in logs:
             if log is not subprocess.DEVNULL:
                 log.close()

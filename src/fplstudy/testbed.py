@@ -77,6 +77,7 @@ from fplstudy.plan import Plan
 from fplstudy.profiles import Profiles
 from fplstudy.results import atomic_write_text, write_rows_csv
 from fplstudy.runner import prepare
+from fplstudy.topology import Hop, Topology
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # where the Debian package installs the mininet module
 NETCTL = Path(__file__).with_name("netctl.py")
@@ -89,6 +90,8 @@ MAX_PERIOD_US = 100_000  # the longest CFS period used (a share below 1 % of a c
 MAX_TIME_SCALE = 100.0  # beyond this a round takes too long to emulate: fewer nodes, or more cores
 NODE_MEMORY_BYTES = 6e8  # resident size of one node process (torch, the data, the model): refuse beyond RAM
 MASTER_PORT = 29500  # inside the hosts' namespaces nothing else listens
+IDENTITY_SUFFIX = "id"  # on a topology, host i's address 10.0.0.<i+1> is on its interface <host>-id (netctl)
+MAX_LINKS = 1000  # links of a topology the testbed numbers (network_spec's subnets)
 TESTBED_COLUMNS = ("round", "node", "warmup", "measured_round_s", "predicted_round_s", "measured_busy_s",
                    "predicted_busy_s", "measured_send_s", "predicted_send_s", "measured_recv_s", "predicted_recv_s",
                    "time_scale")
@@ -116,6 +119,10 @@ class Emulation:
             what it receives.
         profiles: the emulated profiles: device FLOP/s and link rates divided by ``s``, no latency; block
             FLOP/s of the plan's model from this machine's calibrated ones, ``c_b F / (C s)``.
+        wiring: on a topology, the points, links and routes emulated (:func:`wiring`); None on the uniform site
+            (``egress_mbit`` and ``ingress_mbit`` are then the hosts' shaped rates; on a topology they are 0).
+        site: on a topology, the plan's topology with every hop's rate divided by ``s`` and no latency (what the
+            prediction prices messages on); None on the uniform site.
     """
 
     nodes: tuple[str, ...]
@@ -128,11 +135,96 @@ class Emulation:
     egress_mbit: tuple[float, ...]
     ingress_mbit: tuple[float, ...]
     profiles: Profiles
+    wiring: "Wiring | None" = None
+    site: Topology | None = None
 
     @property
     def cpu_fraction(self) -> tuple[float, ...]:
         """Per node, Mininet's ``cpu`` parameter: the share of the whole machine (share of a core / cores)."""
         return tuple(c / self.cores for c in self.core_share)
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """The part of a topology the testbed builds for a plan (module docstring, *On a topology*).
+
+    Attributes:
+        points: the topology points emulated: the plan's nodes' points in plan order (host ``i`` plays
+            ``points[i]``), then the relays on their paths that host no plan node (sites, unused nodes), in
+            order of first use (each a router).
+        links: ``(a, b, a -> b bit/s, b -> a bit/s)`` for every pair of emulated points that a hop of some path
+            joins, ``a`` the earlier in ``points``; a rate is None where the topology has no hop that way.
+        routes: per emulated point, ``((destination point, next point), ...)``: where it sends (or forwards)
+            a message for a plan node's point.
+    """
+
+    points: tuple[str, ...]
+    links: tuple[tuple[str, str, float | None, float | None], ...]
+    routes: dict[str, tuple[tuple[str, str], ...]]
+
+
+def wiring(plan: Plan) -> Wiring:
+    """The points, links and routes that emulate ``plan``'s topology (the paths between its nodes' points).
+
+    Raises:
+        ConfigError: ``topology`` when a relay's own path to a destination differs from the part of a path
+            through it that leads there: the emulated network routes by destination, as IP does.
+    """
+    site = plan.site
+    hosted = [n.point for n in plan.nodes]
+    points = list(hosted)
+    used: dict[tuple[str, str], None] = {}
+    nxt: dict[str, dict[str, str]] = {}
+    for a in hosted:
+        for b in hosted:
+            if a == b:
+                continue
+            hops = site.path(a, b)
+            for k, h in enumerate(hops):
+                if k and site.path(h.src, b) != hops[k:]:
+                    raise ConfigError("topology", site.name, f"the path {a} -> {b} goes on from {h.src} to {h.dst}, "
+                                      f"but {h.src}'s own path to {b} is another; the testbed routes by destination, "
+                                      "so give links whose fewest-hop paths agree, or run the simulated backend")
+                if h.dst not in points:
+                    points.append(h.dst)
+                used[(h.src, h.dst)] = None
+                nxt.setdefault(h.src, {})[b] = h.dst
+    order = {p: i for i, p in enumerate(points)}
+    rate = {(h.src, h.dst): h.rate_bps for hs in site.hops.values() for h in hs}
+    pairs = sorted({tuple(sorted(ab, key=order.__getitem__)) for ab in used}, key=lambda ab: (order[ab[0]], order[ab[1]]))
+    links = tuple((a, b, rate.get((a, b)), rate.get((b, a))) for a, b in pairs)
+    routes = {p: tuple(sorted(nxt[p].items(), key=lambda kv: order[kv[0]])) for p in points if p in nxt}
+    return Wiring(tuple(points), links, routes)
+
+
+def scaled_site(site: Topology, time_scale: float, points) -> Topology:
+    """``site`` with every hop's rate divided by ``time_scale`` and no latency (what the testbed emulates), and
+    the same paths between ``points`` as ``site`` (scaling every rate alike changes no path; set, not recomputed)."""
+    hops = {p: tuple(Hop(h.src, h.dst, replace(h.link, up_bps=h.link.up_bps / time_scale,
+                                               down_bps=h.link.down_bps / time_scale, latency_s=0.0),
+                         h.rate_bps / time_scale) for h in hs) for p, hs in site.hops.items()}
+    by_pair = {(h.src, h.dst): h for hs in hops.values() for h in hs}
+    paths = {(a, b): tuple(by_pair[(h.src, h.dst)] for h in site.path(a, b)) for a in points for b in points}
+    return replace(site, hops=hops, _paths=paths)
+
+
+def network_spec(emu: "Emulation") -> dict:
+    """What :mod:`fplstudy.netctl` builds for a plan on a topology: routers, links (shaped rates on the wire,
+    addresses) and routes, under names local to the run (host ``h<i>`` plays ``wiring.points[i]``, router
+    ``r<j>`` the ``j``-th relay). Link ``l`` is the subnet ``10.<1 + l // 256>.<l % 256>.0/24`` (its first end
+    ``.1``, its second ``.2``); plan node ``i`` is reached at ``10.0.0.<i+1>`` (:data:`IDENTITY_SUFFIX`)."""
+    w, n = emu.wiring, len(emu.nodes)
+    local = {p: (f"h{i}" if i < n else f"r{i - n}") for i, p in enumerate(w.points)}
+    far: dict[tuple[str, str], str] = {}  # (near point, far point) -> the far end's address on their link
+    links = []
+    for k, (a, b, ab, ba) in enumerate(w.links):
+        net = f"10.{1 + k // 256}.{k % 256}"
+        links.append({"ends": [local[a], local[b]], "addrs": [f"{net}.1/24", f"{net}.2/24"],
+                      "mbit": [None if r is None else r / emu.time_scale / TCP_GOODPUT_SHARE / 1e6 for r in (ab, ba)]})
+        far[(a, b)], far[(b, a)] = f"{net}.2", f"{net}.1"
+    identity = {p: f"10.0.0.{i + 1}" for i, p in enumerate(w.points[:n])}
+    routes = {local[p]: [[identity[d], far[(p, q)]] for d, q in hops] for p, hops in w.routes.items()}
+    return {"routers": [local[p] for p in w.points[n:]], "links": links, "routes": routes}
 
 
 def emulation(plan: Plan, profiles: Profiles, calibrated_flops_per_s: float, cores: int,
@@ -165,9 +257,17 @@ def emulation(plan: Plan, profiles: Profiles, calibrated_flops_per_s: float, cor
         ConfigError: ``testbed_time_scale`` below what the plan needs, or a plan that would need a time
             scale above :data:`MAX_TIME_SCALE` (too many or too fast nodes for this machine).
     """
-    link = profiles.link(plan.config.link)
+    wires = wiring(plan) if plan.site is not None else None
+    if wires is None:
+        link = profiles.link(plan.config.link)
+        rates = [link.up_bps, link.down_bps]
+    else:
+        if len(wires.links) > MAX_LINKS:
+            raise ConfigError("topology", plan.site.name, f"the plan's paths use {len(wires.links)} links; the testbed "
+                              f"numbers at most {MAX_LINKS}: use a smaller topology or the simulated backend")
+        rates = [r for *_, ab, ba in wires.links for r in (ab, ba) if r is not None] or [1.0]
     need = [profiles.device(n.device).flops_per_s / calibrated_flops_per_s for n in plan.nodes]  # cores at s = 1
-    wire_bps = max(link.up_bps, link.down_bps) / TCP_GOODPUT_SHARE
+    wire_bps = max(rates) / TCP_GOODPUT_SHARE
     fits = max(1.0, max(need) / CORE_CAP, sum(need) / (MACHINE_CAP * cores), wire_bps / (MAX_LINK_MBIT * 1e6))
     if time_scale is not None and time_scale < fits:
         raise ConfigError("testbed_time_scale", time_scale,
@@ -180,9 +280,17 @@ def emulation(plan: Plan, profiles: Profiles, calibrated_flops_per_s: float, cor
                           "device profiles or a machine with more cores")
     share = tuple(f / s for f in need)
     period = tuple(min(MAX_PERIOD_US, math.ceil(MIN_QUOTA_US / c)) for c in share)
-    up, down = link.up_bps / s / TCP_GOODPUT_SHARE / 1e6, link.down_bps / s / TCP_GOODPUT_SHARE / 1e6
-    egress = tuple(down if n.side == "server" else up for n in plan.nodes)  # price_message's direction rule
-    ingress = tuple(up if n.side == "server" else down for n in plan.nodes)
+    if wires is None:
+        up, down = link.up_bps / s / TCP_GOODPUT_SHARE / 1e6, link.down_bps / s / TCP_GOODPUT_SHARE / 1e6
+        egress = tuple(down if n.side == "server" else up for n in plan.nodes)  # price_message's direction rule
+        ingress = tuple(up if n.side == "server" else down for n in plan.nodes)
+        links = {**profiles.links, link.name: replace(link, up_bps=link.up_bps / s, down_bps=link.down_bps / s,
+                                                      latency_s=0.0)}
+        site = None
+    else:  # every link of the topology is shaped on its own (network_spec)
+        egress = ingress = (0.0,) * len(plan.nodes)
+        links = dict(profiles.links)
+        site = scaled_site(plan.site, s, [n.point for n in plan.nodes])
     devices = dict(profiles.devices)
     for n in plan.nodes:
         d = profiles.device(n.device)
@@ -194,16 +302,16 @@ def emulation(plan: Plan, profiles: Profiles, calibrated_flops_per_s: float, cor
         devices[n.device] = replace(d, flops_per_s=d.flops_per_s / s,
                                     call_overhead_s=calibrated_call_s * calibrated_flops_per_s * s / d.flops_per_s,
                                     block_flops_per_s=blocks, block_call_s=fixed)
-    links = {**profiles.links, link.name: replace(link, up_bps=link.up_bps / s, down_bps=link.down_bps / s,
-                                                  latency_s=0.0)}
     return Emulation(tuple(n.name for n in plan.nodes), s, cores, calibrated_flops_per_s, calibrated_call_s, share,
-                     period, egress, ingress, Profiles(devices, links))
+                     period, egress, ingress, Profiles(devices, links), wires, site)
 
 
 def check_rates(plan: Plan, profiles: Profiles) -> None:
     """Refuse a link profile the per-host shaping cannot reproduce: a message goes out through its sender's
     egress and in through its receiver's ingress, so it gets the smaller of the two rates; that is the
     ledger's rate for every pair of nodes only when ``up_bps <= down_bps``."""
+    if plan.site is not None:  # on a topology every direction of every link is shaped on its own
+        return
     link = profiles.link(plan.config.link)
     if link.up_bps > link.down_bps:
         raise ConfigError("link", link.name, f"up_bps ({link.up_bps:g}) > down_bps ({link.down_bps:g}): the testbed "
@@ -239,11 +347,7 @@ def _free_memory_bytes() -> float:
 
 
 def check_capacity(plan: Plan) -> None:
-    """Refuse a plan on a topology (not emulated yet), or with more node processes than this machine's memory
-    holds or than a /24 network numbers."""
-    if plan.config.topology is not None:
-        raise ConfigError("topology", plan.config.topology, "the testbed emulates the uniform site (one link profile, "
-                                                            "config key link); run this plan on the simulated backend")
+    """Refuse a plan with more node processes than this machine's memory holds or than a /24 network numbers."""
     n = len(plan.nodes)
     if n > 200:
         raise ConfigError("nodes", plan.config.nodes, f"{n} node processes; the testbed hosts at most 200")
@@ -311,9 +415,15 @@ def measured(trace: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
 
 
 def predicted(plan: Plan, shard_sizes: list[int], emu: Emulation) -> tuple[pd.DataFrame, pd.Series]:
-    """The model's figures for the same plan priced with the emulated profiles and the ``star`` network (one
-    interface per node, as the testbed's bridge gives), in the units of :func:`measured`."""
-    plan = replace(plan, config=plan.config.model_copy(update={"network": "star"}))  # the testbed's network
+    """The model's figures for the same plan priced with the emulated profiles, in the units of :func:`measured`:
+    on the uniform site with the ``star`` network (one interface per node, as the testbed's bridge gives); on a
+    topology with the ``inbox`` network on the emulated topology (each pair's path its own, as each host has a
+    link per neighbour, and a message moves once its receive is posted, as the distributed backend runs: what
+    several paths share is not modelled)."""
+    if emu.site is None:
+        plan = replace(plan, config=plan.config.model_copy(update={"network": "star"}))  # the testbed's network
+    else:
+        plan = replace(plan, config=plan.config.model_copy(update={"network": "inbox"}), site=emu.site)
     events = plan_events(plan, shard_sizes)
     _, seconds = event_costs(plan, events, emu.profiles)
     rows = []
@@ -522,7 +632,8 @@ def run_emulated(cfg: Config, out: str | Path, *, time_scale: float | None = Non
             argv = [sys.executable, "-m", "fplstudy.cli", "run", str(config_file), "--backend", "distributed",
                     "--quiet", "--out", str(rank_out)]
             env = {"RANK": str(i), "WORLD_SIZE": str(len(emu.nodes)), "MASTER_ADDR": "10.0.0.1",
-                   "MASTER_PORT": str(MASTER_PORT), "GLOO_SOCKET_IFNAME": f"{tag}h{i}-eth0", TRACE_ENV: str(work),
+                   "MASTER_PORT": str(MASTER_PORT), TRACE_ENV: str(work),
+                   "GLOO_SOCKET_IFNAME": f"{tag}h{i}-{'eth0' if emu.wiring is None else IDENTITY_SUFFIX}",
                    GATE_ENV: str(work / "gate"), "OMP_NUM_THREADS": "1", "CI": "1"}
             dilate = cfg.testbed_cpu == "dilate"
             if dilate:
@@ -532,6 +643,8 @@ def run_emulated(cfg: Config, out: str | Path, *, time_scale: float | None = Non
                           "env": env, "log": str(work / f"{node}.log")})
         spec = {"tag": tag, "hosts": hosts, "cwd": os.getcwd(), "parent_pid": os.getpid(), "gate": str(work / "gate"),
                 "deadline_s": 6 * 3600, "fill_idle": False, "scratch": str(work)}
+        if emu.wiring is not None:
+            spec |= network_spec(emu)
         (work / "spec.json").write_text(json.dumps(spec))
         load0 = os.getloadavg()[0]
         t0 = time.monotonic()
@@ -575,6 +688,11 @@ def run_emulated(cfg: Config, out: str | Path, *, time_scale: float | None = Non
                    "core_share": dict(zip(emu.nodes, emu.core_share)), "period_us": dict(zip(emu.nodes, emu.period_us)),
                    "egress_mbit": dict(zip(emu.nodes, emu.egress_mbit)),
                    "ingress_mbit": dict(zip(emu.nodes, emu.ingress_mbit)),
+                   "topology": None if emu.wiring is None else {
+                       "file": cfg.topology, "points": list(emu.wiring.points),
+                       "links": [{"ends": [a, b], "mbit": m["mbit"], "tx_bytes": tx} for (a, b, *_), m, tx in
+                                 zip(emu.wiring.links, spec["links"], outcome.get("link_tx_bytes") or
+                                     [[None, None]] * len(spec["links"]))]},
                    "latency_emulated": False, "load_average_before": load0, "load_average_after": os.getloadavg()[0],
                    "testbed_wall_s": wall_s, "network_build_s": outcome.get("build_s")}
         write_rows_csv(out / "testbed.csv", table.to_dict("records"), TESTBED_COLUMNS)

@@ -21,9 +21,14 @@ The full study is six strategies × 2, 4, 8 nodes × two link rates (``centraliz
 runs on it: the load average before and after each run is in ``validation.csv``; rerun on a quiet
 machine before quoting the figures.
 
+With ``--topology FILE`` (a topology file or a shipped one's name) every run is on that site instead of
+the uniform links of ``--rates``: its nodes' devices, each link its own shaped pair of directions, relays
+as routers (``fplstudy.testbed``, *On a topology*); a run whose plan has more nodes than the site is listed
+as not run.
+
 Run: ``python benchmarks/testbed_validation.py --out runs/validation [--strategies fl,mp] [--nodes 2,4,8]
-[--rates 10,100] [--cpu cfs|dilate] [--concurrency plan|hosts] [--rounds 3] [--batch-size 128] [--fit-batch 32] [--after-wait 0]
-[--profiles host.yaml]``.
+[--rates 10,100 | --topology FILE] [--cpu cfs|dilate] [--concurrency plan|hosts] [--rounds 3] [--batch-size 128]
+[--fit-batch 32] [--after-wait 0] [--profiles host.yaml]``.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ def main() -> int:
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
     ap.add_argument("--nodes", default="2,4,8")
     ap.add_argument("--rates", default="10,100", help="link rates, Mbit/s (before the time scale)")
+    ap.add_argument("--topology", help="run every plan on this topology (file or shipped name) instead of --rates")
     ap.add_argument("--cpu", default="cfs", choices=["cfs", "dilate"], help="the config key testbed_cpu")
     ap.add_argument("--rounds", type=int, default=3, help="rounds per run; round 0 is the warm-up")
     ap.add_argument("--batch-size", type=int, default=128)
@@ -123,10 +129,12 @@ def main() -> int:
     for strategy in args.strategies.split(","):
         sizes = [1] if strategy == "centralized" else list(map(int, args.nodes.split(",")))  # one node, by definition
         for nodes in sizes:
-            for mbit in args.rates.split(","):
-                name = f"{strategy}-{nodes}-{mbit}mbit"
+            for mbit in args.rates.split(",") if not args.topology else ["nan"]:
+                name = f"{strategy}-{nodes}-" + (f"{mbit}mbit" if not args.topology else Path(args.topology).stem)
                 values = dict(strategy=strategy, nodes=nodes, link=f"tb{mbit}", rounds=args.rounds,
                               batch_size=args.batch_size, profiles_file=str(base), testbed_cpu=args.cpu)
+                if args.topology:
+                    values |= {"topology": args.topology, "link": "wifi5"}  # link: unused on a topology
                 try:
                     hosts = len(resolve(load_config(None, values)).nodes)  # the plan alone: no data read
                     k = hosts if args.concurrency == "hosts" or args.profiles else concurrency(values, hosts)

@@ -262,3 +262,19 @@ def test_the_emulated_testbed_refuses_stragglers_and_deadlines_before_anything_i
     with pytest.raises(ConfigError) as err:
         prepare_emulation(make_config({"strategy": "fl", "nodes": 2, "rounds": 1, **keys}))
     assert err.value.key in keys and "simulated backend" in str(err.value)
+
+
+def test_fplstudy_cost_counts_the_late_branches(tmp_path, capsys):
+    """``fplstudy cost`` with a deadline prints how many branches the deadline dropped, and in how many rounds:
+    the settled turnouts' count (a deadline inside the first batch: both clients late in both rounds); without a
+    deadline it prints no such line."""
+    from fplstudy.cli import main
+
+    keys = ["--set", "strategy=fl", "--set", "nodes=2", "--set", "rounds=2"]
+    assert main(["cost", *keys, "--set", "round_deadline_s=0.0001"]) == 0
+    out = capsys.readouterr().out
+    plan, _, _ = _prepared(nodes=2, rounds=2, round_deadline_s=1e-4)  # prepare settles the deadline
+    assert [len(t.late) for t in plan.turnouts] == [2, 2]
+    assert "branches_late            4 (in 2 of 2 rounds; deadline 0.0001 s)" in out
+    assert main(["cost", *keys]) == 0
+    assert "branches_late" not in capsys.readouterr().out

@@ -218,12 +218,14 @@ def test_topology_wiring_routes_and_rates_by_hand(tmp_path):
         "h2": [["10.0.0.1", "10.1.2.2"], ["10.0.0.2", "10.1.2.2"]],
         "r0": [["10.0.0.1", "10.1.0.1"], ["10.0.0.2", "10.1.1.1"], ["10.0.0.3", "10.1.3.2"]],
         "r1": [["10.0.0.1", "10.1.3.1"], ["10.0.0.2", "10.1.3.1"], ["10.0.0.3", "10.1.2.1"]]}
-    # the prediction: n0's params_up on s0 -> ap -> gw -> server at half of each hop's rate, store-and-forward
+    # the prediction: n0's params_up on s0 -> ap -> gw -> server at half of each hop's rate: the LTE hop's, packet
+    # by packet; each hop's, store-and-forward
     events = plan_events(plan, [32, 32])
     up = next(e for e in events if not isinstance(e, Compute) and e.kind == "params_up" and e.src == "n0")
-    p_node, _ = testbed.predicted(plan, [32, 32], emu)
-    sent = p_node.set_index(["round", "node"]).loc[(0, "n0"), "predicted_send_s"]
-    assert sent == pytest.approx(up.nbytes * 8 * 2.0 * (1 / 2.9e7 + 1 / fast + 1 / 6e6), rel=1e-12)
+    for forwarding, spb in (("packet", 1 / 6e6), ("message", 1 / 2.9e7 + 1 / fast + 1 / 6e6)):
+        p_node, _ = testbed.predicted(resolve(plan.config.model_copy(update={"forwarding": forwarding})), [32, 32], emu)
+        sent = p_node.set_index(["round", "node"]).loc[(0, "n0"), "predicted_send_s"]
+        assert sent == pytest.approx(up.nbytes * 8 * 2.0 * spb, rel=1e-12), forwarding
     assert [h.link.latency_s for h in plan.site.path("s0", "server")] == [0.0, 0.0, 0.05]
     assert [h.link.latency_s for h in emu.site.path("s0", "server")] == [0.0, 0.0, 0.0]  # netem: not here
 
@@ -506,8 +508,8 @@ def test_a_plan_on_a_topology_runs_through_its_relays_and_equals_the_simulated_b
 def test_two_hops_carry_a_bulk_transfer_at_the_slower_hops_rate(tmp_path):
     """iperf3 from b to a through a router r: b -> r shaped to 40 Mbit/s, r -> a to 20. The goodput is within 10 %
     of the slower hop's (20 Mbit/s less the frame headers): IP forwards packet by packet, so a message over two
-    hops takes about bits / 20 Mbit/s, where the model's store-and-forward prices bits / 40 + bits / 20 (1.5 times
-    as long; topology.py, README)."""
+    hops takes about bits / 20 Mbit/s, as the default ``forwarding: packet`` prices it; store-and-forward
+    (``forwarding: message``) would price bits / 40 + bits / 20, 1.5 times as long (topology.py, README)."""
     client = "sleep 0.5; iperf3 -c 10.0.0.1 -t 3 -J > " + str(tmp_path / "iperf.json")
     spec = {"tag": "fqtbr", "cwd": str(tmp_path), "deadline_s": 60, "hosts": [
         {"name": "a", "cpu": -1, "period_us": 100000, "argv": ["iperf3", "-s", "-1"]},

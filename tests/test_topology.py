@@ -40,20 +40,27 @@ def hand_profiles(tmp_path_factory):
 
 def test_three_hops_store_and_forward_by_hand(hand_profiles):
     """1000 bytes = 8000 bits from s0 to srv: radio up (1e6 bit/s, 10 ms), wire up (1e7, 1 ms), fibre up
-    (1e8, 0 ms), one hop after the other: 8 ms + 10 ms + 0.8 ms + 1 ms + 0.08 ms = 19.88 ms. Energy: s0 sends
-    on the radio 8000 × 1e-7 = 8e-4 J; ap receives on the radio 8000 × 5e-8 = 4e-4 J and sends on the wire
-    8000 × 1e-9 = 8e-6 J; gw receives 8000 × 2e-9 = 1.6e-5 J and sends on the fibre 0; srv receives 0.
-    Back down: the radio's down rate, 2e6 bit/s: 4 ms instead of 8."""
+    (1e8, 0 ms). Store-and-forward (``message``), one hop after the other: 8 ms + 10 ms + 0.8 ms + 1 ms +
+    0.08 ms = 19.88 ms; packet by packet (``packet``, the default), at the slowest hop's rate plus every
+    latency: 8 ms + 11 ms = 19 ms. Energy either way: s0 sends on the radio 8000 × 1e-7 = 8e-4 J; ap receives
+    on the radio 8000 × 5e-8 = 4e-4 J and sends on the wire 8000 × 1e-9 = 8e-6 J; gw receives 8000 × 2e-9 =
+    1.6e-5 J and sends on the fibre 0; srv receives 0. Back down: the radio's down rate, 2e6 bit/s: 4 ms
+    instead of 8."""
     topo = parse_topology(THREE_HOPS, hand_profiles)
     hops = topo.path("s0", "srv")
     assert [(h.src, h.dst) for h in hops] == [("s0", "ap"), ("ap", "gw"), ("gw", "srv")]
-    seconds, tx, rx = price_path(hops, 1000)
-    assert seconds == pytest.approx(0.008 + 0.01 + 0.0008 + 0.001 + 0.00008, rel=1e-12)
-    assert tx == pytest.approx({"s0": 8e-4, "ap": 8e-6, "gw": 0.0}, rel=1e-12)
-    assert rx == pytest.approx({"ap": 4e-4, "gw": 1.6e-5, "srv": 0.0}, rel=1e-12)
-    down, _, _ = price_path(topo.path("srv", "s0"), 1000)
-    assert down == pytest.approx(0.00008 + 0.0008 + 0.001 + 0.004 + 0.01, rel=1e-12)
-    assert topo.path("s0", "s0") == () and price_path((), 1000) == (0.0, {}, {})
+    for forwarding, up_s, down_s in (("message", 0.008 + 0.01 + 0.0008 + 0.001 + 0.00008,
+                                      0.00008 + 0.0008 + 0.001 + 0.004 + 0.01),
+                                     ("packet", 0.008 + 0.011, 0.004 + 0.011)):
+        seconds, tx, rx = price_path(hops, 1000, forwarding)
+        assert seconds == pytest.approx(up_s, rel=1e-12), forwarding
+        assert tx == pytest.approx({"s0": 8e-4, "ap": 8e-6, "gw": 0.0}, rel=1e-12)
+        assert rx == pytest.approx({"ap": 4e-4, "gw": 1.6e-5, "srv": 0.0}, rel=1e-12)
+        down, _, _ = price_path(topo.path("srv", "s0"), 1000, forwarding)
+        assert down == pytest.approx(down_s, rel=1e-12), forwarding
+        assert price_path((), 1000, forwarding) == (0.0, {}, {})
+    assert price_path(hops, 1000) == price_path(hops, 1000, "packet")  # the default
+    assert topo.path("s0", "s0") == ()
 
 
 def test_fewest_hops_first_then_the_faster_path(hand_profiles):
@@ -123,11 +130,13 @@ def test_shipped_topologies_load_and_every_node_reaches_every_other(path):
 
 def test_fog_example_path_by_hand():
     """fog_wifi: d0 -> d7 goes d0 -> gw0 (Wi-Fi 4 up, 2.9e7) -> server (Ethernet, 9.4e8) -> gw1 (Ethernet
-    down, 9.4e8) -> d7 (Wi-Fi 4 down, 4.0e7); 1 MB = 8e6 bits."""
+    down, 9.4e8) -> d7 (Wi-Fi 4 down, 4.0e7); 1 MB = 8e6 bits: at the Wi-Fi 4 up rate packet by packet, every
+    hop's time store-and-forward (no latency on these profiles)."""
     topo = load_topology(next(p for p in SHIPPED if p.stem == "fog_wifi"), load_profiles())
     hops = topo.path("d0", "d7")
     assert [h.dst for h in hops] == ["gw0", "server", "gw1", "d7"]
-    seconds, _, _ = price_path(hops, 1_000_000)
+    assert price_path(hops, 1_000_000)[0] == pytest.approx(8e6 / 2.9e7, rel=1e-12)
+    seconds, _, _ = price_path(hops, 1_000_000, "message")
     assert seconds == pytest.approx(8e6 / 2.9e7 + 8e6 / 9.4e8 + 8e6 / 9.4e8 + 8e6 / 4.0e7, rel=1e-12)
 
 

@@ -38,22 +38,24 @@ def _files(tmp_path, topo: dict, profiles: dict | None = None) -> dict:
     return keys
 
 
-def _hops(bits: float, hops: list[tuple[float, float]]) -> float:
-    """Store-and-forward seconds, added hop by hop as :func:`fplstudy.topology.price_path` adds them."""
+def _hops(bits: float, hops: list[tuple[float, float]], forwarding: str) -> float:
+    """A message's seconds on ``hops`` ``(rate, latency)``: store-and-forward (``message``), added hop by hop; or
+    packet by packet, bits / the slowest rate + the latencies; as :func:`fplstudy.topology.price_path` adds them."""
     seconds = 0.0
     for rate, latency in hops:
-        seconds += bits / rate + latency
-    return seconds
+        seconds += bits / rate + latency if forwarding == "message" else latency
+    return seconds if forwarding == "message" else bits / min(rate for rate, _ in hops) + seconds
 
 
-def test_three_hops_in_the_ledger_by_hand(tmp_path):
+@pytest.mark.parametrize("forwarding", ["packet", "message"])
+def test_three_hops_in_the_ledger_by_hand(tmp_path, forwarding):
     """mp on 3 stages: n0 on s0, n1 on srv, n2 on gw. Activations n0 -> n1 take s0 -> ap -> gw -> srv at the up
     rates, gradients n1 -> n0 the way back at the down rates; n2 (on gw) relays both: its row gets their bytes
     both ways and the joules of its two hops (wire rx + fibre tx up, fibre rx + wire tx down) in a ``relay`` row,
     one count per message forwarded and no seconds; ``bytes_total`` counts every message once. The labels
     n0 -> n2 pass the site ap, which is charged nothing. Every figure by hand, event by event."""
     cfg = make_config({**SMALL, "strategy": "mp", "nodes": 3, **_files(tmp_path, THREE_HOPS, HAND),
-                       "placement": {"n0": "s0", "n1": "srv", "n2": "gw"}})
+                       "placement": {"n0": "s0", "n1": "srv", "n2": "gw"}, "forwarding": forwarding})
     plan = resolve(cfg)
     assert [(n.point, n.device) for n in plan.nodes] == [("s0", "rpi4"), ("srv", "minipc"), ("gw", "jetson_orin_nano")]
     events = plan_events(plan, shard_sizes(plan))
@@ -74,7 +76,7 @@ def test_three_hops_in_the_ledger_by_hand(tmp_path):
             continue
         hops, tx_j, rx_j, relay_j = routes[(ev.src, ev.dst)]
         bits = ev.nbytes * 8
-        s = _hops(bits, hops)
+        s = _hops(bits, hops, forwarding)
         add((ev.round, ev.src, ev.kind), 1, ev.nbytes, 0, s, bits * tx_j)
         add((ev.round, ev.dst, ev.kind), 1, 0, ev.nbytes, s, bits * rx_j)
         if relay_j is not None:
@@ -195,3 +197,19 @@ def test_the_plan_figure_names_points_and_links(tmp_path):
     assert "topology" not in plain.title and [b.device for b in plain.boxes] == ["rpi4"] * 3
     draw_plan(resolve(cfg), tmp_path / "plan.png")
     assert (tmp_path / "plan.png").stat().st_size > 0
+
+
+def test_the_shipped_microcontroller_site_refuses_the_whole_model_on_a_256_kb_node():
+    """wearables_mcu: fl puts the whole model (1.73 MB at its peak) on m0, an nRF52840 of 256 KB: refused before
+    any work, naming the topology node, the plan node and both sizes; sl cut after the first block puts only its
+    head there (0.132 MB) and every node fits its device."""
+    from fplstudy.memory import misfits
+    from fplstudy.runner import prepare
+
+    with pytest.raises(ConfigError, match=r"^config key 'topology \(m0\)': got 'nrf52840'; node n0 \(branch0/stage0\) "
+                                          r"needs 1\.73 MB at its peak and the device has 0\.262 MB"):
+        prepare(make_config({"strategy": "fl", "nodes": 4, "topology": "wearables_mcu"}))
+    plan, profiles, _ = prepare(make_config({"strategy": "sl", "nodes": 4, "junction_at": 1,
+                                             "topology": "wearables_mcu"}))
+    assert [(n.point, n.device) for n in plan.nodes][:2] == [("m0", "nrf52840"), ("m1", "nrf52840")]
+    assert misfits(plan, profiles) == [] and profiles.device("nrf52840").memory_bytes == 262144

@@ -239,6 +239,10 @@ def _cmd_cost(cfg: Config, args) -> int:
         print(note)
     for key, value in dry.totals.items():
         print(f"{key:24} {value}")
+    if dry.plan.turnouts is not None and cfg.round_deadline_s is not None:  # what the deadline decided
+        late = [len(t.late) for t in dry.plan.turnouts]
+        print(f"{'branches_late':24} {sum(late)} (in {sum(1 for n in late if n)} of {len(late)} rounds; "
+              f"deadline {cfg.round_deadline_s:g} s)")
     print(f"{'priced_from':24} {dry.priced_from}")
     if args.out:
         print(f"wrote {args.out}/ledger.csv and metrics.json")

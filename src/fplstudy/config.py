@@ -242,6 +242,7 @@ class Config(BaseModel):
     node_devices: Optional[dict[str, str]] = None  # per-node override, {node name: device profile}
     topology: Optional[str] = None  # a topology file (or a shipped one's name): every node's device and the links (topology.py); None = the uniform site of the keys above
     placement: Optional[dict[str, str]] = None  # with topology: {plan node: topology node}; nodes left out are placed by topology.place's rule
+    forwarding: Literal["packet", "message"] = "packet"  # on a topology, how relays forward: packet by packet (bits / slowest hop) or whole messages (store-and-forward, Σ hops) (topology.py)
     profiles_file: Optional[str] = None  # YAML file with extra or overriding device/link profiles
     pipeline: Literal["sequential", "gpipe", "1f1b"] = "sequential"  # makespan of a branch's stages
     network: Literal["links", "star", "inbox"] = "links"  # links: a link per node pair; star: one half-duplex interface per node; inbox: links, a receive posted after the receiver's earlier work (makespan.py)

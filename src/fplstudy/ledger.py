@@ -27,8 +27,9 @@ seconds             float    compute: FLOPs / device FLOP/s + the device's call 
                              with per-block rates, Σ block FLOPs / block FLOP/s, plus each block's
                              fixed seconds per call where given: :func:`price_compute`;
                              a straggler's: its slowdown times that, :func:`slowdowns`);
-                             message: bits / link rate + latency (on a topology: Σ over the
-                             path's hops, store-and-forward), counted at the sender *and* at
+                             message: bits / link rate + latency (on a topology: bits / the
+                             path's slowest rate + Σ latency, or with forwarding=message Σ over
+                             its hops, store-and-forward), counted at the sender *and* at
                              the receiver (both radios are busy);
                              idle: round makespan − the time the node computed or communicated
                              (union of its intervals in the schedule, :mod:`fplstudy.makespan`)
@@ -183,18 +184,20 @@ def message_pricer(plan, profiles: Profiles):
 
     Without a topology: :func:`price_message` on the link profile ``config.link``, no relays. On a topology
     (config key ``topology``): :func:`fplstudy.topology.price_path` on the path between the nodes' topology
-    nodes (store-and-forward); the sender pays its hop's tx joules, the receiver its hop's rx joules, a plan
-    node on the path the tx and rx joules of its two hops; points that host no plan node are not charged.
+    nodes, forwarded as the config key ``forwarding`` says (packet by packet, or store-and-forward); the sender
+    pays its hop's tx joules, the receiver its hop's rx joules, a plan node on the path the tx and rx joules of
+    its two hops; points that host no plan node are not charged.
     """
     site = plan.site
     if site is None:
         link = profiles.link(plan.config.link)
         return lambda nbytes, src, dst: (*price_message(link, nbytes, src, dst), ())
     hosted = {n.point: n.name for n in plan.nodes}
+    forwarding = plan.config.forwarding
 
     def priced(nbytes: int, src: Node, dst: Node) -> tuple[float, float, float, tuple]:
         hops = site.path(src.point, dst.point)
-        seconds, tx, rx = price_path(hops, nbytes)
+        seconds, tx, rx = price_path(hops, nbytes, forwarding)
         relays = tuple((hosted[h.dst], tx[h.dst] + rx[h.dst]) for h in hops[:-1] if h.dst in hosted)
         return seconds, tx.get(src.point, 0.0), rx.get(dst.point, 0.0), relays
     return priced

@@ -1,7 +1,8 @@
 """The emulated edge testbed (``--backend emulated``): the plan on its own network, measured against the model.
 
 Every node of the plan becomes a Mininet host (its own network namespace and address, ``10.0.0.<i+1>``)
-joined to one Linux bridge by a link shaped to the link profile's rate, and gets a CPU share that makes
+joined to one Linux bridge by a link shaped to the link profile's rate (on a topology: the topology's own
+links and relays, below), and gets a CPU share that makes
 it as fast as its device profile relative to this machine's calibrated speed. The plan then runs on the
 ``distributed`` backend, one rank per host, rendezvous at the first host (the multi-host path: the store
 binds to ``10.0.0.1``, gloo to each host's interface). Each rank traces its own work; afterwards the
@@ -25,6 +26,22 @@ The arithmetic (:func:`emulation`):
   server-side node (trunk stage, aggregator) the other way round;
 - the CFS period of a host is the shortest that allows the kernel's minimum quota of 1 ms
   (``1 ms / share``), so that a throttled node is slowed evenly rather than in long bursts.
+
+**On a topology** (config key ``topology``; :func:`wiring`, :func:`network_spec`). The testbed builds the
+topology itself, as far as the plan's paths reach: every plan node is a host, every relay on a path
+between two plan nodes that hosts none (a site, an unused node) a router, every link that a path uses a
+Mininet link between its two ends with each direction shaped on its sender's side to that direction's
+rate (``rate / s / TCP_GOODPUT_SHARE``; a direction the topology does not have is left unshaped and
+unused), and every host and router forwards IPv4 along static routes that are the model's paths
+(:meth:`fplstudy.topology.Topology.path`). IP routes by destination, so a topology whose relay would have
+to send one destination's messages two ways is refused (a tie broken differently from two starting
+points). Link ``l`` is the subnet ``10.<1 + l // 256>.<l % 256>.0/24``; host ``i`` keeps its address
+``10.0.0.<i+1>`` on an interface of its own (``<host>-id``), the same on every path, which gloo binds to
+and the routes name as the source. The prediction prices the plan on the topology with every rate divided
+by ``s`` and no latency, on the ``inbox`` network (:mod:`fplstudy.makespan`): each pair's path its own, as
+each host has a link per neighbour, and a message moves once its receiver has posted the receive, as the
+distributed backend runs. The model's ``forwarding`` (packet by packet by default) is what the routers
+do; two paths that share a hop share its rate on the testbed but not in the model.
 
 How a node's CPU is slowed is the config key ``testbed_cpu``:
 

@@ -26,17 +26,27 @@ the range :data:`fplstudy.profiles.BOUNDS` allows. No two entries may give the s
 pair. ``description`` and ``source`` say what the site is and where its shape comes from.
 
 **The path and its price** (:meth:`Topology.path`, :func:`price_path`). A message takes the path of fewest
-hops (ties: the least seconds per bit, then the names in order), and is priced **store-and-forward per
-hop**: every hop carries the whole message, one hop after the other, so the message takes
-``Σ_hops (bits / rate_h + latency_h)``; each hop spends ``bits × tx_j_per_bit`` at its sending end and
-``bits × rx_j_per_bit`` at its receiving end (a relay in the middle of the path spends both). A path of one
-hop is priced exactly as :func:`fplstudy.ledger.price_message` prices a message on one link (same float
+hops (ties: the least seconds per bit, then the names in order). How long it takes is the config key
+``forwarding``:
+
+- ``packet`` (the default): the relays forward it packet by packet, as IP routers, switches and access
+  points do, so its hops carry it at once and it takes ``bits / (slowest hop's rate) + Σ_hops latency_h``
+  (a fluid model: the few packets' worth of time the other hops add is left out). The emulated testbed
+  measures this: a bulk transfer over a 40 Mbit/s and a 20 Mbit/s hop runs at 20 Mbit/s
+  (tests/test_testbed.py);
+- ``message``: every relay receives the whole message before it sends it on (store-and-forward, as an
+  application-level relay — a broker, a gateway that stores a model and forwards it — does), so it takes
+  ``Σ_hops (bits / rate_h + latency_h)``.
+
+Either way every hop carries the whole message: each hop spends ``bits × tx_j_per_bit`` at its sending end
+and ``bits × rx_j_per_bit`` at its receiving end (a relay in the middle of the path spends both). A path of
+one hop is priced exactly as :func:`fplstudy.ledger.price_message` prices a message on one link (same float
 operations), so a topology that links every pair of nodes directly with one profile — directed the way the
 shorthand keys direct it (:func:`uniform_links`) — is the uniform site of the config keys ``link`` and
 ``node_devices``.
 
 **In a plan** (config keys ``topology`` and ``placement``, :func:`place`). ``topology: FILE`` (a path, or
-the name of a shipped example: ``fog_wifi``, ``phones_lte``, ``wearables_ble``) gives every node of the
+the name of a shipped example: ``fog_wifi``, ``phones_lte``, ``wearables_ble``, ``wearables_mcu``) gives every node of the
 plan its device and the links between them; ``device``, ``server_device`` and ``link`` are then not used
 and ``node_devices`` is refused. ``placement: {plan node: topology node}`` says which topology node hosts
 which plan node; a plan node it leaves out is placed by the default rule: the nodes on the server side
@@ -161,21 +171,36 @@ class Topology:
                                     f"no path from {src} to {dst}; add a link (between: [{src}, …]) that joins them")
 
 
-def price_path(hops: tuple[Hop, ...], nbytes: int) -> tuple[float, dict[str, float], dict[str, float]]:
-    """Seconds and radio energy of one message of ``nbytes`` payload bytes along ``hops``, store-and-forward.
+FORWARDING = ("packet", "message")  # config key forwarding: how relays forward a message (module docstring)
+
+
+def price_path(hops: tuple[Hop, ...], nbytes: int, forwarding: str = "packet"
+               ) -> tuple[float, dict[str, float], dict[str, float]]:
+    """Seconds and radio energy of one message of ``nbytes`` payload bytes along ``hops``.
+
+    Args:
+        hops: the path (:meth:`Topology.path`).
+        nbytes: payload bytes.
+        forwarding: ``packet`` (bits / the slowest hop's rate + Σ latency) or ``message`` (store-and-forward:
+            Σ over hops of bits / rate + latency); see the module docstring.
 
     Returns:
-        ``(seconds, tx_j, rx_j)``: Σ over hops of bits / rate + latency; per point, the joules it spends
-        sending (bits × ``tx_j_per_bit`` of each hop it sends on) and receiving (bits × ``rx_j_per_bit``).
+        ``(seconds, tx_j, rx_j)``: the message's seconds; per point, the joules it spends sending (bits ×
+        ``tx_j_per_bit`` of each hop it sends on) and receiving (bits × ``rx_j_per_bit``).
     """
     bits = nbytes * 8
     seconds = 0.0
     tx: dict[str, float] = {}
     rx: dict[str, float] = {}
     for hop in hops:
-        seconds += bits / hop.rate_bps + hop.link.latency_s
+        if forwarding == "message":
+            seconds += bits / hop.rate_bps + hop.link.latency_s
+        else:
+            seconds += hop.link.latency_s
         tx[hop.src] = tx.get(hop.src, 0.0) + bits * hop.link.tx_j_per_bit
         rx[hop.dst] = rx.get(hop.dst, 0.0) + bits * hop.link.rx_j_per_bit
+    if forwarding != "message" and hops:
+        seconds = bits / min(hop.rate_bps for hop in hops) + seconds  # one hop: bits / rate + latency, as price_message
     return seconds, tx, rx
 
 

@@ -239,7 +239,7 @@ def _cmd_cost(cfg: Config, args) -> int:
         print(note)
     for key, value in dry.totals.items():
         print(f"{key:24} {value}")
-    if dry.plan.turnouts is not None and cfg.round_deadline_s is not None:  # what the deadline decided
+    if cfg.round_deadline_s is not None:  # what the deadline decided (dry_run settles the plan)
         late = [len(t.late) for t in dry.plan.turnouts]
         print(f"{'branches_late':24} {sum(late)} (in {sum(1 for n in late if n)} of {len(late)} rounds; "
               f"deadline {cfg.round_deadline_s:g} s)")

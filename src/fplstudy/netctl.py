@@ -197,11 +197,10 @@ def _alive(pid: int) -> bool:
 
 
 def _sh(node, command: str) -> None:
-    """Run ``command`` in ``node``'s namespace; raise with its output when it fails."""
-    out = node.cmd(command + " >/dev/null 2>&1 || echo FAILED")
-    if "FAILED" in out:
-        detail = node.cmd(command + " 2>&1")
-        raise RuntimeError(f"{node.name}: {command}: {detail.strip()}")
+    """Run ``command`` once in ``node``'s namespace; raise with its output when it fails."""
+    out, _, code = node.cmd(f"{command} 2>&1; echo \"rc=$?\"").rstrip().rpartition("rc=")
+    if code.strip() != "0":
+        raise RuntimeError(f"{node.name}: {command}: {out.strip()}")
 
 
 def _tx_bytes(intf) -> int | None:

@@ -282,9 +282,9 @@ def emulation(plan: Plan, profiles: Profiles, calibrated_flops_per_s: float, cor
         if len(wires.links) > MAX_LINKS:
             raise ConfigError("topology", plan.site.name, f"the plan's paths use {len(wires.links)} links; the testbed "
                               f"numbers at most {MAX_LINKS}: use a smaller topology or the simulated backend")
-        rates = [r for *_, ab, ba in wires.links for r in (ab, ba) if r is not None] or [1.0]
+        rates = [r for *_, ab, ba in wires.links for r in (ab, ba) if r is not None]
     need = [profiles.device(n.device).flops_per_s / calibrated_flops_per_s for n in plan.nodes]  # cores at s = 1
-    wire_bps = max(rates) / TCP_GOODPUT_SHARE
+    wire_bps = max(rates, default=0.0) / TCP_GOODPUT_SHARE  # no link: a plan of one node
     fits = max(1.0, max(need) / CORE_CAP, sum(need) / (MACHINE_CAP * cores), wire_bps / (MAX_LINK_MBIT * 1e6))
     if time_scale is not None and time_scale < fits:
         raise ConfigError("testbed_time_scale", time_scale,
@@ -306,7 +306,7 @@ def emulation(plan: Plan, profiles: Profiles, calibrated_flops_per_s: float, cor
         site = None
     else:  # every link of the topology is shaped on its own (network_spec)
         egress = ingress = (0.0,) * len(plan.nodes)
-        links = dict(profiles.links)
+        links = profiles.links  # the messages are priced on the scaled site, not on link profiles
         site = scaled_site(plan.site, s, [n.point for n in plan.nodes])
     devices = dict(profiles.devices)
     for n in plan.nodes:

@@ -171,9 +171,6 @@ class Topology:
                                     f"no path from {src} to {dst}; add a link (between: [{src}, …]) that joins them")
 
 
-FORWARDING = ("packet", "message")  # config key forwarding: how relays forward a message (module docstring)
-
-
 def price_path(hops: tuple[Hop, ...], nbytes: int, forwarding: str = "packet"
                ) -> tuple[float, dict[str, float], dict[str, float]]:
     """Seconds and radio energy of one message of ``nbytes`` payload bytes along ``hops``.

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from fplstudy.config import make_config
-from fplstudy.dryrun import plan_events, price_plan, shard_sizes
+from fplstudy.dryrun import plan_events, price_plan, settle_deadline, shard_sizes
 from fplstudy.events import Compute, Transfer
 from fplstudy.explore import enumerate_plans
 from fplstudy.ledger import Pricer, price
@@ -146,3 +146,37 @@ def test_fast_ledger_equals_the_reference_with_block_rates(name, tmp_path):
     compute = rated["kind"].isin(["forward", "backward"])
     assert (rated["flops"] == flat_ledger["flops"]).all()
     assert not (rated[compute]["seconds"].to_numpy() == flat_ledger[compute]["seconds"].to_numpy()).all()
+
+
+COLD = """devices:
+  rpi4: {receive_call_s: 3.0e-3}
+  minipc: {receive_call_s: 7.0e-4}
+  phone: {receive_call_s: 2.0e-3}
+"""
+COLD_EXTRA = {  # dynamics (absences, stragglers, a deadline) and a topology, on top of PLANS
+    "fpl-dropout": dict(strategy="fpl", nodes=5, branches=2, dropout=0.3, rounds=5),
+    "sl-stragglers": dict(strategy="sl", nodes=4, straggler_prob=0.4, straggler_slowdown=3.0, rounds=4),
+    "fl-deadline": dict(strategy="fl", nodes=4, straggler_prob=0.5, straggler_slowdown=4.0, round_deadline_s=0.05),
+    "fpl-phones": dict(strategy="fpl", nodes=5, branches=2, topology="phones_lte"),
+    "mp-phones-message": dict(strategy="mp", nodes=4, topology="phones_lte", forwarding="message"),
+}
+
+
+@pytest.mark.parametrize("name", list(PLANS) + list(COLD_EXTRA))
+def test_fast_ledger_equals_the_reference_with_calls_after_a_receive(name, tmp_path):
+    """Devices that price a call after a receive (receive_call_s; the fast paths carry which calls start cold
+    from one template to the next, across a round's steps and syncs): the reference's floats, and the
+    field is used (compute seconds above the same plan's without it)."""
+    path = tmp_path / "cold.yaml"
+    path.write_text(COLD)
+    spec = {**SMALL, **PLANS.get(name, COLD_EXTRA.get(name))}
+    plan = resolve(make_config({**spec, "profiles_file": str(path)}))
+    if plan.config.round_deadline_s is not None:  # settled on its own prices: who is late depends on them
+        _check(settle_deadline(plan, shard_sizes(plan), check_profiles(plan)))
+        return
+    _check(plan)
+    warm = resolve(make_config(spec))
+    events = plan_events(plan, shard_sizes(plan))
+    cold_ledger, warm_ledger = price(plan, events), price(warm, events)
+    compute = cold_ledger["kind"].isin(["forward", "backward"])
+    assert cold_ledger.loc[compute, "seconds"].sum() > warm_ledger.loc[compute, "seconds"].sum()

@@ -30,7 +30,7 @@ from fplstudy.config import Config, ConfigError
 from fplstudy.datasets import DATASET_CLASS_COUNTS, DATASET_META, declared_labels, files_present
 from fplstudy.dynamics import plan_turnouts, turnout_rule
 from fplstudy.events import Event
-from fplstudy.ledger import Pricer, event_costs, price, totals
+from fplstudy.ledger import Pricer, event_costs, price, receive_entries, receive_flow, totals
 from fplstudy.makespan import schedule_round
 from fplstudy.memory import peak_memory
 from fplstudy.partition import load_partitioned, make_partition
@@ -143,7 +143,8 @@ _LOST = object()  # price_rounds' mark of a lost round's kind
 def price_rounds(pricer: Pricer, shapes: RoundShapes) -> list[tuple | None] | None:
     """Every round's :meth:`fplstudy.ledger.Pricer.price_round`, each kind of round priced once (None for
     a lost round: it costs nothing); None where the fast schedule does not hold for a round."""
-    templates: dict[tuple, object] = {}  # by (item key, the round's stragglers)
+    templates: dict[tuple, object] = {}  # by (item key, the round's stragglers, entry: Pricer.entries)
+    flows: dict[tuple, tuple] = {}  # by item key: (lead, ends) of receive_flow, where calls after a receive cost more
     priced: dict = {}
     rounds: list[tuple | None] = []
     for kind in shapes.kinds:
@@ -152,10 +153,18 @@ def price_rounds(pricer: Pricer, shapes: RoundShapes) -> list[tuple | None] | No
                 priced[kind] = _LOST
             else:
                 segments = []
-                for step, key in shapes.items[kind]:
-                    if (key, kind.slow) not in templates:
-                        templates[(key, kind.slow)] = pricer.template(shapes.events[key], dict(kind.slow))
-                    segments.append((step, templates[(key, kind.slow)]))
+                entries = [frozenset()] * len(shapes.items[kind])
+                if pricer.cold:
+                    every = frozenset(pricer.names)
+                    for _, key in shapes.items[kind]:
+                        if key not in flows:
+                            flows[key] = receive_flow(shapes.events[key], every)[1:]
+                    entries = receive_entries([flows[key] for _, key in shapes.items[kind]], every)
+                for (step, key), entry in zip(shapes.items[kind], entries):
+                    tk = (key, kind.slow, entry)
+                    if tk not in templates:
+                        templates[tk] = pricer.template(shapes.events[key], dict(kind.slow), entry)
+                    segments.append((step, templates[tk]))
                 priced[kind] = pricer.price_round(segments, kind.engaged, kind.wait_s)
         if priced[kind] is None:
             return None

@@ -9,8 +9,9 @@ chunks between two messages run
 back to back, or each call after ``--after-wait`` seconds idle; with ``--cpu dilate`` each call timed by its
 CPU seconds, which that mode stretches; at the batch size and at ``--fit-batch``, so that each block gets fixed
 seconds per call and a partial batch is priced below a full one's rate: one calibration per number of processes,
-``profiles-<processes>.yaml``; and a step whose forward follows ``--receive-wait`` seconds idle, whose extra
-seconds price every compute call that follows a receive or opens a node's round, ``receive_call_s``),
+``profiles-<processes>.yaml``; and steps whose forward follows ``--cold-wait`` seconds idle: how much slower
+such a forward runs prices every compute call that starts cold, after a receive or opening a node's round,
+``cold_factor``),
 and prints per run the median
 absolute error of the round makespan and of the per-node busy seconds (warm-up round left out), then
 the same over all runs against the goal (both <= 15 %). Writes, under ``--out``: one run folder per plan,
@@ -29,7 +30,7 @@ as not run.
 
 Run: ``python benchmarks/testbed_validation.py --out runs/validation [--strategies fl,mp] [--nodes 2,4,8]
 [--rates 10,100 | --topology FILE] [--cpu cfs|dilate] [--concurrency plan|hosts] [--rounds 3] [--batch-size 128]
-[--fit-batch 32] [--receive-wait 0.05] [--after-wait 0] [--profiles host.yaml]``.
+[--fit-batch 32] [--cold-wait 0.05] [--after-wait 0] [--profiles host.yaml]``.
 """
 
 from __future__ import annotations
@@ -66,11 +67,11 @@ def link_profiles(rates_mbit: list[str]) -> dict:
             for r in rates_mbit}
 
 
-def without_receive_cost(values: dict, res) -> pd.DataFrame:
-    """The run's table (measured beside predicted) with the prediction of the same emulation but no call priced
-    after a receive (every device's ``receive_call_s`` 0): the model before that field, on the same measurements."""
+def without_cold_calls(values: dict, res) -> pd.DataFrame:
+    """The run's table (measured beside predicted) with the prediction of the same emulation but every call priced
+    warm (every device's ``cold_factor`` 0): the model before that field, on the same measurements."""
     emu = res.emulation
-    devices = {k: replace(d, receive_call_s=0.0) for k, d in emu.profiles.devices.items()}
+    devices = {k: replace(d, cold_factor=0.0) for k, d in emu.profiles.devices.items()}
     emu0 = replace(emu, profiles=Profiles(devices, emu.profiles.links))
     plan = resolve(load_config(None, values))
     per_node, makespan = predicted(plan, shard_sizes(plan), emu0)
@@ -93,9 +94,9 @@ def main() -> int:
     ap.add_argument("--after-wait", type=float, default=0.0, metavar="S",
                     help="calibrate with S seconds of idle before each call (default 0: the tight-loop rate, as a "
                          "node's chunks between two messages run)")
-    ap.add_argument("--receive-wait", type=float, default=0.05, metavar="S",
-                    help="calibrate the extra seconds of a call that follows a receive with S seconds of idle before "
-                         "it (fplstudy calibrate --receive-wait; default 0.05; 0: do not, such calls priced as others)")
+    ap.add_argument("--cold-wait", type=float, default=0.05, metavar="S",
+                    help="calibrate how much slower a call that starts cold runs, with S seconds of idle before it "
+                         "(fplstudy calibrate --cold-wait; default 0.05; 0: do not, every call priced warm)")
     ap.add_argument("--concurrency", default="hosts", choices=["hosts", "plan"],
                     help="processes that compete in the calibration: hosts (default): one per host; plan: as many as "
                          "the plan computes at once on average (predicted compute seconds of all nodes / predicted "
@@ -127,14 +128,14 @@ def main() -> int:
             path.write_text(base.read_text())
             row = calibrate(path, models=["cnn"], batch_size=args.batch_size, seconds=10.0, wait_s=args.after_wait,
                             processes=hosts, clock="cpu" if args.cpu == "dilate" else "wall",
-                            fit_batch=args.fit_batch or None, receive_wait_s=args.receive_wait)[0]  # keeps the links
+                            fit_batch=args.fit_batch or None, cold_wait_s=args.cold_wait)[0]  # keeps the links
             fixed = sum(row.get("block_call_s", {}).values())
             print(f"calibrated with {hosts} processes at once: {row['flops_per_s']:.4g} FLOP/s, "
                   f"{1e6 * row['call_overhead_s']:.0f} us per call"
                   + (f", blocks' fixed seconds per call summing to {1e6 * fixed:.0f} us (fit through batch "
                      f"{args.fit_batch})" if args.fit_batch else "")
-                  + (f", a call after a receive {1e6 * row['receive_call_s']:.0f} us more"
-                     if "receive_call_s" in row else ""), flush=True)
+                  + (f", a cold call {row['cold_factor']:.2f} times slower"
+                     if "cold_factor" in row else ""), flush=True)
             calibrations[hosts] = (path, row)
         return calibrations[hosts]
 
@@ -169,21 +170,21 @@ def main() -> int:
                     rows.append(dict(run=name, strategy=strategy, nodes=nodes, link_mbit=float(mbit), status=str(exc)))
                     continue
                 s = res.summary
-                s0 = error_summary(without_receive_cost(values, res))
+                s0 = error_summary(without_cold_calls(values, res))
                 rows.append(dict(run=name, strategy=strategy, nodes=nodes, link_mbit=float(mbit), status="completed",
                                  hosts=len(res.emulation.nodes), time_scale=s["time_scale"],
                                  makespan_error=s["round_makespan_median_abs_error"],
                                  busy_error=s["busy_median_abs_error"], send_error=s["send_median_abs_error"],
-                                 makespan_error_no_receive_cost=s0["round_makespan_median_abs_error"],
-                                 busy_error_no_receive_cost=s0["busy_median_abs_error"],
+                                 makespan_error_warm_only=s0["round_makespan_median_abs_error"],
+                                 busy_error_warm_only=s0["busy_median_abs_error"],
                                  calibrated_flops_per_s=s["calibrated_flops_per_s"],
                                  calibrated_call_s=s["calibrated_call_s"], calibration_processes=cal.get("processes"),
                                  concurrency=args.concurrency,
                                  load_before=load0, load_after=os.getloadavg()[0], wall_s=time.monotonic() - t0))
-                tables.append((name, res.table, without_receive_cost(values, res)))
+                tables.append((name, res.table, without_cold_calls(values, res)))
                 print(f"{name:22} {len(res.emulation.nodes)} hosts ({k} calibrated at once), time scale {s['time_scale']:5.2f}: makespan error "
                       f"{100 * s['round_makespan_median_abs_error']:5.1f} %, busy error "
-                      f"{100 * s['busy_median_abs_error']:5.1f} % (without the cost of a call after a receive: "
+                      f"{100 * s['busy_median_abs_error']:5.1f} % (every call priced warm: "
                       f"{100 * s0['round_makespan_median_abs_error']:.1f} %, {100 * s0['busy_median_abs_error']:.1f} %) "
                       f"(load {load0:.1f})", flush=True)
     df = pd.DataFrame(rows)
@@ -207,8 +208,8 @@ def main() -> int:
     summary = {"runs": int(len(done)), "not_run": int(len(df) - len(done)), "cpu": args.cpu,
                "makespan_median_abs_error": float(makespan.median()), "busy_median_abs_error": float(busy.median()),
                "makespan_points": int(len(makespan)), "busy_points": int(len(busy)), "goal": 0.15,
-               "receive_wait_s": args.receive_wait,
-               "no_receive_cost": {"makespan_median_abs_error": float(makespan0.median()),
+               "cold_wait_s": args.cold_wait,
+               "warm_only": {"makespan_median_abs_error": float(makespan0.median()),
                                    "busy_median_abs_error": float(busy0.median())},
                "per_strategy": {st: {"makespan": float(g["makespan_error"].median()), "busy": float(g["busy_error"].median())}
                                 for st, g in done.groupby("strategy")}}
@@ -218,7 +219,7 @@ def main() -> int:
           f"({summary['makespan_points']} rounds), of busy seconds {100 * summary['busy_median_abs_error']:.1f} % "
           f"({summary['busy_points']} node-rounds); goal <= 15 %: "
           + ("met" if max(summary["makespan_median_abs_error"], summary["busy_median_abs_error"]) <= 0.15 else "not met")
-          + f"; the same runs priced without the cost of a call after a receive: {100 * makespan0.median():.1f} %, "
+          + f"; the same runs with every call priced warm: {100 * makespan0.median():.1f} %, "
             f"{100 * busy0.median():.1f} %")
     return 0
 

@@ -149,9 +149,9 @@ def test_fast_ledger_equals_the_reference_with_block_rates(name, tmp_path):
 
 
 COLD = """devices:
-  rpi4: {receive_call_s: 3.0e-3}
-  minipc: {receive_call_s: 7.0e-4}
-  phone: {receive_call_s: 2.0e-3}
+  rpi4: {cold_factor: 0.6}
+  minipc: {cold_factor: 0.15}
+  phone: {cold_factor: 0.45}
 """
 COLD_EXTRA = {  # dynamics (absences, stragglers, a deadline) and a topology, on top of PLANS
     "fpl-dropout": dict(strategy="fpl", nodes=5, branches=2, dropout=0.3, rounds=5),
@@ -163,8 +163,8 @@ COLD_EXTRA = {  # dynamics (absences, stragglers, a deadline) and a topology, on
 
 
 @pytest.mark.parametrize("name", list(PLANS) + list(COLD_EXTRA))
-def test_fast_ledger_equals_the_reference_with_calls_after_a_receive(name, tmp_path):
-    """Devices that price a call after a receive (receive_call_s; the fast paths carry which calls start cold
+def test_fast_ledger_equals_the_reference_with_cold_calls(name, tmp_path):
+    """Devices that price a call that starts cold (cold_factor; the fast paths carry which calls start cold
     from one template to the next, across a round's steps and syncs): the reference's floats, and the
     field is used (compute seconds above the same plan's without it)."""
     path = tmp_path / "cold.yaml"

@@ -15,9 +15,9 @@ settings in its ``source``), loadable with the config key ``profiles_file``; the
 (``{<model>: {<block>: FLOP/s}}``), which prices every call of that model block by block
 (:func:`fplstudy.ledger.price_compute`). Two settings measure the machine as the emulated testbed uses it
 rather than in a tight loop alone: ``wait_s`` (each call after an idle, :func:`measure`) and ``processes``
-(several processes at once, :func:`measure_together`); ``receive_wait_s`` also times a step whose forward
-follows an idle, as a call that follows a receive does, and writes its extra seconds as the optional field
-``receive_call_s``. Power is not measured: ``active_w`` and ``idle_w`` are written as 0 with status
+(several processes at once, :func:`measure_together`); ``cold_wait_s`` also times steps whose forward
+follows an idle, as a call that starts cold does (after a wait for a message), and writes how much slower
+that forward is than a tight-loop one as the optional field ``cold_factor``. Power is not measured: ``active_w`` and ``idle_w`` are written as 0 with status
 ``E`` (set them to price energy).
 """
 
@@ -148,7 +148,7 @@ def fit_block_costs(per_sample: dict[str, int], batch: int, block_s: dict[str, f
 
 
 def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: float = 0.0, clock: str = "wall",
-            receive_wait_s: float = 0.0) -> dict:
+            cold_wait_s: float = 0.0) -> dict:
     """Time training steps of ``model`` on one thread, whole and cut into one chunk per block.
 
     The whole model is two compute calls per step (forward, backward); cut into its ``k`` blocks as the
@@ -164,10 +164,10 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: floa
     (measured here: a whole cnn step at batch 128 after 50 ms idle 1.2-1.3x its tight-loop time). Only the
     calls are timed, never the sleeps.
 
-    With ``receive_wait_s > 0`` a third kind of step is timed beside them: a whole step whose forward follows
-    ``receive_wait_s`` seconds of sleep and whose backward follows it back to back, as on a node whose call
-    follows a receive (and, on the testbed, the catch-up sleep before it); its extra seconds over the
-    whole step's are ``receive_call_s``, what :func:`fplstudy.ledger.price_compute` adds to such a call.
+    With ``cold_wait_s > 0`` a third kind of step is timed beside them: a whole step whose forward follows
+    ``cold_wait_s`` seconds of sleep, as a call that starts cold (it follows a wait for a message, or opens
+    the node's round); its forward's seconds over the whole step's forward's, less 1, are ``cold_factor``:
+    :func:`fplstudy.ledger.price_compute` prices such a call at ``1 + cold_factor`` times its seconds.
 
     ``clock="cpu"`` times each call by its thread's CPU seconds (``thread_time``) rather than the wall:
     what the testbed's ``dilate`` mode stretches, and not lengthened while the process waits for a core
@@ -180,12 +180,13 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: floa
             warm-up; with ``wait_s``, the sleeps count in it (at least one step per window is timed).
         wait_s: seconds of idle before each compute call (0: a tight loop, the sustained rate).
         clock: ``"wall"`` (``perf_counter``) or ``"cpu"`` (``thread_time``), what the calls are timed by.
-        receive_wait_s: seconds of idle before the forward of the cold steps (0: none timed).
+        cold_wait_s: seconds of idle before the forward of the cold steps (0: none timed).
 
     Returns:
         ``{"model", "flops_per_s", "call_overhead_s", "batch_size", "steps", "whole_s", "cut_s",
-        "block_flops_per_s", "block_s", "block_flops"}``, with ``receive_wait_s > 0`` also ``"cold_s"`` (median
-        seconds per cold step) and ``"receive_call_s"`` (``max(0, cold_s - whole_s)``) (``whole_s``/``cut_s``:
+        "block_flops_per_s", "block_s", "block_flops"}``, with ``cold_wait_s > 0`` also ``"forward_s"`` and
+        ``"cold_forward_s"`` (median seconds of the whole and the cold steps' forward calls) and ``"cold_factor"``
+        (``max(0, cold_forward_s / forward_s - 1)``) (``whole_s``/``cut_s``:
         median seconds per step;
         ``block_s``: per block, median seconds of its forward and backward calls per cut step; ``block_flops``:
         per block, FLOPs per step; ``block_flops_per_s``: :func:`block_rates`).
@@ -216,6 +217,7 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: floa
             t = tick()
             loss = torch.nn.functional.cross_entropy(net(x), y)
             took = tick() - t
+            forward[0] += took
             pause()
             t = tick()
             loss.backward()
@@ -251,8 +253,10 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: floa
             opt.step()
             return took + tick() - t
 
-        def cold() -> float:  # a step whose forward follows receive_wait_s idle: a call after a receive
-            return whole(receive_wait_s)
+        def cold() -> float:  # a step whose forward follows cold_wait_s idle: a call that starts cold
+            return whole(cold_wait_s)
+
+        forward = [0.0]  # seconds of the whole and cold steps' forward calls, summed over a window
 
         t0, warm = time.perf_counter(), 0
         while warm < 3 or time.perf_counter() - t0 < min(1.0, seconds / 3):  # warm-up: allocator, kernels
@@ -261,18 +265,21 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: floa
             warm += 1
         per_step = (time.perf_counter() - t0) / warm / 2  # wall, pauses included
         steps = max(1, round(seconds / (2 * WINDOWS) / per_step))
-        kinds = (whole, cut, cold) if receive_wait_s > 0 else (whole, cut)
+        kinds = (whole, cut, cold) if cold_wait_s > 0 else (whole, cut)
         times: dict = {fn: [] for fn in kinds}
+        forwards: dict = {whole: [], cold: []}  # per window, seconds per forward call
         # cold steps sleep before each: as many as fit the same seconds as the others' (at least 3)
-        cold_steps = max(3, round(steps * per_step / (per_step + receive_wait_s)))
+        cold_steps = max(3, round(steps * per_step / (per_step + cold_wait_s)))
         windows: list[list[float]] = []  # per window, each block's seconds per cut step
         for _ in range(WINDOWS):
             for fn in kinds:  # alternate: all see the same background load
-                spent[:] = [0.0] * len(blocks)
+                spent[:], forward[0] = [0.0] * len(blocks), 0.0
                 took, n = 0.0, cold_steps if fn is cold else steps
                 for _ in range(n):
                     took += fn()
                 times[fn].append(took / n)
+                if fn in forwards:
+                    forwards[fn].append(forward[0] / n)
             windows.append([b / steps for b in spent])
     finally:
         torch.set_num_threads(threads)
@@ -286,10 +293,10 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: floa
            "whole_s": whole_s, "cut_s": cut_s,
            "block_flops_per_s": block_rates(block_flops, block_s, cut_s, call_s), "block_s": block_s,
            "block_flops": block_flops}
-    if receive_wait_s > 0:
-        cold_s = statistics.median(times[cold])
-        row |= {"receive_wait_s": receive_wait_s, "cold_s": cold_s, "receive_call_s": max(0.0, cold_s - whole_s),
-                "steps": row["steps"] + cold_steps * WINDOWS}
+    if cold_wait_s > 0:
+        warm_f, cold_f = statistics.median(forwards[whole]), statistics.median(forwards[cold])
+        row |= {"cold_wait_s": cold_wait_s, "forward_s": warm_f, "cold_forward_s": cold_f,
+                "cold_factor": max(0.0, cold_f / warm_f - 1.0), "steps": row["steps"] + cold_steps * WINDOWS}
     return row
 
 
@@ -302,7 +309,7 @@ def _measure_child(barrier, queue, args: tuple) -> None:  # a process of measure
 
 
 def measure_together(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: float = 0.0,
-                     processes: int = 1, clock: str = "wall", receive_wait_s: float = 0.0) -> dict:
+                     processes: int = 1, clock: str = "wall", cold_wait_s: float = 0.0) -> dict:
     """:func:`measure` in ``processes`` processes at once (one thread each), the medians over them.
 
     A node of the emulated testbed is one process among as many as the plan has nodes, all on this
@@ -316,11 +323,11 @@ def measure_together(model: str, batch_size: int = 32, seconds: float = 3.0, wai
         ``whole_s``, ``cut_s`` and each block's rate and seconds, ``steps`` summed, plus ``processes``.
     """
     if processes == 1:
-        return measure(model, batch_size, seconds, wait_s, clock, receive_wait_s) | {"processes": 1}
+        return measure(model, batch_size, seconds, wait_s, clock, cold_wait_s) | {"processes": 1}
     ctx = multiprocessing.get_context("spawn")
     barrier, queue = ctx.Barrier(processes), ctx.Queue()
     procs = [ctx.Process(target=_measure_child, args=(barrier, queue, (model, batch_size, seconds, wait_s, clock,
-                                                                           receive_wait_s)))
+                                                                           cold_wait_s)))
              for _ in range(processes)]
     for proc in procs:
         proc.start()
@@ -342,7 +349,7 @@ def measure_together(model: str, batch_size: int = 32, seconds: float = 3.0, wai
         names = [b for b in rows[0][key] if all(b in r[key] for r in rows)]
         return {b: statistics.median(r[key][b] for r in rows) for b in names}
 
-    cold = {"cold_s": med("cold_s"), "receive_call_s": med("receive_call_s")} if "cold_s" in rows[0] else {}
+    cold = {k: med(k) for k in ("forward_s", "cold_forward_s", "cold_factor")} if "cold_factor" in rows[0] else {}
     return rows[0] | {"flops_per_s": med("flops_per_s"), "call_overhead_s": med("call_overhead_s"),
                       "whole_s": med("whole_s"), "cut_s": med("cut_s"), "steps": sum(r["steps"] for r in rows),
                       "block_flops_per_s": med_blocks("block_flops_per_s"), "block_s": med_blocks("block_s"),
@@ -364,7 +371,7 @@ def _fit(row: dict, row2: dict) -> dict:
 
 def calibrate(out: str | Path, models: list[str] | None = None, batch_size: int = 32, seconds: float = 3.0,
               wait_s: float = 0.0, processes: int = 1, clock: str = "wall", fit_batch: int | None = None,
-              receive_wait_s: float = 0.0) -> list[dict]:
+              cold_wait_s: float = 0.0) -> list[dict]:
     """Measure every model and write (or update) the profiles file ``out``.
 
     An existing ``out`` keeps its other devices and links (its comments are not kept); its
@@ -377,8 +384,8 @@ def calibrate(out: str | Path, models: list[str] | None = None, batch_size: int 
     the testbed's ``dilate`` mode stretches them. ``fit_batch``: also measure at this batch size and refit
     each block's rate as a rate per sample plus fixed seconds per call (:func:`fit_block_costs`, the profile's
     ``block_call_s``), so that the ledger prices a partial or micro-batch below the rate of a full one.
-    ``receive_wait_s`` (:func:`measure`): also time steps whose forward follows that many seconds idle and
-    write the extra seconds of such a call as the profile's ``receive_call_s``.
+    ``cold_wait_s`` (:func:`measure`): also time steps whose forward follows that many seconds idle and
+    write how much slower such a forward is (its seconds over a tight one's, less 1) as ``cold_factor``.
 
     Returns:
         One dict per model (:func:`measure`'s, plus ``profile``: the device profile's name; with ``fit_batch``,
@@ -386,7 +393,7 @@ def calibrate(out: str | Path, models: list[str] | None = None, batch_size: int 
         ``fit_batch``, ``fit_whole_s`` and ``fit_block_flops_per_s``: the second measurement's).
 
     Raises:
-        ConfigError: an unknown model, a batch size < 1, seconds <= 0, wait_s or receive_wait_s outside [0, 10], processes
+        ConfigError: an unknown model, a batch size < 1, seconds <= 0, wait_s or cold_wait_s outside [0, 10], processes
             outside [1, 64], an unknown clock, a fit batch < 1 or equal to the batch size, or an ``out`` that
             is not a profiles file.
     """
@@ -400,9 +407,9 @@ def calibrate(out: str | Path, models: list[str] | None = None, batch_size: int 
         raise ConfigError("--seconds", seconds, "must be > 0 and <= 3600")
     if not 0 <= wait_s <= 10:
         raise ConfigError("--after-wait", wait_s, "give seconds >= 0 and <= 10 (0: calls in a tight loop)")
-    if isinstance(receive_wait_s, bool) or not isinstance(receive_wait_s, (int, float)) or not 0 <= receive_wait_s <= 10:
-        raise ConfigError("--receive-wait", receive_wait_s, "give seconds >= 0 and <= 10 (0: no call after a receive "
-                                                            "timed, no receive_call_s written)")
+    if isinstance(cold_wait_s, bool) or not isinstance(cold_wait_s, (int, float)) or not 0 <= cold_wait_s <= 10:
+        raise ConfigError("--cold-wait", cold_wait_s, "give seconds >= 0 and <= 10 (0: no cold call timed, no "
+                                                         "cold_factor written)")
     if not (isinstance(processes, int) and 1 <= processes <= 64):
         raise ConfigError("--processes", processes, "give an integer >= 1 and <= 64 (1: one process alone)")
     if clock not in CLOCKS:
@@ -423,7 +430,7 @@ def calibrate(out: str | Path, models: list[str] | None = None, batch_size: int 
     rows = []
     devices = doc.setdefault("devices", {})
     for m in models:
-        row = measure_together(m, batch_size, seconds, wait_s, processes, clock, receive_wait_s)
+        row = measure_together(m, batch_size, seconds, wait_s, processes, clock, cold_wait_s)
         if fit_batch is not None:
             row = _fit(row, measure_together(m, fit_batch, seconds, wait_s, processes, clock))
         row["profile"] = calibrated_name(m, batch_size)
@@ -444,11 +451,11 @@ def calibrate(out: str | Path, models: list[str] | None = None, batch_size: int 
             "flops_per_s": {"value": float(f"{row['flops_per_s']:.4g}"), "status": "M", "source": how},
             "call_overhead_s": {"value": float(f"{row['call_overhead_s']:.4g}"), "status": "M", "source": how},
         }
-        if "receive_call_s" in row:
-            entry["receive_call_s"] = {
-                "value": float(f"{row['receive_call_s']:.4g}"), "status": "M",
-                "source": how + f"; a whole step whose forward follows {receive_wait_s:g} s idle ({row['cold_s']:.4g} s), "
-                                "less the whole step's"}
+        if "cold_factor" in row:
+            entry["cold_factor"] = {
+                "value": float(f"{row['cold_factor']:.4g}"), "status": "M",
+                "source": how + f"; a forward after {cold_wait_s:g} s idle ({row['cold_forward_s']:.4g} s) over one in the "
+                                f"tight loop ({row['forward_s']:.4g} s), less 1"}
         if row["block_flops_per_s"]:
             entry["block_flops_per_s"] = {
                 "value": {m: {b: float(f"{r:.4g}") for b, r in row["block_flops_per_s"].items()}}, "status": "M",

@@ -191,9 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fit-batch", type=int, default=None, metavar="B",
                    help="also measure at batch B and give each block a rate per sample plus fixed seconds per call "
                         "(block_call_s), so that a partial batch is priced below a full one's rate")
-    p.add_argument("--receive-wait", type=float, default=0.0, metavar="S",
-                   help="also time steps whose forward follows S seconds idle, as a call after a receive, and write "
-                        "its extra seconds as receive_call_s (default 0: not measured)")
+    p.add_argument("--cold-wait", type=float, default=0.0, metavar="S",
+                   help="also time steps whose forward follows S seconds idle, as a call that starts cold (after a "
+                        "wait for a message), and write how much slower it is as cold_factor (default 0: not measured)")
 
     sub.add_parser("keys", help="list every config key with its default")
     return parser
@@ -300,7 +300,7 @@ def _cmd_calibrate(args) -> int:
     models = [m.strip() for m in args.models.split(",")] if args.models else None
     for row in calibrate(args.out, models=models, batch_size=args.batch_size, seconds=args.seconds,
                          wait_s=args.after_wait, processes=args.processes, clock=args.clock,
-                         fit_batch=args.fit_batch, receive_wait_s=args.receive_wait):
+                         fit_batch=args.fit_batch, cold_wait_s=args.cold_wait):
         print(f"{row['profile']:24} {row['flops_per_s']:.4g} FLOP/s, {1e6 * row['call_overhead_s']:.0f} us per call "
               f"({row['model']}, batch {row['batch_size']}, {row['steps']} steps"
               + (f", each call after {row['wait_s']:g} s idle" if row["wait_s"] else "")
@@ -312,9 +312,9 @@ def _cmd_calibrate(args) -> int:
         if row.get("block_call_s"):
             print(" " * 25 + f"fixed per call (fit through batch {row['fit_batch']}): "
                   + ", ".join(f"{b} {1e6 * c:.0f} us" for b, c in row["block_call_s"].items()))
-        if "receive_call_s" in row:
-            print(" " * 25 + f"a call after a receive ({row['receive_wait_s']:g} s idle): "
-                  f"{1e6 * row['receive_call_s']:.0f} us more")
+        if "cold_factor" in row:
+            print(" " * 25 + f"a call that starts cold (after {row['cold_wait_s']:g} s idle): "
+                  f"{row['cold_factor']:.2f} times its seconds more")
     print(f"wrote {args.out}")
     return 0
 

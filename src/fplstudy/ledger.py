@@ -26,8 +26,9 @@ bytes_rx            int      payload bytes received
 seconds             float    compute: FLOPs / device FLOP/s + the device's call overhead (default 0;
                              with per-block rates, Σ block FLOPs / block FLOP/s, plus each block's
                              fixed seconds per call where given: :func:`price_compute`;
-                             a call that follows a receive on its node adds the device's
-                             receive_call_s, :func:`follows_receive`;
+                             a call that starts cold — it follows a receive on its node
+                             or opens the node's round — takes 1 + the device's
+                             cold_factor times that, :func:`cold_calls`;
                              a straggler's: its slowdown times that, :func:`slowdowns`);
                              message: bits / link rate + latency (on a topology: bits / the
                              path's slowest rate + Σ latency, or with forwarding=message Σ over
@@ -116,7 +117,7 @@ def chunk_flops(plan, blocks: tuple[str, ...], in_shape: tuple[int, ...], phase:
 
 
 def price_compute(device: DeviceProfile, flops: int, model: str | None = None,
-                  blocks: tuple[tuple[str | None, int], ...] = (), after_receive: bool = False) -> tuple[float, float]:
+                  blocks: tuple[tuple[str | None, int], ...] = (), cold: bool = False) -> tuple[float, float]:
     """Seconds and energy of one compute call on ``device``. Every pricing path (:func:`event_costs`,
     :func:`price`, :class:`Pricer`) calls it.
 
@@ -125,9 +126,9 @@ def price_compute(device: DeviceProfile, flops: int, model: str | None = None,
     them: ``Σ over blocks of (block FLOPs / block rate + block fixed seconds) + call_overhead_s``, a block the
     rates do not name (or named None) at ``flops_per_s``, one the fixed seconds do not name with none. The
     fixed seconds make a call of few samples run below the block's rate, as a small batch does (fitted from
-    two batch sizes by ``fplstudy calibrate --fit-batch``). A call that follows a receive on its node
-    (:func:`follows_receive`) costs ``receive_call_s`` more: it starts cold (default 0: nothing added, the
-    same floats as without the argument). Energy: ``active_w × seconds``.
+    two batch sizes by ``fplstudy calibrate --fit-batch``). A call that starts cold (:func:`cold_calls`:
+    it follows a receive on its node, or opens the node's round) takes ``1 + cold_factor`` times those
+    seconds (default 0: the same floats as a warm call). Energy: ``active_w × seconds``.
 
     Args:
         device: the node's device profile.
@@ -135,7 +136,7 @@ def price_compute(device: DeviceProfile, flops: int, model: str | None = None,
         model: the plan's model (whose block rates apply).
         blocks: the call's FLOPs per block, ``((name, FLOPs), ...)`` summing to ``flops``
             (:func:`chunk_block_flops` times the samples).
-        after_receive: whether the call follows a receive on its node.
+        cold: whether the call starts cold (:func:`cold_calls`).
 
     Returns:
         ``(seconds, energy_j)``.
@@ -148,26 +149,26 @@ def price_compute(device: DeviceProfile, flops: int, model: str | None = None,
         rates, fixed = rates or {}, fixed or {}
         seconds = sum(f / rates.get(name, device.flops_per_s) + fixed.get(name, 0.0) for name, f in blocks) \
             + device.call_overhead_s
-    if after_receive:
-        seconds += device.receive_call_s
+    if cold and device.cold_factor:
+        seconds *= 1.0 + device.cold_factor
     return seconds, device.active_w * seconds
 
 
 def _price_call(model: str, device: DeviceProfile, chunk: tuple[int, tuple], samples: int,
-                after_receive: bool = False) -> tuple[int, float, float]:
+                cold: bool = False) -> tuple[int, float, float]:
     """FLOPs, seconds and energy of a compute call of ``samples`` samples of a chunk ``(FLOPs per sample, its
-    per-block split)``, ``after_receive``: whether it follows a receive on its node: what every pricing path
+    per-block split)``, ``cold``: whether it starts cold (:func:`cold_calls`): what every pricing path
     prices a :class:`~fplstudy.events.Compute` with."""
     per_sample, split = chunk
     f = per_sample * samples
     if model in device.block_flops_per_s or model in device.block_call_s:
-        s, e = price_compute(device, f, model, tuple((name, b * samples) for name, b in split), after_receive)
+        s, e = price_compute(device, f, model, tuple((name, b * samples) for name, b in split), cold)
     else:
-        s, e = price_compute(device, f, after_receive=after_receive)
+        s, e = price_compute(device, f, cold=cold)
     return f, s, e
 
 
-def receive_flow(events: list[Event], entry: frozenset[str]) -> tuple[list[bool], frozenset[str], dict[str, bool]]:
+def cold_flow(events: list[Event], entry: frozenset[str]) -> tuple[list[bool], frozenset[str], dict[str, bool]]:
     """Which compute calls of a run of ``events`` (a round's, or a part of one, in order) start cold.
 
     A call starts cold when its node's previous event in the round is a message the node received, or when
@@ -201,23 +202,23 @@ def receive_flow(events: list[Event], entry: frozenset[str]) -> tuple[list[bool]
     return flags, frozenset(lead), ends
 
 
-def follows_receive(events: list[Event], nodes: frozenset[str]) -> list[bool]:
+def cold_calls(events: list[Event], nodes: frozenset[str]) -> list[bool]:
     """Per event of a run's stream (any rounds, in emission order), whether it is a compute call that starts
-    cold (:func:`receive_flow`, each round on its own; ``nodes``: the plan's node names)."""
+    cold (:func:`cold_flow`, each round on its own; ``nodes``: the plan's node names)."""
     by_round: dict[int, list[int]] = defaultdict(list)
     for i, ev in enumerate(events):
         by_round[ev.round].append(i)
     flags = [False] * len(events)
     for ids in by_round.values():
-        for i, flag in zip(ids, receive_flow([events[i] for i in ids], nodes)[0]):
+        for i, flag in zip(ids, cold_flow([events[i] for i in ids], nodes)[0]):
             flags[i] = flag
     return flags
 
 
-def receive_entries(flows: list[tuple[frozenset[str], dict[str, bool]]], nodes: frozenset[str]
+def cold_entries(flows: list[tuple[frozenset[str], dict[str, bool]]], nodes: frozenset[str]
                     ) -> list[frozenset[str]]:
     """The ``entry`` of each of a round's runs (in order) from the ``(lead, ends)`` of every run
-    (:func:`receive_flow`), ``nodes``: the plan's node names (all of them cold at the round's start); each
+    (:func:`cold_flow`), ``nodes``: the plan's node names (all of them cold at the round's start); each
     entry holds only the nodes it can matter to (the run's ``lead``)."""
     state = set(nodes)
     out = []
@@ -231,10 +232,10 @@ def receive_entries(flows: list[tuple[frozenset[str], dict[str, bool]]], nodes: 
     return out
 
 
-def prices_receives(devices) -> bool:
-    """Whether any of ``devices`` prices a call after a receive (``receive_call_s`` > 0): where none does, the
-    pricing paths skip :func:`follows_receive` (nothing would change)."""
-    return any(d.receive_call_s > 0 for d in devices)
+def prices_cold(devices) -> bool:
+    """Whether any of ``devices`` prices a call that starts cold (``cold_factor`` > 0): where none does, the
+    pricing paths skip :func:`cold_calls` (nothing would change)."""
+    return any(d.cold_factor > 0 for d in devices)
 
 
 def _chunk(plan, ev: Compute) -> tuple[int, tuple]:
@@ -298,14 +299,14 @@ def _event_prices(plan, events: list[Event], profiles: Profiles, turnouts=None
     nodes = {n.name: n for n in plan.nodes}
     devices = {n.name: profiles.device(n.device) for n in plan.nodes}
     cache: dict[tuple, tuple[int, tuple]] = {}
-    cold = follows_receive(events, frozenset(devices)) if prices_receives(devices.values()) else [False] * len(events)
+    cold = cold_calls(events, frozenset(devices)) if prices_cold(devices.values()) else [False] * len(events)
     flops, seconds, energy = [], [], []
-    for ev, after_receive in zip(events, cold):
+    for ev, starts_cold in zip(events, cold):
         if isinstance(ev, Compute):
             key = (ev.blocks, ev.in_shape, ev.phase, ev.input_grad)
             if key not in cache:
                 cache[key] = _chunk(plan, ev)
-            f, s, e = _price_call(plan.model, devices[ev.node], cache[key], ev.samples, after_receive)
+            f, s, e = _price_call(plan.model, devices[ev.node], cache[key], ev.samples, starts_cold)
             factor = slow.get(ev.round, {}).get(ev.node)
             if factor is not None:
                 s, e = s * factor, e * factor
@@ -476,7 +477,7 @@ class Pricer:
         self.index = {name: i for i, name in enumerate(self.names)}
         self.devices = [profiles.device(n.device) for n in plan.nodes]
         self.idle_w = np.array([d.idle_w for d in self.devices], dtype=float)
-        self.cold = prices_receives(self.devices)  # whether a call after a receive costs more: see entries
+        self.cold = prices_cold(self.devices)  # whether a call that starts cold costs more: see entries
         self.resources: dict[tuple[str, str], int] = {}  # links; node i is resource i
         self._chunks: dict[tuple, tuple[int, tuple]] = {}
 
@@ -486,12 +487,12 @@ class Pricer:
 
     def entries(self, runs: list[list[Event]]) -> list[frozenset[str]]:
         """The ``entry`` of each of a round's runs of events, in order, for :meth:`template`: the nodes whose
-        last event before the run was a receive, or who had none (:func:`receive_entries`); all empty where no
-        device prices a call after a receive."""
+        last event before the run was a receive, or who had none (:func:`cold_entries`); all empty where no
+        device prices a call that starts cold."""
         if not self.cold:
             return [frozenset()] * len(runs)
         every = frozenset(self.names)
-        return receive_entries([receive_flow(evs, every)[1:] for evs in runs], every)
+        return cold_entries([cold_flow(evs, every)[1:] for evs in runs], every)
 
     def template(self, events: list[Event], slow: dict[str, float] | None = None,
                  entry: frozenset[str] | None = None) -> Template:
@@ -501,7 +502,7 @@ class Pricer:
         (:meth:`entries`; None: every node, as at the round's start)."""
         message, nodes, width = self.message, self.plan.nodes, len(KINDS)
         if self.cold:
-            cold = receive_flow(events, frozenset(self.names) if entry is None else entry)[0]
+            cold = cold_flow(events, frozenset(self.names) if entry is None else entry)[0]
         else:
             cold = [False] * len(events)
         tasks, key, flops, tx, rx, sec, energy, busy_node, busy_task = [], [], [], [], [], [], [], [], []

@@ -16,10 +16,11 @@ Fields (units in the names; every number must lie in the physically plausible ra
   computing), ``idle_w`` (0..1e5, while waiting), ``memory_bytes`` (1e3..1e15, optional),
   ``call_overhead_s`` (0..3600, optional, default 0: seconds every compute call — one chunk's forward or
   backward — costs beyond its FLOPs, the framework's per-call work that FLOP/s measured on a whole model
-  hides; ``fplstudy calibrate`` measures it), ``receive_call_s`` (0..3600, optional, default 0: seconds a
-  compute call costs in addition when it follows a receive on its node — the node's previous event in the
-  round is a message it received — and so starts cold: caches and branch predictors were left to others
-  while the node waited; ``fplstudy calibrate --receive-wait`` measures it), ``block_flops_per_s`` (optional: per model, per block, the
+  hides; ``fplstudy calibrate`` measures it), ``cold_factor`` (0..100, optional, default 0: how much longer a
+  compute call takes when it starts cold — it follows a receive on its node (the node waited for a
+  message) or opens the node's round — than in a tight loop: caches and predictors were left to others
+  while the node waited; the call takes ``1 + cold_factor`` times its seconds; ``fplstudy calibrate
+  --cold-wait`` measures it), ``block_flops_per_s`` (optional: per model, per block, the
   block's sustained training FLOP/s, each 1e3..1e18, e.g. ``{cnn: {conv1: 1.2e+10, conv2: 4.5e+10}}``, plain or
   as ``{value: {…}, status: …, source: …}``; written by ``fplstudy calibrate``). With it, a compute call of the
   named model costs Σ over its blocks of block FLOPs / block rate (:func:`fplstudy.ledger.price_compute`);
@@ -54,7 +55,7 @@ STATUSES = ("M", "S", "D", "E", "U")
 
 # field -> required
 DEVICE_FIELDS = {"flops_per_s": True, "active_w": True, "idle_w": True, "memory_bytes": False,
-                 "call_overhead_s": False, "receive_call_s": False, "block_flops_per_s": False, "block_call_s": False}
+                 "call_overhead_s": False, "cold_factor": False, "block_flops_per_s": False, "block_call_s": False}
 # the device fields that are mappings (model -> block -> number), not numbers, and the field whose bounds and
 # unit their numbers take
 BLOCK_MAPS = {"block_flops_per_s": ("flops_per_s", "FLOP/s", "{cnn: {conv1: 1.2e+10, conv2: 4.5e+10}}"),
@@ -72,7 +73,7 @@ BOUNDS: dict[str, dict[str, tuple[float, float, str]]] = {
         "idle_w": (0.0, 1e5, "W, up to a rack of accelerators"),
         "memory_bytes": (1e3, 1e15, "bytes, from a microcontroller's RAM to a petabyte"),
         "call_overhead_s": (0.0, 3600.0, "s per compute call, up to an hour"),
-        "receive_call_s": (0.0, 3600.0, "s per compute call after a receive, up to an hour"),
+        "cold_factor": (0.0, 100.0, "times a call's seconds, up to 100 (a call 101x slower cold than warm)"),
     },
     "links": {
         "up_bps": (1.0, 1e13, "bit/s, from the slowest LoRa setting to a 10 Tbit/s link"),
@@ -117,7 +118,7 @@ class DeviceProfile:
     idle_w: float
     memory_bytes: float | None = None
     call_overhead_s: float = 0.0
-    receive_call_s: float = 0.0
+    cold_factor: float = 0.0
     block_flops_per_s: dict[str, dict[str, float]] = field(default_factory=dict, hash=False)
     block_call_s: dict[str, dict[str, float]] = field(default_factory=dict, hash=False)
     description: str = ""

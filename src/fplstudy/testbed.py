@@ -247,7 +247,7 @@ def network_spec(emu: "Emulation") -> dict:
 def emulation(plan: Plan, profiles: Profiles, calibrated_flops_per_s: float, cores: int,
               time_scale: float | None = None, calibrated_call_s: float = 0.0,
               calibrated_block_flops_per_s: dict[str, float] | None = None,
-              calibrated_block_call_s: dict[str, float] | None = None, calibrated_receive_s: float = 0.0) -> Emulation:
+              calibrated_block_call_s: dict[str, float] | None = None, calibrated_cold_factor: float = 0.0) -> Emulation:
     """The CPU shares, CFS periods, shaped rates and time scale that emulate ``plan`` on ``cores`` cores.
 
     Args:
@@ -266,8 +266,8 @@ def emulation(plan: Plan, profiles: Profiles, calibrated_flops_per_s: float, cor
         calibrated_block_call_s: this machine's fixed seconds per call of each block (``k_b``, the calibration's
             ``block_call_s``; None or empty: none); the slowed node pays ``k_b C s / F``, which its emulated
             profile carries as its ``block_call_s`` for the plan's model.
-        calibrated_receive_s: this machine's extra seconds of a compute call that follows a receive (``r``, the
-            calibration's ``receive_call_s``); the slowed node pays ``r C s / F``, its profile's ``receive_call_s``.
+        calibrated_cold_factor: how much slower this machine runs a compute call that starts cold (the
+            calibration's ``cold_factor``); a factor, the same on the slowed node: its profile's ``cold_factor``.
 
     Returns:
         The :class:`Emulation`.
@@ -320,7 +320,7 @@ def emulation(plan: Plan, profiles: Profiles, calibrated_flops_per_s: float, cor
             if calibrated_block_call_s else {}
         devices[n.device] = replace(d, flops_per_s=d.flops_per_s / s,
                                     call_overhead_s=calibrated_call_s * calibrated_flops_per_s * s / d.flops_per_s,
-                                    receive_call_s=calibrated_receive_s * calibrated_flops_per_s * s / d.flops_per_s,
+                                    cold_factor=calibrated_cold_factor,
                                     block_flops_per_s=blocks, block_call_s=fixed)
     return Emulation(tuple(n.name for n in plan.nodes), s, cores, calibrated_flops_per_s, calibrated_call_s, share,
                      period, egress, ingress, Profiles(devices, links), wires, site)
@@ -612,11 +612,11 @@ def prepare_emulation(cfg: Config, time_scale: float | None = None):
     check_rates(plan, profiles)
     check_capacity(plan)
     flops_per_s, call_s = calibrated_speed(plan, profiles)
-    receive_s = profiles.device(calibrated_name(plan.model, plan.config.batch_size)).receive_call_s
+    cold = profiles.device(calibrated_name(plan.model, plan.config.batch_size)).cold_factor
     emu = emulation(plan, profiles, flops_per_s, os.cpu_count() or 1,
                     time_scale if time_scale is not None else cfg.testbed_time_scale, call_s,
                     calibrated_block_rates(plan, profiles), calibrated_block_rates(plan, profiles, "block_call_s"),
-                    receive_s)
+                    cold)
     return plan, profiles, data, emu
 
 

@@ -1,0 +1,158 @@
+"""A compute call that starts cold (``cold_factor``: after a receive, or opening its node's round): which calls,
+by hand; the ledger prices exactly those at 1 + the device's factor times their seconds; the profile field, the
+testbed and the calibration that measures it. Opt-in: a profile without it prices every float as before (tests/test_block_rates.py's snapshots);
+the fast paths against the reference: tests/test_fast_pricing.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from fplstudy import testbed
+from fplstudy.calibrate import calibrate
+from fplstudy.config import ConfigError, make_config
+from fplstudy.dryrun import plan_events, price_plan, shard_sizes
+from fplstudy.ledger import cold_calls, event_costs, price, price_compute
+from fplstudy.plan import resolve
+from fplstudy.profiles import DeviceProfile, ProfileError, check_profiles, load_profiles
+
+TINY = {"max_train_samples": 100, "rounds": 2, "batch_size": 64}  # two batches a round
+
+
+def _plan(**kw):
+    return resolve(make_config({**TINY, **kw}))
+
+
+def _cold(plan) -> list[tuple]:
+    events = plan_events(plan, shard_sizes(plan))
+    flags = cold_calls(events, frozenset(n.name for n in plan.nodes))
+    return [(ev.round, ev.node, ev.phase) for ev, f in zip(events, flags) if f]
+
+
+# --------------------------------------------------------------------------- which calls, by hand
+
+def test_which_calls_start_cold_by_hand():
+    """mp on 2 nodes, 2 batches a round: n0's first forward of the round (it opens the round), n1's forward
+    after the activations, n0's backward after the gradients; n1's backward follows its forward (the labels
+    came behind the activations), n0's second forward its backward. fl on 2 clients: each client's first
+    forward of a round, nothing else (the parameters go down at the round's end). sl on 3 nodes: each client's
+    forward opens its turn (n1 after the parameters come down), the server's forward after the activations."""
+    mp_round = [("n0", "forward"), ("n1", "forward"), ("n0", "backward"), ("n1", "forward"), ("n0", "backward")]
+    assert _cold(_plan(strategy="mp", nodes=2)) == [(r, *c) for r in (0, 1) for c in mp_round]
+    assert _cold(_plan(strategy="fl", nodes=2)) == [(r, n, "forward") for r in (0, 1) for n in ("n0", "n1")]
+    sl_round = [("n0", "forward"), ("n2", "forward"), ("n0", "backward"), ("n1", "forward"), ("n2", "forward"),
+                ("n1", "backward")]
+    assert _cold(_plan(strategy="sl", nodes=3)) == [(0, *c) for c in sl_round] + [(1, *c) for c in sl_round]
+    assert _cold(_plan(strategy="centralized", nodes=1)) == [(0, "n0", "forward"), (1, "n0", "forward")]
+
+
+def test_price_compute_scales_a_cold_call_only_by_hand():
+    """The whole call scales, its overhead and blocks' fixed seconds included; a warm call, or a device without the
+    factor, is the old formula float for float."""
+    dev = DeviceProfile("d", flops_per_s=2e10, active_w=3.0, idle_w=0.5, call_overhead_s=1e-4, cold_factor=0.6)
+    f = 123_456_789
+    assert price_compute(dev, f) == (f / 2e10 + 1e-4, 3.0 * (f / 2e10 + 1e-4))
+    s, e = price_compute(dev, f, cold=True)
+    assert s == (f / 2e10 + 1e-4) * 1.6 and e == 3.0 * s
+    plain = DeviceProfile("p", flops_per_s=2e10, active_w=3.0, idle_w=0.5, call_overhead_s=1e-4)
+    assert price_compute(plain, f, cold=True) == price_compute(plain, f)
+    rated = DeviceProfile("r", flops_per_s=2e10, active_w=1.0, idle_w=0.0, cold_factor=0.25,
+                          block_flops_per_s={"cnn": {"conv1": 1e9}}, block_call_s={"cnn": {"conv2": 1e-4}})
+    s, _ = price_compute(rated, 1000 + 4000, "cnn", (("conv1", 1000), ("conv2", 4000)), True)
+    assert s == pytest.approx((1000 / 1e9 + 4000 / 2e10 + 1e-4) * 1.25, rel=1e-15)
+
+
+@pytest.mark.parametrize("spec", [dict(strategy="mp", nodes=3, micro_batches=2, pipeline="gpipe"),
+                                  dict(strategy="fpl", nodes=4, branches=2), dict(strategy="sfl", nodes=3)])
+def test_the_ledger_scales_exactly_the_calls_that_start_cold(spec, tmp_path):
+    """Per round, node and phase: the compute seconds with cold_factor less those without it are the factor
+    times the seconds of the calls marked cold (cold_calls, each priced warm by hand), the joules active_w
+    times that; FLOPs and bytes do not change, and no round gets shorter."""
+    path = tmp_path / "cold.yaml"
+    path.write_text("devices:\n  rpi4: {cold_factor: 0.6}\n  minipc: {cold_factor: 0.2}\n")
+    plan = _plan(**spec, profiles_file=str(path))
+    warm = _plan(**spec)
+    shards = shard_sizes(plan)
+    cold_l, warm_l = price_plan(plan, shards), price_plan(warm, shards)
+    factor = {"rpi4": 0.6, "minipc": 0.2}
+    profiles = check_profiles(plan)
+    events = plan_events(plan, shards)
+    _, warm_s = event_costs(warm, events, check_profiles(warm))
+    extra: dict = {}  # (round, node, phase) -> the factor times the warm seconds of its cold calls
+    for ev, s, cold in zip(events, warm_s, cold_calls(events, frozenset(n.name for n in plan.nodes))):
+        if cold:
+            key = (ev.round, ev.node, ev.phase)
+            extra[key] = extra.get(key, 0.0) + factor[plan.node(ev.node).device] * s
+    assert extra, "no call started cold"
+    for (c, w) in zip(cold_l.itertuples(), warm_l.itertuples()):
+        assert (c.round, c.node, c.kind, c.flops, c.bytes_tx, c.bytes_rx) == (w.round, w.node, w.kind, w.flops,
+                                                                               w.bytes_tx, w.bytes_rx)
+        assert c.round_makespan_s >= w.round_makespan_s
+        if c.kind in ("forward", "backward"):
+            want = extra.get((c.round, c.node, c.kind), 0.0)
+            assert c.seconds - w.seconds == pytest.approx(want, rel=1e-9, abs=1e-15)
+            assert c.energy_j - w.energy_j == pytest.approx(profiles.device(c.device).active_w * want, abs=1e-9)
+
+
+# --------------------------------------------------------------------------- the profile field
+
+def test_the_field_loads_defaults_to_zero_and_bad_values_are_refused(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("devices:\n  d: {flops_per_s: 1.0e+9, active_w: 1, idle_w: 0, cold_factor: 0.65}\n"
+                    "  rpi4: {cold_factor: {value: 0.4, status: M, source: bench}}\n")
+    profiles = load_profiles(good)
+    assert profiles.device("d").cold_factor == 0.65
+    assert (profiles.device("rpi4").cold_factor, profiles.device("rpi4").source["cold_factor"]) == (0.4, "bench")
+    assert load_profiles().device("rpi4").cold_factor == 0.0  # shipped profiles have none
+    for value, shown, why in (("-1.0e-3", "-0.001", "must be a number in [0, 100]"),
+                              ("101", "101", "must be a number in [0, 100]"), ("cold", "'cold'", "must be a number")):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(f"devices:\n  d: {{flops_per_s: 1.0e+9, active_w: 1, idle_w: 0, cold_factor: {value}}}\n")
+        with pytest.raises(ProfileError) as err:
+            load_profiles(bad)
+        msg = str(err.value)
+        assert len(msg.splitlines()) == 1 and f"key 'devices.d.cold_factor': got {shown}; {why}" in msg, msg
+
+
+# --------------------------------------------------------------------------- the testbed and the calibration
+
+def test_the_testbed_carries_the_factor_to_every_emulated_device():
+    """A factor of the call's own seconds: a node slowed to any CPU share runs a cold call that much slower too, so
+    every emulated profile carries this machine's factor unchanged (and none without it); the time scale and
+    the other numbers are those without it."""
+    plan = _plan(strategy="fl", nodes=3)
+    profiles = check_profiles(plan)
+    plain = testbed.emulation(plan, profiles, 4e10, 2, calibrated_call_s=1e-4)
+    emu = testbed.emulation(plan, profiles, 4e10, 2, calibrated_call_s=1e-4, calibrated_cold_factor=0.55)
+    assert emu.profiles.device("rpi4").cold_factor == emu.profiles.device("minipc").cold_factor == 0.55
+    assert plain.profiles.device("rpi4").cold_factor == 0.0
+    assert emu.time_scale == plain.time_scale
+    assert emu.profiles.device("rpi4").flops_per_s == plain.profiles.device("rpi4").flops_per_s
+
+
+def test_calibrate_with_a_cold_wait_writes_the_factor_it_measured(tmp_path):
+    """A real calibration: the cold forward's median over the tight one's, less 1, is written (4 digits) as
+    cold_factor and loaded; without --cold-wait none is written. A negative, too long or bool wait is refused."""
+    out = tmp_path / "host.yaml"
+    row = calibrate(out, models=["cnn"], batch_size=16, seconds=0.6, cold_wait_s=0.01)[0]
+    assert row["cold_factor"] == max(0.0, row["cold_forward_s"] / row["forward_s"] - 1.0)
+    assert 0 < row["forward_s"] < row["whole_s"]
+    dev = load_profiles(out).device("calibrated_cnn_b16")
+    assert dev.cold_factor == float(f"{row['cold_factor']:.4g}")
+    plain = tmp_path / "plain.yaml"
+    row = calibrate(plain, models=["cnn"], batch_size=16, seconds=0.3)[0]
+    assert "cold_factor" not in row and load_profiles(plain).device("calibrated_cnn_b16").cold_factor == 0.0
+    for bad in (-0.1, 11.0, True):
+        with pytest.raises(ConfigError) as err:
+            calibrate(tmp_path / "x.yaml", models=["cnn"], cold_wait_s=bad)
+        assert "--cold-wait" in str(err.value)
+
+
+def test_a_device_without_the_field_prices_every_call_as_before(tmp_path):
+    """cold_factor: 0 written out is the same ledger as no field (the fast path skips the bookkeeping)."""
+    path = tmp_path / "zero.yaml"
+    path.write_text("devices:\n  rpi4: {cold_factor: 0}\n")
+    spec = dict(strategy="fpl", nodes=4, branches=2)
+    plan, bare = _plan(**spec, profiles_file=str(path)), _plan(**spec)
+    events = plan_events(plan, shard_sizes(plan))
+    assert price(plan, events).equals(price(bare, events))
+    assert price_plan(plan, shard_sizes(plan)).equals(price(bare, events, fast=False))

@@ -15,8 +15,9 @@ such a forward runs prices every compute call that starts cold, after a receive 
 and prints per run the median
 absolute error of the round makespan and of the per-node busy seconds (warm-up round left out), then
 the same over all runs against the goal (both <= 15 %). Writes, under ``--out``: one run folder per plan,
-``validation.csv`` (one row per run), ``validation_summary.json`` and ``validation_parity.png`` (every
-run's points in one figure).
+``validation.csv`` (one row per run), ``validation_summary.json``, ``validation_parity.png`` (every
+run's points in one figure) and ``validation_calls.csv`` (every compute call after the warm-up, measured beside
+predicted, from each run's ``testbed_calls.csv``).
 
 The full study is six strategies × 2, 4, 8 nodes × two link rates (``centralized`` runs on its one node:
 32 runs, about half an hour on 2 cores); ``--nodes 2,4 --rates 10`` is a small one. Measurements share the machine with whatever else
@@ -215,6 +216,15 @@ def main() -> int:
                                 for st, g in done.groupby("strategy")}}
     (out / "validation_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     parity_figure([t[:2] for t in tables], out / "validation_parity.png")
+    calls = pd.concat([pd.read_csv(out / name / "testbed_calls.csv").assign(run=name) for name, *_ in tables])
+    calls = calls[calls["round"] > 0].merge(done[["run", "strategy"]], on="run")
+    calls["ratio"] = calls["measured_s"] / calls["predicted_s"]
+    calls.to_csv(out / "validation_calls.csv", index=False)
+    print("measured / predicted seconds per compute call (median, warm-up left out), by the calls the model takes "
+          "to start cold or not:")
+    for (strategy, cold), g in calls.groupby(["strategy", "cold"], sort=False):
+        print(f"  {strategy:12} {'cold' if cold else 'warm'}: {g['ratio'].median():.2f} "
+              f"(quartiles {g['ratio'].quantile(0.25):.2f}-{g['ratio'].quantile(0.75):.2f}, {len(g)} calls)")
     print(f"over {summary['runs']} runs: median abs error of the round makespan {100 * summary['makespan_median_abs_error']:.1f} % "
           f"({summary['makespan_points']} rounds), of busy seconds {100 * summary['busy_median_abs_error']:.1f} % "
           f"({summary['busy_points']} node-rounds); goal <= 15 %: "

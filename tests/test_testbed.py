@@ -284,6 +284,47 @@ def _trace(rows):
     return pd.DataFrame(rows, columns=list(TRACE_COLUMNS))
 
 
+def test_the_call_table_pairs_each_traced_call_with_its_prediction():
+    """mp on 2 nodes, 2 batches a round, 2 rounds, cold factor 0.5: each node's calls in its trace's order get the
+    emulated price of the same event (1.5x where the model takes the call to start cold) and their measured
+    seconds; the table's sums are testbed_table's busy seconds; a trace missing a call is refused."""
+    plan = resolve(make_config(dict(strategy="mp", nodes=2, max_train_samples=100, rounds=2, batch_size=64)))
+    profiles = check_profiles(plan)
+    emu = testbed.emulation(plan, profiles, 4e10, 2, calibrated_cold_factor=0.5)
+    warm = testbed.emulation(plan, profiles, 4e10, 2)
+    shards = [100]
+    events = plan_events(plan, shards)
+    rows, seq, t = [], {"n0": 0, "n1": 0}, 0.0
+    for ev in events:
+        if isinstance(ev, Compute):  # the k-th call of a node lasts 0.01 k s (made up, all different)
+            seq[ev.node] += 1
+            rows.append((ev.round, ev.node, "compute", ev.phase, "", 0, seq[ev.node] - 1, t, t + 0.01 * seq[ev.node]))
+            t += 1.0
+    calls = testbed.call_table(plan, _trace(rows[::-1]), shards, emu)  # any row order: by round and seq
+    computes = [ev for ev in events if isinstance(ev, Compute)]
+    assert len(calls) == len(computes) == 2 * 2 * 4
+    n0 = calls[calls["node"] == "n0"]
+    assert n0["measured_s"].tolist() == pytest.approx([0.01 * k for k in range(1, len(n0) + 1)])
+    assert n0["phase"].tolist() == ["forward", "backward"] * 4 and set(calls["blocks"]) == {"conv1+conv2+conv3",
+                                                                                            "conv4+conv5+fc1+fc2+fc3"}
+    assert calls["cold"].sum() == 10  # as tests/test_cold_calls.py counts them by hand: 5 a round
+    from fplstudy.ledger import event_costs
+    _, hot = event_costs(plan, events, warm.profiles)
+    flags = testbed.cold_calls(events, frozenset({"n0", "n1"}))
+    want = [s * (1.5 if c else 1.0) for n in ("n0", "n1")  # the table is node by node, each in event order
+            for ev, s, c in zip(events, hot, flags) if isinstance(ev, Compute) and ev.node == n]
+    assert calls["predicted_s"].tolist() == pytest.approx(want, rel=1e-12)
+    assert calls["cold"].tolist() == [c for n in ("n0", "n1") for ev, c in zip(events, flags)
+                                      if isinstance(ev, Compute) and ev.node == n]
+    table = testbed.testbed_table(plan, _trace(rows), shards, emu)
+    sums = calls.groupby(["round", "node"])[["measured_s", "predicted_s"]].sum()
+    got = table.set_index(["round", "node"])
+    assert sums["measured_s"].tolist() == pytest.approx(got.loc[sums.index, "measured_busy_s"].tolist(), rel=1e-12)
+    assert sums["predicted_s"].tolist() == pytest.approx(got.loc[sums.index, "predicted_busy_s"].tolist(), rel=1e-12)
+    with pytest.raises(RuntimeError, match="n0's trace has 7 compute calls, its events 8"):
+        testbed.call_table(plan, _trace(rows[1:]), shards, emu)
+
+
 def test_measured_figures_from_a_hand_made_trace():
     """n0 computes 0.0-1.0 and 1.5-2.0, sends at 1.0; n1 posts its receive at 0.2, gets the message at 1.4 and
     computes 1.4-3.0: busy 1.5 and 1.6 s; the message took 1.4 - max(1.0, 0.2) = 0.4 s; the round 3.0 s."""
@@ -457,6 +498,12 @@ def _run_equals_simulated(tmp_path, values: dict):
         assert rounds[key].tolist() == [r[key] for r in sim.rounds], key
     table = pd.read_csv(tmp_path / "run" / "testbed.csv")
     assert len(table) == values["rounds"] * len(plan.nodes) and (table["measured_round_s"] > 0).all()
+    calls = pd.read_csv(tmp_path / "run" / "testbed_calls.csv")  # every call; their sums are the busy seconds
+    sums = calls.groupby(["round", "node"])[["measured_s", "predicted_s"]].sum()
+    got = table.set_index(["round", "node"]).loc[sums.index]
+    assert (calls["measured_s"] > 0).all()
+    assert sums["measured_s"].tolist() == pytest.approx(got["measured_busy_s"].tolist(), rel=1e-9)
+    assert sums["predicted_s"].tolist() == pytest.approx(got["predicted_busy_s"].tolist(), rel=1e-9)
     return plan, table
 
 

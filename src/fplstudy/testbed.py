@@ -89,7 +89,7 @@ from fplstudy.config import Config, ConfigError
 from fplstudy.distributed import DILATE_ENV, GATE_ENV, TRACE_ENV, DistributedError
 from fplstudy.dryrun import plan_events
 from fplstudy.events import Compute
-from fplstudy.ledger import event_costs, price
+from fplstudy.ledger import cold_calls, event_costs, price
 from fplstudy.plan import Plan
 from fplstudy.profiles import Profiles
 from fplstudy.results import atomic_write_text, write_rows_csv
@@ -112,6 +112,7 @@ MAX_LINKS = 1000  # links of a topology the testbed numbers (network_spec's subn
 TESTBED_COLUMNS = ("round", "node", "warmup", "measured_round_s", "predicted_round_s", "measured_busy_s",
                    "predicted_busy_s", "measured_send_s", "predicted_send_s", "measured_recv_s", "predicted_recv_s",
                    "time_scale")
+CALL_COLUMNS = ("round", "node", "phase", "blocks", "samples", "cold", "measured_s", "predicted_s")
 
 
 def calibrated_name(model: str, batch_size: int) -> str:
@@ -459,6 +460,29 @@ def predicted(plan: Plan, shard_sizes: list[int], emu: Emulation) -> tuple[pd.Da
     return per_node, makespan
 
 
+def call_table(plan: Plan, trace: pd.DataFrame, shard_sizes: list[int], emu: Emulation) -> pd.DataFrame:
+    """Every compute call of the run, measured beside predicted (:data:`CALL_COLUMNS`): where the busy seconds'
+    error comes from. ``blocks`` joins the call's blocks with ``+``; ``cold`` is whether the model takes it to
+    start cold (:func:`fplstudy.ledger.cold_calls`); ``measured_s`` the trace's chunk (a node's calls in the
+    order it made them: its events' order), ``predicted_s`` the call priced with the emulated profiles (its
+    ``cold_factor`` included)."""
+    events = plan_events(plan, shard_sizes)
+    _, seconds = event_costs(plan, events, emu.profiles)
+    cold = cold_calls(events, frozenset(n.name for n in plan.nodes))
+    comp = trace[trace["op"] == "compute"]
+    rows = []
+    for node in plan.nodes:
+        calls = [(ev, s, c) for ev, s, c in zip(events, seconds, cold) if isinstance(ev, Compute) and ev.node == node.name]
+        mine = comp[comp["node"] == node.name].sort_values(["round", "seq"])
+        if len(mine) != len(calls) or (mine["kind"].to_numpy() != [ev.phase for ev, _, _ in calls]).any():
+            raise RuntimeError(f"node {node.name}'s trace has {len(mine)} compute calls, its events {len(calls)}, "
+                               "or they differ in kind")
+        took = (mine["end_s"] - mine["post_s"]).to_numpy()
+        rows += [(ev.round, ev.node, ev.phase, "+".join(ev.blocks), ev.samples, c, float(m), s)
+                 for (ev, s, c), m in zip(calls, took)]
+    return pd.DataFrame(rows, columns=list(CALL_COLUMNS))
+
+
 def testbed_table(plan: Plan, trace: pd.DataFrame, shard_sizes: list[int], emu: Emulation) -> pd.DataFrame:
     """Measured beside predicted, one row per round × node (:data:`TESTBED_COLUMNS`); round 0 is the warm-up
     (first use of every connection and kernel) and is left out of the error summary."""
@@ -703,7 +727,9 @@ def run_emulated(cfg: Config, out: str | Path, *, time_scale: float | None = Non
             why = f"stopped ({outcome['stopped']})" if outcome.get("stopped") else f"exit code {code}"
             raise DistributedError(f"emulated node {node} failed ({why}): {last[0].removeprefix('fplstudy: error: ')} "
                                    f"(logs in {logs})")
-        table = testbed_table(plan, read_traces(work, plan), part.samples(), emu)  # rank i wrote trace-<i>.csv
+        trace = read_traces(work, plan)  # rank i wrote trace-<i>.csv
+        table = testbed_table(plan, trace, part.samples(), emu)
+        calls = call_table(plan, trace, part.samples(), emu)
         summary = {**error_summary(table), "time_scale": emu.time_scale, "cores": emu.cores,
                    "calibrated_flops_per_s": emu.calibrated_flops_per_s, "calibrated_call_s": emu.calibrated_call_s,
                    "cpu": cfg.testbed_cpu,
@@ -718,6 +744,7 @@ def run_emulated(cfg: Config, out: str | Path, *, time_scale: float | None = Non
                    "latency_emulated": False, "load_average_before": load0, "load_average_after": os.getloadavg()[0],
                    "testbed_wall_s": wall_s, "network_build_s": outcome.get("build_s")}
         write_rows_csv(out / "testbed.csv", table.to_dict("records"), TESTBED_COLUMNS)
+        write_rows_csv(out / "testbed_calls.csv", calls.to_dict("records"), CALL_COLUMNS)
         atomic_write_text(out / "testbed_summary.json", json.dumps(summary, indent=2) + "\n")
         parity_figure([(f"{plan.strategy}, {len(plan.nodes)} nodes", table)], out / "testbed_parity.png")
         metrics = json.loads((out / "metrics.json").read_text())

@@ -53,11 +53,10 @@ from fplstudy.calibrate import calibrate
 from fplstudy.config import ConfigError, load_config
 from fplstudy.strategies import STRATEGIES
 from fplstudy.distributed import DistributedError
-from fplstudy.dryrun import dry_run
+from fplstudy.dryrun import dry_run, shard_sizes
 from fplstudy.plan import resolve
-from fplstudy.dryrun import shard_sizes
 from fplstudy.profiles import Profiles
-from fplstudy.testbed import error_summary, parity_figure, predicted, run_emulated
+from fplstudy.testbed import error_summary, parity_figure, predicted, relative_error, run_emulated
 
 def link_profiles(rates_mbit: list[str]) -> dict:
     """One link profile ``tb<rate>`` per rate: that many Mbit/s of TCP goodput both ways, no latency."""
@@ -170,8 +169,8 @@ def main() -> int:
                     print(f"{name:22} not run: {exc}")
                     rows.append(dict(run=name, strategy=strategy, nodes=nodes, link_mbit=float(mbit), status=str(exc)))
                     continue
-                s = res.summary
-                s0 = error_summary(without_cold_calls(values, res))
+                s, warm = res.summary, without_cold_calls(values, res)
+                s0 = error_summary(warm)
                 rows.append(dict(run=name, strategy=strategy, nodes=nodes, link_mbit=float(mbit), status="completed",
                                  hosts=len(res.emulation.nodes), time_scale=s["time_scale"],
                                  makespan_error=s["round_makespan_median_abs_error"],
@@ -182,7 +181,7 @@ def main() -> int:
                                  calibrated_call_s=s["calibrated_call_s"], calibration_processes=cal.get("processes"),
                                  concurrency=args.concurrency,
                                  load_before=load0, load_after=os.getloadavg()[0], wall_s=time.monotonic() - t0))
-                tables.append((name, res.table, without_cold_calls(values, res)))
+                tables.append((name, res.table, warm))
                 print(f"{name:22} {len(res.emulation.nodes)} hosts ({k} calibrated at once), time scale {s['time_scale']:5.2f}: makespan error "
                       f"{100 * s['round_makespan_median_abs_error']:5.1f} %, busy error "
                       f"{100 * s['busy_median_abs_error']:5.1f} % (every call priced warm: "
@@ -199,10 +198,8 @@ def main() -> int:
         every = pd.concat([t[which].assign(run=t[0]) for t in tables])
         every = every[~every["warmup"].astype(bool)]
         rounds = every.groupby(["run", "round"])[["measured_round_s", "predicted_round_s"]].first()
-        makespan = ((rounds["measured_round_s"] - rounds["predicted_round_s"]) / rounds["predicted_round_s"]).abs()
-        busy_rows = every[every["predicted_busy_s"] > 0]
-        busy = ((busy_rows["measured_busy_s"] - busy_rows["predicted_busy_s"]) / busy_rows["predicted_busy_s"]).abs()
-        return makespan, busy
+        makespan = relative_error(rounds["measured_round_s"], rounds["predicted_round_s"]).abs()
+        return makespan, relative_error(every["measured_busy_s"], every["predicted_busy_s"]).abs()
 
     makespan, busy = errors(1)
     makespan0, busy0 = errors(2)

@@ -30,7 +30,7 @@ from fplstudy.config import Config, ConfigError
 from fplstudy.datasets import DATASET_CLASS_COUNTS, DATASET_META, declared_labels, files_present
 from fplstudy.dynamics import plan_turnouts, turnout_rule
 from fplstudy.events import Event
-from fplstudy.ledger import Pricer, event_costs, price, cold_entries, cold_flow, totals
+from fplstudy.ledger import Pricer, event_costs, price, totals
 from fplstudy.makespan import schedule_round
 from fplstudy.memory import peak_memory
 from fplstudy.partition import load_partitioned, make_partition
@@ -144,7 +144,6 @@ def price_rounds(pricer: Pricer, shapes: RoundShapes) -> list[tuple | None] | No
     """Every round's :meth:`fplstudy.ledger.Pricer.price_round`, each kind of round priced once (None for
     a lost round: it costs nothing); None where the fast schedule does not hold for a round."""
     templates: dict[tuple, object] = {}  # by (item key, the round's stragglers, entry: Pricer.entries)
-    flows: dict[tuple, tuple] = {}  # by item key: (lead, ends) of cold_flow, where cold calls cost more
     priced: dict = {}
     rounds: list[tuple | None] = []
     for kind in shapes.kinds:
@@ -153,13 +152,8 @@ def price_rounds(pricer: Pricer, shapes: RoundShapes) -> list[tuple | None] | No
                 priced[kind] = _LOST
             else:
                 segments = []
-                entries = [frozenset()] * len(shapes.items[kind])
-                if pricer.cold:
-                    every = frozenset(pricer.names)
-                    for _, key in shapes.items[kind]:
-                        if key not in flows:
-                            flows[key] = cold_flow(shapes.events[key], every)[1:]
-                    entries = cold_entries([flows[key] for _, key in shapes.items[kind]], every)
+                keys = [key for _, key in shapes.items[kind]]
+                entries = pricer.entries([shapes.events[key] for key in keys], keys)
                 for (step, key), entry in zip(shapes.items[kind], entries):
                     tk = (key, kind.slow, entry)
                     if tk not in templates:

@@ -480,19 +480,29 @@ class Pricer:
         self.cold = prices_cold(self.devices)  # whether a call that starts cold costs more: see entries
         self.resources: dict[tuple[str, str], int] = {}  # links; node i is resource i
         self._chunks: dict[tuple, tuple[int, tuple]] = {}
+        self._flows: dict = {}  # a run's (lead, ends) of cold_flow, by the caller's key for it (entries)
 
     @property
     def n_resources(self) -> int:
         return len(self.names) + len(self.resources)
 
-    def entries(self, runs: list[list[Event]]) -> list[frozenset[str]]:
+    def entries(self, runs: list[list[Event]], keys: list | None = None) -> list[frozenset[str]]:
         """The ``entry`` of each of a round's runs of events, in order, for :meth:`template`: the nodes whose
         last event before the run was a receive, or who had none (:func:`cold_entries`); all empty where no
-        device prices a call that starts cold."""
+        device prices a call that starts cold. ``keys``: one per run, under which its flow is kept for the
+        next call that passes the same key (runs that recur, as :func:`fplstudy.dryrun.price_rounds`' items)."""
         if not self.cold:
             return [frozenset()] * len(runs)
         every = frozenset(self.names)
-        return cold_entries([cold_flow(evs, every)[1:] for evs in runs], every)
+        flows = []
+        for evs, key in zip(runs, keys or [None] * len(runs)):
+            flow = self._flows.get(key) if key is not None else None
+            if flow is None:
+                flow = cold_flow(evs, every)[1:]
+                if key is not None:
+                    self._flows[key] = flow
+            flows.append(flow)
+        return cold_entries(flows, every)
 
     def template(self, events: list[Event], slow: dict[str, float] | None = None,
                  entry: frozenset[str] | None = None) -> Template:

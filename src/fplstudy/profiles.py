@@ -18,8 +18,8 @@ Fields (units in the names; every number must lie in the physically plausible ra
   backward — costs beyond its FLOPs, the framework's per-call work that FLOP/s measured on a whole model
   hides; ``fplstudy calibrate`` measures it), ``cold_factor`` (0..100, optional, default 0: how much longer a
   compute call takes when it starts cold — it follows a receive on its node (the node waited for a
-  message) or opens the node's round — than in a tight loop: caches and predictors were left to others
-  while the node waited; the call takes ``1 + cold_factor`` times its seconds; ``fplstudy calibrate
+  message) or opens the node's round — than in a tight loop (measured on the emulated testbed: such calls run
+  slower than the same calls back to back); the call takes ``1 + cold_factor`` times its seconds; ``fplstudy calibrate
   --cold-wait`` measures it), ``block_flops_per_s`` (optional: per model, per block, the
   block's sustained training FLOP/s, each 1e3..1e18, e.g. ``{cnn: {conv1: 1.2e+10, conv2: 4.5e+10}}``, plain or
   as ``{value: {…}, status: …, source: …}``; written by ``fplstudy calibrate``). With it, a compute call of the

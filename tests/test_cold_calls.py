@@ -13,7 +13,7 @@ from fplstudy.config import ConfigError, make_config
 from fplstudy.dryrun import plan_events, price_plan, shard_sizes
 from fplstudy.ledger import cold_calls, event_costs, price, price_compute
 from fplstudy.plan import resolve
-from fplstudy.profiles import DeviceProfile, ProfileError, check_profiles, load_profiles
+from fplstudy.profiles import DeviceProfile, check_profiles, load_profiles
 
 TINY = {"max_train_samples": 100, "rounds": 2, "batch_size": 64}  # two batches a round
 
@@ -95,22 +95,7 @@ def test_the_ledger_scales_exactly_the_calls_that_start_cold(spec, tmp_path):
 
 # --------------------------------------------------------------------------- the profile field
 
-def test_the_field_loads_defaults_to_zero_and_bad_values_are_refused(tmp_path):
-    good = tmp_path / "good.yaml"
-    good.write_text("devices:\n  d: {flops_per_s: 1.0e+9, active_w: 1, idle_w: 0, cold_factor: 0.65}\n"
-                    "  rpi4: {cold_factor: {value: 0.4, status: M, source: bench}}\n")
-    profiles = load_profiles(good)
-    assert profiles.device("d").cold_factor == 0.65
-    assert (profiles.device("rpi4").cold_factor, profiles.device("rpi4").source["cold_factor"]) == (0.4, "bench")
-    assert load_profiles().device("rpi4").cold_factor == 0.0  # shipped profiles have none
-    for value, shown, why in (("-1.0e-3", "-0.001", "must be a number in [0, 100]"),
-                              ("101", "101", "must be a number in [0, 100]"), ("cold", "'cold'", "must be a number")):
-        bad = tmp_path / "bad.yaml"
-        bad.write_text(f"devices:\n  d: {{flops_per_s: 1.0e+9, active_w: 1, idle_w: 0, cold_factor: {value}}}\n")
-        with pytest.raises(ProfileError) as err:
-            load_profiles(bad)
-        msg = str(err.value)
-        assert len(msg.splitlines()) == 1 and f"key 'devices.d.cold_factor': got {shown}; {why}" in msg, msg
+# the field's loading and bounds: tests/test_batch_work.py (one test for both optional number fields)
 
 
 # --------------------------------------------------------------------------- the testbed and the calibration
@@ -130,12 +115,13 @@ def test_the_testbed_carries_the_factor_to_every_emulated_device():
 
 
 def test_calibrate_with_a_cold_wait_writes_the_factor_it_measured(tmp_path):
-    """A real calibration: the cold forward's median over the tight one's, less 1, is written (4 digits) as
-    cold_factor and loaded; without --cold-wait none is written. A negative, too long or bool wait is refused."""
+    """A real calibration: the cold cut step's block calls (each after the idle) over the tight cut step's, less 1,
+    are written (4 digits) as cold_factor and loaded; the tight ones are the cut step's block calls (their sum is
+    the blocks' seconds); without --cold-wait none is written. A negative, too long or bool wait is refused."""
     out = tmp_path / "host.yaml"
     row = calibrate(out, models=["cnn"], batch_size=16, seconds=0.6, cold_wait_s=0.01)[0]
-    assert row["cold_factor"] == max(0.0, row["cold_forward_s"] / row["forward_s"] - 1.0)
-    assert 0 < row["forward_s"] < row["whole_s"]
+    assert row["cold_factor"] == max(0.0, row["cold_calls_s"] / row["calls_s"] - 1.0)
+    assert 0 < row["calls_s"] <= row["cut_s"] and row["cold_calls_s"] > 0
     dev = load_profiles(out).device("calibrated_cnn_b16")
     assert dev.cold_factor == float(f"{row['cold_factor']:.4g}")
     plain = tmp_path / "plain.yaml"

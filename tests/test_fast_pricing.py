@@ -149,10 +149,10 @@ def test_fast_ledger_equals_the_reference_with_block_rates(name, tmp_path):
 
 
 COLD = """devices:
-  rpi4: {cold_factor: 0.6}
-  minipc: {cold_factor: 0.15}
+  rpi4: {cold_factor: 0.6, batch_s: 2.0e-3}
+  minipc: {cold_factor: 0.15, batch_s: 4.0e-4}
   phone: {cold_factor: 0.45}
-"""
+"""  # and the batch work outside the blocks (batch_s) on two of them
 COLD_EXTRA = {  # dynamics (absences, stragglers, a deadline) and a topology, on top of PLANS
     "fpl-dropout": dict(strategy="fpl", nodes=5, branches=2, dropout=0.3, rounds=5),
     "sl-stragglers": dict(strategy="sl", nodes=4, straggler_prob=0.4, straggler_slowdown=3.0, rounds=4),
@@ -165,8 +165,9 @@ COLD_EXTRA = {  # dynamics (absences, stragglers, a deadline) and a topology, on
 @pytest.mark.parametrize("name", list(PLANS) + list(COLD_EXTRA))
 def test_fast_ledger_equals_the_reference_with_cold_calls(name, tmp_path):
     """Devices that price a call that starts cold (cold_factor; the fast paths carry which calls start cold
-    from one template to the next, across a round's steps and syncs): the reference's floats, and the
-    field is used (compute seconds above the same plan's without it)."""
+    from one template to the next, across a round's steps and syncs) and a batch's work on the call that opens
+    it (batch_s): the reference's floats, and the fields are used (compute seconds above the same plan's
+    without them)."""
     path = tmp_path / "cold.yaml"
     path.write_text(COLD)
     spec = {**SMALL, **PLANS.get(name, COLD_EXTRA.get(name))}

@@ -1,10 +1,13 @@
 """Calibration: this machine's sustained training FLOP/s, one thread, per model, as a device profile file.
 
-:func:`measure` trains a model on random inputs of its dataset's shape (forward, cross-entropy,
-backward, SGD step: what a node does per batch) with one intra-op thread, and divides the FLOPs of the
-steps — the project's own count, :mod:`fplstudy.flops`, forward plus backward, the first block without an
-input gradient as in the engine — by their wall time, less the per-call overhead found by also running
-the model cut into one chunk per block (:func:`measure`). The rate is the median of several timed windows,
+:func:`measure` trains a model on its dataset's training samples (:func:`training_inputs`; random inputs of their
+shape where the files are missing) with one intra-op thread — per step, gathering a batch, forward,
+cross-entropy, backward, SGD step: what a node does per batch — and divides the FLOPs of the steps' calls —
+the project's own count, :mod:`fplstudy.flops`, forward plus backward, the first block without an input
+gradient as in the engine — by their time, less the per-call overhead found by also running the model cut
+into one chunk per block (:func:`measure`). The rest of a step (gathering the batch, the SGD step, zeroing the
+gradients) is timed on its own: the profile's ``batch_s``, which the ledger prices once per batch on the node
+feeding it in (:func:`fplstudy.ledger.opens_batch`). The rate is the median of several timed windows,
 so that a burst of other work on a shared machine moves it little. In the cut step every block's forward and
 backward calls are timed too, which gives each block its own training FLOP/s (:func:`block_rates`): a first
 convolution on one channel runs far below the model's average, and a model-parallel stage of a few blocks at
@@ -15,9 +18,9 @@ settings in its ``source``), loadable with the config key ``profiles_file``; the
 (``{<model>: {<block>: FLOP/s}}``), which prices every call of that model block by block
 (:func:`fplstudy.ledger.price_compute`). Two settings measure the machine as the emulated testbed uses it
 rather than in a tight loop alone: ``wait_s`` (each call after an idle, :func:`measure`) and ``processes``
-(several processes at once, :func:`measure_together`); ``cold_wait_s`` also times steps whose forward
-follows an idle, as a call that starts cold does (after a wait for a message), and writes how much slower
-that forward is than a tight-loop one as the optional field ``cold_factor``. Power is not measured: ``active_w`` and ``idle_w`` are written as 0 with status
+(several processes at once, :func:`measure_together`); ``cold_wait_s`` also times cut steps whose every
+block call follows an idle, as a call that starts cold does (after a wait for a message), and writes how much
+slower those calls are than tight-loop ones as the optional field ``cold_factor``. Power is not measured: ``active_w`` and ``idle_w`` are written as 0 with status
 ``E`` (set them to price energy).
 """
 
@@ -30,11 +33,12 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
 from fplstudy.config import ConfigError
-from fplstudy.datasets import DATASET_META
+from fplstudy.datasets import DATASET_META, load_dataset
 from fplstudy.flops import profile_model
 from fplstudy.models import build_model
 from fplstudy.profiles import load_profiles
@@ -45,6 +49,32 @@ WINDOWS = 5  # timed windows per model; the median is kept
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}  # what measure times a call by
 MODEL_DATASET = {"cnn": "digits", "lenet5": "mnist", "vgg11": "cifar10", "resnet18": "cifar10",
                  "mobilenetv2": "cifar10"}  # the dataset whose input shape a model is measured on
+
+
+def training_inputs(model: str, batch_size: int) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """The samples :func:`measure` trains ``model`` on: its dataset's training set (:data:`MODEL_DATASET`, split
+    as a run splits it with seed 0), or, where that dataset's files are not on this machine, as many
+    random-normal inputs of its shape with random labels. The same step runs measurably faster on real samples
+    than on random ones (cnn at batch 128 on this project's machine: 8 % on digits), so the calibration times what
+    a run computes where it can. Fewer samples than ``batch_size`` are repeated to fill a batch.
+
+    Returns:
+        ``(what the inputs are, the samples, their labels)``.
+    """
+    name = MODEL_DATASET[model]
+    try:
+        split = load_dataset(name, seed=0)
+        what, x, y = f"{name} training samples", split.x_train, split.y_train
+    except FileNotFoundError:
+        shape, classes = DATASET_META[name]
+        gen = torch.Generator().manual_seed(0)
+        n = max(batch_size, 1024)
+        what = f"{name}-shaped random-normal inputs ({name}'s files are not on this machine)"
+        x, y = torch.randn(n, *shape, generator=gen), torch.randint(0, classes, (n,), generator=gen)
+    if len(x) < batch_size:
+        reps = -(-batch_size // len(x))
+        x, y = x.repeat(reps, *([1] * (x.dim() - 1))), y.repeat(reps)
+    return what, x, y
 
 
 def cpu_model() -> str:
@@ -81,8 +111,8 @@ def block_rates(flops: dict[str, int], block_s: dict[str, float], cut_s: float, 
 
     A block's seconds are its two timed calls (forward, backward) ``t_b`` less their overhead ``2 o``, plus its
     FLOP share of the rest of the cut step, ``R = cut_s − Σ t_b − 2 (k − |P|) o`` over the blocks ``P`` that
-    have FLOPs (``R``: the loss, the SGD step, zeroing the gradients, and the calls of blocks without FLOPs,
-    less their overhead): ``rate_b = FLOPs_b / (t_b − 2 o + R FLOPs_b / Σ_P FLOPs)``. The rest is shared by
+    have FLOPs (``R``: the loss, and the calls of blocks without FLOPs, less their overhead; the batch's work
+    outside the calls is not in ``cut_s``: :func:`measure`'s ``batch_s``): ``rate_b = FLOPs_b / (t_b − 2 o + R FLOPs_b / Σ_P FLOPs)``. The rest is shared by
     FLOPs as the whole-model rate shares it, so ``Σ_P`` of the blocks' seconds is ``cut_s − 2 k o``; with
     ``o = (cut_s − whole_s) / (2k − 2)`` that is ``whole_s − 2 o``, and the FLOP-weighted harmonic mean of the
     block rates (``Σ FLOPs / Σ FLOPs_b / rate_b``) is the whole-model rate. Blocks without FLOPs, or whose
@@ -156,7 +186,10 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: floa
     block), ``2k``. The extra time per extra call is the call overhead ``o``; the FLOP/s is the FLOPs of
     the step over its time less its two calls' overhead: ``t_whole = FLOPs / F + 2 o``. In the cut step
     each block's forward and backward calls are timed (``perf_counter`` around each), the median per block
-    over the windows kept, and :func:`block_rates` turns them into per-block FLOP/s.
+    over the windows kept, and :func:`block_rates` turns them into per-block FLOP/s. Each step gathers a new
+    batch of :func:`training_inputs` by index, as the engine does; that gathering, the SGD step and zeroing the
+    gradients are timed apart from the calls (the step's times are its calls' only), their median seconds per step
+    being ``batch_s``.
 
     With ``wait_s > 0`` every compute call (a forward, a backward) follows ``wait_s`` seconds of sleep, as on
     a node that waits for a message (or, on the emulated testbed, sleeps out its CPU share) before each
@@ -164,10 +197,12 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: floa
     (measured here: a whole cnn step at batch 128 after 50 ms idle 1.2-1.3x its tight-loop time). Only the
     calls are timed, never the sleeps.
 
-    With ``cold_wait_s > 0`` a third kind of step is timed beside them: a whole step whose forward follows
-    ``cold_wait_s`` seconds of sleep, as a call that starts cold (it follows a wait for a message, or opens
-    the node's round); its forward's seconds over the whole step's forward's, less 1, are ``cold_factor``:
-    :func:`fplstudy.ledger.price_compute` prices such a call at ``1 + cold_factor`` times its seconds.
+    With ``cold_wait_s > 0`` a third kind of step is timed beside them: a cut step whose every block call follows
+    ``cold_wait_s`` seconds of sleep, as a stage's call that starts cold (it follows a wait for a message, or
+    opens the node's round); the seconds of its block calls over those of the tight-loop cut step, less 1, are
+    ``cold_factor``: :func:`fplstudy.ledger.price_compute` prices such a call at ``1 + cold_factor`` times its
+    seconds. (Stop 26 timed a whole step's forward after the sleep instead: one long call, on which the cold
+    start weighs less than on a stage's short calls.)
 
     ``clock="cpu"`` times each call by its thread's CPU seconds (``thread_time``) rather than the wall:
     what the testbed's ``dilate`` mode stretches, and not lengthened while the process waits for a core
@@ -183,11 +218,11 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: floa
         cold_wait_s: seconds of idle before the forward of the cold steps (0: none timed).
 
     Returns:
-        ``{"model", "flops_per_s", "call_overhead_s", "batch_size", "steps", "whole_s", "cut_s",
-        "block_flops_per_s", "block_s", "block_flops"}``, with ``cold_wait_s > 0`` also ``"forward_s"`` and
-        ``"cold_forward_s"`` (median seconds of the whole and the cold steps' forward calls) and ``"cold_factor"``
-        (``max(0, cold_forward_s / forward_s - 1)``) (``whole_s``/``cut_s``:
-        median seconds per step;
+        ``{"model", "flops_per_s", "call_overhead_s", "batch_s", "inputs", "batch_size", "steps", "whole_s", "cut_s",
+        "block_flops_per_s", "block_s", "block_flops"}`` (``inputs``: what :func:`training_inputs` gave), with ``cold_wait_s > 0`` also ``"calls_s"`` and
+        ``"cold_calls_s"`` (median seconds of the block calls of a tight-loop and of a cold cut step) and
+        ``"cold_factor"`` (``max(0, cold_calls_s / calls_s - 1)``) (``whole_s``/``cut_s``:
+        median seconds of a step's calls;
         ``block_s``: per block, median seconds of its forward and backward calls per cut step; ``block_flops``:
         per block, FLOPs per step; ``block_flops_per_s``: :func:`block_rates`).
     """
@@ -202,14 +237,32 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: floa
         opt = torch.optim.SGD(net.parameters(), lr=0.01)
         tick = CLOCKS[clock]
         spent = [0.0] * len(blocks)  # seconds of each block's calls, summed over a window's cut steps
-        x, y = torch.randn(batch_size, *shape), torch.randint(0, classes, (batch_size,))
+        inputs, pool_x, pool_y = training_inputs(model, batch_size)
+        rng = np.random.default_rng(0)
+        order, at = rng.permutation(len(pool_x)), [0]
+        per_batch = [0.0]  # seconds of the batches' work outside the blocks, summed over a window's steps
+
+        def batch() -> tuple[torch.Tensor, torch.Tensor]:  # the next batch, gathered as the engine gathers it
+            if at[0] + batch_size > len(order):
+                order[:], at[0] = rng.permutation(len(pool_x)), 0
+            idx = order[at[0]:at[0] + batch_size]
+            at[0] += batch_size
+            return pool_x[idx], pool_y[idx]
+
+        def step() -> float:  # the optimizer step and zeroing after the batch's last call (engine.run_batch)
+            t = tick()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return tick() - t
 
         def pause() -> None:
             if wait_s > 0:
                 time.sleep(wait_s)
 
-        def whole(first: float | None = None) -> float:  # the seconds of its timed parts (without the pauses)
-            opt.zero_grad(set_to_none=True)  # first: seconds idle before the forward (None: wait_s)
+        def whole(first: float | None = None) -> float:  # the seconds of its calls (without pauses or batch work)
+            t = tick()  # first: seconds idle before the forward (None: wait_s)
+            x, y = batch()
+            gathered = tick() - t
             if first is None:
                 pause()
             else:
@@ -217,20 +270,28 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: floa
             t = tick()
             loss = torch.nn.functional.cross_entropy(net(x), y)
             took = tick() - t
-            forward[0] += took
             pause()
             t = tick()
             loss.backward()
-            opt.step()
-            return took + tick() - t
+            took += tick() - t
+            per_batch[0] += gathered + step()
+            return took
 
-        def cut() -> float:  # as fplstudy.engine runs a chain of stages
-            t = tick()
-            opt.zero_grad(set_to_none=True)
+        def cut(idle: float | None = None) -> float:  # as fplstudy.engine runs a chain of stages
+            t = tick()  # idle: seconds of sleep before each block call (None: wait_s)
+            x, y = batch()
+            gathered = tick() - t
             h, ins, outs = x, [], []
-            took = tick() - t
+            took = 0.0
+
+            def rest() -> None:
+                if idle is None:
+                    pause()
+                else:
+                    time.sleep(idle)
+
             for i, block in enumerate(blocks):
-                pause()
+                rest()
                 t = tick()
                 inp = h if i == 0 else h.detach().requires_grad_(True)
                 h = block(inp)
@@ -243,20 +304,18 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: floa
             took += tick() - t
             g = None
             for i in range(len(blocks) - 1, -1, -1):
-                pause()
+                rest()
                 t = tick()
                 torch.autograd.backward(outs[i], g)
                 d = tick() - t
                 took, spent[i] = took + d, spent[i] + d
                 g = ins[i].grad if i > 0 else None
-            t = tick()
-            opt.step()
-            return took + tick() - t
+            per_batch[0] += gathered + step()
+            return took
 
-        def cold() -> float:  # a step whose forward follows cold_wait_s idle: a call that starts cold
-            return whole(cold_wait_s)
+        def cold() -> float:  # a cut step whose every block call follows cold_wait_s idle: calls that start cold
+            return cut(cold_wait_s)
 
-        forward = [0.0]  # seconds of the whole and cold steps' forward calls, summed over a window
 
         t0, warm = time.perf_counter(), 0
         while warm < 3 or time.perf_counter() - t0 < min(1.0, seconds / 3):  # warm-up: allocator, kernels
@@ -267,20 +326,24 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: floa
         steps = max(1, round(seconds / (2 * WINDOWS) / per_step))
         kinds = (whole, cut, cold) if cold_wait_s > 0 else (whole, cut)
         times: dict = {fn: [] for fn in kinds}
-        forwards: dict = {whole: [], cold: []}  # per window, seconds per forward call
-        # cold steps sleep before each: as many as fit the same seconds as the others' (at least 3)
-        cold_steps = max(3, round(steps * per_step / (per_step + cold_wait_s)))
+        calls: dict = {cut: [], cold: []}  # per window, seconds of the block calls per cut step
+        batches: list[float] = []  # per window and kind, seconds of the batch work per step
+        # cold steps sleep before each call: as many as fit the same seconds as the others' (at least 3)
+        cold_steps = max(3, round(steps * per_step / (per_step + 2 * len(blocks) * cold_wait_s)))
         windows: list[list[float]] = []  # per window, each block's seconds per cut step
         for _ in range(WINDOWS):
             for fn in kinds:  # alternate: all see the same background load
-                spent[:], forward[0] = [0.0] * len(blocks), 0.0
+                spent[:], per_batch[0] = [0.0] * len(blocks), 0.0
                 took, n = 0.0, cold_steps if fn is cold else steps
                 for _ in range(n):
                     took += fn()
                 times[fn].append(took / n)
-                if fn in forwards:
-                    forwards[fn].append(forward[0] / n)
-            windows.append([b / steps for b in spent])
+                if fn is not cold:
+                    batches.append(per_batch[0] / n)
+                if fn in calls:
+                    calls[fn].append(sum(spent) / n)
+                if fn is cut:  # (the next kind clears spent)
+                    windows.append([b / steps for b in spent])
     finally:
         torch.set_num_threads(threads)
     whole_s, cut_s = statistics.median(times[whole]), statistics.median(times[cut])
@@ -289,14 +352,15 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: floa
     block_s = {n: statistics.median(w[i] for w in windows) for i, n in enumerate(names)}
     block_flops = {n: f * batch_size for n, f in per_block.items()}
     row = {"model": model, "flops_per_s": flops * batch_size / (whole_s - 2 * call_s), "call_overhead_s": call_s,
+           "batch_s": statistics.median(batches), "inputs": inputs,
            "batch_size": batch_size, "wait_s": wait_s, "clock": clock, "steps": 2 * steps * WINDOWS,
            "whole_s": whole_s, "cut_s": cut_s,
            "block_flops_per_s": block_rates(block_flops, block_s, cut_s, call_s), "block_s": block_s,
            "block_flops": block_flops}
     if cold_wait_s > 0:
-        warm_f, cold_f = statistics.median(forwards[whole]), statistics.median(forwards[cold])
-        row |= {"cold_wait_s": cold_wait_s, "forward_s": warm_f, "cold_forward_s": cold_f,
-                "cold_factor": max(0.0, cold_f / warm_f - 1.0), "steps": row["steps"] + cold_steps * WINDOWS}
+        warm_c, cold_c = statistics.median(calls[cut]), statistics.median(calls[cold])
+        row |= {"cold_wait_s": cold_wait_s, "calls_s": warm_c, "cold_calls_s": cold_c,
+                "cold_factor": max(0.0, cold_c / warm_c - 1.0), "steps": row["steps"] + cold_steps * WINDOWS}
     return row
 
 
@@ -320,7 +384,7 @@ def measure_together(model: str, batch_size: int = 32, seconds: float = 3.0, wai
 
     Returns:
         :func:`measure`'s dict with the medians over the processes of ``flops_per_s``, ``call_overhead_s``,
-        ``whole_s``, ``cut_s`` and each block's rate and seconds, ``steps`` summed, plus ``processes``.
+        ``batch_s``, ``whole_s``, ``cut_s`` and each block's rate and seconds, ``steps`` summed, plus ``processes``.
     """
     if processes == 1:
         return measure(model, batch_size, seconds, wait_s, clock, cold_wait_s) | {"processes": 1}
@@ -349,8 +413,9 @@ def measure_together(model: str, batch_size: int = 32, seconds: float = 3.0, wai
         names = [b for b in rows[0][key] if all(b in r[key] for r in rows)]
         return {b: statistics.median(r[key][b] for r in rows) for b in names}
 
-    cold = {k: med(k) for k in ("forward_s", "cold_forward_s", "cold_factor")} if "cold_factor" in rows[0] else {}
+    cold = {k: med(k) for k in ("calls_s", "cold_calls_s", "cold_factor")} if "cold_factor" in rows[0] else {}
     return rows[0] | {"flops_per_s": med("flops_per_s"), "call_overhead_s": med("call_overhead_s"),
+                      "batch_s": med("batch_s"),
                       "whole_s": med("whole_s"), "cut_s": med("cut_s"), "steps": sum(r["steps"] for r in rows),
                       "block_flops_per_s": med_blocks("block_flops_per_s"), "block_s": med_blocks("block_s"),
                       "processes": processes} | cold
@@ -384,8 +449,8 @@ def calibrate(out: str | Path, models: list[str] | None = None, batch_size: int 
     the testbed's ``dilate`` mode stretches them. ``fit_batch``: also measure at this batch size and refit
     each block's rate as a rate per sample plus fixed seconds per call (:func:`fit_block_costs`, the profile's
     ``block_call_s``), so that the ledger prices a partial or micro-batch below the rate of a full one.
-    ``cold_wait_s`` (:func:`measure`): also time steps whose forward follows that many seconds idle and
-    write how much slower such a forward is (its seconds over a tight one's, less 1) as ``cold_factor``.
+    ``cold_wait_s`` (:func:`measure`): also time cut steps whose every block call follows that many seconds idle
+    and write how much slower such calls are (their seconds over tight ones', less 1) as ``cold_factor``.
 
     Returns:
         One dict per model (:func:`measure`'s, plus ``profile``: the device profile's name; with ``fit_batch``,
@@ -435,9 +500,10 @@ def calibrate(out: str | Path, models: list[str] | None = None, batch_size: int 
             row = _fit(row, measure_together(m, fit_batch, seconds, wait_s, processes, clock))
         row["profile"] = calibrated_name(m, batch_size)
         rows.append(row)
-        how = (f"fplstudy calibrate, {now}: {cpu}, torch {version}, 1 thread, {m} on {MODEL_DATASET[m]}-shaped "
-               f"random inputs, batch {batch_size}, medians of {WINDOWS} windows ({row['steps']} steps of forward + "
-               f"backward + SGD, whole and cut per block: {row['whole_s']:.4g} s and {row['cut_s']:.4g} s per step), "
+        how = (f"fplstudy calibrate, {now}: {cpu}, torch {version}, 1 thread, {m} on {row['inputs']}, "
+               f"batch {batch_size}, medians of {WINDOWS} windows ({row['steps']} steps of forward + "
+               f"backward + SGD, whole and cut per block: {row['whole_s']:.4g} s and {row['cut_s']:.4g} s of calls "
+               f"per step), "
                + (f"each call after {wait_s:g} s idle, " if wait_s else "calls in a tight loop, ")
                + (f"{processes} processes at once (medians over them), " if processes > 1 else "")
                + ("each call timed by its thread's CPU seconds, " if clock == "cpu" else "")
@@ -450,17 +516,21 @@ def calibrate(out: str | Path, models: list[str] | None = None, batch_size: int 
                            + f"; measured {now} with torch {version}",
             "flops_per_s": {"value": float(f"{row['flops_per_s']:.4g}"), "status": "M", "source": how},
             "call_overhead_s": {"value": float(f"{row['call_overhead_s']:.4g}"), "status": "M", "source": how},
+            "batch_s": {"value": float(f"{row['batch_s']:.4g}"), "status": "M",
+                        "source": how + "; per step, the work outside the calls: gathering the batch from the "
+                                        "training samples, the SGD step, zeroing the gradients"},
         }
         if "cold_factor" in row:
             entry["cold_factor"] = {
                 "value": float(f"{row['cold_factor']:.4g}"), "status": "M",
-                "source": how + f"; a forward after {cold_wait_s:g} s idle ({row['cold_forward_s']:.4g} s) over one in the "
-                                f"tight loop ({row['forward_s']:.4g} s), less 1"}
+                "source": how + f"; the block calls of a cut step, each after {cold_wait_s:g} s idle "
+                                f"({row['cold_calls_s']:.4g} s), over those of one in the tight loop "
+                                f"({row['calls_s']:.4g} s), less 1"}
         if row["block_flops_per_s"]:
             entry["block_flops_per_s"] = {
                 "value": {m: {b: float(f"{r:.4g}") for b, r in row["block_flops_per_s"].items()}}, "status": "M",
                 "source": how + "; per block: its forward and backward calls timed in the cut step, less two "
-                                "call overheads, plus its FLOP share of the step's other seconds (loss, SGD step, "
+                                "call overheads, plus its FLOP share of the step's other seconds (the loss, "
                                 "blocks without FLOPs): fplstudy.calibrate.block_rates"
                                 + (f"; then per sample, through the same at batch {fit_batch} "
                                    "(fplstudy.calibrate.fit_block_costs)" if fit_batch is not None else "")}

@@ -192,8 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also measure at batch B and give each block a rate per sample plus fixed seconds per call "
                         "(block_call_s), so that a partial batch is priced below a full one's rate")
     p.add_argument("--cold-wait", type=float, default=0.0, metavar="S",
-                   help="also time steps whose forward follows S seconds idle, as a call that starts cold (after a "
-                        "wait for a message), and write how much slower it is as cold_factor (default 0: not measured)")
+                   help="also time cut steps whose every block call follows S seconds idle, as a call that starts cold "
+                        "(after a wait for a message), and write how much slower those calls are as cold_factor "
+                        "(default 0: not measured)")
 
     sub.add_parser("keys", help="list every config key with its default")
     return parser
@@ -301,7 +302,8 @@ def _cmd_calibrate(args) -> int:
     for row in calibrate(args.out, models=models, batch_size=args.batch_size, seconds=args.seconds,
                          wait_s=args.after_wait, processes=args.processes, clock=args.clock,
                          fit_batch=args.fit_batch, cold_wait_s=args.cold_wait):
-        print(f"{row['profile']:24} {row['flops_per_s']:.4g} FLOP/s, {1e6 * row['call_overhead_s']:.0f} us per call "
+        print(f"{row['profile']:24} {row['flops_per_s']:.4g} FLOP/s, {1e6 * row['call_overhead_s']:.0f} us per call, "
+              f"{1e6 * row['batch_s']:.0f} us per batch outside the calls "
               f"({row['model']}, batch {row['batch_size']}, {row['steps']} steps"
               + (f", each call after {row['wait_s']:g} s idle" if row["wait_s"] else "")
               + (f", {row['processes']} processes at once" if row["processes"] > 1 else "")

@@ -28,7 +28,9 @@ seconds             float    compute: FLOPs / device FLOP/s + the device's call 
                              fixed seconds per call where given: :func:`price_compute`;
                              a call that starts cold — it follows a receive on its node
                              or opens the node's round — takes 1 + the device's
-                             cold_factor times that, :func:`cold_calls`;
+                             cold_factor times that, :func:`cold_calls`; the call
+                             that opens a batch on the node feeding it in adds
+                             the device's batch_s, :func:`opens_batch`;
                              a straggler's: its slowdown times that, :func:`slowdowns`);
                              message: bits / link rate + latency (on a topology: bits / the
                              path's slowest rate + Σ latency, or with forwarding=message Σ over
@@ -117,7 +119,8 @@ def chunk_flops(plan, blocks: tuple[str, ...], in_shape: tuple[int, ...], phase:
 
 
 def price_compute(device: DeviceProfile, flops: int, model: str | None = None,
-                  blocks: tuple[tuple[str | None, int], ...] = (), cold: bool = False) -> tuple[float, float]:
+                  blocks: tuple[tuple[str | None, int], ...] = (), cold: bool = False,
+                  opens: bool = False) -> tuple[float, float]:
     """Seconds and energy of one compute call on ``device``. Every pricing path (:func:`event_costs`,
     :func:`price`, :class:`Pricer`) calls it.
 
@@ -128,7 +131,10 @@ def price_compute(device: DeviceProfile, flops: int, model: str | None = None,
     fixed seconds make a call of few samples run below the block's rate, as a small batch does (fitted from
     two batch sizes by ``fplstudy calibrate --fit-batch``). A call that starts cold (:func:`cold_calls`:
     it follows a receive on its node, or opens the node's round) takes ``1 + cold_factor`` times those
-    seconds (default 0: the same floats as a warm call). Energy: ``active_w × seconds``.
+    seconds (default 0: the same floats as a warm call). The call that opens a batch on the node that feeds it
+    in (:func:`opens_batch`) adds the device's ``batch_s`` first: the batch's work outside the blocks (gathering
+    its samples, the optimizer step, zeroing the gradients; default 0, the same floats). Energy:
+    ``active_w × seconds``.
 
     Args:
         device: the node's device profile.
@@ -137,6 +143,7 @@ def price_compute(device: DeviceProfile, flops: int, model: str | None = None,
         blocks: the call's FLOPs per block, ``((name, FLOPs), ...)`` summing to ``flops``
             (:func:`chunk_block_flops` times the samples).
         cold: whether the call starts cold (:func:`cold_calls`).
+        opens: whether the call opens a batch on its node (:func:`opens_batch`).
 
     Returns:
         ``(seconds, energy_j)``.
@@ -149,23 +156,33 @@ def price_compute(device: DeviceProfile, flops: int, model: str | None = None,
         rates, fixed = rates or {}, fixed or {}
         seconds = sum(f / rates.get(name, device.flops_per_s) + fixed.get(name, 0.0) for name, f in blocks) \
             + device.call_overhead_s
+    if opens and device.batch_s:
+        seconds += device.batch_s
     if cold and device.cold_factor:
         seconds *= 1.0 + device.cold_factor
     return seconds, device.active_w * seconds
 
 
 def _price_call(model: str, device: DeviceProfile, chunk: tuple[int, tuple], samples: int,
-                cold: bool = False) -> tuple[int, float, float]:
+                cold: bool = False, opens: bool = False) -> tuple[int, float, float]:
     """FLOPs, seconds and energy of a compute call of ``samples`` samples of a chunk ``(FLOPs per sample, its
-    per-block split)``, ``cold``: whether it starts cold (:func:`cold_calls`): what every pricing path
-    prices a :class:`~fplstudy.events.Compute` with."""
+    per-block split)``, ``cold``: whether it starts cold (:func:`cold_calls`), ``opens``: whether it opens a
+    batch (:func:`opens_batch`): what every pricing path prices a :class:`~fplstudy.events.Compute` with."""
     per_sample, split = chunk
     f = per_sample * samples
     if model in device.block_flops_per_s or model in device.block_call_s:
-        s, e = price_compute(device, f, model, tuple((name, b * samples) for name, b in split), cold)
+        s, e = price_compute(device, f, model, tuple((name, b * samples) for name, b in split), cold, opens)
     else:
-        s, e = price_compute(device, f, cold=cold)
+        s, e = price_compute(device, f, cold=cold, opens=opens)
     return f, s, e
+
+
+def opens_batch(ev: Compute, first_block: str) -> bool:
+    """Whether compute event ``ev`` opens a batch on its node: the forward of the batch's first micro-batch
+    through the model's first block (``first_block``), on the node that feeds the batch in. Before it, the node
+    has gathered the batch's samples, and since its last call it has stepped the optimizer and zeroed the
+    gradients (:func:`fplstudy.engine.run_batch`): the work a device's ``batch_s`` prices."""
+    return ev.phase == "forward" and ev.micro == 0 and ev.blocks[0] == first_block
 
 
 def cold_flow(events: list[Event], entry: frozenset[str]) -> tuple[list[bool], frozenset[str], dict[str, bool]]:
@@ -300,13 +317,15 @@ def _event_prices(plan, events: list[Event], profiles: Profiles, turnouts=None
     devices = {n.name: profiles.device(n.device) for n in plan.nodes}
     cache: dict[tuple, tuple[int, tuple]] = {}
     cold = cold_calls(events, frozenset(devices)) if prices_cold(devices.values()) else [False] * len(events)
+    first = plan.block_names[0]
     flops, seconds, energy = [], [], []
     for ev, starts_cold in zip(events, cold):
         if isinstance(ev, Compute):
             key = (ev.blocks, ev.in_shape, ev.phase, ev.input_grad)
             if key not in cache:
                 cache[key] = _chunk(plan, ev)
-            f, s, e = _price_call(plan.model, devices[ev.node], cache[key], ev.samples, starts_cold)
+            f, s, e = _price_call(plan.model, devices[ev.node], cache[key], ev.samples, starts_cold,
+                                  opens_batch(ev, first))
             factor = slow.get(ev.round, {}).get(ev.node)
             if factor is not None:
                 s, e = s * factor, e * factor
@@ -516,13 +535,15 @@ class Pricer:
         else:
             cold = [False] * len(events)
         tasks, key, flops, tx, rx, sec, energy, busy_node, busy_task = [], [], [], [], [], [], [], [], []
+        first = self.plan.block_names[0]
         for j, ev in enumerate(events):
             if isinstance(ev, Compute):
                 a = self.index[ev.node]
                 ck = (ev.blocks, ev.in_shape, ev.phase, ev.input_grad)
                 if ck not in self._chunks:
                     self._chunks[ck] = _chunk(self.plan, ev)
-                f, s, e = _price_call(self.plan.model, self.devices[a], self._chunks[ck], ev.samples, cold[j])
+                f, s, e = _price_call(self.plan.model, self.devices[a], self._chunks[ck], ev.samples, cold[j],
+                                      opens_batch(ev, first))
                 if slow and ev.node in slow:
                     s, e = s * slow[ev.node], e * slow[ev.node]
                 tasks.append((TASK_COMPUTE, ev.micro, a, -1, a if s != 0.0 else -1, s, ev.phase == "backward"))

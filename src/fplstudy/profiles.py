@@ -20,7 +20,10 @@ Fields (units in the names; every number must lie in the physically plausible ra
   compute call takes when it starts cold — it follows a receive on its node (the node waited for a
   message) or opens the node's round — than in a tight loop (measured on the emulated testbed: such calls run
   slower than the same calls back to back); the call takes ``1 + cold_factor`` times its seconds; ``fplstudy calibrate
-  --cold-wait`` measures it), ``block_flops_per_s`` (optional: per model, per block, the
+  --cold-wait`` measures it), ``batch_s`` (0..3600, optional, default 0: the seconds of a batch's work outside
+  the model's blocks on the node that feeds it in — gathering its samples, the optimizer step, zeroing the
+  gradients — priced on the call that opens the batch there, its first micro-batch's forward of the model's
+  first block; ``fplstudy calibrate`` measures it), ``block_flops_per_s`` (optional: per model, per block, the
   block's sustained training FLOP/s, each 1e3..1e18, e.g. ``{cnn: {conv1: 1.2e+10, conv2: 4.5e+10}}``, plain or
   as ``{value: {…}, status: …, source: …}``; written by ``fplstudy calibrate``). With it, a compute call of the
   named model costs Σ over its blocks of block FLOPs / block rate (:func:`fplstudy.ledger.price_compute`);
@@ -55,7 +58,8 @@ STATUSES = ("M", "S", "D", "E", "U")
 
 # field -> required
 DEVICE_FIELDS = {"flops_per_s": True, "active_w": True, "idle_w": True, "memory_bytes": False,
-                 "call_overhead_s": False, "cold_factor": False, "block_flops_per_s": False, "block_call_s": False}
+                 "call_overhead_s": False, "cold_factor": False, "batch_s": False, "block_flops_per_s": False,
+                 "block_call_s": False}
 # the device fields that are mappings (model -> block -> number), not numbers, and the field whose bounds and
 # unit their numbers take
 BLOCK_MAPS = {"block_flops_per_s": ("flops_per_s", "FLOP/s", "{cnn: {conv1: 1.2e+10, conv2: 4.5e+10}}"),
@@ -74,6 +78,7 @@ BOUNDS: dict[str, dict[str, tuple[float, float, str]]] = {
         "memory_bytes": (1e3, 1e15, "bytes, from a microcontroller's RAM to a petabyte"),
         "call_overhead_s": (0.0, 3600.0, "s per compute call, up to an hour"),
         "cold_factor": (0.0, 100.0, "times a call's seconds, up to 100 (a call 101x slower cold than warm)"),
+        "batch_s": (0.0, 3600.0, "s per batch, up to an hour"),
     },
     "links": {
         "up_bps": (1.0, 1e13, "bit/s, from the slowest LoRa setting to a 10 Tbit/s link"),
@@ -119,6 +124,7 @@ class DeviceProfile:
     memory_bytes: float | None = None
     call_overhead_s: float = 0.0
     cold_factor: float = 0.0
+    batch_s: float = 0.0
     block_flops_per_s: dict[str, dict[str, float]] = field(default_factory=dict, hash=False)
     block_call_s: dict[str, dict[str, float]] = field(default_factory=dict, hash=False)
     description: str = ""

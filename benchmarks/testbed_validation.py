@@ -9,15 +9,18 @@ chunks between two messages run
 back to back, or each call after ``--after-wait`` seconds idle; with ``--cpu dilate`` each call timed by its
 CPU seconds, which that mode stretches; at the batch size and at ``--fit-batch``, so that each block gets fixed
 seconds per call and a partial batch is priced below a full one's rate: one calibration per number of processes,
-``profiles-<processes>.yaml``; and steps whose forward follows ``--cold-wait`` seconds idle: how much slower
-such a forward runs prices every compute call that starts cold, after a receive or opening a node's round,
-``cold_factor``),
+``profiles-<processes>.yaml``; and cut steps whose every block call follows ``--cold-wait`` seconds idle: how
+much slower such calls run prices every compute call that starts cold, after a receive or opening a node's
+round, ``cold_factor``; and the batch's own work outside the calls, ``batch_s``),
 and prints per run the median
 absolute error of the round makespan and of the per-node busy seconds (warm-up round left out), then
 the same over all runs against the goal (both <= 15 %). Writes, under ``--out``: one run folder per plan,
 ``validation.csv`` (one row per run), ``validation_summary.json``, ``validation_parity.png`` (every
 run's points in one figure) and ``validation_calls.csv`` (every compute call after the warm-up, measured beside
-predicted, from each run's ``testbed_calls.csv``).
+predicted, from each run's ``testbed_calls.csv``). Every run is also priced without each part of the model
+in :data:`ABLATIONS` (every call warm; no batch work) on the same measurements: ``validation.csv`` has their
+errors per run (``*_error_warm_only``, ``*_error_no_batch_work``), and the summary their medians over all
+node-rounds with a Wilcoxon signed-rank test of the paired busy errors (does the part make them smaller?).
 
 The full study is six strategies × 2, 4, 8 nodes × two link rates (``centralized`` runs on its one node:
 32 runs, about half an hour on 2 cores); ``--nodes 2,4 --rates 10`` is a small one. Measurements share the machine with whatever else
@@ -68,13 +71,13 @@ def link_profiles(rates_mbit: list[str]) -> dict:
             for r in rates_mbit}
 
 
-ABLATIONS = {"warm_only": {"cold_factor": 0.0}, "no_batch_work": {"batch_s": 0.0}}  # name -> device fields zeroed
+ABLATIONS = {"warm_only": {"cold_factor": 0.0, "cold_s": 0.0}, "no_batch_work": {"batch_s": 0.0}}  # fields zeroed
 
 
 def repriced(values: dict, res, fields: dict) -> pd.DataFrame:
     """The run's table (measured beside predicted) with the prediction of the same emulation but every device's
-    ``fields`` set as given (:data:`ABLATIONS`: every call priced warm, ``cold_factor`` 0; no batch work, ``batch_s``
-    0): the model without that part, on the same measurements."""
+    ``fields`` set as given (:data:`ABLATIONS`: every call priced warm, ``cold_factor`` and ``cold_s`` 0; no batch
+    work, ``batch_s`` 0): the model without that part, on the same measurements."""
     emu = res.emulation
     devices = {k: replace(d, **fields) for k, d in emu.profiles.devices.items()}
     emu0 = replace(emu, profiles=Profiles(devices, emu.profiles.links))

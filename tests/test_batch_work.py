@@ -104,9 +104,10 @@ def test_the_ledger_adds_batch_s_once_per_opening_call(spec, tmp_path):
 
 # --------------------------------------------------------------------------- the profile field
 
-@pytest.mark.parametrize("field, good, high, top", [("batch_s", 3.5e-4, "3601", 3600), ("cold_factor", 0.65, "101", 100)])
+@pytest.mark.parametrize("field, good, high, top", [("batch_s", 3.5e-4, "3601", 3600), ("cold_factor", 0.65, "101", 100),
+                                                     ("cold_s", 2.5e-4, "3601", 3600)])
 def test_the_field_loads_defaults_to_zero_and_bad_values_are_refused(field, good, high, top, tmp_path):
-    """batch_s and cold_factor: plain or with a status and source; 0 where not given (no shipped profile has them);
+    """batch_s, cold_factor and cold_s: plain or with a status and source; 0 where not given (no shipped profile has them);
     below 0, above the bound or not a number: one line naming the key, the value and the range."""
     path = tmp_path / "good.yaml"
     path.write_text(f"devices:\n  d: {{flops_per_s: 1.0e+9, active_w: 1, idle_w: 0, {field}: {good}}}\n"
@@ -127,18 +128,19 @@ def test_the_field_loads_defaults_to_zero_and_bad_values_are_refused(field, good
 
 # --------------------------------------------------------------------------- the testbed and the calibration
 
-def test_the_testbed_slows_batch_s_with_each_node():
-    """Seconds of this machine's core: a node slowed to F / (C s) of it takes batch_s C s / F, by hand; without the
-    calibrated figure none; the time scale and the rates are those without it."""
+def test_the_testbed_slows_batch_s_and_cold_s_with_each_node():
+    """Seconds of this machine's core: a node slowed to F / (C s) of it takes batch_s C s / F (cold_s alike), by
+    hand; without the calibrated figures none; the time scale and the rates are those without them."""
     plan = _plan(strategy="fl", nodes=3)
     profiles = check_profiles(plan)
     plain = testbed.emulation(plan, profiles, 4e10, 2)
-    emu = testbed.emulation(plan, profiles, 4e10, 2, calibrated_batch_s=3e-4)
+    emu = testbed.emulation(plan, profiles, 4e10, 2, calibrated_batch_s=3e-4, calibrated_cold_s=5e-4)
     assert emu.time_scale == plain.time_scale
     for n in plan.nodes:
         f = profiles.device(n.device).flops_per_s
         assert emu.profiles.device(n.device).batch_s == pytest.approx(3e-4 * 4e10 * emu.time_scale / f, rel=1e-12)
-        assert plain.profiles.device(n.device).batch_s == 0.0
+        assert emu.profiles.device(n.device).cold_s == pytest.approx(5e-4 * 4e10 * emu.time_scale / f, rel=1e-12)
+        assert plain.profiles.device(n.device).batch_s == plain.profiles.device(n.device).cold_s == 0.0
         assert emu.profiles.device(n.device).flops_per_s == plain.profiles.device(n.device).flops_per_s
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from fplstudy import testbed
-from fplstudy.calibrate import calibrate
+from fplstudy.calibrate import calibrate, fit_cold
 from fplstudy.config import ConfigError, make_config
 from fplstudy.dryrun import plan_events, price_plan, shard_sizes
 from fplstudy.ledger import cold_calls, event_costs, price, price_compute
@@ -59,21 +59,43 @@ def test_price_compute_scales_a_cold_call_only_by_hand():
                           block_flops_per_s={"cnn": {"conv1": 1e9}}, block_call_s={"cnn": {"conv2": 1e-4}})
     s, _ = price_compute(rated, 1000 + 4000, "cnn", (("conv1", 1000), ("conv2", 4000)), True)
     assert s == pytest.approx((1000 / 1e9 + 4000 / 2e10 + 1e-4) * 1.25, rel=1e-15)
+    both = DeviceProfile("b", flops_per_s=2e10, active_w=2.0, idle_w=0.0, cold_factor=0.5, cold_s=4e-4)
+    assert price_compute(both, f, cold=True) == ((f / 2e10) * 1.5 + 4e-4, 2.0 * ((f / 2e10) * 1.5 + 4e-4))
+    assert price_compute(both, f) == (f / 2e10, 2.0 * f / 2e10)
+    only = DeviceProfile("o", flops_per_s=2e10, active_w=1.0, idle_w=0.0, cold_s=4e-4)  # fixed seconds alone
+    assert price_compute(only, f, cold=True)[0] == f / 2e10 + 4e-4
+
+
+def test_fit_cold_draws_the_line_through_a_short_and_a_long_call_by_hand():
+    """16 block calls of 8 ms in all (0.5 ms each), 16 ms cold (0.5 ms more each); a 4.5 ms forward, 5.5 ms cold (1 ms
+    more): slope 0.5 / 4 = 0.125, intercept 0.5 - 0.125 x 0.5 = 0.4375 ms; both points lie on it. A long call that
+    gained less than the short ones: no factor, the short calls' extra seconds. One that gained so much that the line
+    would start below 0: no fixed seconds, the long call's own factor. Nothing gained: 0 and 0."""
+    factor, fixed = fit_cold(16, 8e-3, 16e-3, 4.5e-3, 5.5e-3)
+    assert factor == pytest.approx(0.125, rel=1e-12) and fixed == pytest.approx(0.4375e-3, rel=1e-12)
+    assert fixed + factor * 0.5e-3 == pytest.approx(0.5e-3, rel=1e-12)
+    assert fixed + factor * 4.5e-3 == pytest.approx(1e-3, rel=1e-12)
+    assert fit_cold(16, 8e-3, 16e-3, 4.5e-3, 4.8e-3) == (0.0, pytest.approx(0.5e-3, rel=1e-12))
+    factor, fixed = fit_cold(16, 8e-3, 8.8e-3, 4.5e-3, 9e-3)  # 0.05 ms a short call, 4.5 ms the long: steep
+    assert (factor, fixed) == (pytest.approx(1.0, rel=1e-12), 0.0)
+    assert fit_cold(16, 8e-3, 8e-3, 4.5e-3, 4.5e-3) == (0.0, 0.0)
 
 
 @pytest.mark.parametrize("spec", [dict(strategy="mp", nodes=3, micro_batches=2, pipeline="gpipe"),
                                   dict(strategy="fpl", nodes=4, branches=2), dict(strategy="sfl", nodes=3)])
 def test_the_ledger_scales_exactly_the_calls_that_start_cold(spec, tmp_path):
-    """Per round, node and phase: the compute seconds with cold_factor less those without it are the factor
-    times the seconds of the calls marked cold (cold_calls, each priced warm by hand), the joules active_w
-    times that; FLOPs and bytes do not change, and no round gets shorter."""
+    """Per round, node and phase: the compute seconds with cold_factor (and, on rpi4, cold_s) less those without
+    them are the factor times the seconds of the calls marked cold (cold_calls, each priced warm by hand) plus
+    cold_s per such call, the joules active_w times that; FLOPs and bytes do not change, and no round gets
+    shorter."""
     path = tmp_path / "cold.yaml"
-    path.write_text("devices:\n  rpi4: {cold_factor: 0.6}\n  minipc: {cold_factor: 0.2}\n")
+    path.write_text("devices:\n  rpi4: {cold_factor: 0.6, cold_s: 3.0e-4}\n  minipc: {cold_factor: 0.2}\n")
     plan = _plan(**spec, profiles_file=str(path))
     warm = _plan(**spec)
     shards = shard_sizes(plan)
     cold_l, warm_l = price_plan(plan, shards), price_plan(warm, shards)
     factor = {"rpi4": 0.6, "minipc": 0.2}
+    fixed = {"rpi4": 3e-4, "minipc": 0.0}
     profiles = check_profiles(plan)
     events = plan_events(plan, shards)
     _, warm_s = event_costs(warm, events, check_profiles(warm))
@@ -81,7 +103,8 @@ def test_the_ledger_scales_exactly_the_calls_that_start_cold(spec, tmp_path):
     for ev, s, cold in zip(events, warm_s, cold_calls(events, frozenset(n.name for n in plan.nodes))):
         if cold:
             key = (ev.round, ev.node, ev.phase)
-            extra[key] = extra.get(key, 0.0) + factor[plan.node(ev.node).device] * s
+            device = plan.node(ev.node).device
+            extra[key] = extra.get(key, 0.0) + factor[device] * s + fixed[device]
     assert extra, "no call started cold"
     for (c, w) in zip(cold_l.itertuples(), warm_l.itertuples()):
         assert (c.round, c.node, c.kind, c.flops, c.bytes_tx, c.bytes_rx) == (w.round, w.node, w.kind, w.flops,
@@ -120,10 +143,13 @@ def test_calibrate_with_a_cold_wait_writes_the_factor_it_measured(tmp_path):
     the blocks' seconds); without --cold-wait none is written. A negative, too long or bool wait is refused."""
     out = tmp_path / "host.yaml"
     row = calibrate(out, models=["cnn"], batch_size=16, seconds=0.6, cold_wait_s=0.01)[0]
-    assert row["cold_factor"] == max(0.0, row["cold_calls_s"] / row["calls_s"] - 1.0)
+    assert (row["cold_factor"], row["cold_s"]) == fit_cold(16, row["calls_s"], row["cold_calls_s"], row["forward_s"],
+                                                           row["cold_forward_s"])
     assert 0 < row["calls_s"] <= row["cut_s"] and row["cold_calls_s"] > 0
+    assert 0 < row["forward_s"] < row["whole_s"] and row["cold_forward_s"] > 0
     dev = load_profiles(out).device("calibrated_cnn_b16")
-    assert dev.cold_factor == float(f"{row['cold_factor']:.4g}")
+    assert dev.cold_factor == float(f"{row['cold_factor']:.4g}") and dev.cold_s == float(f"{row['cold_s']:.4g}")
+    assert "fplstudy.calibrate.fit_cold" in dev.source["cold_s"]
     plain = tmp_path / "plain.yaml"
     row = calibrate(plain, models=["cnn"], batch_size=16, seconds=0.3)[0]
     assert "cold_factor" not in row and load_profiles(plain).device("calibrated_cnn_b16").cold_factor == 0.0

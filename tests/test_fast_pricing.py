@@ -150,7 +150,7 @@ def test_fast_ledger_equals_the_reference_with_block_rates(name, tmp_path):
 
 COLD = """devices:
   rpi4: {cold_factor: 0.6, batch_s: 2.0e-3}
-  minipc: {cold_factor: 0.15, batch_s: 4.0e-4}
+  minipc: {cold_factor: 0.15, cold_s: 2.0e-4, batch_s: 4.0e-4}
   phone: {cold_factor: 0.45}
 """  # and the batch work outside the blocks (batch_s) on two of them
 COLD_EXTRA = {  # dynamics (absences, stragglers, a deadline) and a topology, on top of PLANS

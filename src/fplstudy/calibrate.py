@@ -19,8 +19,9 @@ settings in its ``source``), loadable with the config key ``profiles_file``; the
 (:func:`fplstudy.ledger.price_compute`). Two settings measure the machine as the emulated testbed uses it
 rather than in a tight loop alone: ``wait_s`` (each call after an idle, :func:`measure`) and ``processes``
 (several processes at once, :func:`measure_together`); ``cold_wait_s`` also times cut steps whose every
-block call follows an idle, as a call that starts cold does (after a wait for a message), and writes how much
-slower those calls are than tight-loop ones as the optional field ``cold_factor``. Power is not measured: ``active_w`` and ``idle_w`` are written as 0 with status
+block call follows an idle and whole steps whose forward does, as a call that starts cold does (after a wait for a
+message), and writes how much longer such a call takes, a line in its warm seconds, as the optional fields
+``cold_factor`` and ``cold_s`` (:func:`fit_cold`). Power is not measured: ``active_w`` and ``idle_w`` are written as 0 with status
 ``E`` (set them to price energy).
 """
 
@@ -177,6 +178,31 @@ def fit_block_costs(per_sample: dict[str, int], batch: int, block_s: dict[str, f
     return rates, fixed
 
 
+def fit_cold(calls: int, calls_s: float, cold_calls_s: float, forward_s: float, cold_forward_s: float
+             ) -> tuple[float, float]:
+    """How much longer a call that starts cold takes, as a line in its warm seconds: ``extra = cold_s + cold_factor ×
+    warm``, through two measured points: the short calls of a cut step (``calls`` block calls taking ``calls_s``
+    seconds in all warm, ``cold_calls_s`` each after the idle: a mean call of ``calls_s / calls`` seconds, longer by
+    ``(cold_calls_s − calls_s) / calls``) and the one long forward of a whole step (``forward_s`` warm, ``cold_forward_s``
+    after the idle). Measured here, neither a factor nor fixed seconds alone holds: a cold block call of about 0.5 ms
+    takes about 0.45 ms more, a cold 4.6 ms forward about 1 ms more. A negative slope (the long call gained less
+    than the short ones) gives no factor and the short calls' extra seconds; a negative intercept gives no fixed
+    seconds and the long call's factor; neither is ever below 0.
+
+    Returns:
+        ``(cold_factor, cold_s)``.
+    """
+    x1, y1 = calls_s / calls, (cold_calls_s - calls_s) / calls
+    x2, y2 = forward_s, cold_forward_s - forward_s
+    slope = (y2 - y1) / (x2 - x1) if x2 != x1 else 0.0
+    if slope <= 0:
+        return 0.0, max(0.0, y1)
+    fixed = y1 - slope * x1
+    if fixed <= 0:
+        return max(0.0, y2 / x2), 0.0
+    return slope, fixed
+
+
 def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: float = 0.0, clock: str = "wall",
             cold_wait_s: float = 0.0) -> dict:
     """Time training steps of ``model`` on one thread, whole and cut into one chunk per block.
@@ -197,12 +223,12 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: floa
     (measured here: a whole cnn step at batch 128 after 50 ms idle 1.2-1.3x its tight-loop time). Only the
     calls are timed, never the sleeps.
 
-    With ``cold_wait_s > 0`` a third kind of step is timed beside them: a cut step whose every block call follows
-    ``cold_wait_s`` seconds of sleep, as a stage's call that starts cold (it follows a wait for a message, or
-    opens the node's round); the seconds of its block calls over those of the tight-loop cut step, less 1, are
-    ``cold_factor``: :func:`fplstudy.ledger.price_compute` prices such a call at ``1 + cold_factor`` times its
-    seconds. (Stop 26 timed a whole step's forward after the sleep instead: one long call, on which the cold
-    start weighs less than on a stage's short calls.)
+    With ``cold_wait_s > 0`` two more kinds of step are timed beside them, as calls that start cold (they follow a
+    wait for a message, or open the node's round): a cut step whose every block call follows ``cold_wait_s``
+    seconds of sleep (short calls) and a whole step whose forward does (a long one); :func:`fit_cold` draws the
+    line through the two, ``cold_factor`` and ``cold_s``: :func:`fplstudy.ledger.price_compute` prices a call that
+    starts cold at ``1 + cold_factor`` times its seconds plus ``cold_s``. (Stop 26 timed the whole step's forward
+    alone, as a factor: one long call, on which the cold start weighs less than on a stage's short calls.)
 
     ``clock="cpu"`` times each call by its thread's CPU seconds (``thread_time``) rather than the wall:
     what the testbed's ``dilate`` mode stretches, and not lengthened while the process waits for a core
@@ -220,8 +246,9 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: floa
     Returns:
         ``{"model", "flops_per_s", "call_overhead_s", "batch_s", "inputs", "batch_size", "steps", "whole_s", "cut_s",
         "block_flops_per_s", "block_s", "block_flops"}`` (``inputs``: what :func:`training_inputs` gave), with ``cold_wait_s > 0`` also ``"calls_s"`` and
-        ``"cold_calls_s"`` (median seconds of the block calls of a tight-loop and of a cold cut step) and
-        ``"cold_factor"`` (``max(0, cold_calls_s / calls_s - 1)``) (``whole_s``/``cut_s``:
+        ``"cold_calls_s"`` (median seconds of the block calls of a tight-loop and of a cold cut step),
+        ``"forward_s"`` and ``"cold_forward_s"`` (of the forward of a tight-loop and of a cold whole step), and
+        ``"cold_factor"``, ``"cold_s"`` (:func:`fit_cold`) (``whole_s``/``cut_s``:
         median seconds of a step's calls;
         ``block_s``: per block, median seconds of its forward and backward calls per cut step; ``block_flops``:
         per block, FLOPs per step; ``block_flops_per_s``: :func:`block_rates`).
@@ -270,6 +297,7 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: floa
             t = tick()
             loss = torch.nn.functional.cross_entropy(net(x), y)
             took = tick() - t
+            forward[0] += took
             pause()
             t = tick()
             loss.backward()
@@ -313,8 +341,13 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: floa
             per_batch[0] += gathered + step()
             return took
 
-        def cold() -> float:  # a cut step whose every block call follows cold_wait_s idle: calls that start cold
+        def cold() -> float:  # a cut step whose every block call follows cold_wait_s idle: short calls that start cold
             return cut(cold_wait_s)
+
+        def cold_whole() -> float:  # a whole step whose forward follows cold_wait_s idle: a long call that starts cold
+            return whole(cold_wait_s)
+
+        forward = [0.0]  # seconds of the whole steps' forward calls, summed over a window
 
 
         t0, warm = time.perf_counter(), 0
@@ -324,24 +357,28 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: floa
             warm += 1
         per_step = (time.perf_counter() - t0) / warm / 2  # wall, pauses included
         steps = max(1, round(seconds / (2 * WINDOWS) / per_step))
-        kinds = (whole, cut, cold) if cold_wait_s > 0 else (whole, cut)
+        kinds = (whole, cut, cold, cold_whole) if cold_wait_s > 0 else (whole, cut)
         times: dict = {fn: [] for fn in kinds}
         calls: dict = {cut: [], cold: []}  # per window, seconds of the block calls per cut step
+        forwards: dict = {whole: [], cold_whole: []}  # per window, seconds of the forward call per whole step
         batches: list[float] = []  # per window and kind, seconds of the batch work per step
         # cold steps sleep before each call: as many as fit the same seconds as the others' (at least 3)
         cold_steps = max(3, round(steps * per_step / (per_step + 2 * len(blocks) * cold_wait_s)))
+        steps_of = {cold: cold_steps, cold_whole: max(3, round(steps * per_step / (per_step + cold_wait_s)))}
         windows: list[list[float]] = []  # per window, each block's seconds per cut step
         for _ in range(WINDOWS):
             for fn in kinds:  # alternate: all see the same background load
-                spent[:], per_batch[0] = [0.0] * len(blocks), 0.0
-                took, n = 0.0, cold_steps if fn is cold else steps
+                spent[:], per_batch[0], forward[0] = [0.0] * len(blocks), 0.0, 0.0
+                took, n = 0.0, steps_of.get(fn, steps)
                 for _ in range(n):
                     took += fn()
                 times[fn].append(took / n)
-                if fn is not cold:
+                if fn in (whole, cut):
                     batches.append(per_batch[0] / n)
                 if fn in calls:
                     calls[fn].append(sum(spent) / n)
+                if fn in forwards:
+                    forwards[fn].append(forward[0] / n)
                 if fn is cut:  # (the next kind clears spent)
                     windows.append([b / steps for b in spent])
     finally:
@@ -359,8 +396,11 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: floa
            "block_flops": block_flops}
     if cold_wait_s > 0:
         warm_c, cold_c = statistics.median(calls[cut]), statistics.median(calls[cold])
-        row |= {"cold_wait_s": cold_wait_s, "calls_s": warm_c, "cold_calls_s": cold_c,
-                "cold_factor": max(0.0, cold_c / warm_c - 1.0), "steps": row["steps"] + cold_steps * WINDOWS}
+        warm_f, cold_f = statistics.median(forwards[whole]), statistics.median(forwards[cold_whole])
+        factor, fixed = fit_cold(2 * k, warm_c, cold_c, warm_f, cold_f)
+        row |= {"cold_wait_s": cold_wait_s, "calls_s": warm_c, "cold_calls_s": cold_c, "forward_s": warm_f,
+                "cold_forward_s": cold_f, "cold_factor": factor, "cold_s": fixed,
+                "steps": row["steps"] + (steps_of[cold] + steps_of[cold_whole]) * WINDOWS}
     return row
 
 
@@ -384,7 +424,7 @@ def measure_together(model: str, batch_size: int = 32, seconds: float = 3.0, wai
 
     Returns:
         :func:`measure`'s dict with the medians over the processes of ``flops_per_s``, ``call_overhead_s``,
-        ``batch_s``, ``whole_s``, ``cut_s`` and each block's rate and seconds, ``steps`` summed, plus ``processes``.
+        ``batch_s``, the cold timings (and the line through their medians, :func:`fit_cold`), ``whole_s``, ``cut_s`` and each block's rate and seconds, ``steps`` summed, plus ``processes``.
     """
     if processes == 1:
         return measure(model, batch_size, seconds, wait_s, clock, cold_wait_s) | {"processes": 1}
@@ -413,7 +453,10 @@ def measure_together(model: str, batch_size: int = 32, seconds: float = 3.0, wai
         names = [b for b in rows[0][key] if all(b in r[key] for r in rows)]
         return {b: statistics.median(r[key][b] for r in rows) for b in names}
 
-    cold = {k: med(k) for k in ("calls_s", "cold_calls_s", "cold_factor")} if "cold_factor" in rows[0] else {}
+    cold = {k: med(k) for k in ("calls_s", "cold_calls_s", "forward_s", "cold_forward_s")} if "cold_factor" in rows[0] else {}
+    if cold:  # the line through the medians
+        cold["cold_factor"], cold["cold_s"] = fit_cold(2 * len(rows[0]["block_s"]), cold["calls_s"], cold["cold_calls_s"],
+                                                       cold["forward_s"], cold["cold_forward_s"])
     return rows[0] | {"flops_per_s": med("flops_per_s"), "call_overhead_s": med("call_overhead_s"),
                       "batch_s": med("batch_s"),
                       "whole_s": med("whole_s"), "cut_s": med("cut_s"), "steps": sum(r["steps"] for r in rows),
@@ -449,8 +492,8 @@ def calibrate(out: str | Path, models: list[str] | None = None, batch_size: int 
     the testbed's ``dilate`` mode stretches them. ``fit_batch``: also measure at this batch size and refit
     each block's rate as a rate per sample plus fixed seconds per call (:func:`fit_block_costs`, the profile's
     ``block_call_s``), so that the ledger prices a partial or micro-batch below the rate of a full one.
-    ``cold_wait_s`` (:func:`measure`): also time cut steps whose every block call follows that many seconds idle
-    and write how much slower such calls are (their seconds over tight ones', less 1) as ``cold_factor``.
+    ``cold_wait_s`` (:func:`measure`): also time short and long calls that follow that many seconds idle and write
+    how much longer such a call takes, a line in its warm seconds, as ``cold_factor`` and ``cold_s`` (:func:`fit_cold`).
 
     Returns:
         One dict per model (:func:`measure`'s, plus ``profile``: the device profile's name; with ``fit_batch``,
@@ -523,9 +566,12 @@ def calibrate(out: str | Path, models: list[str] | None = None, batch_size: int 
         if "cold_factor" in row:
             entry["cold_factor"] = {
                 "value": float(f"{row['cold_factor']:.4g}"), "status": "M",
-                "source": how + f"; the block calls of a cut step, each after {cold_wait_s:g} s idle "
-                                f"({row['cold_calls_s']:.4g} s), over those of one in the tight loop "
-                                f"({row['calls_s']:.4g} s), less 1"}
+                "source": how + f"; with cold_s, a line through the block calls of a cut step, each after "
+                                f"{cold_wait_s:g} s idle ({row['cold_calls_s']:.4g} s) against those of one in the tight "
+                                f"loop ({row['calls_s']:.4g} s), and a whole step's forward after the idle "
+                                f"({row['cold_forward_s']:.4g} s) against one in the tight loop ({row['forward_s']:.4g} s): "
+                                "fplstudy.calibrate.fit_cold"}
+            entry["cold_s"] = {"value": float(f"{row['cold_s']:.4g}"), "status": "M", "source": entry["cold_factor"]["source"]}
         if row["block_flops_per_s"]:
             entry["block_flops_per_s"] = {
                 "value": {m: {b: float(f"{r:.4g}") for b, r in row["block_flops_per_s"].items()}}, "status": "M",

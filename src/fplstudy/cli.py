@@ -192,9 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also measure at batch B and give each block a rate per sample plus fixed seconds per call "
                         "(block_call_s), so that a partial batch is priced below a full one's rate")
     p.add_argument("--cold-wait", type=float, default=0.0, metavar="S",
-                   help="also time cut steps whose every block call follows S seconds idle, as a call that starts cold "
-                        "(after a wait for a message), and write how much slower those calls are as cold_factor "
-                        "(default 0: not measured)")
+                   help="also time short and long calls that follow S seconds idle, as a call that starts cold "
+                        "(after a wait for a message), and write how much longer such a call takes, a line in its warm "
+                        "seconds, as cold_factor and cold_s (default 0: not measured)")
 
     sub.add_parser("keys", help="list every config key with its default")
     return parser
@@ -316,7 +316,7 @@ def _cmd_calibrate(args) -> int:
                   + ", ".join(f"{b} {1e6 * c:.0f} us" for b, c in row["block_call_s"].items()))
         if "cold_factor" in row:
             print(" " * 25 + f"a call that starts cold (after {row['cold_wait_s']:g} s idle): "
-                  f"{row['cold_factor']:.2f} times its seconds more")
+                  f"{row['cold_factor']:.2f} times its seconds more, plus {1e6 * row['cold_s']:.0f} us")
     print(f"wrote {args.out}")
     return 0
 

@@ -28,7 +28,8 @@ seconds             float    compute: FLOPs / device FLOP/s + the device's call 
                              fixed seconds per call where given: :func:`price_compute`;
                              a call that starts cold — it follows a receive on its node
                              or opens the node's round — takes 1 + the device's
-                             cold_factor times that, :func:`cold_calls`; the call
+                             cold_factor times that plus its cold_s,
+                             :func:`cold_calls`; the call
                              that opens a batch on the node feeding it in adds
                              the device's batch_s, :func:`opens_batch`;
                              a straggler's: its slowdown times that, :func:`slowdowns`);
@@ -131,7 +132,7 @@ def price_compute(device: DeviceProfile, flops: int, model: str | None = None,
     fixed seconds make a call of few samples run below the block's rate, as a small batch does (fitted from
     two batch sizes by ``fplstudy calibrate --fit-batch``). A call that starts cold (:func:`cold_calls`:
     it follows a receive on its node, or opens the node's round) takes ``1 + cold_factor`` times those
-    seconds (default 0: the same floats as a warm call). The call that opens a batch on the node that feeds it
+    seconds plus ``cold_s`` (defaults 0: the same floats as a warm call). The call that opens a batch on the node that feeds it
     in (:func:`opens_batch`) adds the device's ``batch_s`` first: the batch's work outside the blocks (gathering
     its samples, the optimizer step, zeroing the gradients; default 0, the same floats). Energy:
     ``active_w × seconds``.
@@ -160,6 +161,8 @@ def price_compute(device: DeviceProfile, flops: int, model: str | None = None,
         seconds += device.batch_s
     if cold and device.cold_factor:
         seconds *= 1.0 + device.cold_factor
+    if cold and device.cold_s:
+        seconds += device.cold_s
     return seconds, device.active_w * seconds
 
 
@@ -250,9 +253,9 @@ def cold_entries(flows: list[tuple[frozenset[str], dict[str, bool]]], nodes: fro
 
 
 def prices_cold(devices) -> bool:
-    """Whether any of ``devices`` prices a call that starts cold (``cold_factor`` > 0): where none does, the
+    """Whether any of ``devices`` prices a call that starts cold (``cold_factor`` or ``cold_s`` > 0): where none does, the
     pricing paths skip :func:`cold_calls` (nothing would change)."""
-    return any(d.cold_factor > 0 for d in devices)
+    return any(d.cold_factor > 0 or d.cold_s > 0 for d in devices)
 
 
 def _chunk(plan, ev: Compute) -> tuple[int, tuple]:

@@ -19,8 +19,9 @@ Fields (units in the names; every number must lie in the physically plausible ra
   hides; ``fplstudy calibrate`` measures it), ``cold_factor`` (0..100, optional, default 0: how much longer a
   compute call takes when it starts cold — it follows a receive on its node (the node waited for a
   message) or opens the node's round — than in a tight loop (measured on the emulated testbed: such calls run
-  slower than the same calls back to back); the call takes ``1 + cold_factor`` times its seconds; ``fplstudy calibrate
-  --cold-wait`` measures it), ``batch_s`` (0..3600, optional, default 0: the seconds of a batch's work outside
+  slower than the same calls back to back); the call takes ``1 + cold_factor`` times its seconds), ``cold_s``
+  (0..3600, optional, default 0: seconds such a call takes beyond that, whatever its size; ``fplstudy calibrate
+  --cold-wait`` measures both, a line through short calls and a long one), ``batch_s`` (0..3600, optional, default 0: the seconds of a batch's work outside
   the model's blocks on the node that feeds it in — gathering its samples, the optimizer step, zeroing the
   gradients — priced on the call that opens the batch there, its first micro-batch's forward of the model's
   first block; ``fplstudy calibrate`` measures it), ``block_flops_per_s`` (optional: per model, per block, the
@@ -58,7 +59,7 @@ STATUSES = ("M", "S", "D", "E", "U")
 
 # field -> required
 DEVICE_FIELDS = {"flops_per_s": True, "active_w": True, "idle_w": True, "memory_bytes": False,
-                 "call_overhead_s": False, "cold_factor": False, "batch_s": False, "block_flops_per_s": False,
+                 "call_overhead_s": False, "cold_factor": False, "cold_s": False, "batch_s": False, "block_flops_per_s": False,
                  "block_call_s": False}
 # the device fields that are mappings (model -> block -> number), not numbers, and the field whose bounds and
 # unit their numbers take
@@ -78,6 +79,7 @@ BOUNDS: dict[str, dict[str, tuple[float, float, str]]] = {
         "memory_bytes": (1e3, 1e15, "bytes, from a microcontroller's RAM to a petabyte"),
         "call_overhead_s": (0.0, 3600.0, "s per compute call, up to an hour"),
         "cold_factor": (0.0, 100.0, "times a call's seconds, up to 100 (a call 101x slower cold than warm)"),
+        "cold_s": (0.0, 3600.0, "s per compute call, up to an hour"),
         "batch_s": (0.0, 3600.0, "s per batch, up to an hour"),
     },
     "links": {
@@ -124,6 +126,7 @@ class DeviceProfile:
     memory_bytes: float | None = None
     call_overhead_s: float = 0.0
     cold_factor: float = 0.0
+    cold_s: float = 0.0
     batch_s: float = 0.0
     block_flops_per_s: dict[str, dict[str, float]] = field(default_factory=dict, hash=False)
     block_call_s: dict[str, dict[str, float]] = field(default_factory=dict, hash=False)

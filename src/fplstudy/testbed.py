@@ -249,7 +249,7 @@ def emulation(plan: Plan, profiles: Profiles, calibrated_flops_per_s: float, cor
               time_scale: float | None = None, calibrated_call_s: float = 0.0,
               calibrated_block_flops_per_s: dict[str, float] | None = None,
               calibrated_block_call_s: dict[str, float] | None = None, calibrated_cold_factor: float = 0.0,
-              calibrated_batch_s: float = 0.0) -> Emulation:
+              calibrated_batch_s: float = 0.0, calibrated_cold_s: float = 0.0) -> Emulation:
     """The CPU shares, CFS periods, shaped rates and time scale that emulate ``plan`` on ``cores`` cores.
 
     Args:
@@ -272,6 +272,8 @@ def emulation(plan: Plan, profiles: Profiles, calibrated_flops_per_s: float, cor
             calibration's ``cold_factor``); a factor, the same on the slowed node: its profile's ``cold_factor``.
         calibrated_batch_s: this machine's seconds of a batch's work outside the blocks on the node feeding it
             in (the calibration's ``batch_s``); the slowed node takes ``batch_s C s / F``: its profile's ``batch_s``.
+        calibrated_cold_s: this machine's seconds a call that starts cold takes beyond its factor (the calibration's
+            ``cold_s``); the slowed node takes ``cold_s C s / F``: its profile's ``cold_s``.
 
     Returns:
         The :class:`Emulation`.
@@ -325,6 +327,7 @@ def emulation(plan: Plan, profiles: Profiles, calibrated_flops_per_s: float, cor
         devices[n.device] = replace(d, flops_per_s=d.flops_per_s / s,
                                     call_overhead_s=calibrated_call_s * calibrated_flops_per_s * s / d.flops_per_s,
                                     cold_factor=calibrated_cold_factor, batch_s=calibrated_batch_s / speed,
+                                    cold_s=calibrated_cold_s / speed,
                                     block_flops_per_s=blocks, block_call_s=fixed)
     return Emulation(tuple(n.name for n in plan.nodes), s, cores, calibrated_flops_per_s, calibrated_call_s, share,
                      period, egress, ingress, Profiles(devices, links), wires, site)
@@ -643,7 +646,7 @@ def prepare_emulation(cfg: Config, time_scale: float | None = None):
     emu = emulation(plan, profiles, flops_per_s, os.cpu_count() or 1,
                     time_scale if time_scale is not None else cfg.testbed_time_scale, call_s,
                     calibrated_block_rates(plan, profiles), calibrated_block_rates(plan, profiles, "block_call_s"),
-                    here.cold_factor, here.batch_s)
+                    here.cold_factor, here.batch_s, here.cold_s)
     return plan, profiles, data, emu
 
 

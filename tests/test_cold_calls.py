@@ -11,7 +11,8 @@ from fplstudy import testbed
 from fplstudy.calibrate import calibrate, fit_cold
 from fplstudy.config import ConfigError, make_config
 from fplstudy.dryrun import plan_events, price_plan, shard_sizes
-from fplstudy.ledger import cold_calls, event_costs, price, price_compute
+from fplstudy.events import Compute, Transfer
+from fplstudy.ledger import cold_calls, cold_flow, event_costs, price, price_compute
 from fplstudy.plan import resolve
 from fplstudy.profiles import DeviceProfile, check_profiles, load_profiles
 
@@ -31,18 +32,40 @@ def _cold(plan) -> list[tuple]:
 # --------------------------------------------------------------------------- which calls, by hand
 
 def test_which_calls_start_cold_by_hand():
-    """mp on 2 nodes, 2 batches a round: n0's first forward of the round (it opens the round), n1's forward
-    after the activations, n0's backward after the gradients; n1's backward follows its forward (the labels
-    came behind the activations), n0's second forward its backward. fl on 2 clients: each client's first
-    forward of a round, nothing else (the parameters go down at the round's end). sl on 3 nodes: each client's
-    forward opens its turn (n1 after the parameters come down), the server's forward after the activations."""
-    mp_round = [("n0", "forward"), ("n1", "forward"), ("n0", "backward"), ("n1", "forward"), ("n0", "backward")]
+    """mp on 2 nodes, 2 batches a round: every call. n0's first forward and n1's first forward and backward open
+    their phases in the round; n0's first backward follows the gradients; each second-batch call follows a receive
+    of its node since its phase's previous call (n0's forward: the gradients, after its first forward; n1's
+    backward: the second activations). fl on 2 clients with 150 samples each (batches of 64, 64, 22): each client's
+    first forward and first backward of a round, its other four calls warm (no message until the round's end).
+    sl on 3 nodes: every call (each client's two open their phases, the server receives before each of its
+    own). centralized: the round's first forward and first backward. The labels never count: n1's backward
+    follows them without being cold on their account (it is the activations before its forward)."""
+    mp_round = [("n0", "forward"), ("n1", "forward"), ("n1", "backward"), ("n0", "backward")] * 2
     assert _cold(_plan(strategy="mp", nodes=2)) == [(r, *c) for r in (0, 1) for c in mp_round]
-    assert _cold(_plan(strategy="fl", nodes=2)) == [(r, n, "forward") for r in (0, 1) for n in ("n0", "n1")]
-    sl_round = [("n0", "forward"), ("n2", "forward"), ("n0", "backward"), ("n1", "forward"), ("n2", "forward"),
-                ("n1", "backward")]
-    assert _cold(_plan(strategy="sl", nodes=3)) == [(0, *c) for c in sl_round] + [(1, *c) for c in sl_round]
-    assert _cold(_plan(strategy="centralized", nodes=1)) == [(0, "n0", "forward"), (1, "n0", "forward")]
+    assert _cold(_plan(strategy="fl", nodes=2, max_train_samples=300)) == \
+        [(r, n, p) for r in (0, 1) for n in ("n0", "n1") for p in ("forward", "backward")]
+    sl_round = [("n0", "forward"), ("n2", "forward"), ("n2", "backward"), ("n0", "backward"), ("n1", "forward"),
+                ("n2", "forward"), ("n2", "backward"), ("n1", "backward")]
+    assert _cold(_plan(strategy="sl", nodes=3)) == [(r, *c) for r in (0, 1) for c in sl_round]
+    assert _cold(_plan(strategy="centralized", nodes=1)) == [(r, "n0", p) for r in (0, 1) for p in ("forward", "backward")]
+
+
+def test_a_receive_leaves_both_phases_cold_and_a_call_warms_only_its_own():
+    """cold_flow on a hand-made run: a receive (not labels) makes both of its node's phases cold; a call warms its
+    own phase only; the entry decides a (node, phase)'s first call; lead and ends say what the run changes."""
+    def comp(node, phase):
+        return Compute(0, 0, 0, 0, node, ("conv1",), (1, 8, 8), 4, phase, False)
+
+    def msg(kind, src, dst):
+        return Transfer(0, 0, 0, 0, src, dst, kind, (4,), "float32", 16)
+
+    run = [comp("a", "forward"), msg("labels", "b", "a"), comp("a", "forward"), msg("activations", "b", "a"),
+           comp("a", "backward"), comp("a", "forward"), comp("a", "backward"), comp("b", "backward")]
+    flags, lead, ends = cold_flow(run, frozenset({("a", "forward"), ("b", "backward")}))
+    assert flags == [True, False, False, False, True, True, False, True]
+    assert lead == {("a", "forward"), ("b", "backward")}  # a's backward comes after the receive: the entry is moot
+    assert ends == {("a", "forward"): False, ("a", "backward"): False, ("b", "backward"): False}
+    assert cold_flow(run[:4], frozenset())[2] == {("a", "forward"): True, ("a", "backward"): True}
 
 
 def test_price_compute_scales_a_cold_call_only_by_hand():

@@ -26,8 +26,9 @@ bytes_rx            int      payload bytes received
 seconds             float    compute: FLOPs / device FLOP/s + the device's call overhead (default 0;
                              with per-block rates, Σ block FLOPs / block FLOP/s, plus each block's
                              fixed seconds per call where given: :func:`price_compute`;
-                             a call that starts cold — it follows a receive on its node
-                             or opens the node's round — takes 1 + the device's
+                             a call that starts cold — its node received a message since
+                             its previous call of the same phase, or it is the node's first
+                             of that phase in the round — takes 1 + the device's
                              cold_factor times that plus its cold_s,
                              :func:`cold_calls`; the call
                              that opens a batch on the node feeding it in adds
@@ -131,9 +132,10 @@ def price_compute(device: DeviceProfile, flops: int, model: str | None = None,
     rates do not name (or named None) at ``flops_per_s``, one the fixed seconds do not name with none. The
     fixed seconds make a call of few samples run below the block's rate, as a small batch does (fitted from
     two batch sizes by ``fplstudy calibrate --fit-batch``). A call that starts cold (:func:`cold_calls`:
-    it follows a receive on its node, or opens the node's round) takes ``1 + cold_factor`` times those
-    seconds plus ``cold_s`` (defaults 0: the same floats as a warm call). The call that opens a batch on the node that feeds it
-    in (:func:`opens_batch`) adds the device's ``batch_s`` first: the batch's work outside the blocks (gathering
+    its node received a message since its previous call of the same phase, or it is the node's first of that
+    phase in the round) takes ``1 + cold_factor`` times those seconds plus ``cold_s`` (defaults 0: the same
+    floats as a warm call). The call that opens a batch on the node that feeds it in (:func:`opens_batch`) adds
+    the device's ``batch_s`` first: the batch's work outside the blocks (gathering
     its samples, the optimizer step, zeroing the gradients; default 0, the same floats). Energy:
     ``active_w × seconds``.
 
@@ -188,37 +190,50 @@ def opens_batch(ev: Compute, first_block: str) -> bool:
     return ev.phase == "forward" and ev.micro == 0 and ev.blocks[0] == first_block
 
 
-def cold_flow(events: list[Event], entry: frozenset[str]) -> tuple[list[bool], frozenset[str], dict[str, bool]]:
+PHASES = ("forward", "backward")
+
+
+def cold_keys(nodes) -> frozenset[tuple[str, str]]:
+    """Every ``(node, phase)`` of ``nodes``: what :func:`cold_flow` keeps track of, all cold at a round's start."""
+    return frozenset((n, p) for n in nodes for p in PHASES)
+
+
+def cold_flow(events: list[Event], entry: frozenset[tuple[str, str]]
+              ) -> tuple[list[bool], frozenset[tuple[str, str]], dict[tuple[str, str], bool]]:
     """Which compute calls of a run of ``events`` (a round's, or a part of one, in order) start cold.
 
-    A call starts cold when its node's previous event in the round is a message the node received, or when
-    it is the node's first event of the round (the node comes back from a pause: the previous round's
-    synchronisation, an evaluation); a compute, or a message the node sent, in between: it does not. A
-    ``labels`` message does not count: it leaves right behind the activations, so the receiver has it by the
-    time it has computed on them (a last stage's backward follows its forward without a wait). A node's first
-    event of the run looks at ``entry``: the nodes whose previous event in the round, before
-    the run, was a receive, and those with none yet (a round's first run: every node).
+    A call starts cold when its node has received a message since its previous call of the same phase (forward,
+    backward) in the round, or when it is the node's first call of that phase in the round (the node comes back
+    from a pause: the previous round's synchronisation, an evaluation). A wait for a message leaves what both
+    phases work on cold, and a call of one phase warms only its own (measured on the testbed: in ``mp`` on 2
+    nodes a stage's backward that follows its cold forward, and the data owner's forward that follows its cold
+    backward, ran 1.4-1.5x their warm price; stop 26 took them warm). A ``labels`` message does not count: it
+    leaves right behind the activations, so the receiver has it by the time it has computed on them. A
+    ``(node, phase)``'s first call in the run looks at ``entry``: the ``(node, phase)`` s that are cold before the
+    run (a round's first run: every one, :func:`cold_keys`).
 
     Returns:
-        ``(flags, lead, ends)``: per event whether it is such a call (False for every message); the nodes
-        whose first event in the run is a compute (the only ones ``entry`` can change); per node with an
-        event in the run, whether its last one is a receive.
+        ``(flags, lead, ends)``: per event whether it is such a call (False for every message); the
+        ``(node, phase)`` s whose first call in the run comes before any receive of their node in it (the only
+        ones ``entry`` can change); per ``(node, phase)`` the run touches, whether it is cold after the run.
     """
-    ends: dict[str, bool] = {}
-    lead: set[str] = set()
+    ends: dict[tuple[str, str], bool] = {}
+    lead: set[tuple[str, str]] = set()
     flags = []
     for ev in events:
         if isinstance(ev, Compute):
-            before = ends.get(ev.node)
+            key = (ev.node, ev.phase)
+            before = ends.get(key)
             if before is None:
-                lead.add(ev.node)
-                before = ev.node in entry
+                lead.add(key)
+                before = key in entry
             flags.append(before)
-            ends[ev.node] = False
+            ends[key] = False
         else:
             flags.append(False)
             if ev.kind != "labels":  # they follow the activations the receiver has just computed on
-                ends[ev.src], ends[ev.dst] = False, True
+                for phase in PHASES:
+                    ends[(ev.dst, phase)] = True
     return flags, frozenset(lead), ends
 
 
@@ -229,26 +244,26 @@ def cold_calls(events: list[Event], nodes: frozenset[str]) -> list[bool]:
     for i, ev in enumerate(events):
         by_round[ev.round].append(i)
     flags = [False] * len(events)
+    every = cold_keys(nodes)
     for ids in by_round.values():
-        for i, flag in zip(ids, cold_flow([events[i] for i in ids], nodes)[0]):
+        for i, flag in zip(ids, cold_flow([events[i] for i in ids], every)[0]):
             flags[i] = flag
     return flags
 
 
-def cold_entries(flows: list[tuple[frozenset[str], dict[str, bool]]], nodes: frozenset[str]
-                    ) -> list[frozenset[str]]:
+def cold_entries(flows: list[tuple[frozenset, dict]], nodes: frozenset[str]) -> list[frozenset[tuple[str, str]]]:
     """The ``entry`` of each of a round's runs (in order) from the ``(lead, ends)`` of every run
-    (:func:`cold_flow`), ``nodes``: the plan's node names (all of them cold at the round's start); each
-    entry holds only the nodes it can matter to (the run's ``lead``)."""
-    state = set(nodes)
+    (:func:`cold_flow`), ``nodes``: the plan's node names (every ``(node, phase)`` cold at the round's start);
+    each entry holds only the ``(node, phase)`` s it can matter to (the run's ``lead``)."""
+    state = set(cold_keys(nodes))
     out = []
     for lead, ends in flows:
         out.append(frozenset(state & lead))
-        for node, received in ends.items():
-            if received:
-                state.add(node)
+        for key, cold in ends.items():
+            if cold:
+                state.add(key)
             else:
-                state.discard(node)
+                state.discard(key)
     return out
 
 
@@ -508,14 +523,14 @@ class Pricer:
     def n_resources(self) -> int:
         return len(self.names) + len(self.resources)
 
-    def entries(self, runs: list[list[Event]], keys: list | None = None) -> list[frozenset[str]]:
-        """The ``entry`` of each of a round's runs of events, in order, for :meth:`template`: the nodes whose
-        last event before the run was a receive, or who had none (:func:`cold_entries`); all empty where no
+    def entries(self, runs: list[list[Event]], keys: list | None = None) -> list[frozenset[tuple[str, str]]]:
+        """The ``entry`` of each of a round's runs of events, in order, for :meth:`template`: the ``(node, phase)`` s
+        cold before the run (:func:`cold_entries`); all empty where no
         device prices a call that starts cold. ``keys``: one per run, under which its flow is kept for the
         next call that passes the same key (runs that recur, as :func:`fplstudy.dryrun.price_rounds`' items)."""
         if not self.cold:
             return [frozenset()] * len(runs)
-        every = frozenset(self.names)
+        every = cold_keys(self.names)
         flows = []
         for evs, key in zip(runs, keys or [None] * len(runs)):
             flow = self._flows.get(key) if key is not None else None
@@ -524,17 +539,16 @@ class Pricer:
                 if key is not None:
                     self._flows[key] = flow
             flows.append(flow)
-        return cold_entries(flows, every)
+        return cold_entries(flows, frozenset(self.names))
 
     def template(self, events: list[Event], slow: dict[str, float] | None = None,
-                 entry: frozenset[str] | None = None) -> Template:
+                 entry: frozenset[tuple[str, str]] | None = None) -> Template:
         """The compact form of ``events`` (priced by :func:`price_compute` and :func:`message_pricer`, as
         :func:`event_costs` prices them), ``slow``: ``{node: slowdown}`` of the round's stragglers, ``entry``:
-        the nodes whose previous event in the round, before these, was a receive or who had none
-        (:meth:`entries`; None: every node, as at the round's start)."""
+        the ``(node, phase)`` s cold before these (:meth:`entries`; None: every one, as at the round's start)."""
         message, nodes, width = self.message, self.plan.nodes, len(KINDS)
         if self.cold:
-            cold = cold_flow(events, frozenset(self.names) if entry is None else entry)[0]
+            cold = cold_flow(events, cold_keys(self.names) if entry is None else entry)[0]
         else:
             cold = [False] * len(events)
         tasks, key, flops, tx, rx, sec, energy, busy_node, busy_task = [], [], [], [], [], [], [], [], []

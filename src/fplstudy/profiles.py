@@ -17,8 +17,8 @@ Fields (units in the names; every number must lie in the physically plausible ra
   ``call_overhead_s`` (0..3600, optional, default 0: seconds every compute call — one chunk's forward or
   backward — costs beyond its FLOPs, the framework's per-call work that FLOP/s measured on a whole model
   hides; ``fplstudy calibrate`` measures it), ``cold_factor`` (0..100, optional, default 0: how much longer a
-  compute call takes when it starts cold — it follows a receive on its node (the node waited for a
-  message) or opens the node's round — than in a tight loop (measured on the emulated testbed: such calls run
+  compute call takes when it starts cold — its node received a message (it waited) since its previous call of
+  the same phase, or it is the node's first of that phase in the round — than in a tight loop (measured on the emulated testbed: such calls run
   slower than the same calls back to back); the call takes ``1 + cold_factor`` times its seconds), ``cold_s``
   (0..3600, optional, default 0: seconds such a call takes beyond that, whatever its size; ``fplstudy calibrate
   --cold-wait`` measures both, a line through short calls and a long one), ``batch_s`` (0..3600, optional, default 0: the seconds of a batch's work outside

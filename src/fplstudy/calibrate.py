@@ -282,18 +282,17 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: floa
             opt.zero_grad(set_to_none=True)
             return tick() - t
 
-        def pause() -> None:
-            if wait_s > 0:
-                time.sleep(wait_s)
+        def pause(idle: float | None = None) -> None:  # before a call: idle seconds of sleep (None: wait_s)
+            if idle is None:
+                idle = wait_s
+            if idle > 0:
+                time.sleep(idle)
 
         def whole(first: float | None = None) -> float:  # the seconds of its calls (without pauses or batch work)
             t = tick()  # first: seconds idle before the forward (None: wait_s)
             x, y = batch()
             gathered = tick() - t
-            if first is None:
-                pause()
-            else:
-                time.sleep(first)
+            pause(first)
             t = tick()
             loss = torch.nn.functional.cross_entropy(net(x), y)
             took = tick() - t
@@ -311,15 +310,8 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: floa
             gathered = tick() - t
             h, ins, outs = x, [], []
             took = 0.0
-
-            def rest() -> None:
-                if idle is None:
-                    pause()
-                else:
-                    time.sleep(idle)
-
             for i, block in enumerate(blocks):
-                rest()
+                pause(idle)
                 t = tick()
                 inp = h if i == 0 else h.detach().requires_grad_(True)
                 h = block(inp)
@@ -332,7 +324,7 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: floa
             took += tick() - t
             g = None
             for i in range(len(blocks) - 1, -1, -1):
-                rest()
+                pause(idle)
                 t = tick()
                 torch.autograd.backward(outs[i], g)
                 d = tick() - t

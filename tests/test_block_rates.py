@@ -75,9 +75,10 @@ def test_a_chunk_of_two_blocks_with_two_rates_by_hand(rated_file):
         assert ledger["round_makespan_s"].iloc[0] == pytest.approx(compute + messages, rel=1e-12)
 
 
-def test_the_adapter_and_concat_views_are_priced_at_flops_per_s(tmp_path):
-    """Rates for every cnn block and none of them equal to flops_per_s: the adapter (not a model block) and the
-    branch heads of concat (fed 4-row views, another shape than the rates were measured on) take flops_per_s."""
+def test_concat_views_and_an_adapter_without_a_rate_are_priced_at_flops_per_s(tmp_path):
+    """Rates for every cnn block and none of them equal to flops_per_s: the branch heads of concat (fed 4-row views,
+    another shape than the rates were measured on) take flops_per_s, named None; the adapter is named ``adapter``
+    (the block fplstudy calibrate times at the default junction) and, without a rate of its own, takes flops_per_s."""
     rates = {b: 1e9 * (i + 2) for i, b in enumerate(("conv1", "conv2", "conv3", "conv4", "conv5", "fc1", "fc2", "fc3"))}
     path = tmp_path / "all.yaml"
     path.write_text(yaml.safe_dump({"devices": {"all": {"flops_per_s": 5.0e10, "active_w": 1, "idle_w": 0,
@@ -92,12 +93,39 @@ def test_the_adapter_and_concat_views_are_priced_at_flops_per_s(tmp_path):
             if not isinstance(ev, Compute):
                 continue
             split = chunk_block_flops(plan, ev.blocks, ev.in_shape, ev.phase, ev.input_grad)
-            view = ev.blocks == ("adapter",) or ev.in_shape != plan.profile[plan.block_names.index(ev.blocks[0])].in_shape
-            want = f / 5e10 if view else sum(b * ev.samples / rates[n] for n, b in split)
+            adapter = ev.blocks == ("adapter",)
+            view = not adapter and ev.in_shape != plan.profile[plan.block_names.index(ev.blocks[0])].in_shape
+            want = f / 5e10 if view or adapter else sum(b * ev.samples / rates[n] for n, b in split)
             assert s == pytest.approx(want, rel=1e-12), (junction, ev)
             assert all(n is None for n, _ in split) == view
-            checked += view
+            assert (split[0][0] == "adapter") == adapter
+            checked += view or adapter
         assert checked >= 2  # each branch's adapter (or view head) at least once
+
+
+def test_the_adapter_takes_its_own_rate_at_the_default_junction_only(tmp_path):
+    """An adapter rate (what fplstudy calibrate measures at cnn's default junction, after conv2: 32 x 4 x 4) prices
+    the adapter calls of an fpl plan cut there, by hand: forward 32 768 FLOP per sample (a 1x1 convolution 32 -> 32
+    on 16 pixels), backward 65 536 (weights and input); at junction 3 the adapter sees other activations (32 x 4 x
+    4 too for cnn's conv3, so cut at 4: 64 x 2 x 2) and is priced at flops_per_s, named None."""
+    path = tmp_path / "adapter.yaml"
+    path.write_text(yaml.safe_dump({"devices": {"a": {"flops_per_s": 5.0e10, "active_w": 1, "idle_w": 0,
+                                                      "call_overhead_s": 1e-4,
+                                                      "block_flops_per_s": {"cnn": {"adapter": 2.0e9}}}}}))
+    for at, rated in ((None, True), (4, False)):
+        plan = _plan(strategy="fpl", nodes=4, branches=2, device="a", server_device="a", profiles_file=str(path),
+                     batch_size=32, max_train_samples=64, rounds=1, junction_at=at)
+        events = plan_events(plan, shard_sizes(plan))
+        flops, seconds = event_costs(plan, events, check_profiles(plan))
+        calls = [(ev, f, s) for ev, f, s in zip(events, flops, seconds) if isinstance(ev, Compute)
+                 and ev.blocks == ("adapter",)]
+        assert len(calls) == 4  # each branch's adapter, forward and backward, one batch of 32
+        for ev, f, s in calls:
+            per_sample = (32768 if ev.phase == "forward" else 65536) if rated else f // 32
+            split = chunk_block_flops(plan, ev.blocks, ev.in_shape, ev.phase, ev.input_grad)
+            assert split == (("adapter" if rated else None, per_sample),)
+            assert f == 32 * per_sample
+            assert s == pytest.approx(32 * per_sample / (2.0e9 if rated else 5.0e10) + 1e-4, rel=1e-12)
 
 
 def test_block_rates_scale_the_ledger_of_a_whole_model_like_one_rate():
@@ -221,8 +249,8 @@ def test_bad_block_rates_are_refused_naming_the_key_and_value(tmp_path, field, k
 @pytest.mark.parametrize("rates, key, value, hint", [
     ("{cnnn: {conv1: 1.0e+9}}", "devices.d.block_flops_per_s.cnnn", "'cnnn'", "unknown model; known: cnn"),
     ("{cnn: {conv9: 1.0e+9}}", "devices.d.block_flops_per_s.cnn.conv9", "'conv9'", "not a block of cnn; its blocks"),
-    ("{cnn: {adapter: 1.0e+9}}", "devices.d.block_flops_per_s.cnn.adapter", "'adapter'",
-     "not a block of cnn; its blocks: conv1, conv2, conv3, conv4, conv5, fc1, fc2, fc3 (the junction adapter"),
+    ("{cnn: {adaptor: 1.0e+9}}", "devices.d.block_flops_per_s.cnn.adaptor", "'adaptor'",
+     "not a block of cnn; its blocks: conv1, conv2, conv3, conv4, conv5, fc1, fc2, fc3, and adapter (the junction"),
 ])
 def test_rates_for_an_unknown_model_or_block_are_refused_with_the_plan(tmp_path, rates, key, value, hint):
     path = tmp_path / "p.yaml"
@@ -272,6 +300,33 @@ def calibrated(tmp_path_factory):
     return out, rows[0]
 
 
+def test_calibrate_times_the_adapter_and_the_ledger_prices_its_two_calls_at_what_was_measured(calibrated):
+    """The junction adapter is timed in steps of its own: its FLOPs per step are the ledger's count of an fpl plan's
+    adapter forward and backward at cnn's default junction (two independent counts: calibrate's from the adapter's
+    profile, the ledger's from the plan's events), its rate is those FLOPs over its seconds less two call overheads,
+    and pricing that plan with the written profile gives its two calls back the measured seconds (to the file's 4
+    digits). Its seconds are positive and far below a cut step's (one small 1x1 convolution)."""
+    out, row = calibrated
+    o, s = row["call_overhead_s"], row["block_s"]["adapter"]
+    assert 0 < s < row["cut_s"] / 2
+    assert row["block_flops_per_s"]["adapter"] == row["block_flops"]["adapter"] / (s - 2 * o)
+    plan = _plan(strategy="fpl", nodes=4, branches=2, device="calibrated_cnn_b16", server_device="calibrated_cnn_b16",
+                 profiles_file=str(out), batch_size=16, max_train_samples=32, rounds=1)
+    events = [ev for ev in plan_events(plan, shard_sizes(plan)) if isinstance(ev, Compute) and ev.blocks == ("adapter",)]
+    _, seconds = event_costs(plan, events, check_profiles(plan))
+    by_node: dict = {}
+    for ev, sec in zip(events, seconds):
+        assert ev.samples == 16
+        by_node.setdefault(ev.node, []).append((ev, sec))
+    assert len(by_node) == 2 and all(len(calls) == 2 for calls in by_node.values())  # each branch: forward, backward
+    for calls in by_node.values():
+        flops = sum(16 * chunk_flops(plan, ev.blocks, ev.in_shape, ev.phase, ev.input_grad) for ev, _ in calls)
+        assert flops == row["block_flops"]["adapter"]
+        assert sum(sec for _, sec in calls) == pytest.approx(s, rel=2e-3)  # rate and overhead written to 4 digits
+    dev = load_profiles(out).device("calibrated_cnn_b16")
+    assert "junction adapter" in dev.source["block_flops_per_s"]
+
+
 def test_calibrate_writes_block_rates_whose_harmonic_mean_is_the_whole_model_rate(calibrated):
     """By construction (:func:`block_rates`) the blocks' seconds add up to ``cut_s − 2 k o``, which is
     ``whole_s − 2 o`` whenever the overhead ``o = (cut_s − whole_s) / (2k − 2)`` is positive, so the FLOP-weighted
@@ -281,9 +336,11 @@ def test_calibrate_writes_block_rates_whose_harmonic_mean_is_the_whole_model_rat
     other jobs and the two steps' medians can move apart by that much — or where a block got no rate (not so
     for cnn, all of whose blocks have FLOPs); and the file rounds each rate to 4 digits (5e-4 each)."""
     out, row = calibrated
-    flops, rates = row["block_flops"], row["block_flops_per_s"]
-    assert set(rates) == set(flops) == {"conv1", "conv2", "conv3", "conv4", "conv5", "fc1", "fc2", "fc3"}
-    assert all(math.isfinite(r) and r > 0 for r in rates.values())
+    assert row["blocks"] == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc1", "fc2", "fc3"]
+    assert set(row["block_flops_per_s"]) == set(row["block_flops"]) == set(row["blocks"]) | {"adapter"}
+    assert all(math.isfinite(r) and r > 0 for r in row["block_flops_per_s"].values())
+    flops = {b: row["block_flops"][b] for b in row["blocks"]}  # the model's blocks (the adapter is timed apart)
+    rates = {b: row["block_flops_per_s"][b] for b in row["blocks"]}
     k = len(flops)
     harmonic = sum(flops.values()) / sum(flops[b] / rates[b] for b in rates)
     assert harmonic == pytest.approx(sum(flops.values()) / (row["cut_s"] - 2 * k * row["call_overhead_s"]), rel=1e-9)
@@ -294,7 +351,8 @@ def test_calibrate_writes_block_rates_whose_harmonic_mean_is_the_whole_model_rat
     assert 1.0 - 1e-9 <= harmonic / row["flops_per_s"] <= 1.25
     dev = load_profiles(out).device("calibrated_cnn_b16")
     written = dev.block_flops_per_s["cnn"]
-    assert written == {b: float(f"{r:.4g}") for b, r in rates.items()}
+    assert written == {b: float(f"{r:.4g}") for b, r in row["block_flops_per_s"].items()}
+    written = {b: written[b] for b in row["blocks"]}
     assert dev.status["block_flops_per_s"] == "M" and "fplstudy.calibrate.block_rates" in dev.source["block_flops_per_s"]
     h_written = sum(flops.values()) / sum(flops[b] / written[b] for b in written)
     assert h_written == pytest.approx(harmonic, rel=1e-3)
@@ -303,12 +361,14 @@ def test_calibrate_writes_block_rates_whose_harmonic_mean_is_the_whole_model_rat
 def test_calls_after_a_wait_time_the_calls_never_the_sleeps(tmp_path):
     """With ``wait_s`` every compute call follows a sleep, and only the calls are timed: a whole step of two
     calls after 0.05 s idle each would count at least 0.1 s if the sleeps were timed (the cut step of 16 calls,
-    0.8 s); the cnn step at batch 2 takes milliseconds. The profile says how it was measured."""
+    0.8 s; the adapter's two, 0.1 s); the cnn step at batch 2 takes milliseconds. The profile says how it was
+    measured."""
     from fplstudy.calibrate import measure
 
     row = measure("cnn", batch_size=2, seconds=0.2, wait_s=0.05)
-    assert row["wait_s"] == 0.05 and row["steps"] == 10  # one step of each kind per window: the sleeps fill the budget
+    assert row["wait_s"] == 0.05 and row["steps"] == 15  # one step of each of 3 kinds per window: the sleeps fill it
     assert 0 < row["whole_s"] < 0.1 and 0 < row["cut_s"] < 0.1  # 2 and 16 calls each after 0.05 s idle: not timed
+    assert 0 < row["block_s"]["adapter"] < 0.1  # the adapter's 2 calls, each after 0.05 s idle
     out = tmp_path / "host.yaml"
     calibrate(out, models=["cnn"], batch_size=2, seconds=0.2, wait_s=0.01)
     dev = load_profiles(out).device("calibrated_cnn_b2")

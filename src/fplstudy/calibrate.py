@@ -41,9 +41,10 @@ import yaml
 from fplstudy.config import ConfigError
 from fplstudy.datasets import DATASET_META, load_dataset
 from fplstudy.flops import profile_model
-from fplstudy.models import build_model
+from fplstudy.models import MODELS, build_model, make_adapter
 from fplstudy.profiles import load_profiles
 from fplstudy.results import atomic_write_text
+from fplstudy.schedule import adapter_profile
 from fplstudy.testbed import calibrated_name
 
 WINDOWS = 5  # timed windows per model; the median is kept
@@ -105,6 +106,19 @@ def block_training_flops(model: str) -> tuple[dict[str, int], tuple[int, ...], i
     per_block = {p.name: p.flops_fwd + (p.flops_bwd_no_input_grad if i == 0 else p.flops_bwd)
                  for i, p in enumerate(prof)}
     return per_block, tuple(shape), classes
+
+
+def adapter_training_flops(model: str) -> tuple[int, tuple[int, ...], int] | None:
+    """``(FLOPs of one training sample, activation shape, blocks below)`` of the junction adapter at ``model``'s default
+    junction (an fpl plan's adapter; :func:`fplstudy.models.make_adapter`): its forward plus its backward with its input's
+    gradient (the head below it has parameters), as the ledger counts it; None for a model whose default junction is 0."""
+    at = MODELS[model].default_junction
+    if at < 1:
+        return None
+    shape, classes = DATASET_META[MODEL_DATASET[model]]
+    out = profile_model(model, tuple(shape), classes)[at - 1].out_shape
+    p = adapter_profile(tuple(out))
+    return p.flops_fwd + p.flops_bwd, tuple(out), at
 
 
 def block_rates(flops: dict[str, int], block_s: dict[str, float], cut_s: float, call_s: float) -> dict[str, float]:
@@ -217,6 +231,13 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: floa
     gradients are timed apart from the calls (the step's times are its calls' only), their median seconds per step
     being ``batch_s``.
 
+    The junction adapter of an fpl plan at the model's default junction (:func:`adapter_training_flops`) is timed in
+    steps of its own, alternating with the others: its forward and backward calls on that junction's activations of
+    a fresh batch (computed untimed), as a branch's adapter node makes them; its seconds less two call overheads give
+    the block ``adapter`` its rate. Measured here for cnn at batch 128: 0.55 ms for its two calls, 2.8x what the ledger
+    priced them at before (their FLOPs at the whole model's rate plus two call overheads): a 1x1 convolution of 32
+    channels on 4x4 features does little work per operator.
+
     With ``wait_s > 0`` every compute call (a forward, a backward) follows ``wait_s`` seconds of sleep, as on
     a node that waits for a message (or, on the emulated testbed, sleeps out its CPU share) before each
     chunk: caches and predictors have gone cold, and the same call takes longer than in a tight loop
@@ -245,13 +266,15 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: floa
 
     Returns:
         ``{"model", "flops_per_s", "call_overhead_s", "batch_s", "inputs", "batch_size", "steps", "whole_s", "cut_s",
-        "block_flops_per_s", "block_s", "block_flops"}`` (``inputs``: what :func:`training_inputs` gave), with ``cold_wait_s > 0`` also ``"calls_s"`` and
+        "blocks", "block_flops_per_s", "block_s", "block_flops"}`` (``inputs``: what :func:`training_inputs` gave;
+        ``blocks``: the model's block names, in order), with ``cold_wait_s > 0`` also ``"calls_s"`` and
         ``"cold_calls_s"`` (median seconds of the block calls of a tight-loop and of a cold cut step),
         ``"forward_s"`` and ``"cold_forward_s"`` (of the forward of a tight-loop and of a cold whole step), and
         ``"cold_factor"``, ``"cold_s"`` (:func:`fit_cold`) (``whole_s``/``cut_s``:
         median seconds of a step's calls;
         ``block_s``: per block, median seconds of its forward and backward calls per cut step; ``block_flops``:
-        per block, FLOPs per step; ``block_flops_per_s``: :func:`block_rates`).
+        per block, FLOPs per step; ``block_flops_per_s``: :func:`block_rates`; the three also hold the adapter,
+        ``adapter``, where the model has one: its seconds per adapter step, its FLOPs, its rate).
     """
     per_block, shape, classes = block_training_flops(model)
     flops = sum(per_block.values())
@@ -262,6 +285,11 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: floa
         net = build_model(model, shape, classes)
         names, blocks = zip(*net.named_children())
         opt = torch.optim.SGD(net.parameters(), lr=0.01)
+        adapting = adapter_training_flops(model)
+        if adapting:  # the junction adapter, fed the default junction's activations with a fixed gradient from above
+            head = torch.nn.Sequential(*blocks[:adapting[2]])
+            adapter = make_adapter(adapting[1])
+            from_above = torch.randn(batch_size, *adapting[1])
         tick = CLOCKS[clock]
         spent = [0.0] * len(blocks)  # seconds of each block's calls, summed over a window's cut steps
         inputs, pool_x, pool_y = training_inputs(model, batch_size)
@@ -333,6 +361,21 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: floa
             per_batch[0] += gathered + step()
             return took
 
+        def adapt() -> float:  # the adapter's forward and backward calls, as an fpl branch's adapter node makes them
+            x, _ = batch()
+            with torch.no_grad():
+                h = head(x)  # the junction's activations (not timed)
+            pause()
+            t = tick()
+            out = adapter(h.requires_grad_(True))
+            took = tick() - t
+            pause()
+            t = tick()
+            out.backward(from_above)
+            took += tick() - t
+            adapter.zero_grad(set_to_none=True)
+            return took
+
         def cold() -> float:  # a cut step whose every block call follows cold_wait_s idle: short calls that start cold
             return cut(cold_wait_s)
 
@@ -346,10 +389,12 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: floa
         while warm < 3 or time.perf_counter() - t0 < min(1.0, seconds / 3):  # warm-up: allocator, kernels
             whole()
             cut()
+            if adapting:
+                adapt()
             warm += 1
         per_step = (time.perf_counter() - t0) / warm / 2  # wall, pauses included
         steps = max(1, round(seconds / (2 * WINDOWS) / per_step))
-        kinds = (whole, cut, cold, cold_whole) if cold_wait_s > 0 else (whole, cut)
+        kinds = (whole, cut) + ((adapt,) if adapting else ()) + ((cold, cold_whole) if cold_wait_s > 0 else ())
         times: dict = {fn: [] for fn in kinds}
         calls: dict = {cut: [], cold: []}  # per window, seconds of the block calls per cut step
         forwards: dict = {whole: [], cold_whole: []}  # per window, seconds of the forward call per whole step
@@ -380,12 +425,16 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: floa
     call_s = max(0.0, (cut_s - whole_s) / (2 * k - 2)) if k > 1 else 0.0
     block_s = {n: statistics.median(w[i] for w in windows) for i, n in enumerate(names)}
     block_flops = {n: f * batch_size for n, f in per_block.items()}
+    rates = block_rates(block_flops, block_s, cut_s, call_s)
+    if adapting:  # the adapter: its two calls' seconds less their overhead
+        block_s["adapter"], block_flops["adapter"] = statistics.median(times[adapt]), adapting[0] * batch_size
+        if block_s["adapter"] > 2 * call_s:
+            rates["adapter"] = block_flops["adapter"] / (block_s["adapter"] - 2 * call_s)
     row = {"model": model, "flops_per_s": flops * batch_size / (whole_s - 2 * call_s), "call_overhead_s": call_s,
            "batch_s": statistics.median(batches), "inputs": inputs,
-           "batch_size": batch_size, "wait_s": wait_s, "clock": clock, "steps": 2 * steps * WINDOWS,
-           "whole_s": whole_s, "cut_s": cut_s,
-           "block_flops_per_s": block_rates(block_flops, block_s, cut_s, call_s), "block_s": block_s,
-           "block_flops": block_flops}
+           "batch_size": batch_size, "wait_s": wait_s, "clock": clock,
+           "steps": (3 if adapting else 2) * steps * WINDOWS, "whole_s": whole_s, "cut_s": cut_s, "blocks": list(names),
+           "block_flops_per_s": rates, "block_s": block_s, "block_flops": block_flops}
     if cold_wait_s > 0:
         warm_c, cold_c = statistics.median(calls[cut]), statistics.median(calls[cold])
         warm_f, cold_f = statistics.median(forwards[whole]), statistics.median(forwards[cold_whole])
@@ -447,7 +496,7 @@ def measure_together(model: str, batch_size: int = 32, seconds: float = 3.0, wai
 
     cold = {k: med(k) for k in ("calls_s", "cold_calls_s", "forward_s", "cold_forward_s")} if "cold_factor" in rows[0] else {}
     if cold:  # the line through the medians
-        cold["cold_factor"], cold["cold_s"] = fit_cold(2 * len(rows[0]["block_s"]), cold["calls_s"], cold["cold_calls_s"],
+        cold["cold_factor"], cold["cold_s"] = fit_cold(2 * len(rows[0]["blocks"]), cold["calls_s"], cold["cold_calls_s"],
                                                        cold["forward_s"], cold["cold_forward_s"])
     return rows[0] | {"flops_per_s": med("flops_per_s"), "call_overhead_s": med("call_overhead_s"),
                       "batch_s": med("batch_s"),
@@ -570,6 +619,9 @@ def calibrate(out: str | Path, models: list[str] | None = None, batch_size: int 
                 "source": how + "; per block: its forward and backward calls timed in the cut step, less two "
                                 "call overheads, plus its FLOP share of the step's other seconds (the loss, "
                                 "blocks without FLOPs): fplstudy.calibrate.block_rates"
+                                + ("; the junction adapter (adapter) at the default junction: its forward and backward "
+                                   "calls timed in steps of their own, less two call overheads"
+                                   if "adapter" in row["block_flops_per_s"] else "")
                                 + (f"; then per sample, through the same at batch {fit_batch} "
                                    "(fplstudy.calibrate.fit_block_costs)" if fit_batch is not None else "")}
         if row.get("block_call_s"):

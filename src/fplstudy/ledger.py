@@ -84,6 +84,7 @@ from fplstudy.events import Compute, Event
 from fplstudy.makespan import (TASK_COMPUTE, TASK_DATA, TASK_DOWN, TASK_UP, fast_path_applies, schedule_fixed_order,
                                schedule_round)
 from fplstudy.memory import memory_rows, model_size
+from fplstudy.models import MODELS
 from fplstudy.plan import Node
 from fplstudy.profiles import DeviceProfile, LinkProfile, Profiles, check_profiles
 from fplstudy.schedule import chunk_profiles, everyone
@@ -98,14 +99,19 @@ def chunk_block_flops(plan, blocks: tuple[str, ...], in_shape: tuple[int, ...], 
                       input_grad: bool) -> tuple[tuple[str | None, int], ...]:
     """FLOPs per sample of each block of one forward or backward of a run of blocks: ``(name, FLOPs)`` per
     block, in order. The name is None where no block rate may price the block (a device's
-    ``block_flops_per_s`` is measured on the model's own blocks at their own shapes): the junction adapter,
-    and blocks fed another shape than in the whole model (the views of a ``concat`` junction).
+    ``block_flops_per_s`` is measured on the model's own blocks at their own shapes, and on the junction adapter,
+    ``adapter``, at the model's default junction: ``fplstudy calibrate``): blocks fed another shape than in the
+    whole model (the views of a ``concat`` junction), and an adapter at another junction.
 
     Backward: a block computes its input's gradient when that input requires grad — the chunk's input
     when ``input_grad``, and any block's input once an earlier block of the chunk has parameters.
     """
     profs = chunk_profiles(plan, blocks, in_shape)
-    own = tuple(blocks) != ("adapter",) and plan.profile[plan.block_names.index(blocks[0])].in_shape == tuple(in_shape)
+    if tuple(blocks) == ("adapter",):
+        at = MODELS[plan.model].default_junction  # where fplstudy calibrate times the adapter
+        own = at > 0 and plan.profile[at - 1].out_shape == tuple(in_shape)
+    else:
+        own = plan.profile[plan.block_names.index(blocks[0])].in_shape == tuple(in_shape)
     if phase == "forward":
         return tuple((p.name if own else None, p.flops_fwd) for p in profs)
     out, requires = [], input_grad

@@ -382,8 +382,9 @@ def check_block_rates(plan, profiles: Profiles) -> None:
             key = f"devices.{name}.{fld}.{model}"
             if model not in MODELS:
                 raise ProfileError(file, key, model, f"unknown model; known: {', '.join(MODELS)}")
-            unknown = [b for b in rates if model == plan.model and b not in plan.block_names]
+            unknown = [b for b in rates if model == plan.model and b not in plan.block_names + ("adapter",)]
             if unknown:
                 raise ProfileError(file, f"{key}.{unknown[0]}", unknown[0],
-                                   f"not a block of {model}; its blocks: {', '.join(plan.block_names)} "
-                                   "(the junction adapter and concat views take flops_per_s); fix or drop the name")
+                                   f"not a block of {model}; its blocks: {', '.join(plan.block_names)}, and adapter "
+                                   "(the junction adapter at the default junction; concat views take flops_per_s); "
+                                   "fix or drop the name")

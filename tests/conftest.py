@@ -24,6 +24,20 @@ def tiny_study(tmp_path_factory) -> tuple[object, Path]:
     return the_study, folder
 
 
+@pytest.fixture
+def calibrated():
+    """``calibrated(C, **numbers)``: a calibrated device profile as :func:`fplstudy.testbed.emulation` reads this
+    machine's (``here``): ``C`` training FLOP/s on one core (4e10 unless given), no power, and the calibration's
+    other numbers as given (``call_overhead_s``, ``cold_factor``, ``batch_s``, ``cold_s``, ``block_flops_per_s``,
+    ``block_call_s``; 0 or none unless given)."""
+    from fplstudy.profiles import DeviceProfile
+
+    def make(flops_per_s: float = 4e10, **numbers) -> DeviceProfile:
+        return DeviceProfile("calibrated", flops_per_s=flops_per_s, active_w=0.0, idle_w=0.0, **numbers)
+
+    return make
+
+
 @pytest.fixture(autouse=True)
 def _sigint_as_python_sets_it():
     """Every test starts with Python's own Ctrl-C: SIGINT raising KeyboardInterrupt and not blocked. A suite

@@ -105,14 +105,14 @@ def test_fixed_seconds_load_plain_and_wrapped_and_bad_ones_are_refused(tmp_path)
 
 # --------------------------------------------------------------------------- the testbed
 
-def test_the_testbed_stretches_fixed_seconds_by_the_cpu_share_by_hand():
+def test_the_testbed_stretches_fixed_seconds_by_the_cpu_share_by_hand(calibrated):
     """fl on 3 nodes, this machine calibrated at C = 4e10 with conv1 at 2e-4 s fixed per call: a node of device
     FLOP/s F runs at F / (C s) of a core, so it pays 2e-4 C s / F (rpi4, F / C = 0.4: 2e-4 s / 0.4); the time
     scale is as without fixed seconds."""
     plan = _plan(strategy="fl", nodes=3)
     profiles = check_profiles(plan)
-    plain = testbed.emulation(plan, profiles, 4e10, 2, calibrated_call_s=1e-4)
-    emu = testbed.emulation(plan, profiles, 4e10, 2, calibrated_call_s=1e-4, calibrated_block_call_s={"conv1": 2e-4})
+    plain = testbed.emulation(plan, profiles, calibrated(call_overhead_s=1e-4), 2)
+    emu = testbed.emulation(plan, profiles, calibrated(call_overhead_s=1e-4, block_call_s={"cnn": {"conv1": 2e-4}}), 2)
     s = emu.time_scale
     assert s == plain.time_scale == pytest.approx(2.7 / 1.6, rel=1e-12)
     assert emu.profiles.device("rpi4").block_call_s == {"cnn": pytest.approx({"conv1": 2e-4 * s / 0.4}, rel=1e-12)}

@@ -128,13 +128,13 @@ def test_the_field_loads_defaults_to_zero_and_bad_values_are_refused(field, good
 
 # --------------------------------------------------------------------------- the testbed and the calibration
 
-def test_the_testbed_slows_batch_s_and_cold_s_with_each_node():
+def test_the_testbed_slows_batch_s_and_cold_s_with_each_node(calibrated):
     """Seconds of this machine's core: a node slowed to F / (C s) of it takes batch_s C s / F (cold_s alike), by
     hand; without the calibrated figures none; the time scale and the rates are those without them."""
     plan = _plan(strategy="fl", nodes=3)
     profiles = check_profiles(plan)
-    plain = testbed.emulation(plan, profiles, 4e10, 2)
-    emu = testbed.emulation(plan, profiles, 4e10, 2, calibrated_batch_s=3e-4, calibrated_cold_s=5e-4)
+    plain = testbed.emulation(plan, profiles, calibrated(), 2)
+    emu = testbed.emulation(plan, profiles, calibrated(batch_s=3e-4, cold_s=5e-4), 2)
     assert emu.time_scale == plain.time_scale
     for n in plan.nodes:
         f = profiles.device(n.device).flops_per_s

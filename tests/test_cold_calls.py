@@ -146,14 +146,14 @@ def test_the_ledger_scales_exactly_the_calls_that_start_cold(spec, tmp_path):
 
 # --------------------------------------------------------------------------- the testbed and the calibration
 
-def test_the_testbed_carries_the_factor_to_every_emulated_device():
+def test_the_testbed_carries_the_factor_to_every_emulated_device(calibrated):
     """A factor of the call's own seconds: a node slowed to any CPU share runs a cold call that much slower too, so
     every emulated profile carries this machine's factor unchanged (and none without it); the time scale and
     the other numbers are those without it."""
     plan = _plan(strategy="fl", nodes=3)
     profiles = check_profiles(plan)
-    plain = testbed.emulation(plan, profiles, 4e10, 2, calibrated_call_s=1e-4)
-    emu = testbed.emulation(plan, profiles, 4e10, 2, calibrated_call_s=1e-4, calibrated_cold_factor=0.55)
+    plain = testbed.emulation(plan, profiles, calibrated(call_overhead_s=1e-4), 2)
+    emu = testbed.emulation(plan, profiles, calibrated(call_overhead_s=1e-4, cold_factor=0.55), 2)
     assert emu.profiles.device("rpi4").cold_factor == emu.profiles.device("minipc").cold_factor == 0.55
     assert plain.profiles.device("rpi4").cold_factor == 0.0
     assert emu.time_scale == plain.time_scale

@@ -40,12 +40,12 @@ def _plan(**kw):
 
 # --------------------------------------------------------------------------- arithmetic (runs everywhere)
 
-def test_time_scale_shares_periods_and_rates_by_hand():
+def test_time_scale_shares_periods_and_rates_by_hand(calibrated):
     """fl with 3 clients (rpi4, 1.6e10 FLOP/s) and an aggregator (minipc, 6e10) on wifi5, calibrated 4e10 FLOP/s
     per core, 2 cores: the nodes need 0.4, 0.4, 0.4 and 1.5 cores; one node may have 0.9 of a core (1.5 / 0.9 =
     1.667) and all together 0.8 × 2 cores (2.7 / 1.6 = 1.6875): the time scale is 1.6875."""
     plan = _plan(strategy="fl", nodes=3)
-    emu = testbed.emulation(plan, check_profiles(plan), 4e10, 2, calibrated_call_s=1e-4)
+    emu = testbed.emulation(plan, check_profiles(plan), calibrated(call_overhead_s=1e-4), 2)
     s = 2.7 / 1.6
     assert emu.time_scale == pytest.approx(s, rel=1e-12)
     assert emu.core_share == pytest.approx((0.4 / s, 0.4 / s, 0.4 / s, 1.5 / s), rel=1e-12)
@@ -61,7 +61,7 @@ def test_time_scale_shares_periods_and_rates_by_hand():
     assert (link.up_bps, link.down_bps, link.latency_s) == pytest.approx((2.26e8 / s, 2.62e8 / s, 0.0), rel=1e-12)
 
 
-def test_block_rates_scale_with_the_time_scale_and_the_cpu_share_by_hand(tmp_path):
+def test_block_rates_scale_with_the_time_scale_and_the_cpu_share_by_hand(tmp_path, calibrated):
     """The same fl plan, this machine calibrated at C = 4e10 with conv1 at 2e9 and conv2 at 5e10 per core: a node
     of device FLOP/s F gets F / (C s) of a core, so it runs conv1 at 2e9 F / (C s) (rpi4: 2e9 × 0.4 / s) — this
     machine's proportions, not the device's own block rates (rpi4's 1e10 for conv1 is dropped); without
@@ -71,8 +71,8 @@ def test_block_rates_scale_with_the_time_scale_and_the_cpu_share_by_hand(tmp_pat
     plan = _plan(strategy="fl", nodes=3, profiles_file=str(own))
     profiles = check_profiles(plan)
     assert profiles.device("rpi4").block_flops_per_s == {"cnn": {"conv1": 1e10}}
-    emu = testbed.emulation(plan, profiles, 4e10, 2, calibrated_call_s=1e-4,
-                            calibrated_block_flops_per_s={"conv1": 2e9, "conv2": 5e10})
+    emu = testbed.emulation(plan, profiles, calibrated(call_overhead_s=1e-4,
+                                                       block_flops_per_s={"cnn": {"conv1": 2e9, "conv2": 5e10}}), 2)
     s = 2.7 / 1.6
     assert emu.time_scale == pytest.approx(s, rel=1e-12)  # block rates do not move the shares or the scale
     rpi4, minipc = emu.profiles.device("rpi4"), emu.profiles.device("minipc")
@@ -88,10 +88,14 @@ def test_block_rates_scale_with_the_time_scale_and_the_cpu_share_by_hand(tmp_pat
     mine = _plan(strategy="mp", nodes=2, device="calibrated_cnn_b32", server_device="calibrated_cnn_b32",
                  profiles_file=str(cal))
     mp_profiles = check_profiles(mine)
-    assert testbed.calibrated_block_rates(mine, mp_profiles) == {"conv1": 2e9, "conv2": 5e10}
-    assert testbed.calibrated_block_rates(mine, mp_profiles, "block_call_s") == {"conv1": 3e-4}
-    emu = testbed.emulation(mine, mp_profiles, 4e10, 2, time_scale=3.0,
-                            calibrated_block_flops_per_s=testbed.calibrated_block_rates(mine, mp_profiles))
+    here = testbed.calibrated_device(mine, mp_profiles)
+    assert here.block_flops_per_s == {"cnn": {"conv1": 2e9, "conv2": 5e10}}
+    assert here.block_call_s == {"cnn": {"conv1": 3e-4}}
+    with pytest.raises(ConfigError, match="'profiles_file': got .*; no device profile 'calibrated_cnn_b32'"):
+        testbed.calibrated_device(plan, profiles)  # own.yaml holds no calibration
+    # its block rates alone: the prediction below prices no fixed seconds per call
+    emu = testbed.emulation(mine, mp_profiles, calibrated(block_flops_per_s=here.block_flops_per_s), 2,
+                            time_scale=3.0)
     dev = emu.profiles.device("calibrated_cnn_b32")
     assert dev.flops_per_s == pytest.approx(4e10 / 3, rel=1e-12)
     assert dev.block_flops_per_s["cnn"] == pytest.approx({"conv1": 2e9 / 3, "conv2": 5e10 / 3}, rel=1e-12)
@@ -103,23 +107,24 @@ def test_block_rates_scale_with_the_time_scale_and_the_cpu_share_by_hand(tmp_pat
                + dev.call_overhead_s for e in events)
     got = per_node[(per_node["round"] == 0) & (per_node["node"] == "n0")]["predicted_busy_s"].iloc[0]
     assert got == pytest.approx(want, rel=1e-12)
-    flat = testbed.emulation(plan, profiles, 4e10, 2)
+    flat = testbed.emulation(plan, profiles, calibrated(), 2)
     assert flat.profiles.device("rpi4").block_flops_per_s == {}
 
 
-def test_time_scale_for_a_link_faster_than_mininet_shapes_and_refusals(tmp_path):
+def test_time_scale_for_a_link_faster_than_mininet_shapes_and_refusals(tmp_path, calibrated):
     fast = tmp_path / "fast.yaml"
     fast.write_text("links:\n  fast: {up_bps: 2.0e+9, down_bps: 2.0e+9, tx_j_per_bit: 0, rx_j_per_bit: 0}\n")
     plan = _plan(strategy="mp", nodes=2, link="fast", profiles_file=str(fast))
-    emu = testbed.emulation(plan, check_profiles(plan), 1e12, 2)  # CPUs need little: the link sets the scale
+    # CPUs need little: the link sets the scale
+    emu = testbed.emulation(plan, check_profiles(plan), calibrated(1e12), 2)
     assert emu.time_scale == pytest.approx(2e9 / GOODPUT / 1e9, rel=1e-12)
     assert max(emu.egress_mbit) == pytest.approx(1000.0, rel=1e-12)
     with pytest.raises(ConfigError, match="'testbed_time_scale': got 1.5; this plan needs at least 2.091"):
-        testbed.emulation(plan, check_profiles(plan), 1e12, 2, time_scale=1.5)
-    assert testbed.emulation(plan, check_profiles(plan), 1e12, 2, time_scale=4.0).time_scale == 4.0
+        testbed.emulation(plan, check_profiles(plan), calibrated(1e12), 2, time_scale=1.5)
+    assert testbed.emulation(plan, check_profiles(plan), calibrated(1e12), 2, time_scale=4.0).time_scale == 4.0
     big = _plan(strategy="fl", nodes=50)
     with pytest.raises(ConfigError, match="'nodes': got 50; too many or too fast nodes for this machine"):
-        testbed.emulation(big, check_profiles(big), 1e9, 2)  # 50 × 16 cores' worth: a time scale of 500
+        testbed.emulation(big, check_profiles(big), calibrated(1e9), 2)  # 50 × 16 cores' worth: a time scale of 500
     up_gt_down = tmp_path / "odd.yaml"
     up_gt_down.write_text("links:\n  odd: {up_bps: 2.0e+7, down_bps: 1.0e+7, tx_j_per_bit: 0, rx_j_per_bit: 0}\n")
     odd = _plan(strategy="fl", nodes=2, link="odd", profiles_file=str(up_gt_down))
@@ -185,7 +190,7 @@ links:
     return str(path)
 
 
-def test_topology_wiring_routes_and_rates_by_hand(tmp_path):
+def test_topology_wiring_routes_and_rates_by_hand(tmp_path, calibrated):
     """fl with 2 clients on a three-hop site: s0, s1 -(Wi-Fi 4)- ap -(Ethernet)- gw -(LTE)- server; the clients on
     s0 and s1, the aggregator on server, gw runs nothing. The testbed emulates 5 points (ap and gw route), 4
     links with each direction at its own rate, static routes along the model's paths; the Ethernet hop's up rate
@@ -202,7 +207,8 @@ def test_topology_wiring_routes_and_rates_by_hand(tmp_path):
                         "server": (("s0", "gw"), ("s1", "gw")),
                         "ap": (("s0", "s0"), ("s1", "s1"), ("server", "gw")),
                         "gw": (("s0", "ap"), ("s1", "ap"), ("server", "server"))}
-    emu = testbed.emulation(plan, check_profiles(plan), 1e13, 2)  # a fast machine: the CPUs need no slow-down
+    # a fast machine: the CPUs need no slow-down
+    emu = testbed.emulation(plan, check_profiles(plan), calibrated(1e13), 2)
     assert emu.time_scale == pytest.approx(2.0, rel=1e-12)
     spec = testbed.network_spec(emu)
     assert spec["routers"] == ["r0", "r1"]  # ap, gw
@@ -230,14 +236,14 @@ def test_topology_wiring_routes_and_rates_by_hand(tmp_path):
     assert [h.link.latency_s for h in emu.site.path("s0", "server")] == [0.0, 0.0, 0.0]  # netem: not here
 
 
-def test_topology_on_the_testbed_refuses_what_it_cannot_route(tmp_path, monkeypatch):
+def test_topology_on_the_testbed_refuses_what_it_cannot_route(tmp_path, monkeypatch, calibrated):
     """A plan whose paths use more links than the testbed numbers is refused naming the topology, before anything
     is built; the capacity check does not refuse a topology (it is emulated)."""
     plan = _plan(strategy="fl", nodes=2, topology=_site_file(tmp_path, 9.4e8), batch_size=32, max_train_samples=64)
     testbed.check_capacity(plan)
     monkeypatch.setattr(testbed, "MAX_LINKS", 3)
     with pytest.raises(ConfigError, match=r"^config key 'topology'.*paths use 4 links; the testbed numbers at most 3"):
-        testbed.emulation(plan, check_profiles(plan), 1e13, 2)
+        testbed.emulation(plan, check_profiles(plan), calibrated(1e13), 2)
 
 
 def test_topology_whose_paths_disagree_with_routing_by_destination_is_refused(tmp_path):
@@ -284,14 +290,14 @@ def _trace(rows):
     return pd.DataFrame(rows, columns=list(TRACE_COLUMNS))
 
 
-def test_the_call_table_pairs_each_traced_call_with_its_prediction():
+def test_the_call_table_pairs_each_traced_call_with_its_prediction(calibrated):
     """mp on 2 nodes, 2 batches a round, 2 rounds, cold factor 0.5: each node's calls in its trace's order get the
     emulated price of the same event (1.5x where the model takes the call to start cold) and their measured
     seconds; the table's sums are testbed_table's busy seconds; a trace missing a call is refused."""
     plan = resolve(make_config(dict(strategy="mp", nodes=2, max_train_samples=100, rounds=2, batch_size=64)))
     profiles = check_profiles(plan)
-    emu = testbed.emulation(plan, profiles, 4e10, 2, calibrated_cold_factor=0.5)
-    warm = testbed.emulation(plan, profiles, 4e10, 2)
+    emu = testbed.emulation(plan, profiles, calibrated(cold_factor=0.5), 2)
+    warm = testbed.emulation(plan, profiles, calibrated(), 2)
     shards = [100]
     events = plan_events(plan, shards)
     rows, seq, t = [], {"n0": 0, "n1": 0}, 0.0

@@ -91,7 +91,7 @@ from fplstudy.dryrun import plan_events
 from fplstudy.events import Compute
 from fplstudy.ledger import cold_calls, event_costs, price
 from fplstudy.plan import Plan
-from fplstudy.profiles import Profiles
+from fplstudy.profiles import DeviceProfile, Profiles
 from fplstudy.results import atomic_write_text, write_rows_csv
 from fplstudy.runner import prepare
 from fplstudy.topology import Hop, Topology
@@ -245,35 +245,37 @@ def network_spec(emu: "Emulation") -> dict:
     return {"routers": [local[p] for p in w.points[n:]], "links": links, "routes": routes}
 
 
-def emulation(plan: Plan, profiles: Profiles, calibrated_flops_per_s: float, cores: int,
-              time_scale: float | None = None, calibrated_call_s: float = 0.0,
-              calibrated_block_flops_per_s: dict[str, float] | None = None,
-              calibrated_block_call_s: dict[str, float] | None = None, calibrated_cold_factor: float = 0.0,
-              calibrated_batch_s: float = 0.0, calibrated_cold_s: float = 0.0) -> Emulation:
+def emulation(plan: Plan, profiles: Profiles, here: DeviceProfile, cores: int,
+              time_scale: float | None = None) -> Emulation:
     """The CPU shares, CFS periods, shaped rates and time scale that emulate ``plan`` on ``cores`` cores.
 
     Args:
         plan: the plan.
         profiles: its device and link profiles (as priced).
-        calibrated_flops_per_s: this machine's training FLOP/s on one core for the plan's model.
+        here: this machine's calibrated device profile for the plan's model and batch size (the profile
+            ``calibrated_<model>_b<batch>``, :func:`calibrated_device`). Its numbers, on one core:
+
+            - ``flops_per_s``: the training FLOP/s (``C``);
+            - ``call_overhead_s``: the overhead per compute call (``o``); a node slowed to ``F / (C s)`` of a
+              core pays ``o C s / F`` per call, which the emulated profile carries;
+            - ``block_flops_per_s`` for the plan's model: the training FLOP/s per block (``c_b``; none: none).
+              A node slowed to ``F / (C s)`` of a core runs block ``b`` at ``c_b F / (C s)``, which its emulated
+              profile carries as its ``block_flops_per_s`` for the plan's model (the host is this machine, so
+              its blocks keep this machine's proportions, whatever the device's own block rates); without
+              ``c_b`` it carries none;
+            - ``block_call_s`` for the plan's model: the fixed seconds per call of each block (``k_b``; none:
+              none); the slowed node pays ``k_b C s / F``, which its emulated profile carries as its
+              ``block_call_s`` for the plan's model;
+            - ``cold_factor``: how much slower this machine runs a compute call that starts cold; a factor, the
+              same on the slowed node: its profile's ``cold_factor``;
+            - ``batch_s``: the seconds of a batch's work outside the blocks on the node feeding it in; the slowed
+              node takes ``batch_s C s / F``: its profile's ``batch_s``;
+            - ``cold_s``: the seconds a call that starts cold takes beyond its factor; the slowed node takes
+              ``cold_s C s / F``: its profile's ``cold_s``.
+
+            Its name, power and memory take no part.
         cores: cores of the machine.
         time_scale: the slow-down wanted (None: the smallest that fits).
-        calibrated_call_s: this machine's overhead per compute call (``o``); a node slowed to ``F / (C s)``
-            of a core pays ``o C s / F`` per call, which the emulated profile carries.
-        calibrated_block_flops_per_s: this machine's training FLOP/s per block of the plan's model on one core
-            (``c_b``; None or empty: none). A node slowed to ``F / (C s)`` of a core runs block ``b`` at
-            ``c_b F / (C s)``, which its emulated profile carries as its ``block_flops_per_s`` for the plan's
-            model (the host is this machine, so its blocks keep this machine's proportions, whatever the
-            device's own block rates); without ``c_b`` it carries none.
-        calibrated_block_call_s: this machine's fixed seconds per call of each block (``k_b``, the calibration's
-            ``block_call_s``; None or empty: none); the slowed node pays ``k_b C s / F``, which its emulated
-            profile carries as its ``block_call_s`` for the plan's model.
-        calibrated_cold_factor: how much slower this machine runs a compute call that starts cold (the
-            calibration's ``cold_factor``); a factor, the same on the slowed node: its profile's ``cold_factor``.
-        calibrated_batch_s: this machine's seconds of a batch's work outside the blocks on the node feeding it
-            in (the calibration's ``batch_s``); the slowed node takes ``batch_s C s / F``: its profile's ``batch_s``.
-        calibrated_cold_s: this machine's seconds a call that starts cold takes beyond its factor (the calibration's
-            ``cold_s``); the slowed node takes ``cold_s C s / F``: its profile's ``cold_s``.
 
     Returns:
         The :class:`Emulation`.
@@ -291,7 +293,7 @@ def emulation(plan: Plan, profiles: Profiles, calibrated_flops_per_s: float, cor
             raise ConfigError("topology", plan.site.name, f"the plan's paths use {len(wires.links)} links; the testbed "
                               f"numbers at most {MAX_LINKS}: use a smaller topology or the simulated backend")
         rates = [r for *_, ab, ba in wires.links for r in (ab, ba) if r is not None]
-    need = [profiles.device(n.device).flops_per_s / calibrated_flops_per_s for n in plan.nodes]  # cores at s = 1
+    need = [profiles.device(n.device).flops_per_s / here.flops_per_s for n in plan.nodes]  # cores at s = 1
     wire_bps = max(rates, default=0.0) / TCP_GOODPUT_SHARE  # no link: a plan of one node
     fits = max(1.0, max(need) / CORE_CAP, sum(need) / (MACHINE_CAP * cores), wire_bps / (MAX_LINK_MBIT * 1e6))
     if time_scale is not None and time_scale < fits:
@@ -317,19 +319,18 @@ def emulation(plan: Plan, profiles: Profiles, calibrated_flops_per_s: float, cor
         links = profiles.links  # the messages are priced on the scaled site, not on link profiles
         site = scaled_site(plan.site, s, [n.point for n in plan.nodes])
     devices = dict(profiles.devices)
+    block_rates, block_fixed = here.block_flops_per_s.get(plan.model, {}), here.block_call_s.get(plan.model, {})
     for n in plan.nodes:
         d = profiles.device(n.device)
-        speed = d.flops_per_s / (calibrated_flops_per_s * s)  # this machine's speed the host gets: F / (C s)
-        blocks = {plan.model: {b: c * speed for b, c in calibrated_block_flops_per_s.items()}} \
-            if calibrated_block_flops_per_s else {}
-        fixed = {plan.model: {b: k / speed for b, k in calibrated_block_call_s.items()}} \
-            if calibrated_block_call_s else {}
+        speed = d.flops_per_s / (here.flops_per_s * s)  # this machine's speed the host gets: F / (C s)
+        blocks = {plan.model: {b: c * speed for b, c in block_rates.items()}} if block_rates else {}
+        fixed = {plan.model: {b: k / speed for b, k in block_fixed.items()}} if block_fixed else {}
         devices[n.device] = replace(d, flops_per_s=d.flops_per_s / s,
-                                    call_overhead_s=calibrated_call_s * calibrated_flops_per_s * s / d.flops_per_s,
-                                    cold_factor=calibrated_cold_factor, batch_s=calibrated_batch_s / speed,
-                                    cold_s=calibrated_cold_s / speed,
+                                    call_overhead_s=here.call_overhead_s * here.flops_per_s * s / d.flops_per_s,
+                                    cold_factor=here.cold_factor, batch_s=here.batch_s / speed,
+                                    cold_s=here.cold_s / speed,
                                     block_flops_per_s=blocks, block_call_s=fixed)
-    return Emulation(tuple(n.name for n in plan.nodes), s, cores, calibrated_flops_per_s, calibrated_call_s, share,
+    return Emulation(tuple(n.name for n in plan.nodes), s, cores, here.flops_per_s, here.call_overhead_s, share,
                      period, egress, ingress, Profiles(devices, links), wires, site)
 
 
@@ -384,25 +385,21 @@ def check_capacity(plan: Plan) -> None:
                           f"and this machine has {free / 1e9:.1f} GB available; use fewer nodes")
 
 
-def calibrated_speed(plan: Plan, profiles: Profiles) -> tuple[float, float]:
-    """This machine's calibrated ``(FLOP/s, overhead per compute call)`` for the plan's model and batch size (the
-    device profile ``calibrated_<model>_b<batch_size>``)."""
+def calibrated_device(plan: Plan, profiles: Profiles) -> DeviceProfile:
+    """This machine's calibrated device profile for the plan's model and batch size (the device profile
+    ``calibrated_<model>_b<batch_size>``: its FLOP/s, overhead per compute call and the rest; :func:`emulation`'s
+    ``here``).
+
+    Raises:
+        ConfigError: the profile is missing (one line naming the ``fplstudy calibrate`` command that writes it).
+    """
     name = calibrated_name(plan.model, plan.config.batch_size)
     if name not in profiles.devices:
         raise ConfigError("profiles_file", plan.config.profiles_file,
                           f"no device profile '{name}' (this machine's speed for {plan.model} at batch "
                           f"{plan.config.batch_size}); run `fplstudy calibrate --models {plan.model} --batch-size "
                           f"{plan.config.batch_size} --out host.yaml` and set profiles_file=host.yaml")
-    return profiles.device(name).flops_per_s, profiles.device(name).call_overhead_s
-
-
-def calibrated_block_rates(plan: Plan, profiles: Profiles, field: str = "block_flops_per_s") -> dict[str, float]:
-    """This machine's calibrated per-block numbers for the plan's model: its training FLOP/s per block, or with
-    ``field="block_call_s"`` its fixed seconds per call of each block (``{}`` where the calibration has none:
-    ``fplstudy calibrate`` without ``--fit-batch`` writes no fixed seconds); call after
-    :func:`calibrated_speed`, which refuses a missing calibration."""
-    name = calibrated_name(plan.model, plan.config.batch_size)
-    return dict(getattr(profiles.device(name), field).get(plan.model, {}))
+    return profiles.device(name)
 
 
 # --------------------------------------------------------------------------- measured vs predicted
@@ -641,12 +638,8 @@ def prepare_emulation(cfg: Config, time_scale: float | None = None):
         raise ConfigError("--backend", "emulated", problem)
     check_rates(plan, profiles)
     check_capacity(plan)
-    flops_per_s, call_s = calibrated_speed(plan, profiles)
-    here = profiles.device(calibrated_name(plan.model, plan.config.batch_size))
-    emu = emulation(plan, profiles, flops_per_s, os.cpu_count() or 1,
-                    time_scale if time_scale is not None else cfg.testbed_time_scale, call_s,
-                    calibrated_block_rates(plan, profiles), calibrated_block_rates(plan, profiles, "block_call_s"),
-                    here.cold_factor, here.batch_s, here.cold_s)
+    emu = emulation(plan, profiles, calibrated_device(plan, profiles), os.cpu_count() or 1,
+                    time_scale if time_scale is not None else cfg.testbed_time_scale)
     return plan, profiles, data, emu
 
 

@@ -9,14 +9,23 @@ of ``--waits`` (as many processes at once as ``--processes``, each call timed by
 ``dilate`` mode needs), and prints per wait the extra milliseconds of a cold short and long call, the line
 through them, and each wait's extras over the first wait's.
 
+With ``--traces DIR`` (a folder ``benchmarks/testbed_validation.py`` wrote) it measures nothing and reads the
+testbed's own runs instead: each compute call of ``testbed_calls.csv`` (after the warm-up round) beside the idle
+before it in its node's trace (from the end of the node's previous compute call of the round; a round's first
+call has none), and prints the measured over predicted seconds of the calls the model prices cold, by their wait,
+with Spearman's rank correlation (scipy) of wait and ratio over the calls that waited longer than 0.05 s.
+
 Run: ``python benchmarks/cold_wait.py [--model cnn] [--batch-size 128] [--processes 4] [--waits 0.05,0.5]
-[--seconds 6]``.
+[--seconds 6]`` or ``python benchmarks/cold_wait.py --traces DIR``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+
+import pandas as pd
 
 from fplstudy.calibrate import measure_together
 
@@ -28,6 +37,45 @@ def extras(row: dict) -> tuple[float, float]:
     return (row["cold_calls_s"] - row["calls_s"]) / calls * 1e3, (row["cold_forward_s"] - row["forward_s"]) * 1e3
 
 
+def by_wait(folder: Path) -> pd.DataFrame:
+    """Every compute call after the warm-up round of every run under ``folder`` (``testbed_calls.csv``) with
+    ``idle``: seconds from the end of its node's previous compute call of the round to its start (NaN for a
+    round's first), read from the node's trace (``testbed/trace-<node>.csv``, the same calls in the same order)."""
+    frames = []
+    for run in sorted(p for p in folder.iterdir() if (p / "testbed_calls.csv").is_file()):
+        calls = pd.read_csv(run / "testbed_calls.csv")
+        for node, own in calls.groupby("node", sort=False):
+            trace = pd.read_csv(run / "testbed" / f"trace-{node}.csv")
+            comp = trace[trace["op"] == "compute"].reset_index(drop=True)
+            if len(comp) != len(own):
+                raise SystemExit(f"{run.name}: {node}'s trace has {len(comp)} compute calls, testbed_calls.csv {len(own)}")
+            idle = comp["post_s"] - comp["end_s"].shift(1)
+            idle[comp["round"] != comp["round"].shift(1)] = float("nan")
+            frames.append(own.reset_index(drop=True).assign(idle=idle.to_numpy(), run=run.name))
+    if not frames:
+        raise SystemExit(f"--traces {folder}: no run folder with testbed_calls.csv under it; give a folder that "
+                         "benchmarks/testbed_validation.py wrote")
+    calls = pd.concat(frames, ignore_index=True)
+    calls = calls[calls["round"] > 0]
+    return calls.assign(ratio=calls["measured_s"] / calls["predicted_s"])
+
+
+def print_by_wait(folder: Path) -> None:
+    from scipy.stats import spearmanr
+
+    calls = by_wait(folder)
+    cold = calls[calls["cold"].astype(bool) & calls["idle"].notna()]
+    cold = cold.assign(wait=pd.cut(cold["idle"], [0, 0.01, 0.05, 0.1, 0.3, 1, float("inf")]),
+                       extra_ms=(cold["measured_s"] - cold["predicted_s"]) * 1e3)
+    table = cold.groupby("wait", observed=True).agg(calls=("ratio", "size"), measured_over_predicted=("ratio", "median"),
+                                                    extra_ms=("extra_ms", "median"))
+    print(f"calls priced cold, {len(cold)} in {calls['run'].nunique()} runs, by the idle before them (s); medians:")
+    print(table.to_string(float_format=lambda x: f"{x:.3f}"))
+    waited = cold[cold["idle"] > 0.05]
+    rho, p = spearmanr(waited["idle"], waited["ratio"])
+    print(f"over the {len(waited)} that waited > 0.05 s: Spearman rho of wait and measured / predicted {rho:.3f} (p = {p:.2g})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="cnn")
@@ -35,7 +83,11 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=4, help="processes at once, as the testbed's hosts (default 4)")
     ap.add_argument("--waits", default="0.05,0.5", help="idle seconds before a cold call, comma-separated")
     ap.add_argument("--seconds", type=float, default=6.0, help="timed training per measurement (default 6)")
+    ap.add_argument("--traces", type=Path, help="read a testbed_validation.py folder's runs instead of measuring")
     args = ap.parse_args()
+    if args.traces is not None:
+        print_by_wait(args.traces)
+        return
     waits = [float(w) for w in args.waits.split(",")]
     if not waits or any(not 0 < w <= 10 for w in waits):
         ap.error(f"--waits {args.waits}: give idle seconds > 0 and <= 10, e.g. 0.05,0.5")

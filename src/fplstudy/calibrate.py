@@ -44,7 +44,7 @@ from fplstudy.flops import profile_model
 from fplstudy.models import MODELS, build_model, make_adapter
 from fplstudy.profiles import load_profiles
 from fplstudy.results import atomic_write_text
-from fplstudy.schedule import adapter_profile
+from fplstudy.schedule import adapter_profile, default_adapter_shape
 from fplstudy.testbed import calibrated_name
 
 WINDOWS = 5  # timed windows per model; the median is kept
@@ -112,13 +112,12 @@ def adapter_training_flops(model: str) -> tuple[int, tuple[int, ...], int] | Non
     """``(FLOPs of one training sample, activation shape, blocks below)`` of the junction adapter at ``model``'s default
     junction (an fpl plan's adapter; :func:`fplstudy.models.make_adapter`): its forward plus its backward with its input's
     gradient (the head below it has parameters), as the ledger counts it; None for a model whose default junction is 0."""
-    at = MODELS[model].default_junction
-    if at < 1:
-        return None
     shape, classes = DATASET_META[MODEL_DATASET[model]]
-    out = profile_model(model, tuple(shape), classes)[at - 1].out_shape
-    p = adapter_profile(tuple(out))
-    return p.flops_fwd + p.flops_bwd, tuple(out), at
+    out = default_adapter_shape(model, profile_model(model, tuple(shape), classes))
+    if out is None:
+        return None
+    p = adapter_profile(out)
+    return p.flops_fwd + p.flops_bwd, out, MODELS[model].default_junction
 
 
 def block_rates(flops: dict[str, int], block_s: dict[str, float], cut_s: float, call_s: float) -> dict[str, float]:

@@ -84,10 +84,9 @@ from fplstudy.events import Compute, Event
 from fplstudy.makespan import (TASK_COMPUTE, TASK_DATA, TASK_DOWN, TASK_UP, fast_path_applies, schedule_fixed_order,
                                schedule_round)
 from fplstudy.memory import memory_rows, model_size
-from fplstudy.models import MODELS
 from fplstudy.plan import Node
 from fplstudy.profiles import DeviceProfile, LinkProfile, Profiles, check_profiles
-from fplstudy.schedule import chunk_profiles, everyone
+from fplstudy.schedule import chunk_profiles, default_adapter_shape, everyone
 from fplstudy.topology import price_path
 
 KINDS = ("forward", "backward", "activations", "gradients", "labels", "params_up", "params_down", "relay", "idle")
@@ -108,8 +107,7 @@ def chunk_block_flops(plan, blocks: tuple[str, ...], in_shape: tuple[int, ...], 
     """
     profs = chunk_profiles(plan, blocks, in_shape)
     if tuple(blocks) == ("adapter",):
-        at = MODELS[plan.model].default_junction  # where fplstudy calibrate times the adapter
-        own = at > 0 and plan.profile[at - 1].out_shape == tuple(in_shape)
+        own = default_adapter_shape(plan.model, plan.profile) == tuple(in_shape)
     else:
         own = plan.profile[plan.block_names.index(blocks[0])].in_shape == tuple(in_shape)
     if phase == "forward":

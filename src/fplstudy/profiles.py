@@ -28,7 +28,8 @@ Fields (units in the names; every number must lie in the physically plausible ra
   block's sustained training FLOP/s, each 1e3..1e18, e.g. ``{cnn: {conv1: 1.2e+10, conv2: 4.5e+10}}``, plain or
   as ``{value: {…}, status: …, source: …}``; written by ``fplstudy calibrate``). With it, a compute call of the
   named model costs Σ over its blocks of block FLOPs / block rate (:func:`fplstudy.ledger.price_compute`);
-  blocks it does not name (the junction adapter, a block fed a ``concat`` view) use ``flops_per_s``.
+  blocks it does not name, a block fed a ``concat`` view, and the junction adapter (the block ``adapter``) at
+  another junction than the model's default (where ``fplstudy calibrate`` times it) use ``flops_per_s``.
   ``block_call_s`` (optional, same shape, each 0..3600 s: the seconds a call of the block costs whatever its
   batch, so that a small batch runs below the block's rate; ``fplstudy calibrate --fit-batch`` fits it from two
   batch sizes) adds its block's seconds to every call of the block; a block it does not name adds none.

@@ -26,7 +26,7 @@ import torch
 
 from fplstudy.events import Compute, Transfer
 from fplstudy.flops import BlockProfile, profile_block, profile_blocks
-from fplstudy.models import make_adapter
+from fplstudy.models import MODELS, make_adapter
 
 TRUNK = -1  # the chain index of the trunk where it runs on its own (``concat``: after the join)
 BATCH_KINDS = ("activations", "gradients", "labels")  # hops whose shape is per sample (times the batch)
@@ -124,6 +124,14 @@ def adapter_profile(shape: tuple[int, ...]) -> BlockProfile:
         torch.manual_seed(0)
         adapter = make_adapter(shape)
     return profile_block("adapter", adapter, shape)
+
+
+def default_adapter_shape(model: str, profile) -> tuple[int, ...] | None:
+    """Per-sample activation shape at ``model``'s default junction (``profile``: its block profiles): where an fpl
+    plan's adapter sits unless ``junction_at`` moves it, and where ``fplstudy calibrate`` times the adapter, whose
+    rate therefore prices it at this shape only; None for a model whose default junction is 0."""
+    at = MODELS[model].default_junction
+    return tuple(profile[at - 1].out_shape) if at > 0 else None
 
 
 def chunk_profiles(plan, blocks: tuple[str, ...], in_shape: tuple[int, ...]) -> tuple[BlockProfile, ...]:

@@ -4,7 +4,7 @@
 after ``S`` seconds of sleep, against the same calls in a tight loop, and the ledger prices every call that starts
 cold with that one line (``cold_s`` + ``cold_factor`` × warm seconds) whatever the node waited. On the testbed a
 node waits as long as its messages take: an ``mp`` stage about 0.04 s per batch on 100 Mbit/s links, 0.4 s on 10
-Mbit/s ones, seconds on LTE. This measures, in one run, :func:`fplstudy.calibrate.measure_together` at each wait
+Mbit/s ones, seconds on LTE. This measures, in one run, :func:`fplstudy.testbed.calibrate.measure_together` at each wait
 of ``--waits`` (as many processes at once as ``--processes``, each call timed by its CPU seconds as the testbed's
 ``dilate`` mode needs), and prints per wait the extra milliseconds of a cold short and long call, the line
 through them, and each wait's extras over the first wait's.
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fplstudy.calibrate import measure_together
+from fplstudy.testbed.calibrate import measure_together
 
 
 def extras(row: dict) -> tuple[float, float]:

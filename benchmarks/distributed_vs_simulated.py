@@ -20,11 +20,11 @@ import time
 import torch
 
 from fplstudy.config import load_config
-from fplstudy.distributed import train_distributed
-from fplstudy.engine import train
-from fplstudy.partition import load_partitioned
-from fplstudy.plan import resolve
-from fplstudy.runner import set_threads
+from fplstudy.train.distributed import train_distributed
+from fplstudy.train.engine import train
+from fplstudy.facts.partition import load_partitioned
+from fplstudy.plans.plan import resolve
+from fplstudy.train.runner import set_threads
 
 
 def main(strategy: str = "fpl", rounds: int = 3, model: str = "cnn") -> None:

@@ -4,7 +4,7 @@ Usage: ``python benchmarks/dry_run_speed.py [key=value ...]`` (config overrides,
 Prints the first call (includes one-time imports of the dataset loader and block profiling) and the
 median of repeated calls on fresh configs (what a sweep over thousands of plans pays per plan).
 
-Then the plan search's pricing (``fplstudy.explore.price``) on a seeded sample of the plans that
+Then the plan search's pricing (``fplstudy.costs.search.price``) on a seeded sample of the plans that
 ``fplstudy explore`` enumerates for the config's model and ``--nodes`` (default 8): the reference path
 (``fast=False``: the period's event stream priced event by event) against the fast path, on the same
 plans in the same run, with their ratio. ``--sample N`` (default 100) plans, ``--all`` for every plan.
@@ -19,7 +19,7 @@ import time
 import torch
 
 from fplstudy.config import load_config
-from fplstudy.dryrun import dry_run
+from fplstudy.costs.dryrun import dry_run
 
 
 def _options(argv: list[str]) -> tuple[list[str], dict]:
@@ -39,7 +39,7 @@ def search_pricing(argv: list[str], nodes: int, sample: int | None) -> None:
     """Per-plan time of explore.price, reference against fast, on the same plans in one run."""
     import random
 
-    from fplstudy.explore import enumerate_plans, price
+    from fplstudy.costs.search import enumerate_plans, price
 
     t0 = time.perf_counter()
     plans, refused = enumerate_plans(load_config(None, argv), nodes)

@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from fplstudy.config import load_config
-from fplstudy.engine import train
-from fplstudy.partition import load_partitioned
-from fplstudy.models import build_model
-from fplstudy.plan import resolve
-from fplstudy.runner import set_threads
+from fplstudy.train.engine import train
+from fplstudy.facts.partition import load_partitioned
+from fplstudy.facts.models import build_model
+from fplstudy.plans.plan import resolve
+from fplstudy.train.runner import set_threads
 
 
 def bare_loop(split, rounds: int, seed: int = 0) -> float:

@@ -7,8 +7,8 @@ Usage: ``python benchmarks/placement_search.py [--nodes 8] [--topology fog_wifi]
 Prints, from one run: the plan shapes enumerated (and the seconds that took), the placements priced
 (how many shapes were searched exhaustively, how many sampled), the whole search's plans per minute, and
 then, on a seeded sample of 50 of the priced placements, the search's time per placed plan (one shape's
-round programs reused, :func:`fplstudy.explore.price_placements`) against pricing each placed plan from its
-config (``resolve`` + :func:`fplstudy.explore.price`), with their ratio and the largest relative difference
+round programs reused, :func:`fplstudy.costs.search.price_placements`) against pricing each placed plan from its
+config (``resolve`` + :func:`fplstudy.costs.search.price`), with their ratio and the largest relative difference
 of any cost between the two.
 """
 
@@ -34,8 +34,8 @@ def _options(argv: list[str]) -> tuple[list[str], dict]:
 
 
 def main(argv: list[str]) -> None:
-    from fplstudy.explore import explore, placed, price, price_placements
-    from fplstudy.plan import resolve
+    from fplstudy.costs.search import explore, placed, price, price_placements
+    from fplstudy.plans.plan import resolve
 
     rest, opts = _options(argv)
     base = load_config(None, [*rest, f"topology={opts['topology']}"])

@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fplstudy import study
+from fplstudy.study import params as study
 
 PLANS = ("centralized-1-iid", "mp-4-iid", "fl-4-iid", "sl-4-iid", "fpl-4-adapter-iid")
 WAYS = ("native", "avx2", "sse41")

@@ -1,7 +1,7 @@
 """Validation of the cost model on the emulated testbed: predicted against measured, per plan and node.
 
 Runs every strategy at several node counts and link rates on digits with ``--backend emulated`` (root and
-Mininet needed, see ``fplstudy.testbed``), after calibrating this machine as the testbed runs it (as many
+Mininet needed, see ``fplstudy.testbed.emulation``), after calibrating this machine as the testbed runs it (as many
 processes at once as the plan has hosts, ``--concurrency hosts``, the default; or as many as it computes at
 once on average, ``--concurrency plan``: its predicted compute seconds over its predicted makespan, which
 measured no better, README; in a tight loop since a node's
@@ -29,7 +29,7 @@ machine before quoting the figures.
 
 With ``--topology FILE`` (a topology file or a shipped one's name) every run is on that site instead of
 the uniform links of ``--rates``: its nodes' devices, each link its own shaped pair of directions, relays
-as routers (``fplstudy.testbed``, *On a topology*); a run whose plan has more nodes than the site is listed
+as routers (``fplstudy.testbed.emulation``, *On a topology*); a run whose plan has more nodes than the site is listed
 as not run.
 
 Run: ``python benchmarks/testbed_validation.py --out runs/validation [--strategies fl,mp] [--nodes 2,4,8]
@@ -53,14 +53,14 @@ import torch
 import yaml
 from scipy.stats import wilcoxon
 
-from fplstudy.calibrate import calibrate
+from fplstudy.testbed.calibrate import calibrate
 from fplstudy.config import ConfigError, load_config
-from fplstudy.strategies import STRATEGIES
-from fplstudy.distributed import DistributedError
-from fplstudy.dryrun import dry_run, shard_sizes
-from fplstudy.plan import resolve
-from fplstudy.profiles import Profiles
-from fplstudy.testbed import error_summary, parity_figure, predicted, relative_error, run_emulated
+from fplstudy.plans.strategies import STRATEGIES
+from fplstudy.train.distributed import DistributedError
+from fplstudy.costs.dryrun import dry_run, shard_sizes
+from fplstudy.plans.plan import resolve
+from fplstudy.facts.profiles import Profiles
+from fplstudy.testbed.emulation import error_summary, parity_figure, predicted, relative_error, run_emulated
 
 def link_profiles(rates_mbit: list[str]) -> dict:
     """One link profile ``tb<rate>`` per rate: that many Mbit/s of TCP goodput both ways, no latency."""

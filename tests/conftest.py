@@ -13,9 +13,9 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def tiny_study(tmp_path_factory) -> tuple[object, Path]:
-    """``(study, folder)``: :func:`fplstudy.study.smoke_params`' study (2 rounds on 120 samples, 3 seeds,
+    """``(study, folder)``: :func:`fplstudy.study.params.smoke_params`' study (2 rounds on 120 samples, 3 seeds,
     15 plans of every strategy) trained into ``folder/runs`` and aggregated into ``folder``."""
-    from fplstudy import study
+    from fplstudy.study import params as study
 
     folder = tmp_path_factory.mktemp("tiny-study")
     the_study = study.load_study(study.smoke_params())
@@ -26,11 +26,11 @@ def tiny_study(tmp_path_factory) -> tuple[object, Path]:
 
 @pytest.fixture
 def calibrated():
-    """``calibrated(C, **numbers)``: a calibrated device profile as :func:`fplstudy.testbed.emulation` reads this
+    """``calibrated(C, **numbers)``: a calibrated device profile as :func:`fplstudy.testbed.emulation.emulation` reads this
     machine's (``here``): ``C`` training FLOP/s on one core (4e10 unless given), no power, and the calibration's
     other numbers as given (``call_overhead_s``, ``cold_factor``, ``batch_s``, ``cold_s``, ``block_flops_per_s``,
     ``block_call_s``; 0 or none unless given)."""
-    from fplstudy.profiles import DeviceProfile
+    from fplstudy.facts.profiles import DeviceProfile
 
     def make(flops_per_s: float = 4e10, **numbers) -> DeviceProfile:
         return DeviceProfile("calibrated", flops_per_s=flops_per_s, active_w=0.0, idle_w=0.0, **numbers)

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from fplstudy import testbed
-from fplstudy.calibrate import calibrate, fit_block_costs
+from fplstudy.testbed import emulation as testbed
+from fplstudy.testbed.calibrate import calibrate, fit_block_costs
 from fplstudy.config import ConfigError, make_config
-from fplstudy.ledger import chunk_block_flops, price_compute
-from fplstudy.plan import resolve
-from fplstudy.profiles import DeviceProfile, ProfileError, check_profiles, load_profiles
+from fplstudy.costs.ledger import chunk_block_flops, price_compute
+from fplstudy.plans.plan import resolve
+from fplstudy.facts.profiles import DeviceProfile, ProfileError, check_profiles, load_profiles
 
 
 def _plan(**kw):

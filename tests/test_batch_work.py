@@ -10,15 +10,15 @@ import math
 
 import pytest
 
-from fplstudy import testbed
-from fplstudy.calibrate import calibrate, training_inputs
+from fplstudy.testbed import emulation as testbed
+from fplstudy.testbed.calibrate import calibrate, training_inputs
 from fplstudy.config import make_config
-from fplstudy.datasets import files_present
-from fplstudy.dryrun import plan_events, price_plan, shard_sizes
-from fplstudy.events import Compute
-from fplstudy.ledger import cold_calls, opens_batch, price_compute
-from fplstudy.plan import resolve
-from fplstudy.profiles import DeviceProfile, ProfileError, check_profiles, load_profiles
+from fplstudy.facts.datasets import files_present
+from fplstudy.costs.dryrun import plan_events, price_plan, shard_sizes
+from fplstudy.plans.events import Compute
+from fplstudy.costs.ledger import cold_calls, opens_batch, price_compute
+from fplstudy.plans.plan import resolve
+from fplstudy.facts.profiles import DeviceProfile, ProfileError, check_profiles, load_profiles
 
 TINY = {"max_train_samples": 100, "rounds": 2, "batch_size": 64}  # shards of 100 samples: two batches a round
 

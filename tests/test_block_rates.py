@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from fplstudy.calibrate import block_rates, block_training_flops, calibrate, training_flops_per_sample
+from fplstudy.testbed.calibrate import block_rates, block_training_flops, calibrate, training_flops_per_sample
 from fplstudy.config import ConfigError, make_config
-from fplstudy.dryrun import plan_events, price_plan, shard_sizes
-from fplstudy.events import Compute
-from fplstudy.ledger import chunk_block_flops, chunk_flops, event_costs, price, price_compute
-from fplstudy.plan import resolve
-from fplstudy.profiles import DeviceProfile, ProfileError, check_profiles, load_profiles
+from fplstudy.costs.dryrun import plan_events, price_plan, shard_sizes
+from fplstudy.plans.events import Compute
+from fplstudy.costs.ledger import chunk_block_flops, chunk_flops, event_costs, price, price_compute
+from fplstudy.plans.plan import resolve
+from fplstudy.facts.profiles import DeviceProfile, ProfileError, check_profiles, load_profiles
 
 RATED = """devices:
   rated:
@@ -353,7 +353,7 @@ def test_calibrate_writes_block_rates_whose_harmonic_mean_is_the_whole_model_rat
     written = dev.block_flops_per_s["cnn"]
     assert written == {b: float(f"{r:.4g}") for b, r in row["block_flops_per_s"].items()}
     written = {b: written[b] for b in row["blocks"]}
-    assert dev.status["block_flops_per_s"] == "M" and "fplstudy.calibrate.block_rates" in dev.source["block_flops_per_s"]
+    assert dev.status["block_flops_per_s"] == "M" and "fplstudy.testbed.calibrate.block_rates" in dev.source["block_flops_per_s"]
     h_written = sum(flops.values()) / sum(flops[b] / written[b] for b in written)
     assert h_written == pytest.approx(harmonic, rel=1e-3)
 
@@ -363,7 +363,7 @@ def test_calls_after_a_wait_time_the_calls_never_the_sleeps(tmp_path):
     calls after 0.05 s idle each would count at least 0.1 s if the sleeps were timed (the cut step of 16 calls,
     0.8 s; the adapter's two, 0.1 s); the cnn step at batch 2 takes milliseconds. The profile says how it was
     measured."""
-    from fplstudy.calibrate import measure
+    from fplstudy.testbed.calibrate import measure
 
     row = measure("cnn", batch_size=2, seconds=0.2, wait_s=0.05)
     assert row["wait_s"] == 0.05 and row["steps"] == 15  # one step of each of 3 kinds per window: the sleeps fill it
@@ -381,7 +381,7 @@ def test_the_cpu_clock_leaves_out_the_seconds_a_call_is_off_the_cpu(tmp_path, mo
     computes for about a millisecond); the whole step likewise loses the sleep. The profile says which clock timed it."""
     from torch import nn
 
-    from fplstudy import calibrate as cal
+    from fplstudy.testbed import calibrate as cal
 
     class Sleepy(nn.Module):
         def __init__(self, inner):
@@ -417,7 +417,7 @@ def test_calibration_in_processes_at_once_gives_the_medians_over_them(tmp_path):
     """``processes=2`` measures in two spawned processes together; the rate is the median (the mean of two)
     of theirs, every block has one, the steps add up, and the profile says so."""
     out = tmp_path / "host.yaml"
-    row = calibrate(out, models=["cnn"], batch_size=4, seconds=0.3, processes=2)[0]  # fplstudy.calibrate.measure_together
+    row = calibrate(out, models=["cnn"], batch_size=4, seconds=0.3, processes=2)[0]  # fplstudy.testbed.calibrate.measure_together
     assert row["processes"] == 2 and row["steps"] >= 2 * 2 * 5
     assert math.isfinite(row["flops_per_s"]) and row["flops_per_s"] > 0
     assert set(row["block_flops_per_s"]) <= set(row["block_flops"]) and row["block_flops_per_s"]

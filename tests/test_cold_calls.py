@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import pytest
 
-from fplstudy import testbed
-from fplstudy.calibrate import calibrate, fit_cold
+from fplstudy.testbed import emulation as testbed
+from fplstudy.testbed.calibrate import calibrate, fit_cold
 from fplstudy.config import ConfigError, make_config
-from fplstudy.dryrun import plan_events, price_plan, shard_sizes
-from fplstudy.events import Compute, Transfer
-from fplstudy.ledger import cold_calls, cold_flow, event_costs, price, price_compute
-from fplstudy.plan import resolve
-from fplstudy.profiles import DeviceProfile, check_profiles, load_profiles
+from fplstudy.costs.dryrun import plan_events, price_plan, shard_sizes
+from fplstudy.plans.events import Compute, Transfer
+from fplstudy.costs.ledger import cold_calls, cold_flow, event_costs, price, price_compute
+from fplstudy.plans.plan import resolve
+from fplstudy.facts.profiles import DeviceProfile, check_profiles, load_profiles
 
 TINY = {"max_train_samples": 100, "rounds": 2, "batch_size": 64}  # two batches a round
 
@@ -172,7 +172,7 @@ def test_calibrate_with_a_cold_wait_writes_the_factor_it_measured(tmp_path):
     assert 0 < row["forward_s"] < row["whole_s"] and row["cold_forward_s"] > 0
     dev = load_profiles(out).device("calibrated_cnn_b16")
     assert dev.cold_factor == float(f"{row['cold_factor']:.4g}") and dev.cold_s == float(f"{row['cold_s']:.4g}")
-    assert "fplstudy.calibrate.fit_cold" in dev.source["cold_s"]
+    assert "fplstudy.testbed.calibrate.fit_cold" in dev.source["cold_s"]
     plain = tmp_path / "plain.yaml"
     row = calibrate(plain, models=["cnn"], batch_size=16, seconds=0.3)[0]
     assert "cold_factor" not in row and load_profiles(plain).device("calibrated_cnn_b16").cold_factor == 0.0

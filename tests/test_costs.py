@@ -22,17 +22,17 @@ import pytest
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from fplstudy import engine
+from fplstudy.train import engine
 from fplstudy.config import ConfigError, make_config
-from fplstudy.dryrun import dry_run, plan_events
-from fplstudy.events import Compute, Transfer
-from fplstudy.ledger import (chunk_flops, event_costs, price, price_compute, price_message, read_ledger_csv, totals,
+from fplstudy.costs.dryrun import dry_run, plan_events
+from fplstudy.plans.events import Compute, Transfer
+from fplstudy.costs.ledger import (chunk_flops, event_costs, price, price_compute, price_message, read_ledger_csv, totals,
                              write_ledger_csv)
-from fplstudy.makespan import schedule_round
-from fplstudy.memory import model_size, peak_memory
-from fplstudy.models import MODELS, ModelInfo
-from fplstudy.plan import Node, resolve
-from fplstudy.profiles import (ProfileError, STATUSES, DeviceProfile, LinkProfile, check_profiles, device_key,
+from fplstudy.costs.makespan import schedule_round
+from fplstudy.costs.memory import model_size, peak_memory
+from fplstudy.facts.models import MODELS, ModelInfo
+from fplstudy.plans.plan import Node, resolve
+from fplstudy.facts.profiles import (ProfileError, STATUSES, DeviceProfile, LinkProfile, check_profiles, device_key,
                                load_profiles)
 
 

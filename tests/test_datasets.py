@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from fplstudy.datasets import DATASET_META, DATASETS, DatasetSplit, load_dataset, subsample
+from fplstudy.facts.datasets import DATASET_META, DATASETS, DatasetSplit, load_dataset, subsample
 
 N_TRAIN, N_TEST = 12, 5  # samples in the synthetic files
 
@@ -208,7 +208,7 @@ def test_digits_max_train_samples_is_a_deterministic_subset(digits0):
 
 def test_digits_read_from_the_tracked_copy_when_present(tmp_path):
     """data/digits/*.npy (what data.dvc tracks) is what trains; it equals scikit-learn's copy."""
-    from fplstudy.datasets import digits_pixels, load_dataset
+    from fplstudy.facts.datasets import digits_pixels, load_dataset
 
     images, target = digits_pixels(None)
     (tmp_path / "digits").mkdir()

@@ -1,4 +1,4 @@
-"""The dropout sweep (fplstudy.degradation, issue 13 part 4): its refusals, its statistics by hand, and a
+"""The dropout sweep (fplstudy.study.dropout, issue 13 part 4): its refusals, its statistics by hand, and a
 tiny real sweep end to end (trained runs, tables, findings, figure, resume)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from fplstudy.degradation import comparisons, kept, load_sweep, run_sweep, train_sweep
-from fplstudy.study import StudyError
+from fplstudy.study.dropout import comparisons, kept, load_sweep, run_sweep, train_sweep
+from fplstudy.study.params import StudyError
 
 TINY = {"dataset": "digits", "max_train_samples": 96, "rounds": 2, "batch_size": 16, "threads": 1}
 

@@ -21,16 +21,16 @@ import psutil
 import pytest
 import torch
 
-from fplstudy import engine
+from fplstudy.train import engine
 from fplstudy.config import make_config
-from fplstudy.distributed import (FAULT_ENV, FAULT_EXIT_CODE, WIRE_COLUMNS, DistributedError, DistributedTransport,
+from fplstudy.train.distributed import (FAULT_ENV, FAULT_EXIT_CODE, WIRE_COLUMNS, DistributedError, DistributedTransport,
                                   LaunchError, WireMismatch, check_wire, events_bytes, load_state_bytes, state_bytes,
                                   store_server, train_distributed, wire_table)
-from fplstudy.events import TRANSFER_KINDS, Compute, Transfer
-from fplstudy.ledger import price
-from fplstudy.partition import load_partitioned
-from fplstudy.plan import resolve
-from fplstudy.profiles import check_profiles
+from fplstudy.plans.events import TRANSFER_KINDS, Compute, Transfer
+from fplstudy.costs.ledger import price
+from fplstudy.facts.partition import load_partitioned
+from fplstudy.plans.plan import resolve
+from fplstudy.facts.profiles import check_profiles
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")
@@ -152,7 +152,7 @@ def test_last_step_is_the_highest_step_computed_this_round():
 
 
 def test_killed_worker_stops_the_run_with_the_node_and_round_and_keeps_round_0(tmp_path, monkeypatch):
-    from fplstudy.runner import run
+    from fplstudy.train.runner import run
 
     monkeypatch.setenv(FAULT_ENV, "n2@1")  # node n2 calls os._exit at its first step of round 1
     before = _children()
@@ -295,11 +295,11 @@ _RANK0_SCORES = """
 import sys, torch, torch.distributed
 from datetime import timedelta
 torch.set_num_threads(1)
-from fplstudy import engine
+from fplstudy.train import engine
 from fplstudy.config import make_config
-from fplstudy.distributed import DistributedTransport, _NodeFailure, rendezvous, store_server
-from fplstudy.partition import load_partitioned
-from fplstudy.plan import resolve
+from fplstudy.train.distributed import DistributedTransport, _NodeFailure, rendezvous, store_server
+from fplstudy.facts.partition import load_partitioned
+from fplstudy.plans.plan import resolve
 plan = resolve(make_config(dict(strategy="mp", nodes=2, max_train_samples=64, rounds=1, batch_size=16)))
 store = store_server("127.0.0.1", 0, 120)  # the peer starts only now: its imports count against the rendezvous
 print(store.port, flush=True)
@@ -317,7 +317,7 @@ except _NodeFailure as exc:
 _EVIL_PEER = """
 import pathlib, sys, torch.distributed as dist
 from datetime import timedelta
-from fplstudy.distributed import rendezvous
+from fplstudy.train.distributed import rendezvous
 
 class Payload:  # unpickling it creates the marker file: what a malicious peer would make run on rank 0
     def __reduce__(self):

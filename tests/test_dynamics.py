@@ -1,4 +1,4 @@
-"""The participation model (fplstudy.dynamics, issue 13 part 3): every rule against hand-written turnouts."""
+"""The participation model (fplstudy.plans.dynamics, issue 13 part 3): every rule against hand-written turnouts."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ import torch
 from scipy import stats
 
 from fplstudy.config import ConfigError, make_config
-from fplstudy.dryrun import plan_events, price_plan, shard_sizes
-from fplstudy.dynamics import plan_turnouts, turnouts
-from fplstudy.engine import SimulatedTransport, build_holdings, catch_up, train
-from fplstudy.engine import _flat_state as _flat
-from fplstudy.events import Compute, Transfer
-from fplstudy.ledger import price
-from fplstudy.plan import resolve
-from fplstudy.runner import prepare
-from fplstudy.schedule import catch_up_item
+from fplstudy.costs.dryrun import plan_events, price_plan, shard_sizes
+from fplstudy.plans.dynamics import plan_turnouts, turnouts
+from fplstudy.train.engine import SimulatedTransport, build_holdings, catch_up, train
+from fplstudy.train.engine import _flat_state as _flat
+from fplstudy.plans.events import Compute, Transfer
+from fplstudy.costs.ledger import price
+from fplstudy.plans.plan import resolve
+from fplstudy.train.runner import prepare
+from fplstudy.plans.program import catch_up_item
 
 
 def _plan(strategy: str, **keys):
@@ -276,7 +276,7 @@ def test_missing_trace_file_and_bad_keys_are_refused(tmp_path):
                                                  ("mp", 3, [(1, "n1")]),  # round 1 lost
                                                  ("sl", 4, [(1, "n2")])])  # the head's holder away
 def test_simulated_equals_distributed_on_a_traced_plan(tmp_path, strategy, nodes, rows):
-    from fplstudy.distributed import check_wire, train_distributed
+    from fplstudy.train.distributed import check_wire, train_distributed
 
     plan = _traced(tmp_path, strategy, nodes, rows)
     dist = train_distributed(plan, timeout_s=60)

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from fplstudy.config import load_config
-from fplstudy.engine import SimulatedTransport, fedavg, sync_branches, train, build_holdings
-from fplstudy.schedule import round_batches
-from fplstudy.events import Transfer
-from fplstudy.plan import resolve
-from fplstudy.runner import run
+from fplstudy.train.engine import SimulatedTransport, fedavg, sync_branches, train, build_holdings
+from fplstudy.plans.program import round_batches
+from fplstudy.plans.events import Transfer
+from fplstudy.plans.plan import resolve
+from fplstudy.train.runner import run
 
 TINY = {"max_train_samples": 128, "rounds": 2, "batch_size": 16}
 
@@ -71,7 +71,7 @@ def test_fpl_adapter_one_branch_starts_as_the_uncut_model():
     plan = resolve(load_config(None, {"strategy": "fpl", "nodes": 2}))
     hold = build_holdings(plan)
     torch.manual_seed(plan.config.seed)
-    from fplstudy.models import build_model
+    from fplstudy.facts.models import build_model
 
     whole = build_model(plan.model, plan.input_shape, plan.num_classes)
     x = torch.randn(5, *plan.input_shape)

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from fplstudy.config import make_config
-from fplstudy.dryrun import dry_run
-from fplstudy.explore import enumerate_plans, explore, front_csv, pareto_front, price
-from fplstudy.plan import resolve
+from fplstudy.costs.dryrun import dry_run
+from fplstudy.costs.search import enumerate_plans, explore, front_csv, pareto_front, price
+from fplstudy.plans.plan import resolve
 
 SMALL = {"max_train_samples": 200, "rounds": 1}
 
@@ -70,7 +70,7 @@ def test_front_is_non_dominated(three_nodes):
 
 def test_front_configs_rebuild_the_plans(three_nodes):
     for cfg, name in zip(three_nodes.configs(), three_nodes.front["name"]):
-        from fplstudy.explore import plan_name
+        from fplstudy.costs.search import plan_name
 
         assert plan_name(resolve(cfg)) == name
 
@@ -90,7 +90,7 @@ def test_price_equals_the_dry_run(values):
 
 def test_enumerate_balanced_is_a_subset(three_nodes):
     plans, _ = enumerate_plans(make_config(SMALL), 3, cuts="balanced")
-    from fplstudy.explore import plan_name
+    from fplstudy.costs.search import plan_name
 
     assert {plan_name(p) for p in plans} <= set(three_nodes.plans["name"])
 

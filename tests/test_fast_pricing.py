@@ -1,7 +1,7 @@
 """The fast pricing path (one-pass schedule, per-batch templates, array sums) gives the reference ledger.
 
 The reference is the event-by-event path: ``ledger.price(..., fast=False)`` (list scheduling of every
-round's event DAG, :func:`fplstudy.makespan.schedule_round`). The fast paths are ``ledger.price`` on an
+round's event DAG, :func:`fplstudy.costs.makespan.schedule_round`). The fast paths are ``ledger.price`` on an
 event stream and ``dryrun.price_plan`` (no event stream at all). Floats must agree to 1e-12 relative
 (they are in fact the same floats: the fast path does the same additions in the same order).
 """
@@ -14,13 +14,13 @@ import pandas as pd
 import pytest
 
 from fplstudy.config import make_config
-from fplstudy.dryrun import plan_events, price_plan, settle_deadline, shard_sizes
-from fplstudy.events import Compute, Transfer
-from fplstudy.explore import enumerate_plans
-from fplstudy.ledger import Pricer, price
-from fplstudy.makespan import TASK_COMPUTE, TASK_DATA, fast_path_applies, schedule_fixed_order, schedule_round
-from fplstudy.plan import resolve
-from fplstudy.profiles import check_profiles
+from fplstudy.costs.dryrun import plan_events, price_plan, settle_deadline, shard_sizes
+from fplstudy.plans.events import Compute, Transfer
+from fplstudy.costs.search import enumerate_plans
+from fplstudy.costs.ledger import Pricer, price
+from fplstudy.costs.makespan import TASK_COMPUTE, TASK_DATA, fast_path_applies, schedule_fixed_order, schedule_round
+from fplstudy.plans.plan import resolve
+from fplstudy.facts.profiles import check_profiles
 
 SMALL = {"max_train_samples": 200, "rounds": 3}
 

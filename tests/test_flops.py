@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from fplstudy.flops import count_flops, profile_block, profile_model
+from fplstudy.facts.flops import count_flops, profile_block, profile_model
 
 # (layer, per-sample input shape, hand-counted forward FLOPs per sample)
 LAYERS = {
@@ -51,7 +51,7 @@ def test_conv_flops_scale_with_the_batch(name):
 def test_torch_alone_overcounts_the_depthwise_weight_gradient_by_the_groups():
     """Why the formula is replaced: torch's own count multiplies the weight gradient by all input
     channels (4) instead of one group's (1). If this fails, torch counts groups itself now and the
-    replacement in fplstudy.flops can go."""
+    replacement in fplstudy.facts.flops can go."""
     make, shape, fwd = LAYERS["depthwise"]
     layer = make()
     y = layer(torch.zeros((1, *shape)))  # input needs no gradient: the weight gradient alone

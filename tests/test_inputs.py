@@ -259,7 +259,7 @@ def test_test_fraction_bounds_follow_the_dataset_size():
     """digits has 1797 samples in 10 classes: scikit-learn's stratified split needs at least one test
     and one training sample per class, so ceil(f * 1797) must lie in 10..1787."""
     from fplstudy.config import ConfigError, make_config
-    from fplstudy.plan import resolve
+    from fplstudy.plans.plan import resolve
 
     for good in (9.5 / 1797, 1786.5 / 1797):  # 10 test samples; 1787 test samples (10 for training)
         resolve(make_config({"test_fraction": good}))
@@ -271,8 +271,8 @@ def test_test_fraction_bounds_follow_the_dataset_size():
 def test_branch_count_bound_is_the_training_set_size():
     """Every branch needs at least one training sample (so at least one batch)."""
     from fplstudy.config import ConfigError, make_config
-    from fplstudy.partition import load_partitioned
-    from fplstudy.plan import resolve
+    from fplstudy.facts.partition import load_partitioned
+    from fplstudy.plans.plan import resolve
 
     plan = resolve(make_config({"strategy": "fl", "nodes": 5, "max_train_samples": 5}))
     _, part = load_partitioned(plan)
@@ -282,7 +282,7 @@ def test_branch_count_bound_is_the_training_set_size():
 
 
 def test_every_shipped_profile_lies_inside_the_profile_bounds():
-    from fplstudy.profiles import BOUNDS, load_profiles
+    from fplstudy.facts.profiles import BOUNDS, load_profiles
 
     prof = load_profiles()
     for section, entries in (("devices", prof.devices), ("links", prof.links)):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fplstudy import datasets
+from fplstudy.facts import datasets
 from fplstudy.config import make_config
-from fplstudy.runner import run
+from fplstudy.train.runner import run
 
 
 def test_the_images_are_real_mnist_and_the_split_is_seeded_and_stratified():

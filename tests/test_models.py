@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from fplstudy.models import MODELS, block_names, build_model, cut, make_adapter
+from fplstudy.facts.models import MODELS, block_names, build_model, cut, make_adapter
 
 NATURAL_SHAPE = {  # per-sample input shape each model is meant for
     "cnn": (1, 8, 8),  # digits

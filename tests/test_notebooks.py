@@ -18,7 +18,7 @@ import papermill as pm
 import pytest
 import yaml
 
-from fplstudy import study
+from fplstudy.study import params as study
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from fplstudy import study
+from fplstudy.study import params as study
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # dvc and papermill of the interpreter running the tests

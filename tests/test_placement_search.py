@@ -12,13 +12,13 @@ import pytest
 import yaml
 
 from fplstudy.config import ConfigError, make_config
-from fplstudy.dryrun import plan_events, round_shapes, shard_sizes
-from fplstudy.events import Transfer
-from fplstudy.explore import (data_owners, enumerate_plans, explore, interchangeable, network_joules, pair_bytes,
+from fplstudy.costs.dryrun import plan_events, round_shapes, shard_sizes
+from fplstudy.plans.events import Transfer
+from fplstudy.costs.search import (data_owners, enumerate_plans, explore, interchangeable, network_joules, pair_bytes,
                               placed, placements, price, price_placements)
-from fplstudy.ledger import price as price_events, totals
-from fplstudy.plan import resolve
-from fplstudy.profiles import check_profiles
+from fplstudy.costs.ledger import price as price_events, totals
+from fplstudy.plans.plan import resolve
+from fplstudy.facts.profiles import check_profiles
 
 HAND = {"links": {
     "radio": {"up_bps": 1.0e6, "down_bps": 2.0e6, "tx_j_per_bit": 1.0e-7, "rx_j_per_bit": 5.0e-8, "latency_s": 0.01},
@@ -203,8 +203,8 @@ def test_memory_bounds_the_search_and_flags_plans(tmp_path):
     ok = explore({**SMALL, **_keys(tmp_path)}, 2, strategies=("mp",), cuts="balanced")
     assert ok.plans["memory_fits"].all()
     # a run is refused before any work, naming the key that chose the device and the node's peak
-    from fplstudy.memory import memory_rows
-    from fplstudy.runner import prepare
+    from fplstudy.costs.memory import memory_rows
+    from fplstudy.train.runner import prepare
 
     cfg = make_config({**SMALL, **_keys(tmp_path, owner), "strategy": "mp", "nodes": 3})
     with pytest.raises(ConfigError) as err:

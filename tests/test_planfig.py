@@ -18,9 +18,9 @@ from __future__ import annotations
 import pytest
 
 from fplstudy.config import make_config
-from fplstudy.dryrun import dry_run
-from fplstudy.plan import resolve
-from fplstudy.planfig import draw_plan, plan_graph
+from fplstudy.costs.dryrun import dry_run
+from fplstudy.plans.plan import resolve
+from fplstudy.views.planfig import draw_plan, plan_graph
 
 EXPECTED = {  # strategy -> (nodes, boxes, arrows)
     "centralized": (1, 1, 0),
@@ -137,7 +137,7 @@ def _segment_hits_rect(seg, rect):
 
 
 def _label_rect(route):
-    from fplstudy.planfig import FONT_ARROW, LINE_H, text_width
+    from fplstudy.views.planfig import FONT_ARROW, LINE_H, text_width
 
     w, h = text_width(route.label, FONT_ARROW) + 0.05, FONT_ARROW * LINE_H + 0.03
     x, y = route.label_xy
@@ -162,7 +162,7 @@ def _cross(s, t):
 
 @pytest.fixture(scope="module", params=GRAPHS, ids=[name for name, _, _ in GRAPHS])
 def routed(request):
-    from fplstudy.planfig import arrow_routes
+    from fplstudy.views.planfig import arrow_routes
 
     _, values, max_rows = request.param
     plan = resolve(make_config({**SMALL, **values}))
@@ -248,7 +248,7 @@ def test_collapsed_rows_keep_the_data_and_hide_the_middle():
 def test_message_colours_are_the_shared_palette(tmp_path):
     from matplotlib.colors import to_rgb
 
-    from fplstudy.style import KIND_PALETTE
+    from fplstudy.views.style import KIND_PALETTE
 
     plan = resolve(make_config({**SMALL, "strategy": "sl", "nodes": 3}))
     fig = draw_plan(plan, ledger=dry_run(plan))

@@ -10,7 +10,7 @@ import matplotlib
 import pandas as pd
 import pytest
 
-from fplstudy import plots
+from fplstudy.views import figures as plots
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"

@@ -3,7 +3,7 @@
 Emulated CPUs (QEMU user mode) run the same run as this machine's AVX-512 CPU:
 
 - ``-cpu Haswell`` (AVX2 + FMA, no AVX-512) with the default study kernels (``kernels: avx2``,
-  ``fplstudy.study.KERNELS["avx2"]``): the run files are byte-identical to this machine's with the same
+  ``fplstudy.study.params.KERNELS["avx2"]``): the run files are byte-identical to this machine's with the same
   pinning; this machine's native AVX-512 kernels give other bytes, which shows the comparison can fail.
 - ``-cpu Nehalem`` (SSE4.2, no AVX) with ``kernels: sse41``: byte-identical to this machine's sse41 run;
   a study pinned to avx2 there is refused by the parent in one line naming ``study.kernels``, before any
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from fplstudy import study
+from fplstudy.study import params as study
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("qemu-x86_64") is None,

@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 from matplotlib.colors import to_rgb
 
-from fplstudy import explore, planfig, strategies, style, teach
+from fplstudy.costs import search as explore
+from fplstudy.views import planfig, style, teach
+from fplstudy.plans import strategies
 from fplstudy.config import ConfigError, make_config
-from fplstudy.plan import resolve
-from fplstudy.strategies import REGISTRY, STRATEGIES, Shape, preset, strategy
+from fplstudy.plans.plan import resolve
+from fplstudy.plans.strategies import REGISTRY, STRATEGIES, Shape, preset, strategy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,7 +97,7 @@ def test_too_many_branches_names_the_registrys_key_and_fix(values, key):
 def test_config_does_not_import_the_registry():
     """strategies reads config; config must not read strategies at import (no cycle)."""
     code = ("import sys, fplstudy.config; "
-            "print('fplstudy.strategies' in sys.modules, hasattr(fplstudy.config, 'STRATEGIES'))")
+            "print('fplstudy.plans.strategies' in sys.modules, hasattr(fplstudy.config, 'STRATEGIES'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                          env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr

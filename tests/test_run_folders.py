@@ -17,13 +17,13 @@ import pytest
 import torch
 from torch import nn
 
-from fplstudy import models
+from fplstudy.facts import models
 from fplstudy.cli import main
 from fplstudy.config import ConfigError, load_config
-from fplstudy.engine import build_holdings, train
-from fplstudy.plan import resolve
-from fplstudy.results import CHECKPOINT, VOLATILE, dumps_json, write_metrics
-from fplstudy.runner import RunFolder, RunFolderError, RunInterrupted, estimate_round_s, prepare, run
+from fplstudy.train.engine import build_holdings, train
+from fplstudy.plans.plan import resolve
+from fplstudy.train.results import CHECKPOINT, VOLATILE, dumps_json, write_metrics
+from fplstudy.train.runner import RunFolder, RunFolderError, RunInterrupted, estimate_round_s, prepare, run
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TINY = {"max_train_samples": 128, "rounds": 3, "batch_size": 16}
@@ -113,7 +113,7 @@ def test_a_signal_as_the_checkpoint_lands_keeps_rounds_and_checkpoint_in_step(tm
     which rows it holds): the run reads the rows from the file that landed, and ends with rounds.csv,
     metrics.json and the checkpoint agreeing on the rounds completed, and resumes to the uninterrupted run's
     files."""
-    from fplstudy import runner
+    from fplstudy.train import runner
 
     cfg = load_config(None, {**TINY, "strategy": "fl", "nodes": 2, "momentum": 0.9})
     whole = run(cfg, tmp_path / "whole", progress=False)
@@ -325,7 +325,7 @@ def test_ctrl_c_of_a_real_process_exits_130_with_one_line_and_keeps_completed_ro
 def test_every_written_json_file_is_strict(tmp_path):
     cfg = load_config(None, {**TINY, "strategy": "centralized", "nodes": 1, "lr": 1e6, "rounds": 2})
     assert run(cfg, tmp_path / "nan", progress=False).status == "diverged"  # NaN metrics
-    from fplstudy.study import run_plan
+    from fplstudy.study.params import run_plan
 
     run_plan(load_config(None, {**TINY, "strategy": "fl", "nodes": 2, "rounds": 1}), tmp_path / "plan")
     assert main(["cost", *TINY_ARGS, "--out", str(tmp_path / "cost")]) == 0

@@ -18,10 +18,10 @@ import pandas as pd
 import pytest
 
 from fplstudy.config import ConfigError, make_config
-from fplstudy.datasets import DATASET_CLASS_COUNTS, DATASET_SIZES, files_present
-from fplstudy.dryrun import FROM_DECLARED, FROM_FILES, dry_run
-from fplstudy.plan import resolve
-from fplstudy.scale import ScaleParams, crossover_grid, crossover_points, parse_params, run_scale
+from fplstudy.facts.datasets import DATASET_CLASS_COUNTS, DATASET_SIZES, files_present
+from fplstudy.costs.dryrun import FROM_DECLARED, FROM_FILES, dry_run
+from fplstudy.plans.plan import resolve
+from fplstudy.study.scale import ScaleParams, crossover_grid, crossover_points, parse_params, run_scale
 
 CIFAR10_TRAIN = 50_000
 
@@ -55,7 +55,7 @@ def test_fl_resnet18_params_up_per_client_per_round_by_hand(tmp_path):
     per_client = 4 * (11_173_962 + 2 * bn_channels)
     assert per_client == 44_734_248
 
-    from fplstudy.models import build_model
+    from fplstudy.facts.models import build_model
 
     state = build_model("resnet18", (3, 32, 32), 10).state_dict()
     ints = [k for k, v in state.items() if not v.is_floating_point()]
@@ -235,7 +235,7 @@ def test_crossover_of_a_hand_made_table():
 def test_crossover_of_two_priced_models_lies_where_the_arithmetic_says(tmp_path):
     """FL with 2 clients ships 2 x 2 x 4 x (floats of the model) per epoch; MP with 2 stages ships, per
     sample, the cut's activations and their gradients (2 x 4 x numel) and the label (8 B): n* is the ratio."""
-    from fplstudy.models import build_model
+    from fplstudy.facts.models import build_model
 
     params = ScaleParams(dataset="mnist", models=("cnn", "lenet5"), crossover_nodes=2,
                          crossover_samples=(200, 1000), crossover_against=("mp",),
@@ -274,7 +274,7 @@ def test_scale_params_refuse_bad_values_naming_key_value_and_fix():
 
 def test_the_shipped_scale_section_is_valid():
     from fplstudy.paths import ROOT
-    from fplstudy.scale import load_params
+    from fplstudy.study.scale import load_params
 
     params = load_params(Path(ROOT) / "params.yaml")
     assert params.dataset == "cifar10" and set(params.models) == {"vgg11", "resnet18", "mobilenetv2"}

@@ -67,7 +67,7 @@ def test_two_clones_each_run_their_own_code_and_outlive_each_other():
 
         shutil.rmtree(clones["a"])
         b = clones["b"]
-        assert python(b, "import torch, fplstudy.teach, fplstudy.planfig; print(torch.__version__)").startswith("2.14.1")
+        assert python(b, "import torch, fplstudy.views.teach, fplstudy.views.planfig; print(torch.__version__)").startswith("2.14.1")
         assert "nodes" in _run([str(b / ".venv" / "bin" / "fplstudy"), "keys"], b, env)
         assert f'"{b}/.venv/bin/python" -m pytest' in _run(["make", "-n", "test"], b, env)
         assert "tools/venv.py" not in _run(["make", "-n", "venv"], b, env)  # set up: nothing left to do

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fplstudy import study
+from fplstudy.study import params as study
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "fplstudy"
@@ -28,7 +28,7 @@ def test_every_dvc_stage_lists_exactly_the_code_it_runs():
             wrong.append(f"stage {name}: lists {sorted(set(listed) - set(runs))} that it does not run and misses "
                          f"{sorted(set(runs) - set(listed))}; give it\n{study._flow_list('  ', 'deps', [*other, *runs])}")
     assert not wrong, ("dvc.yaml's code deps are out of date (an import changed); run "
-                       "`python -m fplstudy.study deps --write`:\n" + "\n".join(wrong))
+                       "`python -m fplstudy.study.params deps --write`:\n" + "\n".join(wrong))
 
 
 def test_the_train_stage_covers_the_code_of_every_run():
@@ -51,7 +51,7 @@ def test_every_data_file_of_the_package_is_claimed_by_a_module():
     assert files, "the package ships no data file: the profiles are gone?"
     unclaimed = [p.relative_to(PACKAGE).as_posix() for p in files
                  if not any(p == c or c in p.parents for c in claimed)]
-    assert not unclaimed, f"{unclaimed}: claim them in fplstudy.study.MODULE_DATA under the module that reads them"
+    assert not unclaimed, f"{unclaimed}: claim them in fplstudy.study.params.MODULE_DATA under the module that reads them"
 
 
 def _package(root: Path, files: dict[str, str]) -> Path:

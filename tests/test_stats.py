@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from fplstudy import stats
+from fplstudy.study import stats
 
 # Student-t quantiles by hand from a table: t(0.975, 2) = 4.302653, t(0.975, 4) = 2.776445.
 T2, T4 = 4.302653, 2.776445

@@ -11,15 +11,15 @@ import torch
 from scipy import stats
 
 from fplstudy.config import ConfigError, make_config
-from fplstudy.dryrun import dry_run, plan_events, price_plan, settle_deadline
-from fplstudy.dynamics import plan_turnouts, turnouts
-from fplstudy.engine import _flat_state as _flat
-from fplstudy.engine import build_holdings, train
-from fplstudy.events import Compute, Transfer
-from fplstudy.explore import explore
-from fplstudy.ledger import event_costs, price
-from fplstudy.plan import resolve
-from fplstudy.runner import prepare
+from fplstudy.costs.dryrun import dry_run, plan_events, price_plan, settle_deadline
+from fplstudy.plans.dynamics import plan_turnouts, turnouts
+from fplstudy.train.engine import _flat_state as _flat
+from fplstudy.train.engine import build_holdings, train
+from fplstudy.plans.events import Compute, Transfer
+from fplstudy.costs.search import explore
+from fplstudy.costs.ledger import event_costs, price
+from fplstudy.plans.plan import resolve
+from fplstudy.train.runner import prepare
 
 COMPUTE = ["forward", "backward"]
 
@@ -232,7 +232,7 @@ def test_an_unsettled_deadline_plan_is_not_priced_and_explore_refuses_a_deadline
 
 
 def test_simulated_equals_distributed_with_a_late_branch():
-    from fplstudy.distributed import check_wire, train_distributed
+    from fplstudy.train.distributed import check_wire, train_distributed
 
     plan, profiles, data = _two_clients()
     steps, up, _ = _by_hand(plan, profiles, data)
@@ -257,7 +257,7 @@ def test_simulated_equals_distributed_with_a_late_branch():
 
 @pytest.mark.parametrize("keys", [{"straggler_prob": 0.2, "straggler_slowdown": 2.0}, {"round_deadline_s": 1.0}])
 def test_the_emulated_testbed_refuses_stragglers_and_deadlines_before_anything_is_built(keys):
-    from fplstudy.testbed import prepare_emulation
+    from fplstudy.testbed.emulation import prepare_emulation
 
     with pytest.raises(ConfigError) as err:
         prepare_emulation(make_config({"strategy": "fl", "nodes": 2, "rounds": 1, **keys}))

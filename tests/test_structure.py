@@ -7,7 +7,7 @@ import ast
 import re
 from pathlib import Path
 
-from fplstudy.study import runtime_nodes
+from fplstudy.study.params import runtime_nodes
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "fplstudy"
@@ -66,14 +66,14 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_imports_inside_functions_count_and_type_checking_ones_do_not(tmp_path):
     mod = tmp_path / "m.py"
-    mod.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from fplstudy.plan import Plan\n"
-                   "def f():\n    from fplstudy.engine import train\n")
-    assert [m for m, _n, _l in _imports(mod)] == ["fplstudy.engine"]
+    mod.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from fplstudy.plans.plan import Plan\n"
+                   "def f():\n    from fplstudy.train.engine import train\n")
+    assert [m for m, _n, _l in _imports(mod)] == ["fplstudy.train.engine"]
 
 
 def test_no_import_cycle_counting_function_local_imports():
     graph = _graph()
-    assert "fplstudy.engine" in graph and "fplstudy.schedule" in graph["fplstudy.engine"]
+    assert "fplstudy.train.engine" in graph and "fplstudy.plans.program" in graph["fplstudy.train.engine"]
     cycle = _cycle(graph)
     assert cycle is None, f"import cycle: {' -> '.join(cycle)}"
 
@@ -98,9 +98,9 @@ def test_costing_never_climbs_into_the_training_engine():
                 todo += graph.get(n, ())
         return seen
 
-    for module in ("fplstudy.schedule", "fplstudy.dryrun", "fplstudy.ledger", "fplstudy.memory",
-                   "fplstudy.makespan"):
-        assert "fplstudy.engine" not in closure(module), module
+    for module in ("fplstudy.plans.program", "fplstudy.costs.dryrun", "fplstudy.costs.ledger", "fplstudy.costs.memory",
+                   "fplstudy.costs.makespan"):
+        assert "fplstudy.train.engine" not in closure(module), module
 
 
 def _layers() -> list[list[str]]:
@@ -113,7 +113,7 @@ def _layers() -> list[list[str]]:
 def test_every_module_stands_in_the_design_tables_rows_and_imports_only_its_row_or_above():
     graph, layers = _graph(), _layers()
     row = {m: i for i, mods in enumerate(layers) for m in mods}
-    assert len(layers) >= 10 and row["fplstudy.schedule"] < row["fplstudy.engine"]
+    assert len(layers) >= 10 and row["fplstudy.plans.program"] < row["fplstudy.train.engine"]
     unplaced = sorted(set(graph) - set(row) - {"fplstudy"})
     assert not unplaced, f"modules missing from docs/DESIGN.md's structure table: {unplaced}"
     assert not set(row) - set(graph), f"the table names modules that do not exist: {sorted(set(row) - set(graph))}"

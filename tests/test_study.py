@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from fplstudy import stats, study
+from fplstudy.study import stats, params as study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,7 +69,7 @@ def test_a_bad_value_never_reaches_the_dvc_command(tmp_path: Path):
     params["study"]["groups"]["x; touch pwned"] = {"strategy": ["fl"], "nodes": [2]}
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
-    proc = subprocess.run([sys.executable, "-m", "fplstudy.study", "check", "--params", str(path)],
+    proc = subprocess.run([sys.executable, "-m", "fplstudy.study.params", "check", "--params", str(path)],
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2 and "group name" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "pwned").exists()
@@ -170,8 +170,8 @@ def test_the_same_seed_gives_every_strategy_the_same_data(partition):
     shards, whatever their strategy (fl with 2 clients, sl/sfl with 2 clients + a server, fpl with 2 branches);
     another seed moves both."""
     from fplstudy.config import make_config
-    from fplstudy.partition import load_partitioned
-    from fplstudy.plan import resolve
+    from fplstudy.facts.partition import load_partitioned
+    from fplstudy.plans.plan import resolve
 
     def data(strategy: str, nodes: int, seed: int):
         cfg = make_config({"strategy": strategy, "nodes": nodes, "partition": partition, "seed": seed})

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import seaborn as sns
 
-from fplstudy import style
+from fplstudy.views import style
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,7 @@ def test_palettes_are_seaborns_colorblind():
 
 
 def test_study_figures_use_the_same_colours():
-    from fplstudy import plots
+    from fplstudy.views import figures as plots
 
     assert dict(plots.KIND_PALETTE) == style.KIND_PALETTE and dict(plots.PALETTE) == style.PALETTE
     assert plots.MARKERS == style.MARKERS and tuple(plots.KIND_ORDER) == style.KIND_ORDER
@@ -43,13 +43,13 @@ def test_figure_modules_leave_the_backend_alone(tmp_path):
         for module in pkgutil.iter_modules(fplstudy.__path__):  # every module of the package
             importlib.import_module("fplstudy." + module.name)
         from fplstudy.config import make_config
-        from fplstudy.plan import resolve
-        from fplstudy.planfig import draw_plan
+        from fplstudy.plans.plan import resolve
+        from fplstudy.views.planfig import draw_plan
         after_import = matplotlib.get_backend()
         draw_plan(resolve(make_config({{"strategy": "mp", "nodes": 2, "max_train_samples": 200}})),
                   path={str(tmp_path / "plan.png")!r})
         import pandas as pd
-        from fplstudy.testbed import parity_figure
+        from fplstudy.testbed.emulation import parity_figure
         trace = pd.DataFrame({{"warmup": [True, False, False], "round": [0, 1, 1], "node": ["n0", "n0", "n1"],
                               "predicted_round_s": [1.0, 2.0, 2.0], "measured_round_s": [1.5, 2.2, 2.2],
                               "predicted_busy_s": [0.5, 1.0, 0.7], "measured_busy_s": [0.6, 1.1, 0.8]}})

@@ -18,8 +18,8 @@ from pathlib import Path
 import papermill as pm
 import pytest
 
-from fplstudy import teach
-from fplstudy.profiles import load_profiles
+from fplstudy.views import teach
+from fplstudy.facts.profiles import load_profiles
 
 SMALL = {"max_train_samples": 200, "rounds": 1}
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,7 +142,7 @@ def test_refused_position_keeps_the_figure(panel):
 def test_panel_figure_reads_at_screen_size(panel):
     """The panel's figure fits a 1500 × 950 screen under the sliders, and its plan picture's box text
     is at least 8.5 pt (12 px at the panel's 100 dpi) at the default position."""
-    from fplstudy.planfig import FONT_BOX
+    from fplstudy.views.planfig import FONT_BOX
 
     fig = teach.draw_choice(teach.price_choice(teach.slider_values(SMALL, **START, device="rpi4", link="wifi5")),
                             panel.reference)
@@ -205,7 +205,7 @@ def test_the_panel_and_the_notebook_on_a_topology(reference, tmp_path):
     assert panel.controls["device"].disabled and panel.controls["link"].disabled
     where = ", ".join(f"{n.name} on {n.point}" for n in panel.dry.plan.nodes)
     assert panel.dry.plan.site is not None and f"topology wearables_ble ({where})" in panel.status.value
-    from fplstudy.topology import site_of
+    from fplstudy.facts.topology import site_of
     from fplstudy.config import make_config
 
     assert max(panel.space.nodes) <= len(site_of(make_config(base)).nodes)

@@ -21,15 +21,16 @@ import pandas as pd
 import pytest
 import torch
 
-from fplstudy import engine, testbed
+from fplstudy.train import engine
+from fplstudy.testbed import emulation as testbed
 from fplstudy.config import ConfigError, make_config
-from fplstudy.distributed import check_wire
-from fplstudy.dryrun import plan_events
-from fplstudy.events import Compute
-from fplstudy.ledger import chunk_block_flops, price
-from fplstudy.makespan import schedule_round
-from fplstudy.plan import resolve
-from fplstudy.profiles import check_profiles, load_profiles
+from fplstudy.train.distributed import check_wire
+from fplstudy.costs.dryrun import plan_events
+from fplstudy.plans.events import Compute
+from fplstudy.costs.ledger import chunk_block_flops, price
+from fplstudy.costs.makespan import schedule_round
+from fplstudy.plans.plan import resolve
+from fplstudy.facts.profiles import check_profiles, load_profiles
 
 GOODPUT = 1448 / 1514  # TCP payload bytes per Ethernet frame at MTU 1500 with timestamps
 
@@ -148,7 +149,7 @@ def test_star_network_queues_the_aggregators_messages_by_hand():
 def test_star_interfaces_are_half_duplex_by_hand():
     """Two messages at once (of two steps, so neither waits for the other), n0 → n1 and n1 → n0, 5 s each: 5 s
     on links of their own, 10 s through the two nodes' half-duplex interfaces; a third pair is not held up."""
-    from fplstudy.events import Transfer
+    from fplstudy.plans.events import Transfer
 
     events = [Transfer(0, 0, 0, 0, "n0", "n1", "activations", (1, 16), "float32", 64),
               Transfer(0, 1, 0, 0, "n1", "n0", "activations", (1, 16), "float32", 64),
@@ -162,7 +163,7 @@ def test_inbox_a_message_waits_for_its_receivers_earlier_work_by_hand():
     """n1 computes 5 s (step 0) while n0's message to it (step 1, 3 s) is ready at once: on ``links`` it arrives
     meanwhile (finish 3 s); on ``inbox`` n1 posts the receive after its compute (5 + 3 = 8 s). A message that
     n1 sends is not held up by it (n1 -> n2 from t = 0 in both)."""
-    from fplstudy.events import Transfer
+    from fplstudy.plans.events import Transfer
 
     events = [Compute(0, 0, 0, 0, "n1", ("conv1",), (1, 8, 8), 32, "forward", False),
               Transfer(0, 1, 0, 0, "n0", "n1", "activations", (1, 16), "float32", 64),
@@ -285,7 +286,7 @@ def test_call_overhead_is_priced_alike_by_the_fast_path_and_the_reference(tmp_pa
 
 
 def _trace(rows):
-    from fplstudy.distributed import TRACE_COLUMNS
+    from fplstudy.train.distributed import TRACE_COLUMNS
 
     return pd.DataFrame(rows, columns=list(TRACE_COLUMNS))
 
@@ -314,7 +315,7 @@ def test_the_call_table_pairs_each_traced_call_with_its_prediction(calibrated):
     assert n0["phase"].tolist() == ["forward", "backward"] * 4 and set(calls["blocks"]) == {"conv1+conv2+conv3",
                                                                                             "conv4+conv5+fc1+fc2+fc3"}
     assert calls["cold"].sum() == 16  # as tests/test_cold_calls.py counts them by hand: all 8 of a round
-    from fplstudy.ledger import event_costs
+    from fplstudy.costs.ledger import event_costs
     _, hot = event_costs(plan, events, warm.profiles)
     flags = testbed.cold_calls(events, frozenset({"n0", "n1"}))
     want = [s * (1.5 if c else 1.0) for n in ("n0", "n1")  # the table is node by node, each in event order
@@ -372,7 +373,7 @@ def test_dilation_is_slept_once_before_the_next_message_by_hand(tmp_path, monkey
     event after the first chunk (0.2 s of bookkeeping) counts nowhere. Before its message n0 sleeps once,
     100.9 - 100.7 = 0.2 s, and the message is posted at 100.9. Undilated, the rows are the real times less
     the visit, and nothing is slept."""
-    from fplstudy import distributed
+    from fplstudy.train import distributed
 
     plan = _plan(strategy="sl", nodes=2, rounds=1, batch_size=64)
     computes = [Compute(0, 0, 0, 0, plan.nodes[0].name, ("b0",), (64, 64), 64, phase, False)
@@ -417,7 +418,7 @@ def test_error_summary_leaves_out_the_warmup_round():
 
 
 def test_calibrate_writes_a_measured_profile_that_loads(tmp_path):
-    from fplstudy.calibrate import calibrate, cpu_model
+    from fplstudy.testbed.calibrate import calibrate, cpu_model
 
     out = tmp_path / "host.yaml"
     out.write_text("links:\n  mine: {up_bps: 1.0e+6, down_bps: 1.0e+6, tx_j_per_bit: 0, rx_j_per_bit: 0}\n")

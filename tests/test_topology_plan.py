@@ -9,12 +9,12 @@ import pytest
 import yaml
 
 from fplstudy.config import ConfigError, make_config
-from fplstudy.dryrun import plan_events, price_plan, shard_sizes
-from fplstudy.events import Compute, Transfer
-from fplstudy.ledger import price, totals
-from fplstudy.plan import resolve
-from fplstudy.profiles import check_profiles
-from fplstudy.topology import uniform_links
+from fplstudy.costs.dryrun import plan_events, price_plan, shard_sizes
+from fplstudy.plans.events import Compute, Transfer
+from fplstudy.costs.ledger import price, totals
+from fplstudy.plans.plan import resolve
+from fplstudy.facts.profiles import check_profiles
+from fplstudy.facts.topology import uniform_links
 
 HAND = {"links": {
     "radio": {"up_bps": 1.0e6, "down_bps": 2.0e6, "tx_j_per_bit": 1.0e-7, "rx_j_per_bit": 5.0e-8, "latency_s": 0.01},
@@ -40,7 +40,7 @@ def _files(tmp_path, topo: dict, profiles: dict | None = None) -> dict:
 
 def _hops(bits: float, hops: list[tuple[float, float]], forwarding: str) -> float:
     """A message's seconds on ``hops`` ``(rate, latency)``: store-and-forward (``message``), added hop by hop; or
-    packet by packet, bits / the slowest rate + the latencies; as :func:`fplstudy.topology.price_path` adds them."""
+    packet by packet, bits / the slowest rate + the latencies; as :func:`fplstudy.facts.topology.price_path` adds them."""
     seconds = 0.0
     for rate, latency in hops:
         seconds += bits / rate + latency if forwarding == "message" else latency
@@ -166,9 +166,9 @@ def test_placed_nodes_with_no_path_between_them_are_refused(tmp_path):
 def test_explore_prices_its_plans_on_the_topology():
     """explore's plans carry the base config's topology (default placement): each is priced on its paths, as
     a dry run of the same plan prices it, and not as the uniform site of the same devices would."""
-    from fplstudy.dryrun import dry_run
-    from fplstudy.explore import enumerate_plans
-    from fplstudy.explore import price as explore_price
+    from fplstudy.costs.dryrun import dry_run
+    from fplstudy.costs.search import enumerate_plans
+    from fplstudy.costs.search import price as explore_price
 
     base = make_config({**SMALL, "nodes": 3, "topology": "fog_wifi"})
     plans, _ = enumerate_plans(base, strategies=("fl", "sl", "fpl"), cuts="balanced")
@@ -185,7 +185,7 @@ def test_explore_prices_its_plans_on_the_topology():
 def test_the_plan_figure_names_points_and_links(tmp_path):
     """On a topology the plan picture says which topology node hosts each box and the path of every pair
     that exchanges messages, hop by hop with its link profile; without one it says neither."""
-    from fplstudy.planfig import draw_plan, plan_graph
+    from fplstudy.views.planfig import draw_plan, plan_graph
 
     cfg = make_config({**SMALL, "strategy": "mp", "nodes": 3, **_files(tmp_path, THREE_HOPS, HAND),
                        "placement": {"n0": "s0", "n1": "srv", "n2": "gw"}})
@@ -203,8 +203,8 @@ def test_the_shipped_microcontroller_site_refuses_the_whole_model_on_a_256_kb_no
     """wearables_mcu: fl puts the whole model (1.73 MB at its peak) on m0, an nRF52840 of 256 KB: refused before
     any work, naming the topology node, the plan node and both sizes; sl cut after the first block puts only its
     head there (0.132 MB) and every node fits its device."""
-    from fplstudy.memory import misfits
-    from fplstudy.runner import prepare
+    from fplstudy.costs.memory import misfits
+    from fplstudy.train.runner import prepare
 
     with pytest.raises(ConfigError, match=r"^config key 'topology \(m0\)': got 'nrf52840'; node n0 \(branch0/stage0\) "
                                           r"needs 1\.73 MB at its peak and the device has 0\.262 MB"):

@@ -206,9 +206,9 @@ def _print_keys() -> None:
 
 
 def _cmd_plan(cfg: Config, args) -> int:
-    from fplstudy.plan import resolve
-    from fplstudy.profiles import check_profiles
-    from fplstudy.partition import load_partitioned
+    from fplstudy.plans.plan import resolve
+    from fplstudy.facts.profiles import check_profiles
+    from fplstudy.facts.partition import load_partitioned
 
     plan = resolve(cfg)
     check_profiles(plan)
@@ -216,7 +216,7 @@ def _cmd_plan(cfg: Config, args) -> int:
     print(plan.describe())
     print("  samples per branch: " + ", ".join(f"branch {d}: {n}" for d, n in enumerate(part.samples())))
     if args.figure:
-        from fplstudy.planfig import draw_plan
+        from fplstudy.views.planfig import draw_plan
 
         draw_plan(plan, path=args.figure)
         print(f"figure: {args.figure}")
@@ -225,8 +225,8 @@ def _cmd_plan(cfg: Config, args) -> int:
 
 def _declared_note(cfg: Config) -> str | None:
     """The line that says a dry run is priced on the dataset's declared shape (None: from its files)."""
-    from fplstudy.datasets import dataset_folder
-    from fplstudy.dryrun import FROM_DECLARED, priced_from
+    from fplstudy.facts.datasets import dataset_folder
+    from fplstudy.costs.dryrun import FROM_DECLARED, priced_from
 
     if priced_from(cfg) != FROM_DECLARED:
         return None
@@ -235,7 +235,7 @@ def _declared_note(cfg: Config) -> str | None:
 
 
 def _cmd_cost(cfg: Config, args) -> int:
-    from fplstudy.runner import cost
+    from fplstudy.train.runner import cost
 
     note = _declared_note(cfg)
     dry = cost(cfg, args.out, overwrite=args.overwrite)
@@ -254,9 +254,9 @@ def _cmd_cost(cfg: Config, args) -> int:
 
 
 def _cmd_explore(cfg: Config, args) -> int:
-    from fplstudy.explore import explore, front_csv
+    from fplstudy.costs.search import explore, front_csv
 
-    from fplstudy.explore import MAX_PLACEMENTS
+    from fplstudy.costs.search import MAX_PLACEMENTS
 
     if args.max_placements is not None and not args.search_placement:
         raise ConfigError("--max-placements", args.max_placements, "bounds a placement search; add --search-placement")
@@ -269,10 +269,10 @@ def _cmd_explore(cfg: Config, args) -> int:
         print(note)
     print(f"{len(res.plans)} valid plans ({res.refused} candidates refused), "
           f"{int(res.plans['within_budget'].sum())} within budget, {len(front)} on the front; {res.seconds:.1f} s")
-    from fplstudy.results import atomic_write_text
+    from fplstudy.train.results import atomic_write_text
 
     if args.all_out:
-        from fplstudy.explore import plans_csv
+        from fplstudy.costs.search import plans_csv
 
         atomic_write_text(args.all_out, plans_csv(res).to_csv(index=False))
     if args.out:
@@ -284,7 +284,7 @@ def _cmd_explore(cfg: Config, args) -> int:
 
 
 def _cmd_emulated(cfg: Config, args) -> int:
-    from fplstudy.testbed import run_emulated
+    from fplstudy.testbed.emulation import run_emulated
 
     res = run_emulated(cfg, args.out)
     m, s = res.metrics, res.summary
@@ -296,7 +296,7 @@ def _cmd_emulated(cfg: Config, args) -> int:
 
 
 def _cmd_calibrate(args) -> int:
-    from fplstudy.calibrate import calibrate
+    from fplstudy.testbed.calibrate import calibrate
 
     models = [m.strip() for m in args.models.split(",")] if args.models else None
     for row in calibrate(args.out, models=models, batch_size=args.batch_size, seconds=args.seconds,
@@ -322,7 +322,7 @@ def _cmd_calibrate(args) -> int:
 
 
 def _cmd_run(cfg: Config, args) -> int:
-    from fplstudy.runner import run
+    from fplstudy.train.runner import run
 
     if args.backend == "emulated":
         return _cmd_emulated(cfg, args)
@@ -370,7 +370,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command == "keys":
         _print_keys()
         return 0
-    from fplstudy.runner import RunFolderError, RunInterrupted
+    from fplstudy.train.runner import RunFolderError, RunInterrupted
 
     if args.command == "explore" and args.out and args.all_out and \
             Path(args.out).resolve() == Path(args.all_out).resolve():
@@ -382,7 +382,7 @@ def _main(argv: Sequence[str] | None) -> int:
         handler = {"run": _cmd_run, "plan": _cmd_plan, "cost": _cmd_cost, "explore": _cmd_explore}[args.command]
         return handler(cfg, args)
     except RunInterrupted as exc:
-        from fplstudy.results import CHECKPOINT
+        from fplstudy.train.results import CHECKPOINT
 
         how, code = _how(exc.__context__)
         done, out = len(exc.outcome.rounds), exc.outcome.out
@@ -401,7 +401,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except (ConfigError, RunFolderError, FileNotFoundError) as exc:
         return _refuse(str(exc))
     except RuntimeError as exc:  # a distributed node died or hung, or the wire disagreed with the ledger
-        from fplstudy.distributed import DistributedError, WireMismatch
+        from fplstudy.train.distributed import DistributedError, WireMismatch
 
         if not isinstance(exc, (DistributedError, WireMismatch)):
             raise

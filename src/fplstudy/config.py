@@ -1,8 +1,8 @@
 """The user-facing configuration of one learning task: flat keys, validated before any work.
 
 A :class:`Config` is what a user writes (YAML file, ``--set key=value``, notebook parameters). It is
-resolved into a :class:`fplstudy.plan.Plan` (who holds which layers, which data, who syncs) by
-:func:`fplstudy.plan.resolve`. Both are plain data; nothing here trains.
+resolved into a :class:`fplstudy.plans.plan.Plan` (who holds which layers, which data, who syncs) by
+:func:`fplstudy.plans.plan.resolve`. Both are plain data; nothing here trains.
 
 Validation is done by pydantic (strict types, unknown keys refused); every error is re-raised as a
 :class:`ConfigError` whose one-line message names the key, the offending value and what is allowed.
@@ -12,9 +12,9 @@ mapping.
 
 Limits that need no data live here (finite floats, the seed range, sanity bounds on ``rounds`` and
 ``local_epochs``); limits derived from the dataset and the model (branches, ``test_fraction``,
-``batch_size``, batch steps) are checked by :func:`fplstudy.plan.resolve`. So is the ``strategy``
-name: the strategies are :mod:`fplstudy.strategies`'s registry, which reads this module (never the
-other way round), and :func:`fplstudy.strategies.preset` refuses a name it does not hold.
+``batch_size``, batch steps) are checked by :func:`fplstudy.plans.plan.resolve`. So is the ``strategy``
+name: the strategies are :mod:`fplstudy.plans.strategies`'s registry, which reads this module (never the
+other way round), and :func:`fplstudy.plans.strategies.preset` refuses a name it does not hold.
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     # --- what is learned
-    strategy: str = "fpl"  # a name of fplstudy.strategies.REGISTRY; checked where the plan is resolved
+    strategy: str = "fpl"  # a name of fplstudy.plans.strategies.REGISTRY; checked where the plan is resolved
     dataset: str = "digits"  # digits, mnist5k (both offline) | mnist | fashion_mnist | cifar10
     data_dir: Optional[str] = None  # torchvision root folder; None = <repo>/data or ./data
     download: bool = False  # let torchvision download a missing dataset (needs network)

@@ -62,4 +62,4 @@ def folders(start: Path | None = None) -> Folders:
 
 
 ROOT = find_repo_root()
-DATA = folders().data  # the default data_dir (fplstudy.datasets)
+DATA = folders().data  # the default data_dir (fplstudy.facts.datasets)

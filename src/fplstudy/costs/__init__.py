@@ -1,0 +1,1 @@
+"""Costs: pricing rules, the ledger, the makespan schedule, memory, dry runs, the plan search."""

@@ -1,0 +1,1 @@
+"""Facts: datasets, cuttable models, FLOP counts, partitioners, device/link profiles, topologies."""

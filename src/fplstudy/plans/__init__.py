@@ -1,0 +1,1 @@
+"""Plans: strategy presets, plan resolution, the round program, dynamics, the event schema."""

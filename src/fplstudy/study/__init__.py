@@ -1,0 +1,1 @@
+"""The study: params, the worker pool, provenance, tables, findings, statistics, scale, dropout sweep."""

@@ -1,0 +1,1 @@
+"""The emulated testbed (Mininet hosts, shaped links, throttled CPUs) and calibration."""

@@ -1,0 +1,1 @@
+"""Training: the engine, the torch.distributed backend, one run into a run folder, run files."""

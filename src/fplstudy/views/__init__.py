@@ -1,0 +1,1 @@
+"""Views: style, figures, the plan picture, the teaching helpers."""

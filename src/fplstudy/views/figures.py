@@ -1,0 +1,328 @@
+"""Figures of the study (seaborn on matplotlib), one function per figure, each returning the Figure,
+or None when the study has no data for it (the caller skips it with a note; never a crash).
+
+Inputs are the tidy tables written by :mod:`fplstudy.study.params`: ``seeds`` (one row per plan × seed),
+``summary`` (one row per plan), ``rounds`` and ``costs``. Intervals are 95 % Student-t intervals
+over seeds (:func:`fplstudy.study.stats.t_interval`, the tables' intervals), drawn by seaborn's own
+``errorbar`` machinery. Every axis label carries its unit; colours come from seaborn's
+colour-blind-safe palette, one colour per strategy label (fpl per junction), and markers repeat the
+coding so the figures also read in greyscale. This module never chooses matplotlib's backend:
+notebooks show the returned figures inline, :func:`save_figure` writes PNGs that are byte-identical
+across identical runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.ticker
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import seaborn.objects as so
+
+from fplstudy.study import stats
+from fplstudy.config import JUNCTIONS
+from fplstudy.plans.strategies import REGISTRY
+from fplstudy.study.params import pareto_front, plan_label as label
+from fplstudy.views.style import (KIND_ORDER, KIND_PALETTE, LABEL_MARKERS, LABEL_ORDER, LABEL_PALETTE,  # noqa: F401
+                            MARKERS, PALETTE, STRATEGY_ORDER, save_figure)
+CI = stats.errorbar(0.95)
+LABELS = {
+    "test_acc_mean": "test accuracy (mean over branches, fraction)",
+    "energy_j": "total energy (J)",
+    "bytes_total": "total bytes sent (MB)",
+    "makespan_s": "makespan of the training (s)",
+}
+SCALE = {"bytes_total": 1e-6}  # bytes are drawn in MB
+BOUNDED = {"test_acc_mean": 1.0}  # metrics that cannot exceed a bound (an interval above it is cut at the frame)
+
+
+def _iid(table: pd.DataFrame) -> pd.DataFrame:
+    """Completed rows on IID data (``features``: the concat junction, where every branch sees every sample)."""
+    keep = table["partition"].isin(["iid", "features"])
+    if "status" in table:
+        keep &= table["status"] == "completed"
+    out = table[keep].copy()
+    out["label"] = label(out)
+    return out
+
+
+def tradeoff(seeds: pd.DataFrame, x: str, y: str, *, maximize_y: bool = False):
+    """Every plan on two metrics (IID data): the mean over seeds with its 95 % interval on ``y``,
+    marker size = nodes, and the Pareto front of the means (dashed).
+
+    Args:
+        seeds: ``seeds.csv``.
+        x, y: metric columns (x drawn on a log scale; costs span orders of magnitude).
+        maximize_y: the front prefers higher ``y`` (accuracy) instead of lower.
+
+    Returns:
+        The figure, or None without data. Plans with ``x`` = 0 (centralized sends no bytes) cannot sit on
+        a log axis: they are drawn as a dotted horizontal reference line instead.
+    """
+    data = _iid(seeds)
+    if data.empty:
+        return None
+    sx, sy = SCALE.get(x, 1.0), SCALE.get(y, 1.0)
+    data = data.assign(**{x: data[x] * sx, y: data[y] * sy})
+    data["x_plan"] = data.groupby("name")[x].transform("mean")  # one x per plan: its mean over seeds
+    means = data.groupby(["name", "label", "nodes"], as_index=False)[["x_plan", y]].mean()
+    zero = means[means["x_plan"] <= 0]
+    drawn, means = data[data["x_plan"] > 0], means[means["x_plan"] > 0]
+    order = [lab for lab in LABEL_ORDER if lab in set(drawn["label"])]
+    fig, ax = plt.subplots(figsize=(8.5, 5.2))
+    sizes = sorted(drawn["nodes"].unique())
+    size_of = {n: 5 + 6 * i / max(1, len(sizes) - 1) for i, n in enumerate(sizes)}  # marker diameter (pt)
+    (so.Plot(drawn, x="x_plan", y=y, color="label", marker="label", pointsize="nodes")
+     .add(so.Range(linewidth=1.2), so.Est(errorbar=CI), group="name", legend=False)
+     .add(so.Dot(edgecolor="black", edgewidth=0.4), so.Agg(), group="name", legend=False)
+     .scale(x="log", color=so.Nominal({k: LABEL_PALETTE[k] for k in order}, order=order),
+            marker=so.Nominal({k: LABEL_MARKERS[k] for k in order}, order=order),
+            pointsize=so.Nominal(size_of, order=sizes))
+     .on(ax).plot())
+    handles = [plt.Line2D([], [], color=LABEL_PALETTE[k], marker=LABEL_MARKERS[k], linestyle="", markersize=7,
+                          markeredgecolor="black", markeredgewidth=0.4, label=k) for k in order]
+    handles += [plt.Line2D([], [], color="grey", marker="o", linestyle="", markersize=size_of[n],
+                           label=f"{n} node{'s' if n > 1 else ''}") for n in sizes]
+    ax.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), title="plan / size")
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")  # 0.5, 2, 300: no 10^x notation
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(  # label the minor ticks 2 and 5 only
+        lambda v, _: f"{v:g}" if f"{v:e}"[0] in "25" else ""))
+    for _, row in zero.iterrows():
+        ax.axhline(row[y], color=LABEL_PALETTE.get(row["label"], "grey"), linestyle=":", linewidth=1.2)
+    front = means[pareto_front(means, "x_plan", y, maximize_y=maximize_y)].sort_values("x_plan")
+    ax.step(front["x_plan"], front[y], where="post", color="black", linewidth=1, linestyle="--")
+    cut = ""
+    if y in BOUNDED and ax.get_ylim()[1] > BOUNDED[y]:  # a t-interval of few seeds can pass the bound
+        ax.set_ylim(top=BOUNDED[y] + 0.01)
+        cut = f"; intervals cut at {BOUNDED[y]:g}"
+    ax.set_xlabel(LABELS.get(x, x) + ", mean over seeds")
+    ax.set_ylabel(LABELS.get(y, y))
+    lone = " (one plan beats all: a front of one point)" if len(front) == 1 else ""
+    ax.set_title(f"{LABELS.get(y, y).split(' (')[0]} vs {LABELS.get(x, x).split(' (')[0]}, IID data\n"
+                 f"mean and 95 % interval over {data['seed'].nunique()} seeds{cut}\n"
+                 f"dashed: Pareto front of the means{lone}", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    unit = LABELS.get(x, x).split('(')[-1].rstrip(')')
+    labels = [(f"{row['name']} (0 {unit}, not on the log axis)", None, row[y]) for _, row in zero.iterrows()]
+    labels += [(row["name"], row["x_plan"], row[y]) for _, row in front.iterrows()]
+    place_labels(ax, labels)
+    return fig
+
+
+def place_labels(ax, labels: list[tuple[str, float | None, float]], fontsize: float = 7) -> None:
+    """Annotate points so that no two labels overlap: each label goes to the first of a few offsets
+    (above, below, further up, further down …) whose box overlaps no label placed before it.
+
+    Args:
+        ax: axes whose limits and position are final (call after ``tight_layout``).
+        labels: ``(text, x, y)`` in data coordinates; x None = at the left edge of the axes (a reference
+            line's label).
+    """
+    scale = ax.figure.dpi / 72.0  # points -> pixels
+    char_w, line_h = 0.55 * fontsize * scale, 1.25 * fontsize * scale
+    placed: list[tuple[float, float, float, float]] = []
+    offsets = [(6, 5), (6, -11), (6, 15), (6, -21), (6, 25), (6, -31), (6, 35), (6, -41)]
+    left = ax.transAxes.transform((0.01, 0))[0]
+    bottom, top = ax.transAxes.transform((0, 0))[1], ax.transAxes.transform((0, 1))[1]
+    for text, x, y in labels:
+        px, py = ax.transData.transform((x if x is not None else 1.0, y))
+        if x is None:
+            px = left
+        width = char_w * len(text)
+        for dx, dy in (offsets if x is not None else [(0, 3), (0, -11), (0, 13)]):
+            x0, y0 = px + dx * scale, py + dy * scale
+            box = (x0, y0, x0 + width, y0 + line_h)
+            inside = bottom <= box[1] and box[3] <= top  # not into the title or the tick labels
+            if inside and not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+                break
+        placed.append(box)
+        xy, coords = ((0.01, y), ("axes fraction", "data")) if x is None else ((x, y), "data")
+        ax.annotate(text, xy, xycoords=coords, xytext=(dx, dy), textcoords="offset points", fontsize=fontsize)
+
+
+def node_costs(costs: pd.DataFrame, plans: list[str]):
+    """Per-node energy and bytes sent (mean over seeds), stacked by kind of work, one column per plan.
+
+    Args:
+        costs: ``costs.csv`` (plan × seed × node × kind sums).
+        plans: plan names to draw, left to right.
+
+    Returns:
+        The figure (top row energy in J, bottom row bytes sent in MB), or None without data.
+    """
+    costs = costs[costs["name"].isin(plans)]
+    if costs.empty:
+        return None
+    plans = [p for p in plans if p in set(costs["name"])]
+    seeds = costs.groupby("name")["seed"].nunique()
+    fig, axes = plt.subplots(2, len(plans), figsize=(2.4 * len(plans) + 2.2, 6.5), squeeze=False, sharey="row")
+    tops = [0.0, 0.0]  # tallest stack per row
+    for col, name in enumerate(plans):
+        part = costs[costs["name"] == name]
+        for row, (value, scale, unit) in enumerate((("energy_j", 1.0, "energy (J)"),
+                                                    ("bytes_tx", 1e-6, "bytes sent (MB)"))):
+            ax = axes[row, col]
+            table = part.pivot_table(index="node", columns="kind", values=value, aggfunc="sum", fill_value=0.0)
+            table = table.reindex(columns=[k for k in KIND_ORDER if k in table.columns]) * scale / seeds[name]
+            table = table.loc[:, (table != 0).any(axis=0)]
+            bottom = pd.Series(0.0, index=table.index)
+            for kind in table.columns:
+                ax.bar(table.index, table[kind], bottom=bottom, color=KIND_PALETTE[kind], edgecolor="black",
+                       linewidth=0.3)
+                bottom = bottom + table[kind]
+            ax.tick_params(axis="x", labelrotation=90, labelsize=7)
+            tops[row] = max(tops[row], float(bottom.max()) if len(bottom) else 0.0)
+            if col == 0:
+                ax.set_ylabel(unit)
+            if row == 0:
+                ax.set_title(name, fontsize=9)
+            else:
+                ax.set_xlabel("node")
+    for row, top in enumerate(tops):
+        axes[row, 0].set_ylim(0, top * 1.08 if top > 0 else 1.0)  # the tallest stack does not touch the frame
+    kinds = [k for k in KIND_ORDER if k in set(costs["kind"])]
+    fig.legend([plt.Rectangle((0, 0), 1, 1, color=KIND_PALETTE[k]) for k in kinds], kinds, loc="center right",
+               fontsize=8, title="kind")
+    fig.suptitle("Per-node energy and bytes sent over the whole training, by kind of work (mean over seeds)")
+    fig.tight_layout(rect=(0, 0, 1 - 1.6 / fig.get_figwidth(), 1))
+    return fig
+
+
+def learning_curves(rounds: pd.DataFrame, nodes: int):
+    """Test accuracy per round for every plan at ``nodes`` nodes (centralized as reference), one
+    panel per data partition; line: mean over seeds, band: 95 % interval.
+
+    Returns:
+        The figure, or None without data.
+    """
+    one_node = [s.name for s in REGISTRY.values() if s.fixed_nodes == 1]  # centralized: in every panel
+    data = rounds[(rounds["nodes"] == nodes) | rounds["strategy"].isin(one_node)].copy()
+    if data.empty:
+        return None
+    data["plan"] = label(data)
+    data["data"] = data["partition"].replace({"features": "iid"})  # concat: every branch sees every sample
+    order = [p for p in LABEL_ORDER if p in set(data["plan"])]
+    grid = sns.relplot(data=data, x="round", y="test_acc_mean", hue="plan", hue_order=order, style="plan",
+                       style_order=order, col="data", col_order=[c for c in ("iid", "dirichlet")
+                                                                 if c in set(data["data"])],
+                       kind="line", markers={k: LABEL_MARKERS[k] for k in order}, dashes=True, errorbar=CI,
+                       palette=LABEL_PALETTE,
+                       height=4, aspect=1.1)
+    grid.set_axis_labels("round", LABELS["test_acc_mean"])
+    grid.set_titles(f"{nodes} nodes, {{col_name}} data")
+    for ax in grid.axes.flat:
+        ax.grid(True, alpha=0.3)
+    same = "".join(f" ({s.name} trains exactly as {s.trains_as}: their lines coincide)" for s in REGISTRY.values()
+                   if s.trains_as is not None and {s.name, s.trains_as} <= set(order))
+    grid.figure.suptitle(f"Learning curves: mean over seeds, band 95 % interval{same}", fontsize=9)
+    grid.figure.tight_layout(rect=(0, 0, 0.85, 1))
+    return grid.figure
+
+
+def model_size(summary: pd.DataFrame):
+    """Deployed-model size increase of each fpl junction mode, per node count (%; 0 = the original).
+
+    Returns:
+        The figure, or None without fpl plans.
+    """
+    fpl = REGISTRY["fpl"]  # the strategy whose plans differ by junction (its junction_looks)
+    data = summary[summary["strategy"] == fpl.name].drop_duplicates(["junction", "nodes"]).copy()
+    if data.empty:
+        return None
+    data["increase_pct"] = 100 * (data["model_params_ratio_mean"] - 1)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    sns.barplot(data=data, x="nodes", y="increase_pct", hue="junction",
+                hue_order=[j for j in JUNCTIONS if j in set(data["junction"])],
+                palette={j: LABEL_PALETTE[f"{fpl.name}-{j}"] for j in fpl.junction_looks},
+                edgecolor="black", ax=ax)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xlabel("edge nodes")
+    ax.set_ylabel("deployed parameters beyond the original (%)")
+    ax.set_title("Model-size overhead of the junction modes (fpl); deterministic, no seed changes it", fontsize=10)
+    ax.margins(y=0.15)
+    fig.tight_layout()
+    return fig
+
+
+def non_iid(seeds: pd.DataFrame):
+    """Accuracy on IID vs Dirichlet shards, per strategy (fpl per junction) and node count: mean over
+    seeds, error bar 95 % interval.
+
+    Returns:
+        The figure, or None when no plan ran on both partitions.
+    """
+    data = seeds[seeds["partition"].isin(["iid", "dirichlet"]) & (seeds["status"] == "completed")].copy()
+    if data.empty:
+        return None
+    data["plan"] = label(data)
+    paired = data.groupby(["plan", "nodes"])["partition"].transform("nunique") == 2
+    data = data[paired]
+    if data.empty:
+        return None
+    order = [p for p in LABEL_ORDER if p in set(data["plan"])]
+    grid = sns.catplot(data=data, x="plan", y="test_acc_mean", hue="partition", hue_order=["iid", "dirichlet"],
+                       col="nodes", order=order, kind="bar", errorbar=CI, palette="colorblind", edgecolor="black",
+                       height=4, aspect=0.9, capsize=0.15, err_kws={"linewidth": 1})
+    grid.set_axis_labels("strategy", LABELS["test_acc_mean"])
+    grid.set_titles("{col_name} nodes")
+    for ax in grid.axes.flat:
+        ax.tick_params(axis="x", labelrotation=30)
+        for tick in ax.get_xticklabels():
+            tick.set_horizontalalignment("right")
+    grid.figure.suptitle("Effect of non-IID (Dirichlet) data on accuracy: mean over seeds, 95 % interval")
+    grid.figure.tight_layout(rect=(0, 0, 0.88, 1))  # keep the right margin for the legend
+    return grid.figure
+
+
+def run_overview(rounds: pd.DataFrame, costs: pd.DataFrame, title: str = ""):
+    """Runs at a glance: test accuracy per round per plan (mean over seeds, band 95 % interval), and
+    the energy per node stacked by kind (one plan) or the total energy per plan (several).
+
+    Args:
+        rounds: the runs' rounds (:func:`fplstudy.study.params.read_runs`), with ``name`` and ``seed``.
+        costs: their per-node costs, same columns.
+        title: figure title.
+
+    Returns:
+        The figure.
+    """
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    sns.lineplot(data=rounds, x="round", y="test_acc_mean", hue="name", errorbar=CI, marker="o", ax=left)
+    left.set_xlabel("round")
+    left.set_ylabel("test accuracy (mean over branches, fraction)")
+    left.legend(fontsize=7, title="plan")
+    left.grid(True, alpha=0.3)
+    seeds = costs["seed"].nunique()
+    if costs["name"].nunique() == 1:
+        table = costs.pivot_table(index="node", columns="kind", values="energy_j", aggfunc="sum", fill_value=0.0)
+        table = table.reindex(columns=[k for k in KIND_ORDER if k in table.columns]) / seeds
+        table.plot.bar(stacked=True, ax=right, color=[KIND_PALETTE[k] for k in table.columns], edgecolor="black",
+                       linewidth=0.3)
+        right.set_xlabel("node")
+        right.legend(fontsize=7, title="kind")
+    else:
+        total = costs.groupby(["name", "seed"], as_index=False)["energy_j"].sum()
+        sns.barplot(data=total, y="name", x="energy_j", errorbar=CI, color="#999999", edgecolor="black", ax=right)
+        right.set_ylabel("plan")
+        right.tick_params(axis="y", labelsize=7)
+    right.set_xlabel(right.get_xlabel() if costs["name"].nunique() == 1 else "total energy (J)")
+    if costs["name"].nunique() == 1:
+        right.set_ylabel("energy (J), mean over seeds")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def publish(fig, path: str | Path, what: str) -> str:
+    """Save ``fig`` (:func:`save_figure`) and say so, or say that the study has no data for ``what``."""
+    if fig is None:
+        return f"skipped {Path(path).name}: this study has no data for {what}"
+    return f"wrote {save_figure(fig, path)}"
+
+
+from fplstudy.views.planfig import draw_plan, plan_graph  # noqa: E402,F401  (the plan picture lives in planfig)

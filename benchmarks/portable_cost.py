@@ -16,14 +16,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fplstudy.study import params as study
+from fplstudy.study.params import load_params, load_study
+from fplstudy.study.pool import train_runs
 
 PLANS = ("centralized-1-iid", "mp-4-iid", "fl-4-iid", "sl-4-iid", "fpl-4-adapter-iid")
 WAYS = ("native", "avx2", "sse41")
 
 
 def main(trials: int = 3) -> None:
-    the_study = study.load_study(study.load_params(Path(__file__).resolve().parents[1] / "params.yaml"))
+    the_study = load_study(load_params(Path(__file__).resolve().parents[1] / "params.yaml"))
     plans = [p for p in the_study.plans if p.name in PLANS]
     times: dict[tuple[str, str], list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="fplstudy-portable-") as tmp:
@@ -31,7 +32,7 @@ def main(trials: int = 3) -> None:
             for plan in plans:
                 for way in WAYS:  # interleaved: machine load hits every way alike
                     folder = Path(tmp) / f"{plan.name}-{way}-{trial}"
-                    [rec] = study.train_runs([(plan.for_seed(0), folder, plan.name)], workers=1, kernels=way,
+                    [rec] = train_runs([(plan.for_seed(0), folder, plan.name)], workers=1, kernels=way,
                                              log=lambda line: None)
                     times.setdefault((plan.name, way), []).append(rec["wall_s"])
     print(f"{platform.processor() or platform.machine()}, python {platform.python_version()}, "

@@ -15,12 +15,14 @@ torch.set_num_threads(1)
 def tiny_study(tmp_path_factory) -> tuple[object, Path]:
     """``(study, folder)``: :func:`fplstudy.study.params.smoke_params`' study (2 rounds on 120 samples, 3 seeds,
     15 plans of every strategy) trained into ``folder/runs`` and aggregated into ``folder``."""
-    from fplstudy.study import params as study
+    from fplstudy.study.tables import aggregate, write_aggregate
+    from fplstudy.study.params import load_study, smoke_params
+    from fplstudy.study.pool import run_group
 
     folder = tmp_path_factory.mktemp("tiny-study")
-    the_study = study.load_study(study.smoke_params())
-    study.run_group(the_study, None, folder / "runs", log=lambda line: None)
-    study.write_aggregate(the_study, study.aggregate(the_study, folder / "runs"), folder)
+    the_study = load_study(smoke_params())
+    run_group(the_study, None, folder / "runs", log=lambda line: None)
+    write_aggregate(the_study, aggregate(the_study, folder / "runs"), folder)
     return the_study, folder
 
 
@@ -43,7 +45,7 @@ def _sigint_as_python_sets_it():
     """Every test starts with Python's own Ctrl-C: SIGINT raising KeyboardInterrupt and not blocked. A suite
     started as a background job of a non-interactive shell (``sh -c 'make test &'``, nohup) inherits SIGINT
     ignored (POSIX), Python then leaves it ignored, and so does every child it starts: the Ctrl-C tests of
-    tests/test_run_folders.py would fail (4 of them did, launched so, without this fixture)."""
+    tests/unit/train/test_run_folders.py would fail (4 of them did, launched so, without this fixture)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.default_int_handler)

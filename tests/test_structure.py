@@ -1,5 +1,6 @@
-"""The package's structure, read from its source: no import cycle (function-local imports included, so a
-local import cannot hide one) and no private name taken from another module."""
+"""The package's structure, read from its folders: every folder is a layer of docs/DESIGN.md's table, no
+import goes up a layer, no import cycle (function-local and type-checking imports included, so neither can
+hide one) and no private name taken from another module."""
 
 from __future__ import annotations
 
@@ -7,33 +8,42 @@ import ast
 import re
 from pathlib import Path
 
-from fplstudy.study.params import runtime_nodes
-
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "fplstudy"
 
 
+def _module_name(path: Path, src: Path = SRC) -> str:
+    parts = path.relative_to(src).with_suffix("").parts
+    parts = parts[:-1] if parts[-1] == "__init__" else parts
+    return ".".join(("fplstudy", *parts))
+
+
 def _imports(path: Path) -> list[tuple[str, tuple[str, ...], int]]:
-    """Every ``fplstudy`` import of a module: ``(module, names, line)``, wherever it stands at run time."""
+    """Every ``fplstudy`` import of a module, wherever it stands (inside functions and under ``if
+    TYPE_CHECKING:`` too): ``(module, names, line)``; ``from fplstudy.x import y`` where ``y`` is a module
+    counts as an import of ``fplstudy.x.y``."""
     out = []
-    for node in runtime_nodes(ast.parse(path.read_text(), filename=str(path))):
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module.startswith("fplstudy"):
             names = tuple(a.name for a in node.names)
-            if node.module == "fplstudy":  # `from fplstudy import engine`
-                for name in names:
-                    out.append((f"fplstudy.{name}", (), node.lineno))
-            else:
-                out.append((node.module, names, node.lineno))
+            out.append((node.module, names, node.lineno))
+            out += [(f"{node.module}.{n}", (), node.lineno) for n in names if _is_module(f"{node.module}.{n}")]
         elif isinstance(node, ast.Import):
             out += [(a.name, (), node.lineno) for a in node.names if a.name.startswith("fplstudy.")]
     return out
 
 
-def _graph() -> dict[str, set[str]]:
+def _is_module(name: str, src: Path = SRC) -> bool:
+    rel = Path(*name.split(".")[1:])
+    return (src / rel).with_suffix(".py").is_file() or (src / rel / "__init__.py").is_file()
+
+
+def _graph(src: Path = SRC) -> dict[str, set[str]]:
     graph = {}
-    for path in sorted(SRC.glob("*.py")):
-        name = f"fplstudy.{path.stem}" if path.stem != "__init__" else "fplstudy"
-        graph[name] = {m for m, _names, _line in _imports(path) if m != name}
+    for path in sorted(src.rglob("*.py")):
+        name = _module_name(path, src)
+        graph[name] = {m for m, _names, _line in _imports(path) if m != name and _is_module(m, src)
+                       and not name.startswith(m + ".")}  # a module does not depend on its own package
     return graph
 
 
@@ -59,67 +69,80 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def _layers(design: Path = ROOT / "docs" / "DESIGN.md") -> list[tuple[str, list[str]]]:
+    """The rows of docs/DESIGN.md's structure table, top (lowest layer) first: ``(layer, places)``, a place
+    being a top-level module file (``config.py``) or a folder (``facts/``)."""
+    text = design.read_text()
+    table = text[text.index("| layer | folder | owns |"):].split("\n\n", 1)[0].splitlines()[2:]
+    return [(row.split("|")[1].strip(), re.findall(r"`([a-z_]+(?:\.py|/))`", row.split("|")[2])) for row in table]
+
+
+def _rank(module: str, layers: list[tuple[str, list[str]]]) -> int | None:
+    """The row of a module: its folder's (``fplstudy.facts.models`` → ``facts/``) or its file's."""
+    parts = module.split(".")[1:]
+    place = f"{parts[0]}/" if len(parts) > 1 or (SRC / parts[0]).is_dir() else f"{parts[0]}.py" if parts else None
+    for i, (_layer, places) in enumerate(layers):
+        if place in places:
+            return i
+    return None
+
+
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
 
 
-def test_imports_inside_functions_count_and_type_checking_ones_do_not(tmp_path):
+def test_imports_inside_functions_and_for_type_checking_count(tmp_path):
     mod = tmp_path / "m.py"
     mod.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from fplstudy.plans.plan import Plan\n"
                    "def f():\n    from fplstudy.train.engine import train\n")
-    assert [m for m, _n, _l in _imports(mod)] == ["fplstudy.train.engine"]
+    assert [m for m, _n, _l in _imports(mod)] == ["fplstudy.plans.plan", "fplstudy.train.engine"]
 
 
-def test_no_import_cycle_counting_function_local_imports():
+def test_every_folder_and_top_module_is_a_layer_of_the_design_table():
+    layers = _layers()
+    places = {p for _layer, ps in layers for p in ps}
+    here = {f"{p.name}/" for p in SRC.iterdir() if (p / "__init__.py").is_file()}
+    here |= {p.name for p in SRC.glob("*.py") if p.name != "__init__.py"}
+    assert len(layers) >= 8 and [layer for layer, _ in layers][:2] == ["keys", "facts"]
+    assert here == places, (f"folders or modules missing from docs/DESIGN.md's structure table: {sorted(here - places)}; "
+                            f"named there but absent: {sorted(places - here)}")
+
+
+def test_no_import_goes_up_a_layer():
+    graph, layers = _graph(), _layers()
+    up = [f"{m} -> {d}" for m, deps in sorted(graph.items()) for d in sorted(deps)
+          if m != "fplstudy" and (rm := _rank(m, layers)) is not None and (rd := _rank(d, layers)) is not None
+          and rd > rm]
+    assert not up, f"imports that go up docs/DESIGN.md's layers: {up}"
+    assert _rank("fplstudy.costs.ledger", layers) < _rank("fplstudy.train.engine", layers)
+
+
+def test_an_import_up_a_layer_or_around_a_cycle_is_caught(tmp_path):
+    """The checks on a hand-made package: a facts module importing the engine, and a type-checking cycle."""
+    src = tmp_path / "fplstudy"
+    for rel, code in {"__init__.py": "", "config.py": "", "facts/__init__.py": "", "train/__init__.py": "",
+                      "facts/models.py": "from fplstudy.train.engine import train\n",
+                      "train/engine.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                                         "    from fplstudy.facts import models\ndef train(): pass\n"}.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text(code)
+    graph = _graph(src)
+    assert graph["fplstudy.facts.models"] == {"fplstudy.train.engine"}
+    assert _cycle(graph) == ["fplstudy.facts.models", "fplstudy.train.engine", "fplstudy.facts.models"]
+
+
+def test_no_import_cycle_counting_function_local_and_type_checking_imports():
     graph = _graph()
-    assert "fplstudy.train.engine" in graph and "fplstudy.plans.program" in graph["fplstudy.train.engine"]
+    assert "fplstudy.plans.program" in graph["fplstudy.train.engine"]
     cycle = _cycle(graph)
     assert cycle is None, f"import cycle: {' -> '.join(cycle)}"
 
 
 def test_no_private_name_is_imported_from_another_module():
-    private = [f"{path.name}:{line}: {mod}.{n}" for path in sorted(SRC.glob("*.py"))
+    private = [f"{path.relative_to(SRC)}:{line}: {mod}.{n}" for path in sorted(SRC.rglob("*.py"))
                for mod, names, line in _imports(path) for n in names if n.startswith("_")]
     assert not private, private
-
-
-def test_costing_never_climbs_into_the_training_engine():
-    """What depends only on the plan (the round program, shapes, costs, memory) is computed without
-    importing the engine."""
-    graph = _graph()
-
-    def closure(start: str) -> set[str]:
-        seen, todo = set(), [start]
-        while todo:
-            n = todo.pop()
-            if n not in seen:
-                seen.add(n)
-                todo += graph.get(n, ())
-        return seen
-
-    for module in ("fplstudy.plans.program", "fplstudy.costs.dryrun", "fplstudy.costs.ledger", "fplstudy.costs.memory",
-                   "fplstudy.costs.makespan"):
-        assert "fplstudy.train.engine" not in closure(module), module
-
-
-def _layers() -> list[list[str]]:
-    """The module rows of docs/DESIGN.md's structure table ("Structure: which module owns what")."""
-    text = (ROOT / "docs" / "DESIGN.md").read_text()
-    table = text[text.index("| layer | modules | owns |"):].split("\n\n", 1)[0].splitlines()[2:]
-    return [[f"fplstudy.{m}" for m in re.findall(r"`([a-z_]+)`", row.split("|")[2])] for row in table]
-
-
-def test_every_module_stands_in_the_design_tables_rows_and_imports_only_its_row_or_above():
-    graph, layers = _graph(), _layers()
-    row = {m: i for i, mods in enumerate(layers) for m in mods}
-    assert len(layers) >= 10 and row["fplstudy.plans.program"] < row["fplstudy.train.engine"]
-    unplaced = sorted(set(graph) - set(row) - {"fplstudy"})
-    assert not unplaced, f"modules missing from docs/DESIGN.md's structure table: {unplaced}"
-    assert not set(row) - set(graph), f"the table names modules that do not exist: {sorted(set(row) - set(graph))}"
-    up = [f"{m} -> {d}" for m, deps in sorted(graph.items()) for d in sorted(deps)
-          if m in row and d in row and row[d] > row[m]]
-    assert not up, f"imports that go up docs/DESIGN.md's structure table: {up}"
 
 
 def test_every_benchmark_script_imports(tmp_path):

@@ -1,4 +1,4 @@
-"""Command line: ``fplstudy run|plan|cost|explore|keys``.
+"""Command line: ``fplstudy run|plan|cost|explore|calibrate|keys|deps|export-digits``.
 
 Examples::
 
@@ -12,6 +12,7 @@ Examples::
     fplstudy calibrate --models cnn --out host.yaml
     fplstudy run --set profiles_file=host.yaml --set strategy=mp --set nodes=2 --backend emulated --out runs/tb
     fplstudy keys
+    fplstudy deps --write        # dvc.yaml's code deps brought up to date after an import changed
 
 Bad input exits with code 2 and one line naming the key, the value and what is allowed (a bad or
 busy ``--out`` too, before any work); a run whose loss diverges exits with code 3 and keeps the rounds
@@ -197,7 +198,39 @@ def build_parser() -> argparse.ArgumentParser:
                         "seconds, as cold_factor and cold_s (default 0: not measured)")
 
     sub.add_parser("keys", help="list every config key with its default")
+    p = sub.add_parser("deps", help="check that every stage of dvc.yaml lists in its deps exactly the code it runs "
+                                    "(its notebook and import closure, or the training code's hash file); exit 1 "
+                                    "naming the stages that do not")
+    p.add_argument("--dvc", default="dvc.yaml", help="the pipeline file (default: dvc.yaml)")
+    p.add_argument("--write", action="store_true", help="rewrite the deps of those stages in place")
+    p = sub.add_parser("export-digits", help="write scikit-learn's digits as the .npy files data.dvc tracks")
+    p.add_argument("folder", help="where to write images.npy and target.npy (data/digits)")
     return parser
+
+
+def _cmd_deps(args) -> int:
+    from fplstudy.study.provenance import check_stage_deps, write_stage_deps
+
+    if args.write:
+        changed = write_stage_deps(args.dvc)
+        print(f"{args.dvc}: deps rewritten for {', '.join(changed)}" if changed else
+              f"{args.dvc}: every stage lists the code it runs; nothing rewritten")
+        return 0
+    wrong = check_stage_deps(args.dvc)
+    for line in wrong:
+        print(line)
+    if wrong:
+        return 1
+    print(f"{args.dvc}: every stage lists the code it runs")
+    return 0
+
+
+def _cmd_export_digits(args) -> int:
+    from fplstudy.facts.datasets import export_digits
+
+    for path in export_digits(args.folder):
+        print(path)
+    return 0
 
 
 def _print_keys() -> None:
@@ -206,9 +239,9 @@ def _print_keys() -> None:
 
 
 def _cmd_plan(cfg: Config, args) -> int:
-    from fplstudy.plans.plan import resolve
-    from fplstudy.facts.profiles import check_profiles
     from fplstudy.facts.partition import load_partitioned
+    from fplstudy.facts.profiles import check_profiles
+    from fplstudy.plans.plan import resolve
 
     plan = resolve(cfg)
     check_profiles(plan)
@@ -225,8 +258,8 @@ def _cmd_plan(cfg: Config, args) -> int:
 
 def _declared_note(cfg: Config) -> str | None:
     """The line that says a dry run is priced on the dataset's declared shape (None: from its files)."""
-    from fplstudy.facts.datasets import dataset_folder
     from fplstudy.costs.dryrun import FROM_DECLARED, priced_from
+    from fplstudy.facts.datasets import dataset_folder
 
     if priced_from(cfg) != FROM_DECLARED:
         return None
@@ -254,9 +287,7 @@ def _cmd_cost(cfg: Config, args) -> int:
 
 
 def _cmd_explore(cfg: Config, args) -> int:
-    from fplstudy.costs.search import explore, front_csv
-
-    from fplstudy.costs.search import MAX_PLACEMENTS
+    from fplstudy.costs.search import MAX_PLACEMENTS, explore, front_csv
 
     if args.max_placements is not None and not args.search_placement:
         raise ConfigError("--max-placements", args.max_placements, "bounds a placement search; add --search-placement")
@@ -370,6 +401,13 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command == "keys":
         _print_keys()
         return 0
+    if args.command in ("deps", "export-digits"):
+        from fplstudy.config import StudyError
+
+        try:
+            return {"deps": _cmd_deps, "export-digits": _cmd_export_digits}[args.command](args)
+        except (StudyError, OSError) as exc:
+            return _refuse(str(exc))
     from fplstudy.train.runner import RunFolderError, RunInterrupted
 
     if args.command == "explore" and args.out and args.all_out and \

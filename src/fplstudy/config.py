@@ -56,6 +56,11 @@ class ConfigError(ValueError):
         super().__init__(f"config key '{key}': got {short_repr(value)}; {allowed}")
 
 
+class StudyError(ValueError):
+    """A study's parameters (``params.yaml``) that cannot be run; the message names the entry, the value
+    and the fix."""
+
+
 # --------------------------------------------------------------------------- YAML the user gives
 
 class YamlError(ValueError):

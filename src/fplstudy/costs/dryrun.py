@@ -5,7 +5,7 @@ model's block profiles and the shard sizes. :func:`plan_events` walks the round 
 training engine executes (:func:`fplstudy.plans.program.round_program`: batches, chains of chunks, hand-offs,
 relays and syncs) and turns each of its operations into its event without a tensor
 (:func:`fplstudy.plans.program.item_events`), so a dry run's ledger equals, row for row, the ledger of a real
-run of the same plan (tests/test_costs.py checks it for every strategy). Only the dataset's labels are
+run of the same plan (tests/unit/costs/test_costs.py checks it for every strategy). Only the dataset's labels are
 read (the partition of the shards depends on them).
 
 **Declared shape.** Where a torchvision dataset's files are not on disk (MNIST, Fashion-MNIST,
@@ -13,7 +13,7 @@ CIFAR-10), the dry run prices the plan on the dataset's declared shape instead: 
 input shape and per-class counts (:data:`fplstudy.facts.datasets.DATASET_CLASS_COUNTS`). The partition is
 drawn, with the plan's seed, on a label vector with those class counts; every partitioner's shard sizes
 depend only on the class counts (not on the order of the labels), so where the files exist the two dry
-runs are equal row for row (tests/test_scale.py checks it). :attr:`DryRun.priced_from` says which it
+runs are equal row for row (tests/unit/study/test_scale.py checks it). :attr:`DryRun.priced_from` says which it
 was. A seeded training subset (``max_train_samples``) of a label-skewed partition (``dirichlet``,
 ``shards``) is refused on the declared shape: the subset's class counts depend on the files' label order.
 """
@@ -27,16 +27,28 @@ import numpy as np
 import pandas as pd
 
 from fplstudy.config import Config, ConfigError
-from fplstudy.facts.datasets import DATASET_CLASS_COUNTS, DATASET_META, declared_labels, files_present
-from fplstudy.plans.dynamics import plan_turnouts, turnout_rule
-from fplstudy.plans.events import Event
 from fplstudy.costs.ledger import Pricer, event_costs, price, totals
 from fplstudy.costs.makespan import schedule_round
 from fplstudy.costs.memory import peak_memory
+from fplstudy.facts.datasets import (
+    DATASET_CLASS_COUNTS,
+    DATASET_META,
+    declared_labels,
+    files_present,
+)
 from fplstudy.facts.partition import load_partitioned, make_partition
-from fplstudy.plans.plan import Plan, resolve
 from fplstudy.facts.profiles import Profiles, check_profiles
-from fplstudy.plans.program import BatchStep, everyone, item_events, plan_chains, round_batches, round_program
+from fplstudy.plans.dynamics import plan_turnouts, turnout_rule
+from fplstudy.plans.events import Event
+from fplstudy.plans.plan import Plan, resolve
+from fplstudy.plans.program import (
+    BatchStep,
+    everyone,
+    item_events,
+    plan_chains,
+    round_batches,
+    round_program,
+)
 
 FROM_FILES, FROM_DECLARED = "files", "declared shape"  # what a dry run's shard sizes were drawn on
 

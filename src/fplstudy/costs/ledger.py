@@ -79,17 +79,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fplstudy.plans.dynamics import plan_turnouts
-from fplstudy.plans.events import Compute, Event
-from fplstudy.costs.makespan import (TASK_COMPUTE, TASK_DATA, TASK_DOWN, TASK_UP, fast_path_applies, schedule_fixed_order,
-                               schedule_round)
+from fplstudy.costs.makespan import (
+    TASK_COMPUTE,
+    TASK_DATA,
+    TASK_DOWN,
+    TASK_UP,
+    fast_path_applies,
+    schedule_fixed_order,
+    schedule_round,
+)
 from fplstudy.costs.memory import memory_rows, model_size
-from fplstudy.plans.plan import Node
 from fplstudy.facts.profiles import DeviceProfile, LinkProfile, Profiles, check_profiles
-from fplstudy.plans.program import chunk_profiles, default_adapter_shape, everyone
 from fplstudy.facts.topology import price_path
+from fplstudy.plans.dynamics import plan_turnouts
+from fplstudy.plans.events import KINDS, Compute, Event
+from fplstudy.plans.plan import Node
+from fplstudy.plans.program import chunk_profiles, default_adapter_shape, everyone
 
-KINDS = ("forward", "backward", "activations", "gradients", "labels", "params_up", "params_down", "relay", "idle")
 COLUMNS = ("round", "node", "role", "device", "kind", "count", "flops", "bytes_tx", "bytes_rx", "seconds",
            "energy_j", "round_makespan_s")
 
@@ -211,7 +217,7 @@ def cold_flow(events: list[Event], entry: frozenset[tuple[str, str]]
     from a pause: the previous round's synchronisation, an evaluation). A wait for a message leaves what both
     phases work on cold, and a call of one phase warms only its own (measured on the testbed: in ``mp`` on 2
     nodes a stage's backward that follows its cold forward, and the data owner's forward that follows its cold
-    backward, ran 1.4-1.5x their warm price; stop 26 took them warm). A ``labels`` message does not count: it
+    backward, ran 1.4-1.5x their warm price, not their warm one). A ``labels`` message does not count: it
     leaves right behind the activations, so the receiver has it by the time it has computed on them. A
     ``(node, phase)``'s first call in the run looks at ``entry``: the ``(node, phase)`` s that are cold before the
     run (a round's first run: every one, :func:`cold_keys`).

@@ -16,7 +16,7 @@ share the network is the config key ``network``:
   messages one after the other, and a node does not receive while it sends. (TCP shares an interface
   among concurrent messages instead; the last of them ends at the same time. On the emulated testbed's
   full-duplex shaped links, a node's outgoing queue delays the acknowledgements of what it receives, so
-  sending and receiving barely overlap there either: tests/test_testbed.py, README.)
+  sending and receiving barely overlap there either: tests/integration/test_testbed.py, README.)
   This is the network of the emulated testbed on the uniform site (:mod:`fplstudy.testbed.emulation`);
 - ``inbox``: every directed pair has its own link, as in ``links``, and a message starts only once its
   receiver has *posted* its receive: after the receiver's earlier computes and receives of the round, in
@@ -50,11 +50,11 @@ Dependencies, derived from the events (emission order) and the plan:
 Scheduling is non-delay list scheduling: whenever a resource is free and has ready tasks, it starts
 the one with the highest priority (earlier step first; in ``1f1b`` backward before forward; then
 emission order). For S uniform stages with forward time t_f and backward time t_b this gives
-(M + S − 1)(t_f + t_b) for GPipe and 1F1B and M·S·(t_f + t_b) for sequential (tests/test_costs.py).
+(M + S − 1)(t_f + t_b) for GPipe and 1F1B and M·S·(t_f + t_b) for sequential (tests/unit/costs/test_costs.py).
 
 Fast path: :func:`schedule_fixed_order` computes the same schedule in one pass over compact tasks,
 serving every resource in emission order, and checks afterwards that the list scheduler would have
-chosen that order (else the caller uses :func:`schedule_round`); tests/test_fast_pricing.py compares them.
+chosen that order (else the caller uses :func:`schedule_round`); tests/unit/costs/test_fast_pricing.py compares them.
 """
 
 from __future__ import annotations

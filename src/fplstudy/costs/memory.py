@@ -30,7 +30,13 @@ import pandas as pd
 
 from fplstudy.config import ConfigError
 from fplstudy.costs.makespan import chain_depths
-from fplstudy.plans.program import branch_chain, branch_in_shape, chain_in_shapes, chunk_profiles, trunk_chain
+from fplstudy.plans.program import (
+    branch_chain,
+    branch_in_shape,
+    chain_in_shapes,
+    chunk_profiles,
+    trunk_chain,
+)
 
 FLOAT_BYTES = 4  # float32
 

@@ -11,7 +11,7 @@ Speed: costs of a round depend only on the plan and on whether the round syncs, 
 dry-runs one period of rounds (``sync_every`` rounds, one more for an SL relay whose first round has
 no hand-over) and repeats its ledger rows over ``config.rounds`` rounds before summing them with
 :func:`fplstudy.costs.ledger.totals`. The totals equal those of ``dry_run(config)`` exactly
-(tests/test_explore.py checks it). Shard sizes are partitioned once per number of branches
+(tests/unit/costs/test_search.py checks it). Shard sizes are partitioned once per number of branches
 (:func:`fplstudy.costs.dryrun.cached_shard_sizes`).
 
 Which nodes count: ``nodes`` is read as each strategy reads it (see :mod:`fplstudy.plans.strategies`); ``fl``
@@ -35,7 +35,7 @@ dedicated aggregator) may go to any free topology node that can hold it (memory)
 (:func:`placements`). The search space, and how it is bounded: plan shapes (as above) × injective
 assignments of the movable nodes to the free nodes, counted once per class of interchangeable topology nodes
 (:func:`interchangeable`: same device numbers, same hops to and from everyone, never inside another pair's
-path; swapping two gives the same ledger, tests/test_placement_search.py checks it), and at most
+path; swapping two gives the same ledger, tests/unit/costs/test_placement_search.py checks it), and at most
 ``max_placements`` (default :data:`MAX_PLACEMENTS`) a shape: a shape with more is priced on its default
 placement and a seeded sample (column ``placements_exhaustive`` False), so a search prices at most
 shapes × ``max_placements`` plans. Each placement is priced from its shape's round programs, computed once
@@ -54,15 +54,21 @@ import numpy as np
 import pandas as pd
 
 from fplstudy.config import JUNCTIONS, Config, ConfigError, make_config
-from fplstudy.costs.dryrun import RoundShapes, cached_shard_sizes, price_plan, price_rounds, round_shapes
-from fplstudy.plans.events import Transfer
+from fplstudy.costs.dryrun import (
+    RoundShapes,
+    cached_shard_sizes,
+    price_plan,
+    price_rounds,
+    round_shapes,
+)
 from fplstudy.costs.ledger import Pricer, plan_totals, totals
 from fplstudy.costs.makespan import fast_path_applies
 from fplstudy.costs.memory import memory_rows, misfits
-from fplstudy.plans.plan import Plan, max_nodes, resolve, training_samples
 from fplstudy.facts.profiles import Profiles, check_profiles
-from fplstudy.plans.strategies import CUTS, STRATEGIES, Axes, strategy
 from fplstudy.facts.topology import price_path
+from fplstudy.plans.events import Transfer
+from fplstudy.plans.plan import Plan, max_nodes, resolve, training_samples
+from fplstudy.plans.strategies import CUTS, STRATEGIES, Axes, strategy
 
 OBJECTIVES = ("energy_j_site", "bytes_total", "makespan_s", "memory_bytes_max_node")
 FPL_SYNCS = ("none", "fedavg", "relay")

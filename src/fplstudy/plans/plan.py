@@ -22,11 +22,17 @@ from typing import Any
 import numpy as np
 
 from fplstudy.config import Config, ConfigError
-from fplstudy.facts.datasets import DATASET_META, DATASET_SIZES, DATASETS, DRAWN_SPLIT, split_sizes
+from fplstudy.facts.datasets import (
+    DATASET_META,
+    DATASET_SIZES,
+    DATASETS,
+    DRAWN_SPLIT,
+    split_sizes,
+)
 from fplstudy.facts.flops import BlockProfile, profile_blocks, profile_model
 from fplstudy.facts.models import DATASET_DEFAULT_MODEL, MODELS
-from fplstudy.plans.strategies import Shape, preset, strategy
 from fplstudy.facts.topology import place, site_of
+from fplstudy.plans.strategies import Shape, preset, strategy
 
 # Sanity bound on the batch steps of a run (rounds x local_epochs x batches per epoch, over all
 # branches): 1e7 steps is ~3 h at 1 ms a step on the smallest model, and a dry run keeps the events of

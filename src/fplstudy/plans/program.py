@@ -24,9 +24,9 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from fplstudy.plans.events import Compute, Transfer
 from fplstudy.facts.flops import BlockProfile, profile_block, profile_blocks
 from fplstudy.facts.models import MODELS, make_adapter
+from fplstudy.plans.events import Compute, Transfer
 
 TRUNK = -1  # the chain index of the trunk where it runs on its own (``concat``: after the join)
 BATCH_KINDS = ("activations", "gradients", "labels")  # hops whose shape is per sample (times the batch)

@@ -3,10 +3,12 @@
 Each :class:`Strategy` of :data:`REGISTRY` holds, in one place, what the rest of fplstudy knows about a
 strategy by its name: its **preset** (how the user's ``nodes``, ``branches``, ``junction`` … become the
 plan's :class:`Shape`), the **candidates** :mod:`fplstudy.costs.search` enumerates for it, its **plan name**
-in a search, its words (the plan picture's heading, the teaching walk's text, a searched plan in a
-sentence) and its **look** in figures (colour, marker, place in the legends). :data:`STRATEGIES`
-lists the names; :func:`strategy` looks one up. A strategy that fits the plan's shape is added here
-(and in its tests) only: a preset never adds a code path, every strategy runs through the same engine.
+in a search, a searched plan in a sentence, and its labels and place in the tables' and legends' order.
+:data:`STRATEGIES` lists the names; :func:`strategy` looks one up. How a strategy is drawn and taught
+(title, short name, teaching text, colour, marker) lives in :mod:`fplstudy.views.looks`, outside the
+training code, so that a colour or a sentence never changes the code hash of a run. A strategy that fits
+the plan's shape is added here and in ``views/looks.py`` (tests/unit/views/test_style.py names a missing
+look): a preset never adds a code path, every strategy runs through the same engine.
 
 How ``nodes`` is read:
 
@@ -29,13 +31,14 @@ module reads it (never the other way round).
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping
 
 from fplstudy.config import JUNCTIONS, Config, ConfigError
 
-if TYPE_CHECKING:  # plan imports this module; the plan type is only named in signatures
-    from fplstudy.plans.plan import Plan
+# A resolved plan (fplstudy.plans.plan.Plan) as the plan-name functions take it: plan imports this module, so
+# this module names the type without importing it (no import cycle, not even for type checkers).
+Plan = Any
 
 
 @dataclass(frozen=True)
@@ -96,12 +99,7 @@ class Strategy:
 
     Attributes:
         name: the ``strategy`` config value.
-        title: the strategy in words, as the plan picture's heading says it.
-        short: the short name of tables and teaching labels (``FL``).
-        teaching: what a newcomer should look at in this step of the teaching walk.
-        colour: hex colour in every figure (from seaborn's ``colorblind`` palette).
-        marker: matplotlib marker in every figure.
-        legend: place in every legend (and in the palette's order), 0 first.
+        legend: place in every legend and in the study's label columns (``curves.csv``), 0 first.
         shape: the preset: ``shape(cfg, n_blocks, default_junction)`` → :class:`Shape`; raises
             ConfigError when the config does not fit (the shared checks are in :func:`preset`).
         candidates: ``candidates(axes)`` → the plan-shape overrides explore tries (resolve may refuse some).
@@ -110,40 +108,32 @@ class Strategy:
         fewer_branches: ``fewer_branches(cfg, n_train)`` → ``(key, value, fix)``: which key to lower,
             and how, when the plan has more branches than training samples.
         junctions: the junction modes the strategy allows (the first is its default).
-        junction_looks: junction → ``(colour, marker)`` when the figures tell the strategy's plans apart
-            by junction (label ``<name>-<junction>``, in this order); empty: one label, the name.
+        label_junctions: the junctions whose plans the tables and figures tell apart (label
+            ``<name>-<junction>``, in this order); empty: one label, the name.
         fixed_nodes: the node count the strategy always runs on (``centralized``: 1), else None.
         client_server: its branches are clients and a one-node trunk is the server (``sl``, ``sfl``).
         trains_as: the strategy it learns exactly like (same updates, same curves), else None.
+        ships_activations: its nodes exchange activations and their gradients at a cut (``mp``, ``sl``,
+            ``sfl``, ``fpl``), not only parameters (``fl``) or nothing (``centralized``).
     """
 
     name: str
-    title: str
-    short: str
-    teaching: str
-    colour: str
-    marker: str
     legend: int
     shape: Callable[[Config, int, int], Shape]
     candidates: Callable[[Axes], Iterator[dict[str, Any]]]
-    plan_name: Callable[["Plan"], str]
+    plan_name: Callable[[Plan], str]
     describe: Callable[[Mapping[str, Any]], str]
     fewer_branches: Callable[[Config, int], tuple[str, Any, str]]
     junctions: tuple[str, ...] = ("shared",)
-    junction_looks: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    label_junctions: tuple[str, ...] = ()
     fixed_nodes: int | None = None
     client_server: bool = False
     trains_as: str | None = None
+    ships_activations: bool = False
 
     def labels(self) -> list[str]:
-        """The strategy's legend labels: its name, or ``<name>-<junction>`` per :attr:`junction_looks`."""
-        return [f"{self.name}-{j}" for j in self.junction_looks] if self.junction_looks else [self.name]
-
-    def looks(self) -> dict[str, tuple[str, str]]:
-        """Legend label → ``(colour, marker)``, in :meth:`labels` order."""
-        if not self.junction_looks:
-            return {self.name: (self.colour, self.marker)}
-        return {f"{self.name}-{j}": look for j, look in self.junction_looks.items()}
+        """The strategy's legend labels: its name, or ``<name>-<junction>`` per :attr:`label_junctions`."""
+        return [f"{self.name}-{j}" for j in self.label_junctions] if self.label_junctions else [self.name]
 
 
 # --------------------------------------------------------------------------------------- shared checks
@@ -365,52 +355,40 @@ def _fewer_branches(cfg: Config, n_train: int) -> tuple[str, Any, str]:
 
 _STRATEGIES = (
     Strategy(
-        name="centralized", title="Centralized training", short="centralized",
-        teaching="one node holds the whole model and all the data: no messages at all, "
-                 "but one device does all the work and must hold everything",
-        colour="#0173B2", marker="*", legend=0, shape=_centralized, candidates=_centralized_candidates,
+        name="centralized", legend=0, shape=_centralized, candidates=_centralized_candidates,
         plan_name=lambda plan: f"centralized-{plan.config.nodes}", describe=lambda row: "centralized (1 node)",
         fewer_branches=_fewer_branches, fixed_nodes=1),
     Strategy(
-        name="fl", title="Federated learning (FL)", short="FL",
-        teaching="every node trains the whole model on its own shard; an aggregator averages the copies "
-                 "(FedAvg): the only messages are parameters, once per round",
-        colour="#029E73", marker="o", legend=2, shape=_fl, candidates=_fl_candidates,
+        name="fl", legend=2, shape=_fl, candidates=_fl_candidates,
         plan_name=lambda plan: f"fl-{plan.config.nodes}-every{plan.sync_every}",
         describe=lambda row: f"FL: {_count(int(row['nodes']), 'client')} + an aggregator, {_averaged(row)}",
         fewer_branches=lambda cfg, n_train: ("nodes", cfg.nodes, f"use at most {n_train} nodes")),
     Strategy(
-        name="mp", title="Model parallelism (MP)", short="MP",
-        teaching="the layers are split across the nodes (model parallelism, the paper's distributed SGD): "
-                 "each node holds a slice, but activations and gradients cross every cut for every batch",
-        colour="#DE8F05", marker="s", legend=1, shape=_mp, candidates=_mp_candidates,
+        name="mp", legend=1, shape=_mp, candidates=_mp_candidates,
         plan_name=lambda plan: f"mp-{plan.config.nodes}-t{_trunk_cuts(plan)}", describe=_mp_words,
-        fewer_branches=_fewer_branches, trains_as="centralized"),
+        fewer_branches=_fewer_branches, trains_as="centralized", ships_activations=True),
     Strategy(
-        name="sl", title="Split learning (SL)", short="SL",
-        teaching="split learning: each client holds the first layers (the head) on its own data, a server holds "
-                 "the rest; clients take turns and pass the head's weights along",
-        colour="#D55E00", marker="^", legend=3, shape=_split("sl", relay=True),
+        name="sl", legend=3, shape=_split("sl", relay=True),
         candidates=_split_candidates("sl", periodic=False), plan_name=_split_name("sl", periodic=False),
-        describe=_split_words("SL", averaged=False), fewer_branches=_split_fewer, client_server=True),
+        describe=_split_words("SL", averaged=False), fewer_branches=_split_fewer, client_server=True,
+        ships_activations=True),
     Strategy(
-        name="sfl", title="Split-federated learning (SFL)", short="SFL",
-        teaching="split-federated: like SL, but the clients train in parallel and their heads are averaged "
-                 "every round",
-        colour="#CC78BC", marker="v", legend=4, shape=_split("sfl", relay=False),
+        name="sfl", legend=4, shape=_split("sfl", relay=False),
         candidates=_split_candidates("sfl", periodic=True), plan_name=_split_name("sfl", periodic=True),
-        describe=_split_words("SFL", averaged=True), fewer_branches=_split_fewer, client_server=True),
+        describe=_split_words("SFL", averaged=True), fewer_branches=_split_fewer, client_server=True,
+        ships_activations=True),
     Strategy(
-        name="fpl", title="Flexible parallel learning (FPL)", short="FPL",
-        teaching="flexible parallel learning: D branches (data parallel) meet a trunk split over nodes "
-                 "(model parallel) at a junction layer; the junction and the cuts are the knobs",
-        colour="#CA9161", marker="D", legend=5, shape=_fpl, candidates=_fpl_candidates, plan_name=_fpl_name,
+        name="fpl", legend=5, shape=_fpl, candidates=_fpl_candidates, plan_name=_fpl_name,
         describe=_fpl_words, fewer_branches=_fpl_fewer, junctions=("adapter", "shared", "concat"),
-        junction_looks={"shared": ("#CA9161", "D"), "adapter": ("#FBAFE4", "P"), "concat": ("#949494", "X")}),
+        label_junctions=("shared", "adapter", "concat"), ships_activations=True),
 )
 REGISTRY: dict[str, Strategy] = {s.name: s for s in _STRATEGIES}  # in DESIGN.md's order (the teaching walk's)
 STRATEGIES: tuple[str, ...] = tuple(REGISTRY)
 LEGEND_ORDER: tuple[str, ...] = tuple(sorted(REGISTRY, key=lambda name: REGISTRY[name].legend))
+ACTIVATION_STRATEGIES: tuple[str, ...] = tuple(s for s in LEGEND_ORDER if REGISTRY[s].ships_activations)
+# Labels of the study's tables and figures: the strategies, fpl split by junction (Strategy.label_junctions);
+# fplstudy.study.tables.plan_label gives a plan's label, fplstudy.views.looks each label's colour and marker.
+LABEL_ORDER: tuple[str, ...] = tuple(label for s in LEGEND_ORDER for label in REGISTRY[s].labels())
 
 
 def strategy(name: Any, key: str = "strategy") -> Strategy:

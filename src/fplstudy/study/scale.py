@@ -22,7 +22,7 @@ and writes:
 
 Command line (``dvc.yaml`` stage ``scale``)::
 
-    python -m fplstudy.study.scale --params params.yaml --out results/scale
+    python -m fplstudy.stages.scale --params params.yaml --out results/scale
 
 (the figures go beside the tables: ``figures/`` is the ``tradeoffs`` stage's output as a whole, and DVC
 refuses an output inside another stage's.)
@@ -30,184 +30,26 @@ refuses an output inside another stage's.)
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from fplstudy.config import ConfigError, make_config, read_yaml_file
-from fplstudy.facts.datasets import DATASET_META, split_sizes
+from fplstudy.config import ConfigError, make_config
 from fplstudy.costs.dryrun import price_plan, priced_from, shard_sizes
 from fplstudy.costs.ledger import totals
 from fplstudy.costs.memory import node_chunks, peak_memory
-from fplstudy.facts.models import MODELS
-from fplstudy.plans.plan import resolve
+from fplstudy.facts.datasets import split_sizes
 from fplstudy.facts.profiles import check_profiles, load_profiles
-from fplstudy.train.results import atomic_write_text
-from fplstudy.plans.strategies import STRATEGIES
-from fplstudy.views.style import MARKERS, MESSAGE_KINDS, PALETTE, STRATEGY_ORDER, save_figure
+from fplstudy.plans.events import TRANSFER_KINDS
+from fplstudy.plans.plan import resolve
+from fplstudy.study.params import ScaleParams
 
-ACTIVATION_STRATEGIES = ("mp", "sl", "sfl", "fpl")  # strategies that ship activations (vs FL's parameters)
 COST_COLUMNS = ("model", "strategy", "nodes", "nodes_used", "branches", "junction_at", "cut_numel", "status",
-                "message", "train_samples", *(f"bytes_{k}" for k in MESSAGE_KINDS), "bytes_total", "energy_j",
+                "message", "train_samples", *(f"bytes_{k}" for k in TRANSFER_KINDS), "bytes_total", "energy_j",
                 "energy_j_max_node", "makespan_s", "flops_total", "memory_bytes_max_node",
                 "memory_bytes_max_edge_node", "model_params", "priced_from")
-
-
-@dataclass(frozen=True)
-class ScaleParams:
-    """The ``scale:`` section of ``params.yaml``.
-
-    Attributes:
-        dataset: a dataset with a declared shape (``cifar10``).
-        models: models to price.
-        strategies: strategies to price (``centralized`` is priced at 1 node, the others at ``nodes``).
-        nodes: node counts.
-        batch_size: samples per step.
-        device: device profile of data owners and branch stages.
-        server_device: device profile of trunk stages and the aggregator.
-        link: link profile.
-        memory_devices: devices whose memory the per-node peaks are drawn against.
-        crossover_nodes: node count of the crossover.
-        crossover_samples: training-set sizes of the crossover.
-        crossover_against: activation-shipping strategies compared with FL.
-        crossover_reference: ``(dataset, model)`` priced in the crossover too, on its own dataset's sizes
-            (the trained study's digits CNN, to compare with); its rows are labelled ``"<model> on <dataset>"``.
-        extra: more config keys shared by every plan (e.g. ``data_dir``).
-    """
-
-    dataset: str = "cifar10"
-    models: tuple[str, ...] = ("vgg11", "resnet18", "mobilenetv2")
-    strategies: tuple[str, ...] = STRATEGY_ORDER
-    nodes: tuple[int, ...] = (2, 4, 8, 16)
-    batch_size: int = 64
-    device: str = "jetson_orin_nano"
-    server_device: str = "a100"
-    link: str = "wifi5"
-    memory_devices: tuple[str, ...] = ("rpi4", "jetson_nano", "jetson_orin_nano")
-    crossover_nodes: int = 4
-    crossover_samples: tuple[int, ...] = (100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000)
-    crossover_against: tuple[str, ...] = ("mp", "sl", "fpl")
-    crossover_reference: tuple[str, str] | None = None
-    extra: dict = field(default_factory=dict)
-
-    def config(self, **over: Any) -> dict[str, Any]:
-        """Config keys of one plan of the study: the shared keys, then ``over``."""
-        return {"dataset": self.dataset, "batch_size": self.batch_size, "rounds": 1, "local_epochs": 1,
-                "device": self.device, "server_device": self.server_device, "link": self.link,
-                **self.extra, **over}
-
-
-def _refuse(key: str, value: Any, fix: str) -> ConfigError:
-    return ConfigError(f"scale.{key}", value, fix)
-
-
-def _names(key: str, value: Any, known: Sequence[str]) -> tuple[str, ...]:
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        raise _refuse(key, value, f"give a non-empty list of names, e.g. [{known[0]}]")
-    bad = [v for v in value if v not in known]
-    if bad:
-        raise _refuse(key, bad[0], f"unknown; use names from: {', '.join(known)}")
-    return tuple(value)
-
-
-def _ints(key: str, value: Any, lo: int, hi: int) -> tuple[int, ...]:
-    if not isinstance(value, list) or not value or not all(type(v) is int for v in value):
-        raise _refuse(key, value, f"give a non-empty list of integers in {lo}..{hi}")
-    bad = [v for v in value if not lo <= v <= hi]
-    if bad:
-        raise _refuse(key, bad[0], f"must lie in {lo}..{hi}")
-    return tuple(sorted(set(value)))
-
-
-def parse_params(section: Any) -> ScaleParams:
-    """Validate a ``scale:`` mapping into :class:`ScaleParams`.
-
-    Raises:
-        ConfigError: naming ``scale.<key>``, the value and the fix (unknown keys too).
-    """
-    if not isinstance(section, dict):
-        raise ConfigError("scale", section, "give a mapping of the scale study's keys (see params.yaml)")
-    known = ("dataset", "models", "strategies", "nodes", "batch_size", "device", "server_device", "link",
-             "memory_devices", "crossover", "extra")
-    for key in section:
-        if key not in known:
-            raise _refuse(key, section[key], f"unknown key; known: {', '.join(known)}")
-    d = ScaleParams()
-    out: dict[str, Any] = {}
-    dataset = section.get("dataset", d.dataset)
-    if dataset not in DATASET_META:
-        raise _refuse("dataset", dataset, f"use one of {', '.join(DATASET_META)}")
-    out["dataset"] = dataset
-    out["models"] = _names("models", section.get("models", list(d.models)), tuple(MODELS))
-    out["strategies"] = _names("strategies", section.get("strategies", list(d.strategies)), tuple(STRATEGIES))
-    out["nodes"] = _ints("nodes", section.get("nodes", list(d.nodes)), 2, 64)
-    bs = section.get("batch_size", d.batch_size)
-    if type(bs) is not int or bs < 1:
-        raise _refuse("batch_size", bs, "give an integer >= 1 (samples per step, e.g. 64)")
-    out["batch_size"] = bs
-    profiles = load_profiles()
-    for key in ("device", "server_device"):
-        name = section.get(key, getattr(d, key))
-        if name not in profiles.devices:
-            raise _refuse(key, name, f"unknown device profile; known: {', '.join(sorted(profiles.devices))}")
-        out[key] = name
-    link = section.get("link", d.link)
-    if link not in profiles.links:
-        raise _refuse("link", link, f"unknown link profile; known: {', '.join(sorted(profiles.links))}")
-    out["link"] = link
-    devs = _names("memory_devices", section.get("memory_devices", list(d.memory_devices)), sorted(profiles.devices))
-    no_memory = [v for v in devs if profiles.devices[v].memory_bytes is None]
-    if no_memory:
-        raise _refuse("memory_devices", no_memory[0], "this device profile has no memory_bytes; pick one that has")
-    out["memory_devices"] = devs
-    cross = section.get("crossover", {})
-    if not isinstance(cross, dict):
-        raise _refuse("crossover", cross, "give a mapping with nodes, train_samples and against")
-    for key in cross:
-        if key not in ("nodes", "train_samples", "against", "reference"):
-            raise _refuse(f"crossover.{key}", cross[key], "unknown key; known: nodes, train_samples, against, reference")
-    cn = cross.get("nodes", d.crossover_nodes)
-    if type(cn) is not int or not 2 <= cn <= 64:
-        raise _refuse("crossover.nodes", cn, "give an integer in 2..64 (the node count of the crossover)")
-    out["crossover_nodes"] = cn
-    n_train = split_sizes(dataset)[0]
-    out["crossover_samples"] = _ints("crossover.train_samples", cross.get("train_samples", list(d.crossover_samples)),
-                                     2 * cn, n_train)
-    if len(out["crossover_samples"]) < 2:
-        raise _refuse("crossover.train_samples", cross.get("train_samples"),
-                      "give at least two sizes (the crossover is fitted through them)")
-    out["crossover_against"] = _names("crossover.against", cross.get("against", list(d.crossover_against)),
-                                      ACTIVATION_STRATEGIES)
-    ref = cross.get("reference")
-    if ref is not None:
-        if not isinstance(ref, dict) or set(ref) != {"dataset", "model"}:
-            raise _refuse("crossover.reference", ref, "give {dataset: NAME, model: NAME}, e.g. {dataset: digits, "
-                                                      "model: cnn}, or leave it out")
-        if ref["dataset"] not in DATASET_META:
-            raise _refuse("crossover.reference.dataset", ref["dataset"], f"use one of {', '.join(DATASET_META)}")
-        if ref["model"] not in MODELS:
-            raise _refuse("crossover.reference.model", ref["model"], f"use one of {', '.join(MODELS)}")
-        out["crossover_reference"] = (ref["dataset"], ref["model"])
-    extra = section.get("extra", {})
-    if not isinstance(extra, dict):
-        raise _refuse("extra", extra, "give a mapping of fplstudy config keys shared by every plan")
-    out["extra"] = dict(extra)
-    return ScaleParams(**out)
-
-
-def load_params(path: str | Path = "params.yaml") -> ScaleParams:
-    """The ``scale:`` section of ``path``, validated (:func:`parse_params`)."""
-    doc = read_yaml_file(path)
-    if not isinstance(doc, dict) or "scale" not in doc:
-        raise ConfigError("scale", None, f"{path} has no top-level scale: section; add one (see params.yaml)")
-    return parse_params(doc["scale"])
 
 
 # --------------------------------------------------------------------------- pricing
@@ -251,7 +93,7 @@ def price_one(values: dict[str, Any]) -> dict[str, Any]:
         "nodes_used": len(plan.nodes), "branches": len(plan.branches), "junction_at": plan.junction_at,
         "cut_numel": _cut_numel(plan), "status": "priced", "message": "", "train_samples": int(sum(sizes))
         if plan.junction != "concat" else int(sizes[0]),
-        **{f"bytes_{k}": int(sent.get(k, 0)) for k in MESSAGE_KINDS},
+        **{f"bytes_{k}": int(sent.get(k, 0)) for k in TRANSFER_KINDS},
         "bytes_total": tot["bytes_total"], "energy_j": tot["energy_j"], "energy_j_max_node": tot["energy_j_max_node"],
         "makespan_s": tot["makespan_s"], "flops_total": tot["flops_total"],
         "memory_bytes_max_node": tot["memory_bytes_max_node"],
@@ -434,7 +276,7 @@ def findings(params: ScaleParams, costs: pd.DataFrame, memory: pd.DataFrame, poi
              f"One epoch ({n_train:,} training samples, batch {params.batch_size}), priced without training "
              f"(dry runs on {'the declared shape' if (ok['priced_from'] == 'declared shape').any() else 'the files'} "
              f"of {params.dataset}); data owners on `{params.device}`, trunk and aggregator on "
-             f"`{params.server_device}`, link `{params.link}`. Generated by `python -m fplstudy.study.scale` from "
+             f"`{params.server_device}`, link `{params.link}`. Generated by `python -m fplstudy.stages.scale` from "
              f"`costs.csv`, `memory.csv` and `crossover_points.csv`.",
              "",
              "## Shipping parameters (FL) against shipping activations (MP, SL, FPL)",
@@ -499,175 +341,3 @@ def findings(params: ScaleParams, costs: pd.DataFrame, memory: pd.DataFrame, poi
         lines += ["", "## Not priced", ""]
         lines += [f"- {r['model']} {r['strategy']} at {r['nodes']} nodes: {r['message']}" for _, r in refused.iterrows()]
     return "\n".join(lines) + "\n"
-
-
-# --------------------------------------------------------------------------- figures
-
-def _strategies(table: pd.DataFrame) -> list[str]:
-    return [s for s in STRATEGY_ORDER if s in set(table["strategy"])]
-
-
-def _dodge(table: pd.DataFrame, x: str, order: list[str]) -> pd.DataFrame:
-    """Shift ``x`` a few per cent per strategy (log axis), so that strategies with equal costs (SL, SFL
-    and FPL share the head) are all visible; the tick labels stay on the true values."""
-    step = {s: 1.04 ** (i - (len(order) - 1) / 2) for i, s in enumerate(order)}
-    return table.assign(**{f"{x}_drawn": table[x] * table["strategy"].map(step)})
-
-
-def _node_axis(ax, nodes) -> None:
-    import matplotlib.ticker
-
-    ticks = sorted(set(int(n) for n in nodes))
-    ax.set_xscale("log")
-    ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FixedFormatter([str(n) for n in ticks]))
-    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-
-
-def draw_nodes(costs: pd.DataFrame):
-    """Bytes and energy per epoch against nodes, one panel per model, one line per strategy.
-
-    Returns:
-        The figure, or None without priced rows.
-    """
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    ok = costs[(costs["status"] == "priced") & (costs["strategy"] != "centralized")].copy()
-    if ok.empty:
-        return None
-    ok["MB"], ok["kJ"] = ok["bytes_total"] / 1e6, ok["energy_j"] / 1e3
-    models = list(dict.fromkeys(ok["model"]))
-    order = _strategies(ok)
-    fig, axes = plt.subplots(2, len(models), figsize=(4.2 * len(models), 7), squeeze=False, sharex=True)
-    for j, model in enumerate(models):
-        data = ok[ok["model"] == model]
-        for i, (col, label) in enumerate((("MB", "bytes sent per epoch (MB)"), ("kJ", "energy per epoch (kJ)"))):
-            ax = axes[i][j]
-            sns.lineplot(_dodge(data, "nodes", order), x="nodes_drawn", y=col, hue="strategy", style="strategy",
-                         hue_order=order, style_order=order, palette=PALETTE, markers=MARKERS, dashes=False, ax=ax,
-                         legend=(i == 0 and j == 0))
-            ax.set(yscale="log", ylabel=label, xlabel="nodes", title=model if i == 0 else None)
-            _node_axis(ax, ok["nodes"])
-    fig.suptitle("One epoch at the paper's scale: bytes and energy against nodes")
-    fig.tight_layout()
-    return fig
-
-
-def draw_memory(memory: pd.DataFrame, params: ScaleParams):
-    """The largest per-node peak memory on a data-owner node against nodes, with each device's memory.
-
-    Returns:
-        The figure, or None without rows.
-    """
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-
-    edge = memory[memory["device"] == params.device] if len(memory) else memory
-    if edge is None or len(edge) == 0:
-        return None
-    peak = edge.groupby(["model", "strategy", "nodes"], as_index=False)["total_bytes"].max()
-    peak["GB"] = peak["total_bytes"] / 1e9
-    models = [m for m in params.models if m in set(peak["model"])]
-    order = _strategies(peak)
-    devices = load_profiles().devices
-    lines: dict[float, list[str]] = {}  # device memory (GB) -> devices with it
-    for d in params.memory_devices:
-        lines.setdefault(devices[d].memory_bytes / 1e9, []).append(d)
-    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 4.2), squeeze=False, sharey=True)
-    for j, model in enumerate(models):
-        ax = axes[0][j]
-        sns.lineplot(_dodge(peak[peak["model"] == model], "nodes", order), x="nodes_drawn", y="GB", hue="strategy",
-                     style="strategy", hue_order=order, style_order=order, palette=PALETTE, markers=MARKERS,
-                     dashes=False, markersize=8, ax=ax, legend=j == 0)
-        for gb, names in lines.items():
-            ax.axhline(gb, color="0.4", linestyle=":", linewidth=1)
-            ax.annotate(f"{', '.join(names)}: {gb:g} GB", (0.98, gb), xycoords=("axes fraction", "data"), ha="right",
-                        va="bottom", fontsize=7, color="0.3")
-        ax.set(yscale="log", xlabel="nodes", ylabel="peak memory, busiest data-owner node (GB)", title=model)
-        _node_axis(ax, peak["nodes"])
-    fig.suptitle(f"Per-node peak memory ({params.device} nodes) against device memory")
-    fig.tight_layout()
-    return fig
-
-
-def draw_crossover(table: pd.DataFrame, points: pd.DataFrame, params: ScaleParams):
-    """Bytes per epoch against the training-set size: FL flat, MP/SL/FPL rising; the crossover marked.
-
-    Returns:
-        The figure, or None without rows.
-    """
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    if table.empty:
-        return None
-    data = table.assign(MB=table["bytes_per_epoch"] / 1e6)
-    models = list(dict.fromkeys(data["model"]))
-    order = _strategies(data)
-    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 4.2), squeeze=False, sharey=True)
-    for j, model in enumerate(models):
-        ax = axes[0][j]
-        sns.lineplot(data[data["model"] == model], x="train_samples", y="MB", hue="strategy", style="strategy",
-                     hue_order=order, style_order=order, palette=PALETTE, markers=MARKERS, dashes=False, ax=ax,
-                     legend=j == 0)
-        for _, p in points[points["model"] == model].iterrows():
-            if math.isfinite(p["crossover_samples"]) and p["crossover_samples"] > 0:
-                ax.axvline(p["crossover_samples"], color=PALETTE[p["strategy"]], linestyle=":", linewidth=1.2)
-        ax.set(xscale="log", yscale="log", xlabel="training samples (one epoch)", ylabel="bytes sent per epoch (MB)",
-               title=f"{model}, {params.crossover_nodes} nodes")
-    fig.suptitle("Where shipping parameters (FL) costs less than shipping activations: right of the dotted line")
-    fig.tight_layout()
-    return fig
-
-
-# --------------------------------------------------------------------------- the stage
-
-def run_scale(params: ScaleParams, out: str | Path, figures: str | Path) -> dict[str, Any]:
-    """Price the study, write its tables, findings and figures.
-
-    Returns:
-        ``{"seconds", "costs", "memory", "crossover", "points"}``.
-    """
-    import matplotlib.pyplot as plt
-
-
-    t0 = time.perf_counter()
-    out, figures = Path(out), Path(figures)
-    costs, memory = price_grid(params)
-    cross = crossover_grid(params)
-    points = crossover_points(cross)
-    for name, table in (("costs", costs), ("memory", memory), ("crossover", cross), ("crossover_points", points)):
-        atomic_write_text(out / f"{name}.csv", table.to_csv(index=False, float_format="%.17g"))
-    atomic_write_text(out / "findings.md", findings(params, costs, memory, points))
-    for name, fig in (("bytes_energy_vs_nodes", draw_nodes(costs)), ("memory_vs_device", draw_memory(memory, params)),
-                      ("crossover", draw_crossover(cross, points, params))):
-        save_figure(fig, figures / f"{name}.png")
-        if fig is not None:
-            plt.close(fig)
-    return {"seconds": time.perf_counter() - t0, "costs": costs, "memory": memory, "crossover": cross,
-            "points": points}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m fplstudy.study.scale --params params.yaml --out results/scale [--figures FOLDER]``."""
-    parser = argparse.ArgumentParser(prog="python -m fplstudy.study.scale", description=__doc__.split("\n")[0])
-    parser.add_argument("--params", default="params.yaml", help="YAML file with a top-level scale: section")
-    parser.add_argument("--out", required=True, help="folder for the tables and findings.md")
-    parser.add_argument("--figures", help="folder for the PNGs (default: --out)")
-    args = parser.parse_args(argv)
-    try:
-        params = load_params(args.params)
-    except (ConfigError, ValueError) as exc:
-        print("fplstudy.study.scale: error: " + " ".join(str(exc).split()), file=sys.stderr)
-        return 2
-    res = run_scale(params, args.out, args.figures or args.out)
-    priced = int((res["costs"]["status"] == "priced").sum())
-    print(f"priced {priced} plans ({len(res['costs']) - priced} refused) and {len(res['crossover'])} crossover points "
-          f"in {res['seconds']:.1f} s; wrote {args.out}" + (f" and {args.figures}" if args.figures else ""))
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -43,9 +43,9 @@ from fplstudy.facts.datasets import DATASET_META, load_dataset
 from fplstudy.facts.flops import profile_model
 from fplstudy.facts.models import MODELS, build_model, make_adapter
 from fplstudy.facts.profiles import load_profiles
-from fplstudy.train.results import atomic_write_text
 from fplstudy.plans.program import adapter_profile, default_adapter_shape
 from fplstudy.testbed.emulation import calibrated_name
+from fplstudy.train.results import atomic_write_text
 
 WINDOWS = 5  # timed windows per model; the median is kept
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}  # what measure times a call by

@@ -86,15 +86,15 @@ import pandas as pd
 import yaml
 
 from fplstudy.config import Config, ConfigError
-from fplstudy.train.distributed import DILATE_ENV, GATE_ENV, TRACE_ENV, DistributedError
 from fplstudy.costs.dryrun import plan_events
-from fplstudy.plans.events import Compute
 from fplstudy.costs.ledger import cold_calls, event_costs, price
-from fplstudy.plans.plan import Plan
 from fplstudy.facts.profiles import DeviceProfile, Profiles
+from fplstudy.facts.topology import Hop, Topology
+from fplstudy.plans.events import Compute
+from fplstudy.plans.plan import Plan
+from fplstudy.train.distributed import DILATE_ENV, GATE_ENV, TRACE_ENV, DistributedError
 from fplstudy.train.results import atomic_write_text, write_rows_csv
 from fplstudy.train.runner import prepare
-from fplstudy.facts.topology import Hop, Topology
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # where the Debian package installs the mininet module
 NETCTL = Path(__file__).with_name("netctl.py")
@@ -525,7 +525,9 @@ def error_summary(table: pd.DataFrame) -> dict:
 def parity_figure(tables: list[tuple[str, pd.DataFrame]], path: str | Path) -> Path:
     """Predicted against measured: the round makespan (one point per plan × round) and per-node busy seconds
     (one point per plan × node × round), warm-up rounds left out; log-log, with the ±15 % band."""
-    from matplotlib.figure import Figure  # drawn without pyplot: the caller's backend is left alone
+    from matplotlib.figure import (
+        Figure,  # drawn without pyplot: the caller's backend is left alone
+    )
 
     fig = Figure(figsize=(10, 4.6))
     axes = fig.subplots(1, 2)

@@ -75,11 +75,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from fplstudy.train import engine
 from fplstudy.config import Config, ConfigError
-from fplstudy.plans.events import TRANSFER_KINDS, Compute, Transfer
 from fplstudy.facts.partition import load_partitioned
+from fplstudy.plans.events import TRANSFER_KINDS, Compute, Transfer
 from fplstudy.plans.plan import Plan
+from fplstudy.train import engine
 from fplstudy.train.results import atomic_write_text, write_rows_csv
 
 TIMEOUT_KEY = "distributed_timeout_s"  # the config key of the longest wait (s)

@@ -28,13 +28,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from fplstudy.facts.datasets import DatasetSplit
-from fplstudy.plans.events import Compute, Event, Transfer
 from fplstudy.facts.models import build_model, cut, make_adapter
 from fplstudy.facts.partition import Partition, load_partitioned
-from fplstudy.plans.plan import Plan
 from fplstudy.plans.dynamics import plan_turnouts
-from fplstudy.plans.program import (TRUNK, BatchStep, CatchUp, Hop, Join, Loss, Relay, Run, Split, Sync, plan_chains,
-                               round_batches, round_program, run_event, sync_item)
+from fplstudy.plans.events import Compute, Event, Transfer
+from fplstudy.plans.plan import Plan
+from fplstudy.plans.program import (
+    TRUNK,
+    BatchStep,
+    CatchUp,
+    Hop,
+    Join,
+    Loss,
+    Relay,
+    Run,
+    Split,
+    Sync,
+    plan_chains,
+    round_batches,
+    round_program,
+    run_event,
+    sync_item,
+)
 
 
 class TrainingDiverged(RuntimeError):

@@ -98,7 +98,7 @@ def cpu_model() -> str:
 
 
 def environment() -> dict[str, Any]:
-    """What can change a run's floating-point results on this machine (issue: same answer anywhere).
+    """What can change a run's floating-point results on this machine (the same answer anywhere needs them recorded).
 
     Returns:
         ``torch_threads`` (intra-op threads in use), ``cpu_capability`` (the CPU kernel level ATen

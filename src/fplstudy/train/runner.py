@@ -43,19 +43,41 @@ import torch
 import torch.nn.functional as F
 
 from fplstudy.config import Config, ConfigError
-from fplstudy.train.distributed import DistributedError, check_wire, train_distributed, write_wire_csv
-from fplstudy.costs.dryrun import FROM_DECLARED, declared_shard_sizes, dry_run, plan_events, priced_from, settle_deadline
-from fplstudy.plans.dynamics import planned_turnouts
-from fplstudy.train.engine import EVAL_BATCH, SimulatedTransport, train
+from fplstudy.costs.dryrun import (
+    FROM_DECLARED,
+    declared_shard_sizes,
+    dry_run,
+    plan_events,
+    priced_from,
+    settle_deadline,
+)
 from fplstudy.costs.ledger import price, totals, write_ledger_csv
 from fplstudy.costs.memory import check_memory
 from fplstudy.facts.models import build_model
 from fplstudy.facts.partition import load_partitioned
-from fplstudy.plans.plan import Plan, resolve
 from fplstudy.facts.profiles import check_profiles
+from fplstudy.plans.dynamics import planned_turnouts
+from fplstudy.plans.plan import Plan, resolve
 from fplstudy.plans.program import round_batches
-from fplstudy.train.results import (CHECKPOINT, ROUND_COLUMNS, RUN_FILES, atomic_write_bytes, code_version, environment,
-                              final_metrics, run_id, write_metrics, write_rows_csv)
+from fplstudy.train.distributed import (
+    DistributedError,
+    check_wire,
+    train_distributed,
+    write_wire_csv,
+)
+from fplstudy.train.engine import EVAL_BATCH, SimulatedTransport, train
+from fplstudy.train.results import (
+    CHECKPOINT,
+    ROUND_COLUMNS,
+    RUN_FILES,
+    atomic_write_bytes,
+    code_version,
+    environment,
+    final_metrics,
+    run_id,
+    write_metrics,
+    write_rows_csv,
+)
 
 BACKENDS = ("simulated", "distributed")
 LONG_RUN_S = 60.0  # a run estimated to train longer than this announces its estimate first (s)
@@ -508,7 +530,7 @@ class _RunWriter:
 
     def _replay(self, rounds: int) -> list:
         """The events of the first ``rounds`` rounds where the distributed parent holds none: the dry
-        run's replay of the engine's schedule, equal to a real run's (tests/test_costs.py)."""
+        run's replay of the engine's schedule, equal to a real run's (tests/unit/costs/test_costs.py)."""
         short = replace(self.plan, config=self.plan.config.model_copy(update={"rounds": rounds}))
         return plan_events(short, self.data[1].samples())
 

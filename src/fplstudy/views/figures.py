@@ -15,19 +15,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib.ticker
 import matplotlib.pyplot as plt
-import numpy as np
+import matplotlib.ticker
 import pandas as pd
 import seaborn as sns
 import seaborn.objects as so
 
-from fplstudy.study import stats
 from fplstudy.config import JUNCTIONS
+from fplstudy.plans.events import KINDS
 from fplstudy.plans.strategies import REGISTRY
-from fplstudy.study.params import pareto_front, plan_label as label
-from fplstudy.views.style import (KIND_ORDER, KIND_PALETTE, LABEL_MARKERS, LABEL_ORDER, LABEL_PALETTE,  # noqa: F401
-                            MARKERS, PALETTE, STRATEGY_ORDER, save_figure)
+from fplstudy.study import stats
+from fplstudy.study.tables import pareto_front
+from fplstudy.study.tables import plan_label as label
+from fplstudy.views.style import (  # noqa: F401
+    KIND_PALETTE,
+    LABEL_MARKERS,
+    LABEL_ORDER,
+    LABEL_PALETTE,
+    MARKERS,
+    PALETTE,
+    STRATEGY_ORDER,
+    save_figure,
+)
+
 CI = stats.errorbar(0.95)
 LABELS = {
     "test_acc_mean": "test accuracy (mean over branches, fraction)",
@@ -168,7 +178,7 @@ def node_costs(costs: pd.DataFrame, plans: list[str]):
                                                     ("bytes_tx", 1e-6, "bytes sent (MB)"))):
             ax = axes[row, col]
             table = part.pivot_table(index="node", columns="kind", values=value, aggfunc="sum", fill_value=0.0)
-            table = table.reindex(columns=[k for k in KIND_ORDER if k in table.columns]) * scale / seeds[name]
+            table = table.reindex(columns=[k for k in KINDS if k in table.columns]) * scale / seeds[name]
             table = table.loc[:, (table != 0).any(axis=0)]
             bottom = pd.Series(0.0, index=table.index)
             for kind in table.columns:
@@ -185,7 +195,7 @@ def node_costs(costs: pd.DataFrame, plans: list[str]):
                 ax.set_xlabel("node")
     for row, top in enumerate(tops):
         axes[row, 0].set_ylim(0, top * 1.08 if top > 0 else 1.0)  # the tallest stack does not touch the frame
-    kinds = [k for k in KIND_ORDER if k in set(costs["kind"])]
+    kinds = [k for k in KINDS if k in set(costs["kind"])]
     fig.legend([plt.Rectangle((0, 0), 1, 1, color=KIND_PALETTE[k]) for k in kinds], kinds, loc="center right",
                fontsize=8, title="kind")
     fig.suptitle("Per-node energy and bytes sent over the whole training, by kind of work (mean over seeds)")
@@ -238,7 +248,7 @@ def model_size(summary: pd.DataFrame):
     fig, ax = plt.subplots(figsize=(6.5, 4))
     sns.barplot(data=data, x="nodes", y="increase_pct", hue="junction",
                 hue_order=[j for j in JUNCTIONS if j in set(data["junction"])],
-                palette={j: LABEL_PALETTE[f"{fpl.name}-{j}"] for j in fpl.junction_looks},
+                palette={j: LABEL_PALETTE[f"{fpl.name}-{j}"] for j in fpl.label_junctions},
                 edgecolor="black", ax=ax)
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xlabel("edge nodes")
@@ -300,7 +310,7 @@ def run_overview(rounds: pd.DataFrame, costs: pd.DataFrame, title: str = ""):
     seeds = costs["seed"].nunique()
     if costs["name"].nunique() == 1:
         table = costs.pivot_table(index="node", columns="kind", values="energy_j", aggfunc="sum", fill_value=0.0)
-        table = table.reindex(columns=[k for k in KIND_ORDER if k in table.columns]) / seeds
+        table = table.reindex(columns=[k for k in KINDS if k in table.columns]) / seeds
         table.plot.bar(stacked=True, ax=right, color=[KIND_PALETTE[k] for k in table.columns], edgecolor="black",
                        linewidth=0.3)
         right.set_xlabel("node")

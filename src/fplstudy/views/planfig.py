@@ -19,7 +19,7 @@ Layout, in inches at scale 1 (``draw_plan`` scales it to the axes it draws on, t
 - messages between boxes that are not neighbours (a branch's labels to the loss node, parameters
   from a branch stage that does not touch the aggregator) leave the box by its top edge, run in the
   gap above their row to a lane left of everything, over the top of the picture and down into their
-  receiver, so they cross no box and no other kind of message (tests/test_planfig.py checks
+  receiver, so they cross no box and no other kind of message (tests/unit/views/test_planfig.py checks
   both for the plans the walk and the sliders draw).
 
 Colours of message kinds come from :data:`fplstudy.views.style.KIND_PALETTE`, as in every other figure.
@@ -33,10 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fplstudy.plans.events import Transfer
+from fplstudy.plans.events import TRANSFER_KINDS, Transfer
 from fplstudy.plans.plan import Plan
 from fplstudy.plans.strategies import strategy
-from fplstudy.views.style import KIND_PALETTE, MESSAGE_KINDS
+from fplstudy.views.looks import LOOKS
+from fplstudy.views.style import KIND_PALETTE
 
 LINE_STYLE = {"activations": "-", "gradients": (0, (4, 2)), "labels": (0, (1.2, 1.6)), "params_up": "-",
               "params_down": (0, (4, 2))}
@@ -239,7 +240,7 @@ def plan_words(plan: Plan) -> str:
     D, n = len(plan.branches), plan.n_blocks
     sb = len(plan.branches[0].stages) if D else 0
     st, j = len(plan.trunk), plan.junction_at
-    head = f"{strategy(plan.strategy).title} on {_plural(len(plan.nodes), 'node')}: "
+    head = f"{LOOKS[plan.strategy].title} on {_plural(len(plan.nodes), 'node')}: "
     split = strategy(plan.strategy).client_server
     if not plan.trunk:  # centralized, fl
         body = ("one node holds all " if D == 1 else f"{D} nodes each hold a copy of all ") + f"{n} layers"
@@ -591,7 +592,7 @@ def arrow_routes(g: PlanGraph) -> list[Route]:
     # Routed lanes. Kind k (of K) takes the k-th lane up in the gap above its row, the k-th lane from
     # the right in the left margin and the k-th from the top over the picture, and enters a box
     # further right the higher its lane: so two kinds nest and never cross.
-    kinds = [k for k in MESSAGE_KINDS if any(a.kind == k for a in routed)]
+    kinds = [k for k in TRANSFER_KINDS if any(a.kind == k for a in routed)]
     K = len(kinds)
     top = max(b.top for b in g.boxes if not b.hidden)
     left_edge = min([b.left for b in g.boxes if not b.hidden] + [s.x - s.w / 2 for s in g.shards if not s.hidden])
@@ -711,7 +712,7 @@ def draw_plan(plan: Plan, path: str | Path | None = None, ax=None, ledger: Any =
         if r.label is not None:
             ax.text(*r.label_xy, r.label, fontsize=pt(FONT_ARROW), color="0.1", ha="center", va="center",
                     zorder=5, bbox=dict(boxstyle="round,pad=0.15", fc="white", ec=color, lw=pt(0.8)))
-    kinds = [k for k in MESSAGE_KINDS if any(a.kind == k for a in g.arrows)]
+    kinds = [k for k in TRANSFER_KINDS if any(a.kind == k for a in g.arrows)]
     if kinds:
         handles = [Line2D([], [], color=KIND_PALETTE[k], ls=LINE_STYLE[k], lw=pt(1.8), label=k.replace("_", " "))
                    for k in kinds]

@@ -4,9 +4,9 @@ One palette for the kinds of work and messages (``forward`` … ``idle``: the st
 figures, the arrows of the plan picture and the teaching panel's energy bars) and one for the
 strategies (colour and marker, so the figures also read in greyscale). Both are seaborn's
 colour-blind-safe ``colorblind`` palette, written out so that drawing a plan does not need seaborn:
-the kinds' here, the strategies' in the registry (:data:`fplstudy.plans.strategies.REGISTRY`, each
-strategy's colour, marker and place in the legends), from which this module builds the tables the
-figures read; ``tests/test_style.py`` checks the values against seaborn's.
+the kinds' here, the strategies' in :data:`fplstudy.views.looks.LOOKS` (each strategy's colour and
+marker; its place in the legends is the registry's), from which this module builds the tables the
+figures read; ``tests/unit/views/test_style.py`` checks the values against seaborn's.
 
 Importing this module does not import pyplot and never chooses a matplotlib backend.
 """
@@ -17,27 +17,35 @@ from pathlib import Path
 
 from matplotlib.colors import to_rgb
 
-from fplstudy.plans.strategies import LEGEND_ORDER, REGISTRY
+from fplstudy.plans.events import KINDS
+from fplstudy.plans.strategies import LABEL_ORDER, LEGEND_ORDER
+from fplstudy.views.looks import LOOKS
 
 # seaborn's "colorblind" palette, in seaborn's order
 COLORBLIND = ("#0173B2", "#DE8F05", "#029E73", "#D55E00", "#CC78BC", "#CA9161", "#FBAFE4", "#949494",
               "#ECE133", "#56B4E9")
 
 STRATEGY_ORDER = LEGEND_ORDER  # strategies in every legend (centralized, mp, fl, sl, sfl, fpl)
-PALETTE = {s: to_rgb(REGISTRY[s].colour) for s in STRATEGY_ORDER}  # strategy -> RGB
-MARKERS = {s: REGISTRY[s].marker for s in STRATEGY_ORDER}
+PALETTE = {s: to_rgb(LOOKS[s].colour) for s in STRATEGY_ORDER}  # strategy -> RGB
+MARKERS = {s: LOOKS[s].marker for s in STRATEGY_ORDER}
 
-# kinds of a ledger row (fplstudy.costs.ledger.KINDS): compute, the five message kinds, forwarding, waiting
-KIND_ORDER = ("forward", "backward", "activations", "gradients", "labels", "params_up", "params_down", "relay", "idle")
+# kinds of a ledger row in every legend: fplstudy.plans.events.KINDS (compute, messages, forwarding, waiting)
 # kind -> RGB; relay (only on a topology) takes the colour after idle's, so the others keep theirs
-_KIND_COLOURS = dict(zip((*(k for k in KIND_ORDER if k != "relay"), "relay"), (to_rgb(c) for c in COLORBLIND)))
-KIND_PALETTE = {k: _KIND_COLOURS[k] for k in KIND_ORDER}
-MESSAGE_KINDS = ("activations", "gradients", "labels", "params_up", "params_down")
+_KIND_COLOURS = dict(zip((*(k for k in KINDS if k != "relay"), "relay"), (to_rgb(c) for c in COLORBLIND)))
+KIND_PALETTE = {k: _KIND_COLOURS[k] for k in KINDS}
 
-# Legend labels of the study's figures: the strategies, fpl split by junction (fpl-shared keeps fpl's
-# colour and marker: Strategy.junction_looks); fplstudy.study.params.plan_label gives a plan's label.
-_LOOKS = {label: look for s in STRATEGY_ORDER for label, look in REGISTRY[s].looks().items()}
-LABEL_ORDER = tuple(_LOOKS)  # centralized, mp, fl, sl, sfl, fpl-shared, fpl-adapter, fpl-concat
+# The legend labels (fplstudy.plans.strategies.LABEL_ORDER: centralized, mp, fl, sl, sfl, fpl-shared,
+# fpl-adapter, fpl-concat) and each one's colour and marker.
+
+
+def _look(label: str) -> tuple[str, str]:
+    """``(colour, marker)`` of a legend label: its strategy's, or its junction's (``fpl-adapter``)."""
+    name, _, junction = label.partition("-")
+    look = LOOKS[name]
+    return (look.junctions or {}).get(junction, (look.colour, look.marker))
+
+
+_LOOKS = {label: _look(label) for label in LABEL_ORDER}
 LABEL_PALETTE = {label: to_rgb(colour) for label, (colour, _) in _LOOKS.items()}  # label -> RGB
 LABEL_MARKERS = {label: marker for label, (_, marker) in _LOOKS.items()}
 

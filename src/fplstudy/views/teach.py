@@ -9,7 +9,7 @@ and junction. Not every combination is a plan (the trunk gets the nodes the bran
 needs a layer for each; ``concat`` splits the image rows evenly), so the sliders constrain each other
 in that order: each offers only values that, with the sliders before it, still complete to a valid
 plan, and a move re-settles the sliders after it. Validity is decided by the same
-:func:`fplstudy.plans.plan.resolve` that prices the plan; tests/test_teach.py walks every reachable position.
+:func:`fplstudy.plans.plan.resolve` that prices the plan; tests/unit/views/test_teach.py walks every reachable position.
 """
 
 from __future__ import annotations
@@ -23,15 +23,17 @@ from ipywidgets import VBox
 
 from fplstudy.config import JUNCTIONS, ConfigError, make_config
 from fplstudy.costs.dryrun import DryRun, cached_shard_sizes, dry_run
+from fplstudy.plans.events import KINDS
 from fplstudy.plans.plan import resolve
 from fplstudy.plans.strategies import REGISTRY, strategy
-from fplstudy.views.style import KIND_ORDER, KIND_PALETTE, MARKERS, PALETTE, STRATEGY_ORDER
+from fplstudy.views.looks import LOOKS
+from fplstudy.views.style import KIND_PALETTE, MARKERS, PALETTE, STRATEGY_ORDER
 
 # The walk: strategy and what a newcomer should look at (each strategy's teaching text, registry order).
-WALK = tuple((s.name, s.teaching) for s in REGISTRY.values())
+WALK = tuple((s, LOOKS[s].teaching) for s in REGISTRY)
 OBJECTIVE_WORDS = {"energy_j": "energy", "bytes_total": "data moved", "makespan_s": "time",
                    "memory_bytes_max_node": "memory of the busiest node"}
-STRATEGY_NAMES = {s.name: s.short for s in REGISTRY.values()}  # strategy -> its name in tables and labels
+STRATEGY_NAMES = {s: LOOKS[s].short for s in REGISTRY}  # strategy -> its name in tables and labels
 PANEL_FIGSIZE = (12.2, 6.3)  # inches at 100 dpi: 1220 × 630 px, under the sliders within a 1500 × 950 screen
 PANEL_DPI = 100
 PANEL_MAX_ROWS = 3  # branch rows the panel's plan picture draws (the others stand in one short row)
@@ -74,12 +76,12 @@ def node_costs(dry: DryRun) -> pd.DataFrame:
 
 
 def energy_by_kind(dry: DryRun) -> pd.DataFrame:
-    """Joules per round of every node (rows, plan order) and kind of work (columns, :data:`KIND_ORDER`)."""
+    """Joules per round of every node (rows, plan order) and kind of work (columns, :data:`KINDS`)."""
     led = dry.ledger
     rounds = max(1, led["round"].nunique())
     table = led.pivot_table(index="node", columns="kind", values="energy_j", aggfunc="sum", fill_value=0.0) / rounds
     return table.reindex(index=[n.name for n in dry.plan.nodes],
-                         columns=[k for k in KIND_ORDER if k in table.columns], fill_value=0.0)
+                         columns=[k for k in KINDS if k in table.columns], fill_value=0.0)
 
 
 def summary_row(dry: DryRun, label: str | None = None) -> dict[str, Any]:
@@ -325,7 +327,13 @@ def draw_choice(dry: DryRun, reference: pd.DataFrame):
     """
     from matplotlib.figure import Figure
 
-    from fplstudy.views.planfig import LINE_H, draw_plan, human_bytes, plan_graph, wrap_text
+    from fplstudy.views.planfig import (
+        LINE_H,
+        draw_plan,
+        human_bytes,
+        plan_graph,
+        wrap_text,
+    )
 
     g = plan_graph(dry.plan, dry, costs=False, max_rows=PANEL_MAX_ROWS)
     W, H = PANEL_FIGSIZE

@@ -4,9 +4,7 @@ and the same bytes on another CPU."""
 
 from __future__ import annotations
 
-import copy
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -17,13 +15,18 @@ import pytest
 import torch
 import yaml
 
-from fplstudy.study import stats, params as study
+from fplstudy.study import stats
+from fplstudy.config import StudyError
+from fplstudy.study.provenance import code_hash
+from fplstudy.study.findings import comparisons, findings
+from fplstudy.study.params import load_study, smoke_params
+from fplstudy.study.pool import run_group, train_runs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_repository_study_expands_to_named_plans():
-    s = study.load_study(ROOT / "params.yaml")
+    s = load_study(ROOT / "params.yaml")
     names = [p.name for p in s.plans]
     assert len(names) == len(set(names)) == 37 and len(s.seeds) >= 5
     assert {"centralized-1-iid", "mp-8-iid", "fl-2-dirichlet", "fpl-4-adapter-iid", "fpl-8-concat-features"} <= set(names)
@@ -33,10 +36,10 @@ def test_repository_study_expands_to_named_plans():
 
 
 def _bad(mutate) -> str:
-    params = study.smoke_params()
+    params = smoke_params()
     mutate(params["study"])
-    with pytest.raises(study.StudyError) as err:
-        study.load_study(params)
+    with pytest.raises(StudyError) as err:
+        load_study(params)
     message = str(err.value)
     assert "\n" not in message
     return message
@@ -46,7 +49,7 @@ def _bad(mutate) -> str:
     (lambda s: s["train"].update(link="wifi5; touch x"), "link"),
     (lambda s: s["groups"]["fl"].update(nodes=[2, "4; rm -rf /"]), "study.groups.fl.nodes"),
     (lambda s: s["groups"].update({"Bad Group": {"nodes": [2]}}), "group name"),
-    (lambda s: s["groups"]["mp"].update(nodes=[9]), "study.groups.mp mp-9-iid: config key 'nodes'"),
+    (lambda s: s["groups"]["mp"].update(nodes=[9]), "study.groups.mp.nodes: got 9; "),
     (lambda s: s["groups"]["fl"].update(colour=["red"]), "study.groups.fl.colour"),
     (lambda s: s["groups"]["fl"].update(nodes=[]), "non-empty list"),
     (lambda s: s["train"].update(seed=3), "study.train.seed"),
@@ -55,7 +58,7 @@ def _bad(mutate) -> str:
     (lambda s: s.update(seeds=[-1]), "study.seeds"),
     (lambda s: s.update(workers=0), "study.workers"),
     (lambda s: s.update(kernels="avx512"), "study.kernels"),
-    (lambda s: s["findings"].update(confidence=1.5), "study.findings.confidence"),
+    (lambda s: s["findings"].update(confidence=1.5), "findings.confidence"),
     (lambda s: s["groups"].update({"fl2": {"strategy": ["fl"], "nodes": [2], "partition": ["iid"]}}),
      "also in group"),
 ])
@@ -65,11 +68,11 @@ def test_bad_params_are_refused_naming_the_entry(mutate, expected):
 
 def test_a_bad_value_never_reaches_the_dvc_command(tmp_path: Path):
     """Group names are the only values dvc.yaml puts into a shell command; a hostile one is refused."""
-    params = study.smoke_params()
+    params = smoke_params()
     params["study"]["groups"]["x; touch pwned"] = {"strategy": ["fl"], "nodes": [2]}
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
-    proc = subprocess.run([sys.executable, "-m", "fplstudy.study.params", "check", "--params", str(path)],
+    proc = subprocess.run([sys.executable, "-m", "fplstudy.stages.check", "--params", str(path)],
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2 and "group name" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "pwned").exists()
@@ -106,12 +109,12 @@ def test_group_resumes_and_reruns_give_identical_files(tiny_study, tmp_path: Pat
     the_study, folder = tiny_study
     runs = tmp_path / "runs"
     shutil.copytree(folder / "runs" / "sl", runs / "sl")
-    assert study.run_group(the_study, "sl", runs, log=lambda line: None) == []  # all complete: nothing trained
+    assert run_group(the_study, "sl", runs, log=lambda line: None) == []  # all complete: nothing trained
     gone = runs / "sl" / "sl-2-dirichlet" / "seed-1"
     before = {p.name: p.read_bytes() for p in gone.iterdir()}
     shutil.rmtree(gone)
     (runs / "sl" / "sl-9-stale").mkdir()  # a plan no longer in the group
-    records = study.run_group(the_study, "sl", runs, log=lambda line: None)
+    records = run_group(the_study, "sl", runs, log=lambda line: None)
     assert [r["run"] for r in records] == ["sl-2-dirichlet seed 1"]
     assert {p.name: p.read_bytes() for p in gone.iterdir()} == before  # same config, seed, threads: same bytes
     assert not (runs / "sl" / "sl-9-stale").exists()
@@ -120,13 +123,13 @@ def test_group_resumes_and_reruns_give_identical_files(tiny_study, tmp_path: Pat
 def test_findings_name_test_n_interval_and_verdict(tiny_study):
     the_study, folder = tiny_study
     seeds = pd.read_csv(folder / "seeds.csv")
-    table = study.comparisons(the_study.findings, seeds)
+    table = comparisons(the_study.findings, seeds)
     acc = table[table["family"] == "accuracy"]
     # the fixed variant (adapter) against fl, sl, mp wherever both ran: fl at 2 and 4, sl and mp at 2
     assert sorted(zip(acc["a"], acc["b"])) == sorted([("fpl-2-adapter-iid", "fl-2-iid"), ("fpl-2-adapter-iid", "sl-2-iid"),
                                                      ("fpl-2-adapter-iid", "mp-2-iid"), ("fpl-4-adapter-iid", "fl-4-iid")])
     assert (acc["level"] == 1 - 0.05 / 4).all()
-    lines = study.findings(the_study.findings, table, pd.read_csv(folder / "summary.csv"))
+    lines = findings(the_study.findings, table, pd.read_csv(folder / "summary.csv"))
     claims = [line for line in lines if line.startswith("- **fpl-2-adapter-iid vs fl-2-iid**")]
     assert len(claims) == 3  # accuracy, bytes, energy
     assert all("paired t-test, n = 3" in c and "Bonferroni m = 4" in c and "[" in c for c in claims)
@@ -138,26 +141,26 @@ def test_findings_test_the_configured_variant_not_the_best(tiny_study):
     the_study, folder = tiny_study
     seeds = pd.read_csv(folder / "seeds.csv")
     shared = {**the_study.findings, "fpl_junction": "shared"}
-    table = study.comparisons(shared, seeds)
+    table = comparisons(shared, seeds)
     assert set(table[table["family"] == "accuracy"]["a"]) == {"fpl-2-shared-iid", "fpl-4-shared-iid"}
 
 
 def test_runs_record_what_can_change_their_floats(tmp_path: Path):
     """The study's worker pins the kernels and the run records it (volatile: kept out of tracked files)."""
-    cfg = study.load_study(study.smoke_params()).plans[0].config
-    [record] = study.train_runs([(cfg, tmp_path / "run", "one")], workers=1, log=lambda line: None)
+    cfg = load_study(smoke_params()).plans[0].config
+    [record] = train_runs([(cfg, tmp_path / "run", "one")], workers=1, log=lambda line: None)
     env = record["environment"]
     assert env["torch_threads"] == 1 and env["cpu_capability"] == "AVX2" and env["torch"] == torch.__version__
     assert env["cpu_model"] and env["env"]["ATEN_CPU_CAPABILITY"] == "avx2" and env["env"]["MKL_CBWR"] == "COMPATIBLE"
     doc = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert "environment" not in doc and "timing" not in doc and "git_commit" not in doc["code_version"]
-    assert doc["config"]["threads"] == 1 and doc["code_version"]["code_hash"] == study.code_hash()
+    assert doc["config"]["threads"] == 1 and doc["code_version"]["code_hash"] == code_hash()
 
 
 def test_workers_do_not_change_results(tiny_study, tmp_path: Path):
     """Two runs at once (the study's default) or one at a time: the same bytes."""
     the_study, folder = tiny_study
-    study.run_group(the_study, "mp", tmp_path / "runs", workers=1, log=lambda line: None)
+    run_group(the_study, "mp", tmp_path / "runs", workers=1, log=lambda line: None)
     ours = sorted((tmp_path / "runs" / "mp").rglob("*.*"))
     theirs = sorted((folder / "runs" / "mp").rglob("*.*"))
     assert [p.relative_to(tmp_path / "runs") for p in ours] == [p.relative_to(folder / "runs") for p in theirs]

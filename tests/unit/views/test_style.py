@@ -11,7 +11,7 @@ import seaborn as sns
 
 from fplstudy.views import style
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_palettes_are_seaborns_colorblind():

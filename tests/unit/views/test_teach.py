@@ -22,7 +22,7 @@ from fplstudy.views import teach
 from fplstudy.facts.profiles import load_profiles
 
 SMALL = {"max_train_samples": 200, "rounds": 1}
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 START = {"nodes": 6, "branches": 2, "junction_at": 2, "junction": "adapter"}
 
 

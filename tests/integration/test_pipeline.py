@@ -18,9 +18,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from fplstudy.study import params as study
+from fplstudy.study.params import load_study
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # dvc and papermill of the interpreter running the tests
 
 REDUCED = {"study": {
@@ -76,7 +76,7 @@ def test_dvc_repro_end_to_end(tmp_path: Path):
     _sh(["dvc", "repro"], repo, env)
 
     summary = pd.read_csv(repo / "results" / "summary.csv")
-    assert list(summary["name"]) == [p.name for p in study.load_study(REDUCED).plans]
+    assert list(summary["name"]) == [p.name for p in load_study(REDUCED).plans]
     assert (summary["seeds"] == 2).all()
     assert (repo / "results" / "findings.md").read_text().startswith("# Findings")
     for figure in yaml.safe_load((repo / "dvc.yaml").read_text())["plots"]:
@@ -141,4 +141,4 @@ def test_the_committed_study_is_complete_and_current(tmp_path: Path):
     assert "up to date" in status.lower(), status[-3000:]
     assert _sh(["git", "status", "--porcelain", "--untracked-files=all"], clone, env) == ""
     assert len(list((clone / "results" / "runs").rglob("metrics.json"))) == len(
-        study.load_study(clone / "params.yaml").plans) * len(study.load_study(clone / "params.yaml").seeds)
+        load_study(clone / "params.yaml").plans) * len(load_study(clone / "params.yaml").seeds)

@@ -1,4 +1,4 @@
-"""The dropout sweep (fplstudy.study.dropout, issue 13 part 4): its refusals, its statistics by hand, and a
+"""The dropout sweep (fplstudy.study.dropout, fplstudy.stages.dynamics): its refusals, its statistics by hand, and a
 tiny real sweep end to end (trained runs, tables, findings, figure, resume)."""
 
 from __future__ import annotations
@@ -9,8 +9,10 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from fplstudy.study.dropout import comparisons, kept, load_sweep, run_sweep, train_sweep
-from fplstudy.study.params import StudyError
+from fplstudy.stages.dynamics import run_sweep
+from fplstudy.study.dropout import comparisons, kept, train_sweep
+from fplstudy.study.params import load_sweep
+from fplstudy.config import StudyError
 
 TINY = {"dataset": "digits", "max_train_samples": 96, "rounds": 2, "batch_size": 16, "threads": 1}
 

@@ -15,7 +15,7 @@ from fplstudy.plans.plan import resolve
 from fplstudy.facts.profiles import load_profiles
 from fplstudy.facts.topology import TopologyError, load_topology, parse_topology, price_path, uniform_links
 
-SHIPPED = sorted((Path(__file__).resolve().parents[1] / "src" / "fplstudy" / "facts" / "topologies").glob("*.yaml"))
+SHIPPED = sorted((Path(__file__).resolve().parents[3] / "src" / "fplstudy" / "facts" / "topologies").glob("*.yaml"))
 
 HAND = """links:
   radio: {up_bps: 1.0e+6, down_bps: 2.0e+6, tx_j_per_bit: 1.0e-7, rx_j_per_bit: 5.0e-8, latency_s: 0.01}

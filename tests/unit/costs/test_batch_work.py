@@ -1,8 +1,8 @@
 """A batch's work outside the model's blocks (``batch_s``: gathering its samples, the optimizer step, zeroing the
 gradients), priced once per batch on the call that opens it on the node feeding it in: which calls, by hand; the
 ledger adds exactly that; the profile field, the testbed and the calibration that measures it. Opt-in: a profile
-without it prices every float as before (tests/test_block_rates.py's snapshots); the fast paths against the
-reference: tests/test_fast_pricing.py."""
+without it prices every float as before (tests/integration/test_block_rates.py's snapshots); the fast paths against the
+reference: tests/unit/costs/test_fast_pricing.py."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from fplstudy.costs.dryrun import dry_run, plan_events, price_plan, settle_deadl
 from fplstudy.plans.dynamics import plan_turnouts, turnouts
 from fplstudy.train.engine import _flat_state as _flat
 from fplstudy.train.engine import build_holdings, train
-from fplstudy.plans.events import Compute, Transfer
+from fplstudy.plans.events import Compute
 from fplstudy.costs.search import explore
 from fplstudy.costs.ledger import event_costs, price
 from fplstudy.plans.plan import resolve

@@ -2,7 +2,7 @@
 
 By hand: FL's parameter bytes on ResNet-18, MP's activation bytes on VGG-11, the crossover on a hand-made
 table and on two small models; and the declared-shape dry run equals the file-based one, row for row, on
-small files written in the real on-disk formats (as tests/test_datasets.py writes them).
+small files written in the real on-disk formats (as tests/unit/facts/test_datasets.py writes them).
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fplstudy.config import ConfigError, make_config
+from fplstudy.config import ConfigError, StudyError, make_config
 from fplstudy.facts.datasets import DATASET_CLASS_COUNTS, DATASET_SIZES, files_present
 from fplstudy.costs.dryrun import FROM_DECLARED, FROM_FILES, dry_run
 from fplstudy.plans.plan import resolve
-from fplstudy.study.scale import ScaleParams, crossover_grid, crossover_points, parse_params, run_scale
+from fplstudy.stages.scale import run_scale
+from fplstudy.study.params import ScaleParams, load_scale
+from fplstudy.study.scale import crossover_grid, crossover_points
 
 CIFAR10_TRAIN = 50_000
 
@@ -260,32 +262,30 @@ def test_crossover_of_two_priced_models_lies_where_the_arithmetic_says(tmp_path)
 # --------------------------------------------------------------------------- the stage
 
 def test_scale_params_refuse_bad_values_naming_key_value_and_fix():
-    with pytest.raises(ConfigError, match=r"scale\.models.*'vgg12'.*resnet18"):
-        parse_params({"models": ["vgg12"]})
-    with pytest.raises(ConfigError, match=r"scale\.nodez.*unknown key"):
-        parse_params({"nodez": [2]})
-    with pytest.raises(ConfigError, match=r"scale\.crossover\.train_samples.*must lie in 4\.\.50000"):
-        parse_params({"crossover": {"nodes": 2, "train_samples": [100, 10**6]}})
-    with pytest.raises(ConfigError, match=r"scale\.link.*'wifi9'.*known"):
-        parse_params({"link": "wifi9"})
-    with pytest.raises(ConfigError, match=r"scale\.crossover\.reference\.model.*'cnn9'.*use one of"):
-        parse_params({"crossover": {"reference": {"dataset": "digits", "model": "cnn9"}}})
+    with pytest.raises(StudyError, match=r"scale\.models.*'vgg12'.*resnet18"):
+        load_scale({"scale": {"models": ["vgg12"]}})
+    with pytest.raises(StudyError, match=r"scale\.nodez.*unknown key"):
+        load_scale({"scale": {"nodez": [2]}})
+    with pytest.raises(StudyError, match=r"scale\.crossover\.train_samples.*must lie in 4\.\.50000"):
+        load_scale({"scale": {"dataset": "cifar10", "crossover": {"nodes": 2, "train_samples": [100, 10**6]}}})
+    with pytest.raises(StudyError, match=r"scale\.link.*'wifi9'.*known"):
+        load_scale({"scale": {"link": "wifi9"}})
+    with pytest.raises(StudyError, match=r"scale\.crossover\.reference\.model.*'cnn9'.*use one of"):
+        load_scale({"scale": {"crossover": {"reference": {"dataset": "digits", "model": "cnn9"}}}})
 
 
 def test_the_shipped_scale_section_is_valid():
     from fplstudy.paths import ROOT
-    from fplstudy.study.scale import load_params
-
-    params = load_params(Path(ROOT) / "params.yaml")
+    params = load_scale(Path(ROOT) / "params.yaml")
     assert params.dataset == "cifar10" and set(params.models) == {"vgg11", "resnet18", "mobilenetv2"}
     assert min(params.nodes) == 2 and max(params.nodes) == 16
     assert params.crossover_reference == ("digits", "cnn")
 
 
 def test_run_scale_writes_tables_findings_and_figures(tmp_path):
-    params = parse_params({"dataset": "mnist", "models": ["cnn"], "strategies": ["centralized", "fl", "mp", "fpl"],
+    params = load_scale({"scale": {"dataset": "mnist", "models": ["cnn"], "strategies": ["centralized", "fl", "mp", "fpl"],
                            "nodes": [2, 4], "crossover": {"nodes": 2, "train_samples": [100, 400], "against": ["mp"]},
-                           "extra": {"data_dir": _empty(tmp_path)}})
+                           "extra": {"data_dir": _empty(tmp_path)}}})
     res = run_scale(params, tmp_path / "out", tmp_path / "fig")
     costs = pd.read_csv(tmp_path / "out" / "costs.csv")
     assert len(costs) == 1 + 3 * 2 and (costs["priced_from"] == "declared shape").all()

@@ -1,7 +1,7 @@
 """A compute call that starts cold (``cold_factor``: after a receive, or opening its node's round): which calls,
 by hand; the ledger prices exactly those at 1 + the device's factor times their seconds; the profile field, the
-testbed and the calibration that measures it. Opt-in: a profile without it prices every float as before (tests/test_block_rates.py's snapshots);
-the fast paths against the reference: tests/test_fast_pricing.py."""
+testbed and the calibration that measures it. Opt-in: a profile without it prices every float as before (tests/integration/test_block_rates.py's snapshots);
+the fast paths against the reference: tests/unit/costs/test_fast_pricing.py."""
 
 from __future__ import annotations
 
@@ -141,7 +141,7 @@ def test_the_ledger_scales_exactly_the_calls_that_start_cold(spec, tmp_path):
 
 # --------------------------------------------------------------------------- the profile field
 
-# the field's loading and bounds: tests/test_batch_work.py (one test for both optional number fields)
+# the field's loading and bounds: tests/unit/costs/test_batch_work.py (one test for both optional number fields)
 
 
 # --------------------------------------------------------------------------- the testbed and the calibration

@@ -18,7 +18,7 @@ from fplstudy.config import ConfigError, make_config
 from fplstudy.plans.plan import resolve
 from fplstudy.plans.strategies import REGISTRY, STRATEGIES, Shape, preset, strategy
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_names_order_and_looks():

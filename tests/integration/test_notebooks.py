@@ -18,9 +18,10 @@ import papermill as pm
 import pytest
 import yaml
 
-from fplstudy.study import params as study
+from fplstudy.facts.datasets import export_digits, require_dataset
+from fplstudy.study.params import load_study
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 # Smoke parameters per notebook (file name -> papermill parameters). Defaults write only to temp folders.
@@ -35,11 +36,11 @@ SMOKE: dict[str, dict] = {
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs(notebook: Path, tmp_path: Path):
     assert notebook.name in SMOKE, (f"{notebook.name} is not executed by any test: add its smoke parameters "
-                                    f"to SMOKE in tests/test_notebooks.py")
+                                    f"to SMOKE in tests/integration/test_notebooks.py")
     params = dict(SMOKE[notebook.name])
     if "data_dir" in pm.inspect_notebook(str(notebook)):
         # a fresh clone has no data/ before `dvc pull data.dvc`: give the notebook its own copy
-        study.export_digits(tmp_path / "data" / "digits")
+        export_digits(tmp_path / "data" / "digits")
         params["data_dir"] = str(tmp_path / "data")
     pm.execute_notebook(str(notebook), str(tmp_path / notebook.name), parameters=params,
                         kernel_name="python3", cwd=str(ROOT), progress_bar=False)
@@ -55,7 +56,7 @@ def _images(executed: Path) -> int:
 
 def test_train_notebook_trains_a_group_of_the_study(tmp_path: Path):
     """What `dvc repro` runs: every plan x seed of one group of params.yaml's active study (smoke-sized)."""
-    study.export_digits(tmp_path / "data" / "digits")
+    export_digits(tmp_path / "data" / "digits")
     pm.execute_notebook(str(ROOT / "notebooks" / "train.ipynb"), str(tmp_path / "out.ipynb"),
                         parameters={"smoke_test": True, "group": "sl", "runs_dir": str(tmp_path / "runs"),
                                     "data_dir": str(tmp_path / "data")},
@@ -140,9 +141,9 @@ def test_dvc_names_each_group_once():
     proc = __import__("subprocess").run([dvc, "stage", "list"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     stages = re.findall(r"^train@([\w.-]+)", proc.stdout, re.M)
-    assert stages == study.load_study(ROOT / "params.yaml").groups
+    assert stages == load_study(ROOT / "params.yaml").groups
 
 
 def test_missing_dataset_names_the_restore_command():
     with tempfile.TemporaryDirectory() as empty, pytest.raises(FileNotFoundError, match="dvc pull data.dvc"):
-        study.require_dataset("digits", empty)
+        require_dataset("digits", empty)

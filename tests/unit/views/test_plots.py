@@ -12,7 +12,7 @@ import pytest
 
 from fplstudy.views import figures as plots
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 RESULTS = ROOT / "results"
 pytestmark = pytest.mark.skipif(not (RESULTS / "seeds.csv").is_file(), reason="no committed study tables")
 

@@ -314,7 +314,7 @@ def test_the_call_table_pairs_each_traced_call_with_its_prediction(calibrated):
     assert n0["measured_s"].tolist() == pytest.approx([0.01 * k for k in range(1, len(n0) + 1)])
     assert n0["phase"].tolist() == ["forward", "backward"] * 4 and set(calls["blocks"]) == {"conv1+conv2+conv3",
                                                                                             "conv4+conv5+fc1+fc2+fc3"}
-    assert calls["cold"].sum() == 16  # as tests/test_cold_calls.py counts them by hand: all 8 of a round
+    assert calls["cold"].sum() == 16  # as tests/unit/costs/test_cold_calls.py counts them by hand: all 8 of a round
     from fplstudy.costs.ledger import event_costs
     _, hot = event_costs(plan, events, warm.profiles)
     flags = testbed.cold_calls(events, frozenset({"n0", "n1"}))

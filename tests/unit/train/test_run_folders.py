@@ -25,7 +25,7 @@ from fplstudy.plans.plan import resolve
 from fplstudy.train.results import CHECKPOINT, VOLATILE, dumps_json, write_metrics
 from fplstudy.train.runner import RunFolder, RunFolderError, RunInterrupted, estimate_round_s, prepare, run
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[3] / "src"
 TINY = {"max_train_samples": 128, "rounds": 3, "batch_size": 16}
 TINY_ARGS = ["--set", "max_train_samples=64", "--set", "batch_size=16", "--set", "strategy=centralized",
              "--set", "nodes=1"]
@@ -325,7 +325,7 @@ def test_ctrl_c_of_a_real_process_exits_130_with_one_line_and_keeps_completed_ro
 def test_every_written_json_file_is_strict(tmp_path):
     cfg = load_config(None, {**TINY, "strategy": "centralized", "nodes": 1, "lr": 1e6, "rounds": 2})
     assert run(cfg, tmp_path / "nan", progress=False).status == "diverged"  # NaN metrics
-    from fplstudy.study.params import run_plan
+    from fplstudy.study.pool import run_plan
 
     run_plan(load_config(None, {**TINY, "strategy": "fl", "nodes": 2, "rounds": 1}), tmp_path / "plan")
     assert main(["cost", *TINY_ARGS, "--out", str(tmp_path / "cost")]) == 0

@@ -23,21 +23,21 @@ from pathlib import Path
 
 import pytest
 
-from fplstudy.study import params as study
+from fplstudy.study.kernels import KERNEL_VARIABLES, KERNELS
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("qemu-x86_64") is None,
                                  reason="qemu-x86_64 missing: apt-get install qemu-user (as root) to emulate another CPU")]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RUN = ("import sys, torch; torch.set_num_threads(1); from fplstudy import config, study; "
        "cfg = config.make_config({'strategy': 'fpl', 'nodes': 4, 'rounds': 2, 'max_train_samples': 120}); "
-       "study.run_plan(cfg, sys.argv[1]); print(torch.backends.cpu.get_cpu_capability())")
+       "run_plan(cfg, sys.argv[1]); print(torch.backends.cpu.get_cpu_capability())")
 
 
 def _env(kernels: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in study.KERNEL_VARIABLES}
-    env.update(study.KERNELS[kernels][0])
+    env = {k: v for k, v in os.environ.items() if k not in KERNEL_VARIABLES}
+    env.update(KERNELS[kernels][0])
     env["PYTHONPATH"] = str(ROOT / "src")
     return env
 
@@ -81,16 +81,16 @@ def test_sse41_kernels_give_the_same_bytes_on_a_cpu_without_avx(tmp_path: Path):
 
 REFUSE = ("import sys; from fplstudy import config, study\n"
           "cfg = config.make_config({'strategy': 'fpl', 'nodes': 4, 'rounds': 2, 'max_train_samples': 120})\n"
-          "try:\n    study.train_runs([(cfg, sys.argv[1], 'fpl')], kernels='avx2')\n"
-          "except study.StudyError as exc:\n    print(exc, file=sys.stderr); sys.exit(2)")
+          "try:\n    train_runs([(cfg, sys.argv[1], 'fpl')], kernels='avx2')\n"
+          "except StudyError as exc:\n    print(exc, file=sys.stderr); sys.exit(2)")
 
 
 def test_avx2_kernels_on_a_cpu_without_avx2_are_refused_in_one_line_before_any_run(tmp_path: Path):
-    """On a CPU without AVX2 a study pinned to ``avx2`` is refused by the parent (``study.check_kernels``,
+    """On a CPU without AVX2 a study pinned to ``avx2`` is refused by the parent (``check_kernels``,
     before any worker starts, since a pinned worker's torch would die of an illegal instruction first),
     in one line naming ``study.kernels`` and the fix; no run folder is made. On this CPU the same call trains
     (the check can pass)."""
-    env = {k: v for k, v in os.environ.items() if k not in study.KERNEL_VARIABLES}  # the parent is not pinned
+    env = {k: v for k, v in os.environ.items() if k not in KERNEL_VARIABLES}  # the parent is not pinned
     env["PYTHONPATH"] = str(ROOT / "src")
     proc = subprocess.run(["qemu-x86_64", "-cpu", "Nehalem", sys.executable, "-c", REFUSE, str(tmp_path / "run")],
                           env=env, capture_output=True, text=True, timeout=900)

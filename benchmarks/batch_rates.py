@@ -3,7 +3,7 @@
 Calibrates ``--model`` at ``--batch-size`` alone and with ``--fit-batch`` (``fplstudy calibrate``; one thread,
 one process, CPU clock unless ``--clock wall``), then measures whole training steps (forward, backward, SGD)
 at each of ``--batches`` and prices the same step from each calibration as the ledger does
-(:func:`fplstudy.costs.ledger.price_compute` over the model's blocks, two calls). Prints, per batch size, the
+(:func:`fplstudy.costs.pricing.price_compute` over the model's blocks, two calls). Prints, per batch size, the
 measured seconds per step and measured / predicted for both: 1.00 is exact, > 1 slower than predicted.
 Every ratio is measured in the same run; this machine is shared, so read them against each other, not as
 absolute speeds.
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from fplstudy.testbed.calibrate import block_training_flops, calibrate, measure
-from fplstudy.costs.ledger import price_compute
+from fplstudy.costs.pricing import price_compute
 from fplstudy.facts.profiles import load_profiles
+from fplstudy.testbed.calibrate import block_training_flops, calibrate, measure
 from fplstudy.testbed.emulation import calibrated_name
 
 

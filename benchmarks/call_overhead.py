@@ -18,12 +18,12 @@ import time
 
 import torch
 
-from fplstudy.testbed.calibrate import measure
 from fplstudy.config import make_config
 from fplstudy.costs.dryrun import plan_events, shard_sizes
-from fplstudy.train.engine import train
 from fplstudy.plans.events import Compute
 from fplstudy.plans.plan import resolve
+from fplstudy.testbed.calibrate import measure
+from fplstudy.train.engine import train
 
 
 def main() -> int:

@@ -20,10 +20,10 @@ import time
 import torch
 
 from fplstudy.config import load_config
-from fplstudy.train.distributed import train_distributed
-from fplstudy.train.engine import train
 from fplstudy.facts.partition import load_partitioned
 from fplstudy.plans.plan import resolve
+from fplstudy.train.distributed import train_distributed
+from fplstudy.train.engine import train
 from fplstudy.train.runner import set_threads
 
 

@@ -4,7 +4,7 @@ Usage: ``python benchmarks/dry_run_speed.py [key=value ...]`` (config overrides,
 Prints the first call (includes one-time imports of the dataset loader and block profiling) and the
 median of repeated calls on fresh configs (what a sweep over thousands of plans pays per plan).
 
-Then the plan search's pricing (``fplstudy.costs.search.price``) on a seeded sample of the plans that
+Then the plan search's pricing (``fplstudy.costs.search.price_candidate``) on a seeded sample of the plans that
 ``fplstudy explore`` enumerates for the config's model and ``--nodes`` (default 8): the reference path
 (``fast=False``: the period's event stream priced event by event) against the fast path, on the same
 plans in the same run, with their ratio. ``--sample N`` (default 100) plans, ``--all`` for every plan.
@@ -39,18 +39,18 @@ def search_pricing(argv: list[str], nodes: int, sample: int | None) -> None:
     """Per-plan time of explore.price, reference against fast, on the same plans in one run."""
     import random
 
-    from fplstudy.costs.search import enumerate_plans, price
+    from fplstudy.costs.search import enumerate_plans, price_candidate
 
     t0 = time.perf_counter()
     plans, refused = enumerate_plans(load_config(None, argv), nodes)
     enum_s = time.perf_counter() - t0
     chosen = plans if sample is None or sample >= len(plans) else random.Random(0).sample(plans, sample)
-    price(chosen[0])  # warm the caches both paths share (shards, block profiles)
-    price(chosen[0], fast=False)
+    price_candidate(chosen[0])  # warm the caches both paths share (shards, block profiles)
+    price_candidate(chosen[0], fast=False)
     per = {}
     for fast in (False, True):
         t0 = time.perf_counter()
-        out = [price(p, fast=fast) for p in chosen]
+        out = [price_candidate(p, fast=fast) for p in chosen]
         per[fast] = ((time.perf_counter() - t0) / len(chosen), out)
     worst = max(abs(a[k] - b[k]) / max(abs(b[k]), 1e-300) for a, b in zip(per[True][1], per[False][1])
                 for k in b if isinstance(b[k], float))

@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from fplstudy.config import load_config
-from fplstudy.train.engine import train
-from fplstudy.facts.partition import load_partitioned
 from fplstudy.facts.models import build_model
+from fplstudy.facts.partition import load_partitioned
 from fplstudy.plans.plan import resolve
+from fplstudy.train.engine import train
 from fplstudy.train.runner import set_threads
 
 

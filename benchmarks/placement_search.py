@@ -8,7 +8,7 @@ Prints, from one run: the plan shapes enumerated (and the seconds that took), th
 (how many shapes were searched exhaustively, how many sampled), the whole search's plans per minute, and
 then, on a seeded sample of 50 of the priced placements, the search's time per placed plan (one shape's
 round programs reused, :func:`fplstudy.costs.search.price_placements`) against pricing each placed plan from its
-config (``resolve`` + :func:`fplstudy.costs.search.price`), with their ratio and the largest relative difference
+config (``resolve`` + :func:`fplstudy.costs.search.price_candidate`), with their ratio and the largest relative difference
 of any cost between the two.
 """
 
@@ -34,7 +34,7 @@ def _options(argv: list[str]) -> tuple[list[str], dict]:
 
 
 def main(argv: list[str]) -> None:
-    from fplstudy.costs.search import explore, placed, price, price_placements
+    from fplstudy.costs.search import explore, placed, price_candidate, price_placements
     from fplstudy.plans.plan import resolve
 
     rest, opts = _options(argv)
@@ -55,9 +55,9 @@ def main(argv: list[str]) -> None:
     rows = rng.sample(range(len(plans)), min(50, len(plans)))
     configs = [make_config(plans["overrides"][i]) for i in rows]
     ref = [resolve(c) for c in configs]
-    price(ref[0])
+    price_candidate(ref[0])
     t0 = time.perf_counter()
-    slow = [price(resolve(c)) for c in configs]
+    slow = [price_candidate(resolve(c)) for c in configs]
     slow_s = (time.perf_counter() - t0) / len(configs)
     fast = []
     for plan in ref:

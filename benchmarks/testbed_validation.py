@@ -53,14 +53,18 @@ import torch
 import yaml
 from scipy.stats import wilcoxon
 
-from fplstudy.testbed.calibrate import calibrate
 from fplstudy.config import ConfigError, load_config
-from fplstudy.plans.strategies import STRATEGIES
-from fplstudy.train.distributed import DistributedError
 from fplstudy.costs.dryrun import dry_run, shard_sizes
-from fplstudy.plans.plan import resolve
 from fplstudy.facts.profiles import Profiles
-from fplstudy.testbed.emulation import error_summary, parity_figure, predicted, relative_error, run_emulated
+from fplstudy.plans.plan import resolve
+from fplstudy.plans.strategies import STRATEGIES
+from fplstudy.testbed.calibrate import calibrate
+from fplstudy.testbed.run import run_emulated
+from fplstudy.testbed.validation import error_summary, predicted, relative_error
+from fplstudy.train.distributed import DistributedError
+from fplstudy.views.style import save_figure
+from fplstudy.views.testbed import parity_figure
+
 
 def link_profiles(rates_mbit: list[str]) -> dict:
     """One link profile ``tb<rate>`` per rate: that many Mbit/s of TCP goodput both ways, no latency."""
@@ -228,7 +232,7 @@ def main() -> int:
                "per_strategy": {st: {"makespan": float(g["makespan_error"].median()), "busy": float(g["busy_error"].median())}
                                 for st, g in done.groupby("strategy")}}
     (out / "validation_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    parity_figure([t[:2] for t in tables], out / "validation_parity.png")
+    save_figure(parity_figure([t[:2] for t in tables]), out / "validation_parity.png")
     calls = pd.concat([pd.read_csv(out / name / "testbed_calls.csv").assign(run=name) for name, *_ in tables])
     calls = calls[calls["round"] > 0].merge(done[["run", "strategy"]], on="run")
     calls["ratio"] = calls["measured_s"] / calls["predicted_s"]

@@ -15,9 +15,9 @@ torch.set_num_threads(1)
 def tiny_study(tmp_path_factory) -> tuple[object, Path]:
     """``(study, folder)``: :func:`fplstudy.study.params.smoke_params`' study (2 rounds on 120 samples, 3 seeds,
     15 plans of every strategy) trained into ``folder/runs`` and aggregated into ``folder``."""
-    from fplstudy.study.tables import aggregate, write_aggregate
     from fplstudy.study.params import load_study, smoke_params
     from fplstudy.study.pool import run_group
+    from fplstudy.study.tables import aggregate, write_aggregate
 
     folder = tmp_path_factory.mktemp("tiny-study")
     the_study = load_study(smoke_params())

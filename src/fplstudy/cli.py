@@ -315,9 +315,13 @@ def _cmd_explore(cfg: Config, args) -> int:
 
 
 def _cmd_emulated(cfg: Config, args) -> int:
-    from fplstudy.testbed.emulation import run_emulated
+    from fplstudy.testbed.run import run_emulated
+    from fplstudy.views.style import save_figure
+    from fplstudy.views.testbed import parity_figure
 
     res = run_emulated(cfg, args.out)
+    save_figure(parity_figure([(f"{cfg.strategy}, {len(res.emulation.nodes)} nodes", res.table)]),
+                Path(args.out) / "testbed_parity.png")
     m, s = res.metrics, res.summary
     print(f"{m['status']}: {m['rounds_completed']} rounds on the emulated testbed ({len(res.emulation.nodes)} hosts, "
           f"time scale {s['time_scale']:.3g}); median abs error of the round makespan "

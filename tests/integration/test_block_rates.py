@@ -1,5 +1,5 @@
 """Per-block training FLOP/s: measured by ``fplstudy calibrate``, carried by a device profile
-(``block_flops_per_s``), priced by ``ledger.price_compute``; opt-in: without them every float is as before."""
+(``block_flops_per_s``), priced by ``pricing.price_compute``; opt-in: without them every float is as before."""
 
 from __future__ import annotations
 
@@ -12,13 +12,24 @@ import pandas as pd
 import pytest
 import yaml
 
-from fplstudy.testbed.calibrate import block_rates, block_training_flops, calibrate, training_flops_per_sample
 from fplstudy.config import ConfigError, make_config
 from fplstudy.costs.dryrun import plan_events, price_plan, shard_sizes
+from fplstudy.costs.ledger import event_costs, price
+from fplstudy.costs.pricing import chunk_block_flops, chunk_flops, price_compute
+from fplstudy.facts.profiles import (
+    DeviceProfile,
+    ProfileError,
+    check_profiles,
+    load_profiles,
+)
 from fplstudy.plans.events import Compute
-from fplstudy.costs.ledger import chunk_block_flops, chunk_flops, event_costs, price, price_compute
 from fplstudy.plans.plan import resolve
-from fplstudy.facts.profiles import DeviceProfile, ProfileError, check_profiles, load_profiles
+from fplstudy.testbed.calibrate import (
+    block_rates,
+    block_training_flops,
+    calibrate,
+    training_flops_per_sample,
+)
 
 RATED = """devices:
   rated:

@@ -21,16 +21,28 @@ import psutil
 import pytest
 import torch
 
-from fplstudy.train import engine
 from fplstudy.config import make_config
-from fplstudy.train.distributed import (FAULT_ENV, FAULT_EXIT_CODE, WIRE_COLUMNS, DistributedError, DistributedTransport,
-                                  LaunchError, WireMismatch, check_wire, events_bytes, load_state_bytes, state_bytes,
-                                  store_server, train_distributed, wire_table)
-from fplstudy.plans.events import TRANSFER_KINDS, Compute, Transfer
 from fplstudy.costs.ledger import price
 from fplstudy.facts.partition import load_partitioned
-from fplstudy.plans.plan import resolve
 from fplstudy.facts.profiles import check_profiles
+from fplstudy.plans.events import TRANSFER_KINDS, Compute, Transfer
+from fplstudy.plans.plan import resolve
+from fplstudy.train import engine
+from fplstudy.train.distributed import (
+    FAULT_ENV,
+    FAULT_EXIT_CODE,
+    WIRE_COLUMNS,
+    DistributedError,
+    DistributedTransport,
+    LaunchError,
+    WireMismatch,
+    check_wire,
+    events_bytes,
+    store_server,
+    train_distributed,
+    wire_table,
+)
+from fplstudy.train.distributed.transport import load_state_bytes, state_bytes
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")
@@ -297,7 +309,7 @@ from datetime import timedelta
 torch.set_num_threads(1)
 from fplstudy.train import engine
 from fplstudy.config import make_config
-from fplstudy.train.distributed import DistributedTransport, _NodeFailure, rendezvous, store_server
+from fplstudy.train.distributed import DistributedTransport, NodeFailure, rendezvous, store_server
 from fplstudy.facts.partition import load_partitioned
 from fplstudy.plans.plan import resolve
 plan = resolve(make_config(dict(strategy="mp", nodes=2, max_train_samples=64, rounds=1, batch_size=16)))
@@ -310,7 +322,7 @@ split, _ = load_partitioned(plan)
 try:
     T.score(plan, engine.build_holdings(plan), [0.5], split.x_test, split.y_test)
     print("scored")
-except _NodeFailure as exc:
+except NodeFailure as exc:
     print("refused:", exc)
 """
 

@@ -9,8 +9,8 @@ the notebook down).
 from __future__ import annotations
 
 import re
-import sys
 import shlex
+import sys
 import tempfile
 from pathlib import Path
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -21,16 +21,23 @@ import pandas as pd
 import pytest
 import torch
 
-from fplstudy.train import engine
-from fplstudy.testbed import emulation as testbed
 from fplstudy.config import ConfigError, make_config
-from fplstudy.train.distributed import check_wire
 from fplstudy.costs.dryrun import plan_events
-from fplstudy.plans.events import Compute
-from fplstudy.costs.ledger import chunk_block_flops, price
+from fplstudy.costs.ledger import price
 from fplstudy.costs.makespan import schedule_round
-from fplstudy.plans.plan import resolve
+from fplstudy.costs.pricing import chunk_block_flops
+from fplstudy.costs.pricing import cold_calls as ledger_cold_calls
 from fplstudy.facts.profiles import check_profiles, load_profiles
+from fplstudy.plans.events import Compute
+from fplstudy.plans.plan import resolve
+from fplstudy.testbed import emulation as tb_emulation
+from fplstudy.testbed import run as tb_run
+from fplstudy.testbed import validation as tb_validation
+from fplstudy.testbed import wiring as tb_wiring
+from fplstudy.train import engine
+from fplstudy.train.distributed import check_wire
+from fplstudy.views.style import save_figure
+from fplstudy.views.testbed import parity_figure
 
 GOODPUT = 1448 / 1514  # TCP payload bytes per Ethernet frame at MTU 1500 with timestamps
 
@@ -46,7 +53,7 @@ def test_time_scale_shares_periods_and_rates_by_hand(calibrated):
     per core, 2 cores: the nodes need 0.4, 0.4, 0.4 and 1.5 cores; one node may have 0.9 of a core (1.5 / 0.9 =
     1.667) and all together 0.8 × 2 cores (2.7 / 1.6 = 1.6875): the time scale is 1.6875."""
     plan = _plan(strategy="fl", nodes=3)
-    emu = testbed.emulation(plan, check_profiles(plan), calibrated(call_overhead_s=1e-4), 2)
+    emu = tb_emulation.emulation(plan, check_profiles(plan), calibrated(call_overhead_s=1e-4), 2)
     s = 2.7 / 1.6
     assert emu.time_scale == pytest.approx(s, rel=1e-12)
     assert emu.core_share == pytest.approx((0.4 / s, 0.4 / s, 0.4 / s, 1.5 / s), rel=1e-12)
@@ -72,7 +79,7 @@ def test_block_rates_scale_with_the_time_scale_and_the_cpu_share_by_hand(tmp_pat
     plan = _plan(strategy="fl", nodes=3, profiles_file=str(own))
     profiles = check_profiles(plan)
     assert profiles.device("rpi4").block_flops_per_s == {"cnn": {"conv1": 1e10}}
-    emu = testbed.emulation(plan, profiles, calibrated(call_overhead_s=1e-4,
+    emu = tb_emulation.emulation(plan, profiles, calibrated(call_overhead_s=1e-4,
                                                        block_flops_per_s={"cnn": {"conv1": 2e9, "conv2": 5e10}}), 2)
     s = 2.7 / 1.6
     assert emu.time_scale == pytest.approx(s, rel=1e-12)  # block rates do not move the shares or the scale
@@ -89,26 +96,26 @@ def test_block_rates_scale_with_the_time_scale_and_the_cpu_share_by_hand(tmp_pat
     mine = _plan(strategy="mp", nodes=2, device="calibrated_cnn_b32", server_device="calibrated_cnn_b32",
                  profiles_file=str(cal))
     mp_profiles = check_profiles(mine)
-    here = testbed.calibrated_device(mine, mp_profiles)
+    here = tb_emulation.calibrated_device(mine, mp_profiles)
     assert here.block_flops_per_s == {"cnn": {"conv1": 2e9, "conv2": 5e10}}
     assert here.block_call_s == {"cnn": {"conv1": 3e-4}}
     with pytest.raises(ConfigError, match="'profiles_file': got .*; no device profile 'calibrated_cnn_b32'"):
-        testbed.calibrated_device(plan, profiles)  # own.yaml holds no calibration
+        tb_emulation.calibrated_device(plan, profiles)  # own.yaml holds no calibration
     # its block rates alone: the prediction below prices no fixed seconds per call
-    emu = testbed.emulation(mine, mp_profiles, calibrated(block_flops_per_s=here.block_flops_per_s), 2,
+    emu = tb_emulation.emulation(mine, mp_profiles, calibrated(block_flops_per_s=here.block_flops_per_s), 2,
                             time_scale=3.0)
     dev = emu.profiles.device("calibrated_cnn_b32")
     assert dev.flops_per_s == pytest.approx(4e10 / 3, rel=1e-12)
     assert dev.block_flops_per_s["cnn"] == pytest.approx({"conv1": 2e9 / 3, "conv2": 5e10 / 3}, rel=1e-12)
     # predicted busy seconds use them: conv1 + conv2 on n0, priced block by block
     events = [e for e in plan_events(mine, [32]) if isinstance(e, Compute) and e.node == "n0" and e.round == 0]
-    per_node, _ = testbed.predicted(mine, [32], emu)
+    per_node, _ = tb_validation.predicted(mine, [32], emu)
     want = sum(sum(f * e.samples / dev.block_flops_per_s["cnn"].get(b, dev.flops_per_s)
                    for b, f in chunk_block_flops(mine, e.blocks, e.in_shape, e.phase, e.input_grad))
                + dev.call_overhead_s for e in events)
     got = per_node[(per_node["round"] == 0) & (per_node["node"] == "n0")]["predicted_busy_s"].iloc[0]
     assert got == pytest.approx(want, rel=1e-12)
-    flat = testbed.emulation(plan, profiles, calibrated(), 2)
+    flat = tb_emulation.emulation(plan, profiles, calibrated(), 2)
     assert flat.profiles.device("rpi4").block_flops_per_s == {}
 
 
@@ -117,20 +124,20 @@ def test_time_scale_for_a_link_faster_than_mininet_shapes_and_refusals(tmp_path,
     fast.write_text("links:\n  fast: {up_bps: 2.0e+9, down_bps: 2.0e+9, tx_j_per_bit: 0, rx_j_per_bit: 0}\n")
     plan = _plan(strategy="mp", nodes=2, link="fast", profiles_file=str(fast))
     # CPUs need little: the link sets the scale
-    emu = testbed.emulation(plan, check_profiles(plan), calibrated(1e12), 2)
+    emu = tb_emulation.emulation(plan, check_profiles(plan), calibrated(1e12), 2)
     assert emu.time_scale == pytest.approx(2e9 / GOODPUT / 1e9, rel=1e-12)
     assert max(emu.egress_mbit) == pytest.approx(1000.0, rel=1e-12)
     with pytest.raises(ConfigError, match="'testbed_time_scale': got 1.5; this plan needs at least 2.091"):
-        testbed.emulation(plan, check_profiles(plan), calibrated(1e12), 2, time_scale=1.5)
-    assert testbed.emulation(plan, check_profiles(plan), calibrated(1e12), 2, time_scale=4.0).time_scale == 4.0
+        tb_emulation.emulation(plan, check_profiles(plan), calibrated(1e12), 2, time_scale=1.5)
+    assert tb_emulation.emulation(plan, check_profiles(plan), calibrated(1e12), 2, time_scale=4.0).time_scale == 4.0
     big = _plan(strategy="fl", nodes=50)
     with pytest.raises(ConfigError, match="'nodes': got 50; too many or too fast nodes for this machine"):
-        testbed.emulation(big, check_profiles(big), calibrated(1e9), 2)  # 50 × 16 cores' worth: a time scale of 500
+        tb_emulation.emulation(big, check_profiles(big), calibrated(1e9), 2)  # 50 × 16 cores' worth: a time scale of 500
     up_gt_down = tmp_path / "odd.yaml"
     up_gt_down.write_text("links:\n  odd: {up_bps: 2.0e+7, down_bps: 1.0e+7, tx_j_per_bit: 0, rx_j_per_bit: 0}\n")
     odd = _plan(strategy="fl", nodes=2, link="odd", profiles_file=str(up_gt_down))
     with pytest.raises(ConfigError, match="'link': got 'odd'; up_bps"):
-        testbed.check_rates(odd, check_profiles(odd))
+        tb_emulation.check_rates(odd, check_profiles(odd))
 
 
 def test_star_network_queues_the_aggregators_messages_by_hand():
@@ -200,7 +207,7 @@ def test_topology_wiring_routes_and_rates_by_hand(tmp_path, calibrated):
     fast = 2e9 * GOODPUT  # goodput: 2e9 bit/s of frames on the wire
     plan = _plan(strategy="fl", nodes=2, topology=_site_file(tmp_path, fast), batch_size=32, max_train_samples=64)
     assert [(n.name, n.point) for n in plan.nodes] == [("n0", "s0"), ("n1", "s1"), ("n2", "server")]
-    w = testbed.wiring(plan)
+    w = tb_wiring.wiring(plan)
     assert w.points == ("s0", "s1", "server", "ap", "gw")
     assert w.links == (("s0", "ap", 2.9e7, 4.0e7), ("s1", "ap", 2.9e7, 4.0e7), ("server", "gw", 1.3e7, 6.0e6),
                        ("ap", "gw", fast, 9.4e8))  # between [gw, server]: gw -> server up (6e6), back down (1.3e7)
@@ -209,9 +216,9 @@ def test_topology_wiring_routes_and_rates_by_hand(tmp_path, calibrated):
                         "ap": (("s0", "s0"), ("s1", "s1"), ("server", "gw")),
                         "gw": (("s0", "ap"), ("s1", "ap"), ("server", "server"))}
     # a fast machine: the CPUs need no slow-down
-    emu = testbed.emulation(plan, check_profiles(plan), calibrated(1e13), 2)
+    emu = tb_emulation.emulation(plan, check_profiles(plan), calibrated(1e13), 2)
     assert emu.time_scale == pytest.approx(2.0, rel=1e-12)
-    spec = testbed.network_spec(emu)
+    spec = tb_emulation.network_spec(emu)
     assert spec["routers"] == ["r0", "r1"]  # ap, gw
     mbit = lambda bps: bps / 2.0 / GOODPUT / 1e6  # noqa: E731 - goodput / s, on the wire
     assert [(e["ends"], e["addrs"]) for e in spec["links"]] == [
@@ -230,7 +237,7 @@ def test_topology_wiring_routes_and_rates_by_hand(tmp_path, calibrated):
     events = plan_events(plan, [32, 32])
     up = next(e for e in events if not isinstance(e, Compute) and e.kind == "params_up" and e.src == "n0")
     for forwarding, spb in (("packet", 1 / 6e6), ("message", 1 / 2.9e7 + 1 / fast + 1 / 6e6)):
-        p_node, _ = testbed.predicted(resolve(plan.config.model_copy(update={"forwarding": forwarding})), [32, 32], emu)
+        p_node, _ = tb_validation.predicted(resolve(plan.config.model_copy(update={"forwarding": forwarding})), [32, 32], emu)
         sent = p_node.set_index(["round", "node"]).loc[(0, "n0"), "predicted_send_s"]
         assert sent == pytest.approx(up.nbytes * 8 * 2.0 * spb, rel=1e-12), forwarding
     assert [h.link.latency_s for h in plan.site.path("s0", "server")] == [0.0, 0.0, 0.05]
@@ -241,10 +248,10 @@ def test_topology_on_the_testbed_refuses_what_it_cannot_route(tmp_path, monkeypa
     """A plan whose paths use more links than the testbed numbers is refused naming the topology, before anything
     is built; the capacity check does not refuse a topology (it is emulated)."""
     plan = _plan(strategy="fl", nodes=2, topology=_site_file(tmp_path, 9.4e8), batch_size=32, max_train_samples=64)
-    testbed.check_capacity(plan)
-    monkeypatch.setattr(testbed, "MAX_LINKS", 3)
+    tb_emulation.check_capacity(plan)
+    monkeypatch.setattr(tb_emulation, "MAX_LINKS", 3)
     with pytest.raises(ConfigError, match=r"^config key 'topology'.*paths use 4 links; the testbed numbers at most 3"):
-        testbed.emulation(plan, check_profiles(plan), calibrated(1e13), 2)
+        tb_emulation.emulation(plan, check_profiles(plan), calibrated(1e13), 2)
 
 
 def test_topology_whose_paths_disagree_with_routing_by_destination_is_refused(tmp_path):
@@ -269,7 +276,7 @@ links:
     assert [h.dst for h in plan.site.path("q", "d")] == ["c", "d"]
     with pytest.raises(ConfigError, match=r"^config key 'topology'.*the path a -> d goes on from q to b, but q's own "
                                           r"path to d is another; the testbed routes by destination"):
-        testbed.wiring(plan)
+        tb_wiring.wiring(plan)
 
 
 def test_call_overhead_is_priced_alike_by_the_fast_path_and_the_reference(tmp_path):
@@ -297,8 +304,8 @@ def test_the_call_table_pairs_each_traced_call_with_its_prediction(calibrated):
     seconds; the table's sums are testbed_table's busy seconds; a trace missing a call is refused."""
     plan = resolve(make_config(dict(strategy="mp", nodes=2, max_train_samples=100, rounds=2, batch_size=64)))
     profiles = check_profiles(plan)
-    emu = testbed.emulation(plan, profiles, calibrated(cold_factor=0.5), 2)
-    warm = testbed.emulation(plan, profiles, calibrated(), 2)
+    emu = tb_emulation.emulation(plan, profiles, calibrated(cold_factor=0.5), 2)
+    warm = tb_emulation.emulation(plan, profiles, calibrated(), 2)
     shards = [100]
     events = plan_events(plan, shards)
     rows, seq, t = [], {"n0": 0, "n1": 0}, 0.0
@@ -307,7 +314,7 @@ def test_the_call_table_pairs_each_traced_call_with_its_prediction(calibrated):
             seq[ev.node] += 1
             rows.append((ev.round, ev.node, "compute", ev.phase, "", 0, seq[ev.node] - 1, t, t + 0.01 * seq[ev.node]))
             t += 1.0
-    calls = testbed.call_table(plan, _trace(rows[::-1]), shards, emu)  # any row order: by round and seq
+    calls = tb_validation.call_table(plan, _trace(rows[::-1]), shards, emu)  # any row order: by round and seq
     computes = [ev for ev in events if isinstance(ev, Compute)]
     assert len(calls) == len(computes) == 2 * 2 * 4
     n0 = calls[calls["node"] == "n0"]
@@ -317,19 +324,19 @@ def test_the_call_table_pairs_each_traced_call_with_its_prediction(calibrated):
     assert calls["cold"].sum() == 16  # as tests/unit/costs/test_cold_calls.py counts them by hand: all 8 of a round
     from fplstudy.costs.ledger import event_costs
     _, hot = event_costs(plan, events, warm.profiles)
-    flags = testbed.cold_calls(events, frozenset({"n0", "n1"}))
+    flags = ledger_cold_calls(events, frozenset({"n0", "n1"}))
     want = [s * (1.5 if c else 1.0) for n in ("n0", "n1")  # the table is node by node, each in event order
             for ev, s, c in zip(events, hot, flags) if isinstance(ev, Compute) and ev.node == n]
     assert calls["predicted_s"].tolist() == pytest.approx(want, rel=1e-12)
     assert calls["cold"].tolist() == [c for n in ("n0", "n1") for ev, c in zip(events, flags)
                                       if isinstance(ev, Compute) and ev.node == n]
-    table = testbed.testbed_table(plan, _trace(rows), shards, emu)
+    table = tb_validation.testbed_table(plan, _trace(rows), shards, emu)
     sums = calls.groupby(["round", "node"])[["measured_s", "predicted_s"]].sum()
     got = table.set_index(["round", "node"])
     assert sums["measured_s"].tolist() == pytest.approx(got.loc[sums.index, "measured_busy_s"].tolist(), rel=1e-12)
     assert sums["predicted_s"].tolist() == pytest.approx(got.loc[sums.index, "predicted_busy_s"].tolist(), rel=1e-12)
     with pytest.raises(RuntimeError, match="n0's trace has 7 compute calls, its events 8"):
-        testbed.call_table(plan, _trace(rows[1:]), shards, emu)
+        tb_validation.call_table(plan, _trace(rows[1:]), shards, emu)
 
 
 def test_measured_figures_from_a_hand_made_trace():
@@ -340,7 +347,7 @@ def test_measured_figures_from_a_hand_made_trace():
                     (0, "n0", "compute", "backward", "", 0, 1, 1.5, 2.0),
                     (0, "n1", "recv", "activations", "n0", 64, 0, 0.2, 1.4),
                     (0, "n1", "compute", "forward", "", 0, 0, 1.4, 3.0)])
-    per_node, makespan = testbed.measured(trace)
+    per_node, makespan = tb_validation.measured(trace)
     got = per_node.set_index("node")
     assert got.loc["n0", "measured_busy_s"] == pytest.approx(1.5)
     assert got.loc["n1", "measured_busy_s"] == pytest.approx(1.6)
@@ -349,7 +356,7 @@ def test_measured_figures_from_a_hand_made_trace():
     assert makespan.tolist() == pytest.approx([3.0])
     unpaired = trace.iloc[:4]  # a receive whose send is missing
     with pytest.raises(RuntimeError, match="do not pair up"):
-        testbed.measured(unpaired.drop(index=1))
+        tb_validation.measured(unpaired.drop(index=1))
 
 
 class _Clock:
@@ -373,7 +380,7 @@ def test_dilation_is_slept_once_before_the_next_message_by_hand(tmp_path, monkey
     event after the first chunk (0.2 s of bookkeeping) counts nowhere. Before its message n0 sleeps once,
     100.9 - 100.7 = 0.2 s, and the message is posted at 100.9. Undilated, the rows are the real times less
     the visit, and nothing is slept."""
-    from fplstudy.train import distributed
+    from fplstudy.train.distributed import transport as distributed
 
     plan = _plan(strategy="sl", nodes=2, rounds=1, batch_size=64)
     computes = [Compute(0, 0, 0, 0, plan.nodes[0].name, ("b0",), (64, 64), 64, phase, False)
@@ -409,7 +416,7 @@ def test_error_summary_leaves_out_the_warmup_round():
                           "measured_busy_s": [5.0, 0.5, 0.55], "predicted_busy_s": [0.5, 0.5, 0.5],
                           "measured_send_s": [0.0] * 3, "predicted_send_s": [0.0] * 3,
                           "measured_recv_s": [0.0] * 3, "predicted_recv_s": [0.0] * 3, "time_scale": [2.0] * 3})
-    s = testbed.error_summary(table)
+    s = tb_validation.error_summary(table)
     assert s["rounds_compared"] == 2
     assert s["round_makespan_median_abs_error"] == pytest.approx(0.15)  # |0.1| and |-0.2|
     assert s["round_makespan_max_abs_error"] == pytest.approx(0.2)
@@ -418,7 +425,8 @@ def test_error_summary_leaves_out_the_warmup_round():
 
 
 def test_calibrate_writes_a_measured_profile_that_loads(tmp_path):
-    from fplstudy.testbed.calibrate import calibrate, cpu_model
+    from fplstudy.testbed.calibrate import calibrate
+    from fplstudy.train.results import cpu_model
 
     out = tmp_path / "host.yaml"
     out.write_text("links:\n  mine: {up_bps: 1.0e+6, down_bps: 1.0e+6, tx_j_per_bit: 0, rx_j_per_bit: 0}\n")
@@ -441,7 +449,7 @@ def test_missing_calibration_is_refused_before_anything_is_built(tmp_path):
                            "--backend", "emulated", "--out", str(tmp_path / "x")], capture_output=True, text=True,
                           env={**os.environ, "CI": "1"}, timeout=300)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    reason = testbed.requirements_problem()
+    reason = tb_emulation.requirements_problem()
     if reason:  # no root or no Mininet here: that is what is named
         assert reason in proc.stderr
     else:
@@ -454,7 +462,7 @@ def test_missing_calibration_is_refused_before_anything_is_built(tmp_path):
 
 # --------------------------------------------------------------------------- on Mininet (root only)
 
-REASON = testbed.requirements_problem()
+REASON = tb_emulation.requirements_problem()
 needs_mininet = pytest.mark.skipif(REASON is not None, reason=f"no emulated testbed here: {REASON}")
 
 
@@ -469,11 +477,11 @@ def _iperf(tmp_path, spec: dict) -> tuple[float, dict]:
     """Run ``spec`` (hosts a: iperf3 server at 10.0.0.1, b: a 3 s client) with netctl: the goodput b -> a (bit/s)
     and netctl's outcome; nothing of the run is left."""
     (tmp_path / "spec.json").write_text(json.dumps(spec))
-    out = subprocess.run([testbed.SYSTEM_PYTHON, str(testbed.NETCTL), "run", str(tmp_path / "spec.json")],
+    out = subprocess.run([tb_emulation.SYSTEM_PYTHON, str(tb_emulation.NETCTL), "run", str(tmp_path / "spec.json")],
                          capture_output=True, text=True, timeout=120)
     outcome = json.loads(out.stdout.strip().splitlines()[-1])
     assert outcome["codes"] == [0, 0], out.stderr
-    assert testbed._netctl("leftovers", spec["tag"]) == {"processes": [], "links": [], "cgroups": []}
+    assert tb_run._netctl("leftovers", spec["tag"]) == {"processes": [], "links": [], "cgroups": []}
     return json.loads((tmp_path / "iperf.json").read_text())["end"]["sum_received"]["bits_per_second"], outcome
 
 
@@ -495,7 +503,7 @@ def test_bulk_transfer_runs_at_the_shaped_rate(tmp_path):
 def _run_equals_simulated(tmp_path, values: dict):
     """Run ``values`` on the testbed: it finishes, its wire bytes equal the ledger's, its results equal the simulated
     backend's (same seed, one thread), and the measured-vs-predicted table has every round × node."""
-    res = testbed.run_emulated(make_config(values), tmp_path / "run")
+    res = tb_run.run_emulated(make_config(values), tmp_path / "run")
     plan = resolve(make_config(values))
     assert res.metrics["status"] == "completed" and len(res.emulation.nodes) == len(plan.nodes)
     check_wire(pd.read_csv(tmp_path / "run" / "wire.csv"), pd.read_csv(tmp_path / "run" / "ledger.csv"))
@@ -526,8 +534,9 @@ def test_runs_on_the_testbed_equal_the_simulated_backend(tmp_path, strategy, nod
     assert (busy["measured_busy_s"] > 0).all()  # every node that computes was seen computing
     logs = {p.name for p in (tmp_path / "run" / "testbed").iterdir()}
     assert {f"{n.name}.log" for n in plan.nodes} <= logs
-    assert (tmp_path / "run" / "testbed_parity.png").stat().st_size > 0
-    assert testbed._netctl("leftovers", testbed._tag()) == {"processes": [], "links": [], "cgroups": []}
+    drawn = save_figure(parity_figure([(strategy, table)]), tmp_path / "run" / "testbed_parity.png")  # as the CLI does
+    assert drawn.stat().st_size > 10_000
+    assert tb_run._netctl("leftovers", tb_run._tag()) == {"processes": [], "links": [], "cgroups": []}
 
 
 @needs_mininet
@@ -554,7 +563,7 @@ def test_a_plan_on_a_topology_runs_through_its_relays_and_equals_the_simulated_b
         for (src, dst), sent in ((a, b), e["tx_bytes"][0]), ((b, a), e["tx_bytes"][1]):
             assert sent >= carried.get((src, dst), 0), (src, dst)
         assert carried.get((a, b), 0) > 0 and carried.get((b, a), 0) > 0  # every link is used both ways
-    assert testbed._netctl("leftovers", testbed._tag()) == {"processes": [], "links": [], "cgroups": []}
+    assert tb_run._netctl("leftovers", tb_run._tag()) == {"processes": [], "links": [], "cgroups": []}
 
 
 @needs_mininet
@@ -602,15 +611,15 @@ def test_a_run_killed_mid_round_leaves_nothing_behind(tmp_path):
         while not (out / "rounds.csv").exists():  # round 0 done: training is under way
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
             time.sleep(0.2)
-        assert testbed._netctl("leftovers", tag)["links"], "the network was not there"
+        assert tb_run._netctl("leftovers", tag)["links"], "the network was not there"
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     finally:
         if proc.poll() is None:
             proc.kill()
     deadline = time.monotonic() + 60
-    while testbed._netctl("leftovers", tag) != {"processes": [], "links": [], "cgroups": []}:
-        assert time.monotonic() < deadline, testbed._netctl("leftovers", tag)
+    while tb_run._netctl("leftovers", tag) != {"processes": [], "links": [], "cgroups": []}:
+        assert time.monotonic() < deadline, tb_run._netctl("leftovers", tag)
         time.sleep(0.5)
     ranks = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout.split()
     assert ranks == [], "a node process of the run is still alive"

@@ -25,15 +25,15 @@ bytes_tx            int      payload bytes sent (numel × element size, no frami
 bytes_rx            int      payload bytes received
 seconds             float    compute: FLOPs / device FLOP/s + the device's call overhead (default 0;
                              with per-block rates, Σ block FLOPs / block FLOP/s, plus each block's
-                             fixed seconds per call where given: :func:`price_compute`;
+                             fixed seconds per call where given: :func:`fplstudy.costs.pricing.price_compute`;
                              a call that starts cold — its node received a message since
                              its previous call of the same phase, or it is the node's first
                              of that phase in the round — takes 1 + the device's
                              cold_factor times that plus its cold_s,
-                             :func:`cold_calls`; the call
+                             :func:`fplstudy.costs.pricing.cold_calls`; the call
                              that opens a batch on the node feeding it in adds
-                             the device's batch_s, :func:`opens_batch`;
-                             a straggler's: its slowdown times that, :func:`slowdowns`);
+                             the device's batch_s, :func:`fplstudy.costs.pricing.opens_batch`;
+                             a straggler's: its slowdown times that, :func:`fplstudy.costs.pricing.slowdowns`);
                              message: bits / link rate + latency (on a topology: bits / the
                              path's slowest rate + Σ latency, or with forwarding=message Σ over
                              its hops, store-and-forward), counted at the sender *and* at
@@ -43,7 +43,7 @@ seconds             float    compute: FLOPs / device FLOP/s + the device's call 
 energy_j            float    compute: active W × seconds (a straggler's: its slowdown times it); message: bits × tx J/bit at the sender,
                              bits × rx J/bit at the receiver (on a topology: of their own hops; a
                              plan node that relays it gets a ``relay`` row: both of its hops' joules
-                             and the bytes in bytes_tx and bytes_rx, no seconds: :func:`message_pricer`);
+                             and the bytes in bytes_tx and bytes_rx, no seconds: :func:`fplstudy.costs.pricing.message_pricer`);
                              idle: idle W × seconds
 round_makespan_s    float    wall-clock length of the round (same on every row of the round)
 run_id              str      in ``ledger.csv`` only: the run's id (:func:`fplstudy.train.results.run_id`)
@@ -58,11 +58,8 @@ Speed: :func:`price` takes a fast path by default (:class:`Pricer`: a one-pass s
 array sums, the same floats as the event-by-event reference, which ``price(..., fast=False)`` keeps);
 :func:`fplstudy.costs.dryrun.price_plan` prices a plan without building its event stream at all.
 
-Prices: :func:`price_compute` prices a compute call and :func:`message_pricer` a message (:func:`price_message`
-on one link, or the path on a topology), for every path.
-Link direction: a message uses the link profile's ``down_bps`` when it goes from the server side (a
-trunk stage or the aggregator) to an edge node (a branch stage holder; :attr:`fplstudy.plans.plan.Node.side`),
-``up_bps`` otherwise. The config
+Prices: the rules live in :mod:`fplstudy.costs.pricing` (a compute call, a message, cold calls, link
+direction), for every path. The config
 key ``network`` says how messages share the network (:mod:`fplstudy.costs.makespan`): ``links``, a link per
 pair of nodes, or ``star``, one interface per node (priced by the reference schedule only).
 """
@@ -89,249 +86,25 @@ from fplstudy.costs.makespan import (
     schedule_round,
 )
 from fplstudy.costs.memory import memory_rows, model_size
-from fplstudy.facts.profiles import DeviceProfile, LinkProfile, Profiles, check_profiles
-from fplstudy.facts.topology import price_path
+from fplstudy.costs.pricing import (
+    chunk,
+    cold_calls,
+    cold_entries,
+    cold_flow,
+    cold_keys,
+    message_pricer,
+    opens_batch,
+    price_call,
+    prices_cold,
+    slowdowns,
+)
+from fplstudy.facts.profiles import Profiles, check_profiles
 from fplstudy.plans.dynamics import plan_turnouts
 from fplstudy.plans.events import KINDS, Compute, Event
-from fplstudy.plans.plan import Node
-from fplstudy.plans.program import chunk_profiles, default_adapter_shape, everyone
+from fplstudy.plans.program import everyone
 
 COLUMNS = ("round", "node", "role", "device", "kind", "count", "flops", "bytes_tx", "bytes_rx", "seconds",
            "energy_j", "round_makespan_s")
-
-
-def chunk_block_flops(plan, blocks: tuple[str, ...], in_shape: tuple[int, ...], phase: str,
-                      input_grad: bool) -> tuple[tuple[str | None, int], ...]:
-    """FLOPs per sample of each block of one forward or backward of a run of blocks: ``(name, FLOPs)`` per
-    block, in order. The name is None where no block rate may price the block (a device's
-    ``block_flops_per_s`` is measured on the model's own blocks at their own shapes, and on the junction adapter,
-    ``adapter``, at the model's default junction: ``fplstudy calibrate``): blocks fed another shape than in the
-    whole model (the views of a ``concat`` junction), and an adapter at another junction.
-
-    Backward: a block computes its input's gradient when that input requires grad — the chunk's input
-    when ``input_grad``, and any block's input once an earlier block of the chunk has parameters.
-    """
-    profs = chunk_profiles(plan, blocks, in_shape)
-    if tuple(blocks) == ("adapter",):
-        own = default_adapter_shape(plan.model, plan.profile) == tuple(in_shape)
-    else:
-        own = plan.profile[plan.block_names.index(blocks[0])].in_shape == tuple(in_shape)
-    if phase == "forward":
-        return tuple((p.name if own else None, p.flops_fwd) for p in profs)
-    out, requires = [], input_grad
-    for p in profs:
-        out.append((p.name if own else None, p.flops_bwd if requires else p.flops_bwd_no_input_grad))
-        requires = requires or p.params > 0
-    return tuple(out)
-
-
-def chunk_flops(plan, blocks: tuple[str, ...], in_shape: tuple[int, ...], phase: str, input_grad: bool) -> int:
-    """FLOPs per sample of one forward or backward of a run of blocks (the sum of :func:`chunk_block_flops`)."""
-    return sum(f for _, f in chunk_block_flops(plan, blocks, in_shape, phase, input_grad))
-
-
-def price_compute(device: DeviceProfile, flops: int, model: str | None = None,
-                  blocks: tuple[tuple[str | None, int], ...] = (), cold: bool = False,
-                  opens: bool = False) -> tuple[float, float]:
-    """Seconds and energy of one compute call on ``device``. Every pricing path (:func:`event_costs`,
-    :func:`price`, :class:`Pricer`) calls it.
-
-    Without block rates or fixed seconds (``device.block_flops_per_s`` and ``device.block_call_s`` have none
-    for ``model``, or no ``blocks`` given): ``flops / flops_per_s + call_overhead_s``, exactly as always. With
-    them: ``Σ over blocks of (block FLOPs / block rate + block fixed seconds) + call_overhead_s``, a block the
-    rates do not name (or named None) at ``flops_per_s``, one the fixed seconds do not name with none. The
-    fixed seconds make a call of few samples run below the block's rate, as a small batch does (fitted from
-    two batch sizes by ``fplstudy calibrate --fit-batch``). A call that starts cold (:func:`cold_calls`:
-    its node received a message since its previous call of the same phase, or it is the node's first of that
-    phase in the round) takes ``1 + cold_factor`` times those seconds plus ``cold_s`` (defaults 0: the same
-    floats as a warm call). The call that opens a batch on the node that feeds it in (:func:`opens_batch`) adds
-    the device's ``batch_s`` first: the batch's work outside the blocks (gathering
-    its samples, the optimizer step, zeroing the gradients; default 0, the same floats). Energy:
-    ``active_w × seconds``.
-
-    Args:
-        device: the node's device profile.
-        flops: FLOPs of the call (all its samples).
-        model: the plan's model (whose block rates apply).
-        blocks: the call's FLOPs per block, ``((name, FLOPs), ...)`` summing to ``flops``
-            (:func:`chunk_block_flops` times the samples).
-        cold: whether the call starts cold (:func:`cold_calls`).
-        opens: whether the call opens a batch on its node (:func:`opens_batch`).
-
-    Returns:
-        ``(seconds, energy_j)``.
-    """
-    rates = device.block_flops_per_s.get(model) if blocks else None
-    fixed = device.block_call_s.get(model) if blocks else None
-    if not rates and not fixed:
-        seconds = flops / device.flops_per_s + device.call_overhead_s
-    else:
-        rates, fixed = rates or {}, fixed or {}
-        seconds = sum(f / rates.get(name, device.flops_per_s) + fixed.get(name, 0.0) for name, f in blocks) \
-            + device.call_overhead_s
-    if opens and device.batch_s:
-        seconds += device.batch_s
-    if cold and device.cold_factor:
-        seconds *= 1.0 + device.cold_factor
-    if cold and device.cold_s:
-        seconds += device.cold_s
-    return seconds, device.active_w * seconds
-
-
-def _price_call(model: str, device: DeviceProfile, chunk: tuple[int, tuple], samples: int,
-                cold: bool = False, opens: bool = False) -> tuple[int, float, float]:
-    """FLOPs, seconds and energy of a compute call of ``samples`` samples of a chunk ``(FLOPs per sample, its
-    per-block split)``, ``cold``: whether it starts cold (:func:`cold_calls`), ``opens``: whether it opens a
-    batch (:func:`opens_batch`): what every pricing path prices a :class:`~fplstudy.plans.events.Compute` with."""
-    per_sample, split = chunk
-    f = per_sample * samples
-    if model in device.block_flops_per_s or model in device.block_call_s:
-        s, e = price_compute(device, f, model, tuple((name, b * samples) for name, b in split), cold, opens)
-    else:
-        s, e = price_compute(device, f, cold=cold, opens=opens)
-    return f, s, e
-
-
-def opens_batch(ev: Compute, first_block: str) -> bool:
-    """Whether compute event ``ev`` opens a batch on its node: the forward of the batch's first micro-batch
-    through the model's first block (``first_block``), on the node that feeds the batch in. Before it, the node
-    has gathered the batch's samples, and since its last call it has stepped the optimizer and zeroed the
-    gradients (:func:`fplstudy.train.engine.run_batch`): the work a device's ``batch_s`` prices."""
-    return ev.phase == "forward" and ev.micro == 0 and ev.blocks[0] == first_block
-
-
-PHASES = ("forward", "backward")
-
-
-def cold_keys(nodes) -> frozenset[tuple[str, str]]:
-    """Every ``(node, phase)`` of ``nodes``: what :func:`cold_flow` keeps track of, all cold at a round's start."""
-    return frozenset((n, p) for n in nodes for p in PHASES)
-
-
-def cold_flow(events: list[Event], entry: frozenset[tuple[str, str]]
-              ) -> tuple[list[bool], frozenset[tuple[str, str]], dict[tuple[str, str], bool]]:
-    """Which compute calls of a run of ``events`` (a round's, or a part of one, in order) start cold.
-
-    A call starts cold when its node has received a message since its previous call of the same phase (forward,
-    backward) in the round, or when it is the node's first call of that phase in the round (the node comes back
-    from a pause: the previous round's synchronisation, an evaluation). A wait for a message leaves what both
-    phases work on cold, and a call of one phase warms only its own (measured on the testbed: in ``mp`` on 2
-    nodes a stage's backward that follows its cold forward, and the data owner's forward that follows its cold
-    backward, ran 1.4-1.5x their warm price, not their warm one). A ``labels`` message does not count: it
-    leaves right behind the activations, so the receiver has it by the time it has computed on them. A
-    ``(node, phase)``'s first call in the run looks at ``entry``: the ``(node, phase)`` s that are cold before the
-    run (a round's first run: every one, :func:`cold_keys`).
-
-    Returns:
-        ``(flags, lead, ends)``: per event whether it is such a call (False for every message); the
-        ``(node, phase)`` s whose first call in the run comes before any receive of their node in it (the only
-        ones ``entry`` can change); per ``(node, phase)`` the run touches, whether it is cold after the run.
-    """
-    ends: dict[tuple[str, str], bool] = {}
-    lead: set[tuple[str, str]] = set()
-    flags = []
-    for ev in events:
-        if isinstance(ev, Compute):
-            key = (ev.node, ev.phase)
-            before = ends.get(key)
-            if before is None:
-                lead.add(key)
-                before = key in entry
-            flags.append(before)
-            ends[key] = False
-        else:
-            flags.append(False)
-            if ev.kind != "labels":  # they follow the activations the receiver has just computed on
-                for phase in PHASES:
-                    ends[(ev.dst, phase)] = True
-    return flags, frozenset(lead), ends
-
-
-def cold_calls(events: list[Event], nodes: frozenset[str]) -> list[bool]:
-    """Per event of a run's stream (any rounds, in emission order), whether it is a compute call that starts
-    cold (:func:`cold_flow`, each round on its own; ``nodes``: the plan's node names)."""
-    by_round: dict[int, list[int]] = defaultdict(list)
-    for i, ev in enumerate(events):
-        by_round[ev.round].append(i)
-    flags = [False] * len(events)
-    every = cold_keys(nodes)
-    for ids in by_round.values():
-        for i, flag in zip(ids, cold_flow([events[i] for i in ids], every)[0]):
-            flags[i] = flag
-    return flags
-
-
-def cold_entries(flows: list[tuple[frozenset, dict]], nodes: frozenset[str]) -> list[frozenset[tuple[str, str]]]:
-    """The ``entry`` of each of a round's runs (in order) from the ``(lead, ends)`` of every run
-    (:func:`cold_flow`), ``nodes``: the plan's node names (every ``(node, phase)`` cold at the round's start);
-    each entry holds only the ``(node, phase)`` s it can matter to (the run's ``lead``)."""
-    state = set(cold_keys(nodes))
-    out = []
-    for lead, ends in flows:
-        out.append(frozenset(state & lead))
-        for key, cold in ends.items():
-            if cold:
-                state.add(key)
-            else:
-                state.discard(key)
-    return out
-
-
-def prices_cold(devices) -> bool:
-    """Whether any of ``devices`` prices a call that starts cold (``cold_factor`` or ``cold_s`` > 0): where none does, the
-    pricing paths skip :func:`cold_calls` (nothing would change)."""
-    return any(d.cold_factor > 0 or d.cold_s > 0 for d in devices)
-
-
-def _chunk(plan, ev: Compute) -> tuple[int, tuple]:
-    split = chunk_block_flops(plan, ev.blocks, ev.in_shape, ev.phase, ev.input_grad)
-    return sum(f for _, f in split), split
-
-
-def price_message(link: LinkProfile, nbytes: int, src: Node, dst: Node) -> tuple[float, float, float]:
-    """Seconds and radio energy of one message of ``nbytes`` payload bytes from ``src`` to ``dst``.
-
-    Direction: ``down_bps`` when the message goes from the server side to an edge node (:attr:`Node.side`),
-    ``up_bps`` otherwise. Every pricing path (:func:`event_costs`, :func:`price`, :class:`Pricer`) calls it.
-
-    Returns:
-        ``(seconds, tx_j, rx_j)``: bits / rate + latency (the sender and the receiver are both busy that
-        long), bits × ``tx_j_per_bit`` at the sender, bits × ``rx_j_per_bit`` at the receiver.
-    """
-    bits = nbytes * 8
-    rate = link.down_bps if src.side == "server" and dst.side == "edge" else link.up_bps
-    return bits / rate + link.latency_s, bits * link.tx_j_per_bit, bits * link.rx_j_per_bit
-
-
-def message_pricer(plan, profiles: Profiles):
-    """The price of one message of ``plan`` as a function ``(nbytes, src Node, dst Node) -> (seconds, tx_j,
-    rx_j, relays)``; ``relays``: ``((plan node, joules), ...)`` of the plan nodes the message passes through.
-
-    Without a topology: :func:`price_message` on the link profile ``config.link``, no relays. On a topology
-    (config key ``topology``): :func:`fplstudy.facts.topology.price_path` on the path between the nodes' topology
-    nodes, forwarded as the config key ``forwarding`` says (packet by packet, or store-and-forward); the sender
-    pays its hop's tx joules, the receiver its hop's rx joules, a plan node on the path the tx and rx joules of
-    its two hops; points that host no plan node are not charged.
-    """
-    site = plan.site
-    if site is None:
-        link = profiles.link(plan.config.link)
-        return lambda nbytes, src, dst: (*price_message(link, nbytes, src, dst), ())
-    hosted = {n.point: n.name for n in plan.nodes}
-    forwarding = plan.config.forwarding
-
-    def priced(nbytes: int, src: Node, dst: Node) -> tuple[float, float, float, tuple]:
-        hops = site.path(src.point, dst.point)
-        seconds, tx, rx = price_path(hops, nbytes, forwarding)
-        relays = tuple((hosted[h.dst], tx[h.dst] + rx[h.dst]) for h in hops[:-1] if h.dst in hosted)
-        return seconds, tx.get(src.point, 0.0), rx.get(dst.point, 0.0), relays
-    return priced
-
-
-def slowdowns(turnouts) -> dict[int, dict[str, float]]:
-    """``{round: {node: slowdown}}`` of the stragglers of ``turnouts`` (:func:`fplstudy.plans.dynamics.plan_turnouts`,
-    None: none; :attr:`fplstudy.plans.dynamics.Turnout.slow`)."""
-    return {rnd: dict(t.slow) for rnd, t in enumerate(turnouts) if t.slow} if turnouts else {}
 
 
 def _event_prices(plan, events: list[Event], profiles: Profiles, turnouts=None
@@ -351,8 +124,8 @@ def _event_prices(plan, events: list[Event], profiles: Profiles, turnouts=None
         if isinstance(ev, Compute):
             key = (ev.blocks, ev.in_shape, ev.phase, ev.input_grad)
             if key not in cache:
-                cache[key] = _chunk(plan, ev)
-            f, s, e = _price_call(plan.model, devices[ev.node], cache[key], ev.samples, starts_cold,
+                cache[key] = chunk(plan, ev)
+            f, s, e = price_call(plan.model, devices[ev.node], cache[key], ev.samples, starts_cold,
                                   opens_batch(ev, first))
             factor = slow.get(ev.round, {}).get(ev.node)
             if factor is not None:
@@ -568,8 +341,8 @@ class Pricer:
                 a = self.index[ev.node]
                 ck = (ev.blocks, ev.in_shape, ev.phase, ev.input_grad)
                 if ck not in self._chunks:
-                    self._chunks[ck] = _chunk(self.plan, ev)
-                f, s, e = _price_call(self.plan.model, self.devices[a], self._chunks[ck], ev.samples, cold[j],
+                    self._chunks[ck] = chunk(self.plan, ev)
+                f, s, e = price_call(self.plan.model, self.devices[a], self._chunks[ck], ev.samples, cold[j],
                                       opens_batch(ev, first))
                 if slow and ev.node in slow:
                     s, e = s * slow[ev.node], e * slow[ev.node]

@@ -229,7 +229,7 @@ def schedule_round(plan, events: list[Event], durations: list[float], pipeline: 
     """
     pipeline = pipeline or plan.config.pipeline
     deps, n = build_dag(plan, events, pipeline)
-    network = getattr(plan.config, "network", "links")
+    network = plan.config.network
     if network == "inbox":  # a message waits for its receiver's earlier computes and receives (module docstring)
         last: dict[str, int] = {}
         for i, ev in enumerate(events):
@@ -370,7 +370,7 @@ def fast_path_applies(plan, pipeline: str | None = None) -> bool:
     pipeline orders a node's chunks by data flow alone; ``sequential`` also with micro-batches. Only for the
     ``links`` network."""
     pipeline = pipeline or plan.config.pipeline
-    if getattr(plan.config, "network", "links") != "links":  # a message on two resources: the reference only
+    if plan.config.network != "links":  # a message on two resources: the reference only
         return False
     return pipeline == "sequential" or plan.config.micro_batches == 1
 

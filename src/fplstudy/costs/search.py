@@ -2,12 +2,12 @@
 
 :func:`enumerate_plans` lists the configs of every plan shape that fits ``nodes`` edge nodes (strategy,
 branches D, branch stages S_b, trunk stages S_t, junction index and mode, every placement of the cuts,
-sync policy and period), keeping only those that :func:`fplstudy.plans.plan.resolve` accepts. :func:`price`
+sync policy and period), keeping only those that :func:`fplstudy.plans.plan.resolve` accepts. :func:`price_candidate`
 prices one plan with the dry run; :func:`explore` prices them all and returns a table with the
 :func:`pareto_front` on the chosen objectives (default: total energy, bytes, makespan and the largest
 per-node memory), after optional budgets (joules per node, bytes per round).
 
-Speed: costs of a round depend only on the plan and on whether the round syncs, so :func:`price`
+Speed: costs of a round depend only on the plan and on whether the round syncs, so :func:`price_candidate`
 dry-runs one period of rounds (``sync_every`` rounds, one more for an SL relay whose first round has
 no hand-over) and repeats its ledger rows over ``config.rounds`` rounds before summing them with
 :func:`fplstudy.costs.ledger.totals`. The totals equal those of ``dry_run(config)`` exactly
@@ -39,7 +39,7 @@ path; swapping two gives the same ledger, tests/unit/costs/test_placement_search
 ``max_placements`` (default :data:`MAX_PLACEMENTS`) a shape: a shape with more is priced on its default
 placement and a seeded sample (column ``placements_exhaustive`` False), so a search prices at most
 shapes × ``max_placements`` plans. Each placement is priced from its shape's round programs, computed once
-(:func:`price_placements`, equal to :func:`price` of the placed plan to 1e-12): benchmarks/placement_search.py
+(:func:`price_placements`, equal to :func:`price_candidate` of the placed plan to 1e-12): benchmarks/placement_search.py
 measures the rate (README).
 """
 
@@ -212,7 +212,7 @@ def period_rounds(plan: Plan) -> tuple[int, list[int]]:
     """
     rounds = plan.config.rounds
     period = plan.sync_every if plan.sync == "fedavg" else 1
-    first = 1 if plan.schedule == "turns" else 0
+    first = 1 if plan.branch_order == "turns" else 0
     priced = min(rounds, first + period)
     source = [r if r < priced else first + (r - first) % period for r in range(rounds)]
     return priced, source
@@ -242,7 +242,7 @@ def _with_rounds(plan: Plan, rounds: int) -> Plan:
     return replace(plan, config=plan.config.model_copy(update={"rounds": rounds}))
 
 
-def price(plan: Plan, fast: bool = True) -> dict[str, Any]:
+def price_candidate(plan: Plan, fast: bool = True) -> dict[str, Any]:
     """The cost totals of a plan (``dry_run(plan).totals`` plus ``bytes_per_round``), fast.
 
     Args:
@@ -325,8 +325,8 @@ def _fork_map(fn, items: list, workers: int) -> list:
 
 
 def price_all(plans: list[Plan], workers: int = 1) -> list[dict[str, Any]]:
-    """:func:`price` every plan, in ``workers`` forked processes when more than one (and fork exists)."""
-    return _fork_map(price, plans, workers)
+    """:func:`price_candidate` every plan, in ``workers`` forked processes when more than one (and fork exists)."""
+    return _fork_map(price_candidate, plans, workers)
 
 
 def data_owners(plan: Plan) -> tuple[str, ...]:
@@ -486,10 +486,10 @@ def placed(plan: Plan, where: dict[str, str]) -> Plan:
 
 
 def price_placements(plan: Plan, wheres: list[dict[str, str]]) -> list[dict[str, Any]]:
-    """:func:`price` of ``placed(plan, where)`` for every placement, fast: the round programs and events
+    """:func:`price_candidate` of ``placed(plan, where)`` for every placement, fast: the round programs and events
     (:func:`fplstudy.costs.dryrun.round_shapes`), the memory and the model size are the same for every placement
     and computed once; each placement is templated, scheduled and summed on arrays
-    (:meth:`fplstudy.costs.ledger.Pricer.totals`), with no ledger DataFrame. Equal to :func:`price` to 1e-12."""
+    (:meth:`fplstudy.costs.ledger.Pricer.totals`), with no ledger DataFrame. Equal to :func:`price_candidate` to 1e-12."""
     profiles = check_profiles(plan)
     shapes = round_shapes(plan, cached_shard_sizes(plan))
     pairs, fixed = pair_bytes(shapes), plan_totals(plan)
@@ -499,7 +499,7 @@ def price_placements(plan: Plan, wheres: list[dict[str, str]]) -> list[dict[str,
         pricer = Pricer(p, profiles)
         rounds = price_rounds(pricer, shapes) if pricer.applies else None
         if rounds is None:
-            out.append(price(p))
+            out.append(price_candidate(p))
             continue
         cost = {**pricer.totals(rounds), **fixed}
         cost["bytes_per_round"] = cost["bytes_total"] / p.config.rounds
@@ -546,16 +546,20 @@ def plan_row(plan: Plan) -> dict[str, Any]:
     }
 
 
-def pareto_front(table: pd.DataFrame, objectives: Iterable[str] = OBJECTIVES) -> np.ndarray:
-    """Which rows are non-dominated when every objective is minimised.
+def pareto_front(table: pd.DataFrame, objectives: Iterable[str] = OBJECTIVES, maximize: Iterable[str] = ()
+                 ) -> np.ndarray:
+    """Which rows are non-dominated when every objective is minimised (those of ``maximize`` maximised).
 
     A row is dominated when another row is no worse on every objective and better on at least one;
-    rows with equal objectives do not dominate each other (all are kept).
+    rows with equal objectives do not dominate each other (all are kept). The plan search and the
+    study's figures (accuracy against a cost) both draw their fronts with it.
 
     Returns:
         Boolean mask, one entry per row of ``table``.
     """
-    values = table[list(objectives)].to_numpy(dtype=float)
+    objectives, maximize = list(objectives), set(maximize)
+    sign = np.array([-1.0 if o in maximize else 1.0 for o in objectives])
+    values = table[objectives].to_numpy(dtype=float) * sign
     keep = np.ones(len(values), dtype=bool)
     for i, row in enumerate(values):
         no_worse = (values <= row).all(axis=1)

@@ -27,7 +27,7 @@ Fields (units in the names; every number must lie in the physically plausible ra
   first block; ``fplstudy calibrate`` measures it), ``block_flops_per_s`` (optional: per model, per block, the
   block's sustained training FLOP/s, each 1e3..1e18, e.g. ``{cnn: {conv1: 1.2e+10, conv2: 4.5e+10}}``, plain or
   as ``{value: {…}, status: …, source: …}``; written by ``fplstudy calibrate``). With it, a compute call of the
-  named model costs Σ over its blocks of block FLOPs / block rate (:func:`fplstudy.costs.ledger.price_compute`);
+  named model costs Σ over its blocks of block FLOPs / block rate (:func:`fplstudy.costs.pricing.price_compute`);
   blocks it does not name, a block fed a ``concat`` view, and the junction adapter (the block ``adapter``) at
   another junction than the model's default (where ``fplstudy calibrate`` times it) use ``flops_per_s``.
   ``block_call_s`` (optional, same shape, each 0..3600 s: the seconds a call of the block costs whatever its
@@ -54,7 +54,7 @@ from typing import Any
 
 from fplstudy.config import Config, ConfigError, YamlError, read_yaml_file, short_repr
 
-SHIPPED_DIR = Path(__file__).with_name("profiles")  # the shipped device and link profiles
+PROFILES_DIR = Path(__file__).with_name("profiles")  # the shipped device and link profiles
 STATUSES = ("M", "S", "D", "E", "U")
 
 # field -> required
@@ -277,7 +277,7 @@ def _read_file(file: Path, merged: dict[str, dict[str, dict]], require_sources: 
 def _load_cached(profiles_file: str | None, mtime: float | None) -> Profiles:
     merged: dict[str, dict[str, dict]] = {"devices": {}, "links": {}}
     for shipped in ("devices.yaml", "links.yaml"):
-        _read_file(SHIPPED_DIR / shipped, merged, require_sources=True)
+        _read_file(PROFILES_DIR / shipped, merged, require_sources=True)
     if profiles_file is not None:
         _read_file(Path(profiles_file), merged, require_sources=False)
     devices = {n: DeviceProfile(name=n, **f) for n, f in merged["devices"].items()}
@@ -378,7 +378,7 @@ def check_block_rates(plan, profiles: Profiles) -> None:
         MODELS,  # here, not at the top: loading profiles needs no torch (a plan has it)
     )
 
-    file = plan.config.profiles_file or SHIPPED_DIR / "devices.yaml"
+    file = plan.config.profiles_file or PROFILES_DIR / "devices.yaml"
     for name, fld in named:
         for model, rates in getattr(profiles.devices[name], fld).items():
             key = f"devices.{name}.{fld}.{model}"

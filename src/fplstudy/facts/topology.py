@@ -40,7 +40,7 @@ hops (ties: the least seconds per bit, then the names in order). How long it tak
 
 Either way every hop carries the whole message: each hop spends ``bits × tx_j_per_bit`` at its sending end
 and ``bits × rx_j_per_bit`` at its receiving end (a relay in the middle of the path spends both). A path of
-one hop is priced exactly as :func:`fplstudy.costs.ledger.price_message` prices a message on one link (same float
+one hop is priced exactly as :func:`fplstudy.costs.pricing.price_message` prices a message on one link (same float
 operations), so a topology that links every pair of nodes directly with one profile — directed the way the
 shorthand keys direct it (:func:`uniform_links`) — is the uniform site of the config keys ``link`` and
 ``node_devices``.
@@ -53,7 +53,7 @@ which plan node; a plan node it leaves out is placed by the default rule: the no
 (the aggregator, and trunk stages of a plan with a head) on the topology's nodes from the last one
 backwards, every other node on its nodes from the first one on, in file order, skipping nodes already
 taken. A topology node hosts at most one plan node, and every placed node must reach every other.
-The ledger prices each message on its path (:func:`fplstudy.costs.ledger.message_pricer`): the sender's row
+The ledger prices each message on its path (:func:`fplstudy.costs.pricing.message_pricer`): the sender's row
 gets its hop's tx joules, the receiver's its hop's rx joules, a plan node that relays the message (a
 gateway on the path) the joules of both its hops and the bytes it forwards (in ``bytes_tx`` and
 ``bytes_rx``, count 0, no seconds); a relay that hosts no plan node (a site, an unused node) is the
@@ -222,7 +222,7 @@ def _override(file, key: str, raw: Any, section: str = "devices") -> float:
 
 def uniform_links(nodes: dict[str, str], link: str) -> list[dict]:
     """Directed link entries joining every ordered pair of ``nodes`` (``{name: side}``, side ``edge`` or
-    ``server``) with profile ``link``, directed as :func:`fplstudy.costs.ledger.price_message` directs a message:
+    ``server``) with profile ``link``, directed as :func:`fplstudy.costs.pricing.price_message` directs a message:
     ``down`` from the server side to an edge node, ``up`` otherwise. A topology of them is the uniform site."""
     return [{"from": a, "to": b, "profile": link, "rate": "down" if sa == "server" and nodes[b] == "edge" else "up"}
             for a, sa in nodes.items() for b in nodes if a != b]

@@ -175,7 +175,7 @@ def turnouts(plan, fraction_fit: float = 1.0, dropout: float = 0.0,
         available = [d for d in range(D) if not chains[d] & absent]
         if coordinated and plan.aggregator in absent:
             available = []
-        if plan.schedule == "lockstep" and len(available) < D:
+        if plan.branch_order == "lockstep" and len(available) < D:
             available = []
         if available and fraction_fit < 1:
             k = max(1, math.floor(fraction_fit * len(available) + 1e-9))
@@ -200,14 +200,14 @@ def turnouts(plan, fraction_fit: float = 1.0, dropout: float = 0.0,
             draws = np.random.default_rng([cfg.seed, rnd, STRAGGLER_STREAM]).random(len(plan.nodes))
             slow = tuple((n.name, float(straggler_slowdown)) for n, u, e in zip(plan.nodes, draws, edge)
                          if e and u < straggler_prob and n.name not in absent)
-        start = holder if plan.schedule == "turns" and holder is not None and not chains[holder] & absent else None
+        start = holder if plan.branch_order == "turns" and holder is not None and not chains[holder] & absent else None
         engaged = frozenset().union(*(chains[d] for d in active)) if active else frozenset()
         if active and plan.aggregator is not None:
             engaged |= {plan.aggregator}
         kept = tuple(sorted(late.get(rnd, {}).items()))
         out.append(Turnout(absent, active, syncs, catch_up, start, engaged, slow, dropped, kept,
                            float(deadline_s) if dropped else 0.0))
-        if active and plan.schedule == "turns":
+        if active and plan.branch_order == "turns":
             holder = active[-1]
     return out
 
@@ -243,10 +243,10 @@ def has_dynamics(cfg) -> bool:
 def check_deadline(plan) -> None:
     """Refuse ``round_deadline_s`` on a plan it does not apply to, in one line (:class:`ConfigError`)."""
     cfg = plan.config
-    if cfg.round_deadline_s is not None and (plan.sync != "fedavg" or plan.schedule != "interleaved"):
+    if cfg.round_deadline_s is not None and (plan.sync != "fedavg" or plan.branch_order != "interleaved"):
         raise ConfigError("round_deadline_s", cfg.round_deadline_s,
                           f"a deadline drops late updates from a FedAvg; strategy {plan.strategy} (sync "
-                          f"{plan.sync}, {plan.schedule} batches) has none to drop: leave it out")
+                          f"{plan.sync}, {plan.branch_order} batches) has none to drop: leave it out")
 
 
 def turnout_rule(plan):

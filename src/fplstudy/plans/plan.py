@@ -115,7 +115,7 @@ class Node:
     @property
     def side(self) -> str:
         """``edge`` (a branch stage holder) or ``server`` (a trunk stage or the aggregator): which link rate a
-        message uses depends on it (:func:`fplstudy.costs.ledger.price_message`)."""
+        message uses depends on it (:func:`fplstudy.costs.pricing.price_message`)."""
         return "edge" if self.part == "branch" else "server"
 
     def on_server(self, junction_at: int) -> bool:
@@ -166,7 +166,7 @@ class Plan:
         return len(self.block_names)
 
     @property
-    def schedule(self) -> str:
+    def branch_order(self) -> str:
         """How branches share a round: ``lockstep`` (concat: every branch on the same batch),
         ``turns`` (relay: one branch after another) or ``interleaved`` (batch by batch, round-robin)."""
         if self.junction == "concat":
@@ -201,7 +201,7 @@ class Plan:
                  + f" branches={len(self.branches)} junction={self.junction}"
                  f"@{self.junction_at} sync={self.sync}"
                  + (f"/every {self.sync_every} round(s)" if self.sync != "none" else "")
-                 + f" schedule={self.schedule}"]
+                 + f" schedule={self.branch_order}"]
         params = [p.params for p in self.profile]
         for b in self.branches:
             view = f" view rows {b.view[0]}:{b.view[1]}" if b.view else ""

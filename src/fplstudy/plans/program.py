@@ -4,7 +4,7 @@ A round is a list of items (:func:`round_program`): a :class:`Relay` (split lear
 to the next client), a :class:`BatchStep` (one batch of one branch, or of every branch in lockstep for
 ``concat``), and a :class:`Sync` (FedAvg of the replicated stages). A batch step holds the program of
 one micro-batch (:func:`micro_program`), a list of operations: :class:`Run` (a chunk's forward or
-backward on its node), :class:`Hop` (a hand-off between nodes: activations, gradients, labels or
+backward on its node), :class:`Handoff` (a hand-off between nodes: activations, gradients, labels or
 parameters), :class:`Loss`, and for ``concat`` :class:`Join` and :class:`Split`.
 
 Two walkers read the same program: the training engine (:mod:`fplstudy.train.engine`) executes it with
@@ -77,9 +77,9 @@ def round_batches(plan, shard_sizes: list[int]) -> list[Batch]:
     cfg = plan.config
     per_branch = [_epoch_sizes(n, cfg.batch_size) * cfg.local_epochs for n in shard_sizes]
     order: list[tuple[int, int]] = []
-    if plan.schedule == "lockstep":
+    if plan.branch_order == "lockstep":
         order = [(-1, s) for s in per_branch[0]]
-    elif plan.schedule == "turns":
+    elif plan.branch_order == "turns":
         order = [(d, s) for d, sizes in enumerate(per_branch) for s in sizes]
     else:
         for p in range(max(len(s) for s in per_branch)):
@@ -201,7 +201,7 @@ class Run:
 
 
 @dataclass(frozen=True)
-class Hop:
+class Handoff:
     """A hand-off from ``src`` to ``dst``.
 
     Attributes:
@@ -254,8 +254,8 @@ def run_event(op: Run, where: tuple[int, int, int, int], k: int) -> Compute:
                    op.input_grad if op.phase == "backward" else False)
 
 
-def hop_event(hop: Hop, where: tuple[int, int, int, int], k: int = 0) -> Transfer:
-    """The event of a :class:`Hop` as declared (shape, dtype, bytes = numel x element size)."""
+def hop_event(hop: Handoff, where: tuple[int, int, int, int], k: int = 0) -> Transfer:
+    """The event of a :class:`Handoff` as declared (shape, dtype, bytes = numel x element size)."""
     shape = hop.full_shape(k)
     return Transfer(*where, hop.src, hop.dst, hop.kind, shape, hop.dtype, math.prod(shape) * ELEMENT_BYTES[hop.dtype])
 
@@ -264,7 +264,7 @@ def _forward(c: int, chain: list[Chunk], shapes, reads_data: bool) -> list:
     ops: list = []
     for i, ch in enumerate(chain):
         if i > 0 and ch.node != chain[i - 1].node:
-            ops.append(Hop("activations", chain[i - 1].node, ch.node, shapes[i], chain=c))
+            ops.append(Handoff("activations", chain[i - 1].node, ch.node, shapes[i], chain=c))
         ops.append(Run("forward", c, i, ch, shapes[i], i > 0 or not reads_data))
     return ops
 
@@ -275,14 +275,14 @@ def _backward(c: int, chain: list[Chunk], shapes, reads_data: bool) -> list:
         ch = chain[i]
         ops.append(Run("backward", c, i, ch, shapes[i], i > 0 or not reads_data))
         if i > 0 and chain[i - 1].node != ch.node:
-            ops.append(Hop("gradients", ch.node, chain[i - 1].node, shapes[i], chain=c))
+            ops.append(Handoff("gradients", ch.node, chain[i - 1].node, shapes[i], chain=c))
     return ops
 
 
 def _loss(c: int, data_node: str, loss_node: str) -> list:
     ops: list = [Loss(c, loss_node)]
     if loss_node != data_node:
-        ops.insert(0, Hop("labels", data_node, loss_node, (), "int64", chain=c))
+        ops.insert(0, Handoff("labels", data_node, loss_node, (), "int64", chain=c))
     return ops
 
 
@@ -303,7 +303,7 @@ def plan_chains(plan) -> Chains:
     D = len(plan.branches)
     chains = [branch_chain(plan, d) for d in range(D)]
     shapes = [chain_in_shapes(plan, chains[d], branch_in_shape(plan, d)) for d in range(D)]
-    if plan.schedule != "lockstep":
+    if plan.branch_order != "lockstep":
         return Chains(tuple(map(tuple, chains)), tuple(map(tuple, shapes)))
     trunk = trunk_chain(plan)
     outs = [chunk_out_shape(plan, chains[d][-1], shapes[d][-1]) for d in range(D)]
@@ -316,14 +316,14 @@ class MicroProgram:
     """The operations of one micro-batch, in order (:func:`micro_program`), and their events.
 
     Attributes:
-        ops: :class:`Run`, :class:`Hop`, :class:`Loss`, :class:`Join`, :class:`Split` operations.
+        ops: :class:`Run`, :class:`Handoff`, :class:`Loss`, :class:`Join`, :class:`Split` operations.
     """
 
     ops: tuple
     _fields: dict = field(default_factory=dict, repr=False)  # k -> the events' fields after ``where``
 
     def events(self, where: tuple[int, int, int, int], k: int) -> list:
-        """The events of the program's :class:`Run` and :class:`Hop` operations for a micro-batch of
+        """The events of the program's :class:`Run` and :class:`Handoff` operations for a micro-batch of
         ``k`` samples at ``where``: :func:`run_event` and :func:`hop_event`, built once per ``k``."""
         fields = self._fields.get(k)
         if fields is None:
@@ -331,7 +331,7 @@ class MicroProgram:
             fields = self._fields[k] = [
                 (type(e), tuple(e.__dict__.values())[4:])
                 for e in (run_event(op, zero, k) if isinstance(op, Run) else hop_event(op, zero, k)
-                          for op in self.ops if isinstance(op, (Run, Hop)))]
+                          for op in self.ops if isinstance(op, (Run, Handoff)))]
         return [cls(*where, *rest) for cls, rest in fields]
 
 
@@ -343,7 +343,7 @@ def micro_program(plan, chains: Chains, branch: int) -> MicroProgram:
     branch forward and its output to the join node, the join, the trunk forward, labels and loss, the
     trunk backward, the split, every branch's gradient back and its backward.
     """
-    if plan.schedule != "lockstep":
+    if plan.branch_order != "lockstep":
         chain, shapes = chains.chains[branch], chains.shapes[branch]
         return MicroProgram(tuple(_forward(branch, chain, shapes, True)
                                   + _loss(branch, plan.branches[branch].data_node, chain[-1].node)
@@ -353,7 +353,7 @@ def micro_program(plan, chains: Chains, branch: int) -> MicroProgram:
     for d, chain in enumerate(chains.chains):
         ops += _forward(d, chain, chains.shapes[d], True)
         if chain[-1].node != join:
-            ops.append(Hop("activations", chain[-1].node, join, chains.outs[d], chain=d))
+            ops.append(Handoff("activations", chain[-1].node, join, chains.outs[d], chain=d))
     ops.append(Join(join))
     ops += _forward(TRUNK, trunk, chains.trunk_shapes, False)
     ops += _loss(TRUNK, plan.branches[0].data_node, trunk[-1].node)
@@ -361,7 +361,7 @@ def micro_program(plan, chains: Chains, branch: int) -> MicroProgram:
     ops.append(Split(join))
     for d, chain in enumerate(chains.chains):
         if chain[-1].node != join:
-            ops.append(Hop("gradients", join, chain[-1].node, chains.outs[d], chain=d))
+            ops.append(Handoff("gradients", join, chain[-1].node, chains.outs[d], chain=d))
         ops += _backward(d, chain, chains.shapes[d], True)
     return MicroProgram(tuple(ops))
 
@@ -379,8 +379,8 @@ class StageHops:
 
     stage: int
     numel: int
-    up: tuple[Hop | None, ...]
-    down: tuple[Hop | None, ...]
+    up: tuple[Handoff | None, ...]
+    down: tuple[Handoff | None, ...]
 
 
 @dataclass(frozen=True)
@@ -421,8 +421,8 @@ class CatchUp:
     branches: tuple[int, ...]
 
 
-def _params(kind: str, src: str, dst: str, numel: int) -> Hop | None:
-    return None if src == dst else Hop(kind, src, dst, (numel,))
+def _params(kind: str, src: str, dst: str, numel: int) -> Handoff | None:
+    return None if src == dst else Handoff(kind, src, dst, (numel,))
 
 
 def relay_item(plan, step: int, src: int, dst: int) -> Relay:
@@ -466,7 +466,7 @@ def everyone(plan, rnd: int):
     namespace: this module does not import dynamics): every branch trains, the round syncs when due, SL's
     head comes from the last client (none before the run's first turn), every node is priced."""
     D = len(plan.branches)
-    holder = (D - 1 if rnd > 0 else None) if plan.schedule == "turns" else None
+    holder = (D - 1 if rnd > 0 else None) if plan.branch_order == "turns" else None
     return _Everyone(frozenset(), tuple(range(D)), sync_due(plan, rnd), (), holder,
                      frozenset(n.name for n in plan.nodes))
 
@@ -521,7 +521,7 @@ def round_program(plan, batches: list[Batch], rnd: int, chains: Chains | None = 
             if kept[batch.branch] <= 0:
                 continue  # a late branch stopped at the deadline
             kept[batch.branch] -= 1
-        if plan.schedule == "turns" and batch.branch != turn:
+        if plan.branch_order == "turns" and batch.branch != turn:
             if prev is not None and prev != batch.branch:
                 out.append(relay_item(plan, batch.step, prev, batch.branch))
             turn = prev = batch.branch

@@ -38,7 +38,7 @@ from fplstudy.config import JUNCTIONS, Config, ConfigError
 
 # A resolved plan (fplstudy.plans.plan.Plan) as the plan-name functions take it: plan imports this module, so
 # this module names the type without importing it (no import cycle, not even for type checkers).
-Plan = Any
+ResolvedPlan = Any
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ class Strategy:
     legend: int
     shape: Callable[[Config, int, int], Shape]
     candidates: Callable[[Axes], Iterator[dict[str, Any]]]
-    plan_name: Callable[[Plan], str]
+    plan_name: Callable[[ResolvedPlan], str]
     describe: Callable[[Mapping[str, Any]], str]
     fewer_branches: Callable[[Config, int], tuple[str, Any, str]]
     junctions: tuple[str, ...] = ("shared",)
@@ -228,7 +228,7 @@ def _mp_candidates(a: Axes) -> Iterator[dict[str, Any]]:
             yield {"strategy": "mp", "nodes": a.nodes, "trunk_cuts": tc, "cut_by": cut_by}
 
 
-def _trunk_cuts(plan: Plan) -> str:
+def _trunk_cuts(plan: ResolvedPlan) -> str:
     return "-".join(str(t.start) for t in plan.trunk[1:])
 
 
@@ -265,7 +265,7 @@ def _split_candidates(s: str, periodic: bool) -> Callable[[Axes], Iterator[dict[
     return candidates
 
 
-def _split_name(s: str, periodic: bool) -> Callable[[Plan], str]:
+def _split_name(s: str, periodic: bool) -> Callable[[ResolvedPlan], str]:
     return lambda plan: f"{s}-{plan.config.nodes}-j{plan.junction_at}" + (
         f"-every{plan.sync_every}" if periodic else "")
 
@@ -325,7 +325,7 @@ def _fpl_candidates(a: Axes) -> Iterator[dict[str, Any]]:
                                     yield {**out, "cut_by": cut_by}
 
 
-def _fpl_name(plan: Plan) -> str:
+def _fpl_name(plan: ResolvedPlan) -> str:
     sb = len(plan.branches[0].stages)
     branch_cuts = "-".join(str(t.start) for t in plan.branches[0].stages[1:])
     sync = plan.sync + (str(plan.sync_every) if plan.sync == "fedavg" else "")

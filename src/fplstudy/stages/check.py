@@ -8,7 +8,13 @@ import sys
 from pathlib import Path
 
 from fplstudy.config import StudyError
-from fplstudy.study.params import CHECKED, load_params, load_scale, load_study, load_sweep
+from fplstudy.study.params import (
+    CHECKED,
+    load_params,
+    load_scale,
+    load_study,
+    load_sweep,
+)
 from fplstudy.train.results import atomic_write_text
 
 

@@ -8,7 +8,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from fplstudy.study.provenance import PACKAGE, RUN_MODULES, code_hash, import_closure
+from fplstudy.paths import PACKAGE
+from fplstudy.study.provenance import RUN_MODULES, code_hash, import_closure
 from fplstudy.train.results import atomic_write_text
 
 

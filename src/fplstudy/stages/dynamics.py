@@ -11,7 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from fplstudy.config import StudyError
-from fplstudy.study.dropout import comparisons, findings_text, seed_table, summary_table, train_sweep
+from fplstudy.study.dropout import (
+    findings_text,
+    kept_comparisons,
+    seed_table,
+    summary_table,
+    train_sweep,
+)
 from fplstudy.study.params import load_sweep
 from fplstudy.train.results import atomic_write_text
 from fplstudy.views.dropout import figure
@@ -25,7 +31,7 @@ def run_sweep(params: dict[str, Any] | str | Path, out: str | Path, log=None) ->
     train_sweep(sweep, out, log)
     seeds = seed_table(sweep, out)
     summary = summary_table(seeds, sweep.confidence)
-    table = comparisons(sweep, seeds)
+    table = kept_comparisons(sweep, seeds)
     for name, frame in (("seeds.csv", seeds), ("summary.csv", summary), ("comparisons.csv", table)):
         atomic_write_text(out / name, frame.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
     atomic_write_text(out / "findings.md", findings_text(sweep, table, summary))

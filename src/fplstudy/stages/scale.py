@@ -14,7 +14,12 @@ from typing import Any, Sequence
 
 from fplstudy.config import StudyError
 from fplstudy.study.params import ScaleParams, load_scale
-from fplstudy.study.scale import crossover_grid, crossover_points, findings, price_grid
+from fplstudy.study.scale import (
+    crossover_grid,
+    crossover_points,
+    price_grid,
+    scale_findings,
+)
 from fplstudy.train.results import atomic_write_text
 from fplstudy.views.scale import draw_crossover, draw_memory, draw_nodes
 from fplstudy.views.style import save_figure
@@ -35,7 +40,7 @@ def run_scale(params: ScaleParams, out: str | Path, figures: str | Path) -> dict
     points = crossover_points(cross)
     for name, table in (("costs", costs), ("memory", memory), ("crossover", cross), ("crossover_points", points)):
         atomic_write_text(out / f"{name}.csv", table.to_csv(index=False, float_format="%.17g"))
-    atomic_write_text(out / "findings.md", findings(params, costs, memory, points))
+    atomic_write_text(out / "findings.md", scale_findings(params, costs, memory, points))
     for name, fig in (("bytes_energy_vs_nodes", draw_nodes(costs)), ("memory_vs_device", draw_memory(memory, params)),
                       ("crossover", draw_crossover(cross, points, params))):
         save_figure(fig, figures / f"{name}.png")

@@ -74,7 +74,7 @@ def kept(seeds: pd.DataFrame, strategy: str, p: float) -> dict[int, float]:
     return {int(s): float(at[s] - base[s]) for s in at.index if s in base.index}
 
 
-def comparisons(sweep: Sweep, seeds: pd.DataFrame) -> pd.DataFrame:
+def kept_comparisons(sweep: Sweep, seeds: pd.DataFrame) -> pd.DataFrame:
     """FPL's accuracy kept against each other strategy's, paired by seed, at every rate above 0."""
     others = [s for s in sweep.strategies if s != sweep.fpl]
     rates = [p for p in sweep.dropout if p > 0]

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from fplstudy.config import (
     Config,
     ConfigError,
@@ -31,7 +30,12 @@ from fplstudy.facts.datasets import DATASET_META, split_sizes
 from fplstudy.facts.models import DATASET_DEFAULT_MODEL, MODELS
 from fplstudy.facts.profiles import check_profiles, load_profiles
 from fplstudy.plans.plan import resolve
-from fplstudy.plans.strategies import ACTIVATION_STRATEGIES, LEGEND_ORDER, STRATEGIES, strategy
+from fplstudy.plans.strategies import (
+    ACTIVATION_STRATEGIES,
+    LEGEND_ORDER,
+    STRATEGIES,
+    strategy,
+)
 from fplstudy.study.kernels import DEFAULT_KERNELS, KERNELS
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")  # group and plan names (fullmatch): safe in paths and shell commands
@@ -104,7 +108,7 @@ class PlanSpec:
     """One named plan of a study.
 
     Attributes:
-        name: run folder name, :func:`plan_name` of the swept values.
+        name: run folder name, :func:`swept_name` of the swept values.
         group: the group (DVC stage) it belongs to.
         swept: the group's values for this plan, in the group's order (``strategy`` included).
         config: the plan's config with seed 0 (:meth:`for_seed` gives the others).
@@ -166,7 +170,7 @@ class Study:
 
 
 
-def plan_name(swept: dict[str, Any]) -> str:
+def swept_name(swept: dict[str, Any]) -> str:
     """Name of a plan from its swept values: the strategy, then the other values in order,
     e.g. ``fpl-4-adapter-iid`` or ``fl-8-dirichlet``."""
     rest = [str(v) for k, v in swept.items() if k != "strategy"]
@@ -274,8 +278,8 @@ def _group_plans(group: str, axes: Any, train: dict[str, Any]) -> list[PlanSpec]
         swept = dict(zip(axes, combo))
         values = {**train, **swept, "seed": 0}
         shared = {k: "study.train" for k in train if k not in swept}
-        cfg, plan = check_plan(f"plan {plan_name(swept)}", values, shared, at=where)
-        specs.append(PlanSpec(plan_name(swept), group, swept, cfg, plan.junction))
+        cfg, plan = check_plan(f"plan {swept_name(swept)}", values, shared, at=where)
+        specs.append(PlanSpec(swept_name(swept), group, swept, cfg, plan.junction))
     return specs
 
 
@@ -313,14 +317,14 @@ def single_plan(values: dict[str, Any], seeds: list[int], out: str | Path, **siz
         **sizes: config keys that size the runs (e.g. :data:`SMOKE_SIZES`), left out of the name.
 
     Returns:
-        ``(name, runs)``: :func:`plan_name` of the strategy and the other keys given (the seed aside), and
+        ``(name, runs)``: :func:`swept_name` of the strategy and the other keys given (the seed aside), and
         per seed ``(config, out/seed-<s>, title)`` for :func:`train_runs`.
 
     Raises:
         ConfigError: a key or value the plan refuses, named in one line.
     """
     cfg = make_config({**values, **sizes})
-    name = plan_name({"strategy": cfg.strategy, **{k: v for k, v in values.items() if k not in ("strategy", "seed")}})
+    name = swept_name({"strategy": cfg.strategy, **{k: v for k, v in values.items() if k not in ("strategy", "seed")}})
     out = Path(out)
     return name, [(cfg.model_copy(update={"seed": s}), out / f"seed-{s}", f"{name} seed {s}")
                   for s in (seeds or [cfg.seed])]

@@ -13,9 +13,8 @@ from pathlib import Path
 import yaml
 
 from fplstudy.config import StudyError, YamlError, read_yaml_file
+from fplstudy.paths import PACKAGE
 from fplstudy.train.results import atomic_write_text
-
-PACKAGE = Path(__file__).resolve().parents[1]
 
 # Files of the package that a module reads besides its source (a folder stands for every file in it). They
 # decide what the module computes (the shipped device and link profiles price every run), so they count as

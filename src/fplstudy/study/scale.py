@@ -46,7 +46,7 @@ from fplstudy.plans.events import TRANSFER_KINDS
 from fplstudy.plans.plan import resolve
 from fplstudy.study.params import ScaleParams
 
-COST_COLUMNS = ("model", "strategy", "nodes", "nodes_used", "branches", "junction_at", "cut_numel", "status",
+SCALE_COLUMNS = ("model", "strategy", "nodes", "nodes_used", "branches", "junction_at", "cut_numel", "status",
                 "message", "train_samples", *(f"bytes_{k}" for k in TRANSFER_KINDS), "bytes_total", "energy_j",
                 "energy_j_max_node", "makespan_s", "flops_total", "memory_bytes_max_node",
                 "memory_bytes_max_edge_node", "model_params", "priced_from")
@@ -70,7 +70,7 @@ def price_one(values: dict[str, Any]) -> dict[str, Any]:
         values: fplstudy config keys.
 
     Returns:
-        A row of :data:`COST_COLUMNS` (``status`` ``refused`` with the reason for a plan the strategy
+        A row of :data:`SCALE_COLUMNS` (``status`` ``refused`` with the reason for a plan the strategy
         refuses), plus ``_memory``: the plan's :func:`fplstudy.costs.memory.peak_memory` rows with devices.
     """
     row: dict[str, Any] = {"model": values.get("model"), "strategy": values["strategy"], "nodes": values["nodes"]}
@@ -108,7 +108,7 @@ def price_grid(params: ScaleParams) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every model × strategy × node count of ``params``, one epoch each.
 
     Returns:
-        ``(costs, memory)``: :data:`COST_COLUMNS` rows, and one row per node of every priced plan
+        ``(costs, memory)``: :data:`SCALE_COLUMNS` rows, and one row per node of every priced plan
         (model, strategy, nodes, node, role, device, its peak memory by part, the device's memory,
         ``fits``, and ``fits_<device>`` for each of ``memory_devices``).
     """
@@ -121,7 +121,7 @@ def price_grid(params: ScaleParams) -> tuple[pd.DataFrame, pd.DataFrame]:
                 rows.append(row)
                 if mem is not None:
                     mems.append(mem.assign(model=model, strategy=strategy, nodes=nodes))
-    costs = pd.DataFrame(rows).reindex(columns=list(COST_COLUMNS))
+    costs = pd.DataFrame(rows).reindex(columns=list(SCALE_COLUMNS))
     memory = pd.concat(mems, ignore_index=True) if mems else pd.DataFrame()
     if len(memory):
         memory["fits"] = memory["total_bytes"] <= memory["device_memory_bytes"]
@@ -267,7 +267,7 @@ def _mb(b: float) -> str:
     return f"{b / 1e6:,.1f} MB"
 
 
-def findings(params: ScaleParams, costs: pd.DataFrame, memory: pd.DataFrame, points: pd.DataFrame) -> str:
+def scale_findings(params: ScaleParams, costs: pd.DataFrame, memory: pd.DataFrame, points: pd.DataFrame) -> str:
     """``findings.md``: which of the paper's cost claims hold at this scale, each computed from the tables."""
     n_train = split_sizes(params.dataset)[0]
     ok = costs[costs["status"] == "priced"]

@@ -25,7 +25,7 @@ METRIC_KEYS = ("test_acc_mean", "test_acc_worst", "test_loss_mean", "train_loss"
 
 
 # The swept settings every summary row carries (values a group does not sweep come from train/defaults).
-PLAN_COLUMNS = ("name", "group", "strategy", "nodes", "junction", "partition")
+STUDY_COLUMNS = ("name", "group", "strategy", "nodes", "junction", "partition")
 
 
 
@@ -70,7 +70,7 @@ def aggregate(study: Study, runs_dir: str | Path) -> dict[str, pd.DataFrame]:
     Raises:
         FileNotFoundError: a run of the study has no ``metrics.json`` (names the stage to run).
     """
-    runs = [({"name": p.name, "group": p.group, **{c: p.column(c) for c in PLAN_COLUMNS[2:]}}, s, d)
+    runs = [({"name": p.name, "group": p.group, **{c: p.column(c) for c in STUDY_COLUMNS[2:]}}, s, d)
             for p, s, d in study.run_dirs(runs_dir)]
     tables = read_runs(runs)
     return {"seeds": tables["seeds"], "summary": summarize(tables["seeds"]), "rounds": tables["rounds"],
@@ -83,7 +83,7 @@ def summarize(seeds: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     rows = []
     for name, part in seeds.groupby("name", sort=False):
         done = part[part["status"] == "completed"]
-        row = {c: part.iloc[0][c] for c in PLAN_COLUMNS}
+        row = {c: part.iloc[0][c] for c in STUDY_COLUMNS}
         row.update(seeds=len(done), branches=int(part.iloc[0]["branches"]))
         for key in METRIC_KEYS:
             d = stats.describe(done[key].astype(float).to_numpy(), confidence)
@@ -153,19 +153,3 @@ def write_aggregate(study: Study, tables: dict[str, pd.DataFrame], out_dir: str 
 
 def _csv(table: pd.DataFrame) -> str:
     return table.to_csv(index=False, lineterminator="\n", float_format="%.10g")
-
-
-
-def pareto_front(table: pd.DataFrame, x: str, y: str, *, maximize_y: bool = False) -> pd.Series:
-    """Rows not dominated on (lower ``x``, lower ``y`` — or higher ``y`` with ``maximize_y``).
-
-    Returns:
-        A boolean Series aligned with ``table``: True on the Pareto front.
-    """
-    xs = table[x].to_numpy(float)
-    ys = table[y].to_numpy(float) * (-1.0 if maximize_y else 1.0)
-    front = []
-    for i in range(len(table)):
-        dominated = np.any((xs <= xs[i]) & (ys <= ys[i]) & ((xs < xs[i]) | (ys < ys[i])))
-        front.append(not dominated)
-    return pd.Series(front, index=table.index)

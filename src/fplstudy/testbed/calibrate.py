@@ -7,7 +7,7 @@ the project's own count, :mod:`fplstudy.facts.flops`, forward plus backward, the
 gradient as in the engine — by their time, less the per-call overhead found by also running the model cut
 into one chunk per block (:func:`measure`). The rest of a step (gathering the batch, the SGD step, zeroing the
 gradients) is timed on its own: the profile's ``batch_s``, which the ledger prices once per batch on the node
-feeding it in (:func:`fplstudy.costs.ledger.opens_batch`). The rate is the median of several timed windows,
+feeding it in (:func:`fplstudy.costs.pricing.opens_batch`). The rate is the median of several timed windows,
 so that a burst of other work on a shared machine moves it little. In the cut step every block's forward and
 backward calls are timed too, which gives each block its own training FLOP/s (:func:`block_rates`): a first
 convolution on one channel runs far below the model's average, and a model-parallel stage of a few blocks at
@@ -16,7 +16,7 @@ profile ``calibrated_<model>_b<batch>`` per model and batch size (status ``M``, 
 settings in its ``source``), loadable with the config key ``profiles_file``; the emulated testbed reads it
 (:mod:`fplstudy.testbed.emulation`); the block rates go in its optional field ``block_flops_per_s``
 (``{<model>: {<block>: FLOP/s}}``), which prices every call of that model block by block
-(:func:`fplstudy.costs.ledger.price_compute`). Two settings measure the machine as the emulated testbed uses it
+(:func:`fplstudy.costs.pricing.price_compute`). Two settings measure the machine as the emulated testbed uses it
 rather than in a tight loop alone: ``wait_s`` (each call after an idle, :func:`measure`) and ``processes``
 (several processes at once, :func:`measure_together`); ``cold_wait_s`` also times cut steps whose every
 block call follows an idle and whole steps whose forward does, as a call that starts cold does (after a wait for a
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import datetime as dt
 import multiprocessing
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -45,7 +44,7 @@ from fplstudy.facts.models import MODELS, build_model, make_adapter
 from fplstudy.facts.profiles import load_profiles
 from fplstudy.plans.program import adapter_profile, default_adapter_shape
 from fplstudy.testbed.emulation import calibrated_name
-from fplstudy.train.results import atomic_write_text
+from fplstudy.train.results import atomic_write_text, cpu_model
 
 WINDOWS = 5  # timed windows per model; the median is kept
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}  # what measure times a call by
@@ -79,17 +78,6 @@ def training_inputs(model: str, batch_size: int) -> tuple[str, torch.Tensor, tor
     return what, x, y
 
 
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), or the platform's description."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:  # pragma: no cover - not Linux
-        pass
-    return platform.processor() or platform.machine()
-
-
 def training_flops_per_sample(model: str) -> tuple[int, tuple[int, ...], int]:
     """``(FLOPs of one training sample, input shape, classes)``: forward plus backward of every block, the first
     block without its input's gradient (it reads data), as the ledger counts a whole-model step."""
@@ -100,7 +88,7 @@ def training_flops_per_sample(model: str) -> tuple[int, tuple[int, ...], int]:
 def block_training_flops(model: str) -> tuple[dict[str, int], tuple[int, ...], int]:
     """``({block: FLOPs of one training sample}, input shape, classes)``: each block's forward plus backward, the
     first block's backward without its input's gradient (it reads data), every other block's with it (its input
-    requires grad, in the whole model and in the cut step alike): the ledger's count (``ledger.chunk_flops``)."""
+    requires grad, in the whole model and in the cut step alike): the ledger's count (``pricing.chunk_flops``)."""
     shape, classes = DATASET_META[MODEL_DATASET[model]]
     prof = profile_model(model, tuple(shape), classes)
     per_block = {p.name: p.flops_fwd + (p.flops_bwd_no_input_grad if i == 0 else p.flops_bwd)
@@ -163,7 +151,7 @@ def fit_block_costs(per_sample: dict[str, int], batch: int, block_s: dict[str, f
     seconds of one more sample, ``c`` what the step costs whatever its batch (the framework's work per operator,
     kernels that do not fill the core on a small batch). Through the two points, ``u = (s − s₂) / (n − n₂)``,
     ``c = s − n u``; the block's rate is ``FLOPs per sample / u`` and its fixed seconds per call ``c / 2`` (a step
-    is two calls of it, forward and backward), which :func:`fplstudy.costs.ledger.price_compute` adds to every call.
+    is two calls of it, forward and backward), which :func:`fplstudy.costs.pricing.price_compute` adds to every call.
     At ``batch`` the two give back ``s`` exactly. A block whose ``u`` comes out not positive (noise: it is as
     slow at the smaller batch) keeps its rate at ``batch`` and no fixed seconds; one whose ``c`` comes out
     negative gets no fixed seconds and its rate at ``batch`` (``s / batch`` per sample). Blocks missing from
@@ -246,7 +234,7 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: floa
     With ``cold_wait_s > 0`` two more kinds of step are timed beside them, as calls that start cold (they follow a
     wait for a message, or open the node's round): a cut step whose every block call follows ``cold_wait_s``
     seconds of sleep (short calls) and a whole step whose forward does (a long one); :func:`fit_cold` draws the
-    line through the two, ``cold_factor`` and ``cold_s``: :func:`fplstudy.costs.ledger.price_compute` prices a call that
+    line through the two, ``cold_factor`` and ``cold_s``: :func:`fplstudy.costs.pricing.price_compute` prices a call that
     starts cold at ``1 + cold_factor`` times its seconds plus ``cold_s``. (Stop 26 timed the whole step's forward
     alone, as a factor: one long call, on which the cold start weighs less than on a stage's short calls.)
 

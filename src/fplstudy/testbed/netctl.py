@@ -228,7 +228,7 @@ def _route(net, tag: str, names: list, made: list, routes: dict) -> None:
             _sh(node, f"ip route add {dst}/32 via {via}{src}")
 
 
-def run(spec: dict) -> dict:
+def run_network(spec: dict) -> dict:
     """Build the network of ``spec``, run every host's command, stop the network (see the module docstring)."""
     from mininet.link import TCLink
     from mininet.log import setLogLevel
@@ -373,7 +373,7 @@ def main(argv: list[str]) -> int:
     if len(argv) == 2 and argv[0] == "run":
         with open(argv[1]) as f:
             spec = json.load(f)
-        print(json.dumps(run(spec)), flush=True)
+        print(json.dumps(run_network(spec)), flush=True)
         return 0
     print(__doc__, file=sys.stderr)
     return 2

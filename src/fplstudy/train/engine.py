@@ -37,7 +37,7 @@ from fplstudy.plans.program import (
     TRUNK,
     BatchStep,
     CatchUp,
-    Hop,
+    Handoff,
     Join,
     Loss,
     Relay,
@@ -211,7 +211,7 @@ def _run_micro(plan: Plan, T: Transport, hold: Holdings, ops: tuple, xs: list, y
                 torch.autograd.backward(outs[c][op.index], g.get(c))
                 g[c] = ins[c][op.index].grad if op.input_grad else None
             T.compute(run_event(op, where, k))
-        elif isinstance(op, Hop):
+        elif isinstance(op, Handoff):
             held = y if op.kind == "labels" else (h if op.kind == "activations" else g).get(op.chain)
             moved = T.move(held, src=op.src, dst=op.dst, kind=op.kind, shape=op.full_shape(k),
                            dtype=_DTYPES[op.dtype], where=where)
@@ -395,7 +395,7 @@ def evaluate(plan: Plan, hold: Holdings, x: torch.Tensor, y: torch.Tensor, batch
     for m in mods:
         m.eval()
     try:
-        if plan.schedule == "lockstep":
+        if plan.branch_order == "lockstep":
             logits = torch.cat([_joint_logits(plan, hold, x[i:i + batch]) for i in range(0, len(x), batch)])
             acc = float((logits.argmax(1) == y).float().mean())
             loss = float(F.cross_entropy(logits, y))
@@ -582,7 +582,7 @@ def train(plan: Plan, transport: Transport | None = None, *, progress: bool = Fa
     turnouts = plan_turnouts(plan)
     try:
         for rnd in range(len(rows), cfg.rounds):
-            order = [_shuffled(sh, cfg, rnd, 0 if plan.schedule == "lockstep" else d)
+            order = [_shuffled(sh, cfg, rnd, 0 if plan.branch_order == "lockstep" else d)
                      for d, sh in enumerate(shards)]
             pos = [0] * len(shards)
             losses = []
@@ -602,7 +602,7 @@ def train(plan: Plan, transport: Transport | None = None, *, progress: bool = Fa
                 idx = order[d][pos[d]:pos[d] + batch.size]
                 pos[d] += batch.size
                 x, y = split.x_train[idx], split.y_train[idx]
-                if plan.schedule == "lockstep":
+                if plan.branch_order == "lockstep":
                     xs = [x[:, :, v[0]:v[1]] for v in views]
                 else:
                     xs = [None] * len(shards)

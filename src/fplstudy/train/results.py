@@ -151,7 +151,7 @@ def plan_summary(plan) -> dict[str, Any]:
                      for b in plan.branches],
         "trunk": [{"node": s.node, "blocks": list(s.blocks)} for s in plan.trunk],
         "junction": plan.junction, "junction_at": plan.junction_at, "sync": plan.sync,
-        "aggregator": plan.aggregator, "schedule": plan.schedule,
+        "aggregator": plan.aggregator, "schedule": plan.branch_order,
     }
 
 

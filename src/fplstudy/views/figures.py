@@ -22,10 +22,10 @@ import seaborn as sns
 import seaborn.objects as so
 
 from fplstudy.config import JUNCTIONS
+from fplstudy.costs.search import pareto_front
 from fplstudy.plans.events import KINDS
 from fplstudy.plans.strategies import REGISTRY
 from fplstudy.study import stats
-from fplstudy.study.tables import pareto_front
 from fplstudy.study.tables import plan_label as label
 from fplstudy.views.style import (  # noqa: F401
     KIND_PALETTE,
@@ -103,7 +103,7 @@ def tradeoff(seeds: pd.DataFrame, x: str, y: str, *, maximize_y: bool = False):
         lambda v, _: f"{v:g}" if f"{v:e}"[0] in "25" else ""))
     for _, row in zero.iterrows():
         ax.axhline(row[y], color=LABEL_PALETTE.get(row["label"], "grey"), linestyle=":", linewidth=1.2)
-    front = means[pareto_front(means, "x_plan", y, maximize_y=maximize_y)].sort_values("x_plan")
+    front = means[pareto_front(means, ["x_plan", y], maximize=[y] if maximize_y else [])].sort_values("x_plan")
     ax.step(front["x_plan"], front[y], where="post", color="black", linewidth=1, linestyle="--")
     cut = ""
     if y in BOUNDED and ax.get_ylim()[1] > BOUNDED[y]:  # a t-interval of few seeds can pass the bound
@@ -234,7 +234,7 @@ def learning_curves(rounds: pd.DataFrame, nodes: int):
     return grid.figure
 
 
-def model_size(summary: pd.DataFrame):
+def model_size_bars(summary: pd.DataFrame):
     """Deployed-model size increase of each fpl junction mode, per node count (%; 0 = the original).
 
     Returns:

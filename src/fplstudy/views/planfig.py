@@ -37,7 +37,7 @@ from fplstudy.plans.events import TRANSFER_KINDS, Transfer
 from fplstudy.plans.plan import Plan
 from fplstudy.plans.strategies import strategy
 from fplstudy.views.looks import LOOKS
-from fplstudy.views.style import KIND_PALETTE
+from fplstudy.views.style import KIND_PALETTE, save_figure
 
 LINE_STYLE = {"activations": "-", "gradients": (0, (4, 2)), "labels": (0, (1.2, 1.6)), "params_up": "-",
               "params_down": (0, (4, 2))}
@@ -727,9 +727,7 @@ def draw_plan(plan: Plan, path: str | Path | None = None, ax=None, ledger: Any =
     ax.set_ylim(g.y0 - (height - g.height) / 2, g.y0 + (height + g.height) / 2)
     ax.axis("off")
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=150, bbox_inches="tight")
+        save_figure(fig, path, tight=True)
     return fig
 
 

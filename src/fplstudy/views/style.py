@@ -13,6 +13,7 @@ Importing this module does not import pyplot and never chooses a matplotlib back
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from matplotlib.colors import to_rgb
@@ -52,9 +53,15 @@ LABEL_MARKERS = {label: marker for label, (_, marker) in _LOOKS.items()}
 DPI = 150  # fixed, so the PNG bytes do not depend on the matplotlib rc of the machine
 
 
-def save_figure(fig, path: str | Path) -> Path | None:
+def save_figure(fig, path: str | Path, *, tight: bool = False) -> Path | None:
     """Save ``fig`` as a PNG with a fixed dpi and no software/version metadata (same bytes on every
-    identical run), creating the folder. ``fig`` None (no data for it) writes nothing.
+    identical run), creating the folder; the file is written whole or not at all (a temporary file
+    renamed). Every figure of fplstudy is saved here. ``fig`` None (no data for it) writes nothing.
+
+    Args:
+        fig: a matplotlib figure.
+        path: the PNG to write.
+        tight: crop to what is drawn (``bbox_inches="tight"``).
 
     Returns:
         The path written, or None.
@@ -63,5 +70,10 @@ def save_figure(fig, path: str | Path) -> Path | None:
         return None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, metadata={"Software": None})
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None}, **({"bbox_inches": "tight"} if tight else {}))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

@@ -44,7 +44,7 @@ def walk_configs(base: dict[str, Any], nodes: int) -> list[dict[str, Any]]:
     return [{**base, "strategy": s, "nodes": REGISTRY[s].fixed_nodes or nodes} for s, _ in WALK]
 
 
-def node_costs(dry: DryRun) -> pd.DataFrame:
+def node_cost_table(dry: DryRun) -> pd.DataFrame:
     """Per-node costs per round of a dry run: role, device, FLOPs, compute/radio/idle joules, bytes
     sent and received, peak memory.
 
@@ -96,7 +96,7 @@ def summary_row(dry: DryRun, label: str | None = None) -> dict[str, Any]:
             "model_params_ratio": t["model_params_ratio"]}
 
 
-def price(values: dict[str, Any]) -> DryRun:
+def dry_run_of(values: dict[str, Any]) -> DryRun:
     """Resolve and dry-run one config (raises ConfigError for an impossible one)."""
     plan = resolve(make_config(values))
     return dry_run(plan, shards=cached_shard_sizes(plan))
@@ -108,7 +108,7 @@ def walk(base: dict[str, Any], nodes: int) -> tuple[list[DryRun], pd.DataFrame]:
     Returns:
         ``(dry_runs, table)``: the dry runs, and one :func:`summary_row` per step.
     """
-    runs = [price(values) for values in walk_configs(base, nodes)]
+    runs = [dry_run_of(values) for values in walk_configs(base, nodes)]
     return runs, pd.DataFrame([summary_row(d) for d in runs])
 
 
@@ -126,7 +126,7 @@ def show_step(dry: DryRun) -> pd.DataFrame:
     print(dict(WALK)[dry.plan.strategy])
     draw_plan(dry.plan, ledger=dry)
     plt.show()
-    costs = node_costs(dry)
+    costs = node_cost_table(dry)
     display(costs.round(3))
     return costs
 
@@ -178,7 +178,7 @@ def slider_values(base: dict[str, Any], nodes: int, branches: int, junction_at: 
 
 def price_choice(values: dict[str, Any]) -> DryRun:
     """Dry-run one slider position (raises ConfigError for an impossible combination)."""
-    return price(values)
+    return dry_run_of(values)
 
 
 @dataclass
@@ -542,7 +542,7 @@ class SliderPanel(VBox):
             lines.append(f"<span style='color:#555'>Devices and links: topology {self.site} ({where}), so the "
                          f"device and link menus are off.</span>")
         self.status.value = "<br>".join(lines)
-        self.table.value = node_costs(dry).round(3).to_html(index=False)
+        self.table.value = node_cost_table(dry).round(3).to_html(index=False)
         return True
 
     def _repr_mimebundle_(self, **kwargs):

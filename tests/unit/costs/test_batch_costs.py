@@ -1,17 +1,22 @@
 """Fixed seconds per block call (``block_call_s``): a block's step as a line in the batch size, fitted by
 ``fplstudy calibrate --fit-batch`` from two batch sizes, carried by a device profile, priced by
-``ledger.price_compute``, scaled by the emulated testbed; opt-in: without it every float is as before."""
+``pricing.price_compute``, scaled by the emulated testbed; opt-in: without it every float is as before."""
 
 from __future__ import annotations
 
 import pytest
 
-from fplstudy.testbed import emulation as testbed
-from fplstudy.testbed.calibrate import calibrate, fit_block_costs
 from fplstudy.config import ConfigError, make_config
-from fplstudy.costs.ledger import chunk_block_flops, price_compute
+from fplstudy.costs.pricing import chunk_block_flops, price_compute
+from fplstudy.facts.profiles import (
+    DeviceProfile,
+    ProfileError,
+    check_profiles,
+    load_profiles,
+)
 from fplstudy.plans.plan import resolve
-from fplstudy.facts.profiles import DeviceProfile, ProfileError, check_profiles, load_profiles
+from fplstudy.testbed import emulation as tb_emulation
+from fplstudy.testbed.calibrate import calibrate, fit_block_costs
 
 
 def _plan(**kw):
@@ -111,8 +116,8 @@ def test_the_testbed_stretches_fixed_seconds_by_the_cpu_share_by_hand(calibrated
     scale is as without fixed seconds."""
     plan = _plan(strategy="fl", nodes=3)
     profiles = check_profiles(plan)
-    plain = testbed.emulation(plan, profiles, calibrated(call_overhead_s=1e-4), 2)
-    emu = testbed.emulation(plan, profiles, calibrated(call_overhead_s=1e-4, block_call_s={"cnn": {"conv1": 2e-4}}), 2)
+    plain = tb_emulation.emulation(plan, profiles, calibrated(call_overhead_s=1e-4), 2)
+    emu = tb_emulation.emulation(plan, profiles, calibrated(call_overhead_s=1e-4, block_call_s={"cnn": {"conv1": 2e-4}}), 2)
     s = emu.time_scale
     assert s == plain.time_scale == pytest.approx(2.7 / 1.6, rel=1e-12)
     assert emu.profiles.device("rpi4").block_call_s == {"cnn": pytest.approx({"conv1": 2e-4 * s / 0.4}, rel=1e-12)}

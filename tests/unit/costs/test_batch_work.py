@@ -10,15 +10,20 @@ import math
 
 import pytest
 
-from fplstudy.testbed import emulation as testbed
-from fplstudy.testbed.calibrate import calibrate, training_inputs
 from fplstudy.config import make_config
-from fplstudy.facts.datasets import files_present
 from fplstudy.costs.dryrun import plan_events, price_plan, shard_sizes
+from fplstudy.costs.pricing import cold_calls, opens_batch, price_compute
+from fplstudy.facts.datasets import files_present
+from fplstudy.facts.profiles import (
+    DeviceProfile,
+    ProfileError,
+    check_profiles,
+    load_profiles,
+)
 from fplstudy.plans.events import Compute
-from fplstudy.costs.ledger import cold_calls, opens_batch, price_compute
 from fplstudy.plans.plan import resolve
-from fplstudy.facts.profiles import DeviceProfile, ProfileError, check_profiles, load_profiles
+from fplstudy.testbed import emulation as tb_emulation
+from fplstudy.testbed.calibrate import calibrate, training_inputs
 
 TINY = {"max_train_samples": 100, "rounds": 2, "batch_size": 64}  # shards of 100 samples: two batches a round
 
@@ -133,8 +138,8 @@ def test_the_testbed_slows_batch_s_and_cold_s_with_each_node(calibrated):
     hand; without the calibrated figures none; the time scale and the rates are those without them."""
     plan = _plan(strategy="fl", nodes=3)
     profiles = check_profiles(plan)
-    plain = testbed.emulation(plan, profiles, calibrated(), 2)
-    emu = testbed.emulation(plan, profiles, calibrated(batch_s=3e-4, cold_s=5e-4), 2)
+    plain = tb_emulation.emulation(plan, profiles, calibrated(), 2)
+    emu = tb_emulation.emulation(plan, profiles, calibrated(batch_s=3e-4, cold_s=5e-4), 2)
     assert emu.time_scale == plain.time_scale
     for n in plan.nodes:
         f = profiles.device(n.device).flops_per_s

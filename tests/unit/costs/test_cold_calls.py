@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import pytest
 
-from fplstudy.testbed import emulation as testbed
-from fplstudy.testbed.calibrate import calibrate, fit_cold
 from fplstudy.config import ConfigError, make_config
 from fplstudy.costs.dryrun import plan_events, price_plan, shard_sizes
-from fplstudy.plans.events import Compute, Transfer
-from fplstudy.costs.ledger import cold_calls, cold_flow, event_costs, price, price_compute
-from fplstudy.plans.plan import resolve
+from fplstudy.costs.ledger import event_costs, price
+from fplstudy.costs.pricing import cold_calls, cold_flow, price_compute
 from fplstudy.facts.profiles import DeviceProfile, check_profiles, load_profiles
+from fplstudy.plans.events import Compute, Transfer
+from fplstudy.plans.plan import resolve
+from fplstudy.testbed import emulation as tb_emulation
+from fplstudy.testbed.calibrate import calibrate, fit_cold
 
 TINY = {"max_train_samples": 100, "rounds": 2, "batch_size": 64}  # two batches a round
 
@@ -152,8 +153,8 @@ def test_the_testbed_carries_the_factor_to_every_emulated_device(calibrated):
     the other numbers are those without it."""
     plan = _plan(strategy="fl", nodes=3)
     profiles = check_profiles(plan)
-    plain = testbed.emulation(plan, profiles, calibrated(call_overhead_s=1e-4), 2)
-    emu = testbed.emulation(plan, profiles, calibrated(call_overhead_s=1e-4, cold_factor=0.55), 2)
+    plain = tb_emulation.emulation(plan, profiles, calibrated(call_overhead_s=1e-4), 2)
+    emu = tb_emulation.emulation(plan, profiles, calibrated(call_overhead_s=1e-4, cold_factor=0.55), 2)
     assert emu.profiles.device("rpi4").cold_factor == emu.profiles.device("minipc").cold_factor == 0.55
     assert plain.profiles.device("rpi4").cold_factor == 0.0
     assert emu.time_scale == plain.time_scale

@@ -22,18 +22,31 @@ import pytest
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from fplstudy.train import engine
 from fplstudy.config import ConfigError, make_config
 from fplstudy.costs.dryrun import dry_run, plan_events
-from fplstudy.plans.events import Compute, Transfer
-from fplstudy.costs.ledger import (chunk_flops, event_costs, price, price_compute, price_message, read_ledger_csv, totals,
-                             write_ledger_csv)
+from fplstudy.costs.ledger import (
+    event_costs,
+    price,
+    read_ledger_csv,
+    totals,
+    write_ledger_csv,
+)
 from fplstudy.costs.makespan import schedule_round
 from fplstudy.costs.memory import model_size, peak_memory
+from fplstudy.costs.pricing import chunk_flops, price_compute, price_message
 from fplstudy.facts.models import MODELS, ModelInfo
+from fplstudy.facts.profiles import (
+    STATUSES,
+    DeviceProfile,
+    LinkProfile,
+    ProfileError,
+    check_profiles,
+    device_key,
+    load_profiles,
+)
+from fplstudy.plans.events import Compute, Transfer
 from fplstudy.plans.plan import Node, resolve
-from fplstudy.facts.profiles import (ProfileError, STATUSES, DeviceProfile, LinkProfile, check_profiles, device_key,
-                               load_profiles)
+from fplstudy.train import engine
 
 
 def _mlp2(input_shape, num_classes):

@@ -15,12 +15,18 @@ import pytest
 
 from fplstudy.config import make_config
 from fplstudy.costs.dryrun import plan_events, price_plan, settle_deadline, shard_sizes
-from fplstudy.plans.events import Compute, Transfer
-from fplstudy.costs.search import enumerate_plans
 from fplstudy.costs.ledger import Pricer, price
-from fplstudy.costs.makespan import TASK_COMPUTE, TASK_DATA, fast_path_applies, schedule_fixed_order, schedule_round
-from fplstudy.plans.plan import resolve
+from fplstudy.costs.makespan import (
+    TASK_COMPUTE,
+    TASK_DATA,
+    fast_path_applies,
+    schedule_fixed_order,
+    schedule_round,
+)
+from fplstudy.costs.search import enumerate_plans
 from fplstudy.facts.profiles import check_profiles
+from fplstudy.plans.events import Compute, Transfer
+from fplstudy.plans.plan import resolve
 
 SMALL = {"max_train_samples": 200, "rounds": 3}
 

@@ -13,12 +13,23 @@ import yaml
 
 from fplstudy.config import ConfigError, make_config
 from fplstudy.costs.dryrun import plan_events, round_shapes, shard_sizes
-from fplstudy.plans.events import Transfer
-from fplstudy.costs.search import (data_owners, enumerate_plans, explore, interchangeable, network_joules, pair_bytes,
-                              placed, placements, price, price_placements)
-from fplstudy.costs.ledger import price as price_events, totals
-from fplstudy.plans.plan import resolve
+from fplstudy.costs.ledger import plan_totals as price_events
+from fplstudy.costs.ledger import totals
+from fplstudy.costs.search import (
+    data_owners,
+    enumerate_plans,
+    explore,
+    interchangeable,
+    network_joules,
+    pair_bytes,
+    placed,
+    placements,
+    price_candidate,
+    price_placements,
+)
 from fplstudy.facts.profiles import check_profiles
+from fplstudy.plans.events import Transfer
+from fplstudy.plans.plan import resolve
 
 HAND = {"links": {
     "radio": {"up_bps": 1.0e6, "down_bps": 2.0e6, "tx_j_per_bit": 1.0e-7, "rx_j_per_bit": 5.0e-8, "latency_s": 0.01},
@@ -80,7 +91,7 @@ def test_the_placements_listed_by_hand(tmp_path):
 
 def test_placed_plans_equal_resolved_ones_and_their_prices_the_reference(tmp_path):
     """:func:`placed` gives the plan resolve gives for the config with that placement; price_placements gives
-    :func:`price` of it (to 1e-12), and price's totals are the event-by-event reference's."""
+    :func:`price_candidate` of it (to 1e-12), and price's totals are the event-by-event reference's."""
     plan = _plan(tmp_path, strategy="fpl", nodes=4, branches=2)
     wheres = list(placements(plan, twins=False))
     assert len(wheres) == 12  # the trunk's n2, n3 on two of gw, srv, e0, e1 (d0, d1 hold the data)
@@ -89,7 +100,7 @@ def test_placed_plans_equal_resolved_ones_and_their_prices_the_reference(tmp_pat
         cfg = make_config({**plan.config.model_dump(exclude_defaults=True), "placement": where})
         ref = resolve(cfg)
         assert placed(plan, where).nodes == ref.nodes and placed(plan, where).config == cfg
-        want = price(ref)
+        want = price_candidate(ref)
         assert set(cost) == set(want)
         for key, value in want.items():
             assert cost[key] == pytest.approx(value, rel=1e-12), (where, key)

@@ -12,13 +12,13 @@ from scipy import stats
 
 from fplstudy.config import ConfigError, make_config
 from fplstudy.costs.dryrun import dry_run, plan_events, price_plan, settle_deadline
+from fplstudy.costs.ledger import event_costs, price
+from fplstudy.costs.search import explore
 from fplstudy.plans.dynamics import plan_turnouts, turnouts
+from fplstudy.plans.events import Compute
+from fplstudy.plans.plan import resolve
 from fplstudy.train.engine import _flat_state as _flat
 from fplstudy.train.engine import build_holdings, train
-from fplstudy.plans.events import Compute
-from fplstudy.costs.search import explore
-from fplstudy.costs.ledger import event_costs, price
-from fplstudy.plans.plan import resolve
 from fplstudy.train.runner import prepare
 
 COMPUTE = ["forward", "backward"]
@@ -257,7 +257,7 @@ def test_simulated_equals_distributed_with_a_late_branch():
 
 @pytest.mark.parametrize("keys", [{"straggler_prob": 0.2, "straggler_slowdown": 2.0}, {"round_deadline_s": 1.0}])
 def test_the_emulated_testbed_refuses_stragglers_and_deadlines_before_anything_is_built(keys):
-    from fplstudy.testbed.emulation import prepare_emulation
+    from fplstudy.testbed.run import prepare_emulation
 
     with pytest.raises(ConfigError) as err:
         prepare_emulation(make_config({"strategy": "fl", "nodes": 2, "rounds": 1, **keys}))

@@ -17,7 +17,13 @@ import numpy as np
 import pytest
 import torch
 
-from fplstudy.facts.datasets import DATASET_META, DATASETS, DatasetSplit, load_dataset, subsample
+from fplstudy.facts.datasets import (
+    DATASET_META,
+    DATASETS,
+    DatasetSplit,
+    load_dataset,
+    subsample,
+)
 
 N_TRAIN, N_TEST = 12, 5  # samples in the synthetic files
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fplstudy.facts import datasets
 from fplstudy.config import make_config
+from fplstudy.facts import datasets
 from fplstudy.train.runner import run
 
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fplstudy.facts.partition import PARTITIONS, Partition, dirichlet, features, iid, make_partition, shards
+from fplstudy.facts.partition import (
+    PARTITIONS,
+    Partition,
+    dirichlet,
+    features,
+    iid,
+    make_partition,
+    shards,
+)
 
 NUM_CLASSES = 10
 BALANCED = np.repeat(np.arange(NUM_CLASSES), 40)  # (400,) 40 samples of each of 10 classes

@@ -10,10 +10,16 @@ import pytest
 import yaml
 
 from fplstudy.config import make_config
-from fplstudy.costs.ledger import price_message
-from fplstudy.plans.plan import resolve
+from fplstudy.costs.pricing import price_message
 from fplstudy.facts.profiles import load_profiles
-from fplstudy.facts.topology import TopologyError, load_topology, parse_topology, price_path, uniform_links
+from fplstudy.facts.topology import (
+    TopologyError,
+    load_topology,
+    parse_topology,
+    price_path,
+    uniform_links,
+)
+from fplstudy.plans.plan import resolve
 
 SHIPPED = sorted((Path(__file__).resolve().parents[3] / "src" / "fplstudy" / "facts" / "topologies").glob("*.yaml"))
 
@@ -82,7 +88,7 @@ def test_fewest_hops_first_then_the_faster_path(hand_profiles):
 def test_the_uniform_site_prices_every_message_as_the_ledger_does(strategy, nodes, extra):
     """A topology linking every ordered pair of the plan's nodes directly with the config's ``link``, directed
     by the nodes' sides (:func:`uniform_links`), prices every message float for float as
-    :func:`fplstudy.costs.ledger.price_message` does: the shorthand keys are its special case. wifi4 has different
+    :func:`fplstudy.costs.pricing.price_message` does: the shorthand keys are its special case. wifi4 has different
     up and down rates, so a wrong direction would show."""
     plan = resolve(make_config({"strategy": strategy, "nodes": nodes, "link": "wifi4", **extra}))
     profiles = load_profiles()

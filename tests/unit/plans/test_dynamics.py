@@ -11,14 +11,14 @@ from scipy import stats
 
 from fplstudy.config import ConfigError, make_config
 from fplstudy.costs.dryrun import plan_events, price_plan, shard_sizes
+from fplstudy.costs.ledger import price
 from fplstudy.plans.dynamics import plan_turnouts, turnouts
+from fplstudy.plans.events import Compute, Transfer
+from fplstudy.plans.plan import resolve
+from fplstudy.plans.program import catch_up_item
 from fplstudy.train.engine import SimulatedTransport, build_holdings, catch_up, train
 from fplstudy.train.engine import _flat_state as _flat
-from fplstudy.plans.events import Compute, Transfer
-from fplstudy.costs.ledger import price
-from fplstudy.plans.plan import resolve
 from fplstudy.train.runner import prepare
-from fplstudy.plans.program import catch_up_item
 
 
 def _plan(strategy: str, **keys):
@@ -36,7 +36,7 @@ def test_without_dynamics_every_round_has_everyone(strategy, keys):
         assert t.absent == frozenset() and t.active == tuple(range(D)) and t.catch_up == ()
         assert t.engaged == names  # every node is priced idle time, as the ledger does today
         assert t.syncs == (plan.sync == "fedavg" and (rnd + 1) % plan.sync_every == 0)
-        assert t.holder == (None if plan.schedule != "turns" or rnd == 0 else D - 1)
+        assert t.holder == (None if plan.branch_order != "turns" or rnd == 0 else D - 1)
 
 
 def test_a_trace_decides_who_trains_and_who_catches_up():

@@ -1,5 +1,6 @@
 """The strategy registry: one place for every strategy-level fact, read by config checks, explore, the
-figures, the plan picture and the teaching helpers; a strategy added to it alone is a strategy everywhere."""
+figures, the plan picture and the teaching helpers; a strategy added to it and given a look (views/looks.py:
+title, colour, marker, teaching text, kept out of the training code) is a strategy everywhere."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from pathlib import Path
 import pytest
 from matplotlib.colors import to_rgb
 
-from fplstudy.costs import search as explore
-from fplstudy.views import planfig, style, teach
-from fplstudy.plans import strategies
 from fplstudy.config import ConfigError, make_config
+from fplstudy.costs import search as explore
+from fplstudy.plans import strategies
 from fplstudy.plans.plan import resolve
 from fplstudy.plans.strategies import REGISTRY, STRATEGIES, Shape, preset, strategy
+from fplstudy.views import looks, planfig, style, teach
+from fplstudy.views.looks import LOOKS, Look
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -30,7 +32,7 @@ def test_names_order_and_looks():
     assert style.LABEL_MARKERS == {"centralized": "*", "mp": "s", "fl": "o", "sl": "^", "sfl": "v",
                                    "fpl-shared": "D", "fpl-adapter": "P", "fpl-concat": "X"}
     assert style.LABEL_PALETTE["fpl-shared"] == style.PALETTE["fpl"]
-    assert len({s.marker for s in REGISTRY.values()}) == len({s.colour for s in REGISTRY.values()}) == len(REGISTRY)
+    assert len({LOOKS[s].marker for s in REGISTRY}) == len({LOOKS[s].colour for s in REGISTRY}) == len(REGISTRY)
     assert [name for name, _ in teach.WALK] == list(STRATEGIES)
     assert teach.STRATEGY_NAMES == {"centralized": "centralized", "fl": "FL", "mp": "MP", "sl": "SL", "sfl": "SFL",
                                     "fpl": "FPL"}
@@ -104,9 +106,9 @@ def test_config_does_not_import_the_registry():
     assert out.stdout.split() == ["False", "False"]  # the names live in the registry only
 
 
-def test_a_strategy_added_to_the_registry_alone_is_resolved_enumerated_named_and_drawn(monkeypatch):
-    """A preset that fits the plan's shape, registered in strategies.py only: FL whose clients are
-    averaged every other round by default, under its own name."""
+def test_a_strategy_added_to_the_registry_and_its_look_is_resolved_enumerated_named_and_drawn(monkeypatch):
+    """A preset that fits the plan's shape, registered in strategies.py with a look in looks.py: FL whose
+    clients are averaged every other round by default, under its own name."""
     fl = REGISTRY["fl"]
 
     def shape(cfg, n_blocks, default_junction):
@@ -116,10 +118,13 @@ def test_a_strategy_added_to_the_registry_alone_is_resolved_enumerated_named_and
         for c in fl.candidates(axes):
             yield {**c, "strategy": "lazyfl"}
 
-    lazy = dataclasses.replace(fl, name="lazyfl", title="Lazy federated learning (LFL)", short="LFL", shape=shape,
+    lazy = dataclasses.replace(fl, name="lazyfl", shape=shape,
                                candidates=candidates, plan_name=lambda plan: f"lazyfl-{plan.config.nodes}-every{plan.sync_every}",
                                describe=lambda row: f"LFL: {row['nodes']} clients")
     monkeypatch.setitem(strategies.REGISTRY, "lazyfl", lazy)
+    monkeypatch.setitem(looks.LOOKS, "lazyfl", Look(title="Lazy federated learning (LFL)", short="LFL",
+                                                    teaching="FL averaged every other round", colour="#000000",
+                                                    marker="h"))
     base = {"max_train_samples": 40, "rounds": 2}
     plan = resolve(make_config({**base, "strategy": "lazyfl", "nodes": 3}))
     assert (len(plan.branches), plan.sync, plan.aggregator is not None) == (3, "fedavg", True)
@@ -127,4 +132,4 @@ def test_a_strategy_added_to_the_registry_alone_is_resolved_enumerated_named_and
     assert [explore.plan_name(p) for p in plans] == ["lazyfl-3-every1", "lazyfl-3-every2"] and refused == 0
     assert teach.readable_name(explore.plan_row(plans[0])) == "LFL: 3 clients"
     assert planfig.plan_words(plan).startswith("Lazy federated learning (LFL) on 4 nodes: 3 nodes each hold")
-    assert explore.price(plans[0])["bytes_total"] > 0
+    assert explore.price_candidate(plans[0])["bytes_total"] > 0

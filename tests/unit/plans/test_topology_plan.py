@@ -10,11 +10,11 @@ import yaml
 
 from fplstudy.config import ConfigError, make_config
 from fplstudy.costs.dryrun import plan_events, price_plan, shard_sizes
-from fplstudy.plans.events import Compute, Transfer
 from fplstudy.costs.ledger import price, totals
-from fplstudy.plans.plan import resolve
 from fplstudy.facts.profiles import check_profiles
 from fplstudy.facts.topology import uniform_links
+from fplstudy.plans.events import Compute, Transfer
+from fplstudy.plans.plan import resolve
 
 HAND = {"links": {
     "radio": {"up_bps": 1.0e6, "down_bps": 2.0e6, "tx_j_per_bit": 1.0e-7, "rx_j_per_bit": 5.0e-8, "latency_s": 0.01},
@@ -168,7 +168,7 @@ def test_explore_prices_its_plans_on_the_topology():
     a dry run of the same plan prices it, and not as the uniform site of the same devices would."""
     from fplstudy.costs.dryrun import dry_run
     from fplstudy.costs.search import enumerate_plans
-    from fplstudy.costs.search import price as explore_price
+    from fplstudy.costs.search import price_candidate as explore_price
 
     base = make_config({**SMALL, "nodes": 3, "topology": "fog_wifi"})
     plans, _ = enumerate_plans(base, strategies=("fl", "sl", "fpl"), cuts="balanced")

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from fplstudy.stages.dynamics import run_sweep
-from fplstudy.study.dropout import comparisons, kept, train_sweep
-from fplstudy.study.params import load_sweep
 from fplstudy.config import StudyError
+from fplstudy.stages.dynamics import run_sweep
+from fplstudy.study.dropout import kept, kept_comparisons, train_sweep
+from fplstudy.study.params import load_sweep
 
 TINY = {"dataset": "digits", "max_train_samples": 96, "rounds": 2, "batch_size": 16, "threads": 1}
 
@@ -45,7 +45,7 @@ def test_accuracy_kept_and_the_paired_comparison_by_hand():
             ("fl", 0.0, 0, 0.90), ("fl", 0.0, 1, 0.82), ("fl", 0.5, 0, 0.70), ("fl", 0.5, 1, 0.66)]
     seeds = pd.DataFrame(rows, columns=["strategy", "dropout", "seed", "test_acc_mean"])
     assert kept(seeds, "fpl", 0.5) == pytest.approx({0: -0.05, 1: -0.02})
-    table = comparisons(sweep, seeds)
+    table = kept_comparisons(sweep, seeds)
     diffs = [-0.05 - -0.20, -0.02 - -0.16]  # fpl kept − fl kept, per seed
     half = stats.t.ppf(0.975, 1) * stats.tstd(diffs) / math.sqrt(2)  # one comparison: no Bonferroni
     (row,) = table.to_dict("records")

@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 
 from fplstudy.config import ConfigError, StudyError, make_config
-from fplstudy.facts.datasets import DATASET_CLASS_COUNTS, DATASET_SIZES, files_present
 from fplstudy.costs.dryrun import FROM_DECLARED, FROM_FILES, dry_run
+from fplstudy.facts.datasets import DATASET_CLASS_COUNTS, DATASET_SIZES, files_present
 from fplstudy.plans.plan import resolve
 from fplstudy.stages.scale import run_scale
 from fplstudy.study.params import ScaleParams, load_scale

@@ -15,12 +15,12 @@ import pytest
 import torch
 import yaml
 
-from fplstudy.study import stats
 from fplstudy.config import StudyError
-from fplstudy.study.provenance import code_hash
+from fplstudy.study import stats
 from fplstudy.study.findings import comparisons, findings
 from fplstudy.study.params import load_study, smoke_params
 from fplstudy.study.pool import run_group, train_runs
+from fplstudy.study.provenance import code_hash
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -8,10 +8,16 @@ import pytest
 import torch
 
 from fplstudy.config import load_config
-from fplstudy.train.engine import SimulatedTransport, fedavg, sync_branches, train, build_holdings
-from fplstudy.plans.program import round_batches
 from fplstudy.plans.events import Transfer
 from fplstudy.plans.plan import resolve
+from fplstudy.plans.program import round_batches
+from fplstudy.train.engine import (
+    SimulatedTransport,
+    build_holdings,
+    fedavg,
+    sync_branches,
+    train,
+)
 from fplstudy.train.runner import run
 
 TINY = {"max_train_samples": 128, "rounds": 2, "batch_size": 16}

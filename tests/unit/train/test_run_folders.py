@@ -17,13 +17,20 @@ import pytest
 import torch
 from torch import nn
 
-from fplstudy.facts import models
 from fplstudy.cli import main
 from fplstudy.config import ConfigError, load_config
-from fplstudy.train.engine import build_holdings, train
+from fplstudy.facts import models
 from fplstudy.plans.plan import resolve
+from fplstudy.train.engine import build_holdings, train
 from fplstudy.train.results import CHECKPOINT, VOLATILE, dumps_json, write_metrics
-from fplstudy.train.runner import RunFolder, RunFolderError, RunInterrupted, estimate_round_s, prepare, run
+from fplstudy.train.runner import (
+    RunFolder,
+    RunFolderError,
+    RunInterrupted,
+    estimate_round_s,
+    prepare,
+    run,
+)
 
 SRC = Path(__file__).resolve().parents[3] / "src"
 TINY = {"max_train_samples": 128, "rounds": 3, "batch_size": 16}

@@ -18,8 +18,8 @@ from pathlib import Path
 import papermill as pm
 import pytest
 
-from fplstudy.views import teach
 from fplstudy.facts.profiles import load_profiles
+from fplstudy.views import teach
 
 SMALL = {"max_train_samples": 200, "rounds": 1}
 ROOT = Path(__file__).resolve().parents[3]
@@ -205,8 +205,8 @@ def test_the_panel_and_the_notebook_on_a_topology(reference, tmp_path):
     assert panel.controls["device"].disabled and panel.controls["link"].disabled
     where = ", ".join(f"{n.name} on {n.point}" for n in panel.dry.plan.nodes)
     assert panel.dry.plan.site is not None and f"topology wearables_ble ({where})" in panel.status.value
-    from fplstudy.facts.topology import site_of
     from fplstudy.config import make_config
+    from fplstudy.facts.topology import site_of
 
     assert max(panel.space.nodes) <= len(site_of(make_config(base)).nodes)
     plain = teach.slider_panel(SMALL, reference, sorted(profiles.devices), sorted(profiles.links), nodes=3)

@@ -1,7 +1,7 @@
 # fplstudy: `make study` regenerates every result and figure; `make test` runs the test suite.
 # Both first set up (once) this checkout's own virtual environment in .venv/ with this checkout
 # installed in it, from a package cache shared by every checkout (tools/venv.py: seconds once the
-# cache is warm). `make shell` opens a shell in the environment, `make env` prints where it is,
+# cache is warm). `make lint` runs the linter (ruff, configured in pyproject.toml). `make shell` opens a shell in the environment, `make env` prints where it is,
 # `make lab` opens JupyterLab on the project. Override the interpreter with PYTHON=..., the venv
 # folder with VENV=..., the shared cache with CACHE=...
 
@@ -14,7 +14,7 @@ STAMP := $(VENV)/.complete-$(DEPS_KEY)
 LAB_ARGS ?=
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv env shell lab data study test test-slow bench clean-venv
+.PHONY: venv env shell lab data study test test-slow lint bench clean-venv
 
 # The stamp carries the hash of pyproject.toml: a change of dependencies rebuilds the venv (seconds).
 $(STAMP):
@@ -43,6 +43,9 @@ study: venv
 
 test: venv
 	"$(BIN)/python" -m pytest -q -m "not slow" --durations=15
+
+lint: venv
+	"$(BIN)/ruff" check src tests benchmarks tools
 
 test-slow: venv
 	"$(BIN)/python" -m pytest -q -m slow -s --durations=15

@@ -33,7 +33,7 @@ def bare_loop(split, rounds: int, seed: int = 0) -> float:
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     n = len(split.y_train)
     t0 = time.perf_counter()
-    for epoch in range(rounds):
+    for _epoch in range(rounds):
         perm = torch.randperm(n)
         for i in range(0, n, 32):
             idx = perm[i:i + 32]

@@ -30,8 +30,8 @@ import math
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from fplstudy.config import Config, ConfigError, load_config, short_repr
 

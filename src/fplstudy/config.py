@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import reprlib
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -191,21 +191,21 @@ class Config(BaseModel):
     # --- what is learned
     strategy: str = "fpl"  # a name of fplstudy.plans.strategies.REGISTRY; checked where the plan is resolved
     dataset: str = "digits"  # digits, mnist5k (both offline) | mnist | fashion_mnist | cifar10
-    data_dir: Optional[str] = None  # torchvision root folder; None = <repo>/data or ./data
+    data_dir: str | None = None  # torchvision root folder; None = <repo>/data or ./data
     download: bool = False  # let torchvision download a missing dataset (needs network)
-    model: Optional[str] = None  # None = the dataset's default (digits: cnn, mnist: lenet5, cifar10: resnet18)
-    max_train_samples: Optional[int] = None  # take a seeded subset of the training set (smoke runs)
+    model: str | None = None  # None = the dataset's default (digits: cnn, mnist: lenet5, cifar10: resnet18)
+    max_train_samples: int | None = None  # take a seeded subset of the training set (smoke runs)
     test_fraction: float = 0.2  # digits and mnist5k: held-out fraction (stratified, drawn with the seed)
 
     # --- who does it
     nodes: int = 4  # edge nodes in the plan (how it is read depends on the strategy, see plan.py)
-    branches: Optional[int] = None  # D, copies of the lower part trained on separate shards
+    branches: int | None = None  # D, copies of the lower part trained on separate shards
     branch_stages: int = 1  # S_b, nodes that hold one branch (model parallel inside a branch)
-    trunk_stages: Optional[int] = None  # S_t, nodes that hold the trunk; None = the nodes left over
-    junction: Optional[Literal["shared", "adapter", "concat"]] = None  # None = adapter for fpl, else shared
-    junction_at: Optional[int] = None  # blocks below the junction; None = the model's default head size
-    branch_cuts: Optional[list[int]] = None  # absolute block indices where branch stages start (S_b - 1)
-    trunk_cuts: Optional[list[int]] = None  # absolute block indices where trunk stages start (S_t - 1)
+    trunk_stages: int | None = None  # S_t, nodes that hold the trunk; None = the nodes left over
+    junction: Literal["shared", "adapter", "concat"] | None = None  # None = adapter for fpl, else shared
+    junction_at: int | None = None  # blocks below the junction; None = the model's default head size
+    branch_cuts: list[int] | None = None  # absolute block indices where branch stages start (S_b - 1)
+    trunk_cuts: list[int] | None = None  # absolute block indices where trunk stages start (S_t - 1)
     cut_by: Literal["flops", "count"] = "flops"  # default cuts balance forward FLOPs or block counts
 
     # --- data partition
@@ -229,32 +229,32 @@ class Config(BaseModel):
     threads: int = Field(1, ge=0)  # torch CPU threads; 1 = one fixed summation order, 0 = torch's default
 
     # --- reconciliation of replicated parts
-    sync: Optional[Literal["none", "fedavg", "relay"]] = None  # None = the strategy's own
+    sync: Literal["none", "fedavg", "relay"] | None = None  # None = the strategy's own
     sync_every: int = 1  # rounds between syncs
 
     # --- dynamics: who takes part in a round (dynamics.py)
     fraction_fit: float = 1.0  # share of the available branches that train in a round (Flower's fraction_fit), in (0, 1]
     dropout: float = 0.0  # probability that an edge-side node is absent for a round, in [0, 1]
-    dropout_trace: Optional[str] = None  # CSV file round,node of absences instead of dropout
+    dropout_trace: str | None = None  # CSV file round,node of absences instead of dropout
     straggler_prob: float = 0.0  # probability that an edge-side node is a straggler for a round, in [0, 1]
     straggler_slowdown: float = 1.0  # a straggler's computes take this many times as long (>= 1)
-    round_deadline_s: Optional[float] = None  # seconds into a FedAvg round after which late branches are dropped
+    round_deadline_s: float | None = None  # seconds into a FedAvg round after which late branches are dropped
 
     # --- costing (profiles are data files, see profiles.py)
     device: str = "rpi4"  # device profile of data owners and branch stage holders
     server_device: str = "minipc"  # device profile of trunk stage holders and the aggregator
     link: str = "wifi5"  # link profile of every link
-    node_devices: Optional[dict[str, str]] = None  # per-node override, {node name: device profile}
-    topology: Optional[str] = None  # a topology file (or a shipped one's name): every node's device and the links (topology.py); None = the uniform site of the keys above
-    placement: Optional[dict[str, str]] = None  # with topology: {plan node: topology node}; nodes left out are placed by topology.place's rule
+    node_devices: dict[str, str] | None = None  # per-node override, {node name: device profile}
+    topology: str | None = None  # a topology file (or a shipped one's name): every node's device and the links (topology.py); None = the uniform site of the keys above
+    placement: dict[str, str] | None = None  # with topology: {plan node: topology node}; nodes left out are placed by topology.place's rule
     forwarding: Literal["packet", "message"] = "packet"  # on a topology, how relays forward: packet by packet (bits / slowest hop) or whole messages (store-and-forward, Σ hops) (topology.py)
-    profiles_file: Optional[str] = None  # YAML file with extra or overriding device/link profiles
+    profiles_file: str | None = None  # YAML file with extra or overriding device/link profiles
     pipeline: Literal["sequential", "gpipe", "1f1b"] = "sequential"  # makespan of a branch's stages
     network: Literal["links", "star", "inbox"] = "links"  # links: a link per node pair; star: one half-duplex interface per node; inbox: links, a receive posted after the receiver's earlier work (makespan.py)
 
     # --- the distributed backend (ignored by the simulated one)
     distributed_timeout_s: float = 60.0  # longest wait for the rendezvous, one message or one collective (s)
-    testbed_time_scale: Optional[float] = None  # emulated backend: common slow-down of compute and links (>= 1); None = smallest that fits
+    testbed_time_scale: float | None = None  # emulated backend: common slow-down of compute and links (>= 1); None = smallest that fits
     testbed_cpu: Literal["cfs", "dilate"] = "cfs"  # emulated backend: slow a node's CPU by CFS quota, or stretch each chunk (testbed.py)
 
 

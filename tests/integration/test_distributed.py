@@ -428,7 +428,7 @@ def test_taken_master_port_and_missing_master_end_with_one_line_within_the_timeo
         procs = _launch(3, [0, 1, 2], taken, tmp_path / "taken", timeout_s)
         procs.update({10 + r: p for r, p in _launch(3, [1, 2], _free_port(), tmp_path / "none", timeout_s).items()})
         res = _finish(procs, limit_s=timeout_s + 240)  # start-up of five processes that import torch, on 2 cores
-    for r, (code, stdout, stderr) in res.items():
+    for r, (_code, stdout, stderr) in res.items():
         assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr, (r, stderr)
         assert stdout == "", (r, stdout)
     assert res[0][0] == 2 and f"'MASTER_PORT': got {taken}; 127.0.0.1:{taken} is already in use" in res[0][2]

@@ -56,7 +56,7 @@ def test_two_clones_each_run_their_own_code_and_outlive_each_other():
         def python(clone: Path, code: str) -> str:
             return _run([str(clone / ".venv" / "bin" / "python"), "-c", code], clone, env)
 
-        for name, clone in clones.items():
+        for clone in clones.values():
             assert python(clone, "import fplstudy; print(fplstudy.__file__)") == \
                 str(clone / "src" / "fplstudy" / "__init__.py")
             assert _run(["git", "status", "--porcelain"], clone, env) == ""  # .venv is ignored

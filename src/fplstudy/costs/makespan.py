@@ -188,7 +188,7 @@ def build_dag(plan, events: list[Event], pipeline: str | None = None) -> tuple[l
 
     if pipeline in ("gpipe", "1f1b"):
         depth = chain_depths(plan)
-        for (step, node), ids in per_step_node.items():
+        for (_step, node), ids in per_step_node.items():
             fwd = [i for i in ids if events[i].phase == "forward"]
             bwd = [i for i in ids if events[i].phase == "backward"]
             if not fwd or not bwd:

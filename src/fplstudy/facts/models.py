@@ -9,8 +9,8 @@ state-dict keys of the parts are exactly the keys of the whole (``conv1.0.weight
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn

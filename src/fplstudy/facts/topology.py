@@ -310,7 +310,7 @@ def parse_topology(doc: Any, profiles: Profiles, file: str | Path = "<topology>"
                                                                     "direction of a pair once")
             directed[(src, dst)] = Hop(src, dst, link, rate)
     hops: dict[str, list[Hop]] = {}
-    for (src, dst), hop in sorted(directed.items()):
+    for (src, _dst), hop in sorted(directed.items()):
         hops.setdefault(src, []).append(hop)
     return Topology(name=name, nodes=nodes, overrides=overrides, sites=tuple(sites),
                     hops={p: tuple(h) for p, h in hops.items()}, description=str(doc.get("description", "")))

@@ -31,8 +31,9 @@ module reads it (never the other way round).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 from fplstudy.config import JUNCTIONS, Config, ConfigError
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from fplstudy.config import StudyError
 from fplstudy.study.params import ScaleParams, load_scale

@@ -31,7 +31,8 @@ refuses an output inside another stage's.)
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -57,7 +58,7 @@ SCALE_COLUMNS = ("model", "strategy", "nodes", "nodes_used", "branches", "juncti
 def _cut_numel(plan) -> int:
     """Elements per sample of the activations that cross the first cut between two nodes (0: none)."""
     chunks = node_chunks(plan, 0)
-    for node, _kind, _profs, shape, received in chunks:
+    for _node, _kind, _profs, shape, received in chunks:
         if received:
             return int(math.prod(shape))
     return 0

@@ -81,7 +81,7 @@ def aggregate(study: Study, runs_dir: str | Path) -> dict[str, pd.DataFrame]:
 def summarize(seeds: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     """One row per plan: mean, sd and Student-t interval of every metric over its completed seeds."""
     rows = []
-    for name, part in seeds.groupby("name", sort=False):
+    for _name, part in seeds.groupby("name", sort=False):
         done = part[part["status"] == "completed"]
         row = {c: part.iloc[0][c] for c in STUDY_COLUMNS}
         row.update(seeds=len(done), branches=int(part.iloc[0]["branches"]))

@@ -134,7 +134,7 @@ class Emulation:
     egress_mbit: tuple[float, ...]
     ingress_mbit: tuple[float, ...]
     profiles: Profiles
-    wiring: "Wiring | None" = None
+    wiring: Wiring | None = None
     site: Topology | None = None
 
     @property

@@ -33,10 +33,11 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 import torch
@@ -93,7 +94,7 @@ class RunFolderError(ValueError):
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C during training; the completed rounds were written. ``outcome`` is the partial result."""
 
-    def __init__(self, outcome: "RunOutcome"):
+    def __init__(self, outcome: RunOutcome):
         super().__init__(outcome.message)
         self.outcome = outcome
 
@@ -228,7 +229,7 @@ class RunFolder:
         self.path, self.resume, self.overwrite = Path(path), resume, overwrite
         self._fd: int | None = None
 
-    def __enter__(self) -> "RunFolder":
+    def __enter__(self) -> RunFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDONLY)
         try:

@@ -54,13 +54,13 @@ DPI = 150  # fixed, so the PNG bytes do not depend on the matplotlib rc of the m
 
 
 def save_figure(fig, path: str | Path, *, tight: bool = False) -> Path | None:
-    """Save ``fig`` as a PNG with a fixed dpi and no software/version metadata (same bytes on every
-    identical run), creating the folder; the file is written whole or not at all (a temporary file
+    """Save ``fig`` (a PNG, or the format of ``path``'s suffix) with a fixed dpi and, for a PNG, no
+    software/version metadata (same bytes on every identical run), creating the folder; the file is written whole or not at all (a temporary file
     renamed). Every figure of fplstudy is saved here. ``fig`` None (no data for it) writes nothing.
 
     Args:
         fig: a matplotlib figure.
-        path: the PNG to write.
+        path: the file to write (``.png``; ``.svg`` and ``.pdf`` too).
         tight: crop to what is drawn (``bbox_inches="tight"``).
 
     Returns:
@@ -70,9 +70,11 @@ def save_figure(fig, path: str | Path, *, tight: bool = False) -> Path | None:
         return None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    kind = path.suffix.lstrip(".").lower() or "png"
+    meta = {"metadata": {"Software": None}} if kind == "png" else {}  # no version stamp: same bytes
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None}, **({"bbox_inches": "tight"} if tight else {}))
+        fig.savefig(tmp, format=kind, dpi=DPI, **meta, **({"bbox_inches": "tight"} if tight else {}))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -13,7 +13,7 @@ import yaml
 
 from fplstudy.config import ConfigError, make_config
 from fplstudy.costs.dryrun import plan_events, round_shapes, shard_sizes
-from fplstudy.costs.ledger import plan_totals as price_events
+from fplstudy.costs.ledger import price as price_events
 from fplstudy.costs.ledger import totals
 from fplstudy.costs.search import (
     data_owners,

@@ -43,7 +43,7 @@ def _refusal(load, params) -> tuple[str, list[str]]:
 ])
 def test_a_bad_config_value_is_refused_alike_in_every_section(key, value, fix):
     shapes = set()
-    for section, path, load in SECTIONS:
+    for _section, path, load in SECTIONS:
         message, frames = _refusal(load, _with(path, key, value))
         where = ".".join(path)
         assert "\n" not in message

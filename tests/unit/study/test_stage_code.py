@@ -33,7 +33,7 @@ def test_every_dvc_stage_lists_exactly_the_code_it_runs():
     stages = stage_deps(ROOT / "dvc.yaml")
     assert set(stages) >= {"check", "code", "train", "aggregate", "tradeoffs", "scale", "dynamics"}
     wrong = []
-    for name, (other, listed, runs) in stages.items():
+    for name, (_other, listed, runs) in stages.items():
         assert len(listed) == len(set(listed)), f"stage {name} lists a dep twice: {listed}"
         if set(listed) != set(runs):
             wrong.append(f"stage {name}: lists {sorted(set(listed) - set(runs))} that it does not run and misses "

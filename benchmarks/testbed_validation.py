@@ -71,7 +71,7 @@ def link_profiles(rates_mbit: list[str]) -> dict:
     src = {"status": "E", "source": "testbed validation setting"}
     return {f"tb{r}": {"description": f"validation link, {r} Mbit/s both ways (TCP goodput), no latency",
                        "up_bps": {"value": float(r) * 1e6, **src}, "down_bps": {"value": float(r) * 1e6, **src},
-                       "tx_j_per_bit": {"value": 0.0, **src}, "rx_j_per_bit": {"value": 0.0, **src}}
+                       "radio": "wired", "tx_w": {"value": 0.0, **src}, "rx_w": {"value": 0.0, **src}}
             for r in rates_mbit}
 
 

@@ -216,7 +216,8 @@ class Config(BaseModel):
     # --- optimisation
     rounds: int = 20  # communication rounds
     local_epochs: int = 1  # passes over its shard by each branch per round
-    batch_size: int = 32  # samples per step per branch
+    batch_size: int = 32  # samples per step per branch (at most; see last_batch)
+    last_batch: Literal["spread", "drop", "keep"] = "spread"  # an epoch of n samples that batch_size does not divide: spread (k = ceil(n / batch_size) batches of floor(n/k) or ceil(n/k) samples), drop (the n mod batch_size left over are left out, PyTorch's drop_last) or keep (a last, smaller batch, PyTorch's default)
     micro_batches: int = 1  # micro-batches per batch (pipelining inside a branch)
     lr: float = 0.05  # SGD learning rate
     momentum: float = 0.0  # SGD momentum (state kept per node, never averaged; see client_optimizer)
@@ -250,7 +251,7 @@ class Config(BaseModel):
     forwarding: Literal["packet", "message"] = "packet"  # on a topology, how relays forward: packet by packet (bits / slowest hop) or whole messages (store-and-forward, Σ hops) (topology.py)
     profiles_file: str | None = None  # YAML file with extra or overriding device/link profiles
     pipeline: Literal["sequential", "gpipe", "1f1b"] = "sequential"  # makespan of a branch's stages
-    network: Literal["links", "star", "inbox"] = "links"  # links: a link per node pair; star: one half-duplex interface per node; inbox: links, a receive posted after the receiver's earlier work (makespan.py)
+    network: Literal["links", "star", "inbox"] = "star"  # star: one half-duplex interface per node (what the emulated testbed validated on a Wi-Fi-like site); links: a link per node pair; inbox: links, a receive posted after the receiver's earlier work (makespan.py)
 
     # --- the distributed backend (ignored by the simulated one)
     distributed_timeout_s: float = 60.0  # longest wait for the rendezvous, one message or one collective (s)

@@ -142,3 +142,18 @@ def test_the_committed_study_is_complete_and_current(tmp_path: Path):
     assert _sh(["git", "status", "--porcelain", "--untracked-files=all"], clone, env) == ""
     assert len(list((clone / "results" / "runs").rglob("metrics.json"))) == len(
         load_study(clone / "params.yaml").plans) * len(load_study(clone / "params.yaml").seeds)
+
+
+def test_the_committed_eight_node_plans_learn_like_the_smaller_ones():
+    """No batching artifact in the committed study: the 8-node plans whose last steps were tiny tail batches
+    (sfl-8-iid seed 4, fpl-8-adapter-iid seed 1) learn, and at 8 nodes a plan's spread over seeds is of the
+    order of the 2- and 4-node plans' (at most 3x the largest of them)."""
+    import pandas as pd
+
+    seeds = pd.read_csv(ROOT / "results" / "seeds.csv").set_index(["name", "seed"])
+    assert seeds.loc[("sfl-8-iid", 4), "test_acc_mean"] >= 0.9
+    assert seeds.loc[("fpl-8-adapter-iid", 1), "test_acc_mean"] >= 0.9
+    sd = seeds.reset_index().groupby(["name", "nodes"])["test_acc_mean"].std().reset_index()
+    iid = sd[sd["name"].str.endswith("-iid")]
+    small, large = iid[iid["nodes"] < 8]["test_acc_mean"].max(), iid[iid["nodes"] == 8]["test_acc_mean"].max()
+    assert large <= 3 * small, iid.sort_values("test_acc_mean").tail(5).to_string()

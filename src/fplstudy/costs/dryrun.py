@@ -121,7 +121,7 @@ def round_shapes(plan: Plan, shard_sizes: list[int]) -> RoundShapes:
     """The :class:`RoundShapes` of ``plan``: each kind of round's program emitted once, each kind of batch
     (branch and micro-batch sizes), relay, sync and catch-up's events once."""
     cfg = plan.config  # what round_batches reads of a plan (Batch is frozen: the lists are shared)
-    key = (tuple(shard_sizes), cfg.batch_size, cfg.local_epochs, cfg.micro_batches, plan.branch_order)
+    key = (tuple(shard_sizes), cfg.batch_size, cfg.last_batch, cfg.local_epochs, cfg.micro_batches, plan.branch_order)
     if key not in _BATCHES:
         _BATCHES[key] = round_batches(plan, shard_sizes)
     batches = _BATCHES[key]

@@ -38,13 +38,15 @@ seconds             float    compute: FLOPs / device FLOP/s + the device's call 
                              path's slowest rate + Σ latency, or with forwarding=message Σ over
                              its hops, store-and-forward), counted at the sender *and* at
                              the receiver (both radios are busy);
-                             idle: round makespan − the time the node computed or communicated
-                             (union of its intervals in the schedule, :mod:`fplstudy.costs.makespan`)
-energy_j            float    compute: active W × seconds (a straggler's: its slowdown times it); message: bits × tx J/bit at the sender,
-                             bits × rx J/bit at the receiver (on a topology: of their own hops; a
-                             plan node that relays it gets a ``relay`` row: both of its hops' joules
-                             and the bytes in bytes_tx and bytes_rx, no seconds: :func:`fplstudy.costs.pricing.message_pricer`);
-                             idle: idle W × seconds
+                             idle: round makespan − the time the node computed (union of its
+                             compute intervals in the schedule, :mod:`fplstudy.costs.makespan`):
+                             waiting, and sending or receiving (the board stays on while the radio works)
+energy_j            float    compute: active W × seconds (a straggler's: its slowdown times it); message: the
+                             radio's tx W × airtime (bits / rate) at the sender, rx W × airtime at the
+                             receiver (on a topology: of their own hops; a plan node that relays it gets a
+                             ``relay`` row: both of its hops' joules and the bytes in bytes_tx and
+                             bytes_rx, no seconds: :func:`fplstudy.costs.pricing.message_pricer`);
+                             idle: the board's idle W × seconds (its radio's power is the message rows')
 round_makespan_s    float    wall-clock length of the round (same on every row of the round)
 run_id              str      in ``ledger.csv`` only: the run's id (:func:`fplstudy.train.results.run_id`)
 ==================  =======  ========================================================================
@@ -52,7 +54,9 @@ run_id              str      in ``ledger.csv`` only: the run's id (:func:`fplstu
 Sums that hold: Σ bytes_tx = Σ bytes_rx = bytes of all messages over the message kinds
 (:data:`fplstudy.plans.events.TRANSFER_KINDS`;
 ``relay`` rows add the bytes forwarded, once out and once in);
-Σ flops = the run's training FLOPs; per node and round, seconds of compute + idle ≤ round makespan (messages may overlap compute).
+Σ flops = the run's training FLOPs; per node and round, seconds of compute + idle = round makespan when its
+compute calls do not overlap (a node's board is priced for every second of the round: active W while it
+computes, idle W otherwise; its radio adds tx or rx W while a message is on the air).
 
 Speed: :func:`price` takes a fast path by default (:class:`Pricer`: a one-pass schedule per round and
 array sums, the same floats as the event-by-event reference, which ``price(..., fast=False)`` keeps);
@@ -225,8 +229,6 @@ def price(plan, events: list[Event], profiles: Profiles | None = None, pipeline:
                 add((rnd, ev.dst, ev.kind), 1, 0, 0, ev.nbytes, s, rx_j)
                 for relay, relay_j in relays:  # forwards it: its bytes both ways, its joules, no seconds
                     add((rnd, relay, "relay"), 1, 0, ev.nbytes, ev.nbytes, 0.0, relay_j)
-                busy[ev.src].append(span)
-                busy[ev.dst].append(span)
         for n in plan.nodes:
             if n.name not in turnout.engaged:
                 continue  # absent, or resting with no part in the round: it waits for nothing
@@ -265,7 +267,8 @@ class Template:
             message: the sender's, then the receiver's, then each relay's ``relay`` share on a topology), in
             event order.
         flops, tx, rx, seconds, energy: the shares (int64, int64, int64, float64, float64).
-        busy_node, busy_task: the node each busy interval belongs to and the task it is.
+        busy_node, busy_task: the node each compute interval belongs to and the task it is (what is left of
+            the round is the node's ``idle`` row).
     """
 
     tasks: list[tuple]
@@ -370,8 +373,6 @@ class Pricer:
             rx += [0, ev.nbytes]
             sec += [s, s]
             energy += [tx_j, rx_j]
-            busy_node += [a, b]
-            busy_task += [j, j]
             for relay, relay_j in relays:  # as the reference adds them (price): no seconds, not busy
                 key.append(self.index[relay] * width + _RELAY)
                 flops.append(0)

@@ -8,16 +8,17 @@ the sum of the rounds' (a round starts when the previous one, sync included, has
 Resources. A node computes one chunk at a time; a node may compute while messages travel. How messages
 share the network is the config key ``network``:
 
-- ``links`` (the default): every directed pair ``src → dst`` has its own link, which carries one message
+- ``links``: every directed pair ``src → dst`` has its own link, which carries one message
   at a time; a node may send to (and receive from) several peers at once, each at the full rate;
-- ``star``: every node reaches the others through one half-duplex interface, as a Wi-Fi station reaches
+- ``star`` (the default): every node reaches the others through one half-duplex interface, as a Wi-Fi station reaches
   its access point: a message occupies its sender's and its receiver's interface, and an interface
   carries one message at a time, in or out. An aggregator that sends the model to N clients sends N
   messages one after the other, and a node does not receive while it sends. (TCP shares an interface
   among concurrent messages instead; the last of them ends at the same time. On the emulated testbed's
   full-duplex shaped links, a node's outgoing queue delays the acknowledgements of what it receives, so
   sending and receiving barely overlap there either: tests/integration/test_testbed.py, README.)
-  This is the network of the emulated testbed on the uniform site (:mod:`fplstudy.testbed.emulation`);
+  This is the network of the emulated testbed on the uniform site (:mod:`fplstudy.testbed.emulation`), the
+  model the testbed's measurements validated (docs/DESIGN.md, *Cost model*), hence the default;
 - ``inbox``: every directed pair has its own link, as in ``links``, and a message starts only once its
   receiver has *posted* its receive: after the receiver's earlier computes and receives of the round, in
   emission order. This is how the ``distributed`` backend runs (each process follows the round program,

@@ -213,14 +213,19 @@ def price_message(link: LinkProfile, nbytes: int, src: Node, dst: Node) -> tuple
 
     Direction: ``down_bps`` when the message goes from the server side to an edge node (:attr:`Node.side`),
     ``up_bps`` otherwise. Every pricing path (:func:`event_costs`, :func:`price`, :class:`Pricer`) calls it.
+    The radio's energy is its power times the message's airtime, ``bits / rate``, at each end (the latency is
+    propagation: no radio works through it). The node's board is priced apart, at its ``idle_w`` for every
+    second it does not compute (the ledger's ``idle`` row), so the radio's power is what sending or receiving
+    adds to it.
 
     Returns:
         ``(seconds, tx_j, rx_j)``: bits / rate + latency (the sender and the receiver are both busy that
-        long), bits × ``tx_j_per_bit`` at the sender, bits × ``rx_j_per_bit`` at the receiver.
+        long), ``tx_w`` × airtime at the sender, ``rx_w`` × airtime at the receiver.
     """
     bits = nbytes * 8
     rate = link.down_bps if src.side == "server" and dst.side == "edge" else link.up_bps
-    return bits / rate + link.latency_s, bits * link.tx_j_per_bit, bits * link.rx_j_per_bit
+    airtime = bits / rate
+    return airtime + link.latency_s, link.tx_w * airtime, link.rx_w * airtime
 
 
 def message_pricer(plan, profiles: Profiles):

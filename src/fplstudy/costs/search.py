@@ -338,7 +338,7 @@ def data_owners(plan: Plan) -> tuple[str, ...]:
 
 
 def _hop_numbers(hops) -> tuple:
-    return tuple((h.rate_bps, h.link.latency_s, h.link.tx_j_per_bit, h.link.rx_j_per_bit) for h in hops)
+    return tuple((h.rate_bps, h.link.latency_s, h.link.tx_w, h.link.rx_w) for h in hops)
 
 
 def _device_numbers(dev):

@@ -35,9 +35,20 @@ Fields (units in the names; every number must lie in the physically plausible ra
   batch sizes) adds its block's seconds to every call of the block; a block it does not name adds none.
   A user file that gives either mapping for an existing profile replaces that profile's whole mapping.
 - link: ``up_bps`` / ``down_bps`` (1..1e13; *up* is every message except those sent from the server
-  side — a trunk stage or the aggregator — to an edge node, which use *down*), ``tx_j_per_bit`` /
-  ``rx_j_per_bit`` (0..1, radio energy at the sender / receiver), ``latency_s`` (0..86400, optional,
-  added to every message).
+  side — a trunk stage or the aggregator — to an edge node, which use *down*), ``tx_w`` / ``rx_w`` (the
+  radio's power while sending / receiving, W, on top of the board's idle power: a message's radio energy is
+  that power times its airtime, bits / rate, at each end), ``radio`` (its class: ``wired``, ``wifi``,
+  ``cellular`` or ``low_power``; a user's new link without one is taken as ``wifi``), ``latency_s``
+  (0..86400, optional, added to every message), ``max_radio_w`` (optional, below). A user's file may give
+  ``tx_j_per_bit`` / ``rx_j_per_bit`` instead of the powers, read as power at the profile's ``up_bps``
+  (status D); energy per bit is otherwise derived (:meth:`LinkProfile.j_per_bit`).
+
+**Plausibility.** Loading refuses a profile no hardware matches, in one line naming the profile, the field,
+the implied figure and the bound (:func:`check_link`, :func:`check_device`): a radio drawing more than its
+class allows (:data:`RADIO_LIMITS`: 2 W wired, 5 W Wi-Fi or cellular, 0.5 W low-power radios), a device above
+:data:`MAX_DEVICE_W` or more efficient than :data:`MAX_FLOPS_PER_J`, or idling above its active power. A
+profile widens a bound only on purpose, with ``max_radio_w`` (link) or ``max_w`` / ``max_flops_per_j``
+(device).
 
 A plan's nodes name their device profile (:attr:`fplstudy.plans.plan.Node.device`); every link of the plan
 uses the profile ``config.link``. :func:`check_profiles` refuses a plan whose profiles are missing or
@@ -65,7 +76,24 @@ DEVICE_FIELDS = {"flops_per_s": True, "active_w": True, "idle_w": True, "memory_
 # unit their numbers take
 BLOCK_MAPS = {"block_flops_per_s": ("flops_per_s", "FLOP/s", "{cnn: {conv1: 1.2e+10, conv2: 4.5e+10}}"),
               "block_call_s": ("call_overhead_s", "seconds per call", "{cnn: {conv1: 2.0e-4, fc1: 5.0e-5}}")}
-LINK_FIELDS = {"up_bps": True, "down_bps": True, "tx_j_per_bit": True, "rx_j_per_bit": True, "latency_s": False}
+LINK_FIELDS = {"up_bps": True, "down_bps": True, "tx_w": True, "rx_w": True, "latency_s": False, "max_radio_w": False}
+DEVICE_FIELDS.update({"max_w": False, "max_flops_per_j": False})
+# Energy per bit, as older profiles and papers give it: read from a user's file and turned into the radio's power
+# at the profile's up_bps (tx_w = tx_j_per_bit x up_bps), the rate the figure is taken to be measured at.
+PER_BIT = {"tx_j_per_bit": "tx_w", "rx_j_per_bit": "rx_w"}
+# radio class -> (the most a radio of the class draws while sending or receiving, W; why). A link profile names
+# its class (``radio``); its tx_w and rx_w must lie below the bound unless it widens it with ``max_radio_w``.
+RADIO_LIMITS: dict[str, tuple[float, str]] = {
+    "wired": (2.0, "an Ethernet PHY draws well under a watt per port"),
+    "wifi": (5.0, "Wi-Fi NICs and phone radios draw about 1-2 W while sending"),
+    "cellular": (5.0, "an LTE or 5G handset radio draws a few W at full uplink power"),
+    "low_power": (0.5, "BLE, Zigbee and LoRa radios draw tens of mW, about 0.4 W at LoRa's +20 dBm"),
+}
+# The physical bounds of a device unless its profile widens them (``max_w``, ``max_flops_per_j``): one board or
+# accelerator draws at most MAX_DEVICE_W, and no chip trains at more than MAX_FLOPS_PER_J (about 10x today's
+# best accelerators at low precision).
+MAX_DEVICE_W = 2000.0
+MAX_FLOPS_PER_J = 1.0e13
 SECTIONS = {"devices": DEVICE_FIELDS, "links": LINK_FIELDS}
 
 # field -> (lowest, highest, unit and why): physically plausible ranges. With them every time and
@@ -81,13 +109,18 @@ BOUNDS: dict[str, dict[str, tuple[float, float, str]]] = {
         "cold_factor": (0.0, 100.0, "times a call's seconds, up to 100 (a call 101x slower cold than warm)"),
         "cold_s": (0.0, 3600.0, "s per compute call, up to an hour"),
         "batch_s": (0.0, 3600.0, "s per batch, up to an hour"),
+        "max_w": (0.0, 1e6, "W, a widened bound on active_w"),
+        "max_flops_per_j": (0.0, 1e18, "FLOP/J, a widened bound on flops_per_s / active_w"),
     },
     "links": {
         "up_bps": (1.0, 1e13, "bit/s, from the slowest LoRa setting to a 10 Tbit/s link"),
         "down_bps": (1.0, 1e13, "bit/s, from the slowest LoRa setting to a 10 Tbit/s link"),
-        "tx_j_per_bit": (0.0, 1.0, "J/bit; LoRa, the costliest radio, spends about 1e-3"),
-        "rx_j_per_bit": (0.0, 1.0, "J/bit; LoRa, the costliest radio, spends about 1e-3"),
+        "tx_w": (0.0, 1e4, "W of radio power while sending"),
+        "rx_w": (0.0, 1e4, "W of radio power while receiving"),
         "latency_s": (0.0, 86_400.0, "s per message, up to a day"),
+        "max_radio_w": (0.0, 1e4, "W, a widened bound on tx_w and rx_w"),
+        "tx_j_per_bit": (0.0, 1.0, "J/bit at up_bps"),
+        "rx_j_per_bit": (0.0, 1.0, "J/bit at up_bps"),
     },
 }
 
@@ -130,6 +163,8 @@ class DeviceProfile:
     batch_s: float = 0.0
     block_flops_per_s: dict[str, dict[str, float]] = field(default_factory=dict, hash=False)
     block_call_s: dict[str, dict[str, float]] = field(default_factory=dict, hash=False)
+    max_w: float | None = None
+    max_flops_per_j: float | None = None
     description: str = ""
     status: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     source: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -137,17 +172,29 @@ class DeviceProfile:
 
 @dataclass(frozen=True)
 class LinkProfile:
-    """A link: rates up and down, radio energy per bit at each end, fixed per-message latency."""
+    """A link: rates up and down, the radio's power while sending and while receiving (on top of its node's
+    board, see :func:`fplstudy.costs.pricing.price_message`), fixed per-message latency.
+
+    A message's radio energy is that power times its airtime (bits / rate) at each end; energy per bit is
+    derived (:meth:`j_per_bit`), never given: a constant J/bit measured at a few Mbit/s implies an impossible
+    power at hundreds."""
 
     name: str
     up_bps: float
     down_bps: float
-    tx_j_per_bit: float
-    rx_j_per_bit: float
+    tx_w: float
+    rx_w: float
     latency_s: float = 0.0
+    radio: str = "wifi"
+    max_radio_w: float | None = None
     description: str = ""
     status: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     source: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def j_per_bit(self, up: bool = True) -> tuple[float, float]:
+        """``(tx J/bit, rx J/bit)`` of a message sent at ``up_bps`` (``up``) or ``down_bps``: power / rate."""
+        rate = self.up_bps if up else self.down_bps
+        return self.tx_w / rate, self.rx_w / rate
 
 
 @dataclass(frozen=True)
@@ -222,6 +269,19 @@ def _read_entry(file: Path, section: str, name: str, entry: Any, base: dict | No
         if key == "description":
             out["description"] = str(raw)
             continue
+        if section == "links" and key == "radio":
+            if raw not in RADIO_LIMITS:
+                raise ProfileError(file, where, raw, f"radio class must be one of {', '.join(RADIO_LIMITS)} (it sets "
+                                                     "the bound on tx_w and rx_w)")
+            out["radio"] = raw
+            continue
+        if section == "links" and key in PER_BIT:
+            if require_sources:
+                raise ProfileError(file, where, raw, f"a shipped profile gives {PER_BIT[key]} (the radio's power, W)")
+            per_bit = out.setdefault("_per_bit", {})
+            per_bit[key] = check_number(file, where, raw["value"] if isinstance(raw, dict) and "value" in raw
+                                        else raw, BOUNDS[section][key])
+            continue
         if key not in fields_spec:
             raise ProfileError(file, where, raw, f"unknown field; known fields: description, {', '.join(fields_spec)}")
         status, source = "U", "user file"
@@ -246,11 +306,74 @@ def _read_entry(file: Path, section: str, name: str, entry: Any, base: dict | No
         out[key] = _block_map(file, where, key, raw) if key in BLOCK_MAPS else check_number(file, where, raw,
                                                                                        BOUNDS[section][key])
         out["status"][key], out["source"][key] = str(status), str(source)
+    if section == "links":
+        _per_bit_to_power(file, name, out, set(entry))
+        if "radio" not in out and require_sources:
+            raise ProfileError(file, f"links.{name}.radio", None, f"missing; name the radio class, one of "
+                                                                  f"{', '.join(RADIO_LIMITS)} (it bounds tx_w and rx_w)")
+        out.setdefault("radio", "wifi")  # a user's new link without a class: the bound of a Wi-Fi radio
     for key, required in fields_spec.items():
         if required and key not in out:
             raise ProfileError(file, f"{section}.{name}.{key}", None,
                                "missing; every profile needs " + ", ".join(k for k, r in fields_spec.items() if r))
+    (check_link if section == "links" else check_device)(file, name, out)
     return out
+
+
+def _per_bit_to_power(file: Path, name: str, out: dict, given: set) -> None:
+    """Energy per bit from a user's file as the radio's power at the profile's ``up_bps`` (status D)."""
+    per_bit = out.pop("_per_bit", {})
+    for key, value in per_bit.items():
+        power = PER_BIT[key]
+        if power in given:
+            raise ProfileError(file, f"links.{name}.{key}", value, f"give {power} or {key}, not both")
+        if "up_bps" not in out:
+            raise ProfileError(file, f"links.{name}.{key}", value, "needs up_bps, the rate it is read at")
+        out[power] = value * out["up_bps"]
+        out["status"][power] = "D"
+        out["source"][power] = f"{key} {value:g} x up_bps {out['up_bps']:g} (user file)"
+        out.setdefault("_from", {})[power] = (key, value)
+
+
+def check_link(file: str | Path, name: str, fields: dict) -> None:
+    """Refuse a link whose radio would draw more than a radio of its class can (:data:`RADIO_LIMITS`, or the
+    profile's own ``max_radio_w``), naming the profile, the field, the implied power and the bound."""
+    limit, why = RADIO_LIMITS[fields.get("radio", "wifi")]
+    if fields.get("max_radio_w") is not None:
+        limit, why = fields["max_radio_w"], "the profile's own max_radio_w"
+    given = fields.pop("_from", {})
+    for key, what in (("tx_w", "transmit"), ("rx_w", "receive")):
+        if fields.get(key) is not None and fields[key] > limit:
+            field_name, raw = given.get(key, (key, fields[key]))
+            implied = (f"at up_bps {fields['up_bps']:.3g} bit/s this is {fields[key]:.3g} W of {what} power"
+                       if key in given else f"{fields[key]:.3g} W of {what} power")
+            raise ProfileError(file, f"links.{name}.{field_name}", raw,
+                               f"{implied}, above {limit:g} W ({fields.get('radio', 'wifi')} radio: {why}); give the "
+                               f"radio's power while it {'sends' if key == 'tx_w' else 'receives'} (W, from a datasheet or a "
+                               "measurement), or widen the bound on purpose with max_radio_w")
+
+
+def check_device(file: str | Path, name: str, fields: dict) -> None:
+    """Refuse a device whose power or efficiency no hardware reaches: ``active_w`` above :data:`MAX_DEVICE_W`
+    (or its ``max_w``), ``idle_w`` above ``active_w``, ``flops_per_s / active_w`` above :data:`MAX_FLOPS_PER_J`
+    (or its ``max_flops_per_j``); the message names the profile, the field, the implied figure and the bound."""
+    if "active_w" not in fields:
+        return
+    max_w = fields.get("max_w") or MAX_DEVICE_W
+    if fields["active_w"] > max_w:
+        raise ProfileError(file, f"devices.{name}.active_w", fields["active_w"],
+                           f"above {max_w:g} W, more than one board or accelerator draws; fix it, or widen the bound "
+                           "on purpose with max_w")
+    if fields.get("idle_w", 0.0) > fields["active_w"]:
+        raise ProfileError(file, f"devices.{name}.idle_w", fields["idle_w"],
+                           f"above active_w ({fields['active_w']:g} W): a device draws more while computing than "
+                           "while waiting")
+    bound = fields.get("max_flops_per_j") or MAX_FLOPS_PER_J
+    if fields["active_w"] > 0 and fields.get("flops_per_s", 0.0) / fields["active_w"] > bound:
+        raise ProfileError(file, f"devices.{name}.flops_per_s", fields["flops_per_s"],
+                           f"at active_w {fields['active_w']:g} W this is {fields['flops_per_s'] / fields['active_w']:.3g} "
+                           f"FLOP/J, above {bound:g} FLOP/J (about 10x the best accelerators); fix it, or widen the "
+                           "bound on purpose with max_flops_per_j")
 
 
 def _read_file(file: Path, merged: dict[str, dict[str, dict]], require_sources: bool) -> None:

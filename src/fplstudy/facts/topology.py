@@ -20,7 +20,7 @@ A topology file (YAML) describes a site:
 A ``between: [a, b]`` link is both directions of one link profile: ``a -> b`` at its ``up_bps`` (``a`` is
 the lower end: a station's uplink to its access point), ``b -> a`` at its ``down_bps``. A ``from/to`` link
 is one direction, at the profile's ``up_bps`` or ``down_bps`` (``rate``). A link field (``up_bps``,
-``down_bps``, ``tx_j_per_bit``, ``rx_j_per_bit``, ``latency_s``) given in the entry overrides the profile's, a
+``down_bps``, ``tx_w``, ``rx_w``, ``latency_s``) given in the entry overrides the profile's, a
 device field given in a node's entry the device profile's (status ``U``, the topology as source), each in
 the range :data:`fplstudy.facts.profiles.BOUNDS` allows. No two entries may give the same direction of the same
 pair. ``description`` and ``source`` say what the site is and where its shape comes from.
@@ -38,8 +38,9 @@ hops (ties: the least seconds per bit, then the names in order). How long it tak
   application-level relay — a broker, a gateway that stores a model and forwards it — does), so it takes
   ``Σ_hops (bits / rate_h + latency_h)``.
 
-Either way every hop carries the whole message: each hop spends ``bits × tx_j_per_bit`` at its sending end
-and ``bits × rx_j_per_bit`` at its receiving end (a relay in the middle of the path spends both). A path of
+Either way every hop carries the whole message: each hop spends its radio's ``tx_w`` over the hop's airtime
+(``bits / rate``) at its sending end and ``rx_w`` over it at its receiving end (a relay in the middle of the
+path spends both). A path of
 one hop is priced exactly as :func:`fplstudy.costs.pricing.price_message` prices a message on one link (same float
 operations), so a topology that links every pair of nodes directly with one profile — directed the way the
 shorthand keys direct it (:func:`uniform_links`) — is the uniform site of the config keys ``link`` and
@@ -191,8 +192,8 @@ def price_path(hops: tuple[Hop, ...], nbytes: int, forwarding: str = "packet"
             Σ over hops of bits / rate + latency); see the module docstring.
 
     Returns:
-        ``(seconds, tx_j, rx_j)``: the message's seconds; per point, the joules it spends sending (bits ×
-        ``tx_j_per_bit`` of each hop it sends on) and receiving (bits × ``rx_j_per_bit``).
+        ``(seconds, tx_j, rx_j)``: the message's seconds; per point, the joules it spends sending (``tx_w`` ×
+        the airtime ``bits / rate`` of each hop it sends on) and receiving (``rx_w`` × that hop's airtime).
     """
     bits = nbytes * 8
     seconds = 0.0
@@ -203,8 +204,9 @@ def price_path(hops: tuple[Hop, ...], nbytes: int, forwarding: str = "packet"
             seconds += bits / hop.rate_bps + hop.link.latency_s
         else:
             seconds += hop.link.latency_s
-        tx[hop.src] = tx.get(hop.src, 0.0) + bits * hop.link.tx_j_per_bit
-        rx[hop.dst] = rx.get(hop.dst, 0.0) + bits * hop.link.rx_j_per_bit
+        airtime = bits / hop.rate_bps
+        tx[hop.src] = tx.get(hop.src, 0.0) + hop.link.tx_w * airtime
+        rx[hop.dst] = rx.get(hop.dst, 0.0) + hop.link.rx_w * airtime
     if forwarding != "message" and hops:
         seconds = bits / min(hop.rate_bps for hop in hops) + seconds  # one hop: bits / rate + latency, as price_message
     return seconds, tx, rx

@@ -37,12 +37,15 @@ ELEMENT_BYTES = {"float32": 4, "int64": 8}
 
 @dataclass(frozen=True)
 class Batch:
-    """One step of a round: a batch of ``size`` samples of ``branch`` (-1: every branch, lockstep)."""
+    """One step of a round: a batch of ``size`` samples of ``branch`` (-1: every branch, lockstep), the
+    samples ``start .. start + size`` of the branch's order for the round (its local epochs one after the
+    other, each a permutation of its shard)."""
 
     step: int
     branch: int
     size: int
     micro_sizes: tuple[int, ...]
+    start: int = 0
 
 
 @dataclass(frozen=True)
@@ -60,8 +63,21 @@ def _micro_sizes(size: int, parts: int) -> tuple[int, ...]:
     return tuple(int(len(a)) for a in np.array_split(np.arange(size), parts) if len(a))
 
 
-def _epoch_sizes(n: int, batch_size: int) -> list[int]:
-    return [batch_size] * (n // batch_size) + ([n % batch_size] if n % batch_size else [])
+def epoch_sizes(n: int, batch_size: int, last_batch: str = "spread") -> list[int]:
+    """The batch sizes of one epoch over ``n`` samples (the config key ``last_batch``).
+
+    ``spread``: ``k = ceil(n / batch_size)`` batches, the first ``n mod k`` of ``ceil(n / k)`` samples and the
+    others of ``floor(n / k)``, so no batch is a small tail (205 samples at 32: 30, 30, 29, 29, 29, 29, 29);
+    ``drop``: ``floor(n / batch_size)`` full batches, the rest left out (at least one batch: all ``n`` when
+    ``n < batch_size``); ``keep``: full batches, then one of ``n mod batch_size``.
+    """
+    if n <= batch_size:
+        return [n] if n else []
+    if last_batch == "spread":
+        k = -(-n // batch_size)
+        return [n // k + 1] * (n % k) + [n // k] * (k - n % k)
+    full = [batch_size] * (n // batch_size)
+    return full + ([n % batch_size] if n % batch_size and last_batch == "keep" else [])
 
 
 def round_batches(plan, shard_sizes: list[int]) -> list[Batch]:
@@ -75,16 +91,20 @@ def round_batches(plan, shard_sizes: list[int]) -> list[Batch]:
         Batches; steps are numbered 0.. in execution order.
     """
     cfg = plan.config
-    per_branch = [_epoch_sizes(n, cfg.batch_size) * cfg.local_epochs for n in shard_sizes]
-    order: list[tuple[int, int]] = []
+    per_branch = []  # per branch: (size, start) of its batches, epoch after epoch
+    for n in shard_sizes:
+        sizes = epoch_sizes(n, cfg.batch_size, cfg.last_batch)
+        starts = [e * n + sum(sizes[:i]) for e in range(cfg.local_epochs) for i in range(len(sizes))]
+        per_branch.append(list(zip(sizes * cfg.local_epochs, starts)))
+    order: list[tuple[int, tuple[int, int]]] = []
     if plan.branch_order == "lockstep":
-        order = [(-1, s) for s in per_branch[0]]
+        order = [(-1, b) for b in per_branch[0]]
     elif plan.branch_order == "turns":
-        order = [(d, s) for d, sizes in enumerate(per_branch) for s in sizes]
+        order = [(d, b) for d, batches in enumerate(per_branch) for b in batches]
     else:
         for p in range(max(len(s) for s in per_branch)):
-            order += [(d, sizes[p]) for d, sizes in enumerate(per_branch) if p < len(sizes)]
-    return [Batch(k, d, s, _micro_sizes(s, cfg.micro_batches)) for k, (d, s) in enumerate(order)]
+            order += [(d, batches[p]) for d, batches in enumerate(per_branch) if p < len(batches)]
+    return [Batch(k, d, s, _micro_sizes(s, cfg.micro_batches), start) for k, (d, (s, start)) in enumerate(order)]
 
 
 def branch_chain(plan, d: int) -> list[Chunk]:

@@ -584,7 +584,6 @@ def train(plan: Plan, transport: Transport | None = None, *, progress: bool = Fa
         for rnd in range(len(rows), cfg.rounds):
             order = [_shuffled(sh, cfg, rnd, 0 if plan.branch_order == "lockstep" else d)
                      for d, sh in enumerate(shards)]
-            pos = [0] * len(shards)
             losses = []
             turnout = turnouts[rnd] if turnouts is not None else None
             for item in round_program(plan, batches, rnd, chains, programs, turnout):
@@ -599,8 +598,7 @@ def train(plan: Plan, transport: Transport | None = None, *, progress: bool = Fa
                     continue
                 batch = item.batch
                 d = 0 if batch.branch < 0 else batch.branch
-                idx = order[d][pos[d]:pos[d] + batch.size]
-                pos[d] += batch.size
+                idx = order[d][batch.start:batch.start + batch.size]
                 x, y = split.x_train[idx], split.y_train[idx]
                 if plan.branch_order == "lockstep":
                     xs = [x[:, :, v[0]:v[1]] for v in views]

@@ -167,7 +167,7 @@ TOY_PROFILES = """
 devices:
   toy: {flops_per_s: 1000, active_w: 2.0, idle_w: 0.5}
 links:
-  toylink: {up_bps: 800, down_bps: 1600, tx_j_per_bit: 1.0e-3, rx_j_per_bit: 5.0e-4, latency_s: 0.5}
+  toylink: {radio: wifi, up_bps: 800, down_bps: 1600, tx_w: 0.8, rx_w: 0.4, latency_s: 0.5}
 """
 
 
@@ -193,18 +193,19 @@ def test_energy_and_time_arithmetic_by_hand(toy_file):
     assert rows["n0", "activations"].bytes_tx == 64 and rows["n1", "activations"].bytes_rx == 64
     assert rows["n0", "activations"].seconds == pytest.approx(1.14)
     assert rows["n1", "activations"].seconds == pytest.approx(1.14)
-    assert rows["n0", "activations"].energy_j == pytest.approx(512 * 1e-3)  # sender: tx J/bit
-    assert rows["n1", "activations"].energy_j == pytest.approx(512 * 5e-4)  # receiver: rx J/bit
+    assert rows["n0", "activations"].energy_j == pytest.approx(0.8 * 512 / 800)  # sender: tx W x airtime
+    assert rows["n1", "activations"].energy_j == pytest.approx(0.4 * 512 / 800)  # receiver: rx W x airtime
     assert rows["n1", "forward"].energy_j == pytest.approx(2.0 * 0.32)
     makespan = 2.048 + 1.14 + 0.32
     assert ledger["round_makespan_s"].tolist() == pytest.approx([makespan] * len(ledger))
-    assert rows["n0", "idle"].seconds == pytest.approx(0.32)  # waits while n1 computes
-    assert rows["n0", "idle"].energy_j == pytest.approx(0.5 * 0.32)
-    assert rows["n1", "idle"].seconds == pytest.approx(2.048)
-    assert rows["n1", "idle"].energy_j == pytest.approx(0.5 * 2.048)
+    # the board at idle W for every second its node does not compute: sending or receiving, then waiting
+    assert rows["n0", "idle"].seconds == pytest.approx(1.14 + 0.32)
+    assert rows["n0", "idle"].energy_j == pytest.approx(0.5 * (1.14 + 0.32))
+    assert rows["n1", "idle"].seconds == pytest.approx(2.048 + 1.14)
+    assert rows["n1", "idle"].energy_j == pytest.approx(0.5 * (2.048 + 1.14))
     tot = totals(plan, ledger)
-    assert tot["energy_j"] == pytest.approx(4.096 + 0.512 + 0.256 + 0.64 + 0.16 + 1.024)
-    assert tot["energy_j_max_node"] == pytest.approx(4.096 + 0.512 + 0.16)
+    assert tot["energy_j"] == pytest.approx(4.096 + 0.512 + 0.256 + 0.64 + 0.5 * 1.46 + 0.5 * 3.188)
+    assert tot["energy_j_max_node"] == pytest.approx(4.096 + 0.512 + 0.5 * 1.46)
     assert tot["makespan_s"] == pytest.approx(makespan)
     assert tot["bytes_total"] == 64 and tot["flops_total"] == 2048 + 320
 
@@ -220,7 +221,7 @@ def test_server_to_edge_messages_use_the_down_rate(toy_file):
     assert secs["n0", "gradients"] == pytest.approx(512 / 1600 + 0.5)
 
 
-TOYLINK = LinkProfile("toylink", up_bps=800, down_bps=1600, tx_j_per_bit=1.0e-3, rx_j_per_bit=5.0e-4, latency_s=0.5)
+TOYLINK = LinkProfile("toylink", up_bps=800, down_bps=1600, tx_w=0.8, rx_w=0.4, latency_s=0.5)
 EDGE, EDGE2 = Node("n0", "branch", "toy", branch=0, stage=0), Node("n1", "branch", "toy", branch=1, stage=0)
 TRUNK, AGG = Node("n2", "trunk", "toy", stage=0), Node("n3", "aggregator", "toy", aggregates=True)
 
@@ -231,8 +232,9 @@ TRUNK, AGG = Node("n2", "trunk", "toy", stage=0), Node("n3", "aggregator", "toy"
     (TRUNK, AGG, 800), (AGG, TRUNK, 800),  # between server-side nodes: up
 ])
 def test_one_message_is_priced_by_the_sides_of_its_ends(src, dst, rate):
-    # 64 bytes = 512 bits: bits / rate + latency at both ends, tx J/bit at the sender, rx J/bit at the receiver
-    assert price_message(TOYLINK, 64, src, dst) == (512 / rate + 0.5, 512 * 1.0e-3, 512 * 5.0e-4)
+    # 64 bytes = 512 bits: bits / rate + latency at both ends, tx W x airtime at the sender, rx W x airtime at the
+    # receiver (the airtime is bits / rate: no radio works through the latency)
+    assert price_message(TOYLINK, 64, src, dst) == (512 / rate + 0.5, 0.8 * (512 / rate), 0.4 * (512 / rate))
 
 
 def test_one_compute_call_is_flops_over_rate_plus_the_call_overhead():

@@ -17,9 +17,9 @@ from fplstudy.plans.events import Compute, Transfer
 from fplstudy.plans.plan import resolve
 
 HAND = {"links": {
-    "radio": {"up_bps": 1.0e6, "down_bps": 2.0e6, "tx_j_per_bit": 1.0e-7, "rx_j_per_bit": 5.0e-8, "latency_s": 0.01},
-    "wire": {"up_bps": 1.0e7, "down_bps": 1.0e7, "tx_j_per_bit": 1.0e-9, "rx_j_per_bit": 2.0e-9, "latency_s": 0.001},
-    "fibre": {"up_bps": 1.0e8, "down_bps": 1.0e8, "tx_j_per_bit": 0.0, "rx_j_per_bit": 0.0}}}
+    "radio": {"up_bps": 1.0e6, "down_bps": 2.0e6, "tx_w": 0.1, "rx_w": 0.05, "latency_s": 0.01},
+    "wire": {"up_bps": 1.0e7, "down_bps": 1.0e7, "tx_w": 0.01, "rx_w": 0.02, "latency_s": 0.001},
+    "fibre": {"up_bps": 1.0e8, "down_bps": 1.0e8, "tx_w": 0.0, "rx_w": 0.0}}}
 THREE_HOPS = {  # s0 -radio- ap -wire- gw -fibre- srv; ap is a site (computes nothing)
     "nodes": {"s0": {"device": "rpi4"}, "gw": {"device": "jetson_orin_nano"}, "srv": {"device": "minipc"}},
     "sites": ["ap"],
@@ -66,10 +66,11 @@ def test_three_hops_in_the_ledger_by_hand(tmp_path, forwarding):
         for i, v in enumerate((count, tx, rx, s, e)):
             row[i] += v
 
-    routes = {("n0", "n1"): ([(1e6, 0.01), (1e7, 0.001), (1e8, 0.0)], 1e-7, 0.0, 2e-9 + 0.0),
-              ("n1", "n0"): ([(1e8, 0.0), (1e7, 0.001), (2e6, 0.01)], 0.0, 5e-8, 0.0 + 1e-9),
+    # (hops, then J/bit = power / the hop's rate: at the sender, at the receiver, at the relay n2 on gw)
+    routes = {("n0", "n1"): ([(1e6, 0.01), (1e7, 0.001), (1e8, 0.0)], 0.1 / 1e6, 0.0, 0.02 / 1e7 + 0.0),
+              ("n1", "n0"): ([(1e8, 0.0), (1e7, 0.001), (2e6, 0.01)], 0.0, 0.05 / 2e6, 0.0 + 0.01 / 1e7),
               ("n1", "n2"): ([(1e8, 0.0)], 0.0, 0.0, None), ("n2", "n1"): ([(1e8, 0.0)], 0.0, 0.0, None),
-              ("n0", "n2"): ([(1e6, 0.01), (1e7, 0.001)], 1e-7, 2e-9, None)}  # the labels, past the site ap
+              ("n0", "n2"): ([(1e6, 0.01), (1e7, 0.001)], 0.1 / 1e6, 0.02 / 1e7, None)}  # the labels, past the site ap
     relayed = 0
     for ev in events:
         if not isinstance(ev, Transfer):

@@ -163,19 +163,20 @@ SNAPSHOT_PLANS = {
                          pipeline="gpipe"),
     "mp-star-overhead": dict(strategy="mp", nodes=4, network="star", device="slowcall", server_device="slowcall"),
 }
-# sha256 (first 16 hex digits) of each plan's ledger as ledger.csv writes it (%.17g), priced by the code before
-# block rates existed (commit 707fe96: seconds = flops / flops_per_s + call_overhead_s); fast, reference and
-# price_plan gave the same bytes then
+# sha256 (first 16 hex digits) of each plan's ledger as ledger.csv writes it (%.17g) under the no-rates formula
+# (seconds = flops / flops_per_s + call_overhead_s); fast, reference and price_plan give the same bytes. Pinned to
+# the current pricing rules (radio energy at power x airtime, the board's idle power while its radio works, spread
+# batches, the star network); a rule changed on purpose re-pins it.
 SNAPSHOT = {
-    "centralized": "35fed9e4efc224e8",
-    "fl-every2": "9c60efeb880cb27d",
-    "mp-1f1b-m4": "8f9855b3778c4dac",
-    "sl": "0129f7c5682e7b0a",
-    "sfl": "4ad38f200ad1ea20",
-    "fpl": "c6c1a59be70e220d",
-    "fpl-concat": "5e26e491ac418602",
-    "fpl-relay-m2": "8450e855e6554d1d",
-    "mp-star-overhead": "dcb1bc512394bf3f",
+    "centralized": "d20c0fff3f5ca413",
+    "fl-every2": "c3654a4fcd4bff4c",
+    "mp-1f1b-m4": "9594a74278e071e7",
+    "sl": "a76a8be69c441740",
+    "sfl": "91bc7bca0bfe5111",
+    "fpl": "94c6c951ffdc6658",
+    "fpl-concat": "44357eadfe1f244c",
+    "fpl-relay-m2": "3edff18dd1cc60b5",
+    "mp-star-overhead": "19d5dac4808881b1",
 }
 SLOWCALL = "devices:\n  slowcall: {flops_per_s: 3.0e+9, active_w: 1.5, idle_w: 0.3, call_overhead_s: 0.0007}\n"
 

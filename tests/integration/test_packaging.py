@@ -34,3 +34,14 @@ def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in readme and re.search(r"^make test$", ci, re.M)
+
+
+def test_the_docs_speak_of_the_project_only():
+    """README, docs and the pipeline's files describe what the project does, never how it was built; and the
+    README stays a front page (depth lives in docs/)."""
+    texts = {p: p.read_text() for p in [ROOT / "README.md", ROOT / "params.yaml", ROOT / "dvc.yaml",
+                                        *sorted((ROOT / "docs").glob("*.md"))]}
+    history = re.compile(r"\bstop \d+|\bissue \d+|\breview mend\b|\bmain's model\b", re.I)
+    found = [f"{p.name}: {m.group(0)}" for p, text in texts.items() for m in history.finditer(text)]
+    assert not found, found
+    assert len(texts[ROOT / "README.md"].splitlines()) <= 300

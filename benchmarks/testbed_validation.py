@@ -32,6 +32,9 @@ the uniform links of ``--rates``: its nodes' devices, each link its own shaped p
 as routers (``fplstudy.testbed.emulation``, *On a topology*); a run whose plan has more nodes than the site is listed
 as not run.
 
+Out of sample (a model, a dataset, a batch size and links no rule of the model was designed on):
+``--dataset mnist5k --model lenet5 --batch-size 64 --rates 5,50``.
+
 Run: ``python benchmarks/testbed_validation.py --out runs/validation [--strategies fl,mp] [--nodes 2,4,8]
 [--rates 10,100 | --topology FILE] [--cpu cfs|dilate] [--concurrency plan|hosts] [--rounds 3] [--batch-size 128]
 [--fit-batch 32] [--cold-wait 0.05] [--after-wait 0] [--profiles host.yaml]``.
@@ -102,6 +105,8 @@ def main() -> int:
     ap.add_argument("--cpu", default="cfs", choices=["cfs", "dilate"], help="the config key testbed_cpu")
     ap.add_argument("--rounds", type=int, default=3, help="rounds per run; round 0 is the warm-up")
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--dataset", default="digits", help="the dataset of every run (an out-of-sample check: mnist5k)")
+    ap.add_argument("--model", default="cnn", help="the model of every run, calibrated as such (e.g. lenet5)")
     ap.add_argument("--profiles", help="an existing calibration file (default: calibrate now)")
     ap.add_argument("--after-wait", type=float, default=0.0, metavar="S",
                     help="calibrate with S seconds of idle before each call (default 0: the tight-loop rate, as a "
@@ -138,7 +143,7 @@ def main() -> int:
         if hosts not in calibrations:
             path = out / f"profiles-{hosts}.yaml"
             path.write_text(base.read_text())
-            row = calibrate(path, models=["cnn"], batch_size=args.batch_size, seconds=10.0, wait_s=args.after_wait,
+            row = calibrate(path, models=[args.model], batch_size=args.batch_size, seconds=10.0, wait_s=args.after_wait,
                             processes=hosts, clock="cpu" if args.cpu == "dilate" else "wall",
                             fit_batch=args.fit_batch or None, cold_wait_s=args.cold_wait)[0]  # keeps the links
             fixed = sum(row.get("block_call_s", {}).values())
@@ -167,7 +172,8 @@ def main() -> int:
             for mbit in args.rates.split(",") if not args.topology else ["nan"]:
                 name = f"{strategy}-{nodes}-" + (f"{mbit}mbit" if not args.topology else Path(args.topology).stem)
                 values = dict(strategy=strategy, nodes=nodes, link=f"tb{mbit}", rounds=args.rounds,
-                              batch_size=args.batch_size, profiles_file=str(base), testbed_cpu=args.cpu)
+                              batch_size=args.batch_size, profiles_file=str(base), testbed_cpu=args.cpu,
+                              dataset=args.dataset, model=args.model)
                 if args.topology:
                     values |= {"topology": args.topology, "link": "wifi5"}  # link: unused on a topology
                 try:

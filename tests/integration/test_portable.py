@@ -30,7 +30,8 @@ pytestmark = [pytest.mark.slow,
                                  reason="qemu-x86_64 missing: apt-get install qemu-user (as root) to emulate another CPU")]
 
 ROOT = Path(__file__).resolve().parents[2]
-RUN = ("import sys, torch; torch.set_num_threads(1); from fplstudy import config, study; "
+RUN = ("import sys, torch; torch.set_num_threads(1); from fplstudy import config; "
+       "from fplstudy.study.pool import run_plan; "
        "cfg = config.make_config({'strategy': 'fpl', 'nodes': 4, 'rounds': 2, 'max_train_samples': 120}); "
        "run_plan(cfg, sys.argv[1]); print(torch.backends.cpu.get_cpu_capability())")
 
@@ -79,7 +80,8 @@ def test_sse41_kernels_give_the_same_bytes_on_a_cpu_without_avx(tmp_path: Path):
     assert here == there
 
 
-REFUSE = ("import sys; from fplstudy import config, study\n"
+REFUSE = ("import sys; from fplstudy import config\n"
+          "from fplstudy.config import StudyError\nfrom fplstudy.study.pool import train_runs\n"
           "cfg = config.make_config({'strategy': 'fpl', 'nodes': 4, 'rounds': 2, 'max_train_samples': 120})\n"
           "try:\n    train_runs([(cfg, sys.argv[1], 'fpl')], kernels='avx2')\n"
           "except StudyError as exc:\n    print(exc, file=sys.stderr); sys.exit(2)")

@@ -171,7 +171,8 @@ def code_hash_of(package: Path) -> str:
 def normalized_code(path: Path) -> bytes:
     """What a file contributes to the code hash: for Python, its syntax tree without docstrings, written
     back by :func:`ast.unparse` (comments and layout do not survive the parse); for YAML data, its content
-    as canonical JSON (comments and key order left out); other files as they are.
+    as canonical JSON (comments and key order left out) without its prose (:data:`PROSE_KEYS`: sources,
+    status letters, descriptions); other files as they are.
 
     The syntax tree is used rather than compiled code objects because bytecode differs between Python
     versions and carries line numbers (a docstring that grows by a line would move every line after it).
@@ -188,8 +189,23 @@ def normalized_code(path: Path) -> bytes:
                 node.body = body[1:] or [ast.Pass()]
         return ast.unparse(tree).encode()
     if path.suffix in (".yaml", ".yml"):
-        return json.dumps(yaml.safe_load(text), sort_keys=True, default=str).encode()
+        return json.dumps(_without_prose(yaml.safe_load(text)), sort_keys=True, default=str).encode()
     return text
+
+
+# Keys of a profile or topology file that say where a number comes from and what it is, never what a run
+# computes: a reworded source, a new status letter or a clearer description keeps the study's runs as they are.
+PROSE_KEYS = frozenset({"source", "status", "description"})
+
+
+def _without_prose(data):
+    """``data`` (parsed YAML) without the :data:`PROSE_KEYS` whose value is text, at any depth (a node
+    or a device that happens to be called ``source`` maps to a mapping, and is kept)."""
+    if isinstance(data, dict):
+        return {k: _without_prose(v) for k, v in data.items() if not (k in PROSE_KEYS and isinstance(v, str))}
+    if isinstance(data, list):
+        return [_without_prose(v) for v in data]
+    return data
 
 
 def stage_code(cmd: str, root: str | Path = ".", *, hashed: bool = False) -> list[str]:

@@ -193,12 +193,30 @@ def test_the_code_hash_moves_with_the_code_of_a_run_and_with_nothing_else(tmp_pa
     profiles = package / "facts" / "profiles" / "devices.yaml"
     profiles.write_text(profiles.read_text() + "\n# a comment\n")
     assert code_hash_of(package) == start
+    text = profiles.read_text()  # where a number comes from, not what it is: a run computes the same
+    reworded = text.replace('source: "', 'source: "reworded ').replace("status: E", "status: U")
+    reworded = reworded.replace("description: ", "description: reworded ")
+    assert reworded.count("reworded") > 10 and "status: U" in reworded
+    profiles.write_text(reworded)
+    assert code_hash_of(package) == start
+    profiles.write_text(text.replace("value: 6.4,", "value: 6.5,", 1))  # one number: a run prices otherwise
+    assert code_hash_of(package) != start
+    profiles.write_text(text)
     for path in [*inside, profiles]:  # one statement, or one profile entry more: a run may compute otherwise
         text = path.read_text()
         path.write_text(text + ("\n_edited = 1\n" if path.suffix == ".py" else "\nedited: {}\n"))
         assert code_hash_of(package) != start, path.name
         path.write_text(text)
     assert code_hash_of(package) == start
+
+
+def test_normalized_yaml_keeps_a_node_called_source(tmp_path: Path):
+    one, two = tmp_path / "one.yaml", tmp_path / "two.yaml"
+    one.write_text("source: a site\nnodes:\n  source: {device: rpi4}\n")
+    two.write_text("source: another site\nnodes:\n  source: {device: rpi4}\n")
+    assert normalized_code(one) == normalized_code(two)
+    two.write_text("nodes:\n  source: {device: rpi5}\n")
+    assert normalized_code(one) != normalized_code(two)
 
 
 def test_normalized_code_drops_docstrings_comments_and_layout_only(tmp_path: Path):

@@ -33,7 +33,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fplstudy.config import Config, ConfigError, load_config, short_repr
+from fplstudy.config import Config, ConfigError, PicklableError, load_config, short_repr
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
@@ -376,7 +376,7 @@ def _cmd_run(cfg: Config, args) -> int:
     return 0
 
 
-class _Terminated(KeyboardInterrupt):
+class _Terminated(PicklableError, KeyboardInterrupt):
     """SIGTERM, raised where training is, so that it ends as Ctrl-C does (completed rounds written)."""
 
 

@@ -20,6 +20,7 @@ other way round), and :func:`fplstudy.plans.strategies.preset` refuses a name it
 from __future__ import annotations
 
 import math
+import re
 import reprlib
 from pathlib import Path
 from typing import Any, Literal
@@ -48,7 +49,25 @@ def short_repr(value: Any) -> str:
     return text if len(text) <= SHORT_REPR_CHARS else text[:SHORT_REPR_CHARS] + "..."
 
 
-class ConfigError(ValueError):
+def _rebuild_error(cls: type, args: tuple, state: dict[str, Any]) -> BaseException:
+    """An exception of ``cls`` with ``args`` and attributes ``state``, made without calling its ``__init__``."""
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
+class PicklableError:
+    """Mixin of every exception of the package: it crosses a process boundary whole (a worker process of
+    the study's pool, a node process of the distributed backend), message and attributes, whatever its
+    ``__init__`` takes. Python rebuilds an unpickled exception by calling ``cls(*args)``, which fails for
+    an ``__init__`` whose arguments are not the message alone; this rebuilds it from its state instead."""
+
+    def __reduce__(self):
+        return _rebuild_error, (type(self), self.args, dict(self.__dict__))
+
+
+class ConfigError(PicklableError, ValueError):
     """A configuration that cannot be run. The message names the key, the value and the fix."""
 
     def __init__(self, key: str, value: Any, allowed: str):
@@ -56,14 +75,14 @@ class ConfigError(ValueError):
         super().__init__(f"config key '{key}': got {short_repr(value)}; {allowed}")
 
 
-class StudyError(ValueError):
+class StudyError(PicklableError, ValueError):
     """A study's parameters (``params.yaml``) that cannot be run; the message names the entry, the value
     and the fix."""
 
 
 # --------------------------------------------------------------------------- YAML the user gives
 
-class YamlError(ValueError):
+class YamlError(PicklableError, ValueError):
     """YAML that cannot be used. ``reason`` is one line (where, what, the fix); for a key given twice
     ``key`` is its dotted path and ``value`` the second value."""
 
@@ -73,6 +92,71 @@ class YamlError(ValueError):
 
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+MAX_YAML_VALUES = 100_000  # values a document may expand to, aliases repeated (params.yaml: a few thousand)
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with the scalars of the YAML 1.2 core schema, as a person means them and as
+    DVC (ruamel.yaml, YAML 1.2) reads ``params.yaml``: ``1e-3`` is a number, ``010`` is ten, ``1:30`` is
+    text, only ``true``/``false`` are booleans (``yes``, ``no``, ``on``, ``off`` are text); octal is
+    ``0o17``, hexadecimal ``0x1f``."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers
+            if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                    list("tTfF"))
+_Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"),
+                                    list("-+0123456789"))
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+
+
+def _yaml12_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = loader.construct_scalar(node)
+    if text.startswith(("0o", "0x")):
+        return int(text[2:], 8 if text[1] == "o" else 16)
+    return int(text, 10)  # "010" is ten: YAML 1.2 has no leading-zero octal
+
+
+def _yaml12_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> float:
+    text = loader.construct_scalar(node).lower()
+    if text.endswith(".inf"):
+        return float("-inf") if text.startswith("-") else float("inf")
+    return float("nan") if text == ".nan" else float(text)
+
+
+def _yaml12_bool(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> bool:
+    return loader.construct_scalar(node).lower() == "true"
+
+
+_Yaml12Loader.add_constructor("tag:yaml.org,2002:int", _yaml12_int)
+_Yaml12Loader.add_constructor("tag:yaml.org,2002:float", _yaml12_float)
+_Yaml12Loader.add_constructor("tag:yaml.org,2002:bool", _yaml12_bool)
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many values ``node`` stands for once every alias is repeated (memoized per node, so counting is
+    linear in the document while the expansion may be exponential)."""
+    visiting: set[int] = set()  # a node inside itself (a recursive alias) counts once
+    todo = [(node, False)]
+    while todo:
+        item, ready = todo.pop()
+        if id(item) in sizes:
+            continue
+        children = ([c for pair in item.value for c in pair] if isinstance(item, yaml.MappingNode)
+                    else item.value if isinstance(item, yaml.SequenceNode) else [])
+        if ready:
+            sizes[id(item)] = min(1 + sum(sizes.get(id(c), 0) for c in children), 1 << 62)
+        elif id(item) not in visiting:
+            visiting.add(id(item))
+            todo.append((item, True))
+            todo += [(c, False) for c in children if id(c) not in sizes and id(c) not in visiting]
+    return sizes[id(node)]
 
 
 def _where(mark) -> str:
@@ -121,8 +205,10 @@ def _yaml_reason(exc: yaml.YAMLError) -> str:
 def parse_yaml(text: str) -> Any:
     """Parse one YAML document the way fplstudy reads every YAML a user gives.
 
-    Safe tags only (a ``!!python/…`` tag is refused, never executed), exactly one document, and no key
-    twice in a mapping.
+    Safe tags only (a ``!!python/…`` tag is refused, never executed), scalars as the YAML 1.2 core schema
+    reads them (``1e-3`` a number, ``010`` ten, ``yes`` text: :class:`_Yaml12Loader`), exactly one
+    document, no key twice in a mapping, and at most :data:`MAX_YAML_VALUES` values once aliases are
+    repeated.
 
     Args:
         text: the YAML text.
@@ -135,10 +221,13 @@ def parse_yaml(text: str) -> Any:
     """
     loader = None
     try:
-        loader = yaml.SafeLoader(text)  # refuses unprintable characters already
+        loader = _Yaml12Loader(text)  # refuses unprintable characters already
         node = loader.get_single_node()
         if node is None:
             return None
+        if (size := _expanded_size(node, {})) > MAX_YAML_VALUES:
+            raise YamlError(f"expands to {size:,} values once its aliases (*name) are repeated, more than "
+                            f"{MAX_YAML_VALUES:,}; write the values out or repeat fewer aliases")
         _check_unique_keys(loader, node, (), set())
         return loader.construct_document(node)
     except yaml.YAMLError as exc:

@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
+from fplstudy.config import ConfigError
+
 
 @dataclass(frozen=True)
 class BlockProfile:
@@ -169,8 +171,16 @@ def profile_model(model_name: str, in_shape: tuple[int, ...], num_classes: int) 
 
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        model = build_model(model_name, in_shape, num_classes)
-    return tuple(profile_sequence(model, in_shape))
+        try:
+            model = build_model(model_name, in_shape, num_classes)
+        except ValueError as exc:  # the model's own rule on its input size
+            raise ConfigError("model", model_name, " ".join(str(exc).split())) from None
+        try:
+            return tuple(profile_sequence(model, in_shape))
+        except (RuntimeError, ValueError) as exc:  # torch refuses the shape: a kernel larger than the map, ...
+            reason = " ".join(str(exc).split())[:160]
+            raise ConfigError("model", model_name, f"cannot take inputs of shape {tuple(in_shape)} ({reason}); "
+                                                   f"choose a model for inputs this size (`fplstudy keys`: model)") from None
 
 
 @lru_cache(maxsize=256)

@@ -24,11 +24,14 @@ from fplstudy.views.dropout import figure
 from fplstudy.views.style import save_figure
 
 
-def run_sweep(params: dict[str, Any] | str | Path, out: str | Path, log=None) -> dict[str, Any]:
-    """The whole stage: validate, train what is missing, write the tables, the findings and the figure."""
+def run_sweep(params: dict[str, Any] | str | Path, out: str | Path, log=None, overwrite: bool = False,
+              ) -> dict[str, Any]:
+    """The whole stage: validate, train what is missing, write the tables, the findings and the figure.
+    ``overwrite`` replaces run folders in ``out`` that hold another config's finished run (the DVC stage owns
+    ``results/dynamics``)."""
     sweep = load_sweep(params)
     out = Path(out)
-    train_sweep(sweep, out, log)
+    train_sweep(sweep, out, log, overwrite=overwrite)
     seeds = seed_table(sweep, out)
     summary = summary_table(seeds, sweep.confidence)
     table = kept_comparisons(sweep, seeds)
@@ -44,9 +47,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fplstudy.stages.dynamics", description=__doc__.split("\n")[0])
     parser.add_argument("--params", default="params.yaml", help="YAML file with a top-level dynamics: section")
     parser.add_argument("--out", required=True, help="folder for the runs, tables, findings.md and dropout.png")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace run folders in --out that hold another config's finished run")
     args = parser.parse_args(argv)
     try:
-        res = run_sweep(args.params, args.out)
+        res = run_sweep(args.params, args.out, overwrite=args.overwrite)
     except StudyError as exc:
         print("fplstudy.stages.dynamics: error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 2

@@ -35,11 +35,14 @@ METRICS = ("test_acc_mean", "test_acc_worst", "energy_j", "energy_j_max_node", "
            "branches_per_round")
 
 
-def train_sweep(sweep: Sweep, out: str | Path, log=None) -> list[dict[str, Any]]:
-    """Train the runs not yet complete for the same config and code (an interrupted stage resumes)."""
+def train_sweep(sweep: Sweep, out: str | Path, log=None, overwrite: bool = False) -> list[dict[str, Any]]:
+    """Train the runs not yet complete for the same config and code (an interrupted stage resumes);
+    ``overwrite``: replace folders that hold another config's finished run
+    (:func:`fplstudy.study.pool.claim`)."""
     todo = [(cfg, folder, f"{cols['strategy']} p={cols['dropout']:g} seed {seed}")
             for cols, seed, folder, cfg in sweep.runs(out) if not run_complete(folder, cfg)]
-    return train_runs(todo, workers=sweep.workers, kernels=sweep.kernels, log=log, label="dynamics")
+    return train_runs(todo, workers=sweep.workers, kernels=sweep.kernels, log=log, label="dynamics",
+                      overwrite=overwrite)
 
 
 def seed_table(sweep: Sweep, out: str | Path) -> pd.DataFrame:

@@ -28,8 +28,7 @@ from fplstudy.config import (
 )
 from fplstudy.facts.datasets import DATASET_META, split_sizes
 from fplstudy.facts.models import DATASET_DEFAULT_MODEL, MODELS
-from fplstudy.facts.profiles import check_profiles, load_profiles
-from fplstudy.plans.plan import resolve
+from fplstudy.facts.profiles import load_profiles
 from fplstudy.plans.strategies import (
     ACTIVATION_STRATEGIES,
     LEGEND_ORDER,
@@ -68,8 +67,9 @@ def check_config(where: str, values: dict[str, Any], shared: dict[str, str] | No
 
 def check_plan(where: str, values: dict[str, Any], shared: dict[str, str] | None = None, at: str | None = None,
                full: bool = False) -> tuple[Config, Any]:
-    """:func:`check_config`, then the plan resolved and its profiles checked, as a run would: a plan or a
-    profile the run refuses is refused before any stage starts. Returns ``(config, plan)``.
+    """:func:`check_config`, then everything a run checks but its data, as a run would
+    (:func:`fplstudy.train.runner.preflight`: the plan, its profiles, memory, dynamics keys and trace files):
+    what a run refuses is refused before any stage starts. Returns ``(config, plan)``.
 
     With ``full``, everything a run checks before training (:func:`fplstudy.train.runner.prepare`: memory,
     dropout traces, the partition of the data) is checked too."""
@@ -80,8 +80,9 @@ def check_plan(where: str, values: dict[str, Any], shared: dict[str, str] | None
 
             plan = prepare(cfg)[0]
         else:
-            plan = resolve(cfg)
-            check_profiles(plan)
+            from fplstudy.train.runner import preflight
+
+            plan = preflight(cfg)[0]
     except ConfigError as exc:
         raise _named(exc, where, shared, at) from None
     except FileNotFoundError as exc:
@@ -215,6 +216,9 @@ def load_study(params: dict[str, Any] | str | Path = "params.yaml") -> Study:
     if not isinstance(block, dict):
         raise refuse("study", block, "name a study block, e.g. `study: *digits`")
     name = next((k for k, v in (params.get("studies") or {}).items() if v == block), "study")
+    for key in block:
+        if key not in STUDY_KEYS:
+            raise refuse(f"study.{key}", block[key], f"not a key of a study; use {', '.join(STUDY_KEYS)}")
     train = block.get("train") or {}
     if not isinstance(train, dict):
         raise refuse("study.train", train, "give a mapping of config keys")
@@ -253,13 +257,17 @@ def load_study(params: dict[str, Any] | str | Path = "params.yaml") -> Study:
 
 
 
+STUDY_KEYS = ("train", "seeds", "workers", "kernels", "groups", "findings")  # the keys of a study block
+FINDINGS_KEYS = ("fpl_junction", "against", "accuracy_delta", "cost_delta", "size_delta", "confidence")
+
+
 def _group_plans(group: str, axes: Any, train: dict[str, Any]) -> list[PlanSpec]:
     where = f"study.groups.{group}"
     if not _NAME.fullmatch(group):
         raise refuse(where, group, "a group name must be lower-case letters, digits, '.', '_' or '-' (it names "
                                    "a DVC stage and a folder)")
-    if not isinstance(axes, dict):
-        raise refuse(where, axes, "give a mapping of config key to a list of values")
+    if not isinstance(axes, dict) or not axes:
+        raise refuse(where, axes, "give a mapping of config key to a list of values, e.g. {nodes: [2, 4]}")
     axes = dict(axes)
     if "strategy" not in axes:
         axes = {"strategy": [group], **axes}
@@ -288,20 +296,26 @@ def _check_findings(findings: Any, specs: list[PlanSpec]) -> None:
     where = "study.findings"
     if not isinstance(findings, dict):
         raise refuse(where, findings, "give a mapping (see the digits study)")
+    for key in findings:
+        if key not in FINDINGS_KEYS:
+            raise refuse(f"{where}.{key}", findings[key], f"not a key of the findings; use {', '.join(FINDINGS_KEYS)}")
     for key in ("accuracy_delta", "cost_delta", "size_delta"):
         value = findings.get(key, 0.0)
-        if not isinstance(value, (int, float)) or not 0 <= value < 1:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
             raise refuse(f"{where}.{key}", value, "give a fraction in [0, 1), e.g. 0.02")
     confidence = findings.get("confidence", 0.95)
     if not isinstance(confidence, float) or not 0.5 <= confidence < 1:
         raise refuse(f"{where}.confidence", confidence, "give a level in [0.5, 1), e.g. 0.95")
     junctions = strategy("fpl").junctions
     junction = findings.get("fpl_junction", junctions[0])
-    if junction not in junctions:
+    if not isinstance(junction, str) or junction not in junctions:
         raise refuse(f"{where}.fpl_junction", junction, f"use {', '.join(junctions)}")
     others = [s for s in STRATEGIES if s != "fpl"]
-    for other in findings.get("against", []):
-        if other not in others:
+    against = findings.get("against", [])
+    if not isinstance(against, list):
+        raise refuse(f"{where}.against", against, f"give a list of strategies among {', '.join(others)}")
+    for other in against:
+        if not isinstance(other, str) or other not in others:
             raise refuse(f"{where}.against", other, f"use strategies among {', '.join(others)}")
 
 
@@ -321,14 +335,56 @@ def single_plan(values: dict[str, Any], seeds: list[int], out: str | Path, **siz
         per seed ``(config, out/seed-<s>, title)`` for :func:`train_runs`.
 
     Raises:
-        ConfigError: a key or value the plan refuses, named in one line.
+        ConfigError: a key or value the plan refuses, named in one line (everything
+            :func:`fplstudy.train.runner.preflight` checks).
     """
     cfg = make_config({**values, **sizes})
+    from fplstudy.train.runner import preflight
+
+    preflight(cfg)  # what a run checks before its data, before any worker starts
     name = swept_name({"strategy": cfg.strategy, **{k: v for k, v in values.items() if k not in ("strategy", "seed")}})
     out = Path(out)
     return name, [(cfg.model_copy(update={"seed": s}), out / f"seed-{s}", f"{name} seed {s}")
                   for s in (seeds or [cfg.seed])]
 
+
+
+# The train notebook's parameters (papermill -p / -y) and their types, as its parameters cell declares them.
+NOTEBOOK_PARAMETERS = {"group": str, "config": dict, "seeds": list, "params_file": str, "runs_dir": str,
+                       "data_dir": str, "workers": int, "smoke_test": bool, "overwrite": bool}
+
+
+def check_notebook_parameters(**values: Any) -> None:
+    """Refuse a train-notebook parameter of the wrong type or range in one line, before any work (the
+    notebook's first cell after its parameters; papermill passes what it is given, unchecked).
+
+    Raises:
+        StudyError: ``notebook parameter '<name>': got <value>; <fix>``.
+    """
+    def bad(name: str, fix: str) -> StudyError:
+        return StudyError(f"notebook parameter '{name}': got {short_repr(values[name])}; {fix}")
+
+    for name, value in values.items():
+        kind = NOTEBOOK_PARAMETERS.get(name)
+        if kind is None:
+            raise bad(name, f"not a parameter of the train notebook; use {', '.join(NOTEBOOK_PARAMETERS)}")
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            example = {str: "a string", dict: "a mapping of config keys, e.g. {strategy: fl, nodes: 8}",
+                       list: "a list of distinct integers, e.g. [0, 1, 2]", int: "an integer",
+                       bool: "True or False"}[kind]
+            raise bad(name, f"give {example}")
+    limit = (os.cpu_count() or 1) * 4
+    if not 0 <= values.get("workers", 0) <= limit:
+        raise bad("workers", f"give 0 (the study's or 2) to {limit} runs at once")
+    seeds = values.get("seeds", [])
+    if (len(set(map(str, seeds))) != len(seeds)
+            or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32 for v in seeds)):
+        raise bad("seeds", "give distinct integers in 0..2**32-1 (a seed twice would train into one folder twice)")
+    if not all(isinstance(k, str) for k in values.get("config", {})):
+        raise bad("config", "give config keys as names (`fplstudy keys` lists them)")
+    if values.get("group") and (values.get("config") or values.get("seeds")):
+        raise bad("config" if values.get("config") else "seeds",
+                  "a group takes its plans and seeds from params.yaml; give either group or config and seeds")
 
 
 def smoke_params(**train: Any) -> dict[str, Any]:

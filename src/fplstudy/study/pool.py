@@ -15,7 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fplstudy.config import Config, StudyError, make_config
+from fplstudy.config import Config, StudyError, make_config, short_repr
 from fplstudy.study.kernels import (
     DEFAULT_KERNELS,
     KERNEL_VARIABLES,
@@ -105,27 +105,90 @@ def run_complete(run_dir: Path, cfg: Config) -> bool:
             and (run_dir / "rounds.csv").is_file() and (run_dir / "ledger.csv").is_file())
 
 
-def pending(study: Study, group: str, runs_dir: str | Path) -> list[tuple[PlanSpec, int, Path]]:
+def completed_config(run_dir: Path) -> dict[str, Any] | None:
+    """The config of the finished run (completed or diverged) that ``run_dir`` holds, None if it holds none."""
+    try:
+        doc = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("status") not in ("completed", "diverged"):
+        return None
+    return doc.get("config") if isinstance(doc.get("config"), dict) else {}
+
+
+def _not_ours(run_dir: Path, cfg: Config | None) -> StudyError | None:
+    """The refusal for replacing ``run_dir`` with a run of ``cfg`` (None: deleting it), or None when it holds
+    no finished run of another config (nothing, a partial run, or the same config made by older code)."""
+    held = completed_config(run_dir)
+    if held is None or (cfg is not None and held == cfg.model_dump()):
+        return None
+    if cfg is None:
+        what = "is not a run of this study"
+    else:
+        mine = cfg.model_dump()
+        key = next((k for k in mine if held.get(k) != mine[k]), "config")
+        what = f"its {key} is {short_repr(held.get(key))}, this run's {short_repr(mine.get(key))}"
+    return StudyError(f"run folder {run_dir}: holds the finished run of another config ({what}); nothing was "
+                      f"changed: choose another runs folder, or pass overwrite to replace it")
+
+
+def claim(runs: list[tuple[Config, Path, str]], overwrite: bool = False) -> None:
+    """Refuse, before any training, to replace a run folder that holds another config's finished run.
+
+    Raises:
+        StudyError: one line naming the first such folder and the key that differs, unless ``overwrite``.
+    """
+    if not overwrite:
+        for cfg, folder, _ in runs:
+            if (refusal := _not_ours(Path(folder), cfg)) is not None:
+                raise refusal
+
+
+def pending(study: Study, group: str, runs_dir: str | Path, overwrite: bool = False,
+            ) -> list[tuple[PlanSpec, int, Path]]:
     """The runs of one group still to train: removes folders of plans and seeds no longer in the group,
-    keeps runs already complete for the same config and code (so an interrupted stage resumes)."""
+    keeps runs already complete for the same config and code (so an interrupted stage resumes).
+
+    A folder to remove or to train into that holds the finished run of another config (a run folder that
+    is not this study's) is refused before anything is removed, unless ``overwrite`` (the DVC stage, which
+    owns ``results/runs/<group>``, passes it).
+
+    Raises:
+        StudyError: a group not in the study, or a folder that is not this study's (:func:`claim`).
+    """
+    stale = _stale(study, group, runs_dir, overwrite)
+    for path in stale:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    mine = [(p, s, d) for p, s, d in study.run_dirs(runs_dir) if p.group == group]
+    return [(p, s, d) for p, s, d in mine if not run_complete(d, p.for_seed(s))]
+
+
+def _stale(study: Study, group: str, runs_dir: str | Path, overwrite: bool) -> list[Path]:
+    """The folders and files under ``runs_dir/group`` of plans and seeds no longer in the group, after
+    checking that none of them nor any run folder of the group holds another config's finished run."""
     if group not in study.groups:
         raise StudyError(f"group {group!r} is not in the active study; groups: {', '.join(study.groups)}")
-    mine = [(p, s, d) for p, s, d in study.run_dirs(runs_dir) if p.group == group]
+    claim([(p.for_seed(s), d, "") for p, s, d in study.run_dirs(runs_dir) if p.group == group], overwrite)
     group_dir = Path(runs_dir) / group
+    stale: list[Path] = []
     if group_dir.is_dir():
         keep = {p.name: {f"seed-{s}" for s in study.seeds} for p in study.group_plans(group)}
         for plan_dir in group_dir.iterdir():
             if plan_dir.name not in keep or not plan_dir.is_dir():
-                shutil.rmtree(plan_dir) if plan_dir.is_dir() else plan_dir.unlink()
+                stale.append(plan_dir)
                 continue
-            for seed_dir in plan_dir.iterdir():
-                if seed_dir.name not in keep[plan_dir.name]:
-                    shutil.rmtree(seed_dir) if seed_dir.is_dir() else seed_dir.unlink()
-    return [(p, s, d) for p, s, d in mine if not run_complete(d, p.for_seed(s))]
+            stale += [seed_dir for seed_dir in plan_dir.iterdir() if seed_dir.name not in keep[plan_dir.name]]
+    if not overwrite:
+        for path in stale:
+            for folder in [path, *path.rglob("*")] if path.is_dir() else []:
+                if (refusal := _not_ours(folder, None)) is not None:
+                    raise refusal
+    return stale
 
 
 def run_group(study: Study, group: str | None, runs_dir: str | Path, *, workers: int | None = None,
-              kernels: str | None = None, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+              kernels: str | None = None, log: Callable[[str], None] | None = None, overwrite: bool = False,
+              ) -> list[dict[str, Any]]:
     """Train every plan × seed of one group (what its DVC stage does), or of the whole study when
     ``group`` is None, ``workers`` at a time, skipping runs already complete (:func:`pending`).
 
@@ -136,13 +199,20 @@ def run_group(study: Study, group: str | None, runs_dir: str | Path, *, workers:
         workers: runs at once (default: the study's); every run uses its own process.
         kernels: the kernel level (:data:`KERNELS`); None = the study's (``study.kernels``).
         log: where progress lines go (default: the terminal, even inside a notebook kernel).
+        overwrite: replace run folders that hold another config's finished run (:func:`pending`).
 
     Returns:
         One record per run trained (title, status, test accuracy, wall seconds).
+
+    Raises:
+        StudyError: a folder that is not this study's, before anything changed; the first refusal of a
+            run inside a worker, after the runs already trained were kept.
     """
     log = log or _terminal
     groups = study.groups if group is None else [group]
-    todo = [run for g in groups for run in pending(study, g, runs_dir)]
+    for g in groups:  # every group's folders checked before any is changed
+        _stale(study, g, runs_dir, overwrite)
+    todo = [run for g in groups for run in pending(study, g, runs_dir, overwrite)]
     total = sum(1 for p in study.plans if p.group in groups) * len(study.seeds)
     if len(todo) < total:
         log(f"[{group or 'study'}] {total - len(todo)} of {total} runs already complete for this code and "
@@ -151,12 +221,12 @@ def run_group(study: Study, group: str | None, runs_dir: str | Path, *, workers:
     after = sum(1 for p, s, d in others if not run_complete(d, p.for_seed(s)))
     return train_runs([(p.for_seed(s), d, f"{p.name} seed {s}") for p, s, d in todo],
                       workers=workers or study.workers, kernels=kernels or study.kernels, log=log, label=group or "study",
-                      runs_after=after)
+                      runs_after=after, overwrite=True)  # pending() claimed the folders
 
 
 def train_runs(runs: list[tuple[Config, Path, str]], *, workers: int = 1, kernels: str = DEFAULT_KERNELS,
                log: Callable[[str], None] | None = None, label: str = "runs", runs_after: int = 0,
-               ) -> list[dict[str, Any]]:
+               overwrite: bool = False) -> list[dict[str, Any]]:
     """Train runs in ``workers`` worker processes (spawned, so the pinned :data:`KERNELS` apply to their
     torch), each into its folder, printing one progress line per run with the time left. A script that
     calls it needs the ``if __name__ == "__main__":`` guard (spawned workers import the main module).
@@ -168,23 +238,35 @@ def train_runs(runs: list[tuple[Config, Path, str]], *, workers: int = 1, kernel
         log: where progress lines go (default: the terminal).
         label: prefix of the progress lines (the group).
         runs_after: runs still to train after these (for the estimate of the whole study).
+        overwrite: replace run folders that hold another config's finished run (:func:`claim`).
 
     Returns:
         One record per run: title, status, test accuracy, wall seconds, and the volatile ``environment``
         the run recorded (threads, CPU kernel level, CPU model, torch version, kernel variables).
+
+    Raises:
+        StudyError: a folder that holds another config's finished run, before any training.
+        ConfigError, StudyError: the first run a worker refused, as the worker raised it (one line); the
+            runs not yet started are cancelled, those finished are kept.
     """
     log = log or _terminal
     records: list[dict[str, Any]] = []
     if not runs:
         return records
+    claim(runs, overwrite)
     t0 = time.perf_counter()
     check_kernels(kernels)
     env = {**{k: None for k in KERNEL_VARIABLES}, **KERNELS[kernels][0]}  # native: this CPU's own, unpinned
     with _environment(env), \
-            ProcessPoolExecutor(min(workers, len(runs)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            ProcessPoolExecutor(min(workers, len(runs)), mp_context=multiprocessing.get_context("spawn"),
+                                initializer=die_with_parent) as pool:
         futures = [(title, pool.submit(_worker_run, cfg.model_dump(), str(folder), kernels)) for cfg, folder, title in runs]
         for done, (title, future) in enumerate(futures, 1):
-            rec = future.result()
+            try:
+                rec = future.result()
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)  # runs already started finish and are kept
+                raise
             records.append({"run": title, "skipped": False, **rec})
             per_run = (time.perf_counter() - t0) / done
             left = per_run * (len(runs) - done)
@@ -192,6 +274,19 @@ def train_runs(runs: list[tuple[Config, Path, str]], *, workers: int = 1, kernel
                 f"{rec['wall_s']:.1f} s; about {_minutes(left)} left here, {_minutes(left + per_run * runs_after)} "
                 f"in the study")
     return records
+
+
+def die_with_parent() -> None:
+    """Ask Linux to kill this process when its parent dies (``PR_SET_PDEATHSIG``), so a worker of a killed
+    ``dvc repro``, papermill kernel or script does not train on as an orphan; elsewhere, nothing."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+        if os.getppid() == 1:  # the parent died before the call took effect
+            os._exit(1)
 
 
 def _minutes(seconds: float) -> str:

@@ -21,12 +21,14 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fplstudy.config import PicklableError
 from fplstudy.facts.datasets import DatasetSplit
 from fplstudy.facts.models import build_model, cut, make_adapter
 from fplstudy.facts.partition import Partition, load_partitioned
@@ -52,7 +54,7 @@ from fplstudy.plans.program import (
 )
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(PicklableError, RuntimeError):
     """The training loss became NaN or infinite; completed rounds are kept."""
 
 
@@ -513,6 +515,42 @@ def train_state(hold: Holdings, rows: list[dict], events: list[tuple]) -> dict:
             "modules": [m.state_dict() for m in hold.all_modules()],
             "optimizer": hold.optimizer.state_dict(), "rng": rng_state(), "rows": [dict(r) for r in rows],
             "events": list(events), "average": {int(k): v for k, v in hold.average.items()}}
+
+
+STATE_KEYS = ("format", "rounds_completed", "modules", "optimizer", "rng", "rows", "events", "average")
+
+
+def check_state(plan: Plan, state: Any) -> None:
+    """Whether :func:`train` can continue ``plan`` from ``state`` (a :func:`train_state` read back from a
+    file), checked on fresh modules before any file is written: the keys, the rows (one per completed
+    round, numbered from 0, no more than the plan's rounds), the events, the weights' shapes, the
+    optimizer and the random states. The caller's random states are left as they were.
+
+    Raises:
+        ValueError: one line saying what is wrong.
+    """
+    if not isinstance(state, dict) or not set(STATE_KEYS) <= set(state):
+        found = sorted(map(str, state))[:6] if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"not a training state (it holds {found}; a state holds {', '.join(STATE_KEYS)})")
+    if state["format"] != CHECKPOINT_FORMAT:
+        raise ValueError(f"checkpoint format {state['format']!r}; this fplstudy reads format {CHECKPOINT_FORMAT}")
+    rows, done = state["rows"], state["rounds_completed"]
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows) or done != len(rows):
+        raise ValueError(f"its rows are not one per completed round ({done!r} rounds completed)")
+    if [r.get("round") for r in rows] != list(range(len(rows))) or not 0 < len(rows) <= plan.config.rounds:
+        raise ValueError(f"its rows are numbered {[r.get('round') for r in rows][:6]}, not 0 to {len(rows) - 1} "
+                         f"of the plan's {plan.config.rounds} rounds")
+    try:
+        events = [_event_from_tuple(tuple(e)) for e in state["events"]]
+        if any(ev.round >= len(rows) for ev in events):
+            raise ValueError("an event of a round not completed")
+        before = rng_state()
+        try:
+            _restore(build_holdings(plan), state)
+        finally:
+            set_rng_state(before)
+    except (ValueError, TypeError, KeyError, IndexError, RuntimeError, AttributeError) as exc:
+        raise ValueError(f"it does not fit this plan ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
 
 
 def _restore(hold: Holdings, state: dict) -> None:

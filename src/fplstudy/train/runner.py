@@ -43,7 +43,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from fplstudy.config import Config, ConfigError
+from fplstudy.config import Config, ConfigError, PicklableError
 from fplstudy.costs.dryrun import (
     FROM_DECLARED,
     declared_shard_sizes,
@@ -66,7 +66,7 @@ from fplstudy.train.distributed import (
     train_distributed,
     write_wire_csv,
 )
-from fplstudy.train.engine import EVAL_BATCH, SimulatedTransport, train
+from fplstudy.train.engine import EVAL_BATCH, SimulatedTransport, check_state, train
 from fplstudy.train.results import (
     CHECKPOINT,
     ROUND_COLUMNS,
@@ -87,11 +87,11 @@ _PROBE_PREFIX = ".fplstudy-probe-"  # temporary file that checks a folder is wri
 _NUMERIC_ENVIRONMENT = ("torch_threads", "cpu_capability", "torch", "env")
 
 
-class RunFolderError(ValueError):
+class RunFolderError(PicklableError, ValueError):
     """A run folder that cannot be written as asked; the message says why and what to do instead."""
 
 
-class RunInterrupted(KeyboardInterrupt):
+class RunInterrupted(PicklableError, KeyboardInterrupt):
     """Ctrl-C during training; the completed rounds were written. ``outcome`` is the partial result."""
 
     def __init__(self, outcome: RunOutcome):
@@ -144,21 +144,36 @@ def set_threads(threads: int) -> int:
     return torch.get_num_threads()
 
 
-def prepare(cfg: Config):
-    """Resolve and check everything a run needs, without training.
+def preflight(cfg: Config):
+    """Resolve and check everything a run needs but its data: the plan, its profiles, every node's memory,
+    the dynamics keys and a trace file (what a study's ``check`` stage checks of every plan).
 
     Returns:
-        ``(plan, profiles, (dataset, partition))``.
+        ``(plan, profiles)``.
 
     Raises:
-        ConfigError: a bad key, value, profile or partition, or a node that needs more memory than its device
-            has (:func:`fplstudy.costs.memory.check_memory`).
-        FileNotFoundError: a torchvision dataset that is not on disk (message says how to get it).
+        ConfigError: a bad key, value or profile, a key the strategy refuses, a trace file that cannot be
+            read, or a node that needs more memory than its device has
+            (:func:`fplstudy.costs.memory.check_memory`).
     """
     plan = resolve(cfg)
     profiles = check_profiles(plan)
     check_memory(plan, profiles)
     planned_turnouts(plan)  # the dynamics keys and a trace file, before any work
+    return plan, profiles
+
+
+def prepare(cfg: Config):
+    """Resolve and check everything a run needs (:func:`preflight`, then its data), without training.
+
+    Returns:
+        ``(plan, profiles, (dataset, partition))``.
+
+    Raises:
+        ConfigError: what :func:`preflight` refuses, or a partition that cannot be made.
+        FileNotFoundError: a torchvision dataset that is not on disk (message says how to get it).
+    """
+    plan, profiles = preflight(cfg)
     data = load_partitioned(plan)
     plan = settle_deadline(plan, data[1].samples(), profiles)  # which branches miss a round deadline
     return plan, profiles, data
@@ -266,7 +281,7 @@ class RunFolder:
         return _entries(self.path)
 
 
-def _resume_state(folder: RunFolder, cfg: Config, env: dict) -> dict | None:
+def _resume_state(folder: RunFolder, plan: Plan, env: dict) -> dict | None:
     """What ``resume`` continues from: the checkpoint, or None to start at round 0.
 
     Raises:
@@ -274,7 +289,7 @@ def _resume_state(folder: RunFolder, cfg: Config, env: dict) -> dict | None:
         RunFolderError: nothing to resume (a finished run, or files that are not an fplstudy run),
             other code or another numeric environment, or an unreadable checkpoint.
     """
-    path = folder.path
+    path, cfg = folder.path, plan.config
     names = folder.files()
     if not names:
         return None
@@ -284,18 +299,30 @@ def _resume_state(folder: RunFolder, cfg: Config, env: dict) -> dict | None:
         except Exception as exc:  # noqa: BLE001 - any unreadable file is refused the same way
             raise RunFolderError(f"run folder {path}: {CHECKPOINT} cannot be read ({type(exc).__name__}); "
                                  f"start again with --overwrite") from None
+        if not isinstance(state, dict) or not all(isinstance(state.get(k), dict)
+                                                  for k in ("config", "code_version", "environment")):
+            raise RunFolderError(f"run folder {path}: {CHECKPOINT} is not an fplstudy checkpoint (a torch file of "
+                                 f"another kind); nothing was changed: start again with --overwrite")
         _same_run(path, state["config"], cfg)
         _same_code(path, state["code_version"], code_version())
         _same_environment(path, state["environment"], env)
+        try:
+            check_state(plan, state)  # before any file of the folder is written
+        except ValueError as exc:
+            raise RunFolderError(f"run folder {path}: {CHECKPOINT} cannot be continued: {exc}; nothing was "
+                                 f"changed: start again with --overwrite") from None
         return state
     if "metrics.json" not in names:
         raise RunFolderError(f"run folder {path} holds no fplstudy run ({', '.join(names[:4])}); nothing to "
                              f"resume; choose another --out")
     try:
-        doc = json.loads((path / "metrics.json").read_text())
+        doc = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
+        if not isinstance(doc, dict) or not isinstance(doc.get("config", {}), dict):
+            raise ValueError("not an object")
         status, done = doc["status"], doc.get("rounds_completed", 0)
     except (ValueError, KeyError, OSError):
-        raise RunFolderError(f"run folder {path}: metrics.json cannot be read; start again with --overwrite") from None
+        raise RunFolderError(f"run folder {path}: metrics.json cannot be read as a run's metrics; start again "
+                             f"with --overwrite") from None
     if status in ("running", "interrupted", "failed") and not done:  # stopped in round 0: start it again
         _same_run(path, doc.get("config", {}), cfg)
         return None
@@ -432,7 +459,7 @@ def run(cfg: Config, out: str | Path | None = None, *, progress: bool | None = N
     if path is None:
         return writer.train(progress, on_round, None)
     with RunFolder(path, resume=resume, overwrite=overwrite) as folder:
-        state = _resume_state(folder, cfg, writer.env) if resume else None
+        state = _resume_state(folder, writer.plan, writer.env) if resume else None
         return writer.train(progress, on_round, state)
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from fplstudy.config import Config, ConfigError
+from fplstudy.config import Config, ConfigError, PicklableError
 from fplstudy.plans.events import Compute, Transfer
 from fplstudy.plans.plan import Plan
 from fplstudy.train import engine
@@ -43,7 +43,7 @@ _EVAL_TAG, WIRE_TAG = 1, 2  # point-to-point tags of the evaluation state and th
 MAX_WIRE_JSON_BYTES = 1 << 26  # a rank's wire counts as JSON: far above any real run's
 
 
-class DistributedError(RuntimeError):
+class DistributedError(PicklableError, RuntimeError):
     """A node process died, hung or failed. ``result`` holds the completed rounds (status ``failed``)."""
 
     def __init__(self, message: str, result: engine.TrainResult | None = None):
@@ -51,7 +51,7 @@ class DistributedError(RuntimeError):
         self.result = result
 
 
-class WireMismatch(RuntimeError):
+class WireMismatch(PicklableError, RuntimeError):
     """The payload bytes measured on the wire differ from the ledger's."""
 
 
@@ -85,7 +85,7 @@ class DistributedResult(engine.TrainResult):
 
 # --------------------------------------------------------------------------- the transport
 
-class NodeFailure(RuntimeError):
+class NodeFailure(PicklableError, RuntimeError):
     """A point-to-point operation or collective of this node failed or timed out."""
 
     def __init__(self, message: str, rnd: int | None):

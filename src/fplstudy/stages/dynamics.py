@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fplstudy.config import StudyError
+from fplstudy.stages import output_problem
 from fplstudy.study.dropout import (
     findings_text,
     kept_comparisons,
@@ -45,6 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml", help="YAML file with a top-level dynamics: section")
     parser.add_argument("--out", required=True, help="folder for the runs, tables, findings.md and dropout.png")
     args = parser.parse_args(argv)
+    refusal = output_problem("--out", args.out, folder=True)
+    if refusal:
+        print(f"fplstudy.stages.dynamics: error: {refusal}", file=sys.stderr)
+        return 2
     try:
         res = run_sweep(args.params, args.out)
     except StudyError as exc:

@@ -18,6 +18,13 @@ Bad input exits with code 2 and one line naming the key, the value and what is a
 busy ``--out`` too, before any work); a run whose loss diverges exits with code 3 and keeps the rounds
 it completed; Ctrl-C exits with code 130 and keeps them too (``--resume`` continues the run).
 
+An output file is written only where nothing else is lost: a new file, or one of the kind the command
+writes (explore's CSV by its header, a figure by its format's mark, a profiles file that reads as one), or
+any file with ``explore --overwrite``; an output in a folder that cannot be written is refused before any
+work. A file system that fills up while writing ends in one line (code 2) naming the path. A reader that
+closes the pipe early (``fplstudy keys | head -n 1``) ends the command quietly with code 141, as a program
+killed by SIGPIPE.
+
 Each command imports the modules it needs inside its function: this module itself loads in a third of a
 second, so ``--help``, ``keys`` and a refused argument answer before torch loads (about 5 s).
 tests/test_structure.py reads those imports too: none of them hides an import cycle.
@@ -26,6 +33,7 @@ tests/test_structure.py reads those imports too: none of them hides an import cy
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
 import signal
@@ -34,12 +42,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fplstudy.config import Config, ConfigError, PicklableError, load_config, short_repr
+from fplstudy.stages import unwritable
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_DISTRIBUTED = 4
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 EXIT_TERMINATED = 143  # 128 + SIGTERM: `kill`, a job scheduler, a container stopping; handled as Ctrl-C is
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader left (`yes | head`)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left on the device; the user's disk quota used up
 
 
 def _refuse(message: str) -> int:
@@ -106,26 +117,98 @@ def _output_file(text: str) -> str:
         raise argparse.ArgumentTypeError(f"got {short_repr(text)}; that is a folder, give a file path in it")
     if path.exists() and not path.is_file():  # a device, a pipe: the atomic rename would replace it
         raise argparse.ArgumentTypeError(f"got {short_repr(text)}; that exists and is not a regular file")
-    above = path.absolute().parent
-    while not above.exists():
-        above = above.parent
-    if not above.is_dir():
-        raise argparse.ArgumentTypeError(f"got {short_repr(text)}; {str(above)!r} is a file, not a folder")
-    if not os.access(above, os.W_OK | os.X_OK):
-        raise argparse.ArgumentTypeError(f"got {short_repr(text)}; the folder {str(above)!r} is not writable")
+    problem = unwritable(path)
+    if problem:
+        raise argparse.ArgumentTypeError(f"got {short_repr(text)}; {problem}; choose another path")
     return text
 
 
 def _figure_file(text: str) -> str:
-    """``--figure``: an output file whose extension matplotlib can write."""
-    from matplotlib.backend_bases import FigureCanvasBase
+    """``--figure``: an output file in a format matplotlib writes without other tools (png, pdf, svg), new or
+    a figure of that format already (anything else there is refused: a paper's PDF, a notebook)."""
+    from fplstudy.views.style import FIGURE_FORMATS, is_saved_figure
 
-    allowed = sorted(FigureCanvasBase.get_supported_filetypes())
     path = _output_file(text)
-    if Path(path).suffix.lower().lstrip(".") not in allowed:
+    if Path(path).suffix.lower().lstrip(".") not in FIGURE_FORMATS:
         raise argparse.ArgumentTypeError(f"got {short_repr(text)}; the file name must end in one of: "
-                                         + ", ".join("." + a for a in allowed))
+                                         + ", ".join("." + a for a in FIGURE_FORMATS)
+                                         + " (formats matplotlib writes without LaTeX or Ghostscript)")
+    if Path(path).exists() and not is_saved_figure(path):
+        raise argparse.ArgumentTypeError(f"got {short_repr(text)}; that file exists and is not a figure fplstudy "
+                                         f"drew; choose another file name, or delete it first")
     return path
+
+
+def _profiles_out(text: str) -> str:
+    """``calibrate --out``: a profiles file to write, ``.yaml`` or ``.yml`` (an existing one is checked to be a
+    profiles file before any measuring)."""
+    path = _output_file(text)
+    if Path(path).suffix.lower() not in (".yaml", ".yml"):
+        raise argparse.ArgumentTypeError(f"got {short_repr(text)}; a profiles file's name ends in .yaml or .yml")
+    return path
+
+
+def _model_list(text: str) -> list[str]:
+    """``calibrate --models``: one or more comma-separated model names, none empty."""
+    models = [m.strip() for m in text.split(",")]
+    if not all(models):
+        raise argparse.ArgumentTypeError(f"got {short_repr(text)}; give comma-separated model names, e.g. cnn or "
+                                         f"cnn,lenet5 (leave --models out for every model)")
+    return models
+
+
+def _explore_csv(path: Path) -> bool:
+    """Whether ``path`` begins as the CSVs of ``fplstudy explore`` do (:func:`fplstudy.costs.search.front_csv`,
+    ``plans_csv``): a header whose first columns are name, strategy and nodes and whose last is set."""
+    try:
+        with path.open("rb") as fh:
+            header = fh.readline(65536).decode("utf-8", errors="replace").rstrip("\r\n").split(",")
+    except OSError:
+        return False
+    return header[:3] == ["name", "strategy", "nodes"] and header[-1] == "set"
+
+
+def _not_ours(args) -> str | None:
+    """The one-line refusal of an output file that exists and is not of the kind the command writes, or None.
+    Checked after the arguments parse and before any work."""
+    if args.command == "explore" and not args.overwrite:
+        for flag, given in (("--out", args.out), ("--all-out", args.all_out)):
+            if given and Path(given).exists() and not _explore_csv(Path(given)):
+                return (f"argument {flag}: got {short_repr(given)}; that file exists and is not a CSV fplstudy "
+                        f"explore wrote (header name,strategy,nodes,...,set); choose another {flag}, or add "
+                        f"--overwrite to replace it")
+    if args.command == "calibrate" and Path(args.out).exists():
+        from fplstudy.facts.profiles import load_profiles
+
+        try:
+            load_profiles(args.out)
+        except ConfigError as exc:
+            return (f"argument --out: got {short_repr(args.out)}; that file exists and is not a profiles file "
+                    f"({exc.key}: {exc.allowed}); choose another --out (an existing profiles file keeps its "
+                    f"entries and gets the measured ones)")
+    return None
+
+
+def _outputs(args) -> list[tuple[str, str]]:
+    """``(flag, path)`` of every output the command was given, in the order it writes them."""
+    names = {"run": ("--out",), "cost": ("--out",), "explore": ("--all-out", "--out"), "calibrate": ("--out",),
+             "plan": ("--figure",)}.get(args.command, ())
+    return [(flag, value) for flag in names if (value := getattr(args, flag.lstrip("-").replace("-", "_"), None))]
+
+
+def _disk_full(exc: OSError, args) -> str:
+    """The one line for a file system (or quota) that filled up while writing: the output it was writing."""
+    outputs = _outputs(args)
+    where = outputs[0] if outputs else ("", exc.filename or "a file")
+    if exc.filename:
+        failed = Path(exc.filename).absolute()
+        for flag, given in outputs:
+            mine = Path(given).absolute()
+            if failed == mine or mine in failed.parents or failed.parent == mine.parent:
+                where = (flag, given)
+                break
+    flag, path = where
+    return f"disk full writing {path}; free space or choose another {flag or 'place'}"
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -154,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="print which node holds which layers, without training")
     _add_config_args(p)
-    p.add_argument("--figure", type=_figure_file, help="also draw the plan to this file (.png, .pdf, .svg …)")
+    p.add_argument("--figure", type=_figure_file, help="also draw the plan to this file (.png, .pdf or .svg; an "
+                                                       "existing file only if it is such a figure)")
 
     p = sub.add_parser("cost", help="price a plan without training (dry run): ledger.csv and metrics.json")
     _add_config_args(p)
@@ -163,8 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("explore", help="price every valid plan for --set nodes=N (dry runs); write the Pareto front")
     _add_config_args(p)
-    p.add_argument("--out", type=_output_file, help="CSV file for the front (default: print it)")
-    p.add_argument("--all-out", type=_output_file, help="also write every priced plan to this CSV file")
+    p.add_argument("--out", type=_output_file, help="CSV file for the front (default: print it); an existing file "
+                                                    "only if explore wrote it, unless --overwrite")
+    p.add_argument("--all-out", type=_output_file, help="also write every priced plan to this CSV file (an existing "
+                                                        "file as for --out)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out or --all-out file even if it is not a CSV explore wrote")
     p.add_argument("--cuts", default="all", choices=["all", "balanced"],
                    help="all: every placement of the stage cuts; balanced: only FLOP- or count-balanced cuts")
     p.add_argument("--budget-energy-j-per-node", type=_budget, help="max joules of the busiest node over the run")
@@ -177,8 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("calibrate", help="measure this machine's training FLOP/s (one thread, per model) into a "
                                          "device profile file")
-    p.add_argument("--out", required=True, help="profiles YAML to write (an existing one keeps its other entries)")
-    p.add_argument("--models", default=None, help="comma-separated models (default: every registered model)")
+    p.add_argument("--out", required=True, type=_profiles_out,
+                   help="profiles YAML to write (an existing one must be a profiles file; it keeps its other entries)")
+    p.add_argument("--models", default=None, type=_model_list,
+                   help="comma-separated models (default: every registered model)")
     p.add_argument("--batch-size", type=int, default=32, help="samples per training step (default 32)")
     p.add_argument("--seconds", type=float, default=3.0, help="seconds of timed training per model (default 3)")
     p.add_argument("--after-wait", type=float, default=0.0, metavar="S",
@@ -333,8 +423,7 @@ def _cmd_emulated(cfg: Config, args) -> int:
 def _cmd_calibrate(args) -> int:
     from fplstudy.testbed.calibrate import calibrate
 
-    models = [m.strip() for m in args.models.split(",")] if args.models else None
-    for row in calibrate(args.out, models=models, batch_size=args.batch_size, seconds=args.seconds,
+    for row in calibrate(args.out, models=args.models, batch_size=args.batch_size, seconds=args.seconds,
                          wait_s=args.after_wait, processes=args.processes, clock=args.clock,
                          fit_batch=args.fit_batch, cold_wait_s=args.cold_wait):
         print(f"{row['profile']:24} {row['flops_per_s']:.4g} FLOP/s, {1e6 * row['call_overhead_s']:.0f} us per call, "
@@ -385,13 +474,32 @@ def _on_sigterm(signum, frame) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``fplstudy`` command. SIGTERM is handled as Ctrl-C (exit code 143, not 130)."""
+    """Entry point of the ``fplstudy`` command. SIGTERM is handled as Ctrl-C (exit code 143, not 130); a closed
+    stdout (the reader of a pipe left) ends it quietly with code 141."""
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     try:
-        return _main(argv)
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # here, where a closed pipe can be caught, not at the interpreter's exit
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _silence_stdout() -> None:
+    """Point stdout's file descriptor at /dev/null, so that the interpreter's last flush of what is still
+    buffered for the closed pipe writes nowhere instead of printing an error."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # a stdout without a descriptor (captured in-process)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def _main_thread() -> bool:
@@ -402,6 +510,9 @@ def _main_thread() -> bool:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    refusal = _not_ours(args)
+    if refusal:
+        return _refuse(refusal)
     if args.command == "keys":
         _print_keys()
         return 0
@@ -410,6 +521,8 @@ def _main(argv: Sequence[str] | None) -> int:
 
         try:
             return {"deps": _cmd_deps, "export-digits": _cmd_export_digits}[args.command](args)
+        except BrokenPipeError:
+            raise
         except (StudyError, OSError) as exc:
             return _refuse(str(exc))
     from fplstudy.train.runner import RunFolderError, RunInterrupted
@@ -442,6 +555,10 @@ def _main(argv: Sequence[str] | None) -> int:
         return code
     except (ConfigError, RunFolderError, FileNotFoundError) as exc:
         return _refuse(str(exc))
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            raise
+        return _refuse(_disk_full(exc, args))
     except RuntimeError as exc:  # a distributed node died or hung, or the wire disagreed with the ledger
         from fplstudy.train.distributed import DistributedError, WireMismatch
 

@@ -460,6 +460,55 @@ def test_missing_calibration_is_refused_before_anything_is_built(tmp_path):
         assert set(os.listdir("/sys/class/net")) == before  # no interface was made
 
 
+def _run_tag(pid: int) -> str:
+    """The tag an emulated run of process ``pid`` starts its hosts', links' and state file's names with: "f" and
+    the last five base-36 digits of the pid (fplstudy.testbed.run)."""
+    digits, out = "0123456789abcdefghijklmnopqrstuvwxyz", ""
+    while pid:
+        pid, r = divmod(pid, 36)
+        out = digits[r] + out
+    return "f" + out[-5:]
+
+
+def _off_path_tools() -> list[str]:
+    """The tools the network controller runs by name that live in /usr/sbin or /sbin only (tc here)."""
+    return [t for t in ("tc", "brctl", "ip") if shutil.which(t, path="/usr/sbin:/sbin")
+            and not shutil.which(t, path="/usr/local/bin:/usr/bin:/bin")]
+
+
+STRIPPED_PATHS = {"usr-bin-and-bin": "/usr/bin:/bin", "venv-bin-only": str(Path(sys.executable).parent),
+                  "empty": "", "unset": None}
+
+
+@pytest.mark.skipif(not Path(tb_emulation.SYSTEM_PYTHON).is_file() or "tc" not in _off_path_tools(),
+                    reason="needs the system Python and tc in /usr/sbin (not also in /usr/bin)")
+@pytest.mark.parametrize("path", list(STRIPPED_PATHS.values()), ids=list(STRIPPED_PATHS))
+def test_a_path_without_usr_sbin_is_refused_in_one_line_before_anything_is_built(path, tmp_path):
+    """Mininet runs tc and ip by name: without /usr/sbin on PATH (env -i, some sudo setups) the refusal names the
+    tools and the fix before any namespace exists, root or not; the testbed's own tests skip with that line."""
+    env = {k: v for k, v in os.environ.items() if k != "PATH"} | ({} if path is None else {"PATH": path})
+    with subprocess.Popen([sys.executable, "-m", "fplstudy.cli", "run", "--set", "strategy=mp", "--set", "nodes=2",
+                           "--backend", "emulated", "--out", str(tmp_path / "x")], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=env | {"CI": "1"}) as child:
+        out, err = child.communicate(timeout=300)
+    proc = subprocess.CompletedProcess(child.args, child.returncode, out, err)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "IndexError" not in proc.stderr, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "'--backend'" in lines[0] and "put /usr/sbin on PATH" in lines[0], lines[0]
+    for tool in _off_path_tools():
+        assert tool in lines[0], (tool, lines[0])
+    assert not (tmp_path / "x").exists()
+    assert _run_tag(os.getpid()) == tb_run._tag()
+    tag = _run_tag(child.pid)  # the prefix of every name the run would have made (other runs may share the machine)
+    assert not [n for n in os.listdir("/sys/class/net") if n.startswith(tag)], "no interface was made"
+    assert not Path("/run/fplstudy-testbed", tag).exists(), "no network controller was started"
+    skip = subprocess.run([sys.executable, "-c", "from fplstudy.testbed.emulation import requirements_problem as r; "
+                           "print(r())"], capture_output=True, text=True, env=env, timeout=120)
+    assert skip.stdout.strip() in lines[0], "the reason the testbed's tests skip with (REASON) is that line"
+
+
 # --------------------------------------------------------------------------- on Mininet (root only)
 
 REASON = tb_emulation.requirements_problem()

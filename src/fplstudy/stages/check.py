@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from fplstudy.config import StudyError
+from fplstudy.stages import output_problem
 from fplstudy.study.params import (
     CHECKED,
     load_params,
@@ -25,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stamp", help="write this file (constant text) when the study is valid: the train stages "
                                         "depend on it, so DVC validates params.yaml before any of them runs")
     args = parser.parse_args(argv)
+    refusal = output_problem("--stamp", args.stamp) if args.stamp is not None else None
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
     try:
         params = load_params(args.params)
         study = load_study(params)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from fplstudy.paths import PACKAGE
+from fplstudy.stages import output_problem
 from fplstudy.study.provenance import RUN_MODULES, code_hash, import_closure
 from fplstudy.train.results import atomic_write_text
 
@@ -18,6 +19,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fplstudy.stages.code", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="the file to write (results/code/train.txt)")
     args = parser.parse_args(argv)
+    refusal = output_problem("--out", args.out)
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
     files = import_closure(RUN_MODULES, PACKAGE)
     text = (f"code_hash {code_hash()}\n# the training code it covers (docstrings and comments left out):\n"
             + "".join(f"# src/fplstudy/{rel}\n" for rel in files))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fplstudy.config import StudyError
+from fplstudy.stages import output_problem
 from fplstudy.study.dropout import (
     findings_text,
     kept_comparisons,
@@ -50,6 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace run folders in --out that hold another config's finished run")
     args = parser.parse_args(argv)
+    refusal = output_problem("--out", args.out, folder=True)
+    if refusal:
+        print(f"fplstudy.stages.dynamics: error: {refusal}", file=sys.stderr)
+        return 2
     try:
         res = run_sweep(args.params, args.out, overwrite=args.overwrite)
     except StudyError as exc:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fplstudy.config import StudyError
+from fplstudy.stages import output_problem
 from fplstudy.study.params import ScaleParams, load_scale
 from fplstudy.study.scale import (
     crossover_grid,
@@ -58,6 +59,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="folder for the tables and findings.md")
     parser.add_argument("--figures", help="folder for the PNGs (default: --out)")
     args = parser.parse_args(argv)
+    refusal = output_problem("--out", args.out, folder=True) or (
+        output_problem("--figures", args.figures, folder=True) if args.figures is not None else None)
+    if refusal:
+        print(f"fplstudy.stages.scale: error: {refusal}", file=sys.stderr)
+        return 2
     try:
         params = load_scale(args.params)
     except StudyError as exc:

@@ -61,8 +61,9 @@ rate and no added delay, and the emulated profiles set ``latency_s`` to 0); radi
 node's memory. The machine's cores are shared with whatever else runs on it: a busy machine makes the
 measured times longer than the model's.
 
-Requirements, checked before anything is built (one line naming the fix): root; Mininet for the system
-Python (``apt-get install mininet bridge-utils cgroup-tools iperf3``), whose module lives in
+Requirements, checked before anything is built (one line naming the fix): ``tc``, ``ip`` and ``brctl`` on
+PATH (they live in ``/usr/sbin``, which ``env -i`` and some sudo setups leave out); root; Mininet for the
+system Python (``apt-get install mininet bridge-utils cgroup-tools iperf3``), whose module lives in
 ``/usr/lib/python3/dist-packages``. The project's venv never imports it: :mod:`fplstudy.testbed.netctl` runs
 under ``/usr/bin/python3`` as a subprocess and starts the nodes (the venv's Python) inside the hosts.
 """
@@ -76,7 +77,7 @@ import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from fplstudy.config import ConfigError
+from fplstudy.config import ConfigError, short_repr
 from fplstudy.facts.profiles import DeviceProfile, Profiles
 from fplstudy.facts.topology import Topology
 from fplstudy.plans.plan import Plan
@@ -267,10 +268,12 @@ def check_rates(plan: Plan, profiles: Profiles) -> None:
 # --------------------------------------------------------------------------- requirements
 
 def requirements_problem() -> str | None:
-    """Why the testbed cannot run here (one line naming the fix), or None when it can."""
-    if os.geteuid() != 0:
-        return ("the emulated backend needs root (Mininet builds namespaces, links and cgroups): run it as root, "
-                "e.g. sudo -E env PATH=$PATH fplstudy run ... --backend emulated")
+    """Why the testbed cannot run here (one line naming the fix), or None when it can.
+
+    The network controller's check (:mod:`fplstudy.testbed.netctl`) comes first, so that a PATH without the
+    folder of ``tc`` and ``ip`` (``/usr/sbin``: ``env -i``, some sudo setups) is named, with its fix, whether or
+    not this process is root; then root; then what is not installed.
+    """
     if not Path(SYSTEM_PYTHON).is_file():
         return f"the emulated backend runs Mininet under {SYSTEM_PYTHON}, which is missing: install python3"
     try:
@@ -278,6 +281,15 @@ def requirements_problem() -> str | None:
         check = json.loads(out.stdout)
     except (subprocess.SubprocessError, ValueError, OSError) as exc:
         return f"the Mininet check failed ({exc}); install Mininet: apt-get install mininet bridge-utils cgroup-tools"
+    off_path = check.get("off_path") or {}
+    if off_path:
+        folders = sorted(set(off_path.values()))
+        return (f"{', '.join(off_path)} {'is' if len(off_path) == 1 else 'are'} installed in {', '.join(folders)}, "
+                f"which PATH ({short_repr(os.environ.get('PATH', os.defpath))}) lacks, and Mininet runs them by name: put "
+                f"{' and '.join(folders)} on PATH, e.g. export PATH=$PATH:{':'.join(folders)}")
+    if os.geteuid() != 0:
+        return ("the emulated backend needs root (Mininet builds namespaces, links and cgroups): run it as root, "
+                "e.g. sudo -E env PATH=$PATH fplstudy run ... --backend emulated")
     if not check["ok"]:
         return ("missing for the emulated backend: " + ", ".join(check["missing"])
                 + "; install them with apt-get install mininet bridge-utils cgroup-tools iperf3")

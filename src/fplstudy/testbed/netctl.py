@@ -91,21 +91,40 @@ def _ours(tag: str, name: str) -> bool:
     return re.fullmatch(rf"{tag}(h\d+|r\d+|s0)(-.*)?", name) is not None
 
 
+TOOLS = ("mnexec", "tc", "brctl", "cgcreate", "ip")  # the programs Mininet runs by name, found through PATH
+SYSTEM_DIRS = ("/usr/sbin", "/sbin")  # where tc, ip and brctl are installed, off the PATH of `env -i` and some sudo
+
+
+def _on_path(tool: str, path: str) -> str | None:
+    """The folder of ``path`` (a PATH value) that holds the program ``tool``, or None."""
+    return next((d for d in path.split(os.pathsep) if d and os.access(os.path.join(d, tool), os.X_OK)), None)
+
+
 def _check() -> dict:
-    """What a network needs here: root, the mininet module, mnexec, tc, brctl, the cpu cgroup controller."""
-    missing = []
+    """What a network needs here: root, the mininet module, mnexec, tc, brctl, cgcreate and ip on PATH (Mininet
+    runs them by name: one installed off PATH fails there as an empty answer), the cpu cgroup controller.
+
+    Returns:
+        ``{"ok", "missing", "off_path", "cores"}``: ``off_path`` maps a tool that is installed in a folder of
+        :data:`SYSTEM_DIRS` but not on PATH to that folder (it is in ``missing`` too).
+    """
+    missing, off_path = [], {}
     if os.geteuid() != 0:
         missing.append("root")
     try:
         import mininet.net  # noqa: F401
     except ImportError:
         missing.append("the mininet module")
-    for tool in ("mnexec", "tc", "brctl", "cgcreate", "ip"):
-        if not any(os.access(os.path.join(d, tool), os.X_OK) for d in os.environ.get("PATH", "").split(":") + ["/sbin", "/usr/sbin"]):
+    path = os.environ.get("PATH", os.defpath)
+    for tool in TOOLS:
+        if _on_path(tool, path) is None:
             missing.append(tool)
+            found = _on_path(tool, os.pathsep.join(SYSTEM_DIRS))
+            if found is not None:
+                off_path[tool] = found
     if not os.path.isfile(os.path.join(CGROUP_ROOT, "cpu", "cpu.cfs_quota_us")):
         missing.append("the cgroup v1 cpu controller (cpu.cfs_quota_us)")
-    return {"ok": not missing, "missing": missing, "cores": os.cpu_count()}
+    return {"ok": not missing, "missing": missing, "off_path": off_path, "cores": os.cpu_count()}
 
 
 def sweep(tag: str) -> dict:

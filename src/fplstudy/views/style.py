@@ -52,6 +52,32 @@ LABEL_MARKERS = {label: marker for label, (_, marker) in _LOOKS.items()}
 
 DPI = 150  # fixed, so the PNG bytes do not depend on the matplotlib rc of the machine
 
+# The formats save_figure writes with matplotlib alone (pgf needs LaTeX, eps and ps Ghostscript for some
+# options), each with the mark by which a file of it is recognised as save_figure's: the PNG signature (its
+# PNG carries no software tag), the PDF backend's producer line (in the document info, near the end) and the
+# SVG backend's creator line (in the metadata, near the start).
+FIGURE_FORMATS = {"png": b"\x89PNG\r\n\x1a\n", "pdf": b"Matplotlib pdf backend", "svg": b"Matplotlib v"}
+_MARK_BYTES = 65536  # where a mark is looked for: the first (png, svg) or last (pdf) bytes of the file
+
+
+def is_saved_figure(path: str | Path) -> bool:
+    """Whether the file ``path`` is a figure as :func:`save_figure` writes it in the format its suffix names
+    (:data:`FIGURE_FORMATS`), so that writing a figure over it replaces a figure and nothing else."""
+    path = Path(path)
+    kind = path.suffix.lstrip(".").lower()
+    if kind not in FIGURE_FORMATS or not path.is_file():
+        return False
+    try:
+        with path.open("rb") as fh:
+            if kind == "pdf":
+                if fh.read(5) != b"%PDF-":
+                    return False
+                fh.seek(max(0, path.stat().st_size - _MARK_BYTES))
+            head = fh.read(_MARK_BYTES)
+    except OSError:
+        return False
+    return head.startswith(FIGURE_FORMATS[kind]) if kind == "png" else FIGURE_FORMATS[kind] in head
+
 
 def save_figure(fig, path: str | Path, *, tight: bool = False) -> Path | None:
     """Save ``fig`` (a PNG, or the format of ``path``'s suffix) with a fixed dpi and, for a PNG, no

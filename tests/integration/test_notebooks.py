@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -147,3 +148,47 @@ def test_dvc_names_each_group_once():
 def test_missing_dataset_names_the_restore_command():
     with tempfile.TemporaryDirectory() as empty, pytest.raises(FileNotFoundError, match="dvc pull data.dvc"):
         require_dataset("digits", empty)
+
+
+def _papermill_refusal(tmp_path: Path, *args: str) -> str:
+    """Run the train notebook through the papermill command line (as a user or `dvc repro` does); it must
+    fail, and the library's one-line refusal must be in what papermill prints. Returns that line."""
+    import subprocess
+
+    papermill = str(Path(sys.executable).parent / "papermill")
+    proc = subprocess.run([papermill, "--kernel", "python3", "--no-progress-bar", "--log-level", "WARNING",
+                           str(ROOT / "notebooks" / "train.ipynb"), str(tmp_path / "out.ipynb"), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert "BrokenProcessPool" not in text
+    lines = [line for line in text.splitlines() if "StudyError: " in line]
+    assert lines, text[-3000:]
+    return lines[0].split("StudyError: ", 1)[1]
+
+
+def test_a_smoke_run_into_the_committed_results_changes_nothing(tmp_path: Path):
+    """`papermill train.ipynb … -p group mp -p smoke_test True -p runs_dir <finished runs>`: the smoke
+    study's 2-round runs would replace the study's own; refused before any training, every file as it was."""
+    runs = tmp_path / "runs"
+    shutil.copytree(ROOT / "results" / "runs" / "mp", runs / "mp")
+    before = {p: p.read_bytes() for p in sorted(runs.rglob("*")) if p.is_file()}
+    export_digits(tmp_path / "data" / "digits")
+    line = _papermill_refusal(tmp_path, "-p", "group", "mp", "-p", "smoke_test", "True", "-p", "runs_dir", str(runs),
+                              "-p", "data_dir", str(tmp_path / "data"))
+    assert "holds the finished run of another config" in line and "overwrite" in line
+    assert {p: p.read_bytes() for p in sorted(runs.rglob("*")) if p.is_file()} == before
+
+
+@pytest.mark.parametrize("args,named", [
+    (("-p", "seeds", "notalist"), "seeds"), (("-p", "config", "notadict"), "config"),
+    (("-p", "workers", "-3"), "workers"), (("-y", "seeds: [1, 1]"), "seeds"),
+], ids=["seeds-str", "config-str", "workers-negative", "seeds-twice"])
+def test_notebook_parameters_fail_in_the_first_cell_with_the_library_line(args, named, tmp_path: Path):
+    line = _papermill_refusal(tmp_path, *args, "-p", "smoke_test", "True")
+    assert line.startswith(f"notebook parameter '{named}'")
+    executed = yaml.safe_load((tmp_path / "out.ipynb").read_text())
+    code = [c for c in executed["cells"] if c["cell_type"] == "code"]
+    failed = [i for i, c in enumerate(code) if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    tags = [c.get("metadata", {}).get("tags", []) for c in code]
+    assert failed == [tags.index(["injected-parameters"]) + 1]  # the first cell after the parameters

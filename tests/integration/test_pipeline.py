@@ -124,6 +124,30 @@ def test_a_hostile_group_name_never_reaches_a_shell(tmp_path: Path):
     assert not (tmp_path / "pwned").exists() and not (repo / "pwned").exists()
 
 
+def test_a_plan_a_run_would_refuse_stops_dvc_repro_with_its_one_line(tmp_path: Path):
+    """A key that only a run used to refuse (a deadline on model parallelism) in the study's shared train
+    section: `dvc repro` stops at the check stage with the library's one line, naming the entry, before any
+    train stage starts (no run folder, no executed notebook)."""
+    repo = tmp_path / "repo"
+    _fresh_copy(repo)
+    for folder in ("results", "figures"):
+        shutil.rmtree(repo / folder, ignore_errors=True)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["study"] = {**REDUCED["study"], "train": {**REDUCED["study"]["train"], "round_deadline_s": 1.0},
+                       "groups": {"mp": {"nodes": [2]}}, "findings": {}}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+           "PYTHONPATH": str(repo / "src"), "CI": "1"}
+    _sh(["git", "init", "-q"], repo, env)
+    _sh(["dvc", "pull", "data.dvc"], repo, env)
+    proc = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if "study.train.round_deadline_s" in line]
+    assert proc.returncode != 0 and len(lines) == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert lines[0].startswith("error: params.yaml: study.train.round_deadline_s: got 1.0;")
+    assert "BrokenProcessPool" not in proc.stdout + proc.stderr
+    assert not (repo / "results" / "runs").exists() and not (repo / "results" / "notebooks").exists()
+
+
 def test_the_committed_study_is_complete_and_current(tmp_path: Path):
     """A user clones this repository's committed study (HEAD): a plain `dvc pull` succeeds, `dvc status` has
     nothing to reproduce (every run folder, table and figure is committed and matches the code and params that

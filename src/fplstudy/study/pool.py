@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -254,6 +255,7 @@ def train_runs(runs: list[tuple[Config, Path, str]], *, workers: int = 1, kernel
     if not runs:
         return records
     claim(runs, overwrite)
+    die_with_job()
     t0 = time.perf_counter()
     check_kernels(kernels)
     env = {**{k: None for k in KERNEL_VARIABLES}, **KERNELS[kernels][0]}  # native: this CPU's own, unpinned
@@ -287,6 +289,59 @@ def die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
         if os.getppid() == 1:  # the parent died before the call took effect
             os._exit(1)
+
+
+def _stat(pid: int) -> tuple[int, int, int] | None:
+    """``(parent pid, session id, start time)`` of a process from ``/proc``, None if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[1]), int(fields[3]), int(fields[19])
+
+
+def job_ancestors(pid: int | None = None) -> list[tuple[int, int]]:
+    """``(pid, start time)`` of the processes above ``pid`` (default: this one) that run the same job: its
+    parent, the parent's parent, ... up to the first session leader (a login shell, a terminal, a CI
+    runner, the kernel of a notebook server), which is left out. For a train stage that is papermill, the
+    shell DVC starts and ``dvc repro``; for a command typed at a shell, nothing."""
+    chain: list[tuple[int, int]] = []
+    stat = _stat(pid or os.getpid())
+    while stat is not None and stat[0] > 1:
+        parent = stat[0]
+        stat = _stat(parent)
+        if stat is None or stat[1] == parent:  # gone, or the session leader
+            break
+        chain.append((parent, stat[2]))
+    return chain
+
+
+_WATCHING: list[bool] = []
+
+
+def die_with_job(interval_s: float = 1.0) -> None:
+    """End this process (and so, through :func:`die_with_parent`, its workers) when a process above it in
+    its job dies: ``kill -9`` of ``dvc repro`` leaves no papermill kernel or stage training on as an orphan.
+    A daemon thread polls :func:`job_ancestors` (pid and start time, so a reused pid does not count as
+    alive); started once per process, Linux only."""
+    if _WATCHING or not sys.platform.startswith("linux"):
+        return
+    chain = job_ancestors()
+    if not chain:
+        return
+    _WATCHING.append(True)
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_s)
+            for pid, start in chain:
+                stat = _stat(pid)
+                if stat is None or stat[2] != start:
+                    print(f"fplstudy: process {pid} above this one ended (killed?); stopping, the runs already "
+                          f"finished are kept", file=sys.__stderr__ or sys.stderr, flush=True)
+                    os._exit(137)
+
+    threading.Thread(target=watch, name="fplstudy-die-with-job", daemon=True).start()
 
 
 def _minutes(seconds: float) -> str:

@@ -25,6 +25,7 @@ Run folders cannot lie (see :mod:`fplstudy.train.results` for the files):
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import io
 import json
@@ -72,7 +73,9 @@ from fplstudy.train.results import (
     ROUND_COLUMNS,
     RUN_FILES,
     atomic_write_bytes,
+    atomic_write_text,
     code_version,
+    dumps_json,
     environment,
     final_metrics,
     run_id,
@@ -538,6 +541,13 @@ class _RunWriter:
             events = ([e for e in T.events if e.round < done] if T is not None else self._replay(done))
             outcome = self._finish("interrupted", f"interrupted (Ctrl-C) after {done} completed rounds", events)
             raise RunInterrupted(outcome) from None
+        except OSError as exc:
+            if out is None or exc.errno not in DISK_FULL:
+                raise
+            self._stamp()
+            mark_failed(out / "metrics.json", "disk full: free space, then --resume continues after the last "
+                                              "checkpointed round")
+            raise
         except RuntimeError as exc:
             if not isinstance(exc, DistributedError):
                 raise
@@ -595,6 +605,32 @@ class _RunWriter:
             print(f"fplstudy: estimated training time {_duration(per_round * left)} ({left} rounds x "
                   f"{per_round:.3g} s, timed on one step of the whole model here); Ctrl-C stops it and keeps "
                   f"the completed rounds", file=sys.stderr, flush=True)
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left on the device; the user's disk quota used up
+
+
+def mark_failed(path: Path, message: str) -> None:
+    """Set ``status: failed`` in a run's ``metrics.json`` on a full disk, where no new file can be written:
+    atomically with ``message`` if space allows, else in place in the file's own blocks (``failed`` is
+    shorter than ``running``; the rest is padded with spaces, which JSON allows), so the folder says the
+    truth and stays resumable from its checkpoint. A file that cannot be read is left as it is."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(doc, dict):
+        return
+    try:
+        atomic_write_text(path, dumps_json({**doc, "status": "failed", "message": message}))
+        return
+    except OSError:
+        pass
+    text = dumps_json({**doc, "status": "failed"}).encode()
+    size = path.stat().st_size
+    if len(text) <= size:
+        with open(path, "r+b") as f:
+            f.write(text + b" " * (size - len(text)))
 
 
 def _now() -> str:

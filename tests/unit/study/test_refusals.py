@@ -283,3 +283,74 @@ def test_the_check_stage_prints_one_line_for_a_study_a_run_would_refuse(tmp_path
     err = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(err) == 1 and "study.train.round_deadline_s" in err[0], err
     assert time.perf_counter() - t0 < 60 and not (tmp_path / "stamp").exists()
+
+
+# --------------------------------------------------------------------------- a full disk
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_a_disk_that_fills_mid_run_leaves_a_truthful_resumable_folder(tmp_path: Path):
+    """The disk fills after round 0 (a real tmpfs, filled to its last byte): the run stops with ENOSPC,
+    metrics.json says failed (not running), and once space is freed --resume ends with the files of an
+    uninterrupted run."""
+    import errno
+
+    cfg = load_config(None, {**TINY, "strategy": "fl", "nodes": 2})
+    whole = tmp_path / "whole"
+    run(cfg, whole, progress=False)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], check=True)
+    try:
+        filler = disk / "filler"
+
+        def fill(row):
+            if row["round"] == 0:
+                with open(filler, "wb") as f:
+                    try:
+                        while True:
+                            f.write(b"\0" * 4096)
+                            f.flush()
+                    except OSError:
+                        pass
+
+        with pytest.raises(OSError) as info:
+            run(cfg, disk / "run", progress=False, on_round=fill)
+        assert info.value.errno == errno.ENOSPC
+        doc = json.loads((disk / "run" / "metrics.json").read_text())
+        assert doc["status"] == "failed" and (disk / "run" / CHECKPOINT).is_file()
+        filler.unlink()
+        assert run(cfg, disk / "run", progress=False, resume=True).status == "completed"
+        for name in ("rounds.csv", "ledger.csv"):
+            assert (disk / "run" / name).read_bytes() == (whole / name).read_bytes(), name
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_stage_and_its_workers_end_when_the_job_above_is_killed(tmp_path: Path):
+    """As `kill -9` of `dvc repro` reaches a train stage: a grandparent (standing for dvc) starts a stage
+    process whose pool trains; the grandparent is killed with SIGKILL; the stage process and its workers end
+    within seconds instead of training on as orphans."""
+    pids = tmp_path / "pids"
+    stage = tmp_path / "stage.py"
+    stage.write_text(
+        "import os, time, multiprocessing\nfrom concurrent.futures import ProcessPoolExecutor\n"
+        "from fplstudy.study.pool import die_with_job, die_with_parent\n"
+        f"def work(_):\n    open({str(pids)!r}, 'a').write(f'{{os.getpid()}}\\n'); time.sleep(120)\n"
+        "if __name__ == '__main__':\n    die_with_job(0.2)\n"
+        f"    open({str(pids)!r}, 'a').write(f'{{os.getpid()}}\\n')\n"
+        "    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context('spawn'), "
+        "initializer=die_with_parent) as pool:\n        list(pool.map(work, range(2)))\n")
+    dvc = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys, time\n"
+                            f"subprocess.Popen([sys.executable, {str(stage)!r}])\ntime.sleep(120)"],
+                           env={**os.environ, "PYTHONPATH": str(SRC)})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not pids.exists() or len(pids.read_text().split()) < 3):
+        time.sleep(0.1)
+    procs = [int(p) for p in pids.read_text().split()]
+    assert len(procs) == 3 and all(_alive(p) for p in procs)
+    dvc.send_signal(signal.SIGKILL)
+    dvc.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(_alive(p) for p in procs):
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in procs)

@@ -20,7 +20,10 @@ export PATH := $(BIN):$(PATH)
 $(STAMP):
 	$(PYTHON) tools/venv.py --venv "$(VENV)" --cache "$(CACHE)" --stamp "$@"
 
+# notebooks/*.py are what git and DVC track; JupyterLab works on their git-ignored .ipynb twins (Jupytext
+# pairing, notebooks/jupytext.toml): created here, and each kept in step with its script on every save.
 venv: $(STAMP)
+	@"$(BIN)/jupytext" --quiet --sync notebooks/*.py
 
 env: venv
 	@echo "$(abspath $(VENV))"

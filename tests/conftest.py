@@ -51,3 +51,21 @@ def _sigint_as_python_sets_it():
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     yield
+
+
+@pytest.fixture
+def notebook(tmp_path_factory):
+    """``notebook(name)``: ``notebooks/<name>.py`` (the percent script git tracks) written as an ``.ipynb`` with
+    the python3 kernel in a temporary folder, what papermill executes (as the DVC stages do through Jupytext)."""
+    import jupytext
+
+    folder = tmp_path_factory.mktemp("notebooks")
+
+    def make(name: str) -> Path:
+        nb = jupytext.read(Path(__file__).resolve().parents[1] / "notebooks" / f"{name}.py")
+        nb.metadata["kernelspec"] = {"name": "python3", "language": "python", "display_name": "Python 3"}
+        path = folder / f"{name}.ipynb"
+        jupytext.write(nb, path)
+        return path
+
+    return make

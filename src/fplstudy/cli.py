@@ -220,6 +220,9 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fplstudy", description=__doc__.split("\n")[0],
                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    from fplstudy import __version__
+
+    parser.add_argument("--version", action="version", version=f"fplstudy {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="train a plan; write metrics.json, rounds.csv, ledger.csv")
@@ -324,8 +327,13 @@ def _cmd_export_digits(args) -> int:
 
 
 def _print_keys() -> None:
+    """Every config key: its name, default and description (the comment of its line in Config)."""
+    from fplstudy.config import key_descriptions
+
+    described = key_descriptions()
+    width = max(len(repr(f.default)) for f in Config.model_fields.values())
     for name, field in Config.model_fields.items():
-        print(f"{name:18} default={field.default!r}")
+        print(f"{name:22} {field.default!r:{width}}  {described.get(name, '')}")
 
 
 def _cmd_plan(cfg: Config, args) -> int:

@@ -298,7 +298,7 @@ class Config(BaseModel):
     cut_by: Literal["flops", "count"] = "flops"  # default cuts balance forward FLOPs or block counts
 
     # --- data partition
-    partition: Literal["iid", "dirichlet", "shards", "features"] = "iid"
+    partition: Literal["iid", "dirichlet", "shards", "features"] = "iid"  # how the training set is split among branches: iid | dirichlet (label skew, alpha) | shards (classes_per_node) | features (every branch sees every sample, a slice of its rows)
     alpha: float = 0.5  # Dirichlet concentration (> 0; small = more skewed)
     classes_per_node: int = 2  # shards: classes held by each branch
 
@@ -314,7 +314,7 @@ class Config(BaseModel):
     # FedAvg clients' optimizer state across a sync: reset = every client starts from the averaged
     # model with a fresh optimizer (no momentum carried over), as McMahan et al.'s and Flower's clients
     # do; keep = momentum buffers survive the sync. Only matters with momentum > 0 and sync=fedavg.
-    client_optimizer: Literal["keep", "reset"] = "reset"
+    client_optimizer: Literal["keep", "reset"] = "reset"  # FedAvg clients' optimizer state across a sync: reset | keep
     seed: int = 0  # every random choice (split, partition, init, shuffling) derives from it
     threads: int = Field(1, ge=0)  # torch CPU threads; 1 = one fixed summation order, 0 = torch's default
 
@@ -354,6 +354,25 @@ def _describe_allowed(err: dict) -> str:
         return "unknown key; known keys: " + ", ".join(Config.model_fields)
     msg = err["msg"]
     return msg[0].lower() + msg[1:] if msg else "invalid value"
+
+
+def key_descriptions() -> dict[str, str]:
+    """Each config key's description: the trailing comment of its line in :class:`Config`, the one place keys
+    are declared (read from the source, so the two never disagree)."""
+    import inspect
+    import io
+    import tokenize
+
+    out: dict[str, str] = {}
+    name = None
+    for tok in tokenize.generate_tokens(io.StringIO(inspect.getsource(Config)).readline):
+        if tok.type == tokenize.NAME and tok.start[1] == 4 and tok.string in Config.model_fields:
+            name = tok.string
+        elif tok.type == tokenize.COMMENT and name is not None:
+            out.setdefault(name, tok.string.lstrip("# ").strip())
+        elif tok.type == tokenize.NEWLINE:
+            name = None
+    return out
 
 
 def make_config(values: dict[str, Any] | None = None) -> Config:

@@ -4,10 +4,23 @@ their folders explicitly."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
+
+
+def honour_umask(fd: int) -> None:
+    """Give a file made by :func:`tempfile.mkstemp` (mode 0600, for the atomic writes: a temporary file
+    renamed into place) the mode an ordinary ``open`` would: 0666 less the process's umask."""
+    try:  # the umask without changing it (os.umask sets it to read it, which races with other threads)
+        status = Path("/proc/self/status").read_text()
+        mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:")), 8)
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+    os.fchmod(fd, 0o666 & ~mask)
 
 
 def find_repo_root(start: Path | None = None) -> Path | None:

@@ -23,30 +23,31 @@ from fplstudy.facts.datasets import export_digits, require_dataset
 from fplstudy.study.params import load_study
 
 ROOT = Path(__file__).resolve().parents[2]
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.py"))  # percent scripts (Jupytext): what git and DVC track
 
-# Smoke parameters per notebook (file name -> papermill parameters). Defaults write only to temp folders.
+# Smoke parameters per notebook (name -> papermill parameters). Defaults write only to temp folders.
 SMOKE: dict[str, dict] = {
-    "train.ipynb": {"smoke_test": True, "config": {"strategy": "fpl", "nodes": 4, "junction": "adapter"},
+    "train": {"smoke_test": True, "config": {"strategy": "fpl", "nodes": 4, "junction": "adapter"},
                     "seeds": [0, 1]},
-    "tradeoffs.ipynb": {"smoke_test": True},
-    "teach.ipynb": {"smoke_test": True},
+    "tradeoffs": {"smoke_test": True},
+    "teach": {"smoke_test": True},
 }
 
 
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs(notebook: Path, tmp_path: Path):
-    assert notebook.name in SMOKE, (f"{notebook.name} is not executed by any test: add its smoke parameters "
-                                    f"to SMOKE in tests/integration/test_notebooks.py")
-    params = dict(SMOKE[notebook.name])
-    if "data_dir" in pm.inspect_notebook(str(notebook)):
+@pytest.mark.parametrize("script", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs(script: Path, notebook, tmp_path: Path):
+    assert script.stem in SMOKE, (f"{script.name} is not executed by any test: add its smoke parameters "
+                                  f"to SMOKE in tests/integration/test_notebooks.py")
+    params = dict(SMOKE[script.stem])
+    source = notebook(script.stem)
+    if "data_dir" in pm.inspect_notebook(str(source)):
         # a fresh clone has no data/ before `dvc pull data.dvc`: give the notebook its own copy
         export_digits(tmp_path / "data" / "digits")
         params["data_dir"] = str(tmp_path / "data")
-    pm.execute_notebook(str(notebook), str(tmp_path / notebook.name), parameters=params,
+    pm.execute_notebook(str(source), str(tmp_path / source.name), parameters=params,
                         kernel_name="python3", cwd=str(ROOT), progress_bar=False)
-    if notebook.name in ("train.ipynb", "tradeoffs.ipynb"):
-        assert _images(tmp_path / notebook.name), f"{notebook.name} shows no figure inline"
+    if script.stem in ("train", "tradeoffs"):
+        assert _images(tmp_path / source.name), f"{script.name} shows no figure inline"
 
 
 def _images(executed: Path) -> int:
@@ -55,10 +56,10 @@ def _images(executed: Path) -> int:
     return sum("image/png" in out.get("data", {}) for cell in nb["cells"] for out in cell.get("outputs", []))
 
 
-def test_train_notebook_trains_a_group_of_the_study(tmp_path: Path):
+def test_train_notebook_trains_a_group_of_the_study(notebook, tmp_path: Path):
     """What `dvc repro` runs: every plan x seed of one group of params.yaml's active study (smoke-sized)."""
     export_digits(tmp_path / "data" / "digits")
-    pm.execute_notebook(str(ROOT / "notebooks" / "train.ipynb"), str(tmp_path / "out.ipynb"),
+    pm.execute_notebook(str(notebook("train")), str(tmp_path / "out.ipynb"),
                         parameters={"smoke_test": True, "group": "sl", "runs_dir": str(tmp_path / "runs"),
                                     "data_dir": str(tmp_path / "data")},
                         kernel_name="python3", cwd=str(ROOT), progress_bar=False)
@@ -73,7 +74,7 @@ REDUCED = {"no-4-nodes": lambda t: t[t["nodes"] != 4], "iid-only": lambda t: t[t
 
 
 @pytest.mark.parametrize("grid", sorted(REDUCED))
-def test_tradeoffs_render_on_a_reduced_grid(grid: str, tiny_study, tmp_path: Path):
+def test_tradeoffs_render_on_a_reduced_grid(grid: str, tiny_study, notebook, tmp_path: Path):
     import pandas as pd
 
     _, folder = tiny_study
@@ -82,7 +83,7 @@ def test_tradeoffs_render_on_a_reduced_grid(grid: str, tiny_study, tmp_path: Pat
     for name in ("seeds", "summary", "rounds", "costs"):
         table = REDUCED[grid](pd.read_csv(folder / f"{name}.csv"))
         table.to_csv(tables / f"{name}.csv", index=False)
-    pm.execute_notebook(str(ROOT / "notebooks" / "tradeoffs.ipynb"), str(tmp_path / "out.ipynb"),
+    pm.execute_notebook(str(notebook("tradeoffs")), str(tmp_path / "out.ipynb"),
                         parameters={"results_dir": str(tables), "figures_dir": str(tmp_path / "figures")},
                         kernel_name="python3", cwd=str(ROOT), progress_bar=False)
     drawn = {p.name for p in (tmp_path / "figures").glob("*.png")}
@@ -96,16 +97,24 @@ def test_tradeoffs_render_on_a_reduced_grid(grid: str, tiny_study, tmp_path: Pat
 
 
 def test_every_smoke_entry_names_a_notebook():
-    assert set(SMOKE) <= {p.name for p in NOTEBOOKS}, "SMOKE lists a notebook that does not exist"
+    assert set(SMOKE) <= {p.stem for p in NOTEBOOKS}, "SMOKE lists a notebook that does not exist"
 
 
-def test_notebooks_are_committed_without_outputs():
+def test_notebooks_are_tracked_as_scripts_without_outputs():
+    """git tracks each notebook as its percent script (code and markdown, the papermill tag and no other
+    metadata); the .ipynb twins JupyterLab saves outputs into are git-ignored."""
+    import subprocess
+
+    tracked = subprocess.run(["git", "ls-files", "notebooks"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
+    assert sorted(tracked) == sorted(["notebooks/jupytext.toml", *(f"notebooks/{p.name}" for p in NOTEBOOKS)])
+    ignored = subprocess.run(["git", "check-ignore", "notebooks/train.ipynb"], cwd=ROOT, capture_output=True)
+    assert ignored.returncode == 0
     for path in NOTEBOOKS:
-        nb = yaml.safe_load(path.read_text())  # JSON is YAML
-        for cell in nb["cells"]:
-            if cell["cell_type"] == "code":
-                assert not cell.get("outputs") and cell.get("execution_count") is None, (
-                    f"{path.name} holds outputs; clear them before committing (Kernel > Restart and Clear)")
+        text = path.read_text()
+        assert text.startswith("# %%") and "metadata" not in text.split("\n", 1)[0], path.name
+        assert [line for line in text.splitlines() if line.startswith("# %%") and "=" in line] == \
+            (['# %% tags=["parameters"]'] if "parameters" in text else []), path.name
 
 
 def _dvc_commands() -> list[list[str]]:
@@ -117,22 +126,23 @@ def _dvc_commands() -> list[list[str]]:
         cmds = stage["cmd"] if isinstance(stage["cmd"], list) else [stage["cmd"]]
         for cmd in cmds:
             for part in cmd.split("&&"):
-                words = shlex.split(part)
-                if words and words[0] == "papermill":
+                words = shlex.split(part.replace("|", " | "))
+                if "papermill" in words:
                     commands.append(words)
     return commands
 
 
-def test_dvc_passes_only_declared_parameters():
+def test_dvc_passes_only_declared_parameters(notebook):
     commands = _dvc_commands()
     assert commands, "dvc.yaml runs no notebook through papermill"
     for words in commands:
-        notebook = next(w for w in words if w.startswith("notebooks/"))
-        declared = set(pm.inspect_notebook(str(ROOT / notebook)))
+        script = next(w for w in words if w.startswith("notebooks/"))
+        assert script.endswith(".py") and words.index("|") < words.index("papermill"), words  # jupytext | papermill
+        declared = set(pm.inspect_notebook(str(notebook(Path(script).stem))))
         passed = [words[i + 1] for i, w in enumerate(words) if w == "-p"]
         passed += [next(iter(yaml.safe_load(words[i + 1]))) for i, w in enumerate(words) if w == "-y"]
         unknown = sorted(set(passed) - declared)
-        assert not unknown, f"dvc.yaml passes {unknown} to {notebook}, whose parameters are {sorted(declared)}"
+        assert not unknown, f"dvc.yaml passes {unknown} to {script}, whose parameters are {sorted(declared)}"
         assert "--kernel" in words
 
 
@@ -156,9 +166,11 @@ def _papermill_refusal(tmp_path: Path, *args: str) -> str:
     import subprocess
 
     papermill = str(Path(sys.executable).parent / "papermill")
-    proc = subprocess.run([papermill, "--kernel", "python3", "--no-progress-bar", "--log-level", "WARNING",
-                           str(ROOT / "notebooks" / "train.ipynb"), str(tmp_path / "out.ipynb"), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    jupytext = str(Path(sys.executable).parent / "jupytext")
+    command = (f"{shlex.quote(jupytext)} --quiet --to ipynb --output - notebooks/train.py | "
+               f"{shlex.quote(papermill)} --kernel python3 --language python --no-progress-bar --log-level WARNING "
+               f"- {shlex.quote(str(tmp_path / 'out.ipynb'))} {shlex.join(args)}")  # as dvc.yaml runs it
+    proc = subprocess.run(["bash", "-c", command], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     text = proc.stdout + proc.stderr
     assert "BrokenProcessPool" not in text

@@ -8,6 +8,7 @@ the default suite (test_the_committed_study_is_complete_and_current)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -181,3 +182,62 @@ def test_the_committed_eight_node_plans_learn_like_the_smaller_ones():
     iid = sd[sd["name"].str.endswith("-iid")]
     small, large = iid[iid["nodes"] < 8]["test_acc_mean"].max(), iid[iid["nodes"] == 8]["test_acc_mean"].max()
     assert large <= 3 * small, iid.sort_values("test_acc_mean").tail(5).to_string()
+
+
+@pytest.mark.slow  # a clone, three notebooks executed, two `dvc status`: about 2 min here; CI runs it (make test-slow)
+def test_running_and_saving_the_notebooks_in_jupyterlab_changes_nothing_tracked(tmp_path: Path):
+    """In a clone of the committed study, each notebook is opened, executed and saved through Jupytext's
+    contents manager (what JupyterLab's server saves with): `git status` stays clean and `dvc status` has
+    nothing to reproduce. Editing one code line of train.ipynb and saving it changes notebooks/train.py, and
+    `dvc status` names the train stages."""
+    import papermill as pm
+    from jupyter_server.services.contents.largefilemanager import AsyncLargeFileManager
+    from jupytext.contentsmanager import build_jupytext_contents_manager_class
+
+    from fplstudy.facts.datasets import export_digits
+
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout: nothing committed to clone")
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "CI": "1"}
+    clone = tmp_path / "clone"
+    _sh(["git", "clone", "-q", str(ROOT), str(clone)], tmp_path, env)
+    env["PYTHONPATH"] = str(clone / "src")
+    _sh(["dvc", "pull"], clone, env)
+    _sh(["jupytext", "--quiet", "--sync", *(f"notebooks/{p.name}" for p in sorted((clone / "notebooks").glob("*.py")))],
+        clone, env)  # what `make venv` does
+    export_digits(tmp_path / "data" / "digits")
+    smoke = {"train": {"smoke_test": True, "runs_dir": str(tmp_path / "runs"), "data_dir": str(tmp_path / "data")},
+             "tradeoffs": {"smoke_test": True}, "teach": {"smoke_test": True}}
+    manager = build_jupytext_contents_manager_class(AsyncLargeFileManager)(root_dir=str(clone))
+    import asyncio
+
+    for name, params in smoke.items():
+        path = f"notebooks/{name}.ipynb"
+        model = asyncio.run(_maybe(manager.get(path)))
+        executed = pm.execute_notebook(str(clone / path), str(tmp_path / f"{name}-run.ipynb"), parameters=params,
+                                       kernel_name="python3", cwd=str(clone), progress_bar=False)
+        ran = [c for c in executed.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+        assert len(ran) == len(model["content"].cells)
+        for cell, done in zip(model["content"].cells, ran):  # the outputs and kernel metadata a run leaves
+            if cell.cell_type == "code":
+                cell.outputs, cell.execution_count = done.outputs, done.execution_count
+        model["content"].metadata.update({k: v for k, v in executed.metadata.items() if k != "papermill"})
+        asyncio.run(_maybe(manager.save(model, path)))
+        assert any(c.get("outputs") for c in json.loads((clone / path).read_text())["cells"]), name
+    assert _sh(["git", "status", "--porcelain", "--untracked-files=all"], clone, env) == ""
+    assert "up to date" in _sh(["dvc", "status"], clone, env).lower()
+
+    model = asyncio.run(_maybe(manager.get("notebooks/train.ipynb")))
+    cell = next(c for c in model["content"].cells if c.cell_type == "code" and "run_group(" in c.source)
+    cell.source = cell.source.replace("workers=workers or None", "workers=workers or None ")  # one code line
+    cell.source += "\nprint(len(records))"
+    asyncio.run(_maybe(manager.save(model, "notebooks/train.ipynb")))
+    assert _sh(["git", "status", "--porcelain"], clone, env).split() == ["M", "notebooks/train.py"]
+    status = _sh(["dvc", "status"], clone, env)
+    assert "train@fl" in status and "notebooks/train.py" in status
+
+
+async def _maybe(value):
+    """Await ``value`` when the contents manager is asynchronous."""
+    return await value if hasattr(value, "__await__") else value

@@ -103,6 +103,7 @@ from fplstudy.costs.pricing import (
     slowdowns,
 )
 from fplstudy.facts.profiles import Profiles, check_profiles
+from fplstudy.paths import honour_umask
 from fplstudy.plans.dynamics import plan_turnouts
 from fplstudy.plans.events import KINDS, Compute, Event
 from fplstudy.plans.program import everyone
@@ -560,6 +561,7 @@ def write_ledger_csv(ledger: pd.DataFrame, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        honour_umask(fd)
         with os.fdopen(fd, "w", newline="") as fh:
             ledger.to_csv(fh, index=False, float_format="%.17g")
         os.replace(tmp, path)

@@ -33,7 +33,18 @@ CODE_ENTRY = "fplstudy.stages.code"
 DVC_FILE = "dvc.yaml"
 
 _ENTRY = re.compile(r"python3? -m (fplstudy(?:\.\w+)*)")  # a stage's Python entry module
-_NOTEBOOK = re.compile(r"\bpapermill\b[^&]*?\s(\S+\.ipynb)")  # the notebook a stage runs (papermill's input)
+_NOTEBOOK = re.compile(r"\bpapermill\b[^&|]*?\s(\S+\.ipynb)")  # the notebook papermill runs (its input)
+_SCRIPT = re.compile(r"\bjupytext\b[^&|]*?\s(\S+\.py)\s*\|")  # a percent script Jupytext converts for papermill
+
+
+def _notebooks(cmd: str) -> list[str]:
+    """The notebooks a stage command runs, one per command of the ``&&`` chain: the percent script piped
+    through Jupytext into papermill (``jupytext ... notebooks/x.py | papermill ... - out.ipynb``), else
+    papermill's input notebook."""
+    found = []
+    for part in cmd.split("&&"):
+        found += _SCRIPT.findall(part) or _NOTEBOOK.findall(part)
+    return found
 
 
 def _module_file(module: str, package: Path) -> Path | None:
@@ -100,7 +111,10 @@ def imported_modules(source: str, module: str = "", package: Path = PACKAGE) -> 
 
 
 def notebook_source(path: str | Path) -> str:
-    """The Python of a notebook's code cells, IPython's ``%magic`` and ``!shell`` lines left out."""
+    """The Python of a notebook's code cells, IPython's ``%magic`` and ``!shell`` lines left out; a notebook
+    kept as a percent script (``.py``, Jupytext) is Python as it is (its magics are comments)."""
+    if Path(path).suffix == ".py":
+        return Path(path).read_text(encoding="utf-8")
     cells = json.loads(Path(path).read_text(encoding="utf-8"))["cells"]
     lines = []
     for cell in cells:
@@ -228,7 +242,7 @@ def stage_code(cmd: str, root: str | Path = ".", *, hashed: bool = False) -> lis
     """
     package = Path(root) / "src" / "fplstudy"
     modules = _ENTRY.findall(cmd)
-    notebooks = _NOTEBOOK.findall(cmd)
+    notebooks = _notebooks(cmd)
     if hashed and notebooks:
         return notebooks
     for notebook in notebooks:

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 import fplstudy
+from fplstudy.paths import honour_umask
 
 ROUND_COLUMNS = ("round", "train_loss", "test_loss_mean", "test_acc_mean", "test_acc_worst",
                  "test_acc_per_branch", "branches_trained", "branches_late", "nodes_absent", "run_id")
@@ -59,6 +60,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        honour_umask(fd)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -109,3 +109,34 @@ def test_distributed_run_from_the_cli_writes_wire_csv_equal_to_the_ledger(tmp_pa
     wire, ledger = pd.read_csv(out / "wire.csv"), pd.read_csv(out / "ledger.csv")
     assert wire["bytes_tx"].sum() == ledger["bytes_tx"].sum() > 0
     assert wire["bytes_rx"].sum() == ledger["bytes_rx"].sum()
+
+
+def test_version_and_every_key_described(capsys):
+    from fplstudy import __version__
+    from fplstudy.config import Config
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"fplstudy {__version__}"
+    assert main(["keys"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == list(Config.model_fields)
+    described = {line.split()[0]: line for line in lines}
+    for name, field in Config.model_fields.items():  # name, default, then a description of a few words
+        rest = described[name].split(None, 1)[1][len(repr(field.default)):].strip()
+        assert len(rest.split()) >= 2, described[name]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_files_written_honour_the_umask(umask, tmp_path):
+    """A run's files get the mode an ordinary open would (0666 less the umask), not mkstemp's 0600."""
+    import subprocess
+    import sys
+
+    code = (f"import os; os.umask({umask}); from fplstudy.cli import main; "
+            f"raise SystemExit(main(['cost', '--set', 'strategy=fl', '--set', 'nodes=2', '--set', 'max_train_samples=64', "
+            f"'--out', {str(tmp_path / 'out')!r}]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()}
+    assert set(modes) >= {"ledger.csv", "metrics.json"} and set(modes.values()) == {0o666 & ~umask}, modes

@@ -48,7 +48,7 @@ def test_the_train_stage_depends_on_the_code_of_every_run_through_the_code_stage
     changes. The figures and tables are code of neither."""
     stages = stage_deps(ROOT / "dvc.yaml")
     other, listed, _ = stages["train"]
-    assert listed == ["notebooks/train.ipynb"] and "results/code/train.txt" in other
+    assert listed == ["notebooks/train.py"] and "results/code/train.txt" in other
     code_outs = read_yaml_file(ROOT / "dvc.yaml")["stages"]["code"]["outs"]
     assert [next(iter(o)) for o in code_outs] == ["results/code/train.txt"]
     run_code = {f"src/fplstudy/{rel}" for rel in import_closure(RUN_MODULES)}

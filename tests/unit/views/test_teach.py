@@ -171,12 +171,12 @@ def test_readable_names():
         "MP: a chain of 3 nodes, cuts after layers 2, 5"
 
 
-def test_notebook_shows_every_figure_inline(tmp_path):
+def test_notebook_shows_every_figure_inline(notebook, tmp_path):
     """Executed headless, teach.ipynb leaves a PNG in each step of the walk, the side-by-side cell, the
     slider panel (without the old static copy), the search and ResNet-18 against the digits CNN; its lessons
     name plans in words."""
     out = tmp_path / "teach.ipynb"
-    pm.execute_notebook(str(ROOT / "notebooks" / "teach.ipynb"), str(out), parameters={"smoke_test": True},
+    pm.execute_notebook(str(notebook("teach")), str(out), parameters={"smoke_test": True},
                         kernel_name="python3", cwd=str(ROOT), progress_bar=False)
     cells = [c for c in json.loads(out.read_text())["cells"] if c["cell_type"] == "code"]
     pngs = [sum("image/png" in o.get("data", {}) for o in c["outputs"]) for c in cells]
@@ -195,7 +195,7 @@ def test_notebook_shows_every_figure_inline(tmp_path):
     assert "Cheapest plan per objective" in lessons and "fpl-" not in lessons
 
 
-def test_the_panel_and_the_notebook_on_a_topology(reference, tmp_path):
+def test_the_panel_and_the_notebook_on_a_topology(reference, notebook, tmp_path):
     """With a topology the device and link menus are off (the site gives both), the status line says which
     topology node hosts each plan node and equals the priced plan's, node counts the site cannot host are not
     offered, and the notebook's plan search also places the nodes."""
@@ -212,7 +212,7 @@ def test_the_panel_and_the_notebook_on_a_topology(reference, tmp_path):
     plain = teach.slider_panel(SMALL, reference, sorted(profiles.devices), sorted(profiles.links), nodes=3)
     assert not plain.controls["device"].disabled and "topology" not in plain.status.value
     out = tmp_path / "teach.ipynb"
-    pm.execute_notebook(str(ROOT / "notebooks" / "teach.ipynb"), str(out),
+    pm.execute_notebook(str(notebook("teach")), str(out),
                         parameters={"smoke_test": True, "topology": "fog_wifi"}, kernel_name="python3",
                         cwd=str(ROOT), progress_bar=False)
     done = json.loads(out.read_text())

@@ -22,8 +22,10 @@ $(STAMP):
 
 # notebooks/*.py are what git and DVC track; JupyterLab works on their git-ignored .ipynb twins (Jupytext
 # pairing, notebooks/jupytext.toml): created here, and each kept in step with its script on every save.
+# .dvc/plots.html: the page `dvc plots show` fills, with Vega inline so it works offline (git-ignored).
 venv: $(STAMP)
 	@"$(BIN)/jupytext" --quiet --sync notebooks/*.py
+	@"$(BIN)/fplstudy" plots-page --out .dvc/plots.html >/dev/null
 
 env: venv
 	@echo "$(abspath $(VENV))"

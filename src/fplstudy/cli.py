@@ -1,4 +1,4 @@
-"""Command line: ``fplstudy run|plan|cost|explore|calibrate|keys|deps|export-digits``.
+"""Command line: ``fplstudy run|plan|cost|explore|calibrate|keys|deps|export-digits|plots-page``.
 
 Examples::
 
@@ -298,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write", action="store_true", help="rewrite the deps of those stages in place")
     p = sub.add_parser("export-digits", help="write scikit-learn's digits as the .npy files data.dvc tracks")
     p.add_argument("folder", help="where to write images.npy and target.npy (data/digits)")
+    p = sub.add_parser("plots-page", help="write the page template `dvc plots show` fills (.dvc/plots.html, "
+                                          "Vega inline: the page needs no network); `make venv` runs it")
+    p.add_argument("--out", default=".dvc/plots.html", help="the template to write (default: .dvc/plots.html)")
     return parser
 
 
@@ -323,6 +326,13 @@ def _cmd_export_digits(args) -> int:
 
     for path in export_digits(args.folder):
         print(path)
+    return 0
+
+
+def _cmd_plots_page(args) -> int:
+    from fplstudy.views.plotpage import write_page_template
+
+    print(write_page_template(args.out))
     return 0
 
 
@@ -524,11 +534,12 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command == "keys":
         _print_keys()
         return 0
-    if args.command in ("deps", "export-digits"):
+    if args.command in ("deps", "export-digits", "plots-page"):
         from fplstudy.config import StudyError
 
         try:
-            return {"deps": _cmd_deps, "export-digits": _cmd_export_digits}[args.command](args)
+            return {"deps": _cmd_deps, "export-digits": _cmd_export_digits,
+                    "plots-page": _cmd_plots_page}[args.command](args)
         except BrokenPipeError:
             raise
         except (StudyError, OSError) as exc:

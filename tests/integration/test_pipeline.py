@@ -241,3 +241,31 @@ def test_running_and_saving_the_notebooks_in_jupyterlab_changes_nothing_tracked(
 async def _maybe(value):
     """Await ``value`` when the contents manager is asynchronous."""
     return await value if hasattr(value, "__await__") else value
+
+
+def test_dvc_plots_show_writes_a_page_that_needs_no_network(tmp_path: Path):
+    """`dvc plots show` on the committed study with the project's page template (.dvc/config points at the
+    file `make venv` writes): no script or stylesheet from a remote address, Vega inline, the scatter plots
+    coloured by strategy, and every figure of the plots list on the page."""
+    import configparser
+
+    from fplstudy.views.plotpage import write_page_template
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / ".dvc" / "config")
+    assert config["plots"]["html_template"] == "plots.html"  # relative to .dvc/
+    assert "plots-page --out .dvc/plots.html" in (ROOT / "Makefile").read_text()
+    template = write_page_template(tmp_path / "plots.html")
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    _sh(["dvc", "plots", "show", "--html-template", str(template), "-o", str(tmp_path / "out")], ROOT, env)
+    html = (tmp_path / "out" / "index.html").read_text()
+    import re
+
+    remote = re.findall(r"""<(?:script|link|img)[^>]+(?:src|href)=["']?(?:https?:)?//[^"'\s>]+""", html)
+    assert remote == [] and "cdn.jsdelivr" not in html
+    assert "vegaEmbed" in html and len(html) > 500_000  # the libraries are on the page
+    assert html.count('"color": {"field": "strategy"') == 2
+    plots = yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]
+    assert "results/dynamics/dropout.png" in plots
+    for figure in (p for p in plots if isinstance(p, str)):
+        assert (tmp_path / "out" / "static").exists() and Path(figure).name.replace(".png", "") in html, figure

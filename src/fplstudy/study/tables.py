@@ -96,18 +96,24 @@ def summarize(seeds: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
 
 def headline(study: Study, summary: pd.DataFrame) -> dict[str, Any]:
     """The study's headline numbers for ``dvc metrics show`` (a dozen columns, readable in a terminal;
-    everything else is in ``summary.csv``): plans, seeds, completed runs, and per strategy label the mean
-    test accuracy at its reference node count (4 if swept, else the largest) on IID data."""
+    everything else is in ``summary.csv``): plans, seeds, completed runs, and per strategy label, at its
+    reference node count (4 if swept, else the largest) on IID data, the means over seeds of the test
+    accuracy, the energy (J), the bytes sent (B) and the round makespan (s), to 4 significant digits."""
     out: dict[str, Any] = {"plans": int(summary.shape[0]), "seeds": len(study.seeds),
                            "runs_completed": int(summary["seeds"].sum())}
     iid = summary[summary["partition"].isin(["iid", "features"])]
-    accuracy = {}
+    columns = {"test_acc": "test_acc_mean_mean", "energy_j": "energy_j_mean", "bytes_total": "bytes_total_mean",
+               "makespan_s": "makespan_s_mean"}
+    out.update({key: {} for key in columns if columns[key] in summary})
     for lab in LABEL_ORDER:
         part = iid[plan_label(iid) == lab]
         if not part.empty:
             nodes = 4 if (part["nodes"] == 4).any() else int(part["nodes"].max())
-            accuracy[f"{lab}@{nodes}"] = round(float(part[part["nodes"] == nodes].iloc[0]["test_acc_mean_mean"]), 4)
-    out["test_acc"] = accuracy
+            row = part[part["nodes"] == nodes].iloc[0]
+            for key, column in columns.items():
+                if key in out:
+                    value = float(row[column])
+                    out[key][f"{lab}@{nodes}"] = round(value, 4) if key == "test_acc" else float(f"{value:.4g}")
     return out
 
 

@@ -45,7 +45,7 @@ from fplstudy.study.params import (
     smoke_params,
 )
 from fplstudy.study.pool import run_group, train_runs
-from fplstudy.study.tables import STUDY_COLUMNS, read_runs
+from fplstudy.study.tables import plan_columns, read_runs
 from fplstudy.views import figures
 
 check_notebook_parameters(group=group, config=config, seeds=seeds, params_file=params_file, runs_dir=runs_dir,
@@ -59,8 +59,7 @@ if group:
     params = smoke_params() if smoke_test else load_params(where.root / params_file)
     the_study = load_study(params)  # every plan's config validated before any training
     plans = the_study.group_plans(group)
-    columns = {p.name: {"name": p.name, "group": group, **{c: p.column(c) for c in STUDY_COLUMNS[2:]}}
-               for p in plans}
+    columns = {p.name: plan_columns(the_study, p) for p in plans}
     dataset = plans[0].config.dataset if plans else ""
 else:  # one line naming the key if a value is refused
     name, runs = single_plan(config, seeds, out, **(SMOKE_SIZES if smoke_test else {}))

@@ -24,8 +24,21 @@ METRIC_KEYS = ("test_acc_mean", "test_acc_worst", "test_loss_mean", "train_loss"
 
 
 
-# The swept settings every summary row carries (values a group does not sweep come from train/defaults).
+# The settings every summary row carries (values a group does not sweep come from train/defaults); a study that
+# sweeps other keys gets a column for each of them too (:func:`study_columns`).
 STUDY_COLUMNS = ("name", "group", "strategy", "nodes", "junction", "partition")
+
+
+def study_columns(study: Study) -> tuple[str, ...]:
+    """The columns that name a plan in every table: :data:`STUDY_COLUMNS`, then every other key a group of
+    the study sweeps (e.g. ``link``, ``lr``, ``branches``), in the order the groups give them."""
+    extra = [k for p in study.plans for k in p.swept if k not in STUDY_COLUMNS]
+    return (*STUDY_COLUMNS, *dict.fromkeys(extra))
+
+
+def plan_columns(study: Study, plan) -> dict[str, Any]:
+    """One plan's values of :func:`study_columns`."""
+    return {"name": plan.name, "group": plan.group, **{c: plan.column(c) for c in study_columns(study)[2:]}}
 
 
 
@@ -70,8 +83,7 @@ def aggregate(study: Study, runs_dir: str | Path) -> dict[str, pd.DataFrame]:
     Raises:
         FileNotFoundError: a run of the study has no ``metrics.json`` (names the stage to run).
     """
-    runs = [({"name": p.name, "group": p.group, **{c: p.column(c) for c in STUDY_COLUMNS[2:]}}, s, d)
-            for p, s, d in study.run_dirs(runs_dir)]
+    runs = [(plan_columns(study, p), s, d) for p, s, d in study.run_dirs(runs_dir)]
     tables = read_runs(runs)
     return {"seeds": tables["seeds"], "summary": summarize(tables["seeds"]), "rounds": tables["rounds"],
             "costs": tables["costs"]}
@@ -83,7 +95,7 @@ def summarize(seeds: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     rows = []
     for _name, part in seeds.groupby("name", sort=False):
         done = part[part["status"] == "completed"]
-        row = {c: part.iloc[0][c] for c in STUDY_COLUMNS}
+        row = {c: part.iloc[0][c] for c in seeds.columns[:seeds.columns.get_loc("seed")]}  # the plan's columns
         row.update(seeds=len(done), branches=int(part.iloc[0]["branches"]))
         for key in METRIC_KEYS:
             d = stats.describe(done[key].astype(float).to_numpy(), confidence)
@@ -105,15 +117,28 @@ def headline(study: Study, summary: pd.DataFrame) -> dict[str, Any]:
     columns = {"test_acc": "test_acc_mean_mean", "energy_j": "energy_j_mean", "bytes_total": "bytes_total_mean",
                "makespan_s": "makespan_s_mean"}
     out.update({key: {} for key in columns if columns[key] in summary})
+    for name, row in reference_plans(iid).items():
+        for key, column in columns.items():
+            if key in out:
+                value = float(row[column])
+                out[key][name] = round(value, 4) if key == "test_acc" else float(f"{value:.4g}")
+    return out
+
+
+def reference_plans(iid: pd.DataFrame) -> dict[str, pd.Series]:
+    """Per strategy label its plans at the reference node count (4 if swept, else the largest), keyed
+    ``<label>@<nodes>``; where several plans share a label and node count (they differ in another swept key,
+    e.g. ``link``), each is kept, keyed ``<label>@<nodes> <plan name>``: none is dropped."""
+    out: dict[str, pd.Series] = {}
+    labels = plan_label(iid)
     for lab in LABEL_ORDER:
-        part = iid[plan_label(iid) == lab]
-        if not part.empty:
-            nodes = 4 if (part["nodes"] == 4).any() else int(part["nodes"].max())
-            row = part[part["nodes"] == nodes].iloc[0]
-            for key, column in columns.items():
-                if key in out:
-                    value = float(row[column])
-                    out[key][f"{lab}@{nodes}"] = round(value, 4) if key == "test_acc" else float(f"{value:.4g}")
+        part = iid[labels == lab]
+        if part.empty:
+            continue
+        nodes = 4 if (part["nodes"] == 4).any() else int(part["nodes"].max())
+        rows = part[part["nodes"] == nodes]
+        for _, row in rows.iterrows():
+            out[f"{lab}@{nodes}" + (f" {row['name']}" if len(rows) > 1 else "")] = row
     return out
 
 
@@ -131,16 +156,15 @@ def curves(rounds: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
     column per :data:`fplstudy.views.style.LABEL_ORDER` label, each at its reference node count (as
     :func:`headline`) on IID data; a label the study does not run is an empty column."""
     iid = summary[summary["partition"].isin(["iid", "features"])]
-    labels = plan_label(iid)
     table = pd.DataFrame(index=pd.Index(sorted(rounds["round"].unique()), name="round"))
+    chosen = reference_plans(iid)
     for label in LABEL_ORDER:
-        part = iid[labels == label]
-        if part.empty:
+        mine = {key: row for key, row in chosen.items() if key.split("@")[0] == label}
+        if not mine:
             table[label] = np.nan
-            continue
-        nodes = 4 if (part["nodes"] == 4).any() else int(part["nodes"].max())
-        name = part[part["nodes"] == nodes].iloc[0]["name"]
-        table[label] = rounds[rounds["name"] == name].groupby("round")["test_acc_mean"].mean()
+        for row in mine.values():  # one column per plan; a label with several plans names each
+            column = label if len(mine) == 1 else f"{label} {row['name']}"
+            table[column] = rounds[rounds["name"] == row["name"]].groupby("round")["test_acc_mean"].mean()
     return table.reset_index()
 
 

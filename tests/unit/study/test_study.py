@@ -193,3 +193,31 @@ def test_the_same_seed_gives_every_strategy_the_same_data(partition):
         assert shards == ref_shards, strategy
     other_split, other_shards = data("fl", 2, 4)
     assert not torch.equal(other_split.y_train, ref_split.y_train) and other_shards != ref_shards
+
+
+def test_a_study_that_sweeps_other_keys_keeps_them_in_every_table(tmp_path: Path):
+    """A hand-written study sweeping `link` (fl) and `branches` (fpl): both are columns of seeds.csv and
+    summary.csv, the plans that differ only in them are all in curves.csv and metrics.json, each named."""
+    from fplstudy.study.tables import aggregate, write_aggregate
+
+    params = smoke_params()
+    params["study"]["seeds"] = [0, 1]
+    params["study"]["groups"] = {"fl": {"nodes": [2], "link": ["wifi5", "lte"]},
+                                 "fpl": {"nodes": [5], "branches": [2, 4], "junction": ["adapter"]}}
+    params["study"]["findings"] = {}
+    the_study = load_study(params)
+    run_group(the_study, None, tmp_path / "runs", log=lambda line: None)
+    written = write_aggregate(the_study, aggregate(the_study, tmp_path / "runs"), tmp_path)
+    assert {p.name for p in written} >= {"seeds.csv", "summary.csv", "curves.csv", "metrics.json"}
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert {"link", "branches"} <= set(summary.columns) and len(summary) == 4
+    assert sorted(summary[summary["strategy"] == "fl"]["link"]) == ["lte", "wifi5"]
+    assert sorted(summary[summary["strategy"] == "fpl"]["branches"]) == [2, 4]
+    assert {"link", "branches"} <= set(pd.read_csv(tmp_path / "seeds.csv").columns)
+    fl = summary[summary["strategy"] == "fl"].set_index("link")
+    assert fl.at["lte", "energy_j_mean"] != fl.at["wifi5", "energy_j_mean"]  # the swept key changes the costs
+    curves = pd.read_csv(tmp_path / "curves.csv")
+    assert {"fl fl-2-wifi5", "fl fl-2-lte", "fpl-adapter fpl-5-2-adapter", "fpl-adapter fpl-5-4-adapter"} <= set(curves)
+    headline = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(headline["energy_j"]) == {"fl@2 fl-2-wifi5", "fl@2 fl-2-lte", "fpl-adapter@5 fpl-5-2-adapter",
+                                         "fpl-adapter@5 fpl-5-4-adapter"}

@@ -331,8 +331,8 @@ def single_plan(values: dict[str, Any], seeds: list[int], out: str | Path, **siz
         **sizes: config keys that size the runs (e.g. :data:`SMOKE_SIZES`), left out of the name.
 
     Returns:
-        ``(name, runs)``: :func:`swept_name` of the strategy and the other keys given (the seed aside), and
-        per seed ``(config, out/seed-<s>, title)`` for :func:`train_runs`.
+        ``(name, runs)``: the strategy, then each other key given as key and value (the seed aside), e.g.
+        ``fl-nodes8-rounds2``, and per seed ``(config, out/<name>/seed-<s>, title)`` for :func:`train_runs`.
 
     Raises:
         ConfigError: a key or value the plan refuses, named in one line (everything
@@ -342,10 +342,16 @@ def single_plan(values: dict[str, Any], seeds: list[int], out: str | Path, **siz
     from fplstudy.train.runner import preflight
 
     preflight(cfg)  # what a run checks before its data, before any worker starts
-    name = swept_name({"strategy": cfg.strategy, **{k: v for k, v in values.items() if k not in ("strategy", "seed")}})
-    out = Path(out)
+    name = "-".join([cfg.strategy, *(f"{k}{_short(v)}" for k, v in values.items() if k not in ("strategy", "seed"))])
+    out = Path(out) / name
     return name, [(cfg.model_copy(update={"seed": s}), out / f"seed-{s}", f"{name} seed {s}")
                   for s in (seeds or [cfg.seed])]
+
+
+def _short(value: Any) -> str:
+    """A setting as it reads in a folder name: ``[2, 5]`` -> ``2_5``, text without characters a path refuses."""
+    text = "_".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+    return re.sub(r"[^A-Za-z0-9._]+", "_", text)[:40]
 
 
 

@@ -354,3 +354,19 @@ def test_a_stage_and_its_workers_end_when_the_job_above_is_killed(tmp_path: Path
     while time.monotonic() < deadline and any(_alive(p) for p in procs):
         time.sleep(0.1)
     assert not any(_alive(p) for p in procs)
+
+
+def test_a_single_plan_is_named_from_its_settings_and_never_replaces_another(tmp_path: Path):
+    """The train notebook's one-plan mode: `rounds: 2` does not read as 2 nodes, and a second plan with other
+    settings trains beside the first instead of over it."""
+    from fplstudy.study.params import single_plan
+
+    name, runs = single_plan({"strategy": "fl", "rounds": 1, "max_train_samples": 64}, [0], tmp_path)
+    assert name == "fl-rounds1-max_train_samples64" and runs[0][1] == tmp_path / name / "seed-0"
+    train_runs(runs, log=lambda line: None)
+    other, again = single_plan({"strategy": "fl", "rounds": 1, "max_train_samples": 64, "lr": 0.1}, [0], tmp_path)
+    assert other != name and again[0][1].parent != runs[0][1].parent
+    before = _files(tmp_path / name)
+    with pytest.raises(StudyError, match="its lr is 0.05"):  # forced into the first plan's folder: refused
+        train_runs([(again[0][0], runs[0][1], "x")], log=lambda line: None)
+    assert _files(tmp_path / name) == before

@@ -1,5 +1,7 @@
 """DVC stage ``check``: validate the active study of ``params.yaml`` (every plan's config, the scale and
-dropout sections) before any stage trains; write a constant stamp the train stages depend on."""
+dropout sections) before any stage trains; write a constant stamp the train stages depend on. When the study
+trains on a Dask cluster (``study.workers`` or ``FPLSTUDY_SCHEDULER`` names a scheduler), the scheduler must
+answer too."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from pathlib import Path
 
 from fplstudy.config import StudyError
 from fplstudy.stages import output_problem
+from fplstudy.study.cluster import connect, target
 from fplstudy.study.params import (
     CHECKED,
     load_params,
@@ -35,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
         study = load_study(params)
         scale = load_scale(params) if "scale" in params else None
         sweep = load_sweep(params) if "dynamics" in params else None
+        where = target(None, study.workers)
+        if isinstance(where, str):
+            connect(where).close()
     except StudyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

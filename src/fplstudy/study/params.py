@@ -35,6 +35,7 @@ from fplstudy.plans.strategies import (
     STRATEGIES,
     strategy,
 )
+from fplstudy.study.cluster import is_address
 from fplstudy.study.kernels import DEFAULT_KERNELS, KERNELS
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")  # group and plan names (fullmatch): safe in paths and shell commands
@@ -141,7 +142,8 @@ class Study:
         name: the study's key under ``studies``.
         train: config keys shared by every plan.
         seeds: the seeds, in order.
-        workers: runs trained at once.
+        workers: runs trained at once in local processes, or a Dask scheduler address (``tcp://host:port``;
+            ``FPLSTUDY_SCHEDULER`` replaces it: :func:`fplstudy.study.cluster.target`).
         plans: every plan, grouped in the order of ``groups``.
         findings: the ``findings`` section.
         kernels: the CPU kernel level every run is pinned to (a key of :data:`KERNELS`).
@@ -150,7 +152,7 @@ class Study:
     name: str
     train: dict[str, Any]
     seeds: tuple[int, ...]
-    workers: int
+    workers: int | str
     plans: tuple[PlanSpec, ...]
     findings: dict[str, Any]
     kernels: str = DEFAULT_KERNELS
@@ -231,9 +233,11 @@ def load_study(params: dict[str, Any] | str | Path = "params.yaml") -> Study:
             or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**32 for s in seeds)):
         raise refuse("study.seeds", seeds, "give a list of distinct integers in 0..2**32-1, e.g. [0, 1, 2, 3, 4]")
     workers = block.get("workers", 1)
-    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= (os.cpu_count() or 1) * 4:
+    if not is_address(workers) and (not isinstance(workers, int) or isinstance(workers, bool)
+                                    or not 1 <= workers <= (os.cpu_count() or 1) * 4):
         raise refuse("study.workers", workers, f"give an integer from 1 to {(os.cpu_count() or 1) * 4} (runs at "
-                                               f"once; results do not depend on it)")
+                                               f"once here) or a Dask scheduler address such as tcp://10.0.0.5:8786; "
+                                               f"results do not depend on it")
     kernels = block.get("kernels", DEFAULT_KERNELS)
     if kernels not in KERNELS:
         raise refuse("study.kernels", kernels, f"use one of {', '.join(KERNELS)} (avx2: the same bytes on every "

@@ -1,5 +1,6 @@
 """The runs of a study, trained in worker processes whose CPU kernels are pinned (one thread, one
-instruction-set level: the same bytes on every x86-64 CPU with it), resumed where they stopped."""
+instruction-set level: the same bytes on every x86-64 CPU with it), resumed where they stopped: local
+processes, or the workers of a Dask cluster (:mod:`fplstudy.study.cluster`), with the same files."""
 
 from __future__ import annotations
 
@@ -7,16 +8,22 @@ import contextlib
 import json
 import multiprocessing
 import os
+import pickle
 import shutil
+import socket
+import subprocess
 import sys
+import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fplstudy.config import Config, StudyError, make_config, short_repr
+from fplstudy.study.cluster import connect, describe, read_run_files, target, write_run_files
 from fplstudy.study.kernels import (
     DEFAULT_KERNELS,
     KERNEL_VARIABLES,
@@ -24,9 +31,11 @@ from fplstudy.study.kernels import (
     check_kernels,
 )
 from fplstudy.study.provenance import code_hash
-from fplstudy.train.results import VOLATILE, atomic_write_text, dumps_json
+from fplstudy.train.results import VOLATILE, atomic_write_bytes, atomic_write_text, dumps_json
 
 if TYPE_CHECKING:
+    from distributed import Client, Future
+
     from fplstudy.study.params import PlanSpec, Study
 
 
@@ -187,7 +196,7 @@ def _stale(study: Study, group: str, runs_dir: str | Path, overwrite: bool) -> l
     return stale
 
 
-def run_group(study: Study, group: str | None, runs_dir: str | Path, *, workers: int | None = None,
+def run_group(study: Study, group: str | None, runs_dir: str | Path, *, workers: int | str | None = None,
               kernels: str | None = None, log: Callable[[str], None] | None = None, overwrite: bool = False,
               ) -> list[dict[str, Any]]:
     """Train every plan × seed of one group (what its DVC stage does), or of the whole study when
@@ -197,7 +206,8 @@ def run_group(study: Study, group: str | None, runs_dir: str | Path, *, workers:
         study: the validated study.
         group: one of ``study.groups``, or None for all of them (one pool: tests and smoke runs).
         runs_dir: ``results/runs``.
-        workers: runs at once (default: the study's); every run uses its own process.
+        workers: runs at once in local processes, or a Dask scheduler address (``tcp://host:port``); default:
+            ``FPLSTUDY_SCHEDULER`` when set, else the study's (:func:`fplstudy.study.cluster.target`).
         kernels: the kernel level (:data:`KERNELS`); None = the study's (``study.kernels``).
         log: where progress lines go (default: the terminal, even inside a notebook kernel).
         overwrite: replace run folders that hold another config's finished run (:func:`pending`).
@@ -206,35 +216,49 @@ def run_group(study: Study, group: str | None, runs_dir: str | Path, *, workers:
         One record per run trained (title, status, test accuracy, wall seconds).
 
     Raises:
-        StudyError: a folder that is not this study's, before anything changed; the first refusal of a
-            run inside a worker, after the runs already trained were kept.
+        StudyError: a folder that is not this study's, or a scheduler that does not answer, before anything
+            changed; the first refusal of a run inside a worker, after the runs already trained were kept.
     """
     log = log or _terminal
     groups = study.groups if group is None else [group]
     for g in groups:  # every group's folders checked before any is changed
         _stale(study, g, runs_dir, overwrite)
-    todo = [run for g in groups for run in pending(study, g, runs_dir, overwrite)]
-    total = sum(1 for p in study.plans if p.group in groups) * len(study.seeds)
-    if len(todo) < total:
-        log(f"[{group or 'study'}] {total - len(todo)} of {total} runs already complete for this code and "
-            f"config; kept")
-    others = [(p, s, d) for p, s, d in study.run_dirs(runs_dir) if p.group not in groups]
-    after = sum(1 for p, s, d in others if not run_complete(d, p.for_seed(s)))
-    return train_runs([(p.for_seed(s), d, f"{p.name} seed {s}") for p, s, d in todo],
-                      workers=workers or study.workers, kernels=kernels or study.kernels, log=log, label=group or "study",
-                      runs_after=after, overwrite=True)  # pending() claimed the folders
+    where = target(workers, study.workers)
+    client = connect(where) if isinstance(where, str) else None  # refused here when no scheduler answers
+    try:
+        todo = [run for g in groups for run in pending(study, g, runs_dir, overwrite)]
+        total = sum(1 for p in study.plans if p.group in groups) * len(study.seeds)
+        if len(todo) < total:
+            log(f"[{group or 'study'}] {total - len(todo)} of {total} runs already complete for this code and "
+                f"config; kept")
+        others = [(p, s, d) for p, s, d in study.run_dirs(runs_dir) if p.group not in groups]
+        after = sum(1 for p, s, d in others if not run_complete(d, p.for_seed(s)))
+        return train_runs([(p.for_seed(s), d, f"{p.name} seed {s}") for p, s, d in todo],
+                          workers=client or where, kernels=kernels or study.kernels, log=log,
+                          label=group or "study", runs_after=after, overwrite=True)  # pending() claimed the folders
+    finally:
+        if client is not None:
+            client.close()
 
 
-def train_runs(runs: list[tuple[Config, Path, str]], *, workers: int = 1, kernels: str = DEFAULT_KERNELS,
-               log: Callable[[str], None] | None = None, label: str = "runs", runs_after: int = 0,
-               overwrite: bool = False) -> list[dict[str, Any]]:
+def train_runs(runs: list[tuple[Config, Path, str]], *, workers: int | str | Client | None = None,
+               kernels: str = DEFAULT_KERNELS, log: Callable[[str], None] | None = None, label: str = "runs",
+               runs_after: int = 0, overwrite: bool = False) -> list[dict[str, Any]]:
     """Train runs in ``workers`` worker processes (spawned, so the pinned :data:`KERNELS` apply to their
-    torch), each into its folder, printing one progress line per run with the time left. A script that
-    calls it needs the ``if __name__ == "__main__":`` guard (spawned workers import the main module).
+    torch), or on the workers of a Dask cluster, each into its folder, printing one progress line per run with
+    the time left (and, on a cluster, one line with its dashboard first). A script that calls it needs the
+    ``if __name__ == "__main__":`` guard (spawned workers import the main module).
+
+    On a cluster every run trains in a fresh process on its worker (:func:`child_run`: the pinned kernel
+    variables are set before its torch loads) into a temporary folder; the folder's files come back as bytes
+    and replace the run folder here in one rename (:func:`fplstudy.study.cluster.write_run_files`), so the
+    files are those a local run writes. A task whose worker is lost is trained again on another worker.
 
     Args:
         runs: ``(config, run folder, title)`` per run.
-        workers: runs at once (each one thread unless its config says otherwise).
+        workers: runs at once in local processes (each one thread unless its config says otherwise), a Dask
+            scheduler address (``tcp://host:port``) or a connected :class:`distributed.Client`; default:
+            ``FPLSTUDY_SCHEDULER`` when set, else 1.
         kernels: the kernel level every run is pinned to (:data:`KERNELS`; ``native``: none).
         log: where progress lines go (default: the terminal).
         label: prefix of the progress lines (the group).
@@ -242,25 +266,36 @@ def train_runs(runs: list[tuple[Config, Path, str]], *, workers: int = 1, kernel
         overwrite: replace run folders that hold another config's finished run (:func:`claim`).
 
     Returns:
-        One record per run: title, status, test accuracy, wall seconds, and the volatile ``environment``
-        the run recorded (threads, CPU kernel level, CPU model, torch version, kernel variables).
+        One record per run, in the order of ``runs``: title, status, test accuracy, wall seconds, and the
+        volatile ``environment`` the run recorded (threads, CPU kernel level, CPU model, torch version, kernel
+        variables); on a cluster also the ``worker`` that trained it.
 
     Raises:
-        StudyError: a folder that holds another config's finished run, before any training.
-        ConfigError, StudyError: the first run a worker refused, as the worker raised it (one line); the
-            runs not yet started are cancelled, those finished are kept.
+        StudyError: a folder that holds another config's finished run, or a scheduler that does not answer,
+            before any training.
+        ConfigError, StudyError: the first run a worker refused, as the worker raised it (one line; on a
+            cluster it names the worker); the runs not yet started are cancelled, those finished are kept.
     """
     log = log or _terminal
     records: list[dict[str, Any]] = []
     if not runs:
         return records
     claim(runs, overwrite)
+    where = workers if workers is not None and not isinstance(workers, (int, str)) else target(workers)
+    if not isinstance(where, int):
+        if kernels not in KERNELS:
+            check_kernels(kernels)  # the refusal of an unknown level; each worker checks its own CPU
+        die_with_job()
+        if isinstance(where, str):
+            with connect(where) as client:
+                return _train_on_cluster(client, runs, kernels, log, label, runs_after)
+        return _train_on_cluster(where, runs, kernels, log, label, runs_after)
     die_with_job()
     t0 = time.perf_counter()
     check_kernels(kernels)
     env = {**{k: None for k in KERNEL_VARIABLES}, **KERNELS[kernels][0]}  # native: this CPU's own, unpinned
     with _environment(env), \
-            ProcessPoolExecutor(min(workers, len(runs)), mp_context=multiprocessing.get_context("spawn"),
+            ProcessPoolExecutor(min(where, len(runs)), mp_context=multiprocessing.get_context("spawn"),
                                 initializer=die_with_parent) as pool:
         futures = [(title, pool.submit(_worker_run, cfg.model_dump(), str(folder), kernels)) for cfg, folder, title in runs]
         for done, (title, future) in enumerate(futures, 1):
@@ -270,12 +305,125 @@ def train_runs(runs: list[tuple[Config, Path, str]], *, workers: int = 1, kernel
                 pool.shutdown(wait=True, cancel_futures=True)  # runs already started finish and are kept
                 raise
             records.append({"run": title, "skipped": False, **rec})
-            per_run = (time.perf_counter() - t0) / done
-            left = per_run * (len(runs) - done)
-            log(f"[{label} {done}/{len(runs)}] {title}: {rec['status']}, test accuracy {rec['test_acc_mean']:.3f}, "
-                f"{rec['wall_s']:.1f} s; about {_minutes(left)} left here, {_minutes(left + per_run * runs_after)} "
-                f"in the study")
+            log(_progress(label, done, len(runs), title, rec, time.perf_counter() - t0, runs_after))
     return records
+
+
+def _progress(label: str, done: int, count: int, title: str, rec: dict[str, Any], elapsed_s: float,
+              runs_after: int) -> str:
+    """The progress line of the ``done``-th finished run of ``count``, with the time left."""
+    per_run = elapsed_s / done
+    left = per_run * (count - done)
+    return (f"[{label} {done}/{count}] {title}: {rec['status']}, test accuracy {rec['test_acc_mean']:.3f}, "
+            f"{rec['wall_s']:.1f} s; about {_minutes(left)} left here, {_minutes(left + per_run * runs_after)} "
+            f"in the study")
+
+
+# Retries of a task that raised on its worker (its training process died: out of memory, a full temporary
+# disk); a task whose worker is lost is rescheduled by the scheduler itself (`distributed.scheduler.allowed-failures`).
+CLUSTER_RETRIES = 2
+
+
+def _train_on_cluster(client: Client, runs: list[tuple[Config, Path, str]], kernels: str,
+                      log: Callable[[str], None], label: str, runs_after: int) -> list[dict[str, Any]]:
+    """:func:`train_runs` on a Dask cluster: one task per run, the answers written here as they arrive."""
+    from distributed import as_completed
+
+    log(f"[{label}] {describe(client)}")
+    t0 = time.perf_counter()
+    own = code_hash()
+    futures: dict[Future, int] = {}
+    for i, (cfg, _, _) in enumerate(runs):
+        key = f"fplstudy-run-{uuid.uuid4().hex[:12]}"  # unique: a rerun of the same run is a new task
+        futures[client.submit(_cluster_task, cfg.model_dump(), kernels, key=key, pure=False,
+                              retries=CLUSTER_RETRIES)] = i
+    records: list[dict[str, Any] | None] = [None] * len(runs)
+    done = 0
+
+    def keep(future: Future) -> int:
+        i = futures.pop(future)
+        answer = future.result()
+        if "refusal" in answer:
+            raise answer["refusal"]
+        _, folder, title = runs[i]
+        files = dict((rel, data) for rel, data, _ in answer["files"])
+        theirs = json.loads(files.get("metrics.json", b"{}")).get("code_version", {}).get("code_hash")
+        if theirs != own:
+            raise StudyError(f"{answer['worker']}: trains with other fplstudy code (code hash {str(theirs)[:12]}, "
+                             f"here {own[:12]}); install this checkout on every worker (docs/cluster.md)")
+        write_run_files(folder, answer["files"])
+        records[i] = {"run": title, "skipped": False, **answer["record"], "worker": answer["worker"]}
+        return i
+
+    try:
+        for future in as_completed(list(futures), loop=client.loop):
+            i = keep(future)
+            done += 1
+            log(_progress(label, done, len(runs), runs[i][2], records[i], time.perf_counter() - t0, runs_after))
+    except BaseException:
+        client.cancel(list(futures))  # not started: dropped; running: they finish on their worker, unread
+        for future in [f for f in futures if f.status == "finished"]:  # finished meanwhile: kept
+            with contextlib.suppress(Exception):
+                keep(future)
+        raise
+    return [r for r in records if r is not None]
+
+
+def _cluster_task(cfg_values: dict[str, Any], kernels: str) -> dict[str, Any]:
+    """One run on a Dask worker: trained by :func:`child_run` in a fresh process (kernels pinned before its
+    torch loads) into a temporary folder. Returns the short record, the run folder's files and the worker's
+    name, or a ``refusal`` (a :class:`StudyError` naming the worker) that is not retried elsewhere."""
+    from distributed import get_worker
+
+    try:
+        address = get_worker().address
+    except ValueError:  # called outside a worker
+        address = "(none)"
+    worker = f"Dask worker {address} on {socket.gethostname()}"
+    try:
+        check_kernels(kernels)  # this CPU; a torch pinned above its CPU's level dies of an illegal instruction
+        with tempfile.TemporaryDirectory(prefix="fplstudy-run-") as tmp:
+            folder = Path(tmp)
+            atomic_write_bytes(folder / "task.pkl", pickle.dumps((cfg_values, str(folder / "run"), kernels)))
+            env = {k: v for k, v in os.environ.items() if k not in KERNEL_VARIABLES}
+            env.update(KERNELS[kernels][0])
+            package_root = str(Path(__file__).resolve().parents[2])  # the folder holding this fplstudy
+            env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [env.get("PYTHONPATH")])])
+            proc = subprocess.run([sys.executable, "-c", "import sys; from fplstudy.study.pool import child_run; "
+                                   "child_run(sys.argv[1])", tmp], env=env, stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
+            if not (folder / "result.pkl").is_file():
+                tail = " ".join(proc.stderr.split()[-40:])
+                raise RuntimeError(f"{worker}: the training process ended with code {proc.returncode} and no "
+                                   f"result: {tail}")
+            kind, value = pickle.loads((folder / "result.pkl").read_bytes())
+            if kind == "error":
+                raise value
+            return {"record": value, "files": read_run_files(folder / "run"), "worker": worker}
+    except StudyError as exc:
+        return {"refusal": StudyError(f"{worker}: {exc}")}
+    except ValueError as exc:  # ConfigError and the like: the run's own refusal
+        if type(exc).__module__.startswith("fplstudy"):
+            return {"refusal": StudyError(f"{worker}: {exc}")}
+        raise
+
+
+def child_run(folder: str) -> None:
+    """Train the run that ``folder/task.pkl`` holds (``(config values, run folder, kernels)``) in this process,
+    which the caller started with the pinned kernel variables, and write ``("ok", record)`` or ``("error",
+    exception)`` to ``folder/result.pkl``. Dies with the process that started it (:func:`die_with_parent`)."""
+    die_with_parent()
+    where = Path(folder)
+    cfg_values, run_dir, kernels = pickle.loads((where / "task.pkl").read_bytes())
+    try:
+        result: tuple[str, Any] = ("ok", _worker_run(cfg_values, run_dir, kernels))
+    except Exception as exc:  # carried back whole (every exception of the package pickles)
+        result = ("error", exc)
+    try:
+        data = pickle.dumps(result)
+    except Exception:
+        data = pickle.dumps(("error", RuntimeError(" ".join(str(result[1]).split()))))
+    atomic_write_bytes(where / "result.pkl", data)
 
 
 def die_with_parent() -> None:

@@ -8,10 +8,8 @@ import contextlib
 import json
 import multiprocessing
 import os
-import pickle
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -31,7 +29,7 @@ from fplstudy.study.kernels import (
     check_kernels,
 )
 from fplstudy.study.provenance import code_hash
-from fplstudy.train.results import VOLATILE, atomic_write_bytes, atomic_write_text, dumps_json
+from fplstudy.train.results import VOLATILE, atomic_write_text, dumps_json
 
 if TYPE_CHECKING:
     from distributed import Client, Future
@@ -249,8 +247,9 @@ def train_runs(runs: list[tuple[Config, Path, str]], *, workers: int | str | Cli
     the time left (and, on a cluster, one line with its dashboard first). A script that calls it needs the
     ``if __name__ == "__main__":`` guard (spawned workers import the main module).
 
-    On a cluster every run trains in a fresh process on its worker (:func:`child_run`: the pinned kernel
-    variables are set before its torch loads) into a temporary folder; the folder's files come back as bytes
+    On a cluster every run trains in one of its worker's training processes (:func:`_trainer`: started once
+    per worker with the pinned kernel variables set before their torch loads, then kept, as the local pool
+    keeps its workers) into a temporary folder; the folder's files come back as bytes
     and replace the run folder here in one rename (:func:`fplstudy.study.cluster.write_run_files`), so the
     files are those a local run writes. A task whose worker is lost is trained again on another worker.
 
@@ -369,61 +368,51 @@ def _train_on_cluster(client: Client, runs: list[tuple[Config, Path, str]], kern
     return [r for r in records if r is not None]
 
 
+_TRAINERS: dict[str, ProcessPoolExecutor] = {}  # per kernel level: this Dask worker's training processes
+_TRAINERS_LOCK = threading.Lock()
+
+
+def _trainer(kernels: str, processes: int) -> ProcessPoolExecutor:
+    """This Dask worker's pool of training processes for one kernel level, started once and kept for every
+    later task (as the local pool keeps its workers): spawned with the kernel variables set, so their torch
+    loads pinned, and each dies with this worker (:func:`die_with_parent`)."""
+    with _TRAINERS_LOCK:
+        pool = _TRAINERS.get(kernels)
+        if pool is None or getattr(pool, "_broken", False):
+            env = {**{k: None for k in KERNEL_VARIABLES}, **KERNELS[kernels][0]}
+            pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=die_with_parent)
+            with _environment(env):  # a spawned process takes the environment it starts with
+                pool.submit(int).result()  # starts the processes now, inside the pinned environment
+            _TRAINERS[kernels] = pool
+        return pool
+
+
 def _cluster_task(cfg_values: dict[str, Any], kernels: str) -> dict[str, Any]:
-    """One run on a Dask worker: trained by :func:`child_run` in a fresh process (kernels pinned before its
-    torch loads) into a temporary folder. Returns the short record, the run folder's files and the worker's
-    name, or a ``refusal`` (a :class:`StudyError` naming the worker) that is not retried elsewhere."""
+    """One run on a Dask worker: trained by this worker's training processes (:func:`_trainer`: kernels pinned
+    before their torch loaded) into a temporary folder. Returns the short record, the run folder's files and
+    the worker's name, or a ``refusal`` (a :class:`StudyError` naming the worker) that is not retried
+    elsewhere. A training process that dies fails the task, which Dask retries (``CLUSTER_RETRIES``)."""
     from distributed import get_worker
 
     try:
-        address = get_worker().address
+        here = get_worker()
+        address, threads = here.address, max(1, here.state.nthreads)
     except ValueError:  # called outside a worker
-        address = "(none)"
+        address, threads = "(none)", 1
     worker = f"Dask worker {address} on {socket.gethostname()}"
     try:
         check_kernels(kernels)  # this CPU; a torch pinned above its CPU's level dies of an illegal instruction
         with tempfile.TemporaryDirectory(prefix="fplstudy-run-") as tmp:
-            folder = Path(tmp)
-            atomic_write_bytes(folder / "task.pkl", pickle.dumps((cfg_values, str(folder / "run"), kernels)))
-            env = {k: v for k, v in os.environ.items() if k not in KERNEL_VARIABLES}
-            env.update(KERNELS[kernels][0])
-            package_root = str(Path(__file__).resolve().parents[2])  # the folder holding this fplstudy
-            env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [env.get("PYTHONPATH")])])
-            proc = subprocess.run([sys.executable, "-c", "import sys; from fplstudy.study.pool import child_run; "
-                                   "child_run(sys.argv[1])", tmp], env=env, stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
-            if not (folder / "result.pkl").is_file():
-                tail = " ".join(proc.stderr.split()[-40:])
-                raise RuntimeError(f"{worker}: the training process ended with code {proc.returncode} and no "
-                                   f"result: {tail}")
-            kind, value = pickle.loads((folder / "result.pkl").read_bytes())
-            if kind == "error":
-                raise value
-            return {"record": value, "files": read_run_files(folder / "run"), "worker": worker}
+            folder = Path(tmp) / "run"
+            record = _trainer(kernels, threads).submit(_worker_run, cfg_values, str(folder), kernels).result()
+            return {"record": record, "files": read_run_files(folder), "worker": worker}
     except StudyError as exc:
         return {"refusal": StudyError(f"{worker}: {exc}")}
     except ValueError as exc:  # ConfigError and the like: the run's own refusal
         if type(exc).__module__.startswith("fplstudy"):
             return {"refusal": StudyError(f"{worker}: {exc}")}
         raise
-
-
-def child_run(folder: str) -> None:
-    """Train the run that ``folder/task.pkl`` holds (``(config values, run folder, kernels)``) in this process,
-    which the caller started with the pinned kernel variables, and write ``("ok", record)`` or ``("error",
-    exception)`` to ``folder/result.pkl``. Dies with the process that started it (:func:`die_with_parent`)."""
-    die_with_parent()
-    where = Path(folder)
-    cfg_values, run_dir, kernels = pickle.loads((where / "task.pkl").read_bytes())
-    try:
-        result: tuple[str, Any] = ("ok", _worker_run(cfg_values, run_dir, kernels))
-    except Exception as exc:  # carried back whole (every exception of the package pickles)
-        result = ("error", exc)
-    try:
-        data = pickle.dumps(result)
-    except Exception:
-        data = pickle.dumps(("error", RuntimeError(" ".join(str(result[1]).split()))))
-    atomic_write_bytes(where / "result.pkl", data)
 
 
 def die_with_parent() -> None:

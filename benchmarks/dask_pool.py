@@ -6,9 +6,9 @@ processes; a :class:`distributed.LocalCluster` (2 worker processes, one thread e
 scheduler and 2 workers started as separate processes (``dask scheduler --host 127.0.0.1``, ``dask worker``),
 as on a real cluster. Prints each way's wall seconds (the group only; starting a cluster is printed apart) and
 its ratio to the local pool (the goal: 1.1x or less), and checks that every file is byte-identical to the
-local pool's. Each Dask run starts a fresh process on its worker (so the pinned kernels apply before torch
-loads): about one torch import per run that the local pool pays once per worker, which weighs most on the
-smallest runs. This machine may be shared: read the ratios against each other, not as absolute speeds.
+local pool's. Each Dask worker starts its training processes once (so the pinned kernels apply before torch
+loads) and keeps them, as the local pool keeps its workers. This machine may be shared: read the ratios
+against each other, not as absolute speeds.
 
 Run: ``python benchmarks/dask_pool.py [--group fl] [--seeds 2] [--rounds 2]``.
 """

@@ -11,9 +11,15 @@ profiled both ways.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from math import prod
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -164,9 +170,75 @@ def profile_sequence(model: nn.Sequential, in_shape: tuple[int, ...]) -> list[Bl
     return profiles
 
 
+CACHE_VARIABLE = "FPLSTUDY_CACHE"  # the folder of fplstudy's caches; empty: no cache on disk
+
+
+def cache_dir() -> Path | None:
+    """Where the FLOP profiles are kept between processes: ``$FPLSTUDY_CACHE/flops``, else
+    ``$XDG_CACHE_HOME/fplstudy/flops`` (``~/.cache/fplstudy/flops``); None when ``FPLSTUDY_CACHE`` is empty."""
+    root = os.environ.get(CACHE_VARIABLE)
+    if root is not None:
+        return Path(root) / "flops" if root.strip() else None
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "fplstudy" / "flops"
+
+
+def _cache_file(model_name: str, in_shape: tuple[int, ...], num_classes: int) -> Path | None:
+    """The cache entry of one model and input: named by a digest of the arguments, torch's version and the
+    bytes of the code that builds and counts the model (this module and the models'), so an entry is never
+    read by code that would count otherwise."""
+    folder = cache_dir()
+    if folder is None:
+        return None
+    digest = hashlib.sha256(json.dumps([model_name, list(in_shape), num_classes, torch.__version__]).encode())
+    for module in ("flops.py", "models.py"):
+        digest.update(Path(__file__).with_name(module).read_bytes())
+    return folder / f"{model_name}-{digest.hexdigest()[:24]}.json"
+
+
+def _read_cached(path: Path | None) -> tuple[BlockProfile, ...] | None:
+    """A cached profile, or None when there is none or it cannot be used (then it is counted again)."""
+    if path is None:
+        return None
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+        return tuple(BlockProfile(**{**row, "in_shape": tuple(row["in_shape"]), "out_shape": tuple(row["out_shape"])})
+                     for row in rows)
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def _write_cached(path: Path | None, profile: tuple[BlockProfile, ...]) -> None:
+    """Keep ``profile`` for later processes (atomically; a cache that cannot be written is skipped)."""
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump([asdict(p) for p in profile], fh)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError, UnboundLocalError):
+            os.unlink(tmp)
+
+
 @lru_cache(maxsize=64)
 def profile_model(model_name: str, in_shape: tuple[int, ...], num_classes: int) -> tuple[BlockProfile, ...]:
-    """Profile a registered model (built with a fixed seed; costs do not depend on the weights)."""
+    """Profile a registered model (built with a fixed seed; costs do not depend on the weights), counted once
+    per machine: later processes read it from :func:`cache_dir` (counting takes seconds, reading
+    milliseconds)."""
+    cached_at = _cache_file(model_name, tuple(in_shape), num_classes)
+    cached = _read_cached(cached_at)
+    if cached is not None:
+        return cached
+    profile = _count_model(model_name, tuple(in_shape), num_classes)
+    _write_cached(cached_at, profile)
+    return profile
+
+
+def _count_model(model_name: str, in_shape: tuple[int, ...], num_classes: int) -> tuple[BlockProfile, ...]:
+    """:func:`profile_model` without the cache."""
     from fplstudy.facts.models import build_model
 
     with torch.random.fork_rng():

@@ -8,8 +8,10 @@ import contextlib
 import json
 import multiprocessing
 import os
+import pickle
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -247,7 +249,7 @@ def train_runs(runs: list[tuple[Config, Path, str]], *, workers: int | str | Cli
     the time left (and, on a cluster, one line with its dashboard first). A script that calls it needs the
     ``if __name__ == "__main__":`` guard (spawned workers import the main module).
 
-    On a cluster every run trains in one of its worker's training processes (:func:`_trainer`: started once
+    On a cluster every run trains in one of its worker's training processes (:class:`_Trainer`: started once
     per worker with the pinned kernel variables set before their torch loads, then kept, as the local pool
     keeps its workers) into a temporary folder; the folder's files come back as bytes
     and replace the run folder here in one rename (:func:`fplstudy.study.cluster.write_run_files`), so the
@@ -368,45 +370,105 @@ def _train_on_cluster(client: Client, runs: list[tuple[Config, Path, str]], kern
     return [r for r in records if r is not None]
 
 
-_TRAINERS: dict[str, ProcessPoolExecutor] = {}  # per kernel level: this Dask worker's training processes
-_TRAINERS_LOCK = threading.Lock()
+class _Trainer:
+    """A training process of a Dask worker, started once with the kernel variables pinned (before its torch
+    loads) and kept for every later run, as the local pool keeps its workers: it reads one pickled run at a
+    time on its stdin and answers on its stdout (:func:`serve_runs`). A plain child process, so it works in
+    daemonic Dask workers (a ``LocalCluster``'s) where :mod:`multiprocessing` may not start children; it
+    dies with its worker (:func:`die_with_parent`)."""
+
+    def __init__(self, kernels: str):
+        env = {k: v for k, v in os.environ.items() if k not in KERNEL_VARIABLES}
+        env.update(KERNELS[kernels][0])
+        package_root = str(Path(__file__).resolve().parents[2])  # the folder holding this fplstudy
+        env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [env.get("PYTHONPATH")])])
+        self.errors = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen([sys.executable, "-c", "from fplstudy.study.pool import serve_runs; serve_runs()"],
+                                     env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.errors)
+
+    def run(self, cfg_values: dict[str, Any], run_dir: str, kernels: str, worker: str) -> dict[str, Any]:
+        """Train one run in the process; its refusal is raised as the process raised it."""
+        try:
+            _send(self.proc.stdin, (cfg_values, run_dir, kernels))
+            kind, value = _receive(self.proc.stdout)
+        except (OSError, EOFError, pickle.UnpicklingError):
+            self.proc.kill()
+            self.errors.seek(0)
+            tail = " ".join(self.errors.read().decode(errors="replace").split()[-40:])
+            raise RuntimeError(f"{worker}: its training process ended (code {self.proc.wait()}): {tail}") from None
+        if kind == "error":
+            raise value
+        return value
 
 
-def _trainer(kernels: str, processes: int) -> ProcessPoolExecutor:
-    """This Dask worker's pool of training processes for one kernel level, started once and kept for every
-    later task (as the local pool keeps its workers): spawned with the kernel variables set, so their torch
-    loads pinned, and each dies with this worker (:func:`die_with_parent`)."""
-    with _TRAINERS_LOCK:
-        pool = _TRAINERS.get(kernels)
-        if pool is None or getattr(pool, "_broken", False):
-            env = {**{k: None for k in KERNEL_VARIABLES}, **KERNELS[kernels][0]}
-            pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=die_with_parent)
-            with _environment(env):  # a spawned process takes the environment it starts with
-                pool.submit(int).result()  # starts the processes now, inside the pinned environment
-            _TRAINERS[kernels] = pool
-        return pool
+def _send(stream, value: Any) -> None:
+    data = pickle.dumps(value)
+    stream.write(len(data).to_bytes(8, "big") + data)
+    stream.flush()
+
+
+def _receive(stream) -> Any:
+    size = stream.read(8)
+    if len(size) < 8:
+        raise EOFError("closed")
+    data = stream.read(int.from_bytes(size, "big"))
+    if len(data) < int.from_bytes(size, "big"):
+        raise EOFError("cut short")
+    return pickle.loads(data)
+
+
+def serve_runs() -> None:
+    """The loop of a :class:`_Trainer` process: train each run it is sent (:func:`_worker_run`) and answer
+    ``("ok", record)`` or ``("error", exception)``; end when its input closes."""
+    die_with_parent()
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # whatever a run prints stays off the answer channel
+    while True:
+        try:
+            cfg_values, run_dir, kernels = _receive(stdin)
+        except EOFError:
+            return
+        try:
+            answer: tuple[str, Any] = ("ok", _worker_run(cfg_values, run_dir, kernels))
+        except Exception as exc:  # carried back whole (every exception of the package pickles)
+            answer = ("error", exc)
+        try:
+            _send(stdout, answer)
+        except (pickle.PicklingError, TypeError, AttributeError):
+            _send(stdout, ("error", RuntimeError(" ".join(str(answer[1]).split()))))
+
+
+_IDLE: dict[str, list[_Trainer]] = {}  # per kernel level: this worker's training processes not in use
+_IDLE_LOCK = threading.Lock()
 
 
 def _cluster_task(cfg_values: dict[str, Any], kernels: str) -> dict[str, Any]:
-    """One run on a Dask worker: trained by this worker's training processes (:func:`_trainer`: kernels pinned
+    """One run on a Dask worker: trained by one of this worker's training processes (:class:`_Trainer`: kernels pinned
     before their torch loaded) into a temporary folder. Returns the short record, the run folder's files and
     the worker's name, or a ``refusal`` (a :class:`StudyError` naming the worker) that is not retried
     elsewhere. A training process that dies fails the task, which Dask retries (``CLUSTER_RETRIES``)."""
     from distributed import get_worker
 
     try:
-        here = get_worker()
-        address, threads = here.address, max(1, here.state.nthreads)
+        address = get_worker().address
     except ValueError:  # called outside a worker
-        address, threads = "(none)", 1
+        address = "(none)"
     worker = f"Dask worker {address} on {socket.gethostname()}"
     try:
         check_kernels(kernels)  # this CPU; a torch pinned above its CPU's level dies of an illegal instruction
-        with tempfile.TemporaryDirectory(prefix="fplstudy-run-") as tmp:
-            folder = Path(tmp) / "run"
-            record = _trainer(kernels, threads).submit(_worker_run, cfg_values, str(folder), kernels).result()
-            return {"record": record, "files": read_run_files(folder), "worker": worker}
+        with _IDLE_LOCK:
+            idle = _IDLE.setdefault(kernels, [])
+            trainer = idle.pop() if idle else None
+        trainer = trainer or _Trainer(kernels)  # one per worker thread at most: each takes a free one
+        try:
+            with tempfile.TemporaryDirectory(prefix="fplstudy-run-") as tmp:
+                folder = Path(tmp) / "run"
+                record = trainer.run(cfg_values, str(folder), kernels, worker)
+                return {"record": record, "files": read_run_files(folder), "worker": worker}
+        finally:
+            if trainer.proc.poll() is None:  # still alive (a run it refused included): kept for the next run
+                with _IDLE_LOCK:
+                    _IDLE[kernels].append(trainer)
     except StudyError as exc:
         return {"refusal": StudyError(f"{worker}: {exc}")}
     except ValueError as exc:  # ConfigError and the like: the run's own refusal

@@ -11,7 +11,8 @@ Every YAML a user gives (a config file, a ``--set`` value, a ``profiles_file``) 
 mapping.
 
 Limits that need no data live here (finite floats, the seed range, sanity bounds on ``rounds`` and
-``local_epochs``); limits derived from the dataset and the model (branches, ``test_fraction``,
+``local_epochs``, ``threads`` at most 4 per usable CPU, paths a file system can take); a YAML file is at most
+:data:`MAX_YAML_BYTES` and a YAML integer at most :data:`MAX_INT_DIGITS` digits; limits derived from the dataset and the model (branches, ``test_fraction``,
 ``batch_size``, batch steps) are checked by :func:`fplstudy.plans.plan.resolve`. So is the ``strategy``
 name: the strategies are :mod:`fplstudy.plans.strategies`'s registry, which reads this module (never the
 other way round), and :func:`fplstudy.plans.strategies.preset` refuses a name it does not hold.
@@ -362,7 +363,7 @@ class Config(BaseModel):
     # do; keep = momentum buffers survive the sync. Only matters with momentum > 0 and sync=fedavg.
     client_optimizer: Literal["keep", "reset"] = "reset"
     seed: int = 0  # every random choice (split, partition, init, shuffling) derives from it
-    threads: int = Field(1, ge=0)  # torch CPU threads; 1 = one fixed summation order, 0 = torch's default
+    threads: int = Field(1, ge=0)  # torch CPU threads; 1 = one fixed summation order, 0 = torch's default; at most 4 per usable CPU
 
     # --- reconciliation of replicated parts
     sync: Literal["none", "fedavg", "relay"] | None = None  # None = the strategy's own

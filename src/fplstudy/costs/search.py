@@ -140,7 +140,7 @@ def _candidates(base: Config, nodes: int, n_blocks: int, strategies: Iterable[st
 def enumerate_plans(base: Config | None = None, nodes: int | None = None, *,
                     strategies: Iterable[str] = STRATEGIES, junctions: Iterable[str] = JUNCTIONS,
                     syncs: Iterable[str] = FPL_SYNCS, sync_every: Iterable[int] = (1,), cuts: str = "all",
-                    ) -> tuple[list[Plan], int]:
+                    counted: Callable[[int, int], None] | None = None) -> tuple[list[Plan], int]:
     """Every valid plan for ``nodes`` edge nodes, with the base config's model, data, devices and link.
 
     The named strategies keep their own sync (``fl``/``sfl`` FedAvg, ``sl`` relay, ``mp`` none); ``fpl``
@@ -158,6 +158,8 @@ def enumerate_plans(base: Config | None = None, nodes: int | None = None, *,
         sync_every: sync periods (rounds) for FedAvg plans.
         cuts: ``all`` — every placement of the stage cuts; ``balanced`` — only the cuts that balance
             FLOPs or block counts (``cut_by``), far fewer plans.
+        counted: called with the number of candidates and of nodes once the node count is checked, before any
+            candidate is resolved (a search says its size first).
 
     Returns:
         ``(plans, refused)``: the resolved plans, and how many candidates resolve refused.
@@ -173,8 +175,12 @@ def enumerate_plans(base: Config | None = None, nodes: int | None = None, *,
         raise ConfigError("nodes", nodes, f"no plan of a model of {n_blocks} blocks on {n_train} training samples "
                                           f"uses more than {max_nodes(n_train, n_blocks)} nodes (every branch "
                                           f"needs a sample, every stage a block); use fewer nodes")
+    candidates = _candidates(base, nodes, n_blocks, strategies, junctions, syncs, sync_every, cuts)
+    if counted is not None:
+        candidates = list(candidates)
+        counted(len(candidates), nodes)
     plans, refused, seen = [], 0, set()
-    for shape in _candidates(base, nodes, n_blocks, strategies, junctions, syncs, sync_every, cuts):
+    for shape in candidates:
         try:
             plan = resolve(make_config({**values, **shape}))
         except ConfigError:
@@ -622,14 +628,14 @@ def explore(base: Config | dict | None = None, nodes: int | None = None, *,
     if search_placement and base.placement:
         raise ConfigError("placement", base.placement, "the placement search places every node itself; drop "
                                                        "placement from the base config")
-    if log is not None:
-        n = base.nodes if nodes is None else nodes
-        count = sum(1 for _ in _candidates(base, n, _n_blocks(base), strategies, junctions, syncs, sync_every, cuts))
-        log(f"explore: {count} candidate plans for {n} nodes (cuts {cuts}"
-            + (f", up to {max_placements} placements each" if search_placement else "") + "): resolving them, then "
-            f"pricing each valid one with {workers} worker{'s' if workers > 1 else ''}")
+    def counted(count: int, n: int) -> None:
+        if log is not None:
+            log(f"explore: {count} candidate plans for {n} nodes (cuts {cuts}"
+                + (f", up to {max_placements} placements each" if search_placement else "") + "): resolving them, "
+                f"then pricing each valid one with {workers} worker{'s' if workers > 1 else ''}")
+
     plans, refused = enumerate_plans(base, nodes, strategies=strategies, junctions=junctions, syncs=syncs,
-                                     sync_every=sync_every, cuts=cuts)
+                                     sync_every=sync_every, cuts=cuts, counted=counted)
     first: list[dict[str, Any]] = []
     if log is not None and plans and not search_placement:
         t1 = time.perf_counter()

@@ -349,10 +349,12 @@ def _print_keys() -> None:
 def _cmd_plan(cfg: Config, args) -> int:
     from fplstudy.facts.partition import load_partitioned
     from fplstudy.facts.profiles import check_profiles
+    from fplstudy.plans.dynamics import turnout_rule
     from fplstudy.plans.plan import resolve
 
     plan = resolve(cfg)
     check_profiles(plan)
+    turnout_rule(plan)  # the dynamics keys and a trace file, as a run checks them
     _, part = load_partitioned(plan)
     print(plan.describe())
     print("  samples per branch: " + ", ".join(f"branch {d}: {n}" for d, n in enumerate(part.samples())))
@@ -401,7 +403,8 @@ def _cmd_explore(cfg: Config, args) -> int:
         raise ConfigError("--max-placements", args.max_placements, "bounds a placement search; add --search-placement")
     res = explore(cfg, cuts=args.cuts, budget_energy_j_per_node=args.budget_energy_j_per_node,
                   budget_bytes_per_round=args.budget_bytes_per_round, workers=args.workers,
-                  search_placement=args.search_placement, max_placements=args.max_placements or MAX_PLACEMENTS)
+                  search_placement=args.search_placement, max_placements=args.max_placements or MAX_PLACEMENTS,
+                  log=lambda line: print(line, flush=True))
     front = front_csv(res)
     note = _declared_note(cfg)
     if note:

@@ -11,7 +11,8 @@ Every YAML a user gives (a config file, a ``--set`` value, a ``profiles_file``) 
 mapping.
 
 Limits that need no data live here (finite floats, the seed range, sanity bounds on ``rounds`` and
-``local_epochs``); limits derived from the dataset and the model (branches, ``test_fraction``,
+``local_epochs``, ``threads`` at most 4 per usable CPU, paths a file system can take); a YAML file is at most
+:data:`MAX_YAML_BYTES` and a YAML integer at most :data:`MAX_INT_DIGITS` digits; limits derived from the dataset and the model (branches, ``test_fraction``,
 ``batch_size``, batch steps) are checked by :func:`fplstudy.plans.plan.resolve`. So is the ``strategy``
 name: the strategies are :mod:`fplstudy.plans.strategies`'s registry, which reads this module (never the
 other way round), and :func:`fplstudy.plans.strategies.preset` refuses a name it does not hold.
@@ -19,7 +20,9 @@ other way round), and :func:`fplstudy.plans.strategies.preset` refuses a name it
 
 from __future__ import annotations
 
+import difflib
 import math
+import os
 import re
 import reprlib
 from pathlib import Path
@@ -36,17 +39,35 @@ FLOAT32_MAX = 3.4028234663852886e38  # torch's SGD casts lr and weight_decay to 
 MAX_ROUNDS = 100_000  # sanity bound: far beyond any FL study (hundreds to a few thousand rounds)
 MAX_SLOWDOWN = 1000.0  # sanity bound of straggler_slowdown: a straggler at most a thousand times slower
 MAX_LOCAL_EPOCHS = 10_000  # sanity bound on passes over a shard per round
+THREADS_PER_CPU = 4  # bound of the threads key per usable CPU: beyond, torch's threads only wait for a core
 
-_REPR = reprlib.Repr()  # bounded repr: a value in a message stays one short line (no YAML alias bomb)
+class _ShortRepr(reprlib.Repr):
+    """reprlib's bounded repr, and an integer too long for Python's ``int``-to-text limit (4300 digits) shown
+    by its size: ``repr`` itself raises ValueError for it."""
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 4000:
+            return f"<an integer of about {int(x.bit_length() * math.log10(2)) + 1} digits>"
+        return super().repr_int(x, level)
+
+
+_REPR = _ShortRepr()  # bounded repr: a value in a message stays one short line (no YAML alias bomb)
 _REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxset = 2, 8, 8, 8, 8
 _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 200, 200, 60
 SHORT_REPR_CHARS = 300
+SHORT_KEY_CHARS = 100  # a key in a message (a user's typo may be any length)
 
 
 def short_repr(value: Any) -> str:
     """``repr(value)`` cut to a bounded size (nesting, items, characters) and kept on one line."""
     text = _REPR.repr(value).replace("\n", "\\n")
     return text if len(text) <= SHORT_REPR_CHARS else text[:SHORT_REPR_CHARS] + "..."
+
+
+def short_key(key: Any) -> str:
+    """A key as a message names it: its text, cut to :data:`SHORT_KEY_CHARS` and kept on one line."""
+    text = " ".join(str(key).split()) if isinstance(key, str) else short_repr(key)
+    return text if len(text) <= SHORT_KEY_CHARS else text[:SHORT_KEY_CHARS - 3] + "..."
 
 
 def _rebuild_error(cls: type, args: tuple, state: dict[str, Any]) -> BaseException:
@@ -72,7 +93,7 @@ class ConfigError(PicklableError, ValueError):
 
     def __init__(self, key: str, value: Any, allowed: str):
         self.key, self.value, self.allowed = key, value, allowed
-        super().__init__(f"config key '{key}': got {short_repr(value)}; {allowed}")
+        super().__init__(f"config key '{short_key(key)}': got {short_repr(value)}; {allowed}")
 
 
 class StudyError(PicklableError, ValueError):
@@ -93,6 +114,7 @@ class YamlError(PicklableError, ValueError):
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 MAX_YAML_VALUES = 100_000  # values a document may expand to, aliases repeated (params.yaml: a few thousand)
+MAX_YAML_BYTES = 16 * 2**20  # a YAML file a user gives: the largest the project reads (params.yaml) is ~10 kB
 
 
 class _Yaml12Loader(yaml.SafeLoader):
@@ -106,32 +128,48 @@ _Yaml12Loader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers
             if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-_Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-                                    list("tTfF"))
-_Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"),
-                                    list("-+0123456789"))
-_Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
-    list("-+0123456789."))
+_BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+_INT = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
+_FLOAT = re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)"
+                    r"|\.(?:nan|NaN|NAN))$")
+_Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:bool", _BOOL, list("tTfF"))
+_Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:int", _INT, list("-+0123456789"))
+_Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+MAX_INT_DIGITS = 1000  # decimal digits of a YAML integer (any key's bound is far below; Python prints <= 4300)
+
+
+def _scalar(loader: yaml.SafeLoader, node: yaml.ScalarNode, pattern: re.Pattern, what: str) -> str:
+    """The text of a scalar read as ``what``; refused where it is not one (an explicit tag, ``!!int 1.5``, on
+    text of another kind: the implicit resolvers match the patterns already)."""
+    text = loader.construct_scalar(node)
+    if not isinstance(text, str) or not pattern.match(text):
+        raise YamlError(f"tagged {node.tag.rsplit(':', 1)[-1]} at {_where(node.start_mark)} but "
+                        f"{short_repr(text)} is not {what}; remove the tag or fix the value")
+    return text
 
 
 def _yaml12_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
-    text = loader.construct_scalar(node)
+    text = _scalar(loader, node, _INT, "an integer (YAML 1.2: 10, -3, 0o17, 0x1f)")
+    digits = len(text.lstrip("+-")) - (2 if text.startswith(("0o", "0x")) else 0)
+    if digits > MAX_INT_DIGITS:  # int() refuses 4300+ decimal digits with a ValueError; no key needs a tenth of it
+        raise YamlError(f"an integer of {digits} digits at {_where(node.start_mark)}, more than {MAX_INT_DIGITS}; "
+                        f"give a number a config can use")
     if text.startswith(("0o", "0x")):
         return int(text[2:], 8 if text[1] == "o" else 16)
     return int(text, 10)  # "010" is ten: YAML 1.2 has no leading-zero octal
 
 
 def _yaml12_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> float:
-    text = loader.construct_scalar(node).lower()
+    text = _scalar(loader, node, _FLOAT, "a number (YAML 1.2: 0.5, 1e-3, .inf, .nan)").lower()
     if text.endswith(".inf"):
         return float("-inf") if text.startswith("-") else float("inf")
     return float("nan") if text == ".nan" else float(text)
 
 
 def _yaml12_bool(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> bool:
-    return loader.construct_scalar(node).lower() == "true"
+    return _scalar(loader, node, _BOOL, "a boolean (YAML 1.2: true or false)").lower() == "true"
 
 
 _Yaml12Loader.add_constructor("tag:yaml.org,2002:int", _yaml12_int)
@@ -250,14 +288,23 @@ def read_yaml_file(path: str | Path) -> Any:
     """Read a UTF-8 YAML file with :func:`parse_yaml`.
 
     Raises:
-        YamlError: the file is missing, a folder, unreadable, not UTF-8, or not valid YAML.
+        YamlError: the file is missing, a folder, unreadable, larger than :data:`MAX_YAML_BYTES`, not UTF-8, or
+            not valid YAML.
     """
     path = Path(path)
-    if path.is_dir():
+    try:
+        is_dir, is_file = path.is_dir(), path.is_file()
+    except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL byte in it
+        why = exc.strerror if isinstance(exc, OSError) else "a NUL byte in the name"
+        raise YamlError(f"not a usable path ({why}); give a YAML file") from None
+    if is_dir:
         raise YamlError("is a folder; give a YAML file")
-    if not path.is_file():
+    if not is_file:
         raise YamlError("no such file; give a YAML file")
     try:
+        if (size := path.stat().st_size) > MAX_YAML_BYTES:
+            raise YamlError(f"is {size:,} bytes, more than {MAX_YAML_BYTES // 2**20} MiB; a config, profiles, "
+                            f"topology or params file is a few kB: give the right file")
         raw = path.read_bytes()
     except OSError as exc:
         raise YamlError(f"cannot be read ({exc.strerror})") from None
@@ -316,7 +363,7 @@ class Config(BaseModel):
     # do; keep = momentum buffers survive the sync. Only matters with momentum > 0 and sync=fedavg.
     client_optimizer: Literal["keep", "reset"] = "reset"  # FedAvg clients' optimizer state across a sync: reset | keep
     seed: int = 0  # every random choice (split, partition, init, shuffling) derives from it
-    threads: int = Field(1, ge=0)  # torch CPU threads; 1 = one fixed summation order, 0 = torch's default
+    threads: int = Field(1, ge=0)  # torch CPU threads; 1 = one fixed summation order, 0 = torch's default; at most 4 per usable CPU
 
     # --- reconciliation of replicated parts
     sync: Literal["none", "fedavg", "relay"] | None = None  # None = the strategy's own
@@ -348,10 +395,47 @@ class Config(BaseModel):
     testbed_cpu: Literal["cfs", "dilate"] = "cfs"  # emulated backend: slow a node's CPU by CFS quota, or stretch each chunk (testbed.py)
 
 
+PATH_KEYS = ("data_dir", "dropout_trace", "topology", "profiles_file")  # the keys that name a file or folder
+NAME_MAX, PATH_MAX = 255, 4096  # bytes of one part of a path and of the whole (Linux's limits, most file systems')
+
+
+def unusable_path(path: str | None) -> str | None:
+    """Why ``path`` cannot name a file on any file system (a NUL byte, text that has no bytes, a part longer than
+    :data:`NAME_MAX` or a whole longer than :data:`PATH_MAX` bytes), or None: the operating system would refuse
+    it with an error that is not "no such file"."""
+    if path is None:
+        return None
+    if "\x00" in path:
+        return "it holds a NUL byte"
+    try:
+        raw = os.fsencode(path)
+    except UnicodeError:
+        return "it holds characters with no bytes in the file system's encoding"
+    if len(raw) > PATH_MAX:
+        return f"{len(raw)} bytes, more than the {PATH_MAX} a path may have"
+    longest = max(raw.split(b"/"), key=len)
+    if len(longest) > NAME_MAX:
+        return f"a part of {len(longest)} bytes, more than the {NAME_MAX} a file name may have"
+    return None
+
+
+def max_threads() -> int:
+    """The most torch threads a config may ask for: 4 per CPU this process may use."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return THREADS_PER_CPU * cpus
+
+
+def unknown_key(key: str) -> str:
+    """The fix for an unknown config key: the nearest known keys, and where every key is listed (the whole list
+    would make a line of 600 characters)."""
+    near = difflib.get_close_matches(key, Config.model_fields, n=3, cutoff=0.6)
+    return "unknown key; " + (f"did you mean {' or '.join(near)}? " if near else "") + "`fplstudy keys` lists every key"
+
+
 def _describe_allowed(err: dict) -> str:
     etype = err["type"]
     if etype == "extra_forbidden":
-        return "unknown key; known keys: " + ", ".join(Config.model_fields)
+        return unknown_key(str(err["loc"][0]) if err["loc"] else "")
     msg = err["msg"]
     return msg[0].lower() + msg[1:] if msg else "invalid value"
 
@@ -391,8 +475,7 @@ def make_config(values: dict[str, Any] | None = None) -> Config:
     values = dict(values or {})
     for key in values:
         if not isinstance(key, str):
-            raise ConfigError(str(key), values[key], "config keys are names; known keys: "
-                                                     + ", ".join(Config.model_fields))
+            raise ConfigError(short_repr(key), values[key], "config keys are names; `fplstudy keys` lists them")
     try:
         cfg = Config(**values)
     except ValidationError as exc:
@@ -467,6 +550,15 @@ def _check_ranges(cfg: Config) -> None:
     if cfg.testbed_time_scale is not None and not 1 <= cfg.testbed_time_scale <= 1000:  # also refuses nan
         raise ConfigError("testbed_time_scale", cfg.testbed_time_scale,
                           "must be between 1 and 1000 (or left out: the smallest scale that fits the machine)")
+    for key in PATH_KEYS:
+        problem = unusable_path(getattr(cfg, key))
+        if problem:
+            raise ConfigError(key, getattr(cfg, key), f"not a usable path ({problem}); give an existing "
+                                                      + ("folder" if key == "data_dir" else "file"))
+    if not 0 <= cfg.threads <= max_threads():
+        raise ConfigError("threads", cfg.threads, f"give 1..{max_threads()} torch threads (at most 4 per CPU this "
+                                                  f"process may use: more only queue for the cores), or 0 for "
+                                                  f"torch's default")
     if cfg.micro_batches > cfg.batch_size:
         raise ConfigError("micro_batches", cfg.micro_batches,
                           f"must be <= batch_size ({cfg.batch_size})")

@@ -25,6 +25,8 @@ for training by all nodes together (every branch copy, every adapter, the trunk 
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import pandas as pd
 
@@ -173,3 +175,27 @@ def model_size(plan) -> dict:
     stored = sum(p.params for profs in _held(plan).values() for p in profs)
     return {"model_params": int(model_params), "model_params_ratio": model_params / original,
             "params_stored_total": int(stored), "original_params": int(original)}
+
+
+MEMORY_SHARE = 0.5  # the share of this machine's available memory one command may plan to use (the rest: its OS,
+#                     the other processes, and what an estimate leaves out)
+
+
+def available_memory_bytes() -> float:
+    """The memory this machine can give a process now without swapping: Linux's ``MemAvailable`` (free memory
+    plus the caches it can drop), else the free physical pages, else infinity (nothing to check against)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return math.inf
+
+
+def gib(nbytes: float) -> str:
+    """Bytes as GiB for a message (``12.3 GiB``)."""
+    return f"{nbytes / 2**30:.3g} GiB"

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -140,7 +140,7 @@ def _candidates(base: Config, nodes: int, n_blocks: int, strategies: Iterable[st
 def enumerate_plans(base: Config | None = None, nodes: int | None = None, *,
                     strategies: Iterable[str] = STRATEGIES, junctions: Iterable[str] = JUNCTIONS,
                     syncs: Iterable[str] = FPL_SYNCS, sync_every: Iterable[int] = (1,), cuts: str = "all",
-                    ) -> tuple[list[Plan], int]:
+                    counted: Callable[[int, int], None] | None = None) -> tuple[list[Plan], int]:
     """Every valid plan for ``nodes`` edge nodes, with the base config's model, data, devices and link.
 
     The named strategies keep their own sync (``fl``/``sfl`` FedAvg, ``sl`` relay, ``mp`` none); ``fpl``
@@ -158,6 +158,8 @@ def enumerate_plans(base: Config | None = None, nodes: int | None = None, *,
         sync_every: sync periods (rounds) for FedAvg plans.
         cuts: ``all`` — every placement of the stage cuts; ``balanced`` — only the cuts that balance
             FLOPs or block counts (``cut_by``), far fewer plans.
+        counted: called with the number of candidates and of nodes once the node count is checked, before any
+            candidate is resolved (a search says its size first).
 
     Returns:
         ``(plans, refused)``: the resolved plans, and how many candidates resolve refused.
@@ -173,8 +175,12 @@ def enumerate_plans(base: Config | None = None, nodes: int | None = None, *,
         raise ConfigError("nodes", nodes, f"no plan of a model of {n_blocks} blocks on {n_train} training samples "
                                           f"uses more than {max_nodes(n_train, n_blocks)} nodes (every branch "
                                           f"needs a sample, every stage a block); use fewer nodes")
+    candidates = _candidates(base, nodes, n_blocks, strategies, junctions, syncs, sync_every, cuts)
+    if counted is not None:
+        candidates = list(candidates)
+        counted(len(candidates), nodes)
     plans, refused, seen = [], 0, set()
-    for shape in _candidates(base, nodes, n_blocks, strategies, junctions, syncs, sync_every, cuts):
+    for shape in candidates:
         try:
             plan = resolve(make_config({**values, **shape}))
         except ConfigError:
@@ -575,7 +581,7 @@ def explore(base: Config | dict | None = None, nodes: int | None = None, *,
             syncs: Iterable[str] = FPL_SYNCS, sync_every: Iterable[int] = (1,), cuts: str = "all",
             objectives: Iterable[str] = OBJECTIVES, budget_energy_j_per_node: float | None = None,
             budget_bytes_per_round: float | None = None, workers: int = 1, search_placement: bool = False,
-            max_placements: int = MAX_PLACEMENTS) -> Exploration:
+            max_placements: int = MAX_PLACEMENTS, log: Callable[[str], None] | None = None) -> Exploration:
     """Enumerate, price and rank every valid plan; see the module docstring.
 
     Args:
@@ -593,6 +599,8 @@ def explore(base: Config | dict | None = None, nodes: int | None = None, *,
             ``placements_exhaustive`` False); each row is one placement (its name ends ``@`` and the
             topology nodes of ``n0, n1, …``; ``overrides`` include ``placement``).
         max_placements: the bound on placements priced per plan shape (1 .. 10**6).
+        log: called with a line before the search (the candidates) and once the first plan is priced (the time
+            the search will take at that plan's rate), so that a search of minutes says so at once; None: silent.
 
     Returns:
         An :class:`Exploration`.
@@ -620,14 +628,27 @@ def explore(base: Config | dict | None = None, nodes: int | None = None, *,
     if search_placement and base.placement:
         raise ConfigError("placement", base.placement, "the placement search places every node itself; drop "
                                                        "placement from the base config")
+    def counted(count: int, n: int) -> None:
+        if log is not None:
+            log(f"explore: {count} candidate plans for {n} nodes (cuts {cuts}"
+                + (f", up to {max_placements} placements each" if search_placement else "") + "): resolving them, "
+                f"then pricing each valid one with {workers} worker{'s' if workers > 1 else ''}")
+
     plans, refused = enumerate_plans(base, nodes, strategies=strategies, junctions=junctions, syncs=syncs,
-                                     sync_every=sync_every, cuts=cuts)
+                                     sync_every=sync_every, cuts=cuts, counted=counted)
+    first: list[dict[str, Any]] = []
+    if log is not None and plans and not search_placement:
+        t1 = time.perf_counter()
+        first = [price_candidate(plans[0])]
+        each = time.perf_counter() - t1
+        log(f"explore: {len(plans)} valid plans ({refused} refused); the first priced in {each:.2g} s: about "
+            f"{each * len(plans) / workers:.0f} s for all")
     extra = ["memory_fits"]
     if search_placement:
         rows = _search_rows(plans, max_placements, base.seed, workers)
         extra.append("placements_exhaustive")
     else:
-        costs = price_all(plans, workers)
+        costs = first + price_all(plans[len(first):], workers)
         rows = [{**plan_row(plan), **{c: cost[c] for c in COST_COLUMNS}, "memory_fits": memory_fits(plan)}
                 for plan, cost in zip(plans, costs)]
     table = pd.DataFrame(rows, columns=[*PLAN_COLUMNS, *COST_COLUMNS, *extra, "overrides"])

@@ -63,7 +63,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from fplstudy.config import Config, ConfigError, YamlError, read_yaml_file, short_repr
+from fplstudy.config import Config, ConfigError, YamlError, read_yaml_file, short_key, short_repr
 
 PROFILES_DIR = Path(__file__).with_name("profiles")  # the shipped device and link profiles
 STATUSES = ("M", "S", "D", "E", "U")
@@ -127,20 +127,21 @@ BOUNDS: dict[str, dict[str, tuple[float, float, str]]] = {
 
 class FileError(ConfigError):
     """A data file that cannot be used; the message names the file, the key and the value. Subclasses say
-    what the file is and what its keys are called."""
+    what the file is, what its keys are called and which config key names the file (None: none does)."""
 
-    WHAT, KEY = "file", "key"
+    WHAT, KEY, CONFIG_KEY = "file", "key", None
 
     def __init__(self, file: str | Path, key: str, value: Any, allowed: str):
         self.file = str(file)
-        ValueError.__init__(self, f"{self.WHAT} '{file}', {self.KEY} '{key}': got {short_repr(value)}; {allowed}")
+        ValueError.__init__(self, f"{self.WHAT} '{short_key(str(file))}', {self.KEY} '{short_key(key)}': got "
+                                  f"{short_repr(value)}; {allowed}")
         self.key, self.value, self.allowed = key, value, allowed
 
 
 class ProfileError(FileError):
     """A profile file that cannot be used; the message names the file, the key and the value."""
 
-    WHAT = "profile file"
+    WHAT, CONFIG_KEY = "profile file", "profiles_file"
 
 
 @dataclass(frozen=True)
@@ -270,7 +271,7 @@ def _read_entry(file: Path, section: str, name: str, entry: Any, base: dict | No
             out["description"] = str(raw)
             continue
         if section == "links" and key == "radio":
-            if raw not in RADIO_LIMITS:
+            if not isinstance(raw, str) or raw not in RADIO_LIMITS:
                 raise ProfileError(file, where, raw, f"radio class must be one of {', '.join(RADIO_LIMITS)} (it sets "
                                                      "the bound on tx_w and rx_w)")
             out["radio"] = raw
@@ -424,8 +425,16 @@ def load_profiles(profiles_file: str | Path | None = None) -> Profiles:
     if profiles_file is None:
         return _load_cached(None, None)
     path = Path(profiles_file)
-    mtime = path.stat().st_mtime if path.is_file() else None
-    return _load_cached(str(path), mtime)
+    return _load_cached(str(path), file_mtime(path))
+
+
+def file_mtime(path: Path) -> float | None:
+    """``path``'s modification time, or None where it is no readable file (a missing file, a folder, a name too
+    long for the file system or holding a NUL byte: the reader then refuses it in one line)."""
+    try:
+        return path.stat().st_mtime if path.is_file() else None
+    except (OSError, ValueError):
+        return None
 
 
 def _config_of(plan_or_cfg) -> Config:

@@ -85,6 +85,7 @@ from fplstudy.facts.profiles import (
     LinkProfile,
     Profiles,
     check_number,
+    file_mtime,
     load_profiles,
 )
 
@@ -97,7 +98,7 @@ SHIPPED_DIR = Path(__file__).with_name("topologies")  # the shipped examples, by
 class TopologyError(FileError):
     """A topology file that cannot be used; the message names the file, the entry and the value."""
 
-    WHAT, KEY = "topology file", "entry"
+    WHAT, KEY, CONFIG_KEY = "topology file", "entry", "topology"
 
 
 @dataclass(frozen=True)
@@ -321,17 +322,17 @@ def parse_topology(doc: Any, profiles: Profiles, file: str | Path = "<topology>"
 def topology_path(name: str) -> Path:
     """The file of the config value ``topology``: a path, or the name of a shipped example."""
     path = Path(name)
-    if path.is_file():
+    if file_mtime(path) is not None:
         return path
     shipped = SHIPPED_DIR / f"{name}.yaml"
-    if shipped.is_file() and path.parent == Path("."):
+    if path.parent == Path(".") and file_mtime(shipped) is not None:
         return shipped
     known = ", ".join(sorted(p.stem for p in SHIPPED_DIR.glob("*.yaml")))
     raise ConfigError("topology", name, f"no such file; give a topology file's path or a shipped one: {known}")
 
 
 @lru_cache(maxsize=32)
-def _site_cached(file: str, mtime: float, profiles_file: str | None, profiles_mtime: float | None) -> Topology:
+def _site_cached(file: str, mtime: float | None, profiles_file: str | None, profiles_mtime: float | None) -> Topology:
     return load_topology(file, load_profiles(profiles_file))
 
 
@@ -340,9 +341,8 @@ def site_of(cfg) -> Topology | None:
     if cfg.topology is None:
         return None
     path = topology_path(cfg.topology)
-    extra = Path(cfg.profiles_file) if cfg.profiles_file else None
-    extra_mtime = extra.stat().st_mtime if extra is not None and extra.is_file() else None
-    return _site_cached(str(path), path.stat().st_mtime, cfg.profiles_file, extra_mtime)
+    extra_mtime = file_mtime(Path(cfg.profiles_file)) if cfg.profiles_file else None
+    return _site_cached(str(path), file_mtime(path), cfg.profiles_file, extra_mtime)
 
 
 def place(site: Topology, nodes, server_side: set[str], placement: dict[str, str] | None) -> dict[str, str]:

@@ -55,13 +55,17 @@ The model (every rule is in :func:`turnouts`):
 from __future__ import annotations
 
 import csv
+import io
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from fplstudy.config import ConfigError
+from fplstudy.config import ConfigError, short_key, short_repr
+from fplstudy.facts.profiles import FileError
 from fplstudy.plans.program import branch_chain, sync_due
 
 DROPOUT_STREAM = 0x64726F70  # 'drop': the random stream of absences, apart from every other draw of the seed
@@ -121,7 +125,7 @@ def check_trace(plan, trace: dict[int, list[str]], key: str = "dropout_trace") -
             raise ConfigError(f"{key}.{rnd}", absent, f"a trace names rounds 0..{plan.config.rounds - 1} of this run")
         for name in absent:
             if name not in names:
-                raise ConfigError(f"{key}.{rnd}", name, f"unknown node; this plan's nodes are {', '.join(names)}")
+                raise ConfigError(f"{key}.{rnd}", name, f"unknown node; this plan's nodes are {short_list(names)}")
         out[rnd] = frozenset(absent)
     return out
 
@@ -212,26 +216,99 @@ def turnouts(plan, fraction_fit: float = 1.0, dropout: float = 0.0,
     return out
 
 
-def read_trace(path: str | Path, key: str = "dropout_trace") -> dict[int, list[str]]:
+class TraceError(FileError):
+    """A dropout trace file that cannot be used; the message names the file, the line and the value."""
+
+    WHAT, KEY, CONFIG_KEY = "dropout_trace file", "line", "dropout_trace"
+    WHOLE = "(file)"  # the key of a problem of the whole file (its size, its encoding): no line is named
+
+    def __init__(self, file: str | Path, key: str, value: Any, allowed: str):
+        super().__init__(file, key, value, allowed)
+        if key == self.WHOLE:
+            ValueError.__init__(self, f"{self.WHAT} '{short_key(str(file))}': got {short_repr(value)}; {allowed}")
+
+
+MAX_TRACE_BYTES = 64 * 2**20  # a trace holds a line per absence: 100000 rounds x 64 nodes is about 1 MB
+_ROUND = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdigit() also accepts '²' and '٣', int() not all
+
+
+def read_trace(path: str | Path, key: str = "dropout_trace", rounds: int | None = None,
+               nodes: list[str] | None = None) -> dict[int, list[str]]:
     """A trace file: CSV with the header ``round,node`` and one row per absence (``3,n1``: node n1 is
-    absent in round 3), as ``{round: [nodes]}``. A missing file, another header or a row that is not
-    ``integer,name`` is refused with one line naming the row (:class:`fplstudy.config.ConfigError`)."""
+    absent in round 3), as ``{round: [nodes]}``.
+
+    The file is read defensively: at most :data:`MAX_TRACE_BYTES`, UTF-8 text without NUL bytes, the header
+    first, then rows of two cells, a round in ASCII digits and a node name. With ``rounds`` (``nodes``), a round
+    outside ``0 .. rounds - 1`` (a node not in ``nodes``) is refused too, naming its line.
+
+    Raises:
+        ConfigError: the file is missing or not a file (key ``key``).
+        TraceError: any other problem, in one line naming the file, the line and the fix.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(key, str(path), "no such file; give a CSV with the header round,node")
-    with path.open(newline="") as fh:
-        rows = list(csv.reader(fh))
+    try:
+        is_file, is_dir = path.is_file(), path.is_dir()
+    except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL in the name
+        raise ConfigError(key, str(path), f"cannot be read as a path ({exc}); give a CSV file with the header "
+                                          "round,node") from None
+    if not is_file:
+        raise ConfigError(key, str(path), ("is a folder" if is_dir else "no such file")
+                          + "; give a CSV with the header round,node")
+    try:
+        size = path.stat().st_size
+        if size > MAX_TRACE_BYTES:
+            raise TraceError(path, TraceError.WHOLE, f"{size:,} bytes", f"a trace is at most {MAX_TRACE_BYTES // 2**20} MiB "
+                                                                "(one line per absence); give a shorter trace")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise TraceError(path, TraceError.WHOLE, str(path), f"cannot be read ({exc.strerror}); give a readable CSV "
+                                                    "file") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise TraceError(path, str(line), f"byte 0x{raw[exc.start]:02x} at offset {exc.start}",
+                         "not UTF-8 text; give a CSV text file (round,node) saved as UTF-8") from None
+    if "\x00" in text:
+        line = text[:text.index("\x00")].count("\n") + 1
+        raise TraceError(path, str(line), "a NUL byte", "binary data; give a CSV text file (round,node)")
+    reader, rows = csv.reader(io.StringIO(text, newline="")), []
+    try:
+        rows.extend(reader)
+    except csv.Error as exc:  # a field longer than csv's limit, a quote left open
+        raise TraceError(path, str(reader.line_num), str(exc), "not a CSV row; give rows round,node") from None
     if not rows or [c.strip() for c in rows[0]] != ["round", "node"]:
-        raise ConfigError(key, str(path), f"the first line must be the header round,node (it is {','.join(rows[0]) if rows else 'empty'})")
+        raise TraceError(path, "1", ",".join(rows[0]) if rows else "an empty file",
+                         "the first line must be the header round,node")
+    known = set(nodes) if nodes is not None else None
     out: dict[int, list[str]] = {}
     for line, row in enumerate(rows[1:], start=2):
         if not row:
             continue
         cells = [c.strip() for c in row]
-        if len(cells) != 2 or not cells[0].lstrip("-").isdigit() or not cells[1]:
-            raise ConfigError(f"{key} line {line}", ",".join(row), "each row is round,node (an integer and a node name)")
-        out.setdefault(int(cells[0]), []).append(cells[1])
+        if len(cells) != 2 or not cells[1]:
+            raise TraceError(path, str(line), ",".join(row), "each row is round,node (an integer and a node name)")
+        if cells[0].startswith("-") and _ROUND.fullmatch(cells[0][1:]):
+            raise TraceError(path, str(line), ",".join(row), "rounds count from 0; give a round >= 0")
+        if not _ROUND.fullmatch(cells[0]):
+            raise TraceError(path, str(line), ",".join(row), "each row is round,node: the round in the digits "
+                                                             "0-9 (e.g. 3,n1)")
+        rnd = int(cells[0])
+        if rounds is not None and rnd >= rounds:
+            raise TraceError(path, str(line), ",".join(row), f"a trace names rounds 0..{rounds - 1} of this run "
+                                                             f"(rounds={rounds}); drop the row or raise rounds")
+        if known is not None and cells[1] not in known:
+            raise TraceError(path, str(line), ",".join(row), f"unknown node {cells[1]!r}; this plan's nodes are "
+                                                             + short_list(nodes))
+        out.setdefault(rnd, []).append(cells[1])
     return out
+
+
+def short_list(names: list[str], most: int = 12) -> str:
+    """``names`` joined by commas, the middle left out beyond ``most`` (a message stays one short line)."""
+    if len(names) <= most:
+        return ", ".join(names)
+    return ", ".join(names[:most - 2]) + f", ... ({len(names) - most + 1} more), " + names[-1]
 
 
 def has_dynamics(cfg) -> bool:
@@ -258,7 +335,8 @@ def turnout_rule(plan):
     if not has_dynamics(cfg):
         return None
     check_deadline(plan)
-    trace = read_trace(cfg.dropout_trace) if cfg.dropout_trace is not None else None
+    trace = (read_trace(cfg.dropout_trace, rounds=cfg.rounds, nodes=[n.name for n in plan.nodes])
+             if cfg.dropout_trace is not None else None)
     return lambda late=None: turnouts(plan, cfg.fraction_fit, cfg.dropout, trace, cfg.straggler_prob,
                                       cfg.straggler_slowdown, late, cfg.round_deadline_s or 0.0)
 

@@ -28,7 +28,7 @@ from fplstudy.config import (
 )
 from fplstudy.facts.datasets import DATASET_META, split_sizes
 from fplstudy.facts.models import DATASET_DEFAULT_MODEL, MODELS
-from fplstudy.facts.profiles import load_profiles
+from fplstudy.facts.profiles import FileError, load_profiles
 from fplstudy.plans.strategies import (
     ACTIVATION_STRATEGIES,
     LEGEND_ORDER,
@@ -92,6 +92,8 @@ def check_plan(where: str, values: dict[str, Any], shared: dict[str, str] | None
 
 
 def _named(exc: ConfigError, where: str, shared: dict[str, str] | None, at: str | None) -> StudyError:
+    if isinstance(exc, FileError) and exc.CONFIG_KEY:  # a data file's entry: the config key that names the file
+        exc = ConfigError(exc.CONFIG_KEY, exc.file, str(exc))
     key = exc.key.split(" ")[0]  # "topology (m0)" is key topology
     if key in (shared or {}):
         return refuse(f"{shared[key]}.{exc.key}", exc.value, f"{exc.allowed} (in {where})")
@@ -239,7 +241,7 @@ def load_study(params: dict[str, Any] | str | Path = "params.yaml") -> Study:
                                                f"once here) or a Dask scheduler address such as tcp://10.0.0.5:8786; "
                                                f"results do not depend on it")
     kernels = block.get("kernels", DEFAULT_KERNELS)
-    if kernels not in KERNELS:
+    if not isinstance(kernels, str) or kernels not in KERNELS:
         raise refuse("study.kernels", kernels, f"use one of {', '.join(KERNELS)} (avx2: the same bytes on every "
                                                f"x86-64 CPU with AVX2; sse41: on every x86-64 CPU, slower)")
     groups = block.get("groups")
@@ -637,7 +639,7 @@ def load_sweep(params: dict[str, Any] | str | Path = "params.yaml") -> Sweep:
         raise refuse("dynamics.fpl", fpl, f"name the strategy compared with the others; strategies: "
                                           f"{', '.join(strategies)}")
     kernels = block.get("kernels", DEFAULT_KERNELS)
-    if kernels not in KERNELS:
+    if not isinstance(kernels, str) or kernels not in KERNELS:
         raise refuse("dynamics.kernels", kernels, f"use one of {', '.join(KERNELS)}")
     workers = block.get("workers", 1)
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:

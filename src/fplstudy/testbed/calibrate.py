@@ -38,6 +38,7 @@ import torch
 import yaml
 
 from fplstudy.config import ConfigError
+from fplstudy.costs.memory import MEMORY_SHARE, available_memory_bytes, gib
 from fplstudy.facts.datasets import DATASET_META, load_dataset
 from fplstudy.facts.flops import profile_model
 from fplstudy.facts.models import MODELS, build_model, make_adapter
@@ -76,6 +77,35 @@ def training_inputs(model: str, batch_size: int) -> tuple[str, torch.Tensor, tor
         reps = -(-batch_size // len(x))
         x, y = x.repeat(reps, *([1] * (x.dim() - 1))), y.repeat(reps)
     return what, x, y
+
+
+def sample_bytes(model: str) -> int:
+    """Bytes one sample of a training step of ``model`` holds at its peak (float32): what autograd keeps for
+    backward in every block, the largest output and its gradient, and three copies of the input (the pool of
+    samples, the gathered batch, the copy the cut step sends on)."""
+    shape, classes = DATASET_META[MODEL_DATASET[model]]
+    prof = profile_model(model, tuple(shape), classes)
+    in_bytes = 4 * int(np.prod(shape))
+    return 3 * in_bytes + sum(p.saved_bytes for p in prof) + 2 * max(p.out_bytes for p in prof)
+
+
+def check_batch_memory(model: str, batch_size: int, processes: int = 1, available: float | None = None) -> None:
+    """Refuse a batch whose training step would not fit in memory before anything is measured: ``processes``
+    steps of ``batch_size`` samples of :func:`sample_bytes` against
+    :data:`fplstudy.costs.memory.MEMORY_SHARE` of ``available`` bytes (None: this machine's available memory).
+
+    Raises:
+        ConfigError: naming ``--batch-size``, the model, the estimated memory and the largest batch that fits.
+    """
+    per_sample = sample_bytes(model)
+    need = per_sample * batch_size * processes
+    budget = MEMORY_SHARE * (available_memory_bytes() if available is None else available)
+    if need > budget:
+        fit = int(budget // (per_sample * processes))
+        raise ConfigError("--batch-size", batch_size,
+                          f"a training step of {model} holds about {per_sample:,} bytes a sample, {gib(need)} at this "
+                          f"batch{f' in {processes} processes' if processes > 1 else ''}, more than the {gib(budget)} "
+                          f"this machine can spare; give a batch of at most {fit}")
 
 
 def training_flops_per_sample(model: str) -> tuple[int, tuple[int, ...], int]:
@@ -554,6 +584,8 @@ def calibrate(out: str | Path, models: list[str] | None = None, batch_size: int 
                                   or fit_batch == batch_size):
         raise ConfigError("--fit-batch", fit_batch, f"give an integer batch size >= 1 other than --batch-size "
                                                     f"({batch_size}), e.g. the plan's last partial batch")
+    for m in models:
+        check_batch_memory(m, max(batch_size, fit_batch or 0), processes)
     out = Path(out)
     doc: dict = {}
     if out.exists():

@@ -12,7 +12,7 @@ from scipy import stats
 from fplstudy.config import ConfigError, make_config
 from fplstudy.costs.dryrun import plan_events, price_plan, shard_sizes
 from fplstudy.costs.ledger import price
-from fplstudy.plans.dynamics import plan_turnouts, turnouts
+from fplstudy.plans.dynamics import TraceError, plan_turnouts, turnouts
 from fplstudy.plans.events import Compute, Transfer
 from fplstudy.plans.plan import resolve
 from fplstudy.plans.program import catch_up_item
@@ -249,18 +249,19 @@ def test_split_learning_relays_from_the_last_client_that_trained(tmp_path):
 
 
 @pytest.mark.parametrize("rows,field,words", [
-    ("round,host\n0,n1\n", "dropout_trace", "header round,node"),
-    ("round,node\nzero,n1\n", "dropout_trace line 2", "an integer and a node name"),
-    ("round,node\n0,n9\n", "dropout_trace.0", "unknown node"),
-    ("round,node\n7,n1\n", "dropout_trace.7", "rounds 0..2"),
+    ("round,host\n0,n1\n", "1", "header round,node"),
+    ("round,node\nzero,n1\n", "2", "the round in the digits 0-9"),
+    ("round,node\n0,n9\n", "2", "unknown node 'n9'"),
+    ("round,node\n0,n1\n7,n1\n", "3", "rounds 0..2"),
 ])
 def test_bad_trace_files_are_refused_before_any_work(tmp_path, rows, field, words):
     path = tmp_path / "bad.csv"
     path.write_text(rows)
     cfg = make_config({"strategy": "fl", "nodes": 3, **TINY, "dropout_trace": str(path)})
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(TraceError) as err:
         prepare(cfg)
-    assert err.value.key == field and words in str(err.value) and "\n" not in str(err.value)
+    assert err.value.key == field and err.value.file == str(path)
+    assert words in str(err.value) and "\n" not in str(err.value)
 
 
 def test_missing_trace_file_and_bad_keys_are_refused(tmp_path):

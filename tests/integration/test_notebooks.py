@@ -8,6 +8,7 @@ the notebook down).
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
@@ -160,7 +161,7 @@ def test_missing_dataset_names_the_restore_command():
         require_dataset("digits", empty)
 
 
-def _papermill_refusal(tmp_path: Path, *args: str) -> str:
+def _papermill_refusal(tmp_path: Path, *args: str, error: str = "StudyError") -> str:
     """Run the train notebook through the papermill command line (as a user or `dvc repro` does); it must
     fail, and the library's one-line refusal must be in what papermill prints. Returns that line."""
     import subprocess
@@ -174,9 +175,9 @@ def _papermill_refusal(tmp_path: Path, *args: str) -> str:
     assert proc.returncode != 0
     text = proc.stdout + proc.stderr
     assert "BrokenProcessPool" not in text
-    lines = [line for line in text.splitlines() if "StudyError: " in line]
+    lines = [line for line in text.splitlines() if f"{error}: " in line]
     assert lines, text[-3000:]
-    return lines[0].split("StudyError: ", 1)[1]
+    return lines[0].split(f"{error}: ", 1)[1]
 
 
 def test_a_smoke_run_into_the_committed_results_changes_nothing(tmp_path: Path):
@@ -204,3 +205,27 @@ def test_notebook_parameters_fail_in_the_first_cell_with_the_library_line(args, 
     failed = [i for i, c in enumerate(code) if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
     tags = [c.get("metadata", {}).get("tags", []) for c in code]
     assert failed == [tags.index(["injected-parameters"]) + 1]  # the first cell after the parameters
+
+
+def test_a_refusal_inside_a_study_worker_reaches_papermill_as_its_line(tmp_path: Path):
+    """A run folder another fplstudy process is writing (its lock held here, as a second `dvc repro` would
+    hold it): the refusal is raised inside the study's worker process, crosses the pool whole and is the
+    line papermill prints, not a broken pool; the other runs' folders hold only finished runs."""
+    import fcntl
+    import os
+
+    export_digits(tmp_path / "data" / "digits")
+    runs = tmp_path / "runs"
+    busy = runs / "mp" / "mp-2-iid" / "seed-1"
+    busy.mkdir(parents=True)
+    fd = os.open(busy, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        line = _papermill_refusal(tmp_path, "-p", "group", "mp", "-p", "smoke_test", "True", "-p", "runs_dir",
+                                  str(runs), "-p", "data_dir", str(tmp_path / "data"), error="RunFolderError")
+    finally:
+        os.close(fd)
+    assert f"run folder {busy} is being written by another fplstudy run right now" in line
+    assert not any(busy.iterdir())
+    for metrics in runs.rglob("metrics.json"):
+        assert json.loads(metrics.read_text())["status"] == "completed", metrics

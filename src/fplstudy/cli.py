@@ -218,7 +218,10 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="fplstudy", description=__doc__.split("\n")[0],
+    examples = __doc__.split("Examples::", 1)[1].split("\n\n")[1]  # the docstring's examples, as typed
+    parser = _Parser(prog="fplstudy", description="Distribute the training of one network over edge nodes, "
+                                                   "and price what each node computes, sends and spends.",
+                     epilog="examples:\n" + examples.replace("    fplstudy", "  fplstudy"),
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     from fplstudy import __version__
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -140,3 +141,12 @@ def test_files_written_honour_the_umask(umask, tmp_path):
     assert proc.returncode == 0, proc.stderr
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()}
     assert set(modes) >= {"ledger.csv", "metrics.json"} and set(modes.values()) == {0o666 & ~umask}, modes
+
+
+def test_help_is_plain_text_and_names_every_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "``" not in text and "examples:" in text
+    for command in ("run", "plan", "cost", "explore", "calibrate", "keys", "deps", "export-digits", "plots-page"):
+        assert re.search(rf"^\s+{re.escape(command)}\s", text, re.M), command

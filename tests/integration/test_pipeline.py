@@ -269,3 +269,36 @@ def test_dvc_plots_show_writes_a_page_that_needs_no_network(tmp_path: Path):
     assert "results/dynamics/dropout.png" in plots
     for figure in (p for p in plots if isinstance(p, str)):
         assert (tmp_path / "out" / "static").exists() and Path(figure).name.replace(".png", "") in html, figure
+
+
+@pytest.mark.slow  # a reduced repo, dvc pull, one train stage: about a minute here; CI runs it (make test-slow)
+def test_a_refusal_inside_a_study_worker_is_the_line_dvc_repro_prints(tmp_path: Path):
+    """A run folder another fplstudy process is writing (its lock held here) in the reduced study: the train
+    stage's worker refuses it, the refusal crosses the pool and papermill whole, and `dvc repro` prints it as
+    its line (not a broken pool); the stage fails and the other runs are finished ones."""
+    import fcntl
+
+    repo = tmp_path / "repo"
+    _fresh_copy(repo)
+    shutil.rmtree(repo / "results", ignore_errors=True)
+    (repo / "params.yaml").write_text(yaml.safe_dump(REDUCED, sort_keys=False))
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+           "PYTHONPATH": str(repo / "src"), "CI": "1"}
+    _sh(["git", "init", "-q"], repo, env)
+    _sh(["dvc", "pull", "data.dvc"], repo, env)
+    busy = repo / "results" / "runs" / "fl" / "fl-2-iid" / "seed-1"
+    busy.mkdir(parents=True)
+    fd = os.open(busy, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        proc = subprocess.run(["dvc", "repro", "train@fl"], cwd=repo, env=env, capture_output=True, text=True)
+    finally:
+        os.close(fd)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "BrokenProcessPool" not in text, text[-3000:]
+    lines = [line.split("RunFolderError: ", 1)[1] for line in text.splitlines() if "RunFolderError: run folder" in line]
+    assert lines and lines[0].startswith("run folder results/runs/fl/fl-2-iid/seed-1 is being written by another "
+                                         "fplstudy run right now"), text[-3000:]
+    assert not any(busy.iterdir())
+    for metrics in (repo / "results" / "runs").rglob("metrics.json"):
+        assert json.loads(metrics.read_text())["status"] == "completed", metrics

@@ -223,9 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "and price what each node computes, sends and spends.",
                      epilog="examples:\n" + examples.replace("    fplstudy", "  fplstudy"),
                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    from fplstudy import __version__
+    import fplstudy
 
-    parser.add_argument("--version", action="version", version=f"fplstudy {__version__}")
+    parser.add_argument("--version", action="version", version=f"fplstudy {fplstudy.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="train a plan; write metrics.json, rounds.csv, ledger.csv")

@@ -24,7 +24,7 @@ $(STAMP):
 # pairing, notebooks/jupytext.toml): created here, and each kept in step with its script on every save.
 # .dvc/plots.html: the page `dvc plots show` fills, with Vega inline so it works offline (git-ignored).
 venv: $(STAMP)
-	@"$(BIN)/jupytext" --quiet --sync notebooks/*.py
+	@"$(BIN)/jupytext" --quiet --sync --set-kernel - notebooks/*.py
 	@"$(BIN)/fplstudy" plots-page --out .dvc/plots.html >/dev/null
 
 env: venv

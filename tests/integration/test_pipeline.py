@@ -98,6 +98,7 @@ def test_dvc_repro_end_to_end(tmp_path: Path):
     env["PYTHONPATH"] = str(clone / "src")
     _sh(["dvc", "pull"], clone, env)
     assert "up to date" in _sh(["dvc", "status"], clone, env).lower()
+    _sh(["fplstudy", "plots-page"], clone, env)  # what `make venv` writes (.dvc/plots.html, git-ignored)
     _sh(["dvc", "plots", "show", "-o", "dvc_plots"], clone, env)
     html = (clone / "dvc_plots" / "index.html").read_text()
     assert html.count('"$schema": "https://vega.github.io/schema/vega-lite') >= 3  # data-driven, not only PNGs
@@ -192,7 +193,7 @@ def test_running_and_saving_the_notebooks_in_jupyterlab_changes_nothing_tracked(
     `dvc status` names the train stages."""
     import papermill as pm
     from jupyter_server.services.contents.largefilemanager import AsyncLargeFileManager
-    from jupytext.contentsmanager import build_jupytext_contents_manager_class
+    from jupytext import build_async_jupytext_contents_manager_class
 
     from fplstudy.facts.datasets import export_digits
 
@@ -204,12 +205,13 @@ def test_running_and_saving_the_notebooks_in_jupyterlab_changes_nothing_tracked(
     _sh(["git", "clone", "-q", str(ROOT), str(clone)], tmp_path, env)
     env["PYTHONPATH"] = str(clone / "src")
     _sh(["dvc", "pull"], clone, env)
-    _sh(["jupytext", "--quiet", "--sync", *(f"notebooks/{p.name}" for p in sorted((clone / "notebooks").glob("*.py")))],
-        clone, env)  # what `make venv` does
+    _sh(["jupytext", "--quiet", "--sync", "--set-kernel", "-",
+         *(f"notebooks/{p.name}" for p in sorted((clone / "notebooks").glob("*.py")))], clone, env)  # as `make venv`
+    assert "--sync --set-kernel - notebooks/*.py" in (ROOT / "Makefile").read_text()
     export_digits(tmp_path / "data" / "digits")
     smoke = {"train": {"smoke_test": True, "runs_dir": str(tmp_path / "runs"), "data_dir": str(tmp_path / "data")},
              "tradeoffs": {"smoke_test": True}, "teach": {"smoke_test": True}}
-    manager = build_jupytext_contents_manager_class(AsyncLargeFileManager)(root_dir=str(clone))
+    manager = build_async_jupytext_contents_manager_class(AsyncLargeFileManager)(root_dir=str(clone))
     import asyncio
 
     for name, params in smoke.items():

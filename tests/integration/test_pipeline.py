@@ -61,6 +61,36 @@ def _fresh_copy(dest: Path) -> None:
             shutil.copy2(src, dest / rel)
 
 
+def _study_copy(tmp_path: Path, study: dict) -> tuple[Path, dict]:
+    """``(repo, env)``: a fresh copy of the repository (:func:`_fresh_copy`, no results) whose params.yaml holds
+    ``study`` as its active study, git-initialised, with the dataset pulled; ``env`` runs its own fplstudy."""
+    repo = tmp_path / "repo"
+    _fresh_copy(repo)
+    for folder in ("results", "figures"):
+        shutil.rmtree(repo / folder, ignore_errors=True)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    (repo / "params.yaml").write_text(yaml.safe_dump({**params, "study": study}, sort_keys=False))
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+           "PYTHONPATH": str(repo / "src"), "CI": "1"}
+    _sh(["git", "init", "-q"], repo, env)
+    _sh(["dvc", "pull", "data.dvc"], repo, env)
+    return repo, env
+
+
+def _clone_of_head(tmp_path: Path) -> tuple[Path, dict]:
+    """``(clone, env)``: a git clone of this checkout's HEAD with ``dvc pull`` done, as a user gets the
+    committed study; skipped outside a git checkout."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout: nothing committed to clone")
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "CI": "1"}
+    clone = tmp_path / "clone"
+    _sh(["git", "clone", "-q", str(ROOT), str(clone)], tmp_path, env)
+    env["PYTHONPATH"] = str(clone / "src")
+    _sh(["dvc", "pull"], clone, env)
+    return clone, env
+
+
 @pytest.mark.slow  # about 4.5 min here since the study gained seeds and the scale stage; CI runs it (make test-slow)
 def test_dvc_repro_end_to_end(tmp_path: Path):
     repo = tmp_path / "repo"
@@ -110,16 +140,8 @@ def test_a_hostile_group_name_never_reaches_a_shell(tmp_path: Path):
     """A group name is the one value of params.yaml that dvc.yaml puts into a shell command. It is quoted there,
     and a name that breaks out of the quotes is still refused: every train stage depends on the check stage's
     stamp, so `dvc repro` validates params.yaml first and stops, before any train command runs."""
-    repo = tmp_path / "repo"
-    _fresh_copy(repo)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
     hostile = "x'; touch ../pwned; echo '"
-    params["study"] = {**REDUCED["study"], "groups": {hostile: {"strategy": ["fl"], "nodes": [2]}}}
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-           "PYTHONPATH": str(repo / "src"), "CI": "1"}
-    _sh(["git", "init", "-q"], repo, env)
-    _sh(["dvc", "pull", "data.dvc"], repo, env)
+    repo, env = _study_copy(tmp_path, {**REDUCED["study"], "groups": {hostile: {"strategy": ["fl"], "nodes": [2]}}})
     proc = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
     assert proc.returncode != 0
     assert "group name" in proc.stdout + proc.stderr  # refused by the check stage, naming the entry
@@ -130,18 +152,8 @@ def test_a_plan_a_run_would_refuse_stops_dvc_repro_with_its_one_line(tmp_path: P
     """A key that only a run used to refuse (a deadline on model parallelism) in the study's shared train
     section: `dvc repro` stops at the check stage with the library's one line, naming the entry, before any
     train stage starts (no run folder, no executed notebook)."""
-    repo = tmp_path / "repo"
-    _fresh_copy(repo)
-    for folder in ("results", "figures"):
-        shutil.rmtree(repo / folder, ignore_errors=True)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["study"] = {**REDUCED["study"], "train": {**REDUCED["study"]["train"], "round_deadline_s": 1.0},
-                       "groups": {"mp": {"nodes": [2]}}, "findings": {}}
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-           "PYTHONPATH": str(repo / "src"), "CI": "1"}
-    _sh(["git", "init", "-q"], repo, env)
-    _sh(["dvc", "pull", "data.dvc"], repo, env)
+    repo, env = _study_copy(tmp_path, {**REDUCED["study"], "groups": {"mp": {"nodes": [2]}}, "findings": {},
+                                       "train": {**REDUCED["study"]["train"], "round_deadline_s": 1.0}})
     proc = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if "study.train.round_deadline_s" in line]
     assert proc.returncode != 0 and len(lines) == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -155,14 +167,7 @@ def test_the_committed_study_is_complete_and_current(tmp_path: Path):
     nothing to reproduce (every run folder, table and figure is committed and matches the code and params that
     dvc.lock names), and `git status` stays clean. Fails when a change to the library or params.yaml lands
     without the study regenerated."""
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    if head.returncode != 0:
-        pytest.skip("not a git checkout: nothing committed to clone")
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "CI": "1"}
-    clone = tmp_path / "clone"
-    _sh(["git", "clone", "-q", str(ROOT), str(clone)], tmp_path, env)
-    env["PYTHONPATH"] = str(clone / "src")
-    _sh(["dvc", "pull"], clone, env)
+    clone, env = _clone_of_head(tmp_path)
     status = _sh(["dvc", "status"], clone, env)
     assert "up to date" in status.lower(), status[-3000:]
     assert _sh(["git", "status", "--porcelain", "--untracked-files=all"], clone, env) == ""
@@ -197,14 +202,7 @@ def test_running_and_saving_the_notebooks_in_jupyterlab_changes_nothing_tracked(
 
     from fplstudy.facts.datasets import export_digits
 
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    if head.returncode != 0:
-        pytest.skip("not a git checkout: nothing committed to clone")
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "CI": "1"}
-    clone = tmp_path / "clone"
-    _sh(["git", "clone", "-q", str(ROOT), str(clone)], tmp_path, env)
-    env["PYTHONPATH"] = str(clone / "src")
-    _sh(["dvc", "pull"], clone, env)
+    clone, env = _clone_of_head(tmp_path)
     _sh(["jupytext", "--quiet", "--sync", "--set-kernel", "-",
          *(f"notebooks/{p.name}" for p in sorted((clone / "notebooks").glob("*.py")))], clone, env)  # as `make venv`
     assert "--sync --set-kernel - notebooks/*.py" in (ROOT / "Makefile").read_text()
@@ -280,14 +278,7 @@ def test_a_refusal_inside_a_study_worker_is_the_line_dvc_repro_prints(tmp_path: 
     its line (not a broken pool); the stage fails and the other runs are finished ones."""
     import fcntl
 
-    repo = tmp_path / "repo"
-    _fresh_copy(repo)
-    shutil.rmtree(repo / "results", ignore_errors=True)
-    (repo / "params.yaml").write_text(yaml.safe_dump(REDUCED, sort_keys=False))
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-           "PYTHONPATH": str(repo / "src"), "CI": "1"}
-    _sh(["git", "init", "-q"], repo, env)
-    _sh(["dvc", "pull", "data.dvc"], repo, env)
+    repo, env = _study_copy(tmp_path, REDUCED["study"])
     busy = repo / "results" / "runs" / "fl" / "fl-2-iid" / "seed-1"
     busy.mkdir(parents=True)
     fd = os.open(busy, os.O_RDONLY)

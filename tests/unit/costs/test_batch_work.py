@@ -151,10 +151,9 @@ def test_the_testbed_slows_batch_s_and_cold_s_with_each_node(calibrated):
 
 def test_calibration_times_the_batch_work_apart_from_the_calls_on_the_real_samples(tmp_path):
     """A real calibration with a cold wait: batch_s is measured (positive, written to 4 digits with its source) and
-    the blocks' own calls are timed (each positive, together at most the cut step's calls; stop 26's calibration
-    lost them when the cold steps ran after the cut ones, and every block got the cut step's rate less 2 call
-    overheads or none). cnn trains on digits' own training samples; a model whose dataset is not on this machine
-    on random inputs of its shape, as many as a batch needs."""
+    the blocks' own calls are timed (each positive, together at most the cut step's calls: timed after the cold
+    steps too, not the cut step's rate less two call overheads). cnn trains on digits' own training samples; a
+    model whose dataset is not on this machine on random inputs of its shape, as many as a batch needs."""
     out = tmp_path / "host.yaml"
     row = calibrate(out, models=["cnn"], batch_size=16, seconds=0.6, cold_wait_s=0.01)[0]
     assert row["inputs"] == "digits training samples"

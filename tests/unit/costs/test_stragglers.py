@@ -1,4 +1,4 @@
-"""Stragglers and a round deadline (issue 13 part 3): who is slow, who is late, what it costs and trains."""
+"""Stragglers and a round deadline: who is slow, who is late, what it costs and trains."""
 
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_refusal import as_process, in_process, one_line
 
 from fplstudy.cli import main
 
@@ -27,32 +28,15 @@ NOTEBOOK = json.dumps({"cells": [{"cell_type": "code", "source": ["print(1)"]}],
                        "nbformat": 4, "nbformat_minor": 5}).encode()
 
 
+def _refusal(rc: int, err: str, *words: str) -> str:
+    """:func:`cli_refusal.one_line`, any prefix (a stage's entry prints its own)."""
+    return one_line(rc, err, *words, prefix="")
+
+
 def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
     """Every file under ``folder``: its bytes and mtime (nanoseconds)."""
     return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
             for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def _in_process(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as exc:  # argparse's refusals exit
-        return exc.code
-
-
-def _cli(argv: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fplstudy.cli", *argv], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "CI": "1", **env}, timeout=600)
-
-
-def _one_line(rc: int, err: str, *words: str) -> str:
-    assert rc == 2, (rc, err[:2000])
-    assert "Traceback" not in err, err[:2000]
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err[:2000]
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    return lines[0]
 
 
 # --------------------------------------------------------------------------- files of another kind
@@ -99,7 +83,7 @@ def test_an_output_of_another_kind_is_refused_and_left_as_it_was(argv, existing,
     if existing:
         (tmp_path / existing[0]).write_bytes(existing[1])
     before = _snapshot(tmp_path)
-    _one_line(_in_process(argv), capsys.readouterr().err, *words)
+    _refusal(in_process(argv), capsys.readouterr().err, *words)
     assert _snapshot(tmp_path) == before
     assert sorted(os.listdir(tmp_path)) == sorted(before), "nothing may be written for refused input"
 
@@ -107,8 +91,8 @@ def test_an_output_of_another_kind_is_refused_and_left_as_it_was(argv, existing,
 def test_the_refusal_comes_from_a_real_process_before_any_pricing(tmp_path):
     (tmp_path / "params.yaml").write_bytes((ROOT / "params.yaml").read_bytes())
     before = _snapshot(tmp_path)
-    proc = _cli([*EXPLORE, "--out", "params.yaml"], tmp_path)
-    _one_line(proc.returncode, proc.stderr, "--out", "params.yaml")
+    proc = as_process([*EXPLORE, "--out", "params.yaml"], tmp_path)
+    _refusal(proc.returncode, proc.stderr, "--out", "params.yaml")
     assert proc.stdout == "", "refused before any plan is priced (explore prints its count first)"
     assert _snapshot(tmp_path) == before
 
@@ -160,7 +144,7 @@ def test_calibrate_accepts_an_existing_profiles_file_up_front(tmp_path, capsys):
     host = tmp_path / "host.yaml"
     host.write_text("devices:\n  toy: {flops_per_s: 1.0e+9, active_w: 2.0, idle_w: 0.5}\n")
     before = _snapshot(tmp_path)
-    line = _one_line(_in_process(["calibrate", "--models", "gpt2", "--out", str(host)]), capsys.readouterr().err,
+    line = _refusal(in_process(["calibrate", "--models", "gpt2", "--out", str(host)]), capsys.readouterr().err,
                      "--models", "gpt2")
     assert "profiles file" not in line
     assert _snapshot(tmp_path) == before
@@ -202,7 +186,7 @@ READ_ONLY = [
 def test_an_output_in_a_read_only_folder_is_refused(argv, flag, read_only, capsys):
     before = _snapshot(read_only)
     argv = [a.replace("{ro}", str(read_only)) for a in argv]
-    _one_line(_in_process(argv), capsys.readouterr().err, flag, str(read_only), "not writable")
+    _refusal(in_process(argv), capsys.readouterr().err, flag, str(read_only), "not writable")
     assert _snapshot(read_only) == before
 
 
@@ -219,7 +203,7 @@ def test_the_aggregate_stage_refuses_an_unwritable_out_before_reading_a_run(wher
            "a-file": str(tmp_path / "tables.csv"), "under-a-file": str(tmp_path / "tables.csv" / "t")}[where]
     before = _snapshot(tmp_path)
     proc = _aggregate(out, tmp_path)
-    line = _one_line(proc.returncode, proc.stderr, "--out", out)
+    line = _refusal(proc.returncode, proc.stderr, "--out", out)
     assert line.startswith("error: argument --out:"), line
     assert proc.stdout == ""
     assert _snapshot(tmp_path) == before
@@ -264,8 +248,8 @@ FULL = [
 @pytest.mark.parametrize("argv,path", [f[1:] for f in FULL], ids=[f[0] for f in FULL])
 def test_a_full_disk_ends_in_one_line_naming_the_output(argv, path, full_disk, tmp_path):
     before = {k: v for k, v in _snapshot(full_disk).items() if k != "filler"}
-    proc = _cli([a.replace("{full}", str(full_disk)) for a in argv], tmp_path)
-    line = _one_line(proc.returncode, proc.stderr, "disk full writing", path.replace("{full}", str(full_disk)),
+    proc = as_process([a.replace("{full}", str(full_disk)) for a in argv], tmp_path)
+    line = _refusal(proc.returncode, proc.stderr, "disk full writing", path.replace("{full}", str(full_disk)),
                      "--out")
     assert line.startswith("fplstudy: error: disk full writing "), line
     after = {k: v for k, v in _snapshot(full_disk).items() if k != "filler"}
@@ -303,5 +287,5 @@ def test_the_stage_entries_are_unchanged_by_a_missing_params_file(tmp_path):
     """Beside the output check, the aggregate stage still names a missing params file (its other refusal)."""
     proc = subprocess.run([sys.executable, "-m", "fplstudy.stages.aggregate", "--params", "nothere.yaml", "--runs",
                            "runs", "--out", "tables"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    _one_line(proc.returncode, proc.stderr, "nothere.yaml")
+    _refusal(proc.returncode, proc.stderr, "nothere.yaml")
     assert not (tmp_path / "tables").exists()

@@ -1,4 +1,4 @@
-"""The participation model (fplstudy.plans.dynamics, issue 13 part 3): every rule against hand-written turnouts."""
+"""The participation model (fplstudy.plans.dynamics): every rule against hand-written turnouts."""
 
 from __future__ import annotations
 

@@ -251,17 +251,23 @@ def test_workers_die_when_their_parent_is_killed(tmp_path: Path):
               f"initializer=die_with_parent) as pool:\n        list(pool.map(work, range(2)))\n")
     (tmp_path / "parent.py").write_text(script)
     parent = subprocess.Popen([sys.executable, str(tmp_path / "parent.py")], env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert _kill_and_outlive(parent, pids, 2, grace_s=10) == []
+
+
+def _kill_and_outlive(process: subprocess.Popen, pids: Path, count: int, grace_s: float) -> list[int]:
+    """Wait until ``count`` processes have written their pid to ``pids`` (all alive), kill ``process`` with
+    SIGKILL, and return those of them still alive ``grace_s`` seconds later."""
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (not pids.exists() or len(pids.read_text().split()) < 2):
+    while time.monotonic() < deadline and (not pids.exists() or len(pids.read_text().split()) < count):
         time.sleep(0.1)
-    workers = [int(p) for p in pids.read_text().split()]
-    assert len(workers) == 2 and all(Path(f"/proc/{p}").exists() for p in workers)
-    parent.send_signal(signal.SIGKILL)
-    parent.wait()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(p) for p in workers):
+    procs = [int(p) for p in pids.read_text().split()]
+    assert len(procs) == count and all(_alive(p) for p in procs)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(_alive(p) for p in procs):
         time.sleep(0.1)
-    assert not any(_alive(p) for p in workers)
+    return [p for p in procs if _alive(p)]
 
 
 def _alive(pid: int) -> bool:
@@ -343,17 +349,7 @@ def test_a_stage_and_its_workers_end_when_the_job_above_is_killed(tmp_path: Path
     dvc = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys, time\n"
                             f"subprocess.Popen([sys.executable, {str(stage)!r}])\ntime.sleep(120)"],
                            env={**os.environ, "PYTHONPATH": str(SRC)})
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (not pids.exists() or len(pids.read_text().split()) < 3):
-        time.sleep(0.1)
-    procs = [int(p) for p in pids.read_text().split()]
-    assert len(procs) == 3 and all(_alive(p) for p in procs)
-    dvc.send_signal(signal.SIGKILL)
-    dvc.wait()
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and any(_alive(p) for p in procs):
-        time.sleep(0.1)
-    assert not any(_alive(p) for p in procs)
+    assert _kill_and_outlive(dvc, pids, 3, grace_s=15) == []
 
 
 def test_a_single_plan_is_named_from_its_settings_and_never_replaces_another(tmp_path: Path):

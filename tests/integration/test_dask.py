@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from fplstudy.config import StudyError
+from fplstudy.facts.datasets import export_digits
 from fplstudy.study.cluster import SCHEDULER_VARIABLE, write_run_files
 from fplstudy.study.params import load_study, smoke_params
 from fplstudy.study.pool import run_group
@@ -225,9 +226,11 @@ def test_an_unreachable_scheduler_stops_the_train_notebook_before_any_run(tmp_pa
     env = {**os.environ, SCHEDULER_VARIABLE: address,
            "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     runs = tmp_path / "runs"
+    export_digits(tmp_path / "data" / "digits")  # a fresh clone has no data/ before `dvc pull data.dvc`
     proc = subprocess.run([str(BIN / "papermill"), "--kernel", "python3", "--no-progress-bar", "--log-level",
                            "WARNING", str(ROOT / "notebooks" / "train.ipynb"), str(tmp_path / "out.ipynb"),
-                           "-p", "group", "mp", "-p", "smoke_test", "True", "-p", "runs_dir", str(runs)],
+                           "-p", "group", "mp", "-p", "smoke_test", "True", "-p", "runs_dir", str(runs),
+                           "-p", "data_dir", str(tmp_path / "data")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     lines = [line.split("StudyError: ", 1)[1] for line in (proc.stdout + proc.stderr).splitlines()

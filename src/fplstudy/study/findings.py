@@ -17,6 +17,27 @@ def _per_seed(seeds: pd.DataFrame, name: str, metric: str) -> dict[int, float]:
 
 
 
+def plan_pairs(findings_cfg: dict[str, Any], seeds: pd.DataFrame) -> list[tuple[str, str]]:
+    """The registered ``(FPL plan, other plan)`` pairs of the accuracy, bytes and energy families, in order.
+
+    Args:
+        findings_cfg: the study's ``findings`` section.
+        seeds: ``seeds.csv`` (or any table with ``name``, ``strategy``, ``nodes``, ``junction``, ``partition``).
+    """
+    f = findings_cfg
+    junction = f.get("fpl_junction", "adapter")
+    part = "features" if junction == "concat" else "iid"
+    table = seeds.drop_duplicates("name").set_index("name")
+    fpl = table[(table["strategy"] == "fpl") & (table["junction"] == junction) & (table["partition"] == part)]
+    pairs = []
+    for name, row in fpl.sort_values("nodes").iterrows():
+        for other in f.get("against", []):
+            match = table[(table["strategy"] == other) & (table["nodes"] == row["nodes"])
+                          & (table["partition"] == "iid")]
+            pairs += [(name, o) for o in match.index]
+    return pairs
+
+
 def comparisons(findings_cfg: dict[str, Any], seeds: pd.DataFrame) -> pd.DataFrame:
     """Every paired comparison the findings report, one row each.
 
@@ -38,16 +59,8 @@ def comparisons(findings_cfg: dict[str, Any], seeds: pd.DataFrame) -> pd.DataFra
     """
     f = findings_cfg
     confidence = f.get("confidence", 0.95)
-    junction = f.get("fpl_junction", "adapter")
-    part = "features" if junction == "concat" else "iid"
     table = seeds.drop_duplicates("name").set_index("name")
-    fpl = table[(table["strategy"] == "fpl") & (table["junction"] == junction) & (table["partition"] == part)]
-    pairs = []
-    for name, row in fpl.sort_values("nodes").iterrows():
-        for other in f.get("against", []):
-            match = table[(table["strategy"] == other) & (table["nodes"] == row["nodes"])
-                          & (table["partition"] == "iid")]
-            pairs += [(name, o) for o in match.index]
+    pairs = plan_pairs(f, seeds)
     rows = []
     families = {"accuracy": ("test_acc_mean", f.get("accuracy_delta", 0.0), True, False),
                 "bytes": ("bytes_total", math.log1p(f.get("cost_delta", 0.0)), False, True),

@@ -350,7 +350,9 @@ class Config(BaseModel):
     classes_per_node: int = 2  # shards: classes held by each branch
 
     # --- optimisation
-    rounds: int = 20  # communication rounds
+    rounds: int = 20  # communication rounds (at most, with stop_at_acc)
+    stop_at_acc: float | None = None  # stop a run after the first round whose test accuracy (mean over branches) reaches this fraction, once min_rounds are done; None = train every round. The dry run prices every round
+    min_rounds: int = 1  # rounds a run trains before stop_at_acc may stop it (a fixed budget every run reaches)
     local_epochs: int = 1  # passes over its shard by each branch per round
     batch_size: int = 32  # samples per step per branch (at most; see last_batch)
     last_batch: Literal["spread", "drop", "keep"] = "spread"  # an epoch of n samples that batch_size does not divide: spread (k = ceil(n / batch_size) batches of floor(n/k) or ceil(n/k) samples), drop (the n mod batch_size left over are left out, PyTorch's drop_last) or keep (a last, smaller batch, PyTorch's default)
@@ -495,7 +497,7 @@ def _check_ranges(cfg: Config) -> None:
         raise ConfigError("seed", cfg.seed, f"must be an integer in 0..{SEED_MAX} (numpy's and "
                                             f"scikit-learn's seed range)")
     positive = ("nodes", "branch_stages", "rounds", "local_epochs", "batch_size", "micro_batches",
-                "sync_every", "classes_per_node")
+                "sync_every", "classes_per_node", "min_rounds")
     for key in positive:
         if getattr(cfg, key) < 1:
             raise ConfigError(key, getattr(cfg, key), "must be an integer >= 1")
@@ -503,6 +505,11 @@ def _check_ranges(cfg: Config) -> None:
         value = getattr(cfg, key)
         if value is not None and value < 1:
             raise ConfigError(key, value, "must be an integer >= 1 (or left out to derive it)")
+    if cfg.min_rounds > cfg.rounds:
+        raise ConfigError("min_rounds", cfg.min_rounds, f"must be at most rounds (now {cfg.rounds})")
+    if cfg.stop_at_acc is not None and not (math.isfinite(cfg.stop_at_acc) and 0 < cfg.stop_at_acc <= 1):
+        raise ConfigError("stop_at_acc", cfg.stop_at_acc, "give the test accuracy to stop at as a fraction in (0, 1], "
+                                                          "e.g. 0.95, or leave it out to train every round")
     if not 0 < cfg.fraction_fit <= 1:
         raise ConfigError("fraction_fit", cfg.fraction_fit, "the share of branches that take part must lie in (0, 1]")
     if not 0 <= cfg.dropout <= 1:

@@ -175,10 +175,17 @@ class Study:
 
 
 
+# Keys whose swept value stands alone in a plan's name (a node count, a junction mode, a partition) or names a
+# thing of its own (a link, a device, a model); any other key's value follows the key (``branches2``,
+# ``junction_at3``, ``syncnone``), so that plans of different groups never share a name by accident.
+BARE_NAME_KEYS = ("nodes", "junction", "partition", "link", "device", "server_device", "model", "dataset", "topology")
+
+
 def swept_name(swept: dict[str, Any]) -> str:
-    """Name of a plan from its swept values: the strategy, then the other values in order,
-    e.g. ``fpl-4-adapter-iid`` or ``fl-8-dirichlet``."""
-    rest = [str(v) for k, v in swept.items() if k != "strategy"]
+    """Name of a plan from its swept values: the strategy, then the other values in order, each after its key
+    unless :data:`BARE_NAME_KEYS` holds it, e.g. ``fpl-4-adapter-iid``, ``fl-8-dirichlet``, ``fl-2-lte`` or
+    ``fpl-8-branches2-branch_stages2-adapter-iid``."""
+    rest = [str(v) if k in BARE_NAME_KEYS else f"{k}{v}" for k, v in swept.items() if k != "strategy"]
     return "-".join([str(swept["strategy"]), *rest])
 
 
@@ -264,7 +271,8 @@ def load_study(params: dict[str, Any] | str | Path = "params.yaml") -> Study:
 
 
 STUDY_KEYS = ("train", "seeds", "workers", "kernels", "groups", "findings")  # the keys of a study block
-FINDINGS_KEYS = ("fpl_junction", "against", "accuracy_delta", "cost_delta", "size_delta", "confidence")
+FINDINGS_KEYS = ("fpl_junction", "against", "accuracy_delta", "cost_delta", "size_delta", "confidence", "target_acc",
+                 "pairs")
 
 
 def _group_plans(group: str, axes: Any, train: dict[str, Any]) -> list[PlanSpec]:
@@ -309,6 +317,13 @@ def _check_findings(findings: Any, specs: list[PlanSpec]) -> None:
         value = findings.get(key, 0.0)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
             raise refuse(f"{where}.{key}", value, "give a fraction in [0, 1), e.g. 0.02")
+    target = findings.get("target_acc", 0.9)
+    if not isinstance(target, (int, float)) or isinstance(target, bool) or not 0 < target < 1:
+        raise refuse(f"{where}.target_acc", target, "give the test accuracy every plan is compared at, in (0, 1), e.g. 0.93")
+    stops = sorted({spec.config.stop_at_acc for spec in specs if spec.config.stop_at_acc is not None})
+    if stops and target > stops[0]:
+        raise refuse(f"{where}.target_acc", target, f"runs stop at stop_at_acc {stops[0]:g}, below it: lower target_acc "
+                                                    f"to at most {stops[0]:g} or raise stop_at_acc")
     confidence = findings.get("confidence", 0.95)
     if not isinstance(confidence, float) or not 0.5 <= confidence < 1:
         raise refuse(f"{where}.confidence", confidence, "give a level in [0.5, 1), e.g. 0.95")
@@ -323,6 +338,17 @@ def _check_findings(findings: Any, specs: list[PlanSpec]) -> None:
     for other in against:
         if not isinstance(other, str) or other not in others:
             raise refuse(f"{where}.against", other, f"use strategies among {', '.join(others)}")
+    names = [spec.name for spec in specs]
+    pairs = findings.get("pairs", [])
+    if not isinstance(pairs, list):
+        raise refuse(f"{where}.pairs", pairs, "give a list of [plan, other plan] name pairs, e.g. [[fpl-8-adapter-iid, fl-4-iid]]")
+    for pair in pairs:
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(n, str) for n in pair)):
+            raise refuse(f"{where}.pairs", pair, "give each pair as [plan, other plan], two plan names of the study")
+        for name in pair:
+            if name not in names:
+                raise refuse(f"{where}.pairs", name, f"not a plan of the study; use a plan name (the run folders "
+                                                     f"results/runs/<group>/<plan>), e.g. {', '.join(names[:3])}")
 
 
 
@@ -417,7 +443,7 @@ def smoke_params(**train: Any) -> dict[str, Any]:
                    "fpl-concat": {"strategy": ["fpl"], "nodes": [4], "junction": ["concat"],
                                   "partition": ["features"]}},
         "findings": {"fpl_junction": "adapter", "against": ["fl", "sl", "mp"], "accuracy_delta": 0.02,
-                     "cost_delta": 0.10, "size_delta": 0.10, "confidence": 0.95}}}
+                     "cost_delta": 0.10, "size_delta": 0.10, "confidence": 0.95, "target_acc": 0.2}}}
 
 
 # --------------------------------------------------------------------------- scale: the priced study

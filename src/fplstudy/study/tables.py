@@ -4,6 +4,7 @@ intervals, learning curves and the headline metrics."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,10 @@ METRIC_KEYS = ("test_acc_mean", "test_acc_worst", "test_loss_mean", "train_loss"
 
 
 
+# Metrics that are proportions: their intervals are logit intervals, inside [0, 1].
+BOUNDED = ("test_acc_mean", "test_acc_worst", "best_acc", "test_acc_budget")
+
+
 # The settings every summary row carries (values a group does not sweep come from train/defaults); a study that
 # sweeps other keys gets a column for each of them too (:func:`study_columns`).
 STUDY_COLUMNS = ("name", "group", "strategy", "nodes", "junction", "partition")
@@ -42,15 +47,83 @@ def plan_columns(study: Study, plan) -> dict[str, Any]:
 
 
 
-def read_runs(runs: list[tuple[dict[str, Any], int, Path]]) -> dict[str, pd.DataFrame]:
+# Who a plan's nodes are (counted from the plan in metrics.json), so that plans compared at the same node
+# count can be told apart: nodes that read training data, nodes that hold trunk stages and no data (servers),
+# nodes that average the branches.
+ROLE_COLUMNS = ("data_owners", "servers", "aggregators")
+
+# Costs summed from round 0 to the round a run first reaches the study's target accuracy (``findings.target_acc``).
+TO_TARGET_COSTS = ("flops", "bytes", "energy_j", "energy_j_per_owner", "makespan_s")
+
+
+def plan_roles(plan: dict[str, Any]) -> dict[str, int]:
+    """:data:`ROLE_COLUMNS` of one plan (the ``plan`` of a run's ``metrics.json``)."""
+    owners = {b["data_node"] for b in plan["branches"]}
+    return {"data_owners": len(owners),
+            "servers": sum("trunk" in n["role"] and n["name"] not in owners for n in plan["nodes"]),
+            "aggregators": sum("aggregator" in n["role"] for n in plan["nodes"])}
+
+
+def cumulative_costs(ledger: pd.DataFrame, owners: set[str]) -> pd.DataFrame:
+    """Per round of one run, the costs spent from round 0 up to and including it: ``cum_flops``,
+    ``cum_bytes`` (sent), ``cum_energy_j`` (every node), ``cum_energy_j_per_owner`` (the data owners' energy,
+    over their count) and ``cum_makespan_s`` (the rounds' makespans added)."""
+    led = ledger.assign(owner_j=ledger["energy_j"].where(ledger["node"].isin(owners), 0.0))
+    per = led.groupby("round", sort=True).agg(flops=("flops", "sum"), bytes=("bytes_tx", "sum"),
+                                              energy_j=("energy_j", "sum"), owner_j=("owner_j", "sum"),
+                                              makespan_s=("round_makespan_s", "first"))
+    per["energy_j_per_owner"] = per.pop("owner_j") / max(1, len(owners))
+    return per[list(TO_TARGET_COSTS)].cumsum().add_prefix("cum_").reset_index()
+
+
+def to_target(rounds: pd.DataFrame, target: float) -> dict[str, Any]:
+    """Rounds and costs one run spent to first reach ``target`` test accuracy (mean over branches).
+
+    Args:
+        rounds: the run's rounds with ``round``, ``test_acc_mean`` and :func:`cumulative_costs`' columns.
+        target: the accuracy to reach (fraction).
+
+    Returns:
+        ``target_acc``, ``reached``, ``rounds_to_target`` (rounds run up to and including the first at or
+        above the target), ``best_acc`` (the best round's accuracy) and ``<cost>_to_target`` for each of
+        :data:`TO_TARGET_COSTS`; the round count and costs are NaN when the target was not reached.
+    """
+    hit = rounds[rounds["test_acc_mean"] >= target].sort_values("round")
+    out: dict[str, Any] = {"target_acc": target, "reached": not hit.empty,
+                           "best_acc": float(rounds["test_acc_mean"].max()) if len(rounds) else math.nan}
+    first = hit.iloc[0] if not hit.empty else None
+    out["rounds_to_target"] = int(first["round"]) + 1 if first is not None else math.nan
+    for cost in TO_TARGET_COSTS:
+        out[f"{cost}_to_target"] = float(first[f"cum_{cost}"]) if first is not None else math.nan
+    return out
+
+
+# The fixed-budget view of runs that stop at a target accuracy: accuracy and costs after the first ``budget`` rounds
+# (``min_rounds``, which every run trains), so that plans are also compared at equal rounds.
+BUDGET_KEYS = {"test_acc_budget": "test_acc_mean", "flops_budget": "cum_flops", "bytes_budget": "cum_bytes",
+               "energy_j_budget": "cum_energy_j", "makespan_s_budget": "cum_makespan_s"}
+
+
+def at_budget(rounds: pd.DataFrame, budget: int) -> dict[str, float]:
+    """One run's :data:`BUDGET_KEYS` after its first ``budget`` rounds (NaN when it ran fewer: it diverged)."""
+    row = rounds[rounds["round"] == budget - 1]
+    return {key: float(row.iloc[0][col]) if not row.empty else math.nan for key, col in BUDGET_KEYS.items()}
+
+
+def read_runs(runs: list[tuple[dict[str, Any], int, Path]], target: float | None = None,
+              budget: int | None = None) -> dict[str, pd.DataFrame]:
     """Read run folders into tidy tables.
 
     Args:
         runs: ``(columns, seed, folder)`` per run; ``columns`` (plan name and settings) prefix its rows.
+        target: the study's target accuracy; None leaves the ``_to_target`` columns out.
+        budget: the fixed budget in rounds of runs that stop at a target (:func:`at_budget`); None leaves the
+            ``_budget`` columns out (every run trained all its rounds: its final metrics are the budget's).
 
     Returns:
-        ``seeds`` (one row per run: columns, seed, status, :data:`METRIC_KEYS`, branches),
-        ``rounds`` (run × round) and ``costs`` (run × node × kind sums of the ledger).
+        ``seeds`` (one row per run: columns, seed, status, :data:`METRIC_KEYS`, branches,
+        :data:`ROLE_COLUMNS`, and with a target :func:`to_target`'s columns), ``rounds`` (run × round, with
+        :func:`cumulative_costs`) and ``costs`` (run × node × kind sums of the ledger).
 
     Raises:
         FileNotFoundError: a folder has no ``metrics.json``.
@@ -61,18 +134,33 @@ def read_runs(runs: list[tuple[dict[str, Any], int, Path]]) -> dict[str, pd.Data
             raise FileNotFoundError(f"{keys.get('name', folder)} seed {seed}: {folder}/metrics.json missing; run "
                                     f"`dvc repro train@{keys.get('group', '<group>')}`")
         doc = json.loads((folder / "metrics.json").read_text())
-        per_seed.append({**keys, "seed": seed, "status": doc["status"], **{k: doc.get(k) for k in METRIC_KEYS},
-                         "branches": len(doc["plan"]["branches"])})
+        led = pd.read_csv(folder / "ledger.csv")
         rnd = pd.read_csv(folder / "rounds.csv")
         rnd = rnd[[c for c in rnd.columns if c != "run_id"]]
+        owners = {b["data_node"] for b in doc["plan"]["branches"]}
+        rnd = rnd.merge(cumulative_costs(led, owners), on="round", how="left")
+        row = {**keys, "seed": seed, "status": doc["status"], **{k: doc.get(k) for k in METRIC_KEYS},
+               "branches": len(doc["plan"]["branches"]), **plan_roles(doc["plan"])}
+        if target is not None:
+            row.update(to_target(rnd, target))
+        if budget is not None:
+            row.update(at_budget(rnd, budget))
+        per_seed.append(row)
         rounds.append(rnd.assign(**keys, seed=seed)[[*keys, "seed", *rnd.columns]])
-        led = pd.read_csv(folder / "ledger.csv")
         per = (led.groupby(["node", "role", "kind"], sort=True)[["energy_j", "bytes_tx", "bytes_rx", "flops",
                                                                    "seconds"]].sum().reset_index())
         costs.append(per.assign(**keys, seed=seed)[[*keys, "seed", *per.columns]])
     return {"seeds": pd.DataFrame(per_seed), "rounds": pd.concat(rounds, ignore_index=True),
             "costs": pd.concat(costs, ignore_index=True)}
 
+
+
+def budget_rounds(study: Study) -> int | None:
+    """The study's fixed budget in rounds when its runs stop at a target accuracy (``train.stop_at_acc``): the
+    ``min_rounds`` every run trains; None when every run trains all its rounds."""
+    if study.train.get("stop_at_acc") is None:
+        return None
+    return int(study.train.get("min_rounds", 1))
 
 
 def aggregate(study: Study, runs_dir: str | Path) -> dict[str, pd.DataFrame]:
@@ -84,21 +172,28 @@ def aggregate(study: Study, runs_dir: str | Path) -> dict[str, pd.DataFrame]:
         FileNotFoundError: a run of the study has no ``metrics.json`` (names the stage to run).
     """
     runs = [(plan_columns(study, p), s, d) for p, s, d in study.run_dirs(runs_dir)]
-    tables = read_runs(runs)
+    tables = read_runs(runs, study.findings.get("target_acc"), budget_rounds(study))
     return {"seeds": tables["seeds"], "summary": summarize(tables["seeds"]), "rounds": tables["rounds"],
             "costs": tables["costs"]}
 
 
 
 def summarize(seeds: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
-    """One row per plan: mean, sd and Student-t interval of every metric over its completed seeds."""
+    """One row per plan: its columns, ``seeds`` (completed), ``branches``, :data:`ROLE_COLUMNS`, and the mean,
+    sd and interval of every metric over its completed seeds: Student-t, or for an accuracy (a proportion) the
+    logit interval (:func:`fplstudy.study.stats.logit_interval`, inside [0, 1]). With a target accuracy, also
+    ``reached`` (seeds that reached it), ``best_acc`` and each ``_to_target`` cost over the seeds that reached it."""
     rows = []
+    to_target_keys = [c for c in seeds.columns if c.endswith(("_to_target", "_budget")) or c == "best_acc"]
     for _name, part in seeds.groupby("name", sort=False):
         done = part[part["status"] == "completed"]
         row = {c: part.iloc[0][c] for c in seeds.columns[:seeds.columns.get_loc("seed")]}  # the plan's columns
-        row.update(seeds=len(done), branches=int(part.iloc[0]["branches"]))
-        for key in METRIC_KEYS:
-            d = stats.describe(done[key].astype(float).to_numpy(), confidence)
+        row.update(seeds=len(done), branches=int(part.iloc[0]["branches"]),
+                   **{c: int(part.iloc[0][c]) for c in ROLE_COLUMNS if c in part})
+        if "reached" in part:
+            row.update(target_acc=float(part.iloc[0]["target_acc"]), reached=int(done["reached"].sum()))
+        for key in (*METRIC_KEYS, *to_target_keys):
+            d = stats.describe(done[key].astype(float).to_numpy(), confidence, bounded=key in BOUNDED)
             row.update({f"{key}_mean": d["mean"], f"{key}_sd": d["sd"], f"{key}_ci_low": d["ci_low"],
                         f"{key}_ci_high": d["ci_high"]})
         rows.append(row)
@@ -110,12 +205,16 @@ def headline(study: Study, summary: pd.DataFrame) -> dict[str, Any]:
     """The study's headline numbers for ``dvc metrics show`` (a dozen columns, readable in a terminal;
     everything else is in ``summary.csv``): plans, seeds, completed runs, and per strategy label, at its
     reference node count (4 if swept, else the largest) on IID data, the means over seeds of the test
-    accuracy, the energy (J), the bytes sent (B) and the round makespan (s), to 4 significant digits."""
+    accuracy, the energy (J), the bytes sent (B) and the makespan (s), to 4 significant digits: of the whole
+    run, or of the fixed budget's rounds when runs stop at a target accuracy."""
     out: dict[str, Any] = {"plans": int(summary.shape[0]), "seeds": len(study.seeds),
                            "runs_completed": int(summary["seeds"].sum())}
     iid = summary[summary["partition"].isin(["iid", "features"])]
     columns = {"test_acc": "test_acc_mean_mean", "energy_j": "energy_j_mean", "bytes_total": "bytes_total_mean",
                "makespan_s": "makespan_s_mean"}
+    if "test_acc_budget_mean" in summary:  # runs stop at a target: every plan at the same fixed budget of rounds
+        columns = {"test_acc": "test_acc_budget_mean", "energy_j": "energy_j_budget_mean",
+                   "bytes_total": "bytes_budget_mean", "makespan_s": "makespan_s_budget_mean"}
     out.update({key: {} for key in columns if columns[key] in summary})
     for name, row in reference_plans(iid).items():
         for key, column in columns.items():
@@ -149,6 +248,23 @@ def plan_label(table: pd.DataFrame) -> pd.Series:
     split = table["strategy"].map(lambda s: bool(REGISTRY[s].label_junctions))  # labelled per junction
     return table["strategy"].where(~split, table["strategy"] + "-" + table["junction"].astype(str))
 
+
+
+def variant_label(table: pd.DataFrame) -> pd.Series:
+    """Legend label of each row that tells plans of one label apart: :func:`plan_label`, then the parts of the
+    plan's name that are neither its strategy, node count, junction nor partition, e.g.
+    ``fpl-adapter branches2-branch_stages2`` for ``fpl-8-branches2-branch_stages2-adapter-iid`` and ``fl lte`` for
+    ``fl-2-lte``."""
+    base = plan_label(table)
+    extra = table.apply(variant, axis=1) if len(table) else pd.Series([], dtype=str)
+    return base.where(extra == "", base + " " + extra)
+
+
+def variant(row: pd.Series | dict) -> str:
+    """The parts of a plan's name beyond its strategy, node count, junction and partition (``""`` for a plan of
+    the strategy's default shape), e.g. ``branches2-branch_stages2``."""
+    known = {str(row["strategy"]), str(row["nodes"]), str(row["junction"]), str(row["partition"])}
+    return "-".join(t for t in str(row["name"]).split("-") if t not in known)
 
 
 def curves(rounds: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:

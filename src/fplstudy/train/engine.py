@@ -572,11 +572,19 @@ def _shuffled(shard: np.ndarray, cfg, rnd: int, d: int) -> np.ndarray:
                            for e in range(cfg.local_epochs)])
 
 
+def stop_reached(cfg, rows: list[dict]) -> bool:
+    """True when a run of ``cfg`` stops after ``rows``: ``stop_at_acc`` is set, at least ``min_rounds`` rounds
+    are done and the last one's test accuracy (mean over branches) reached it."""
+    return (cfg.stop_at_acc is not None and len(rows) >= cfg.min_rounds
+            and rows[-1]["test_acc_mean"] >= cfg.stop_at_acc)
+
+
 def train(plan: Plan, transport: Transport | None = None, *, progress: bool = False,
           data: tuple[DatasetSplit, Partition] | None = None,
           on_round: Callable[[dict], None] | None = None, resume: dict | None = None,
           on_state: Callable[[dict], None] | None = None) -> TrainResult:
-    """Train a plan for ``plan.config.rounds`` rounds.
+    """Train a plan for ``plan.config.rounds`` rounds, or fewer when ``stop_at_acc`` stops it
+    (:func:`stop_reached`).
 
     Args:
         plan: a resolved plan.
@@ -620,6 +628,8 @@ def train(plan: Plan, transport: Transport | None = None, *, progress: bool = Fa
     turnouts = plan_turnouts(plan)
     try:
         for rnd in range(len(rows), cfg.rounds):
+            if stop_reached(cfg, rows):  # also when resuming a run that had reached it
+                break
             order = [_shuffled(sh, cfg, rnd, 0 if plan.branch_order == "lockstep" else d)
                      for d, sh in enumerate(shards)]
             losses = []

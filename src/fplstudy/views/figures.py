@@ -2,9 +2,9 @@
 or None when the study has no data for it (the caller skips it with a note; never a crash).
 
 Inputs are the tidy tables written by :mod:`fplstudy.study.params`: ``seeds`` (one row per plan × seed),
-``summary`` (one row per plan), ``rounds`` and ``costs``. Intervals are 95 % Student-t intervals
-over seeds (:func:`fplstudy.study.stats.t_interval`, the tables' intervals), drawn by seaborn's own
-``errorbar`` machinery. Every axis label carries its unit; colours come from seaborn's
+``summary`` (one row per plan), ``rounds`` and ``costs``. Intervals are the tables' 95 % intervals over
+seeds, drawn by seaborn's own ``errorbar`` machinery: Student-t (:func:`fplstudy.study.stats.t_interval`), and
+for accuracies the logit interval (:func:`fplstudy.study.stats.logit_interval`, inside [0, 1]). Every axis label carries its unit; colours come from seaborn's
 colour-blind-safe palette, one colour per strategy label (fpl per junction), and markers repeat the
 coding so the figures also read in greyscale. This module never chooses matplotlib's backend:
 notebooks show the returned figures inline, :func:`save_figure` writes PNGs that are byte-identical
@@ -27,6 +27,7 @@ from fplstudy.plans.events import KINDS
 from fplstudy.plans.strategies import REGISTRY
 from fplstudy.study import stats
 from fplstudy.study.tables import plan_label as label
+from fplstudy.study.tables import variant_label
 from fplstudy.views.style import (  # noqa: F401
     KIND_PALETTE,
     LABEL_MARKERS,
@@ -36,17 +37,25 @@ from fplstudy.views.style import (  # noqa: F401
     PALETTE,
     STRATEGY_ORDER,
     save_figure,
+    variant_styles,
 )
 
 CI = stats.errorbar(0.95)
+ACC_CI = stats.errorbar(0.95, bounded=True)  # accuracies: the logit interval, inside [0, 1]
 LABELS = {
     "test_acc_mean": "test accuracy (mean over branches, fraction)",
     "energy_j": "total energy (J)",
     "bytes_total": "total bytes sent (MB)",
     "makespan_s": "makespan of the training (s)",
 }
-SCALE = {"bytes_total": 1e-6}  # bytes are drawn in MB
-BOUNDED = {"test_acc_mean": 1.0}  # metrics that cannot exceed a bound (an interval above it is cut at the frame)
+LABELS.update({  # the fixed budget of runs that stop at a target accuracy: their first min_rounds rounds
+    "test_acc_budget": "test accuracy at the fixed budget (mean over branches, fraction)",
+    "energy_j_budget": "energy of the fixed budget's rounds (J)",
+    "bytes_budget": "bytes sent in the fixed budget's rounds (MB)",
+    "makespan_s_budget": "makespan of the fixed budget's rounds (s)",
+})
+SCALE = {"bytes_total": 1e-6, "bytes_budget": 1e-6}  # bytes are drawn in MB
+BOUNDED = {"test_acc_mean": 1.0, "test_acc_budget": 1.0}  # metrics that cannot exceed a bound (an interval above it is cut at the frame)
 
 
 def _iid(table: pd.DataFrame) -> pd.DataFrame:
@@ -55,7 +64,7 @@ def _iid(table: pd.DataFrame) -> pd.DataFrame:
     if "status" in table:
         keep &= table["status"] == "completed"
     out = table[keep].copy()
-    out["label"] = label(out)
+    out["label"] = variant_label(out)  # plans of one label that differ in another swept key are told apart
     return out
 
 
@@ -81,18 +90,18 @@ def tradeoff(seeds: pd.DataFrame, x: str, y: str, *, maximize_y: bool = False):
     means = data.groupby(["name", "label", "nodes"], as_index=False)[["x_plan", y]].mean()
     zero = means[means["x_plan"] <= 0]
     drawn, means = data[data["x_plan"] > 0], means[means["x_plan"] > 0]
-    order = [lab for lab in LABEL_ORDER if lab in set(drawn["label"])]
+    order, palette, markers = variant_styles(drawn["label"])
     fig, ax = plt.subplots(figsize=(8.5, 5.2))
     sizes = sorted(drawn["nodes"].unique())
     size_of = {n: 5 + 6 * i / max(1, len(sizes) - 1) for i, n in enumerate(sizes)}  # marker diameter (pt)
     (so.Plot(drawn, x="x_plan", y=y, color="label", marker="label", pointsize="nodes")
      .add(so.Range(linewidth=1.2), so.Est(errorbar=CI), group="name", legend=False)
      .add(so.Dot(edgecolor="black", edgewidth=0.4), so.Agg(), group="name", legend=False)
-     .scale(x="log", color=so.Nominal({k: LABEL_PALETTE[k] for k in order}, order=order),
-            marker=so.Nominal({k: LABEL_MARKERS[k] for k in order}, order=order),
+     .scale(x="log", color=so.Nominal({k: palette[k] for k in order}, order=order),
+            marker=so.Nominal({k: markers[k] for k in order}, order=order),
             pointsize=so.Nominal(size_of, order=sizes))
      .on(ax).plot())
-    handles = [plt.Line2D([], [], color=LABEL_PALETTE[k], marker=LABEL_MARKERS[k], linestyle="", markersize=7,
+    handles = [plt.Line2D([], [], color=palette[k], marker=markers[k], linestyle="", markersize=7,
                           markeredgecolor="black", markeredgewidth=0.4, label=k) for k in order]
     handles += [plt.Line2D([], [], color="grey", marker="o", linestyle="", markersize=size_of[n],
                            label=f"{n} node{'s' if n > 1 else ''}") for n in sizes]
@@ -102,7 +111,7 @@ def tradeoff(seeds: pd.DataFrame, x: str, y: str, *, maximize_y: bool = False):
     ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(  # label the minor ticks 2 and 5 only
         lambda v, _: f"{v:g}" if f"{v:e}"[0] in "25" else ""))
     for _, row in zero.iterrows():
-        ax.axhline(row[y], color=LABEL_PALETTE.get(row["label"], "grey"), linestyle=":", linewidth=1.2)
+        ax.axhline(row[y], color=palette.get(row["label"], "grey"), linestyle=":", linewidth=1.2)
     front = means[pareto_front(means, ["x_plan", y], maximize=[y] if maximize_y else [])].sort_values("x_plan")
     ax.step(front["x_plan"], front[y], where="post", color="black", linewidth=1, linestyle="--")
     cut = ""
@@ -214,14 +223,14 @@ def learning_curves(rounds: pd.DataFrame, nodes: int):
     data = rounds[(rounds["nodes"] == nodes) | rounds["strategy"].isin(one_node)].copy()
     if data.empty:
         return None
-    data["plan"] = label(data)
+    data["plan"] = variant_label(data)
     data["data"] = data["partition"].replace({"features": "iid"})  # concat: every branch sees every sample
-    order = [p for p in LABEL_ORDER if p in set(data["plan"])]
+    order, palette, markers = variant_styles(data["plan"])
     grid = sns.relplot(data=data, x="round", y="test_acc_mean", hue="plan", hue_order=order, style="plan",
                        style_order=order, col="data", col_order=[c for c in ("iid", "dirichlet")
                                                                  if c in set(data["data"])],
-                       kind="line", markers={k: LABEL_MARKERS[k] for k in order}, dashes=True, errorbar=CI,
-                       palette=LABEL_PALETTE,
+                       kind="line", markers=markers, dashes=True, errorbar=ACC_CI,
+                       palette=palette,
                        height=4, aspect=1.1)
     grid.set_axis_labels("round", LABELS["test_acc_mean"])
     grid.set_titles(f"{nodes} nodes, {{col_name}} data")
@@ -229,8 +238,54 @@ def learning_curves(rounds: pd.DataFrame, nodes: int):
         ax.grid(True, alpha=0.3)
     same = "".join(f" ({s.name} trains exactly as {s.trains_as}: their lines coincide)" for s in REGISTRY.values()
                    if s.trains_as is not None and {s.name, s.trains_as} <= set(order))
-    grid.figure.suptitle(f"Learning curves: mean over seeds, band 95 % interval{same}", fontsize=9)
+    grid.figure.suptitle(f"Learning curves: mean over seeds, band 95 % logit interval{same}", fontsize=9)
     grid.figure.tight_layout(rect=(0, 0, 0.85, 1))
+    return grid.figure
+
+
+TO_ACCURACY = {"cum_makespan_s": "makespan spent so far (s, log scale)",
+               "cum_energy_j": "energy spent so far, every node (J, log scale)",
+               "cum_bytes": "bytes sent so far (MB, log scale)"}
+
+
+def to_accuracy(rounds: pd.DataFrame, cost: str, target: float | None = None):
+    """Test accuracy against the cost spent to reach it (time-to-accuracy, energy-to-accuracy), for every plan on
+    IID data, one panel per node count: each point is a round (its cost summed from round 0; on IID data the same
+    on every seed), line the mean accuracy over seeds, band its 95 % logit interval; the dashed line is the
+    study's target accuracy.
+
+    Args:
+        rounds: ``rounds.csv`` with the cumulative cost columns (:func:`fplstudy.study.tables.cumulative_costs`).
+        cost: one of :data:`TO_ACCURACY`.
+        target: the study's ``findings.target_acc``; None draws no line.
+
+    Returns:
+        The figure, or None without data.
+    """
+    if cost not in rounds:
+        return None
+    data = _iid(rounds)
+    if data.empty:
+        return None
+    data = data.assign(x=data[cost] * (1e-6 if cost == "cum_bytes" else 1.0))
+    order, palette, markers = variant_styles(data["label"])
+    nodes = sorted(int(n) for n in data["nodes"].unique())
+    grid = sns.relplot(data=data, x="x", y="test_acc_mean", hue="label", hue_order=order, style="label",
+                       style_order=order, col="nodes", col_order=nodes, kind="line",
+                       markers=markers, dashes=True, errorbar=ACC_CI,
+                       estimator="mean", palette=palette, height=3.6, aspect=1.0,
+                       facet_kws={"sharex": True, "sharey": True})
+    grid.set(xscale="log")
+    grid.set_axis_labels(TO_ACCURACY[cost], LABELS["test_acc_mean"])
+    grid.set_titles("{col_name} nodes, IID data")
+    for ax in grid.axes.flat:
+        ax.grid(True, alpha=0.3)
+        if target is not None:
+            ax.axhline(target, color="black", linestyle="--", linewidth=0.8)
+    grid.figure.suptitle(f"Accuracy against {cost.removeprefix('cum_').split('_')[0]} spent: one point per round, "
+                         f"mean over seeds, band 95 % logit interval"
+                         + (f"; dashed: target {target:g}" if target is not None else ""), fontsize=9)
+    grid.figure.tight_layout(rect=(0, 0, 0.85, 0.95))
     return grid.figure
 
 
@@ -276,7 +331,7 @@ def non_iid(seeds: pd.DataFrame):
         return None
     order = [p for p in LABEL_ORDER if p in set(data["plan"])]
     grid = sns.catplot(data=data, x="plan", y="test_acc_mean", hue="partition", hue_order=["iid", "dirichlet"],
-                       col="nodes", order=order, kind="bar", errorbar=CI, palette="colorblind", edgecolor="black",
+                       col="nodes", order=order, kind="bar", errorbar=ACC_CI, palette="colorblind", edgecolor="black",
                        height=4, aspect=0.9, capsize=0.15, err_kws={"linewidth": 1})
     grid.set_axis_labels("strategy", LABELS["test_acc_mean"])
     grid.set_titles("{col_name} nodes")

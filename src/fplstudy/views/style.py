@@ -50,6 +50,40 @@ _LOOKS = {label: _look(label) for label in LABEL_ORDER}
 LABEL_PALETTE = {label: to_rgb(colour) for label, (colour, _) in _LOOKS.items()}  # label -> RGB
 LABEL_MARKERS = {label: marker for label, (_, marker) in _LOOKS.items()}
 
+# Plans that share a legend label but differ in another swept key (an FPL shape, a junction position, a link)
+# are told apart by variant labels, ``<label> <variant>`` (``fpl-adapter branches2-branch_stages2``): each keeps its
+# label's hue in a darker or lighter shade and takes a marker of its own.
+VARIANT_MARKERS = ("X", "P", "*", "h", "8", "p", "<", ">")
+
+
+def variant_styles(labels) -> tuple[list[str], dict[str, tuple], dict[str, str]]:
+    """Order, colours and markers of legend labels that may carry variants (``<label> <variant>``).
+
+    Args:
+        labels: the labels a figure draws (any order, repeats allowed).
+
+    Returns:
+        ``(order, palette, markers)``: base labels in :data:`LABEL_ORDER` order, each followed by its variants
+        (sorted); a base label keeps :data:`LABEL_PALETTE` and :data:`LABEL_MARKERS`; its variants take shades
+        of its colour, alternately darker and lighter, and :data:`VARIANT_MARKERS` in turn.
+    """
+    present = set(labels)
+    order, palette, markers = [], {}, {}
+    for base in LABEL_ORDER:
+        variants = sorted(lab for lab in present if lab.startswith(base + " "))
+        if base in present:
+            order.append(base)
+            palette[base], markers[base] = LABEL_PALETTE[base], LABEL_MARKERS[base]
+        r, g, b = LABEL_PALETTE[base]
+        for i, lab in enumerate(variants):
+            f = 0.45 + 0.25 * (i // 2) / max(1, len(variants))  # how far from the base colour
+            shade = ((r * (1 - f), g * (1 - f), b * (1 - f)) if i % 2 == 0 else
+                     (r + (1 - r) * f, g + (1 - g) * f, b + (1 - b) * f))
+            order.append(lab)
+            palette[lab], markers[lab] = shade, VARIANT_MARKERS[i % len(VARIANT_MARKERS)]
+    return order, palette, markers
+
+
 DPI = 150  # fixed, so the PNG bytes do not depend on the matplotlib rc of the machine
 
 # The formats save_figure writes with matplotlib alone (pgf needs LaTeX, eps and ps Ghostscript for some

@@ -40,8 +40,51 @@ def test_paired_comparison_by_hand():
     assert c.n == 3 and c.mean_diff == pytest.approx(0.07 / 3)
     assert c.ci_low == pytest.approx(0.07 / 3 - half, abs=1e-6) and c.ci_high == pytest.approx(0.07 / 3 + half, abs=1e-6)
     # hand: t = mean / (sd / sqrt 3) = 2.6458, two-sided p with 2 df = 0.1181
-    assert c.p_value == pytest.approx(0.1181, abs=2e-4)
-    assert c.verdict == "inconclusive"  # the interval (-0.014, 0.061) neither excludes 0 nor fits in +-0.05
+    assert c.p_difference == pytest.approx(0.1181, abs=2e-4)
+    # TOST by hand with the closed-form t CDF of 2 df, F(t) = 1/2 + t / (2 sqrt(2 + t^2)), se = sd / sqrt 3:
+    # against +0.05: t = (0.02333 - 0.05) / se = -3.0237, p = F(t) = 0.0471; against -0.05: t = 8.3151, p = 0.0071
+    se = sd / math.sqrt(3)
+    hand = [0.5 + t / (2 * math.sqrt(2 + t * t)) for t in ((0.07 / 3 - 0.05) / se, -(0.07 / 3 + 0.05) / se)]
+    assert hand[0] == pytest.approx(0.0471, abs=2e-4) and c.p_equivalence == pytest.approx(max(hand), rel=1e-6)
+    # the 95 % interval (-0.014, 0.061) leaves +-0.05, but TOST at 0.05 uses the 90 % one (-0.003, 0.049): equivalent
+    assert c.verdict == "equivalent" and c.p_value == c.p_equivalence
+    assert -0.05 < c.eq_low < c.eq_high < 0.05 and c.ci_high > 0.05
+    # at Bonferroni m = 2 each one-sided test runs at 0.025 > 0.0471 fails: no longer equivalent, and the
+    # difference test (p 0.118) does not reject either
+    two = stats.paired(a, b, delta=0.05, comparisons=2)
+    assert two.verdict == "inconclusive" and two.p_value == pytest.approx(0.1181, abs=2e-4)
+    assert "TOST" in c.test_text() and f"p = {c.p_equivalence:.3g}" in c.test_text()
+
+
+def test_a_deterministic_difference_is_a_value_with_no_interval_or_p():
+    same = stats.paired({s: 2.0 + s for s in range(5)}, {s: 1.0 + s for s in range(5)}, delta=0.1,
+                        higher_is_better=False)
+    assert same.deterministic and same.verdict == "worse" and same.mean_diff == 1.0
+    assert math.isnan(same.p_value) and math.isnan(same.p_difference) and math.isnan(same.p_equivalence)
+    assert "p =" not in same.test_text() and "no interval or p" in same.test_text()
+    close = stats.paired({s: 1.007 for s in range(5)}, {s: 1.0 for s in range(5)}, delta=0.01)
+    assert close.deterministic and close.verdict == "equivalent" and math.isnan(close.p_value)
+
+
+def test_the_logit_interval_stays_inside_0_1_where_the_t_interval_does_not():
+    acc = [0.97, 0.968, 0.972, 0.289, 0.97]  # one seed far below the others
+    t_low, t_high = stats.t_interval(acc)
+    assert t_high > 1 or t_low < 0
+    low, high = stats.logit_interval(acc)
+    assert 0 < low < high < 1
+    # by hand: the t-interval of the logits, mapped back
+    z = [math.log(x / (1 - x)) for x in acc]
+    zl, zh = stats.t_interval(z)
+    assert low == pytest.approx(1 / (1 + math.exp(-zl))) and high == pytest.approx(1 / (1 + math.exp(-zh)))
+    assert stats.logit_interval([1.0, 1.0, 0.99])[1] < 1  # a seed at exactly 1 keeps the logit finite
+    assert stats.describe(acc, bounded=True)["ci_high"] == high
+
+
+def test_seeds_needed_by_the_textbook_case():
+    # a paired t-test to detect a difference of one sd at 5 % two-sided with 80 % power needs 10 pairs
+    # (the normal approximation gives (1.96 + 0.8416)^2 = 7.85; the t correction adds two)
+    assert stats.seeds_needed(sd=1.0, delta=1.0, alpha=0.05, power=0.8) == 10
+    assert stats.seeds_needed(sd=0.01, delta=0.02, alpha=0.05) < stats.seeds_needed(sd=0.01, delta=0.02, alpha=0.005)
 
 
 def test_only_shared_seeds_are_paired():

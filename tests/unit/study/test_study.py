@@ -5,6 +5,7 @@ and the same bytes on another CPU."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -16,8 +17,9 @@ import torch
 import yaml
 
 from fplstudy.config import StudyError
+from fplstudy.plans.plan import resolve
 from fplstudy.study import stats
-from fplstudy.study.findings import comparisons, findings
+from fplstudy.study.findings import comparisons, degenerate, findings
 from fplstudy.study.params import load_study, smoke_params
 from fplstudy.study.pool import run_group, train_runs
 from fplstudy.study.provenance import code_hash
@@ -28,11 +30,27 @@ ROOT = Path(__file__).resolve().parents[3]
 def test_repository_study_expands_to_named_plans():
     s = load_study(ROOT / "params.yaml")
     names = [p.name for p in s.plans]
-    assert len(names) == len(set(names)) == 37 and len(s.seeds) >= 5
-    assert {"centralized-1-iid", "mp-8-iid", "fl-2-dirichlet", "fpl-4-adapter-iid", "fpl-8-concat-features"} <= set(names)
+    assert len(names) == len(set(names)) == 34 and len(s.seeds) >= 5
+    assert {"centralized-1-iid", "mp-8-iid", "fl-4-dirichlet", "fpl-4-adapter-iid", "fpl-8-concat-features"} <= set(names)
     fpl = next(p for p in s.plans if p.name == "fpl-4-shared-dirichlet")
-    assert (fpl.group, fpl.config.junction, fpl.config.partition, fpl.config.rounds) == ("fpl", "shared", "dirichlet", 10)
-    assert s.groups == ["centralized", "mp", "fl", "sl", "sfl", "fpl", "fpl-concat"]
+    assert (fpl.group, fpl.config.junction, fpl.config.partition, fpl.config.rounds) == ("fpl", "shared", "dirichlet", 30)
+    assert (fpl.config.min_rounds, fpl.config.stop_at_acc) == (10, s.findings["target_acc"])
+    assert s.groups == ["centralized", "mp", "fl", "sl", "sfl", "fpl", "fpl-shape", "fpl-deep", "fpl-junction",
+                        "fpl-nosync", "fpl-concat"]
+    # FPL's configuration space at 8 nodes: four branches x branch_stages + trunk_stages shapes, the junction at
+    # three positions, adapter branches with and without sync, each under its own name
+    shapes = {}
+    for p in s.plans:
+        if p.config.strategy == "fpl" and p.config.nodes == 8 and p.junction == "adapter" and p.config.partition == "iid":
+            plan = resolve(p.config)
+            shapes[p.name] = (len(plan.branches), len(plan.branches[0].stages), len(plan.trunk), plan.junction_at,
+                              plan.sync)
+    assert shapes["fpl-8-adapter-iid"] == (4, 1, 4, 2, "fedavg")
+    assert shapes["fpl-8-branches2-branch_stages2-adapter-iid"][:3] == (2, 2, 4)
+    assert shapes["fpl-8-branches3-branch_stages2-adapter-iid"][:3] == (3, 2, 2)
+    assert shapes["fpl-8-branches2-branch_stages3-junction_at3-adapter-iid"][:4] == (2, 3, 2, 3)
+    assert {shapes[f"fpl-8-junction_at{j}-adapter-iid"][3] for j in (1, 3)} == {1, 3}
+    assert shapes["fpl-8-adapter-syncnone-iid"][4] == "none"
 
 
 def _bad(mutate) -> str:
@@ -59,6 +77,10 @@ def _bad(mutate) -> str:
     (lambda s: s.update(workers=0), "study.workers"),
     (lambda s: s.update(kernels="avx512"), "study.kernels"),
     (lambda s: s["findings"].update(confidence=1.5), "findings.confidence"),
+    (lambda s: s["findings"].update(target_acc=93), "study.findings.target_acc: got 93; give the test accuracy"),
+    (lambda s: s["findings"].update(pairs=[["fpl-8-adapter-iid", "fl-4-iid"]]),
+     "study.findings.pairs: got 'fpl-8-adapter-iid'; not a plan of the study"),
+    (lambda s: s["findings"].update(pairs=[["fl-4-iid"]]), "give each pair as [plan, other plan]"),
     (lambda s: s["groups"].update({"fl2": {"strategy": ["fl"], "nodes": [2], "partition": ["iid"]}}),
      "also in group"),
 ])
@@ -85,10 +107,13 @@ def test_summary_intervals_are_the_statistics_of_the_seed_rows(tiny_study):
     assert len(seeds) == len(the_study.plans) * len(the_study.seeds) and (seeds["status"] == "completed").all()
     for _, row in summary.iterrows():
         values = seeds[seeds["name"] == row["name"]]["test_acc_mean"].to_numpy()
-        low, high = stats.t_interval(values)
+        low, high = stats.logit_interval(values)  # an accuracy: the logit interval, inside [0, 1]
         assert row["test_acc_mean_mean"] == pytest.approx(values.mean(), rel=1e-8)
         assert row["test_acc_mean_ci_low"] == pytest.approx(low, rel=1e-8, abs=1e-10)
         assert row["test_acc_mean_ci_high"] == pytest.approx(high, rel=1e-8, abs=1e-10)
+        assert 0 <= row["test_acc_mean_ci_low"] <= row["test_acc_mean_ci_high"] <= 1
+        energy = seeds[seeds["name"] == row["name"]]["energy_j"].to_numpy()  # a cost: Student-t
+        assert (row["energy_j_ci_low"], row["energy_j_ci_high"]) == pytest.approx(stats.t_interval(energy), rel=1e-8)
         assert row["seeds"] == len(the_study.seeds)
     headline = json.loads((folder / "metrics.json").read_text())
     assert headline["runs_completed"] == len(seeds) and len(json.dumps(headline)) < 2000  # readable in a terminal
@@ -130,16 +155,28 @@ def test_findings_name_test_n_interval_and_verdict(tiny_study):
     seeds = pd.read_csv(folder / "seeds.csv")
     table = comparisons(the_study.findings, seeds)
     acc = table[table["family"] == "accuracy"]
-    # the fixed variant (adapter) against fl, sl, mp wherever both ran: fl at 2 and 4, sl and mp at 2
-    assert sorted(zip(acc["a"], acc["b"])) == sorted([("fpl-2-adapter-iid", "fl-2-iid"), ("fpl-2-adapter-iid", "sl-2-iid"),
-                                                     ("fpl-2-adapter-iid", "mp-2-iid"), ("fpl-4-adapter-iid", "fl-4-iid")])
-    assert (acc["level"] == 1 - 0.05 / 4).all()
-    lines = findings(the_study.findings, table, pd.read_csv(folder / "summary.csv"))
+    # the fixed variant (adapter) against fl, sl, mp wherever both ran with more than one branch: fl at 4 only,
+    # fpl-2 has one branch (sl with an adapter) and is named as degenerate
+    assert list(zip(acc["a"], acc["b"])) == [("fpl-4-adapter-iid", "fl-4-iid")]
+    assert degenerate(the_study.findings, seeds) == ["fpl-2-adapter-iid"]
+    # an explicit registered pair joins every family, and widens its Bonferroni correction
+    cfg = {**the_study.findings, "pairs": [["fpl-2-adapter-iid", "fl-2-iid"]]}
+    table = comparisons(cfg, seeds)
+    acc = table[table["family"] == "accuracy"]
+    assert len(acc) == 2 and list(acc["alpha"]) == pytest.approx([0.025, 0.025]) and list(acc["level"]) == pytest.approx([0.975] * 2)
+    summary = pd.read_csv(folder / "summary.csv")
+    lines = findings(cfg, table, summary, budget_rounds=2)
     claims = [line for line in lines if line.startswith("- **fpl-2-adapter-iid vs fl-2-iid**")]
-    assert len(claims) == 3  # accuracy, bytes, energy
-    assert all("paired t-test, n = 3" in c and "Bonferroni m = 4" in c and "[" in c for c in claims)
-    assert all(any(f"**{w}**" in c for w in ("more accurate", "less accurate", "equivalent", "inconclusive",
-                                               "cheaper", "costlier")) for c in claims)
+    fixed = [c for c in claims if " ratio " in c and "rounds ratio" not in c or "difference" in c]
+    assert len(fixed) >= 3  # accuracy, bytes, energy at the fixed budget (and the to-target families)
+    for c in claims:  # every line names its test and n, and an interval unless the value is the same on every seed
+        assert re.search(r"(TOST, n = [23]|paired t-test, n = [23]|the same on all n = [23] seeds|not compared)", c), c
+        assert ("[" in c) != ("the same on all" in c) or "not compared" in c, c
+        assert "p = 0 " not in c and "p = 0)" not in c
+        assert any(f"**{w}**" in c for w in ("more accurate", "less accurate", "equivalent", "inconclusive",
+                                              "cheaper", "costlier", "not compared")), c
+    assert any(line.startswith("| fpl-4-adapter-iid | 2 | 2 | 1 |") for line in lines)  # who the plans are
+    assert any("Fixed budget: accuracy after 2 rounds" in line for line in lines)
 
 
 def test_findings_test_the_configured_variant_not_the_best(tiny_study):
@@ -147,7 +184,7 @@ def test_findings_test_the_configured_variant_not_the_best(tiny_study):
     seeds = pd.read_csv(folder / "seeds.csv")
     shared = {**the_study.findings, "fpl_junction": "shared"}
     table = comparisons(shared, seeds)
-    assert set(table[table["family"] == "accuracy"]["a"]) == {"fpl-2-shared-iid", "fpl-4-shared-iid"}
+    assert set(table[table["family"] == "accuracy"]["a"]) == {"fpl-4-shared-iid"}  # fpl-2: one branch, degenerate
 
 
 def test_runs_record_what_can_change_their_floats(tmp_path: Path):
@@ -217,7 +254,7 @@ def test_a_study_that_sweeps_other_keys_keeps_them_in_every_table(tmp_path: Path
     fl = summary[summary["strategy"] == "fl"].set_index("link")
     assert fl.at["lte", "energy_j_mean"] != fl.at["wifi5", "energy_j_mean"]  # the swept key changes the costs
     curves = pd.read_csv(tmp_path / "curves.csv")
-    assert {"fl fl-2-wifi5", "fl fl-2-lte", "fpl-adapter fpl-5-2-adapter", "fpl-adapter fpl-5-4-adapter"} <= set(curves)
+    assert {"fl fl-2-wifi5", "fl fl-2-lte", "fpl-adapter fpl-5-branches2-adapter", "fpl-adapter fpl-5-branches4-adapter"} <= set(curves)
     headline = json.loads((tmp_path / "metrics.json").read_text())
-    assert set(headline["energy_j"]) == {"fl@2 fl-2-wifi5", "fl@2 fl-2-lte", "fpl-adapter@5 fpl-5-2-adapter",
-                                         "fpl-adapter@5 fpl-5-4-adapter"}
+    assert set(headline["energy_j"]) == {"fl@2 fl-2-wifi5", "fl@2 fl-2-lte", "fpl-adapter@5 fpl-5-branches2-adapter",
+                                         "fpl-adapter@5 fpl-5-branches4-adapter"}

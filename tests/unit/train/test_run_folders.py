@@ -435,3 +435,38 @@ def test_the_estimate_leaves_torch_random_state_alone():
     before = torch.get_rng_state()
     assert estimate_round_s(plan, data) > 0
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_stop_at_acc_ends_a_run_at_the_first_round_reaching_it_after_min_rounds(tmp_path):
+    """A run with ``stop_at_acc`` is the uninterrupted run's first rounds, row for row and ledger row for ledger
+    row, ending at the first round (from ``min_rounds`` on) whose accuracy reaches it; a checkpoint taken at that
+    round resumes to the same stop, training no further round."""
+    base = {**TINY, "rounds": 5, "strategy": "fl", "nodes": 2}
+    whole = run(load_config(None, base), tmp_path / "whole", progress=False)
+    accs = whole.rounds["test_acc_mean"].tolist()
+    target = sorted(accs)[len(accs) // 2]  # reached at some round, by hand below
+    for min_rounds in (1, 3):
+        stop = next(r for r, a in enumerate(accs) if a >= target and r + 1 >= min_rounds)
+        cfg = load_config(None, {**base, "stop_at_acc": target, "min_rounds": min_rounds})
+        out = tmp_path / f"stop-{min_rounds}"
+        got = run(cfg, out, progress=False)
+        assert got.status == "completed" and got.rounds["round"].tolist() == list(range(stop + 1))
+        assert _strict((out / "metrics.json").read_text())["rounds_completed"] == stop + 1
+        full = pd.read_csv(tmp_path / "whole" / "ledger.csv")
+        ledger = pd.read_csv(out / "ledger.csv")
+        pd.testing.assert_frame_equal(ledger.drop(columns="run_id"),
+                                      full[full["round"] <= stop].drop(columns="run_id").reset_index(drop=True))
+        states = []
+        train(resolve(cfg), on_state=lambda s: states.append(copy.deepcopy(s)))
+        assert len(states) == stop + 1
+        resumed = train(resolve(cfg), resume=states[-1])  # the state after the stopping round: nothing more to train
+        assert len(resumed.rounds) == stop + 1 and resumed.rounds[-1]["test_acc_mean"] == accs[stop]
+
+
+@pytest.mark.parametrize("overrides, field", [({"stop_at_acc": 1.5}, "stop_at_acc"), ({"stop_at_acc": 0.0}, "stop_at_acc"),
+                                             ({"min_rounds": 4, "rounds": 3}, "min_rounds"), ({"min_rounds": 0}, "min_rounds")])
+def test_bad_stop_keys_are_refused_by_name(overrides, field):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, {**TINY, **overrides})
+    assert err.value.key == field if hasattr(err.value, "key") else field in str(err.value)
+    assert field in str(err.value) and "\n" not in str(err.value)

@@ -15,6 +15,7 @@ params_file: str = "params.yaml"  # the study's parameters (findings section), r
 results_dir: str = ""  # folder with seeds.csv, summary.csv, rounds.csv, costs.csv; empty means <repo>/results
 figures_dir: str = ""  # folder for the PNG figures, empty means paths.Folders.notebook_figures (<repo>/runs/figures, git-ignored; a temp folder in smoke tests)
 findings_md: str = ""  # markdown file for the findings, empty means findings.md in the figures folder
+sensitivity_csv: str = ""  # the profile-sensitivity verdicts (results/sensitivity/verdicts.csv); empty means none
 focus_nodes: int = 0  # node count of the learning-curve and per-node figures, 0 means 4 if run, else the most
 smoke_test: bool = False  # tiny sizes for CI: trains a tiny study (2 rounds, 3 seeds) in a temp folder
 
@@ -29,7 +30,7 @@ from fplstudy import paths
 from fplstudy.study.findings import comparisons, findings
 from fplstudy.study.params import load_params, load_study, smoke_params
 from fplstudy.study.pool import run_group
-from fplstudy.study.tables import aggregate, write_aggregate
+from fplstudy.study.tables import aggregate, budget_rounds, write_aggregate
 from fplstudy.train.results import atomic_write_text
 from fplstudy.views import figures
 
@@ -130,8 +131,9 @@ figures.publish(figures.non_iid(seeds), fig_dir / "non_iid.png", "plans run on b
 
 # %%
 table = comparisons(the_study.findings, seeds)
-budget = max(p.config.rounds for p in the_study.plans)
-text = "\n".join(findings(the_study.findings, table, summary, budget_rounds=budget))
+budget = budget_rounds(the_study) or max(p.config.rounds for p in the_study.plans)
+robust = pd.read_csv(where.root / sensitivity_csv) if sensitivity_csv else None
+text = "\n".join(findings(the_study.findings, table, summary, budget_rounds=budget, sensitivity=robust))
 md = Path(findings_md) if findings_md else fig_dir / "findings.md"
 atomic_write_text(md.with_name("comparisons.csv"), table.to_csv(index=False, lineterminator="\n", float_format="%.10g"))
 atomic_write_text(md, f"# Findings of the {the_study.name} study\n\n" + text + "\n")

@@ -18,8 +18,10 @@ from fplstudy.study.sensitivity import (
     nominal_mismatches,
     pair_ratios,
     reprice,
+    rounds_run,
     verdicts,
 )
+from fplstudy.study.tables import budget_rounds
 from fplstudy.train.results import atomic_write_text
 from fplstudy.views.sensitivity import figure
 from fplstudy.views.style import save_figure
@@ -42,11 +44,15 @@ def run_stage(params: str | Path, runs: str | Path, ranges: str | Path, out: str
     doc = load_params(params)
     study = load_study(doc)
     draws, seed = load_settings(doc)
-    table = reprice(study, ranges, draws=draws, seed=seed)
-    wrong = nominal_mismatches(table, study, runs)
+    done = rounds_run(study, runs)
+    wrong = nominal_mismatches(reprice(study, ranges, completed=done, nominal_only=True), study, runs)
     if wrong:
         raise StudyError(f"{wrong[0]} ({len(wrong)} totals differ); the runs were priced by other code or profiles: "
                          f"run `dvc repro` to retrain, or re-run this stage on the runs of this code")
+    # the verdicts are the fixed budget's (runs that stop at a target all train its rounds), else the whole runs'
+    budget = budget_rounds(study)
+    table = reprice(study, ranges, draws=draws, seed=seed,
+                    completed={key: budget for key in done} if budget is not None else done)
     pairs = plan_pairs(study.findings, table.drop_duplicates("name"))
     delta = float(study.findings.get("cost_delta", 0.0))
     ratios = pair_ratios(table, pairs)

@@ -66,7 +66,9 @@ def _tested(findings_cfg: dict[str, Any], seeds: pd.DataFrame) -> pd.DataFrame:
     part = "features" if junction == "concat" else "iid"
     table = _plans(seeds)
     fpl = table[(table["strategy"] == "fpl") & (table["junction"] == junction) & (table["partition"] == part)]
-    return fpl[[variant({**row, "name": name}) == "" for name, row in fpl.iterrows()]]
+    default = pd.Series([variant({**row, "name": name}) == "" for name, row in fpl.iterrows()], index=fpl.index,
+                        dtype=bool)
+    return fpl[default]
 
 
 def plan_pairs(findings_cfg: dict[str, Any], seeds: pd.DataFrame) -> list[tuple[str, str]]:
@@ -254,8 +256,37 @@ def _power_lines(f: dict[str, Any], table: pd.DataFrame, summary: pd.DataFrame) 
             + "; ".join(parts) + ".", ""]
 
 
+def _robust(sensitivity: pd.DataFrame | None, a: str, b: str, metric: str) -> str:
+    """What the profile ranges do to a cost verdict (``results/sensitivity/verdicts.csv``), for a findings line."""
+    if sensitivity is None or sensitivity.empty:
+        return ""
+    row = sensitivity[(sensitivity["a"] == a) & (sensitivity["b"] == b) & (sensitivity["metric"] == metric)]
+    if row.empty:
+        return ""
+    r = row.iloc[0]
+    if bool(r["holds"]):
+        return f"; holds across the profile ranges (ratio {r['ratio_min']:.3g}–{r['ratio_max']:.3g})"
+    flips = str(r["flips"]) if isinstance(r["flips"], str) and r["flips"] else f"{int(r['mc_flips'])} Monte Carlo draws"
+    return f"; **does not hold across the profile ranges** (ratio {r['ratio_min']:.3g}–{r['ratio_max']:.3g}; flips at {flips})"
+
+
+def _sensitivity_lines(sensitivity: pd.DataFrame | None) -> list[str]:
+    if sensitivity is None or sensitivity.empty:
+        return []
+    held = int(sensitivity["holds"].astype(bool).sum())
+    lines = ["## Sensitivity to the profiles", "",
+             f"Every run re-priced at each profile number's low and high and at Monte Carlo draws over all ranges "
+             f"(`dvc repro sensitivity`, results/sensitivity/, docs/sensitivity.md): {held} of {len(sensitivity)} cost "
+             "verdicts (energy and makespan of the fixed budget) hold across the ranges.", ""]
+    for _, r in sensitivity[~sensitivity["holds"].astype(bool)].iterrows():
+        flips = r["flips"] if isinstance(r["flips"], str) and r["flips"] else f"{int(r['mc_flips'])} of {int(r['mc_draws'])} draws"
+        lines.append(f"- {r['a']} vs {r['b']}, {r['metric']}: {r['verdict']} at the nominal profiles (ratio "
+                     f"{r['ratio']:.3f}), ratio {r['ratio_min']:.3g}–{r['ratio_max']:.3g}; flips at {flips}")
+    return [*lines, ""]
+
+
 def findings(findings_cfg: dict[str, Any], table: pd.DataFrame, summary: pd.DataFrame,
-             budget_rounds: int | None = None) -> list[str]:
+             budget_rounds: int | None = None, sensitivity: pd.DataFrame | None = None) -> list[str]:
     """The seed paper's claims checked on this study: one markdown line per comparison, each naming its
     test, n, interval (or "deterministic") and verdict; who each compared plan's nodes are; the model-size
     increase of each junction (deterministic).
@@ -265,6 +296,8 @@ def findings(findings_cfg: dict[str, Any], table: pd.DataFrame, summary: pd.Data
         table: :func:`comparisons`.
         summary: ``summary.csv``.
         budget_rounds: the study's rounds, named in the fixed-budget headings.
+        sensitivity: the profile-sensitivity verdicts (``results/sensitivity/verdicts.csv``); each fixed-budget
+            energy line then says whether its verdict holds across the profile ranges.
 
     Returns:
         Markdown lines.
@@ -323,8 +356,10 @@ def findings(findings_cfg: dict[str, Any], table: pd.DataFrame, summary: pd.Data
         for group, mine in part.groupby("group", sort=False):
             title = heading if family == "non_iid" else f"{heading} — {group}"
             lines += [title, "", f"m = {len(mine)} comparisons.", ""]
-            lines += [_claim(family, c) for _, c in mine.iterrows()]
+            lines += [_claim(family, c) + (_robust(sensitivity, c["a"], c["b"], "energy_j") if family == "energy"
+                                           else "") for _, c in mine.iterrows()]
             lines.append("")
+    lines += _sensitivity_lines(sensitivity)
     fpl = summary[summary["strategy"] == "fpl"]
     if not fpl.empty:
         lines += [f"## Model size (deterministic: no seed changes it; \"modest\" means at most "

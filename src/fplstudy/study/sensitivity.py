@@ -126,8 +126,27 @@ def run_totals(plan: Plan, sizes: list[int], profiles: Profiles, events: list | 
     return {m: got[m] for m in METRICS}
 
 
+def rounds_run(study: Study, runs_dir: str | Path) -> dict[tuple[str, int], int]:
+    """``(plan name, seed) -> rounds completed`` of every run of ``study`` in ``runs_dir`` that has a
+    ``metrics.json`` (a run that stops at a target accuracy ran fewer rounds than its config's ``rounds``)."""
+    out = {}
+    for spec, s, folder in study.run_dirs(runs_dir):
+        path = Path(folder) / "metrics.json"
+        if path.is_file():
+            out[(spec.name, s)] = int(json.loads(path.read_text())["rounds_completed"])
+    return out
+
+
+def _as_run(cfg, rounds: int | None):
+    """The config priced for a run that completed ``rounds`` rounds: the same events as its first rounds."""
+    if rounds is None or rounds == cfg.rounds:
+        return cfg
+    return cfg.model_copy(update={"rounds": rounds, "stop_at_acc": None, "min_rounds": min(cfg.min_rounds, rounds)})
+
+
 def reprice(study: Study, ranges_file: str | Path | None = None, draws: int = 0, seed: int = 0,
-            runs: list | None = None) -> pd.DataFrame:
+            runs: list | None = None, completed: dict[tuple[str, int], int] | None = None,
+            nominal_only: bool = False) -> pd.DataFrame:
     """Every run of ``study`` priced at every corner (:func:`corners` of the numbers its plans use).
 
     Runs whose plans differ only in the seed and whose shard sizes are equal (no seeded dynamics) have the same
@@ -139,6 +158,9 @@ def reprice(study: Study, ranges_file: str | Path | None = None, draws: int = 0,
         draws: Monte Carlo corners.
         seed: their seed.
         runs: ``(plan spec, seed)`` pairs to price; None = every run of the study.
+        completed: ``(plan name, seed) -> rounds`` each run completed (:func:`rounds_run`); a run is priced for
+            those rounds (its config's ``rounds`` where not given).
+        nominal_only: price the nominal profiles alone (the check against the runs' own totals).
 
     Returns:
         One row per run and corner: the plan's columns, ``seed``, ``corner``, ``kind``, ``number``, ``status``
@@ -154,7 +176,9 @@ def reprice(study: Study, ranges_file: str | Path | None = None, draws: int = 0,
             raise StudyError(f"params.yaml: study.groups.{spec.group}: plan {spec.name} runs on topology "
                              f"{spec.config.topology!r}; the sensitivity stage re-prices plans on the uniform site "
                              f"(device, server_device, link) only: leave topology out of the study")
-    plans = {(spec.name, seed): resolve(spec.for_seed(seed)) for spec, seed in runs}
+    completed = completed or {}
+    plans = {(spec.name, seed): resolve(_as_run(spec.for_seed(seed), completed.get((spec.name, seed))))
+             for spec, seed in runs}
     profiles = {key: check_profiles(plan) for key, plan in plans.items()}
     first = next(iter(profiles.values()))
     if any(p != first for p in profiles.values()):
@@ -163,13 +187,15 @@ def reprice(study: Study, ranges_file: str | Path | None = None, draws: int = 0,
     ranges = profile_ranges(first, ranges_file)
     used = {n.key: n for plan in plans.values() for n in plan_numbers(plan, ranges)}
     every = corners(list(used.values()), draws, seed)
+    if nominal_only:
+        every = [c for c in every if c.kind == NOMINAL]
     priced: dict[tuple, list[dict[str, float]]] = {}
     rows = []
     for spec, s in runs:
         plan = plans[(spec.name, s)]
         sizes = cached_shard_sizes(plan)
-        key = (spec.name, tuple(sizes)) if plan_turnouts(plan) is None and plan.config.round_deadline_s is None \
-            else (spec.name, s)
+        key = (spec.name, tuple(sizes), plan.config.rounds) \
+            if plan_turnouts(plan) is None and plan.config.round_deadline_s is None else (spec.name, s)
         if key not in priced:
             mine = {n.key for n in plan_numbers(plan, ranges)}
             events = plan_events(plan, sizes)
@@ -179,7 +205,7 @@ def reprice(study: Study, ranges_file: str | Path | None = None, draws: int = 0,
         cols = plan_columns(study, spec)
         for c, got in zip(every, priced[key]):
             value = c.values[0][1] if c.kind in SIDES else math.nan
-            rows.append({**cols, "seed": s, "corner": c.name, "kind": c.kind, "number": c.number,
+            rows.append({**cols, "branches": len(plan.branches), "seed": s, "corner": c.name, "kind": c.kind, "number": c.number,
                          "status": used[c.number].status if c.number else "", "value": value, **got})
     return pd.DataFrame(rows)
 

@@ -159,7 +159,8 @@ def test_calibration_times_the_batch_work_apart_from_the_calls_on_the_real_sampl
     assert row["inputs"] == "digits training samples"
     assert 0 < row["batch_s"] < row["whole_s"]
     assert all(s > 0 for s in row["block_s"].values())
-    assert sum(row["block_s"][b] for b in row["blocks"]) <= row["cut_s"]  # the adapter's are timed apart
+    # the adapter's are timed apart; 10 % allows for the noise of two timings on a machine shared with other jobs
+    assert sum(row["block_s"][b] for b in row["blocks"]) <= 1.1 * row["cut_s"]
     dev = load_profiles(out).device("calibrated_cnn_b16")
     assert dev.batch_s == float(f"{row['batch_s']:.4g}") and dev.status["batch_s"] == "M"
     assert "SGD step" in dev.source["batch_s"] and "digits training samples" in dev.source["flops_per_s"]

@@ -15,7 +15,15 @@ from fplstudy.facts.profiles import load_profiles
 from fplstudy.stages.sensitivity import main
 from fplstudy.study.params import load_study, smoke_params
 from fplstudy.study.ranges import RangesError, profile_ranges
-from fplstudy.study.sensitivity import METRICS, NOMINAL, corners, nominal_mismatches, reprice, verdicts
+from fplstudy.study.sensitivity import (
+    METRICS,
+    NOMINAL,
+    corners,
+    nominal_mismatches,
+    reprice,
+    rounds_run,
+    verdicts,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -40,12 +48,15 @@ def test_a_corner_prices_as_a_dry_run_with_that_number_changed_in_a_profiles_fil
 
 def test_the_nominal_prices_equal_the_committed_runs_totals():
     study = load_study(ROOT / "params.yaml")
-    runs = [(_spec(study, "fl-4-dirichlet"), 0), (_spec(study, "fpl-4-adapter-iid"), 1),
-            (_spec(study, "sl-8-dirichlet"), 2), (_spec(study, "mp-2-iid"), 3)]
-    table = reprice(study, runs=runs)
+    runs = [(_spec(study, "fl-8-dirichlet"), 0), (_spec(study, "fpl-4-adapter-iid"), 1),
+            (_spec(study, "sl-8-dirichlet"), 2), (_spec(study, "mp-4-iid"), 3)]
+    done = rounds_run(study, ROOT / "results" / "runs")  # runs stop at the target: each is priced for its rounds
+    assert len({done[(spec.name, s)] for spec, s in runs}) > 1
+    table = reprice(study, runs=runs, completed=done)
     assert nominal_mismatches(table, study, ROOT / "results" / "runs") == []
+    assert nominal_mismatches(reprice(study, runs=runs), study, ROOT / "results" / "runs")  # all 30 rounds: not the runs
     off = table.copy()
-    off.loc[(off["kind"] == NOMINAL) & (off["name"] == "mp-2-iid"), "energy_j"] *= 1 + 1e-12
+    off.loc[(off["kind"] == NOMINAL) & (off["name"] == "mp-4-iid"), "energy_j"] *= 1 + 1e-12
     assert [line.split(": ")[1].split()[0] for line in nominal_mismatches(off, study, ROOT / "results" / "runs")] == [
         "energy_j"]
 

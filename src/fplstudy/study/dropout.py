@@ -99,8 +99,9 @@ def findings_text(sweep: Sweep, table: pd.DataFrame, summary: pd.DataFrame) -> s
     """``findings.md``: one sentence per comparison, the verdict's test named, and the table behind it."""
     lines = [f"# Does {sweep.fpl} degrade more gracefully under dropout?", "",
              (f"Accuracy kept = accuracy at dropout p − accuracy at p = 0, same seed; {sweep.fpl} − other, paired by "
-              f"seed over {len(sweep.seeds)} seeds (paired t-interval, Bonferroni over {len(table)} comparisons, "
-              f"family-wise {sweep.confidence:.0%}; 'equivalent' within ±{sweep.accuracy_delta:g}). Topology: "
+              f"seed over {len(sweep.seeds)} seeds (Bonferroni over {len(table)} comparisons, family-wise "
+              f"{sweep.confidence:.0%}: 'equivalent' within ±{sweep.accuracy_delta:g} by TOST, else better or worse by "
+              f"the paired t-test, whose interval is shown; the p is the deciding test's). Topology: "
               f"{sweep.train.get('topology', 'uniform')}; the server side never drops out."), ""]
     for _, r in table.iterrows():
         word = {"better": "degrades more gracefully than", "worse": "degrades worse than",

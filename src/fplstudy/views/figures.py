@@ -277,15 +277,16 @@ def to_accuracy(rounds: pd.DataFrame, cost: str, target: float | None = None):
                        facet_kws={"sharex": True, "sharey": True})
     grid.set(xscale="log")
     grid.set_axis_labels(TO_ACCURACY[cost], LABELS["test_acc_mean"])
-    grid.set_titles("{col_name} nodes, IID data")
-    for ax in grid.axes.flat:
+    for ax, n in zip(grid.axes.flat, nodes):
+        ax.set_title(f"{n} node{'s' if n > 1 else ''}, IID data")
         ax.grid(True, alpha=0.3)
         if target is not None:
             ax.axhline(target, color="black", linestyle="--", linewidth=0.8)
     grid.figure.suptitle(f"Accuracy against {cost.removeprefix('cum_').split('_')[0]} spent: one point per round, "
                          f"mean over seeds, band 95 % logit interval"
                          + (f"; dashed: target {target:g}" if target is not None else ""), fontsize=9)
-    grid.figure.tight_layout(rect=(0, 0, 0.85, 0.95))
+    sns.move_legend(grid, "center left", bbox_to_anchor=(0.74, 0.5), title="plan", fontsize=8)
+    grid.figure.tight_layout(rect=(0, 0, 0.74, 0.95))
     return grid.figure
 
 

@@ -480,7 +480,7 @@ def _cmd_run(cfg: Config, args) -> int:
     m = outcome.metrics
     print(f"{outcome.status}: {m['rounds_completed']} rounds, test accuracy mean {m['test_acc_mean']:.4f} "
           f"worst {m['test_acc_worst']:.4f}, energy {m.get('energy_j', float('nan')):.4g} J, "
-          f"bytes {m.get('bytes_total', 0):.4g}; "
+          f"{m.get('bytes_total', 0) / 1e6:.4g} MB sent; "
           + (f"wrote {args.out}" if outcome.out is not None else "rank 0 writes the results"))
     if outcome.status != "completed":
         print(f"fplstudy: training stopped: {outcome.message} (completed rounds kept in {args.out})",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -92,12 +93,15 @@ def test_config_file_plus_overrides_and_plan_output(tmp_path, capsys):
     assert "samples per branch" in out
 
 
-def test_run_writes_the_three_result_files(tmp_path):
+def test_run_writes_the_three_result_files(tmp_path, capsys):
     out = tmp_path / "fpl6"
     rc = main(["run", "--quiet", "--set", "strategy=fpl", "--set", "nodes=6", "--set", "branches=2",
                "--set", "rounds=1", "--set", "max_train_samples=64", "--out", str(out)])
     assert rc == 0
     assert {p.name for p in Path(out).iterdir()} >= {"metrics.json", "rounds.csv", "ledger.csv"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    line = capsys.readouterr().out.strip().splitlines()[-1]  # the closing line names its units
+    assert f"energy {metrics['energy_j']:.4g} J" in line and f"{metrics['bytes_total'] / 1e6:.4g} MB sent" in line
 
 
 def test_distributed_run_from_the_cli_writes_wire_csv_equal_to_the_ledger(tmp_path):

@@ -39,7 +39,7 @@ def run_sweep(params: dict[str, Any] | str | Path, out: str | Path, log=None, ov
     for name, frame in (("seeds.csv", seeds), ("summary.csv", summary), ("comparisons.csv", table)):
         atomic_write_text(out / name, frame.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
     atomic_write_text(out / "findings.md", findings_text(sweep, table, summary))
-    save_figure(figure(seeds, sweep.confidence), out / "dropout.png")
+    save_figure(figure(seeds, sweep.confidence, sweep.train.get("topology", "")), out / "dropout.png")
     return {"seeds": seeds, "summary": summary, "comparisons": table}
 
 

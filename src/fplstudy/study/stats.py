@@ -79,11 +79,24 @@ def logit_interval(values: Sequence[float], confidence: float = 0.95, eps: float
     return (float(_spf.expit(low)), float(_spf.expit(high)))
 
 
-def errorbar(confidence: float = 0.95, bounded: bool = False) -> Callable[[Sequence[float]], tuple[float, float]]:
-    """A callable for seaborn's ``errorbar=`` argument that draws the tables' interval: :func:`t_interval`, or
-    for a proportion (``bounded``) :func:`logit_interval`."""
+def geometric_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Confidence interval of a positive quantity that stays above 0 (for a log axis): the Student-t interval of
+    the mean of ``log(x)``, mapped back through ``exp``; ``(nan, nan)`` for fewer than two positive values."""
+    x = np.asarray(values, dtype=float)
+    x = x[~np.isnan(x) & (x > 0)]
+    low, high = t_interval(np.log(x), confidence)
+    return (math.exp(low), math.exp(high)) if not math.isnan(low) else (math.nan, math.nan)
+
+
+def errorbar(confidence: float = 0.95, bounded: bool = False,
+             positive: bool = False) -> Callable[[Sequence[float]], tuple[float, float]]:
+    """A callable for seaborn's ``errorbar=`` argument that draws the tables' interval: :func:`t_interval`, for a
+    proportion (``bounded``) :func:`logit_interval`, for a positive quantity on a log axis (``positive``)
+    :func:`geometric_interval`."""
     if bounded:
         return lambda values: logit_interval(values, confidence)
+    if positive:
+        return lambda values: geometric_interval(values, confidence)
     return lambda values: t_interval(values, confidence)
 
 

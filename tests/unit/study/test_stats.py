@@ -119,3 +119,13 @@ def test_verdict_flips_from_equivalent_to_inconclusive_as_the_difference_widens(
         other = {s: 0.95 + spread * noise[s] for s in range(5)}
         verdicts.append(stats.paired(other, base, delta=0.01).verdict)
     assert verdicts[0] == "equivalent" and verdicts[-1] == "inconclusive"
+
+
+def test_the_geometric_interval_stays_above_zero_where_the_t_interval_does_not():
+    costs = [2000.0, 900.0, 40.0, 1500.0, 30.0]  # a cost that collapses on some seeds
+    assert stats.t_interval(costs)[0] < 0
+    low, high = stats.geometric_interval(costs)
+    zl, zh = stats.t_interval([math.log(c) for c in costs])  # by hand: the t-interval of the logs, mapped back
+    assert low == pytest.approx(math.exp(zl)) and high == pytest.approx(math.exp(zh)) and 0 < low < high
+    assert stats.errorbar(positive=True)(costs) == (low, high)
+    assert all(math.isnan(v) for v in stats.geometric_interval([5.0]))

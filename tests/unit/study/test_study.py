@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[3]
 def test_repository_study_expands_to_named_plans():
     s = load_study(ROOT / "params.yaml")
     names = [p.name for p in s.plans]
-    assert len(names) == len(set(names)) == 34 and len(s.seeds) >= 5
+    assert len(names) == len(set(names)) == 32 and len(s.seeds) >= 8
     assert {"centralized-1-iid", "mp-8-iid", "fl-4-dirichlet", "fpl-4-adapter-iid", "fpl-8-concat-features"} <= set(names)
     fpl = next(p for p in s.plans if p.name == "fpl-4-shared-dirichlet")
     assert (fpl.group, fpl.config.junction, fpl.config.partition, fpl.config.rounds) == ("fpl", "shared", "dirichlet", 30)

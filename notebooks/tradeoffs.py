@@ -131,7 +131,7 @@ figures.publish(figures.non_iid(seeds), fig_dir / "non_iid.png", "plans run on b
 
 # %%
 table = comparisons(the_study.findings, seeds)
-budget = budget_rounds(the_study) or max(p.config.rounds for p in the_study.plans)
+budget = budget_rounds(the_study)
 robust = pd.read_csv(where.root / sensitivity_csv) if sensitivity_csv else None
 text = "\n".join(findings(the_study.findings, table, summary, budget_rounds=budget, sensitivity=robust))
 md = Path(findings_md) if findings_md else fig_dir / "findings.md"

@@ -30,14 +30,16 @@ REDUCED = {"study": {
     "seeds": [0, 1],
     "workers": 2,
     "kernels": "avx2",
-    "groups": {"fl": {"nodes": [2], "partition": ["iid", "dirichlet"]},
-               "fpl": {"nodes": [2], "junction": ["adapter"], "partition": ["iid"]},
+    "groups": {"fl": {"nodes": [4], "partition": ["iid", "dirichlet"]},
+               "fpl": {"nodes": [4], "junction": ["adapter"], "partition": ["iid"]},
                "fpl-concat": {"strategy": ["fpl"], "nodes": [4], "junction": ["concat"], "partition": ["features"]}},
     "findings": {"fpl_junction": "adapter", "against": ["fl"], "accuracy_delta": 0.02, "cost_delta": 0.1,
                  "size_delta": 0.1, "confidence": 0.95}},
     # the scale stage, reduced: one small model on MNIST's declared shape (no files), seconds
     "scale": {"dataset": "mnist", "models": ["cnn"], "strategies": ["fl", "mp", "fpl"], "nodes": [2],
               "crossover": {"nodes": 2, "train_samples": [100, 200], "against": ["mp"]}},
+    # the profile sensitivity, reduced: two Monte Carlo draws
+    "sensitivity": {"draws": 2, "seed": 0},
     # the dropout sweep, reduced: two strategies on 3 nodes, two rates, two seeds
     "dynamics": {"train": {"dataset": "digits", "max_train_samples": 96, "rounds": 2, "batch_size": 16, "threads": 1},
                  "strategies": {"fpl": {"nodes": 3}, "fl": {"nodes": 3}}, "dropout": [0, 0.5], "seeds": [0, 1],
@@ -132,7 +134,7 @@ def test_dvc_repro_end_to_end(tmp_path: Path):
     _sh(["dvc", "plots", "show", "-o", "dvc_plots"], clone, env)
     html = (clone / "dvc_plots" / "index.html").read_text()
     assert html.count('"$schema": "https://vega.github.io/schema/vega-lite') >= 3  # data-driven, not only PNGs
-    assert "fpl-2-adapter-iid" in html  # the points carry their plan
+    assert "fpl-4-adapter-iid" in html  # the points carry their plan
     assert _sh(["git", "status", "--porcelain", "--untracked-files=all"], clone, env) == ""
 
 
@@ -279,7 +281,7 @@ def test_a_refusal_inside_a_study_worker_is_the_line_dvc_repro_prints(tmp_path: 
     import fcntl
 
     repo, env = _study_copy(tmp_path, REDUCED["study"])
-    busy = repo / "results" / "runs" / "fl" / "fl-2-iid" / "seed-1"
+    busy = repo / "results" / "runs" / "fl" / "fl-4-iid" / "seed-1"
     busy.mkdir(parents=True)
     fd = os.open(busy, os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -290,7 +292,7 @@ def test_a_refusal_inside_a_study_worker_is_the_line_dvc_repro_prints(tmp_path: 
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "BrokenProcessPool" not in text, text[-3000:]
     lines = [line.split("RunFolderError: ", 1)[1] for line in text.splitlines() if "RunFolderError: run folder" in line]
-    assert lines and lines[0].startswith("run folder results/runs/fl/fl-2-iid/seed-1 is being written by another "
+    assert lines and lines[0].startswith("run folder results/runs/fl/fl-4-iid/seed-1 is being written by another "
                                          "fplstudy run right now"), text[-3000:]
     assert not any(busy.iterdir())
     for metrics in (repo / "results" / "runs").rglob("metrics.json"):

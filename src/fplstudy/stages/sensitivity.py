@@ -49,10 +49,9 @@ def run_stage(params: str | Path, runs: str | Path, ranges: str | Path, out: str
     if wrong:
         raise StudyError(f"{wrong[0]} ({len(wrong)} totals differ); the runs were priced by other code or profiles: "
                          f"run `dvc repro` to retrain, or re-run this stage on the runs of this code")
-    # the verdicts are the fixed budget's (runs that stop at a target all train its rounds), else the whole runs'
+    # the verdicts are the fixed budget's (every run trains its rounds, unless it diverged before)
     budget = budget_rounds(study)
-    table = reprice(study, ranges, draws=draws, seed=seed,
-                    completed={key: budget for key in done} if budget is not None else done)
+    table = reprice(study, ranges, draws=draws, seed=seed, completed={key: min(budget, n) for key, n in done.items()})
     pairs = plan_pairs(study.findings, table.drop_duplicates("name"))
     delta = float(study.findings.get("cost_delta", 0.0))
     ratios = pair_ratios(table, pairs)

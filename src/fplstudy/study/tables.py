@@ -117,8 +117,8 @@ def read_runs(runs: list[tuple[dict[str, Any], int, Path]], target: float | None
     Args:
         runs: ``(columns, seed, folder)`` per run; ``columns`` (plan name and settings) prefix its rows.
         target: the study's target accuracy; None leaves the ``_to_target`` columns out.
-        budget: the fixed budget in rounds of runs that stop at a target (:func:`at_budget`); None leaves the
-            ``_budget`` columns out (every run trained all its rounds: its final metrics are the budget's).
+        budget: the fixed budget in rounds (:func:`at_budget`, :func:`budget_rounds`); None leaves the ``_budget``
+            columns out.
 
     Returns:
         ``seeds`` (one row per run: columns, seed, status, :data:`METRIC_KEYS`, branches,
@@ -155,11 +155,11 @@ def read_runs(runs: list[tuple[dict[str, Any], int, Path]], target: float | None
 
 
 
-def budget_rounds(study: Study) -> int | None:
-    """The study's fixed budget in rounds when its runs stop at a target accuracy (``train.stop_at_acc``): the
-    ``min_rounds`` every run trains; None when every run trains all its rounds."""
+def budget_rounds(study: Study) -> int:
+    """The study's fixed budget in rounds: when its runs stop at a target accuracy (``train.stop_at_acc``), the
+    ``min_rounds`` every run trains; otherwise all its rounds (the ``_budget`` columns are then the final ones)."""
     if study.train.get("stop_at_acc") is None:
-        return None
+        return max(p.config.rounds for p in study.plans)
     return int(study.train.get("min_rounds", 1))
 
 

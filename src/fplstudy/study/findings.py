@@ -7,7 +7,8 @@ data, plus any explicit ``pairs``. They are read twice:
 
 - **at equal accuracy** — the rounds, bytes, energy and makespan each plan spent to first reach
   ``target_acc`` (:func:`fplstudy.study.tables.to_target`), paired over the seeds where both plans reached it;
-- **at the fixed budget** — the accuracy after the study's rounds, and the bytes and energy of those rounds.
+- **at the fixed budget** — the accuracy after the study's ``min_rounds`` (all its rounds when runs do not stop
+  at a target), and the bytes and energy of those rounds.
 
 An FPL plan with one branch is sl (or mp) with an adapter: it is named as degenerate and left out of the
 FPL-against-X families. A plan with one data owner sees the same data under every partition, so its
@@ -193,7 +194,7 @@ _WHAT = {"rounds_to_target": "rounds", "bytes_to_target": "bytes", "energy_to_ta
 def _claim(family: str, c: pd.Series) -> str:
     """One findings line: the pair, the number (ratio or difference) with its interval or "deterministic",
     the verdict and the test."""
-    comp = stats.Comparison(**{k: c[k] for k in stats.Comparison.__dataclass_fields__})
+    comp = _comparison(c)
     if comp.n < 2:
         missed = f" ({c['left_out']})" if c["left_out"] else ""
         return f"- **{c['a']} vs {c['b']}**: fewer than two seeds where both reached the target{missed} — **not compared**"
@@ -210,8 +211,13 @@ def _claim(family: str, c: pd.Series) -> str:
     return f"- **{c['a']} vs {c['b']}**: {head} — **{word}** ({comp.test_text()}{note})"
 
 
+def _comparison(c: pd.Series) -> stats.Comparison:
+    """The :class:`fplstudy.study.stats.Comparison` of one row of :func:`comparisons`."""
+    return stats.Comparison(**{k: c[k] for k in stats.Comparison.__dataclass_fields__})
+
+
 def _short(family: str, c: pd.Series) -> str:
-    comp = stats.Comparison(**{k: c[k] for k in stats.Comparison.__dataclass_fields__})
+    comp = _comparison(c)
     if comp.n < 2:
         return f"{_WHAT.get(family, 'accuracy')} not compared (target missed)"
     word = _WORDS["cost" if family in _WHAT else "accuracy"][comp.verdict]
@@ -278,8 +284,14 @@ def _robust(sensitivity: pd.DataFrame | None, a: str, b: str, metric: str) -> st
     r = row.iloc[0]
     if bool(r["holds"]):
         return f"; holds across the profile ranges (ratio {r['ratio_min']:.3g}–{r['ratio_max']:.3g})"
-    flips = str(r["flips"]) if isinstance(r["flips"], str) and r["flips"] else f"{int(r['mc_flips'])} Monte Carlo draws"
-    return f"; **does not hold across the profile ranges** (ratio {r['ratio_min']:.3g}–{r['ratio_max']:.3g}; flips at {flips})"
+    return f"; **does not hold across the profile ranges** (ratio {r['ratio_min']:.3g}–{r['ratio_max']:.3g}; flips at {_flips(r)})"
+
+
+def _flips(r: pd.Series) -> str:
+    """Where a sensitivity verdict flips: the profile numbers' ends, else the Monte Carlo draws."""
+    if isinstance(r["flips"], str) and r["flips"]:
+        return r["flips"]
+    return f"{int(r['mc_flips'])} of {int(r['mc_draws'])} Monte Carlo draws"
 
 
 def _sensitivity_lines(sensitivity: pd.DataFrame | None) -> list[str]:
@@ -291,9 +303,8 @@ def _sensitivity_lines(sensitivity: pd.DataFrame | None) -> list[str]:
              f"(`dvc repro sensitivity`, results/sensitivity/, docs/sensitivity.md): {held} of {len(sensitivity)} cost "
              "verdicts (energy and makespan of the fixed budget) hold across the ranges.", ""]
     for _, r in sensitivity[~sensitivity["holds"].astype(bool)].iterrows():
-        flips = r["flips"] if isinstance(r["flips"], str) and r["flips"] else f"{int(r['mc_flips'])} of {int(r['mc_draws'])} draws"
         lines.append(f"- {r['a']} vs {r['b']}, {r['metric']}: {r['verdict']} at the nominal profiles (ratio "
-                     f"{r['ratio']:.3f}), ratio {r['ratio_min']:.3g}–{r['ratio_max']:.3g}; flips at {flips}")
+                     f"{r['ratio']:.3f}), ratio {r['ratio_min']:.3g}–{r['ratio_max']:.3g}; flips at {_flips(r)}")
     return [*lines, ""]
 
 

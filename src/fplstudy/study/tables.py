@@ -184,7 +184,7 @@ def summarize(seeds: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     logit interval (:func:`fplstudy.study.stats.logit_interval`, inside [0, 1]). With a target accuracy, also
     ``reached`` (seeds that reached it), ``best_acc`` and each ``_to_target`` cost over the seeds that reached it."""
     rows = []
-    to_target_keys = [c for c in seeds.columns if c.endswith(("_to_target", "_budget")) or c == "best_acc"]
+    derived = [c for c in seeds.columns if c.endswith(("_to_target", "_budget")) or c == "best_acc"]
     for _name, part in seeds.groupby("name", sort=False):
         done = part[part["status"] == "completed"]
         row = {c: part.iloc[0][c] for c in seeds.columns[:seeds.columns.get_loc("seed")]}  # the plan's columns
@@ -192,7 +192,7 @@ def summarize(seeds: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
                    **{c: int(part.iloc[0][c]) for c in ROLE_COLUMNS if c in part})
         if "reached" in part:
             row.update(target_acc=float(part.iloc[0]["target_acc"]), reached=int(done["reached"].sum()))
-        for key in (*METRIC_KEYS, *to_target_keys):
+        for key in (*METRIC_KEYS, *derived):
             d = stats.describe(done[key].astype(float).to_numpy(), confidence, bounded=key in BOUNDED)
             row.update({f"{key}_mean": d["mean"], f"{key}_sd": d["sd"], f"{key}_ci_low": d["ci_low"],
                         f"{key}_ci_high": d["ci_high"]})
@@ -205,16 +205,13 @@ def headline(study: Study, summary: pd.DataFrame) -> dict[str, Any]:
     """The study's headline numbers for ``dvc metrics show`` (a dozen columns, readable in a terminal;
     everything else is in ``summary.csv``): plans, seeds, completed runs, and per strategy label, at its
     reference node count (4 if swept, else the largest) on IID data, the means over seeds of the test
-    accuracy, the energy (J), the bytes sent (B) and the makespan (s), to 4 significant digits: of the whole
-    run, or of the fixed budget's rounds when runs stop at a target accuracy."""
+    accuracy, the energy (J), the bytes sent (B) and the makespan (s) of the fixed budget's rounds
+    (:func:`budget_rounds`), to 4 significant digits."""
     out: dict[str, Any] = {"plans": int(summary.shape[0]), "seeds": len(study.seeds),
                            "runs_completed": int(summary["seeds"].sum())}
     iid = summary[summary["partition"].isin(["iid", "features"])]
-    columns = {"test_acc": "test_acc_mean_mean", "energy_j": "energy_j_mean", "bytes_total": "bytes_total_mean",
-               "makespan_s": "makespan_s_mean"}
-    if "test_acc_budget_mean" in summary:  # runs stop at a target: every plan at the same fixed budget of rounds
-        columns = {"test_acc": "test_acc_budget_mean", "energy_j": "energy_j_budget_mean",
-                   "bytes_total": "bytes_budget_mean", "makespan_s": "makespan_s_budget_mean"}
+    columns = {"test_acc": "test_acc_budget_mean", "energy_j": "energy_j_budget_mean",  # every plan, same rounds
+               "bytes_total": "bytes_budget_mean", "makespan_s": "makespan_s_budget_mean"}
     out.update({key: {} for key in columns if columns[key] in summary})
     for name, row in reference_plans(iid).items():
         for key, column in columns.items():

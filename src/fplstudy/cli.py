@@ -95,16 +95,25 @@ def _workers(text: str) -> int:
     return value
 
 
-def _budget(text: str) -> float:
-    """A budget flag: a finite number >= 0."""
+def _nonnegative(text: str, hint: str) -> float:
+    """A finite number >= 0 given to a flag; ``hint`` ends the refusal of anything else."""
     try:
         value = float(text)
     except ValueError:
         value = math.nan
     if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"got {short_repr(text)}; must be a finite number >= 0 (leave the "
-                                         f"flag out for no budget)")
+        raise argparse.ArgumentTypeError(f"got {short_repr(text)}; must be a finite number >= 0 ({hint})")
     return value
+
+
+def _budget(text: str) -> float:
+    """A budget flag: a finite number >= 0."""
+    return _nonnegative(text, "leave the flag out for no budget")
+
+
+def _seconds(text: str) -> float:
+    """--checkpoint-every: a finite number of seconds >= 0."""
+    return _nonnegative(text, "0 writes a checkpoint after every round")
 
 
 def _output_file(text: str) -> str:
@@ -237,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "backend); gives the same files as an uninterrupted run")
     again.add_argument("--overwrite", action="store_true", help="delete the run files in --out first")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--checkpoint-every", type=_seconds, default=None, metavar="SECONDS",
+                   help="seconds of training between checkpoints, which --resume continues from (default 30; 0: "
+                        "after every round); writing one never takes over 2%% of training")
     p.add_argument("--backend", default="simulated", choices=["simulated", "distributed", "emulated"],
                    help="simulated: one process; distributed: one process per node (torch.distributed, gloo); "
                         "emulated: the distributed backend on an emulated edge network (Mininet, root)")
@@ -475,8 +487,9 @@ def _cmd_run(cfg: Config, args) -> int:
     if args.backend == "emulated":
         return _cmd_emulated(cfg, args)
 
+    every = {} if args.checkpoint_every is None else {"checkpoint_every_s": args.checkpoint_every}
     outcome = run(cfg, args.out, progress=False if args.quiet else None, backend=args.backend, resume=args.resume,
-                  overwrite=args.overwrite)
+                  overwrite=args.overwrite, **every)
     m = outcome.metrics
     print(f"{outcome.status}: {m['rounds_completed']} rounds, test accuracy mean {m['test_acc_mean']:.4f} "
           f"worst {m['test_acc_worst']:.4f}, energy {m.get('energy_j', float('nan')):.4g} J, "
@@ -568,7 +581,8 @@ def _main(argv: Sequence[str] | None) -> int:
         done, out = len(exc.outcome.rounds), exc.outcome.out
         where = "nothing written"
         if out is not None:
-            again = "continue with --resume" if (out / CHECKPOINT).is_file() else "no checkpoint: --overwrite starts again"
+            again = ("continue with --resume" if (out / CHECKPOINT).is_file() else
+                     "no checkpoint yet: --resume starts it again")
             where = f"kept in {out} (status interrupted); {again}"
         print(f"fplstudy: interrupted ({how}) after {done} completed round{'s' if done != 1 else ''}; {where}",
               file=sys.stderr)

@@ -67,6 +67,23 @@ def test_train_notebook_trains_a_group_of_the_study(notebook, tmp_path: Path):
     folders = sorted(p.relative_to(tmp_path / "runs").as_posix() for p in (tmp_path / "runs").glob("*/*/seed-*"))
     assert folders == [f"sl/sl-2-{part}/seed-{s}" for part in ("dirichlet", "iid") for s in (0, 1, 2)]
     assert _images(tmp_path / "out.ipynb") >= 1
+    # each run's progress line shows once in the notebook, as standard output (not again in the stderr box)
+    streams = _streams(tmp_path / "out.ipynb")
+    progress = [line for line in streams["stdout"].splitlines() if line.startswith("[sl ")]
+    assert len(progress) == len(folders) == len(set(progress)), streams["stdout"]
+    assert "[sl " not in streams["stderr"], streams["stderr"]
+
+
+def _streams(executed: Path) -> dict[str, str]:
+    """The text an executed notebook's cells printed, by stream (stdout, stderr)."""
+    nb = yaml.safe_load(executed.read_text())
+    text = {"stdout": "", "stderr": ""}
+    for cell in nb["cells"]:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream":
+                body = out["text"]
+                text[out["name"]] += body if isinstance(body, str) else "".join(body)
+    return text
 
 
 # Three reduced grids of the tiny study's tables: no 4 nodes, no Dirichlet shards, a single strategy.

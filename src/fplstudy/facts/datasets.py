@@ -18,12 +18,15 @@ what is on disk, divided once) and int64 labels.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from fplstudy.facts import cache
 
 DATASETS = ("digits", "mnist5k", "mnist", "fashion_mnist", "cifar10")
 DRAWN_SPLIT = ("digits", "mnist5k")  # no official test set: test_fraction is drawn with the seed
@@ -144,19 +147,35 @@ def mnist5k_pixels() -> tuple[np.ndarray, np.ndarray]:
     return x.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64)
 
 
+def split_indices(y: np.ndarray, seed: int, test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """The training and test indices of scikit-learn's ``train_test_split`` of ``y``'s samples, stratified by
+    ``y``, with ``seed``: kept on disk (:mod:`fplstudy.facts.cache`, keyed on the labels, the seed, the
+    fraction and scikit-learn's version), as importing scikit-learn takes a second of every short process."""
+    from importlib.metadata import version
+
+    key = [hashlib.sha256(y.tobytes()).hexdigest(), str(y.dtype), seed, test_fraction, version("scikit-learn")]
+    where = cache.entry("splits", "split", key)
+    kept = cache.read(where)
+    if isinstance(kept, list) and len(kept) == 2:
+        return np.asarray(kept[0], dtype=np.int64), np.asarray(kept[1], dtype=np.int64)
+    from sklearn.model_selection import train_test_split
+
+    train, test = train_test_split(np.arange(len(y)), test_size=test_fraction, random_state=seed, stratify=y)
+    cache.write(where, [train.tolist(), test.tolist()])
+    return train, test
+
+
 def _stratified_split(name: str, images: np.ndarray, target: np.ndarray, scale: float, seed: int,
                       test_fraction: float) -> DatasetSplit:
     """Scale pixels to 0..1 and split them, stratified by label, with ``seed``."""
-    from sklearn.model_selection import train_test_split
-
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction: got {test_fraction!r}; it must lie strictly between 0 and 1 "
                          f"(e.g. 0.2)")
     x = (images.astype(np.float32) / scale)[:, None, :, :]  # (N, 1, H, W)
     y = target.astype(np.int64)
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
-    return DatasetSplit(name, torch.from_numpy(x_tr), torch.from_numpy(y_tr),
-                        torch.from_numpy(x_te), torch.from_numpy(y_te), 10)
+    train, test = split_indices(y, seed, test_fraction)
+    return DatasetSplit(name, torch.from_numpy(x[train]), torch.from_numpy(y[train]),
+                        torch.from_numpy(x[test]), torch.from_numpy(y[test]), 10)
 
 
 def split_sizes(name: str, test_fraction: float = 0.2, max_train_samples: int | None = None) -> tuple[int, int]:

@@ -11,11 +11,6 @@ profiled both ways.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from math import prod
@@ -26,6 +21,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from fplstudy.config import ConfigError
+from fplstudy.facts import cache
 
 
 @dataclass(frozen=True)
@@ -170,57 +166,25 @@ def profile_sequence(model: nn.Sequential, in_shape: tuple[int, ...]) -> list[Bl
     return profiles
 
 
-CACHE_VARIABLE = "FPLSTUDY_CACHE"  # the folder of fplstudy's caches; empty: no cache on disk
-
-
 def cache_dir() -> Path | None:
-    """Where the FLOP profiles are kept between processes: ``$FPLSTUDY_CACHE/flops``, else
-    ``$XDG_CACHE_HOME/fplstudy/flops`` (``~/.cache/fplstudy/flops``); None when ``FPLSTUDY_CACHE`` is empty."""
-    root = os.environ.get(CACHE_VARIABLE)
-    if root is not None:
-        return Path(root) / "flops" if root.strip() else None
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "fplstudy" / "flops"
+    """Where the FLOP profiles are kept between processes (:func:`fplstudy.facts.cache.cache_dir`)."""
+    return cache.cache_dir("flops")
 
 
 def _cache_file(model_name: str, in_shape: tuple[int, ...], num_classes: int) -> Path | None:
     """The cache entry of one model and input: named by a digest of the arguments, torch's version and the
-    bytes of the code that builds and counts the model (this module and the models'), so an entry is never
-    read by code that would count otherwise."""
-    folder = cache_dir()
-    if folder is None:
-        return None
-    digest = hashlib.sha256(json.dumps([model_name, list(in_shape), num_classes, torch.__version__]).encode())
-    for module in ("flops.py", "models.py"):
-        digest.update(Path(__file__).with_name(module).read_bytes())
-    return folder / f"{model_name}-{digest.hexdigest()[:24]}.json"
+    bytes of the code that builds and counts the model (this module and the models')."""
+    return cache.entry("flops", model_name, [model_name, list(in_shape), num_classes, torch.__version__],
+                       tuple(Path(__file__).with_name(module) for module in ("flops.py", "models.py")))
 
 
 def _read_cached(path: Path | None) -> tuple[BlockProfile, ...] | None:
     """A cached profile, or None when there is none or it cannot be used (then it is counted again)."""
-    if path is None:
-        return None
     try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
         return tuple(BlockProfile(**{**row, "in_shape": tuple(row["in_shape"]), "out_shape": tuple(row["out_shape"])})
-                     for row in rows)
-    except (OSError, ValueError, TypeError, KeyError):
+                     for row in cache.read(path))
+    except (TypeError, KeyError):
         return None
-
-
-def _write_cached(path: Path | None, profile: tuple[BlockProfile, ...]) -> None:
-    """Keep ``profile`` for later processes (atomically; a cache that cannot be written is skipped)."""
-    if path is None:
-        return
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump([asdict(p) for p in profile], fh)
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError, UnboundLocalError):
-            os.unlink(tmp)
 
 
 @lru_cache(maxsize=64)
@@ -233,7 +197,7 @@ def profile_model(model_name: str, in_shape: tuple[int, ...], num_classes: int) 
     if cached is not None:
         return cached
     profile = _count_model(model_name, tuple(in_shape), num_classes)
-    _write_cached(cached_at, profile)
+    cache.write(cached_at, [asdict(p) for p in profile])
     return profile
 
 

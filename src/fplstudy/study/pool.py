@@ -104,24 +104,27 @@ def _environment(values: dict[str, str | None]):
                 os.environ[key] = value
 
 
+def _finished(run_dir: Path) -> dict[str, Any] | None:
+    """The ``metrics.json`` of the finished run (completed or diverged) that ``run_dir`` holds, else None."""
+    try:
+        doc = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("status") in ("completed", "diverged") else None
+
+
 def run_complete(run_dir: Path, cfg: Config) -> bool:
     """True when ``run_dir`` holds a finished run of exactly ``cfg`` made by this code (resume skips it)."""
-    try:
-        doc = json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return (doc.get("status") in ("completed", "diverged") and doc.get("config") == cfg.model_dump()
+    doc = _finished(run_dir)
+    return (doc is not None and doc.get("config") == cfg.model_dump()
             and doc.get("code_version", {}).get("code_hash") == code_hash()
             and (run_dir / "rounds.csv").is_file() and (run_dir / "ledger.csv").is_file())
 
 
 def completed_config(run_dir: Path) -> dict[str, Any] | None:
     """The config of the finished run (completed or diverged) that ``run_dir`` holds, None if it holds none."""
-    try:
-        doc = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(doc, dict) or doc.get("status") not in ("completed", "diverged"):
+    doc = _finished(run_dir)
+    if doc is None:
         return None
     return doc.get("config") if isinstance(doc.get("config"), dict) else {}
 
@@ -155,7 +158,7 @@ def claim(runs: list[tuple[Config, Path, str]], overwrite: bool = False) -> None
 
 
 def pending(study: Study, group: str, runs_dir: str | Path, overwrite: bool = False,
-            ) -> list[tuple[PlanSpec, int, Path]]:
+            stale: list[Path] | None = None) -> list[tuple[PlanSpec, int, Path]]:
     """The runs of one group still to train: removes folders of plans and seeds no longer in the group,
     keeps runs already complete for the same config and code (so an interrupted stage resumes).
 
@@ -163,11 +166,12 @@ def pending(study: Study, group: str, runs_dir: str | Path, overwrite: bool = Fa
     is not this study's) is refused before anything is removed, unless ``overwrite`` (the DVC stage, which
     owns ``results/runs/<group>``, passes it).
 
+    ``stale``: what :func:`_stale` returned for this group when the caller already checked it.
+
     Raises:
         StudyError: a group not in the study, or a folder that is not this study's (:func:`claim`).
     """
-    stale = _stale(study, group, runs_dir, overwrite)
-    for path in stale:
+    for path in _stale(study, group, runs_dir, overwrite) if stale is None else stale:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     mine = [(p, s, d) for p, s, d in study.run_dirs(runs_dir) if p.group == group]
     return [(p, s, d) for p, s, d in mine if not run_complete(d, p.for_seed(s))]
@@ -221,12 +225,11 @@ def run_group(study: Study, group: str | None, runs_dir: str | Path, *, workers:
     """
     log = log or _terminal
     groups = study.groups if group is None else [group]
-    for g in groups:  # every group's folders checked before any is changed
-        _stale(study, g, runs_dir, overwrite)
+    stale = {g: _stale(study, g, runs_dir, overwrite) for g in groups}  # all checked before any is changed
     where = target(workers, study.workers)
     client = connect(where) if isinstance(where, str) else None  # refused here when no scheduler answers
     try:
-        todo = [run for g in groups for run in pending(study, g, runs_dir, overwrite)]
+        todo = [run for g in groups for run in pending(study, g, runs_dir, overwrite, stale[g])]
         total = sum(1 for p in study.plans if p.group in groups) * len(study.seeds)
         if len(todo) < total:
             log(f"[{group or 'study'}] {total - len(todo)} of {total} runs already complete for this code and "
@@ -548,8 +551,19 @@ def _minutes(seconds: float) -> str:
 
 
 def _terminal(line: str) -> None:
-    """Print to the process's real stderr — a notebook kernel's too, so whoever runs papermill or
-    ``dvc repro`` sees progress — and, inside a notebook kernel, into the notebook as well."""
-    print(line, file=sys.__stderr__ or sys.stderr, flush=True)
-    if sys.stdout is not sys.__stdout__:  # a kernel's captured stdout: the executed notebook
-        print(line, flush=True)
+    """Print to the terminal of whoever runs this (the console of ``dvc repro`` or papermill) and, inside a
+    notebook kernel, into the notebook's output once (as standard output).
+
+    A Jupyter kernel redirects the process's file descriptors 1 and 2 into the notebook, so a write to fd 2
+    there would show a second copy of the line, in the notebook's stderr box; its ``sys.stderr.fileno()`` is
+    the copy of the original fd 2 (the terminal) that the kernel keeps."""
+    if sys.stdout is sys.__stdout__:  # a plain process
+        print(line, file=sys.stderr, flush=True)
+        return
+    print(line, flush=True)  # a kernel's captured stdout: the executed notebook
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError and a ValueError
+        return  # a kernel that keeps no copy of the terminal: the notebook's copy is the only one
+    with contextlib.suppress(OSError):
+        os.write(fd, (line + "\n").encode())

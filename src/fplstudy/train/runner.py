@@ -13,11 +13,15 @@ Run folders cannot lie (see :mod:`fplstudy.train.results` for the files):
   lock file is left behind): a second writer is refused at once.
 - Every file carries the run's ``run_id``; ``metrics.json`` says ``running`` from the start and is
   rewritten after every round, so a partial folder says it is partial.
-- After every round the simulated backend writes ``checkpoint.pt`` atomically (weights of every node,
-  optimizer state with momentum buffers, the global random states, rows and events so far); ``resume``
-  continues from it and writes the same files, byte for byte, as an uninterrupted run. The checkpoint
-  is deleted when the run ends ``completed`` or ``diverged``: a finished folder holds deterministic
-  files only (what DVC tracks).
+- At the end of a round the simulated backend writes ``checkpoint.pt`` atomically (weights of every node,
+  optimizer state with momentum buffers, the global random states, rows and events so far) once
+  ``checkpoint_every_s`` seconds of training have passed since the last one, and never sooner than 50
+  times the last write took (:data:`CHECKPOINT_SHARE`: writing costs at most 2 % of training; 0 writes
+  one after every round); ``resume``
+  continues from it, or starts the run again when it stopped before its first checkpoint, and writes the
+  same files, byte for byte, as an uninterrupted run (rounds after the checkpoint are trained again, to
+  the same bytes). The checkpoint is deleted when the run ends ``completed`` or ``diverged``: a finished
+  folder holds deterministic files only (what DVC tracks).
 - Ctrl-C (KeyboardInterrupt) ends training after writing the completed rounds' ``rounds.csv``, their
   priced ``ledger.csv`` and ``metrics.json`` with status ``interrupted``; :class:`RunInterrupted` is
   raised with the outcome.
@@ -87,6 +91,11 @@ BACKENDS = ("simulated", "distributed")
 LONG_RUN_S = 60.0  # a run estimated to train longer than this announces its estimate first (s)
 _PROBE_PREFIX = ".fplstudy-probe-"  # temporary file that checks a folder is writable
 # environment() fields that change floating-point results: a resume under other values is refused
+# How often a run writes its checkpoint: after the round that ends CHECKPOINT_EVERY_S seconds of training after
+# the last one (an interruption loses at most that much training), and only once the training since then took
+# 1 / CHECKPOINT_SHARE times as long as writing the last one took (writing costs at most 2 % of training).
+CHECKPOINT_EVERY_S = 30.0
+CHECKPOINT_SHARE = 0.02
 _NUMERIC_ENVIRONMENT = ("torch_threads", "cpu_capability", "torch", "env")
 
 
@@ -326,11 +335,10 @@ def _resume_state(folder: RunFolder, plan: Plan, env: dict) -> dict | None:
     except (ValueError, KeyError, OSError):
         raise RunFolderError(f"run folder {path}: metrics.json cannot be read as a run's metrics; start again "
                              f"with --overwrite") from None
-    if status in ("running", "interrupted", "failed") and not done:  # stopped in round 0: start it again
+    if status in ("running", "interrupted", "failed"):  # stopped before its first checkpoint: start it again
         _same_run(path, doc.get("config", {}), cfg)
         return None
-    why = ("it is complete" if status == "completed" else
-           f"it ended {status} after {done} rounds and left no checkpoint")
+    why = "it is complete" if status == "completed" else f"it ended {status} after {done} rounds"
     raise RunFolderError(f"run folder {path}: nothing to resume, {why}; use --overwrite to train it again")
 
 
@@ -424,7 +432,8 @@ def _rank0() -> bool:
 
 def run(cfg: Config, out: str | Path | None = None, *, progress: bool | None = None,
         backend: str = "simulated", resume: bool = False, overwrite: bool = False,
-        on_round: Callable[[dict], None] | None = None) -> RunOutcome:
+        on_round: Callable[[dict], None] | None = None,
+        checkpoint_every_s: float = CHECKPOINT_EVERY_S) -> RunOutcome:
     """Train a plan, price its event stream, and write ``metrics.json``, ``rounds.csv``, ``ledger.csv``.
 
     Args:
@@ -436,6 +445,8 @@ def run(cfg: Config, out: str | Path | None = None, *, progress: bool | None = N
             config, code and numeric environment); an empty ``out`` starts a new run.
         overwrite: delete the run files in ``out`` first.
         on_round: called with each completed round's row, after the folder has it (e.g. live plots).
+        checkpoint_every_s: seconds of training between checkpoints; a checkpoint also waits until training
+            since the last one took 1 / :data:`CHECKPOINT_SHARE` times its write. 0: after every round.
 
     Returns:
         The :class:`RunOutcome`. A diverged run keeps the rounds it completed (status ``diverged``).
@@ -458,7 +469,7 @@ def run(cfg: Config, out: str | Path | None = None, *, progress: bool | None = N
     plan, profiles, data = prepare(cfg)
     if progress is None:
         progress = not quiet_by_default()
-    writer = _RunWriter(plan, profiles, data, path, backend)
+    writer = _RunWriter(plan, profiles, data, path, backend, checkpoint_every_s)
     if path is None:
         return writer.train(progress, on_round, None)
     with RunFolder(path, resume=resume, overwrite=overwrite) as folder:
@@ -469,8 +480,10 @@ def run(cfg: Config, out: str | Path | None = None, *, progress: bool | None = N
 class _RunWriter:
     """One run's training and files (what :func:`run` does once the folder is locked)."""
 
-    def __init__(self, plan: Plan, profiles, data, out: Path | None, backend: str):
+    def __init__(self, plan: Plan, profiles, data, out: Path | None, backend: str, checkpoint_every_s: float):
         self.plan, self.profiles, self.data, self.out, self.backend = plan, profiles, data, out, backend
+        self.checkpoint_every_s = checkpoint_every_s
+        self._last_write = (time.perf_counter(), 0.0)  # when the last checkpoint ended (or training began), its cost
         self.config = plan.config.model_dump()
         self.run_id = run_id(self.config)
         self.code = code_version() if out is not None else {}
@@ -493,6 +506,11 @@ class _RunWriter:
         write_rows_csv(self.out / "rounds.csv", self._rows(self.rows), ROUND_COLUMNS)
 
     def _checkpoint(self, state: dict) -> None:
+        ended, took = self._last_write
+        if self.checkpoint_every_s > 0 and time.perf_counter() - ended < max(self.checkpoint_every_s,
+                                                                               took / CHECKPOINT_SHARE):
+            return
+        t0 = time.perf_counter()
         state = {**state, "run_id": self.run_id, "config": self.config, "code_version": self.code,
                  "environment": {k: self.env[k] for k in _NUMERIC_ENVIRONMENT}}
         buf = io.BytesIO()
@@ -501,6 +519,7 @@ class _RunWriter:
         atomic_write_bytes(self.out / CHECKPOINT, buf.getvalue())
         self._checkpointed = state["rows"]
         self._writing = False
+        self._last_write = (time.perf_counter(), time.perf_counter() - t0)
 
     # -- training
     def train(self, progress: bool, on_round: Callable[[dict], None] | None, state: dict | None) -> RunOutcome:
@@ -525,6 +544,7 @@ class _RunWriter:
         try:
             self._announce()
             self._t0 = time.perf_counter()
+            self._last_write = (self._t0, 0.0)
             if self.backend == "distributed":
                 result = train_distributed(plan, data=self.data, progress=progress, on_round=row_done)
             else:

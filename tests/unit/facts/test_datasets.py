@@ -22,6 +22,7 @@ from fplstudy.facts.datasets import (
     DATASETS,
     DatasetSplit,
     load_dataset,
+    load_digits,
     subsample,
 )
 
@@ -229,3 +230,27 @@ def test_digits_read_from_the_tracked_copy_when_present(tmp_path):
     target2[:] = 0
     np.save(tmp_path / "digits" / "target.npy", target2)
     assert int(load_dataset("digits", seed=3, data_dir=str(tmp_path)).y_train.max()) == 0
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_the_kept_split_is_scikit_learns_split(seed, tmp_path, monkeypatch):
+    """The split read back from the cache equals the one counted without it, and both equal scikit-learn's
+    train_test_split of the pixels themselves, sample for sample; another seed keeps another entry."""
+    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.model_selection import train_test_split
+
+    from fplstudy.facts.cache import CACHE_VARIABLE
+
+    bunch = sk_digits()
+    x = (bunch.images.astype(np.float32) / 16.0)[:, None]
+    x_tr, x_te, y_tr, y_te = train_test_split(x, bunch.target.astype(np.int64), test_size=0.2, random_state=seed,
+                                              stratify=bunch.target)
+    monkeypatch.setenv(CACHE_VARIABLE, str(tmp_path))
+    cold = load_digits(seed)
+    assert len(list((tmp_path / "splits").glob("*.json"))) == 1
+    warm = load_digits(seed)
+    for split in (cold, warm):
+        assert np.array_equal(split.x_train.numpy(), x_tr) and np.array_equal(split.x_test.numpy(), x_te)
+        assert np.array_equal(split.y_train.numpy(), y_tr) and np.array_equal(split.y_test.numpy(), y_te)
+    load_digits(seed + 1)
+    assert len(list((tmp_path / "splits").glob("*.json"))) == 2

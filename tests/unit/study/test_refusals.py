@@ -129,7 +129,7 @@ def interrupted(tmp_path: Path):
             os.kill(os.getpid(), signal.SIGINT)
 
     with pytest.raises(RunInterrupted):
-        run(cfg, tmp_path / "run", progress=False, on_round=stop)
+        run(cfg, tmp_path / "run", progress=False, on_round=stop, checkpoint_every_s=0)
     return cfg, tmp_path / "run"
 
 
@@ -320,7 +320,7 @@ def test_a_disk_that_fills_mid_run_leaves_a_truthful_resumable_folder(tmp_path: 
                         pass
 
         with pytest.raises(OSError) as info:
-            run(cfg, disk / "run", progress=False, on_round=fill)
+            run(cfg, disk / "run", progress=False, on_round=fill, checkpoint_every_s=0)
         assert info.value.errno == errno.ENOSPC
         doc = json.loads((disk / "run" / "metrics.json").read_text())
         assert doc["status"] == "failed" and (disk / "run" / CHECKPOINT).is_file()

@@ -96,7 +96,7 @@ def test_interrupted_then_resumed_equals_uninterrupted_byte_for_byte(overrides, 
     whole = run(cfg, tmp_path / "whole", progress=False)
     part = tmp_path / "part"
     with pytest.raises(RunInterrupted) as info:
-        run(cfg, part, progress=False, on_round=_sigint_after(stop))
+        run(cfg, part, progress=False, on_round=_sigint_after(stop), checkpoint_every_s=0)
     kept = info.value.outcome
     assert kept.status == "interrupted" and len(kept.rounds) == stop + 1
     metrics = _strict((part / "metrics.json").read_text())
@@ -113,6 +113,32 @@ def test_interrupted_then_resumed_equals_uninterrupted_byte_for_byte(overrides, 
     assert resumed.status == whole.status == "completed"
     _assert_same_files(tmp_path / "whole", part)
     assert not (part / CHECKPOINT).exists() and not (tmp_path / "whole" / CHECKPOINT).exists()
+
+
+@pytest.mark.parametrize("every_s", [None, 1e-9, 0.0], ids=["default-cadence", "share-bound", "every-round"])
+def test_checkpoint_cadence_keeps_resume_exact(every_s, tmp_path):
+    """Checkpoints at a cadence: by default a run of seconds writes none, and --resume starts it again; with
+    a tiny interval the 2 % bound alone spaces them, so rounds after the last checkpoint are trained again;
+    with 0 every round has one. All resume to the uninterrupted run's files."""
+    cfg = load_config(None, {**TINY, "strategy": "fl", "nodes": 3, "momentum": 0.9, "rounds": 6})
+    whole = run(cfg, tmp_path / "whole", progress=False)
+    part, held = tmp_path / "part", []
+
+    def stop(row):
+        if row["round"] == 4:
+            held.append(torch.load(part / CHECKPOINT, weights_only=True)["rounds_completed"]
+                        if (part / CHECKPOINT).is_file() else 0)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(RunInterrupted):
+        run(cfg, part, progress=False, on_round=stop, **({} if every_s is None else {"checkpoint_every_s": every_s}))
+    assert _strict((part / "metrics.json").read_text())["rounds_completed"] == 5
+    if every_s is None:
+        assert held == [0] and not (part / CHECKPOINT).exists()
+    else:
+        assert held[0] == 5 if every_s == 0 else 1 <= held[0] <= 5
+    assert run(cfg, part, progress=False, resume=True).status == whole.status == "completed"
+    _assert_same_files(tmp_path / "whole", part)
 
 
 def test_a_signal_as_the_checkpoint_lands_keeps_rounds_and_checkpoint_in_step(tmp_path, monkeypatch):
@@ -136,7 +162,7 @@ def test_a_signal_as_the_checkpoint_lands_keeps_rounds_and_checkpoint_in_step(tm
     monkeypatch.setattr(runner, "atomic_write_bytes", write_then_signal)
     part = tmp_path / "part"
     with pytest.raises(RunInterrupted):
-        run(cfg, part, progress=False)
+        run(cfg, part, progress=False, checkpoint_every_s=0)
     monkeypatch.setattr(runner, "atomic_write_bytes", real)
     metrics = _strict((part / "metrics.json").read_text())
     state = torch.load(part / CHECKPOINT, weights_only=True)
@@ -296,7 +322,8 @@ def test_ctrl_c_of_a_real_process_exits_130_with_one_line_and_keeps_completed_ro
     """Ctrl-C (exit 130) and SIGTERM (`kill`, exit 143) end a real run alike: one line, completed rounds kept."""
     env = {**os.environ, "PYTHONPATH": str(SRC), "CI": "1"}
     out = tmp_path / "run"
-    args = ["run", *TINY_ARGS, "--set", "rounds=100000", "--set", "momentum=0.9", "--out", str(out)]
+    args = ["run", *TINY_ARGS, "--set", "rounds=100000", "--set", "momentum=0.9", "--checkpoint-every", "0",
+            "--out", str(out)]
     proc = subprocess.Popen(_cli(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_rounds(out / "rounds.csv", 2, proc)

@@ -366,6 +366,7 @@ class Config(BaseModel):
     client_optimizer: Literal["keep", "reset"] = "reset"  # FedAvg clients' optimizer state across a sync: reset | keep
     seed: int = 0  # every random choice (split, partition, init, shuffling) derives from it
     threads: int = Field(1, ge=0)  # torch CPU threads; 1 = one fixed summation order, 0 = torch's default; at most 4 per usable CPU
+    accelerator: Literal["cpu", "cuda", "auto"] = "cpu"  # torch device that trains (not a device profile: the ledger prices the profiles whatever trains): cpu | cuda (refused where torch sees no CUDA device; deterministic algorithms) | auto (cuda where there is one, else cpu). The distributed backend trains on cpu
 
     # --- reconciliation of replicated parts
     sync: Literal["none", "fedavg", "relay"] | None = None  # None = the strategy's own

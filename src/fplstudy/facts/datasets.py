@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +101,11 @@ class DatasetSplit:
     def input_shape(self) -> tuple[int, ...]:
         """Per-sample input shape ``(C, H, W)``."""
         return tuple(self.x_train.shape[1:])
+
+    def to(self, device: torch.device) -> DatasetSplit:
+        """The same split with its tensors on ``device`` (a GPU that trains)."""
+        return replace(self, x_train=self.x_train.to(device), y_train=self.y_train.to(device),
+                       x_test=self.x_test.to(device), y_test=self.y_test.to(device))
 
 
 def digits_pixels(data_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:

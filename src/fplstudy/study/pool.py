@@ -227,6 +227,11 @@ def run_group(study: Study, group: str | None, runs_dir: str | Path, *, workers:
     groups = study.groups if group is None else [group]
     stale = {g: _stale(study, g, runs_dir, overwrite) for g in groups}  # all checked before any is changed
     where = target(workers, study.workers)
+    if not isinstance(where, str):  # local workers train on this machine's devices: a missing GPU refused now
+        from fplstudy.train.engine import training_device
+
+        for accelerator in sorted({p.for_seed(study.seeds[0]).accelerator for p in study.plans if p.group in groups}):
+            training_device(accelerator)
     client = connect(where) if isinstance(where, str) else None  # refused here when no scheduler answers
     try:
         todo = [run for g in groups for run in pending(study, g, runs_dir, overwrite, stale[g])]

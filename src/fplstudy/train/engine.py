@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fplstudy.config import PicklableError
+from fplstudy.config import ConfigError, PicklableError
 from fplstudy.facts.datasets import DatasetSplit
 from fplstudy.facts.models import build_model, cut, make_adapter
 from fplstudy.facts.partition import Partition, load_partitioned
@@ -140,12 +141,33 @@ class Holdings:
         return mods + list(self.trunk_parts)
 
 
-def build_holdings(plan: Plan) -> Holdings:
-    """Build every node's modules from one seeded initialisation of the model.
+def training_device(accelerator: str) -> torch.device:
+    """The torch device that trains for the config key ``accelerator`` (``cpu``, ``cuda`` or ``auto``).
+
+    On ``cuda`` it also makes training deterministic: ``torch.use_deterministic_algorithms`` and cuBLAS's
+    fixed workspace (``CUBLAS_WORKSPACE_CONFIG``, unless already set), so a rerun on the same GPU, driver
+    and CUDA gives the same bytes.
+
+    Raises:
+        ConfigError: ``cuda`` where torch sees no CUDA device, before any work.
+    """
+    if accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError("accelerator", accelerator, "torch sees no CUDA device on this machine "
+                                                      "(torch.cuda.is_available() is False); use cpu, or auto")
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    return torch.device("cuda")
+
+
+def build_holdings(plan: Plan, device: torch.device | None = None) -> Holdings:
+    """Build every node's modules from one seeded initialisation of the model, on ``device`` (default CPU).
 
     Every branch starts as a copy of the same lower part (FedAvg's common initialisation); adapters
     are identity-initialised. Only nodes local to the transport need theirs, but building all is cheap
-    and keeps the initialisation identical across backends.
+    and keeps the initialisation identical across backends. The weights are drawn on the CPU and then
+    moved, so every device starts from the same model.
     """
     cfg = plan.config
     torch.manual_seed(cfg.seed)
@@ -159,6 +181,9 @@ def build_holdings(plan: Plan) -> Holdings:
         adapters.append(make_adapter(plan.junction_shape()) if b.adapter_node else None)
     trunk_parts = [cut(whole, s.start, s.stop) for s in plan.trunk]
     hold = Holdings(branch_parts, adapters, trunk_parts)
+    if device is not None and device.type != "cpu":
+        for mod in hold.all_modules():
+            mod.to(device)
     # One SGD over all parameters is the same as one per node: SGD updates every parameter on its
     # own (and its momentum buffer stays with it), and only parameters that received a gradient in
     # the batch -- those of the modules it ran through -- are updated.
@@ -478,14 +503,19 @@ def rng_state() -> dict:
     ``(seed, round, branch, epoch)``."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     version, internal, gauss_next = random.getstate()
-    return {"torch": torch.get_rng_state(),
-            "numpy": [kind, [int(k) for k in keys], int(pos), int(has_gauss), float(gauss)],
-            "python": [version, list(internal), gauss_next]}
+    state = {"torch": torch.get_rng_state(),
+             "numpy": [kind, [int(k) for k in keys], int(pos), int(has_gauss), float(gauss)],
+             "python": [version, list(internal), gauss_next]}
+    if torch.cuda.is_initialized():  # a run on a GPU draws its dropout masks there
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict) -> None:
     """Restore what :func:`rng_state` returned."""
     torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     version, internal, gauss_next = state["python"]
@@ -562,7 +592,8 @@ def _restore(hold: Holdings, state: dict) -> None:
     for mod, sd in zip(mods, state["modules"]):
         mod.load_state_dict(sd)
     hold.optimizer.load_state_dict(state["optimizer"])
-    hold.average = {int(k): v.clone() for k, v in state.get("average", {}).items()}
+    device = hold.optimizer.param_groups[0]["params"][0].device  # a checkpoint is read onto the CPU
+    hold.average = {int(k): v.to(device, copy=True) for k, v in state.get("average", {}).items()}
     set_rng_state(state["rng"])
 
 
@@ -582,7 +613,7 @@ def stop_reached(cfg, rows: list[dict]) -> bool:
 def train(plan: Plan, transport: Transport | None = None, *, progress: bool = False,
           data: tuple[DatasetSplit, Partition] | None = None,
           on_round: Callable[[dict], None] | None = None, resume: dict | None = None,
-          on_state: Callable[[dict], None] | None = None) -> TrainResult:
+          on_state: Callable[[dict], None] | None = None, device: torch.device | None = None) -> TrainResult:
     """Train a plan for ``plan.config.rounds`` rounds, or fewer when ``stop_at_acc`` stops it
     (:func:`stop_reached`).
 
@@ -597,6 +628,8 @@ def train(plan: Plan, transport: Transport | None = None, *, progress: bool = Fa
             as an uninterrupted run.
         on_state: called at the end of every round, before ``on_round``, with :func:`train_state`
             (e.g. to write a checkpoint).
+        device: the torch device that trains; None: the config's ``accelerator`` (:func:`training_device`).
+            Every module and tensor lives there; the events, and so the ledger, are the same on any device.
 
     Returns:
         A :class:`TrainResult`; a NaN/infinite loss ends it early with status ``diverged``.
@@ -604,9 +637,13 @@ def train(plan: Plan, transport: Transport | None = None, *, progress: bool = Fa
     cfg = plan.config
     T = transport or SimulatedTransport()
     split, part = data if data is not None else load_partitioned(plan)
+    device = training_device(cfg.accelerator) if device is None else device
+    on_cpu = device.type == "cpu"
+    if not on_cpu:
+        split = split.to(device)
     shards = [np.asarray(ix) for ix in part.indices]
     samples = [len(ix) for ix in shards]
-    hold = build_holdings(plan)
+    hold = build_holdings(plan, device)
     torch.manual_seed(cfg.seed)
     rows: list[dict] = []
     done_events: list[tuple] = []  # completed rounds' events, as on_state hands them on
@@ -647,6 +684,8 @@ def train(plan: Plan, transport: Transport | None = None, *, progress: bool = Fa
                 batch = item.batch
                 d = 0 if batch.branch < 0 else batch.branch
                 idx = order[d][batch.start:batch.start + batch.size]
+                if not on_cpu:
+                    idx = torch.from_numpy(idx).to(device)
                 x, y = split.x_train[idx], split.y_train[idx]
                 if plan.branch_order == "lockstep":
                     xs = [x[:, :, v[0]:v[1]] for v in views]

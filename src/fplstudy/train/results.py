@@ -18,6 +18,7 @@ Every JSON file is strict JSON (:func:`dumps_json`): a non-finite float is writt
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -44,7 +45,9 @@ VOLATILE = ("timing", "environment")
 CHECKPOINT = "checkpoint.pt"
 RUN_FILES = ("metrics.json", "rounds.csv", "ledger.csv", "wire.csv", CHECKPOINT)
 # Environment variables that select CPU kernels or thread counts, hence floating-point results.
-ENVIRONMENT_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "OMP_NUM_THREADS")
+# CUBLAS_WORKSPACE_CONFIG: cuBLAS's workspace, which a deterministic GPU run fixes.
+ENVIRONMENT_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "OMP_NUM_THREADS",
+                         "CUBLAS_WORKSPACE_CONFIG")
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -99,18 +102,35 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment() -> dict[str, Any]:
+def environment(device: torch.device | None = None) -> dict[str, Any]:
     """What can change a run's floating-point results on this machine (the same answer anywhere needs them recorded).
+
+    Args:
+        device: the torch device that trains (None: the CPU).
 
     Returns:
         ``torch_threads`` (intra-op threads in use), ``cpu_capability`` (the CPU kernel level ATen
         dispatches to, ``torch.backends.cpu.get_cpu_capability()``), ``cpu_model``, ``torch``
-        (version), and ``env``: the values of :data:`ENVIRONMENT_VARIABLES` (None when unset).
+        (version), ``accelerator`` (:func:`accelerator`), and ``env``: the values of
+        :data:`ENVIRONMENT_VARIABLES` (None when unset).
     """
     return {"torch_threads": torch.get_num_threads(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "cpu_model": cpu_model(), "torch": str(torch.__version__),
+            "cpu_model": cpu_model(), "torch": str(torch.__version__), "accelerator": accelerator(device),
             "env": {name: os.environ.get(name) for name in ENVIRONMENT_VARIABLES}}
+
+
+def accelerator(device: torch.device | None) -> str:
+    """The device that trains, as a run records it: ``cpu``, or ``cuda: <GPU model>, driver <version>, CUDA
+    <version>`` (each of which can change a GPU run's floating-point results)."""
+    if device is None or device.type == "cpu":
+        return "cpu"
+    driver = "unknown"
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        query = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader",
+                                f"--id={device.index or 0}"], capture_output=True, text=True, timeout=20)
+        driver = query.stdout.strip() or driver
+    return f"cuda: {torch.cuda.get_device_name(device)}, driver {driver}, CUDA {torch.version.cuda}"
 
 
 def write_rows_csv(path: str | Path, rows: list[dict], columns: tuple[str, ...]) -> Path:

@@ -71,7 +71,7 @@ from fplstudy.train.distributed import (
     train_distributed,
     write_wire_csv,
 )
-from fplstudy.train.engine import EVAL_BATCH, SimulatedTransport, check_state, train
+from fplstudy.train.engine import EVAL_BATCH, SimulatedTransport, check_state, train, training_device
 from fplstudy.train.results import (
     CHECKPOINT,
     ROUND_COLUMNS,
@@ -96,7 +96,7 @@ _PROBE_PREFIX = ".fplstudy-probe-"  # temporary file that checks a folder is wri
 # 1 / CHECKPOINT_SHARE times as long as writing the last one took (writing costs at most 2 % of training).
 CHECKPOINT_EVERY_S = 30.0
 CHECKPOINT_SHARE = 0.02
-_NUMERIC_ENVIRONMENT = ("torch_threads", "cpu_capability", "torch", "env")
+_NUMERIC_ENVIRONMENT = ("torch_threads", "cpu_capability", "torch", "accelerator", "env")
 
 
 class RunFolderError(PicklableError, ValueError):
@@ -460,6 +460,10 @@ def run(cfg: Config, out: str | Path | None = None, *, progress: bool | None = N
     """
     if backend not in BACKENDS:
         raise ConfigError("backend", backend, f"known backends: {', '.join(BACKENDS)}")
+    if backend != "simulated" and cfg.accelerator == "cuda":
+        raise ConfigError("accelerator", cfg.accelerator, f"the {backend} backend trains on CPU tensors (gloo); use "
+                                                          f"cpu or auto, or the simulated backend for a GPU")
+    device = training_device(cfg.accelerator) if backend == "simulated" else torch.device("cpu")
     if resume and backend != "simulated":
         raise RunFolderError("--resume works with the simulated backend only (the distributed backend writes "
                              "no checkpoint); use --overwrite to start again")
@@ -469,7 +473,7 @@ def run(cfg: Config, out: str | Path | None = None, *, progress: bool | None = N
     plan, profiles, data = prepare(cfg)
     if progress is None:
         progress = not quiet_by_default()
-    writer = _RunWriter(plan, profiles, data, path, backend, checkpoint_every_s)
+    writer = _RunWriter(plan, profiles, data, path, backend, checkpoint_every_s, device)
     if path is None:
         return writer.train(progress, on_round, None)
     with RunFolder(path, resume=resume, overwrite=overwrite) as folder:
@@ -480,14 +484,16 @@ def run(cfg: Config, out: str | Path | None = None, *, progress: bool | None = N
 class _RunWriter:
     """One run's training and files (what :func:`run` does once the folder is locked)."""
 
-    def __init__(self, plan: Plan, profiles, data, out: Path | None, backend: str, checkpoint_every_s: float):
+    def __init__(self, plan: Plan, profiles, data, out: Path | None, backend: str, checkpoint_every_s: float,
+                 device: torch.device):
         self.plan, self.profiles, self.data, self.out, self.backend = plan, profiles, data, out, backend
+        self.device = device
         self.checkpoint_every_s = checkpoint_every_s
         self._last_write = (time.perf_counter(), 0.0)  # when the last checkpoint ended (or training began), its cost
         self.config = plan.config.model_dump()
         self.run_id = run_id(self.config)
         self.code = code_version() if out is not None else {}
-        self.env = environment()
+        self.env = environment(device)
         self.timing: dict[str, Any] = {"backend": backend, "started_utc": _now()}
         self._t0: float | None = None  # perf_counter when training started
         self.rows: list[dict] = []
@@ -550,6 +556,7 @@ class _RunWriter:
             else:
                 T = SimulatedTransport()
                 result = train(plan, T, progress=progress, data=self.data, on_round=row_done, resume=state,
+                               device=self.device,
                                on_state=self._checkpoint if out is not None else None)
         except KeyboardInterrupt:
             self._stamp()

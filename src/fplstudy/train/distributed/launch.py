@@ -93,7 +93,7 @@ def _spawned_rank(rank: int, world: int, plan: Plan, data, port: int, timeout_s:
                 _report(reports, "round", rank, row, T.events[sent[0]:])
                 sent[0] = len(T.events)
 
-        result = engine.train(plan, T, data=data, on_round=on_round)
+        result = engine.train(plan, T, data=data, on_round=on_round, device=torch.device("cpu"))  # gloo: CPU tensors
         states = ({key: mod.state_dict() for key, _, mod in module_owners(plan, result.holdings)}
                   if rank == 0 else None)
         events = T.events if rank == 0 else None
@@ -331,7 +331,7 @@ def _train_this_rank(plan, data, progress, on_round, timeout_s) -> DistributedRe
         T = DistributedTransport(plan, rank, timeout_s)
         try:
             result = engine.train(plan, T, data=data, progress=progress and rank == 0,
-                                  on_round=on_round if rank == 0 else None)
+                                  on_round=on_round if rank == 0 else None, device=torch.device("cpu"))
             if T.trace is not None:
                 T.write_trace(os.environ[TRACE_ENV])
             rows = share_wire_rows(T, plan)

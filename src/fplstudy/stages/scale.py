@@ -43,7 +43,7 @@ def run_scale(params: ScaleParams, out: str | Path, figures: str | Path) -> dict
     for name, table in (("costs", costs), ("memory", memory), ("crossover", cross), ("crossover_points", points)):
         atomic_write_text(out / f"{name}.csv", table.to_csv(index=False, float_format="%.17g"))
     atomic_write_text(out / "findings.md", scale_findings(params, costs, memory, points))
-    for name, fig in (("bytes_energy_vs_nodes", draw_nodes(costs)), ("memory_vs_device", draw_memory(memory, params)),
+    for name, fig in (("bytes_energy_vs_nodes", draw_nodes(costs, params)), ("memory_vs_device", draw_memory(memory, params)),
                       ("crossover", draw_crossover(cross, points, params))):
         save_figure(fig, figures / f"{name}.png")
         if fig is not None:

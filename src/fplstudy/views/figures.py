@@ -35,6 +35,7 @@ from fplstudy.views.style import (  # noqa: F401
     MARKERS,
     PALETTE,
     STRATEGY_ORDER,
+    legend_below,
     save_figure,
     variant_styles,
 )
@@ -163,28 +164,78 @@ def place_labels(ax, labels: list[tuple[str, float | None, float]], fontsize: fl
         ax.annotate(text, xy, xycoords=coords, xytext=(dx, dy), textcoords="offset points", fontsize=fontsize)
 
 
+# What each kind of work means in a legend, with the units it is drawn in (compute and waiting spend energy only;
+# a message also sends bytes).
+KIND_NAMES = {"forward": "forward pass (J)", "backward": "backward pass (J)", "activations": "activations sent (J, MB)",
+              "gradients": "gradients sent (J, MB)", "labels": "labels sent (J, MB)",
+              "params_up": "parameters to the aggregator (J, MB)", "params_down": "parameters from the aggregator (J, MB)",
+              "relay": "messages relayed (J, MB)", "idle": "idle, waiting (J)"}
+# The role of a node under its name: it reads the training data, holds trunk stages and no data (a server), holds
+# a later stage of a branch, or averages the branches (fplstudy.study.tables.plan_roles counts the same roles).
+ROLE_CODES = {"D": "data owner", "S": "server (trunk stage, no data)", "B": "later branch stage (no data)",
+              "A": "aggregator"}
+NODE_COSTS_WIDTH = 8.5  # inches of panels side by side before the next pair of rows (about 1400 px with the margins)
+
+
+def role_code(role: str, headless: bool) -> str:
+    """The :data:`ROLE_CODES` of a node from its ledger ``role`` (``branch0/stage0``, ``trunk/stage1``,
+    ``trunk/stage0+aggregator``, ``aggregator``): ``D``, ``S``, ``B``, ``A`` or a holder that also aggregates
+    (``S+A``).
+
+    Args:
+        role: the ``role`` column of ``costs.csv``.
+        headless: the plan has no branch (``mp``): its first trunk stage reads the data.
+    """
+    holds, _, extra = role.partition("+")
+    if holds == "aggregator":
+        return "A"
+    part, _, stage = holds.partition("/")
+    if stage == "stage0" and (part.startswith("branch") or headless):
+        code = "D"
+    else:
+        code = "S" if part == "trunk" else "B"
+    return code + ("+A" if extra == "aggregator" else "")
+
+
 def node_costs(costs: pd.DataFrame, plans: list[str]):
-    """Per-node energy and bytes sent (mean over seeds), stacked by kind of work, one column per plan.
+    """Per-node energy and bytes sent (mean over seeds), stacked by kind of work, one column per plan; under each
+    node its role (:data:`ROLE_CODES`).
 
     Args:
         costs: ``costs.csv`` (plan × seed × node × kind sums).
-        plans: plan names to draw, left to right.
+        plans: plan names to draw, left to right, as many a row as fit :data:`NODE_COSTS_WIDTH` (each node about
+            0.17 inch), then the next pair of rows.
 
     Returns:
-        The figure (top row energy in J, bottom row bytes sent in MB), or None without data.
+        The figure (energy in J above bytes sent in MB; ``fig.axes`` holds every plan's energy panel, then every
+        plan's bytes panel), or None without data.
     """
     costs = costs[costs["name"].isin(plans)]
     if costs.empty:
         return None
     plans = [p for p in plans if p in set(costs["name"])]
     seeds = costs.groupby("name")["seed"].nunique()
-    fig, axes = plt.subplots(2, len(plans), figsize=(2.4 * len(plans) + 2.2, 6.5), squeeze=False, sharey="row")
+    width = max(1.15, 0.17 * costs.groupby("name")["node"].nunique().max() + 0.3)  # inches a panel
+    cols = max(1, min(len(plans), int(NODE_COSTS_WIDTH // width)))
+    blocks = -(-len(plans) // cols)
+    fig = plt.figure(figsize=(width * cols + 0.9, 4.4 * blocks + 1.2), layout="constrained")
+    grid = fig.add_gridspec(2 * blocks, cols)
+    axes = [[], []]  # energy panels, bytes panels
+    for row in (0, 1):
+        for i in range(len(plans)):
+            first = axes[row][0] if axes[row] else None
+            axes[row].append(fig.add_subplot(grid[2 * (i // cols) + row, i % cols], sharey=first))
     tops = [0.0, 0.0]  # tallest stack per row
+    used: set[str] = set()  # role codes drawn
     for col, name in enumerate(plans):
         part = costs[costs["name"] == name]
-        for row, (value, scale, unit) in enumerate((("energy_j", 1.0, "energy (J)"),
-                                                    ("bytes_tx", 1e-6, "bytes sent (MB)"))):
-            ax = axes[row, col]
+        roles = part.groupby("node")["role"].first()
+        headless = not roles.str.startswith("branch").any()
+        codes = [role_code(r, headless) for r in roles]
+        used.update(c for code in codes for c in code.split("+"))
+        for row, (value, scale, unit) in enumerate((("energy_j", 1.0, "energy per node (J)"),
+                                                    ("bytes_tx", 1e-6, "bytes sent per node (MB)"))):
+            ax = axes[row][col]
             table = part.pivot_table(index="node", columns="kind", values=value, aggfunc="sum", fill_value=0.0)
             table = table.reindex(columns=[k for k in KINDS if k in table.columns]) * scale / seeds[name]
             table = table.loc[:, (table != 0).any(axis=0)]
@@ -193,21 +244,28 @@ def node_costs(costs: pd.DataFrame, plans: list[str]):
                 ax.bar(table.index, table[kind], bottom=bottom, color=KIND_PALETTE[kind], edgecolor="black",
                        linewidth=0.3)
                 bottom = bottom + table[kind]
-            ax.tick_params(axis="x", labelrotation=90, labelsize=7)
+            ax.set_xticks(range(len(roles)), [f"{n}\n{code}" for n, code in zip(roles.index, codes)],
+                          rotation=0, fontsize=7)
+            ax.tick_params(axis="x", labelbottom=row == 1, length=2)
+            ax.tick_params(axis="y", labelleft=col % cols == 0, labelsize=7)
             tops[row] = max(tops[row], float(bottom.max()) if len(bottom) else 0.0)
-            if col == 0:
-                ax.set_ylabel(unit)
+            if col % cols == 0:
+                ax.set_ylabel(unit, fontsize=8)
+            ax.grid(True, axis="y", alpha=0.3)
             if row == 0:
-                ax.set_title(name, fontsize=9)
-            else:
-                ax.set_xlabel("node")
+                first = part.iloc[0]
+                label = variant_label(part.head(1)).iloc[0].replace(" ", "\n")
+                ax.set_title(f"{label}\n{first['nodes']} nodes, {first['partition']}",
+                             fontsize=8)
     for row, top in enumerate(tops):
-        axes[row, 0].set_ylim(0, top * 1.08 if top > 0 else 1.0)  # the tallest stack does not touch the frame
+        axes[row][0].set_ylim(0, top * 1.08 if top > 0 else 1.0)  # the tallest stack does not touch the frame
     kinds = [k for k in KINDS if k in set(costs["kind"])]
-    fig.legend([plt.Rectangle((0, 0), 1, 1, color=KIND_PALETTE[k]) for k in kinds], kinds, loc="center right",
-               fontsize=8, title="kind")
-    fig.suptitle("Per-node energy and bytes sent over the whole training, by kind of work (mean over seeds)")
-    fig.tight_layout(rect=(0, 0, 1 - 1.6 / fig.get_figwidth(), 1))
+    legend_below(fig, [plt.Rectangle((0, 0), 1, 1, facecolor=KIND_PALETTE[k], edgecolor="black", linewidth=0.3,
+                                     label=KIND_NAMES[k]) for k in kinds], ncols=min(len(kinds), 3),
+                 title="kind of work (energy in the upper row, bytes sent in the lower)")
+    fig.suptitle("Where the energy and the bytes go: per node over the whole training, by kind of work, mean over "
+                 f"{int(seeds.max())} seeds\nunder each node its role: "
+                 + ", ".join(f"{c} {ROLE_CODES[c]}" for c in ROLE_CODES if c in used), fontsize=9)
     return fig
 
 
@@ -300,17 +358,21 @@ def model_size_bars(summary: pd.DataFrame):
     if data.empty:
         return None
     data["increase_pct"] = 100 * (data["model_params_ratio_mean"] - 1)
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    sns.barplot(data=data, x="nodes", y="increase_pct", hue="junction",
-                hue_order=[j for j in JUNCTIONS if j in set(data["junction"])],
+    fig, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
+    order = [j for j in JUNCTIONS if j in set(data["junction"])]
+    sns.barplot(data=data, x="nodes", y="increase_pct", hue="junction", hue_order=order,
                 palette={j: LABEL_PALETTE[f"{fpl.name}-{j}"] for j in fpl.label_junctions},
                 edgecolor="black", ax=ax)
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xlabel("edge nodes")
     ax.set_ylabel("deployed parameters beyond the original (%)")
-    ax.set_title("Model-size overhead of the junction modes (fpl); deterministic, no seed changes it", fontsize=10)
+    most = data.groupby("junction")["increase_pct"].max()
+    growth = ", ".join(f"{j} {'+0' if most[j] <= 0 else f'up to +{most[j]:.2g}'} %" for j in order)
+    fig.suptitle(f"Deployed model size of fpl's junction modes beyond the original model:\n{growth}\n"
+                 "(one value per plan: no seed changes it)", fontsize=10)
     ax.margins(y=0.15)
-    fig.tight_layout()
+    ax.grid(True, axis="y", alpha=0.3)
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), title="junction", fontsize=8)
     return fig
 
 

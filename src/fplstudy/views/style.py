@@ -84,6 +84,25 @@ def variant_styles(labels) -> tuple[list[str], dict[str, tuple], dict[str, str]]
     return order, palette, markers
 
 
+def strategy_handles(strategies) -> list:
+    """Legend handles of ``strategies``: each one's line, colour and marker, labelled with its short name
+    (``FL``, ``MP``; :data:`fplstudy.views.looks.LOOKS`)."""
+    from matplotlib.lines import Line2D
+
+    return [Line2D([], [], color=PALETTE[s], marker=MARKERS[s], label=LOOKS[s].short) for s in strategies]
+
+
+def legend_below(fig, handles, *, title: str | None = None, ncols: int | None = None, fontsize: float = 8):
+    """One legend for the whole figure, below its panels and off every axes' data: ``fig`` must use
+    constrained layout (``layout="constrained"``), which makes room for it.
+
+    Returns:
+        The legend.
+    """
+    return fig.legend(handles=handles, loc="outside lower center", ncols=ncols or len(handles), title=title,
+                      fontsize=fontsize, title_fontsize=fontsize)
+
+
 DPI = 150  # fixed, so the PNG bytes do not depend on the matplotlib rc of the machine
 
 # The formats save_figure writes with matplotlib alone (pgf needs LaTeX, eps and ps Ghostscript for some

@@ -452,7 +452,9 @@ def test_same_config_seed_and_threads_give_identical_files_and_record_the_enviro
     assert env["torch_threads"] == torch.get_num_threads() == 1
     assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert env["torch"] == torch.__version__ and env["cpu_model"]
-    assert set(env["env"]) == {"ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "OMP_NUM_THREADS"}
+    assert set(env["env"]) == {"ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "OMP_NUM_THREADS",
+                               "CUBLAS_WORKSPACE_CONFIG"}
+    assert env["accelerator"] == "cpu"
     assert env["env"]["OMP_NUM_THREADS"] == os.environ.get("OMP_NUM_THREADS")
 
 

@@ -26,7 +26,7 @@ explore_cuts: str = "balanced"  # balanced: FLOP/count-balanced cuts only; all: 
 
 # %%
 import matplotlib.pyplot as plt
-from IPython.display import Markdown, display
+from IPython.display import HTML, Markdown, display
 
 from fplstudy.views import teach
 from fplstudy.config import make_config
@@ -72,7 +72,7 @@ for dry in runs:
 # node pull in different directions: no strategy wins on every column.
 
 # %%
-display(table.round(4))
+display(HTML(teach.html_table(teach.readable_table(table.drop(columns="strategy")))))
 teach.plot_walk(table)
 plt.show()
 
@@ -113,13 +113,11 @@ display(panel)
 # on a topology the search also places the plan's nodes (data owners stay where the data is)
 res = explore(base, explore_nodes, cuts=explore_cuts, search_placement="topology" in base,
               max_placements=20 if smoke_test else 200)
-print(f"{len(res.plans)} valid plans priced in {res.seconds:.1f} s; {len(res.front)} on the Pareto front")
+display(Markdown(f"{len(res.plans)} valid plans priced in {res.seconds:.1f} s; {len(res.front)} on the Pareto "
+                 f"front; its first 15 plans:"))
 teach.plot_front(res)
 plt.show()
-front = res.front.assign(plan=[teach.readable_name(row) for _, row in res.front.iterrows()])
-columns = ["plan", *(["placement"] if "topology" in base else []), "nodes_used", "bytes_per_round", "energy_j_site",
-           "makespan_s", "memory_bytes_max_node"]
-display(front[columns].head(15))
+display(HTML(teach.html_table(teach.front_table(res, placement="topology" in base))))
 
 # %% [markdown]
 # ## At the paper's scale: ResNet-18 on CIFAR-10, priced without the data

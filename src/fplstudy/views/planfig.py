@@ -176,6 +176,8 @@ class PlanGraph:
         x0, y0, width, height: the picture's extent (inches at scale 1).
         costs: whether the boxes show their energy and bytes per round.
         ellipsis: ``(x, y, text)`` standing for the branch rows left out (``max_rows``), or None.
+        trunk_ellipsis: ``(x, y, text)`` standing for the trunk stages left out (``max_columns``), between
+            the ends of the trunk boxes either side of it, or None.
     """
 
     title: str
@@ -195,6 +197,7 @@ class PlanGraph:
     height: float = 0.0
     costs: bool = True
     ellipsis: tuple[float, float, str] | None = None
+    trunk_ellipsis: tuple[float, float, str] | None = None
 
     def box(self, node: str) -> Box:
         for b in self.boxes:
@@ -283,8 +286,17 @@ def shown_rows(branches: int, max_rows: int | None) -> list[int]:
     return [*range(max(1, max_rows - 1)), branches - 1]
 
 
+def trunk_gap_text(plan: Plan, shown: list[int]) -> str:
+    """The words standing for the trunk stages left out of the drawing (``shown``: the stages drawn)."""
+    left_out = [st for t, st in enumerate(plan.trunk) if t not in shown]
+    if not left_out:
+        return ""
+    blocks = [b for st in left_out for b in st.blocks]
+    return f"⋯ {left_out[0].node}–{left_out[-1].node} ⋯\n{layers_label(blocks).replace(chr(10), ' ')}"
+
+
 def _layout(plan: Plan, boxes_text: dict[str, list[str]], shard_text: list[str],
-            lane_labels: dict[tuple[int, int], int], rows: list[int]):
+            lane_labels: dict[tuple[int, int], int], rows: list[int], trunk_shown: list[int] | None = None):
     """Columns, rows and sizes (see module docstring).
 
     Args:
@@ -292,6 +304,8 @@ def _layout(plan: Plan, boxes_text: dict[str, list[str]], shard_text: list[str],
         shard_text: per branch, its tag text.
         lane_labels: (left column, right column) → characters of the longest label in that gap.
         rows: the branch rows drawn (:func:`shown_rows`); the others share one short row of their own.
+        trunk_shown: the trunk stages drawn (:func:`shown_rows` of the trunk); the others share one
+            narrow column of their own, where they are placed (None: all drawn).
 
     Returns:
         ``(geometry, shard_geometry, junction_x, (x_end, top, bottom, ellipsis_y))``: node → (x, y, w, h,
@@ -343,9 +357,20 @@ def _layout(plan: Plan, boxes_text: dict[str, list[str]], shard_text: list[str],
         jg = gap(col - 1, JUNCTION_GAP_MIN)
         junction_x = x + 0.78 * jg
         x += jg
+    gap_text = trunk_gap_text(plan, trunk_shown if trunk_shown is not None else list(range(len(plan.trunk))))
+    gap_x = None
     for t, st in enumerate(plan.trunk):
         tall = D > 1
-        geom[st.node] = (x + bw / 2, mid if tall else ys[0], bw, tall_h if tall else bh, None if tall else 0, col)
+        y_t, h_t, row_t = (mid, tall_h, None) if tall else (ys[0], bh, 0)
+        if trunk_shown is not None and t not in trunk_shown:  # left out: all share one narrow column
+            if gap_x is None:
+                gw = text_width(gap_text, FONT_NOTE) + 0.2
+                gap_x, gap_col = x + gw / 2, col
+                x += gw + STAGE_GAP_MIN
+                col += 1
+            geom[st.node] = (gap_x, y_t, bw, h_t, row_t, gap_col)
+            continue
+        geom[st.node] = (x + bw / 2, y_t, bw, h_t, row_t, col)
         x += bw + (gap(col, STAGE_GAP_MIN) if t < len(plan.trunk) - 1 else 0)
         col += 1
     if plan.aggregator and plan.aggregator not in geom:
@@ -374,7 +399,7 @@ def link_words(plan: Plan, arrows: list[Arrow]) -> str:
 
 
 def plan_graph(plan: Plan, ledger: Any = None, events: list | None = None, *, costs: bool = True,
-               max_rows: int | None = None) -> PlanGraph:
+               max_rows: int | None = None, max_columns: int | None = None) -> PlanGraph:
     """The drawing data of a plan.
 
     Args:
@@ -385,6 +410,8 @@ def plan_graph(plan: Plan, ledger: Any = None, events: list | None = None, *, co
         costs: write each node's energy and bytes per round in its box.
         max_rows: draw at most this many branch rows (the first ones and the last; one short row
             stands for the others, whose boxes, shards and arrows are marked ``hidden``); None = all.
+        max_columns: draw at most this many trunk stages (the first ones and the last; one narrow
+            column of words stands for the others, marked ``hidden``); None = all.
 
     Returns:
         A :class:`PlanGraph`.
@@ -444,20 +471,24 @@ def plan_graph(plan: Plan, ledger: Any = None, events: list | None = None, *, co
     arrows = [Arrow(s, d, k, b / rounds, m / rounds) for (s, d, k), (b, m) in acc.items()]
 
     rows = shown_rows(len(plan.branches), max_rows)
+    trunk_shown = shown_rows(len(plan.trunk), max_columns)
+    hidden_trunk = {st.node for t, st in enumerate(plan.trunk) if t not in trunk_shown}
     shard_list = [Shard(b.index, b.data_node, int(shard_sizes[b.index]) if b.index < len(shard_sizes) else 0,
                         b.view, 0.0, 0.0, hidden=b.index not in rows) for b in plan.branches]
     texts = {b.node: b.lines(costs) for b in draft}
     tags = [s.text() for s in shard_list]
     # first pass places the columns; the second sizes each gap to the longest label of its lanes
-    geom, _, _, _ = _layout(plan, texts, tags, {}, rows)
+    geom, _, _, _ = _layout(plan, texts, tags, {}, rows, trunk_shown)
     lane_labels: dict[tuple[int, int], int] = defaultdict(int)
     for (left, right), label in _lane_label_texts(arrows, {n: g[5] for n, g in geom.items()},
                                                   {n: g[4] for n, g in geom.items()}).items():
         lane_labels[(left, right)] = max(lane_labels[(left, right)], len(label))
-    geom, shard_geom, junction_x, (x_end, top, bottom, ellipsis_y) = _layout(plan, texts, tags, lane_labels, rows)
+    geom, shard_geom, junction_x, (x_end, top, bottom, ellipsis_y) = _layout(plan, texts, tags, lane_labels, rows,
+                                                                             trunk_shown)
     boxes = [Box(b.node, b.role, b.device, b.group, b.layers, b.aggregator, geom[b.node][0], geom[b.node][1],
                  b.energy_j_per_round, b.bytes_per_round, geom[b.node][2], geom[b.node][3], geom[b.node][4],
-                 geom[b.node][5], b.duty, geom[b.node][4] is not None and geom[b.node][4] not in rows)
+                 geom[b.node][5], b.duty,
+                 b.node in hidden_trunk or geom[b.node][4] is not None and geom[b.node][4] not in rows)
              for b in draft]
     shards = [Shard(s.branch, s.node, s.samples, s.view, *shard_geom[i], hidden=s.hidden)
               for i, s in enumerate(shard_list)]
@@ -484,6 +515,8 @@ def plan_graph(plan: Plan, ledger: Any = None, events: list | None = None, *, co
         g.ellipsis = (min(s.x - s.w / 2 for s in shards), ellipsis_y,
                       f"⋮  {rows[-1] - first} more branches ({left_out[0].node}–{left_out[-1].node}), "
                       f"like the ones drawn")
+    if hidden_trunk:
+        g.trunk_ellipsis = (*geom[next(iter(hidden_trunk))][:2], trunk_gap_text(plan, trunk_shown))
     # extent: routed lanes above and left, junction note and legend below
     visible = [a for a in arrows if not (g.box(a.src).hidden or g.box(a.dst).hidden)]
     n_routed = len({a.kind for a in visible if not _neighbours(g.box(a.src), g.box(a.dst))})
@@ -626,7 +659,8 @@ def arrow_routes(g: PlanGraph) -> list[Route]:
 
 
 def draw_plan(plan: Plan, path: str | Path | None = None, ax=None, ledger: Any = None, *, costs: bool = True,
-              max_rows: int | None = None, title: bool = True, max_scale: float = 1.2):
+              max_rows: int | None = None, max_columns: int | None = None, title: bool = True,
+              max_scale: float = 1.2):
     """Draw a plan (see module docstring); save it when ``path`` is given.
 
     Args:
@@ -635,7 +669,7 @@ def draw_plan(plan: Plan, path: str | Path | None = None, ax=None, ledger: Any =
         ax: matplotlib axes to draw on; the picture, its text included, is scaled to fit them.
             None = a new figure sized to the plan (scale 1, at most 20 × 16 inches).
         ledger: passed to :func:`plan_graph` (a DryRun, a ledger, or None for a fresh dry run).
-        costs, max_rows: passed to :func:`plan_graph`.
+        costs, max_rows, max_columns: passed to :func:`plan_graph`.
         title: write the plan in words (and its totals per round) above the picture.
         max_scale: the largest scale a small plan is drawn at on ``ax`` (text stays in proportion).
 
@@ -646,7 +680,7 @@ def draw_plan(plan: Plan, path: str | Path | None = None, ax=None, ledger: Any =
     from matplotlib.lines import Line2D
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-    g = plan_graph(plan, ledger, costs=costs, max_rows=max_rows)
+    g = plan_graph(plan, ledger, costs=costs, max_rows=max_rows, max_columns=max_columns)
     words = g.title
     if g.totals:
         words += (f"\nPer round: {human_bytes(g.totals['bytes_per_round'])} moved, "
@@ -689,6 +723,10 @@ def draw_plan(plan: Plan, path: str | Path | None = None, ax=None, ledger: Any =
     if g.ellipsis is not None:
         x, y, text = g.ellipsis
         ax.text(x, y, text, ha="left", va="center", fontsize=pt(FONT_NOTE), color="0.25", zorder=3)
+    if g.trunk_ellipsis is not None:
+        x, y, text = g.trunk_ellipsis
+        ax.text(x, y, text, ha="center", va="center", fontsize=pt(FONT_NOTE), color="0.25", zorder=3,
+                linespacing=1.3)
 
     if g.junction_x is not None:
         drawn = [b for b in g.boxes if not b.hidden]

@@ -31,13 +31,37 @@ from fplstudy.views.style import KIND_PALETTE, MARKERS, PALETTE, STRATEGY_ORDER
 
 # The walk: strategy and what a newcomer should look at (each strategy's teaching text, registry order).
 WALK = tuple((s, LOOKS[s].teaching) for s in REGISTRY)
-OBJECTIVE_WORDS = {"energy_j": "energy", "bytes_total": "data moved", "makespan_s": "time",
-                   "memory_bytes_max_node": "memory of the busiest node"}
+OBJECTIVE_WORDS = {"energy_j": "energy", "energy_j_site": "energy of the nodes and the network",
+                   "bytes_total": "data moved", "makespan_s": "time", "memory_bytes_max_node": "memory of the busiest node"}
+OBJECTIVE_UNITS = {"energy_j": "J", "energy_j_site": "J", "bytes_total": "B", "makespan_s": "s",
+                   "memory_bytes_max_node": "B"}
 STRATEGY_NAMES = {s: LOOKS[s].short for s in REGISTRY}  # strategy -> its name in tables and labels
-PANEL_FIGSIZE = (12.2, 6.3)  # inches at 100 dpi: 1220 × 630 px, under the sliders within a 1500 × 950 screen
+PANEL_FIGSIZE = (12.2, 6.8)  # inches at 100 dpi: 1220 × 680 px, under the sliders within a 1500 × 950 screen
 PANEL_DPI = 100
 PANEL_MAX_ROWS = 3  # branch rows the panel's plan picture draws (the others stand in one short row)
+PANEL_MAX_COLUMNS = 3  # trunk stages the panel's plan picture draws (the others stand in one narrow column)
+PANEL_SHAPES = ((PANEL_MAX_ROWS, PANEL_MAX_COLUMNS), (PANEL_MAX_ROWS, 2), (2, 2))  # fewer, while text is small
+PANEL_MAX_HEIGHT = 8.2  # inches: the panel's figure grows to this for a plan picture that needs it
+STEP_MAX_ROWS, STEP_MAX_COLUMNS = 4, 4  # the same for the walk's pictures, which keep their text at full size
+MIN_FONT = 8.0  # points: the smallest text of the panel's figure at its display size
+SI_PREFIXES = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""), (1e-3, "m"), (1e-6, "µ"))
 
+
+def si(value: float | None, unit: str, digits: int = 3) -> str:
+    """``value`` with an SI prefix and ``digits`` significant figures: ``si(2595704832, "FLOP")`` →
+    ``2.60 GFLOP``, ``si(0.0123, "J")`` → ``12.3 mJ``, ``si(0, "B")`` → ``0 B``; None → an empty string."""
+    if value is None or value != value:  # None or NaN
+        return ""
+    if value == 0:
+        return f"0 {unit}"
+    for factor, prefix in SI_PREFIXES:
+        scaled = value / factor
+        text = f"{scaled:#.{digits}g}".rstrip(".")
+        if abs(float(text)) >= 1 or factor == SI_PREFIXES[-1][0]:
+            if abs(float(text)) >= 1000 and factor != SI_PREFIXES[0][0]:
+                continue  # rounding reached the next prefix (999.7 k → 1.00 M), taken by the larger factor
+            return f"{text} {prefix}{unit}"
+    return f"{value:.{digits}g} {unit}"
 
 def walk_configs(base: dict[str, Any], nodes: int) -> list[dict[str, Any]]:
     """The config of each step of :data:`WALK` (``centralized`` on its 1 node, the others on ``nodes``)."""
@@ -73,6 +97,54 @@ def node_cost_table(dry: DryRun) -> pd.DataFrame:
     out = pd.DataFrame(rows)
     out["energy_j"] = out["compute_j"] + out["radio_j"] + out["idle_j"]
     return out
+
+
+COST_COLUMNS = {  # column of node_cost_table / summary_row / the search -> (heading, unit of its values)
+    "flops": ("work per round", "FLOP"), "compute_j": ("compute energy", "J"), "radio_j": ("radio energy", "J"),
+    "idle_j": ("idle energy", "J"), "energy_j": ("energy per round", "J"), "bytes_tx": ("sent per round", "B"),
+    "bytes_rx": ("received per round", "B"), "memory_bytes": ("peak memory", "B"),
+    "bytes_per_round": ("data moved per round", "B"), "energy_j_per_round": ("energy per round, all nodes", "J"),
+    "energy_j_max_node_per_round": ("energy per round, busiest node", "J"),
+    "makespan_s_per_round": ("time per round", "s"), "memory_bytes_max_node": ("memory of the busiest node", "B"),
+    "model_params_ratio": ("parameters deployed / model's", ""), "nodes_used": ("nodes used", ""),
+    "energy_j_site": ("energy, nodes and network", "J"), "makespan_s": ("time", "s"),
+}
+
+
+def readable_table(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` for reading: each cost column (:data:`COST_COLUMNS`) under its heading, its values as
+    text with units and SI prefixes (``2.60 GFLOP``, ``5.89 MB``); other columns as they are."""
+    out = pd.DataFrame(index=table.index)
+    for column in table.columns:
+        heading, unit = COST_COLUMNS.get(column, (column, None))
+        if unit is None or column == "nodes_used":
+            out[heading] = table[column]
+        elif unit:
+            out[heading] = [si(v, unit) for v in table[column]]
+        else:
+            out[heading] = [f"{v:.3g}" for v in table[column]]
+    return out
+
+
+def html_table(table: pd.DataFrame) -> str:
+    """HTML of ``table`` without an index, every cell in full (no truncated text), long text wrapping
+    between words within its column."""
+    with pd.option_context("display.max_colwidth", None):
+        body = table.to_html(index=False, escape=True, border=0)
+    return ('<div style="overflow-x:auto"><style>.fpl-table td{white-space:normal;word-break:normal;'
+            'text-align:left;max-width:38em;vertical-align:top}</style>'
+            + body.replace('class="dataframe"', 'class="dataframe fpl-table"', 1) + "</div>")
+
+
+def front_table(res, placement: bool = False, rows: int = 15) -> pd.DataFrame:
+    """The first ``rows`` plans of a search's Pareto front for reading: the plan in words (in full), its
+    placement on a topology (``placement``), the nodes it uses and its costs with units."""
+    front = res.front.head(rows)
+    columns = [*(["placement"] if placement else []), "nodes_used", "bytes_per_round", "energy_j_site",
+               "makespan_s", "memory_bytes_max_node"]
+    out = readable_table(front[columns])
+    out.insert(0, "plan", [readable_name(row) for _, row in front.iterrows()])
+    return out.reset_index(drop=True)
 
 
 def energy_by_kind(dry: DryRun) -> pd.DataFrame:
@@ -113,21 +185,23 @@ def walk(base: dict[str, Any], nodes: int) -> tuple[list[DryRun], pd.DataFrame]:
 
 
 def show_step(dry: DryRun) -> pd.DataFrame:
-    """One step of the walk in the notebook: what to look at, the plan picture and its per-node costs.
+    """One step of the walk in the notebook: what to look at (as text), the plan picture (at most
+    :data:`STEP_MAX_ROWS` branch rows and :data:`STEP_MAX_COLUMNS` trunk stages, so its text keeps its
+    size on a notebook's width) and its per-node costs with units.
 
     Returns:
-        The per-node cost table (also displayed).
+        The per-node cost table (numbers; displayed with units).
     """
     import matplotlib.pyplot as plt
-    from IPython.display import display
+    from IPython.display import HTML, Markdown, display
 
     from fplstudy.views.planfig import draw_plan
 
-    print(dict(WALK)[dry.plan.strategy])
-    draw_plan(dry.plan, ledger=dry)
+    display(Markdown(dict(WALK)[dry.plan.strategy]))
+    draw_plan(dry.plan, ledger=dry, max_rows=STEP_MAX_ROWS, max_columns=STEP_MAX_COLUMNS)
     plt.show()
     costs = node_cost_table(dry)
-    display(costs.round(3))
+    display(HTML(html_table(readable_table(costs))))
     return costs
 
 
@@ -176,9 +250,36 @@ def slider_values(base: dict[str, Any], nodes: int, branches: int, junction_at: 
     return values
 
 
+_PRICED: dict[str, DryRun] = {}  # slider position's config (as JSON) -> its dry run
+_REFERENCES: dict[str, pd.DataFrame] = {}  # (base, nodes, device, link) as JSON -> the walk's table there
+CACHE_SIZE = 256  # positions kept by price_choice; the oldest go first
+
+
+def _key(*parts: Any) -> str:
+    import json
+
+    return json.dumps(parts, sort_keys=True, default=str)
+
+
 def price_choice(values: dict[str, Any]) -> DryRun:
-    """Dry-run one slider position (raises ConfigError for an impossible combination)."""
-    return dry_run_of(values)
+    """Dry-run one slider position (raises ConfigError for an impossible combination); a position
+    priced before is not priced again (the dry run depends on the config alone)."""
+    key = _key(values)
+    if key not in _PRICED:
+        if len(_PRICED) >= CACHE_SIZE:
+            del _PRICED[next(iter(_PRICED))]
+        _PRICED[key] = dry_run_of(values)
+    return _PRICED[key]
+
+
+def reference_walk(base: dict[str, Any], nodes: int, device: str, link: str) -> pd.DataFrame:
+    """The walk's table (:func:`walk`) priced with ``device`` and ``link``, the keys a slider position
+    sets (:func:`slider_values`), so the reference plans and the slider's plan share devices and links;
+    kept per ``(base, nodes, device, link)``, so coming back to a device or link costs nothing."""
+    key = _key(base, nodes, device, link)
+    if key not in _REFERENCES:
+        _REFERENCES[key] = walk({**base, "device": device, "link": link}, nodes)[1]
+    return _REFERENCES[key]
 
 
 @dataclass
@@ -317,105 +418,188 @@ def _ranges(values: list) -> str:
     return ", ".join(parts)
 
 
-def draw_choice(dry: DryRun, reference: pd.DataFrame):
+def draw_choice(dry: DryRun, reference: pd.DataFrame, where: str = ""):
     """The slider's figure: the plan picture, its per-node energy by kind, and where it sits among the
-    reference plans (the walk) on bytes vs energy per round. The plan picture goes above the two charts
-    or, for plans with many branch rows, left of them: whichever draws it larger.
+    reference plans (the walk, priced on the same devices and links: ``where`` names them in the title)
+    on bytes vs energy per round. The plan picture goes above the two charts or, for plans with many
+    branch rows, left of them: whichever draws it larger. Text is at least :data:`MIN_FONT` points at the
+    figure's size, legends sit beside the data, and the reference plans' labels are placed clear of each
+    other and of every point (:func:`place_labels`).
 
     Returns:
-        The matplotlib Figure (not registered with pyplot: display it, or save it).
+        The matplotlib Figure (not registered with pyplot, with an Agg canvas: display it, or save it).
     """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from fplstudy.views.planfig import (
-        LINE_H,
-        draw_plan,
-        human_bytes,
-        plan_graph,
-        wrap_text,
-    )
+    from fplstudy.views.planfig import FONT_ARROW, LINE_H, draw_plan, human_bytes, plan_graph, wrap_text
 
-    g = plan_graph(dry.plan, dry, costs=False, max_rows=PANEL_MAX_ROWS)
     W, H = PANEL_FIGSIZE
-    fig = Figure(figsize=(W, H), dpi=PANEL_DPI)
-    title = (g.title + f"\nPer round: {human_bytes(g.totals['bytes_per_round'])} moved, "
-             f"{g.totals['energy_j_per_round']:.3g} J, {g.totals['makespan_s_per_round']:.3g} s")
     font, charts_h, side_w = 9.5, 0.4 * H, 0.58 * W  # the charts' band (top layout), the plan's column (side)
+    legend_w = 1.3  # inches right of the energy chart for its legend
 
-    def title_h(width: float) -> tuple[str, float]:
+    def title_h(title: str, width: float) -> tuple[str, float]:
         text = wrap_text(title, width, font)
         return text, (text.count("\n") + 1) * font * LINE_H + 0.15
 
-    top_text, top_th = title_h(W - 0.2)
-    side_text, side_th = title_h(side_w - 0.2)
-    top_plan = (0.1, charts_h + 0.05, W - 0.2, H - top_th - charts_h - 0.05)  # inches: x, y, w, h
-    side_plan = (0.1, 0.1, side_w - 0.2, H - side_th - 0.15)
-    scale = {k: min(r[2] / g.width, r[3] / g.height) for k, r in (("top", top_plan), ("side", side_plan))}
+    # fewer rows and trunk stages drawn until the picture's smallest text (FONT_ARROW) reaches MIN_FONT;
+    # a picture still too tall for that makes the figure taller (up to PANEL_MAX_HEIGHT)
+    least = MIN_FONT / FONT_ARROW
+    for rows, columns in PANEL_SHAPES:
+        shape = dict(max_rows=rows, max_columns=columns)
+        g = plan_graph(dry.plan, dry, costs=False, **shape)
+        title = (g.title + f"\nPer round: {human_bytes(g.totals['bytes_per_round'])} moved, "
+                 f"{si(g.totals['energy_j_per_round'], 'J')}, {si(g.totals['makespan_s_per_round'], 's')}")
+        top_text, top_th = title_h(title, W - 0.2)
+        side_text, side_th = title_h(title, side_w - 0.2)
+        if (W - 0.2) / g.width >= least:
+            H = max(H, min(PANEL_MAX_HEIGHT, top_th + charts_h + 0.1 + g.height * least))
+        top_plan = (0.1, charts_h + 0.05, W - 0.2, H - top_th - charts_h - 0.05)  # inches: x, y, w, h
+        side_plan = (0.1, 0.1, side_w - 0.2, H - side_th - 0.15)
+        scale = {k: min(r[2] / g.width, r[3] / g.height) for k, r in (("top", top_plan), ("side", side_plan))}
+        if max(scale.values()) >= least:
+            break
+    fig = Figure(figsize=(W, H), dpi=PANEL_DPI)
+    FigureCanvasAgg(fig)
     inches = lambda x, y, w, h: (x / W, y / H, w / W, h / H)  # noqa: E731
     if scale["top"] >= scale["side"]:
         fig.text(0.5, 1 - 0.08 / H, top_text, ha="center", va="top", fontsize=font)
         plan_ax = fig.add_axes(inches(*top_plan))
-        energy_ax = fig.add_axes(inches(0.65, 0.5, W / 2 - 1.0, charts_h - 0.95))
-        trade_ax = fig.add_axes(inches(W / 2 + 0.75, 0.5, W / 2 - 0.95, charts_h - 0.95))
+        energy_ax = fig.add_axes(inches(0.8, 0.5, W / 2 - 0.8 - legend_w, charts_h - 0.95))
+        trade_ax = fig.add_axes(inches(W / 2 + 0.8, 0.5, W / 2 - 0.95, charts_h - 0.95))
     else:
         fig.text(side_w / 2 / W, 1 - 0.08 / H, side_text, ha="center", va="top", fontsize=font)
         plan_ax = fig.add_axes(inches(*side_plan))
-        x, w = side_w + 0.6, W - side_w - 0.75
-        energy_ax = fig.add_axes(inches(x, H / 2 + 0.45, w, H / 2 - 0.8))
-        trade_ax = fig.add_axes(inches(x, 0.5, w, H / 2 - 1.15))
-    draw_plan(dry.plan, ax=plan_ax, ledger=dry, costs=False, max_rows=PANEL_MAX_ROWS, title=False)
-
-    energy = energy_by_kind(dry)
-    bottom = None
-    for kind in energy.columns:
-        energy_ax.bar(energy.index, energy[kind], bottom=bottom, color=KIND_PALETTE[kind], label=kind.replace("_", " "),
-                      edgecolor="black", linewidth=0.3)
-        bottom = energy[kind] if bottom is None else bottom + energy[kind]
-    energy_ax.set_ylabel("J per round", fontsize=9)
-    energy_ax.set_title("Energy of each node per round (J), by kind of work", fontsize=9.5)
-    energy_ax.tick_params(labelsize=8)
-    energy_ax.legend(fontsize=7, ncol=2, loc="upper right", frameon=True, framealpha=0.8)
-    energy_ax.set_ylim(0, float(bottom.max()) * 1.45 if bottom is not None else 1)
-    energy_ax.grid(axis="y", alpha=0.3)
-
-    ref = reference
-    for s in STRATEGY_ORDER:
-        part = ref[ref["strategy"] == s]
-        if part.empty:
-            continue
-        trade_ax.scatter(part["bytes_per_round"] / 1e6, part["energy_j_per_round"], color=PALETTE[s],
-                         marker=MARKERS[s], s=60, edgecolor="black", linewidth=0.5, zorder=3)
-    _label_points(trade_ax, ref["bytes_per_round"] / 1e6, ref["energy_j_per_round"],
-                  [f"{STRATEGY_NAMES[s]} ({n})" for s, n in zip(ref["strategy"], ref["nodes_used"])])
-    me = summary_row(dry)
-    trade_ax.scatter([me["bytes_per_round"] / 1e6], [me["energy_j_per_round"]], color=PALETTE["fpl"], s=220,
-                     marker="*", edgecolor="black", linewidth=0.8, zorder=4,
-                     label=f"this plan ({me['nodes_used']} nodes)")
-    fixed = {s.name: s.fixed_nodes for s in REGISTRY.values() if s.fixed_nodes is not None}  # centralized: 1
-    walk_nodes = sorted(set(ref.loc[~ref["strategy"].isin(list(fixed)), "nodes"]))
-    trade_ax.set_xlabel("data moved per round (MB)", fontsize=9)
-    trade_ax.set_ylabel("energy per round, all nodes (J)", fontsize=9)
-    trade_ax.set_title(f"Where this plan sits: the walk's plans priced at {', '.join(map(str, walk_nodes))} "
-                       f"nodes\n({''.join(f'{name} at {n}; ' for name, n in fixed.items())}nodes used in "
-                       f"brackets)", fontsize=9)
-    trade_ax.tick_params(labelsize=8)
-    trade_ax.legend(fontsize=8, loc="lower right")
-    trade_ax.grid(alpha=0.3)
-    trade_ax.margins(x=0.15, y=0.15)
+        x = side_w + 0.75
+        energy_ax = fig.add_axes(inches(x, H / 2 + 0.45, W - x - 0.1 - legend_w, H / 2 - 0.8))
+        trade_ax = fig.add_axes(inches(x, 0.5, W - x - 0.15, H / 2 - 1.15))
+    draw_plan(dry.plan, ax=plan_ax, ledger=dry, costs=False, title=False, **shape)
+    _energy_chart(energy_ax, energy_by_kind(dry))
+    _trade_chart(trade_ax, dry, reference, where)
     return fig
 
 
-def _label_points(ax, xs, ys, labels, fontsize: float = 7.5) -> None:
-    """Label scatter points right of each; a point close to one labelled before (within 6 % of both
-    axes' spans) gets its label below instead, so the two do not overlap."""
-    xs, ys = list(xs), list(ys)
-    span_x = (max(xs) - min(xs)) or 1.0
-    span_y = (max(ys) - min(ys)) or 1.0
-    placed: list[tuple[float, float]] = []
+def prefix_of(value: float) -> tuple[float, str]:
+    """The SI factor and prefix that write ``value`` (and smaller values of an axis) with 1 to 3 digits
+    before the point: ``(1e3, "k")`` for 516,000."""
+    for factor, prefix in SI_PREFIXES:
+        if abs(value) >= factor:
+            return factor, prefix
+    return SI_PREFIXES[-1]
+
+
+def _energy_chart(ax, energy: pd.DataFrame) -> None:
+    """Stacked bars of each node's energy per round by kind of work, the legend right of the axes."""
+    total = energy.sum(axis=1)
+    factor, prefix = prefix_of(float(total.max()) if len(total) else 1.0)
+    bottom = None
+    for kind in energy.columns:
+        ax.bar(energy.index, energy[kind] / factor, bottom=bottom, color=KIND_PALETTE[kind],
+               label=kind.replace("_", " "), edgecolor="black", linewidth=0.3)
+        bottom = energy[kind] / factor if bottom is None else bottom + energy[kind] / factor
+    ax.set_ylabel(f"{prefix}J per round", fontsize=9)
+    ax.set_title("Energy of each node per round, by kind of work", fontsize=9.5)
+    ax.tick_params(labelsize=MIN_FONT)
+    ax.legend(fontsize=MIN_FONT, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, borderaxespad=0,
+              handlelength=1.2)
+    ax.set_ylim(0, float(bottom.max()) * 1.08 if bottom is not None else 1)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _trade_chart(ax, dry: DryRun, ref: pd.DataFrame, where: str) -> None:
+    """The reference plans and this plan (a star) on data moved vs energy per round, each labelled."""
+    from fplstudy.views.planfig import wrap_text
+
+    me = summary_row(dry)
+    xs = [*ref["bytes_per_round"], me["bytes_per_round"]]
+    ys = [*ref["energy_j_per_round"], me["energy_j_per_round"]]
+    (fx, px), (fy, py) = prefix_of(max(xs)), prefix_of(max(ys))
+    xs, ys = [x / fx for x in xs], [y / fy for y in ys]
+    for s in STRATEGY_ORDER:
+        mine = [i for i, strat in enumerate(ref["strategy"]) if strat == s]
+        if mine:
+            ax.scatter([xs[i] for i in mine], [ys[i] for i in mine], color=PALETTE[s], marker=MARKERS[s], s=60,
+                       edgecolor="black", linewidth=0.5, zorder=3)
+    ax.scatter(xs[-1:], ys[-1:], color=PALETTE["fpl"], s=220, marker="*", edgecolor="black", linewidth=0.8,
+               zorder=4)
+    fixed = {s.name: s.fixed_nodes for s in REGISTRY.values() if s.fixed_nodes is not None}  # centralized: 1
+    walk_nodes = sorted(set(ref.loc[~ref["strategy"].isin(list(fixed)), "nodes"]))
+    ax.set_xlabel(f"data moved per round ({px}B)", fontsize=9)
+    ax.set_ylabel(f"energy per round, all nodes ({py}J)", fontsize=9)
+    on = f" on {where}" if where else ""
+    title = (f"Where this plan sits: the walk's plans priced at {', '.join(map(str, walk_nodes))} nodes{on}\n"
+             f"({''.join(f'{name} at {n}; ' for name, n in fixed.items())}nodes used in brackets)")
+    ax.set_title(wrap_text(title, ax.get_position().width * ax.figure.get_figwidth(), 9), fontsize=9)
+    ax.tick_params(labelsize=MIN_FONT)
+    ax.grid(alpha=0.3)
+    labels = [f"{STRATEGY_NAMES[s]} ({n})" for s, n in zip(ref["strategy"], ref["nodes_used"])]
+    place_labels(ax, xs, ys, [*labels, f"this plan ({me['nodes_used']})"], sizes=[60] * len(labels) + [220])
+
+
+LABEL_OFFSETS = [(dx * r, dy * r) for r in (1.0, 2.2, 3.6) for dx, dy in
+                 ((7, 2), (7, -2), (-7, 2), (-7, -2), (0, 8), (0, -8))]  # points from the labelled point
+
+
+def _align(dx: float, dy: float) -> dict[str, str]:
+    """A label's alignment at offset ``(dx, dy)`` from its point: its near corner or edge on the point."""
+    return {"ha": "left" if dx > 0 else "right" if dx < 0 else "center", "va": "bottom" if dy > 0 else "top"}
+
+
+def place_labels(ax, xs, ys, labels, sizes, fontsize: float = MIN_FONT, margin: float = 0.12) -> list:
+    """Label scatter points where the label overlaps no other label, no point and stays inside the axes:
+    the first of :data:`LABEL_OFFSETS` that does (the least overlapping, when none does), with a thin line
+    back to its point when it sits further out. Sets the axes' limits (``margin`` of the data's span on
+    each side) first, since where a label lands on screen depends on them.
+
+    Args:
+        sizes: each point's marker area (points², as ``scatter``'s ``s``).
+
+    Returns:
+        The annotations, in the order of ``labels``.
+    """
+    import numpy as np
+    from matplotlib.transforms import Bbox
+
+    for values, setter in ((xs, ax.set_xlim), (ys, ax.set_ylim)):
+        lo, hi = min(values), max(values)
+        pad = (hi - lo) * margin or abs(hi) * margin or 1.0
+        setter(lo - pad, hi + pad)
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    px = fig.dpi / 72
+    centres = ax.transData.transform(np.column_stack([xs, ys]))
+    taken = [Bbox.from_extents(cx - r, cy - r, cx + r, cy + r)
+             for (cx, cy), r in zip(centres, (np.sqrt(sizes) / 2 * px))]  # every marker
+    frame = ax.get_window_extent(renderer)
+
+    def cost(box) -> float:
+        def area(other) -> float:
+            w = min(box.x1, other.x1) - max(box.x0, other.x0)
+            h = min(box.y1, other.y1) - max(box.y0, other.y0)
+            return max(w, 0.0) * max(h, 0.0)
+        return sum(area(other) for other in taken) + box.width * box.height - area(frame)
+
+    out = []
     for x, y, text in zip(xs, ys, labels):
-        near = any(abs(x - px) < 0.06 * span_x and abs(y - py) < 0.06 * span_y for px, py in placed)
-        ax.annotate(text, (x, y), fontsize=fontsize, xytext=(6, -11) if near else (6, 3), textcoords="offset points")
-        placed.append((x, y))
+        ann = ax.annotate(text, (x, y), xytext=LABEL_OFFSETS[0], textcoords="offset points", fontsize=fontsize,
+                          zorder=5)
+        best = None
+        for dx, dy in LABEL_OFFSETS:
+            ann.set_position((dx, dy))
+            ann.update(_align(dx, dy))
+            c = cost(ann.get_window_extent(renderer))
+            if best is None or c < best[0]:
+                best = (c, dx, dy)
+            if c <= 0:
+                break
+        _, dx, dy = best
+        ann.remove()
+        far = abs(dx) > 7 or abs(dy) > 8  # a line back to the point
+        ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize, zorder=5,
+                          **_align(dx, dy), arrowprops=dict(arrowstyle="-", color="0.5", lw=0.6, shrinkA=0, shrinkB=4) if far else None)
+        taken.append(ann.get_window_extent(renderer))
+        out.append(ann)
+    return out
 
 
 def figure_png(fig) -> bytes:
@@ -443,8 +627,12 @@ class SliderPanel(VBox):
         import ipywidgets as w
 
         self.base, self.reference, self.space = base, reference, space
+        fixed = [s for s, st in REGISTRY.items() if st.fixed_nodes is not None]
+        walk_nodes = reference.loc[~reference["strategy"].isin(fixed), "nodes"]
+        self.walk_nodes = int(walk_nodes.iloc[0]) if len(walk_nodes) else nodes  # the reference plans' nodes
         self.dry: DryRun | None = None
         self.png: bytes = b""
+        self._pngs: dict[str, bytes] = {}  # position (as JSON) -> its figure's PNG
         self._busy = False
         start, _ = space.settle({"nodes": min(space.nodes, key=lambda n: abs(n - nodes)), "branches": branches,
                                  "junction_at": junction_at, "junction": junction})
@@ -479,6 +667,13 @@ class SliderPanel(VBox):
         super().__init__([w.HBox([c["nodes"], c["branches"], c["junction_at"]]),
                           w.HBox([c["junction"], c["device"], c["link"]]), self.status, self.image, self.table])
         self.show(self.position())
+
+    def references(self, device: str, link: str) -> pd.DataFrame:
+        """The reference plans the figure compares against: the walk at :attr:`walk_nodes` priced with
+        ``device`` and ``link`` (:func:`reference_walk`); on a topology, which sets both, the table given."""
+        if self.site:
+            return self.reference
+        return reference_walk(self.base, self.walk_nodes, device, link)
 
     def _cut_options(self, position: dict[str, Any]) -> list[tuple[str, int]]:
         """The cut point's options, labelled with the layer the cut follows."""
@@ -528,8 +723,14 @@ class SliderPanel(VBox):
             self.status.value = (f"<b>not a plan</b>: {'; '.join(hints) or exc}. The figure still shows the last "
                                  f"plan.")
             return False
-        fig = draw_choice(dry, self.reference)
-        self.dry, self.png = dry, figure_png(fig)
+        key = _key(position)
+        if key not in self._pngs:  # the figure depends on the position alone: drawn once per position
+            if len(self._pngs) >= CACHE_SIZE:
+                del self._pngs[next(iter(self._pngs))]
+            where = f"topology {self.site}" if self.site else f"{position['device']}, {position['link']}"
+            self._pngs[key] = figure_png(draw_choice(dry, self.references(position["device"], position["link"]),
+                                                     where))
+        self.dry, self.png = dry, self._pngs[key]
         self.image.value = self.png
         d = position
         lines = [f"<b>{d['nodes']} nodes</b> = {_count(d['branches'], 'branch', 'branches')} of one node + a trunk "
@@ -542,7 +743,7 @@ class SliderPanel(VBox):
             lines.append(f"<span style='color:#555'>Devices and links: topology {self.site} ({where}), so the "
                          f"device and link menus are off.</span>")
         self.status.value = "<br>".join(lines)
-        self.table.value = node_cost_table(dry).round(3).to_html(index=False)
+        self.table.value = html_table(readable_table(node_cost_table(dry)))
         return True
 
     def _repr_mimebundle_(self, **kwargs):
@@ -599,7 +800,7 @@ def plot_front(res, x: str = "bytes_per_round", y: str = "energy_j", ax=None):
     ax.set_ylabel(y_label)
     nodes = sorted(set(plans["nodes"]))
     ax.set_title(f"{len(plans)} plans for {', '.join(map(str, nodes))} nodes; {len(front)} on the Pareto front\n"
-                 f"(least {', '.join(OBJECTIVE_WORDS.get(o, o) for o in res.objectives)})", fontsize=10)
+                 f"(least {', '.join(OBJECTIVE_WORDS.get(o, o.replace('_', ' ')) for o in res.objectives)})", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
     return ax.figure
@@ -639,10 +840,12 @@ def lessons(table: pd.DataFrame, res) -> str:
     ]
     if len(res.front):
         counts = res.front["strategy"].value_counts()
-        best = {o: readable_name(res.front.loc[res.front[o].idxmin()]) for o in res.objectives}
+        best = {o: res.front.loc[res.front[o].idxmin()] for o in res.objectives}
         lines.append(f"- The search priced {len(res.plans)} valid plans in {res.seconds:.1f} s; "
                      f"{len(res.front)} are Pareto-optimal, by strategy: "
                      + ", ".join(f"{STRATEGY_NAMES.get(k, k)} {v}" for k, v in counts.items()) + ".")
         lines.append("- Cheapest plan per objective: "
-                     + "; ".join(f"least {OBJECTIVE_WORDS.get(o, o)}: *{n}*" for o, n in best.items()) + ".")
+                     + "; ".join(f"least {OBJECTIVE_WORDS.get(o, o.replace('_', ' '))}: *{readable_name(row)}* "
+                                 f"({si(row[o], OBJECTIVE_UNITS[o]) if o in OBJECTIVE_UNITS else f'{row[o]:.3g}'})"
+                                 for o, row in best.items()) + ".")
     return "\n".join(lines)

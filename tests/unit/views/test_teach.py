@@ -153,7 +153,7 @@ def test_panel_figure_reads_at_screen_size(panel):
     assert len(box_text) == 6 and min(t.get_fontsize() for t in box_text) >= 8.5
     assert max(t.get_fontsize() for t in box_text) <= FONT_BOX * 1.2
     titles = [ax.get_title() for ax in fig.axes[1:]]
-    assert "(J)" in titles[0] and "priced at 4 nodes" in titles[1]
+    assert fig.axes[1].get_ylabel().endswith("J per round") and "priced at 4 nodes" in titles[1]
     assert fig.axes[2].get_xlabel() == "data moved per round (MB)"
 
 

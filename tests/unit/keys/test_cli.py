@@ -164,16 +164,18 @@ def test_files_written_honour_the_umask(umask, tmp_path):
     assert set(folders.values()) == {0o777 & ~umask}, folders
 
 
-@pytest.mark.xfail(strict=True, reason="fplstudy.facts.flops keeps its FLOP profiles with mkstemp's mode (0600) "
-                                       "whatever the umask: it does not call fplstudy.paths.honour_umask")
-def test_the_flop_cache_honours_the_umask(tmp_path):
+def test_the_caches_honour_the_umask(tmp_path):
+    """The FLOP profile and the dataset split kept on disk (fplstudy.facts.cache) get the mode an ordinary
+    open gives under the umask, as every file the commands write does."""
     code = ("import os, sys; os.umask(0o022); from fplstudy.cli import main; "
             "sys.exit(main(['plan', '--set', 'strategy=fl', '--set', 'nodes=2']))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "FPLSTUDY_CACHE": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "flops").iterdir()}
-    assert modes and set(modes.values()) == {0o644}, modes
+    modes = {p.relative_to(tmp_path).as_posix(): p.stat().st_mode & 0o777 for p in tmp_path.rglob("*")}
+    assert {name.split("/")[0] for name in modes} == {"flops", "splits"}, modes
+    assert set(modes.values()) == {0o644, 0o755}, modes
+    assert all(mode == (0o755 if (tmp_path / name).is_dir() else 0o644) for name, mode in modes.items()), modes
 
 
 def test_run_says_what_it_will_train_before_it_prepares(tmp_path):

@@ -237,7 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fplstudy {fplstudy.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="train a plan; write metrics.json, rounds.csv, ledger.csv")
+    p = sub.add_parser("run", help="train a plan; write metrics.json, rounds.csv, ledger.csv",
+                       description="Train a plan and write metrics.json, rounds.csv and ledger.csv to --out. It says "
+                                   "at once what it will train, then the plan's name (as explore names it) before it "
+                                   "loads the data, then shows a progress bar (unless --quiet) and a closing line.")
     _add_config_args(p)
     p.add_argument("--out", required=True, help="run folder to write (new or empty, unless --resume/--overwrite)")
     again = p.add_mutually_exclusive_group()
@@ -263,7 +266,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder to write ledger.csv and metrics.json (default: print totals only)")
     p.add_argument("--overwrite", action="store_true", help="replace the run files in a non-empty --out")
 
-    p = sub.add_parser("explore", help="price every valid plan for --set nodes=N (dry runs); write the Pareto front")
+    p = sub.add_parser("explore", help="price every valid plan for --set nodes=N (dry runs); write the Pareto front",
+                       description="Price every valid plan for --set nodes=N (dry runs) and keep the Pareto front. "
+                                   "While it runs it says how many candidates it resolves and about how long pricing "
+                                   "will take; then it counts the refused candidates by reason, prints the front "
+                                   "(names, objectives in J, MB and s), the exact `fplstudy run` command of its first "
+                                   "plan, and a legend of the parts of the plan names in it, e.g. "
+                                   "fpl-3x1+1-j7-shared-none-b-t: 3 branches of 1 stage and a trunk of 1 stage, the "
+                                   "junction after the first 7 blocks, a shared junction, no sync, no cuts inside the "
+                                   "branches (b) or the trunk (t). The CSV's set column holds each plan's --set pairs.")
     _add_config_args(p)
     p.add_argument("--out", type=_output_file, help="CSV file for the front (default: print it); an existing file "
                                                     "only if explore wrote it, unless --overwrite")
@@ -424,20 +435,80 @@ def _cmd_explore(cfg: Config, args) -> int:
     note = _declared_note(cfg)
     if note:
         print(note)
-    print(f"{len(res.plans)} valid plans ({res.refused} candidates refused), "
-          f"{int(res.plans['within_budget'].sum())} within budget, {len(front)} on the front; {res.seconds:.1f} s")
+    print(f"{len(res.plans)} valid plans ({res.refused} candidates refused, {res.repeats} repeats of a plan already "
+          f"found), {int(res.plans['within_budget'].sum())} within budget, {len(front)} on the front; "
+          f"{res.seconds:.1f} s")
+    for line in refusal_lines(res.refusals):
+        print(line)
     from fplstudy.train.results import atomic_write_text
 
     if args.all_out:
         from fplstudy.costs.search import plans_csv
 
         atomic_write_text(args.all_out, plans_csv(res).to_csv(index=False))
+    for line in front_lines(res.front, front, res.objectives, args.out):
+        print(line)
     if args.out:
         atomic_write_text(args.out, front.to_csv(index=False))
         print(f"wrote {args.out}")
-    else:
-        print(front[["name", *res.objectives]].to_string(index=False))
     return 0
+
+
+TOP_REASONS = 5  # refusal reasons explore prints (the rest are summed in one line)
+SHOWN_PLANS = 20  # front plans explore prints when it writes them all to --out
+# explore's cost columns as its table heads them: (head, divisor)
+UNITS = {"energy_j_site": ("energy J", 1.0), "energy_j": ("plan nodes J", 1.0), "energy_j_max_node": ("busiest J", 1.0),
+         "energy_j_network": ("network J", 1.0), "bytes_total": ("sent MB", 1e6), "bytes_per_round": ("MB/round", 1e6),
+         "makespan_s": ("makespan s", 1.0), "memory_bytes_max_node": ("memory MB", 1e6),
+         "flops_total": ("GFLOP", 1e9), "model_params": ("params", 1.0), "model_params_ratio": ("params ratio", 1.0)}
+
+
+def refusal_lines(refusals: dict[str, int]) -> list[str]:
+    """The refused candidates of a search by reason (:func:`fplstudy.costs.search.refusal_reason`), the most
+    frequent :data:`TOP_REASONS` one a line, the rest summed."""
+    if not refusals:
+        return []
+    ranked = sorted(refusals.items(), key=lambda kv: -kv[1])
+    width = len(str(ranked[0][1]))
+    lines = ["refused, by reason (N: a number, …: details):"] + [f"  {n:>{width}}  {why}"
+                                                                     for why, n in ranked[:TOP_REASONS]]
+    rest = ranked[TOP_REASONS:]
+    if rest:
+        lines.append(f"  {sum(n for _, n in rest):>{width}}  for {len(rest)} other reasons")
+    return lines
+
+
+def front_lines(front, csv, objectives: Sequence[str], out: str | None) -> list[str]:
+    """The front as explore prints it: a table of names and objectives in units, how to train its first plan
+    (the exact ``fplstudy run`` command of its ``set`` column) and what the parts of the names mean."""
+    import shlex
+    import textwrap
+
+    from fplstudy.costs.search import name_legend, set_pairs
+    from fplstudy.plans.strategies import strategy
+
+    if front.empty:
+        return ["the front is empty: no plan is within the budgets (and fits its devices' memory)"]
+    shown = front if out is None else front.head(SHOWN_PLANS)
+    columns = [("plan", list(shown["name"]))] + [
+        (UNITS.get(o, (o, 1.0))[0], [f"{v / UNITS.get(o, (o, 1.0))[1]:.4g}" for v in shown[o]]) for o in objectives]
+    widths = [max(len(head), *map(len, cells)) for head, cells in columns]
+    lines = ["front (objectives minimised):"] + [
+        "  " + "  ".join(cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in enumerate(zip(row, widths)))
+        for row in zip(*([head, *cells] for head, cells in columns))]
+    if len(shown) < len(front):
+        lines.append(f"  ... and {len(front) - len(shown)} more in {out}")
+    first = front.iloc[0]
+    command = ["fplstudy", "run", *(a for pair in set_pairs(csv["set"].iloc[0]) for a in ("--set", pair)),
+               "--out", f"runs/{first['name']}"]
+    lines += [f"the first plan: {strategy(first['strategy']).describe(first)}; train it with",
+              "  " + shlex.join(command),
+              "  (" + (f"each row's set column in {out} holds its --set pairs" if out else
+                       "--out FILE writes every front plan's --set pairs, its set column") + ")",
+              "plan names:"]
+    for entry in name_legend(front["name"]):
+        lines += textwrap.wrap(entry, width=110, initial_indent="  ", subsequent_indent="      ")
+    return lines
 
 
 def _cmd_emulated(cfg: Config, args) -> int:
@@ -481,9 +552,29 @@ def _cmd_calibrate(args) -> int:
     return 0
 
 
+def run_intro(cfg: Config, args) -> str:
+    """The line ``fplstudy run`` prints once its config is read, before it loads torch: what it is about to train
+    and where."""
+    return (f"run: {cfg.strategy} on {cfg.nodes} node{'s' if cfg.nodes != 1 else ''}, {cfg.rounds} "
+            f"round{'s' if cfg.rounds != 1 else ''}, {args.backend} backend, into {args.out}"
+            + (" (continuing its run)" if args.resume else "") + "; loading torch and resolving the plan ...")
+
+
+def run_plan_line(plan) -> str:
+    """The line ``fplstudy run`` prints once the plan is resolved, before the data is loaded: the plan's name (as
+    explore names it) and shape in words."""
+    from fplstudy.costs.search import plan_name, plan_row
+    from fplstudy.plans.strategies import strategy
+
+    return (f"run: plan {plan_name(plan)} ({strategy(plan.strategy).describe(plan_row(plan))}); loading and "
+            f"partitioning the data, building the nodes' models ...")
+
+
 def _cmd_run(cfg: Config, args) -> int:
+    from fplstudy.plans.plan import resolve
     from fplstudy.train.runner import run
 
+    print(run_plan_line(resolve(cfg)), flush=True)
     if args.backend == "emulated":
         return _cmd_emulated(cfg, args)
 
@@ -563,15 +654,20 @@ def _main(argv: Sequence[str] | None) -> int:
             raise
         except (StudyError, OSError) as exc:
             return _refuse(str(exc))
-    from fplstudy.train.runner import RunFolderError, RunInterrupted
-
     if args.command == "explore" and args.out and args.all_out and \
             Path(args.out).resolve() == Path(args.all_out).resolve():
         return _refuse(f"argument --all-out: got {args.all_out!r}, the same file as --out; give two files")
     try:
-        if args.command == "calibrate":
+        cfg = None if args.command == "calibrate" else load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        return _refuse(str(exc))
+    if args.command == "run":  # at once: what follows loads torch (seconds), then the data
+        print(run_intro(cfg, args), flush=True)
+    from fplstudy.train.runner import RunFolderError, RunInterrupted
+
+    try:
+        if cfg is None:
             return _cmd_calibrate(args)
-        cfg = load_config(args.config, args.overrides)
         handler = {"run": _cmd_run, "plan": _cmd_plan, "cost": _cmd_cost, "explore": _cmd_explore}[args.command]
         return handler(cfg, args)
     except RunInterrupted as exc:

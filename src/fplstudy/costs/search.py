@@ -14,6 +14,13 @@ no hand-over) and repeats its ledger rows over ``config.rounds`` rounds before s
 (tests/unit/costs/test_search.py checks it). Shard sizes are partitioned once per number of branches
 (:func:`fplstudy.costs.dryrun.cached_shard_sizes`).
 
+What a search explains about itself: each plan's ``set`` column (:func:`plan_set`) holds every config key
+that makes it, ``strategy`` and ``nodes`` first, so that ``fplstudy run`` with those pairs trains exactly that
+plan; the refused candidates are counted by reason (:func:`refusal_reason`); the parts of the plan names are
+decoded by :func:`decode_name` and put in words by :func:`name_legend`; and the time a search will take is
+logged from the median of a sample of plans priced after the first (which pays for the FLOP profile and
+shard sizes the others reuse).
+
 Which nodes count: ``nodes`` is read as each strategy reads it (see :mod:`fplstudy.plans.strategies`); ``fl``
 adds its aggregator, so the ``nodes_used`` column may be ``nodes + 1``; ``centralized`` only fits
 ``nodes=1``.
@@ -45,16 +52,19 @@ measures the rate (README).
 
 from __future__ import annotations
 
+import json
 import random
+import re
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from fplstudy.config import JUNCTIONS, Config, ConfigError, make_config
+from fplstudy.config import JUNCTIONS, Config, ConfigError, YamlError, make_config, parse_yaml
 from fplstudy.costs.dryrun import (
     RoundShapes,
     cached_shard_sizes,
@@ -95,6 +105,10 @@ class Exploration:
         objectives: the minimised columns.
         seconds: wall-clock time of enumeration and pricing.
         refused: configs that resolve refused (counted, not listed).
+        refusals: how many were refused for each reason (:func:`refusal_reason`), most frequent first;
+            the counts sum to ``refused``.
+        repeats: candidates that gave a plan another candidate already gave under another spelling
+            (:func:`plan_key`); the candidates tried are ``refused`` + ``repeats`` + the distinct valid plans.
     """
 
     plans: pd.DataFrame
@@ -102,6 +116,8 @@ class Exploration:
     objectives: tuple[str, ...]
     seconds: float
     refused: int
+    refusals: dict[str, int] = field(default_factory=dict)
+    repeats: int = 0
 
     def configs(self, front_only: bool = True) -> list[Config]:
         """The configs of the front's plans (or of every plan), ready for ``fplstudy.train.runner.run``."""
@@ -140,7 +156,8 @@ def _candidates(base: Config, nodes: int, n_blocks: int, strategies: Iterable[st
 def enumerate_plans(base: Config | None = None, nodes: int | None = None, *,
                     strategies: Iterable[str] = STRATEGIES, junctions: Iterable[str] = JUNCTIONS,
                     syncs: Iterable[str] = FPL_SYNCS, sync_every: Iterable[int] = (1,), cuts: str = "all",
-                    counted: Callable[[int, int], None] | None = None) -> tuple[list[Plan], int]:
+                    counted: Callable[[int, int], None] | None = None,
+                    refusals: Counter | None = None) -> tuple[list[Plan], int]:
     """Every valid plan for ``nodes`` edge nodes, with the base config's model, data, devices and link.
 
     The named strategies keep their own sync (``fl``/``sfl`` FedAvg, ``sl`` relay, ``mp`` none); ``fpl``
@@ -160,6 +177,7 @@ def enumerate_plans(base: Config | None = None, nodes: int | None = None, *,
             FLOPs or block counts (``cut_by``), far fewer plans.
         counted: called with the number of candidates and of nodes once the node count is checked, before any
             candidate is resolved (a search says its size first).
+        refusals: a Counter that gets one count per refused candidate, under :func:`refusal_reason`.
 
     Returns:
         ``(plans, refused)``: the resolved plans, and how many candidates resolve refused.
@@ -183,14 +201,30 @@ def enumerate_plans(base: Config | None = None, nodes: int | None = None, *,
     for shape in candidates:
         try:
             plan = resolve(make_config({**values, **shape}))
-        except ConfigError:
+        except ConfigError as exc:
             refused += 1
+            if refusals is not None:
+                refusals[refusal_reason(exc)] += 1
             continue
         key = plan_key(plan)
         if key not in seen:
             seen.add(key)
             plans.append(plan)
     return plans, refused
+
+
+def refusal_reason(exc: ConfigError) -> str:
+    """Why resolve refused a candidate, as a reason many candidates share: the key and the first clause of
+    the message, numbers written ``N`` and parenthesised details ``…``, e.g. ``branches: junction=concat
+    splits the N input rows into equal views``."""
+    text = str(exc.allowed).split(";")[0]
+    while True:  # innermost parentheses first, so that nested ones go too
+        shorter = re.sub(r"\([^()]*\)", "\x00", text)
+        if shorter == text:
+            break
+        text = shorter
+    text = re.sub(r"\b\d+(\.\d+)?\b", "N", text).replace("\x00", "…")
+    return f"{exc.key}: {' '.join(text.split()).removesuffix(' …')}"
 
 
 def plan_key(plan: Plan) -> tuple:
@@ -537,6 +571,69 @@ def plan_name(plan: Plan) -> str:
     return strategy(plan.strategy).plan_name(plan)
 
 
+_CUTS = r"(?:\d+(?:-\d+)*)?"
+# How plan_name spells each strategy's plans (fplstudy.plans.strategies' plan_name functions), as a pattern
+# whose groups are PLAN_COLUMNS, and in words: NAME_LEGEND. tests/unit/costs/test_search.py decodes every
+# name of a search with them and compares the groups with the plan's columns.
+NAME_PATTERNS = {
+    "centralized": r"centralized-(?P<nodes>\d+)",
+    "fl": r"fl-(?P<nodes>\d+)-every(?P<sync_every>\d+)",
+    "mp": rf"mp-(?P<nodes>\d+)-t(?P<trunk_cuts>{_CUTS})",
+    "sl": r"sl-(?P<nodes>\d+)-j(?P<junction_at>\d+)",
+    "sfl": r"sfl-(?P<nodes>\d+)-j(?P<junction_at>\d+)-every(?P<sync_every>\d+)",
+    "fpl": (rf"fpl-(?P<branches>\d+)x(?P<branch_stages>\d+)\+(?P<trunk_stages>\d+)-j(?P<junction_at>\d+)"
+            rf"-(?P<junction>{'|'.join(JUNCTIONS)})-(?P<sync>none|relay|fedavg)(?P<sync_every>\d*)"
+            rf"-b(?P<branch_cuts>{_CUTS})-t(?P<trunk_cuts>{_CUTS})"),
+}
+_JN = "jJ: the junction (the cut) after the first J blocks of the model"
+_CUT_WORDS = "the blocks (counted from 0) where the 2nd, 3rd, ... stage of {} start; empty: one stage"
+NAME_LEGEND = {
+    "centralized": "centralized-N: the whole model and all the data on one node",
+    "fl": "fl-N-everyK: N clients, each training the whole model, averaged by an aggregator every K rounds",
+    "mp": "mp-N-tC-C...: the whole model in a chain of N nodes; t: " + _CUT_WORDS.format("the chain"),
+    "sl": f"sl-N-jJ: N - 1 clients holding the head take turns through one server holding the rest; {_JN}",
+    "sfl": f"sfl-N-jJ-everyK: N - 1 clients holding the head, one server holding the rest; {_JN}; the clients' "
+           f"heads averaged every K rounds",
+    "fpl": (f"fpl-BxS+T-jJ-JUNCTION-SYNC-bC...-tC...: B branches of S stages each (a node a stage, each branch "
+            f"trained on its own data) joined into a trunk of T stages; {_JN}; JUNCTION: how the branches meet "
+            f"the trunk (shared: the same layers, adapter: a learnable adapter per branch, concat: each branch "
+            f"sees a slice of the input); SYNC: none (branches never averaged), fedavgK (averaged every K "
+            f"rounds) or relay (branches take turns); b, t: " + _CUT_WORDS.format("a branch (b), the trunk (t)")),
+}
+PLACEMENT_LEGEND = "@P0,P1,...: the topology nodes that host plan nodes n0, n1, ... (a placement search)"
+
+
+def decode_name(name: str) -> dict[str, str]:
+    """The parts of a plan name (:func:`plan_name`, with a placement search's ``@…``): ``strategy``, the
+    :data:`NAME_PATTERNS` groups of its strategy (cuts as written, ``3-5``) and ``placement`` when it has one.
+
+    Raises:
+        ValueError: a name no strategy spells so.
+    """
+    shape, at, where = name.partition("@")
+    for s, pattern in NAME_PATTERNS.items():
+        found = re.fullmatch(pattern, shape)
+        if found:
+            return {"strategy": s, **found.groupdict(), **({"placement": where} if at else {})}
+    raise ValueError(f"{name!r} is not a plan name of fplstudy explore")
+
+
+def name_legend(names: Iterable[str]) -> list[str]:
+    """What the parts of these plan names mean: one line of :data:`NAME_LEGEND` for each strategy among them,
+    in the order they first appear, and :data:`PLACEMENT_LEGEND` if one has a placement."""
+    names = list(names)
+    lines = [NAME_LEGEND.get(s, f"{s}-...: named by strategy {s}'s plan_name (fplstudy.plans.strategies)")
+             for s in dict.fromkeys(_strategy_of(n) for n in names)]
+    return lines + ([PLACEMENT_LEGEND] if any("@" in n for n in names) else [])
+
+
+def _strategy_of(name: str) -> str:
+    try:
+        return decode_name(name)["strategy"]
+    except ValueError:  # a strategy registered outside NAME_PATTERNS
+        return name.split("-")[0]
+
+
 def plan_row(plan: Plan) -> dict[str, Any]:
     """The shape columns (:data:`PLAN_COLUMNS`) and the config overrides of one plan."""
     cfg = plan.config
@@ -549,7 +646,7 @@ def plan_row(plan: Plan) -> dict[str, Any]:
         "trunk_cuts": " ".join(str(s.start) for s in plan.trunk[1:]),
         "sync": plan.sync, "sync_every": plan.sync_every,
         "placement": " ".join(f"{n.name}={n.point}" for n in plan.nodes if n.point),
-        "overrides": cfg.model_dump(exclude_defaults=True),
+        "overrides": {"strategy": plan.strategy, "nodes": cfg.nodes, **cfg.model_dump(exclude_defaults=True)},
     }
 
 
@@ -628,27 +725,26 @@ def explore(base: Config | dict | None = None, nodes: int | None = None, *,
     if search_placement and base.placement:
         raise ConfigError("placement", base.placement, "the placement search places every node itself; drop "
                                                        "placement from the base config")
+    tried: list[int] = []
+
     def counted(count: int, n: int) -> None:
+        tried.append(count)
         if log is not None:
             log(f"explore: {count} candidate plans for {n} nodes (cuts {cuts}"
                 + (f", up to {max_placements} placements each" if search_placement else "") + "): resolving them, "
                 f"then pricing each valid one with {workers} worker{'s' if workers > 1 else ''}")
 
+    refusals: Counter = Counter()
     plans, refused = enumerate_plans(base, nodes, strategies=strategies, junctions=junctions, syncs=syncs,
-                                     sync_every=sync_every, cuts=cuts, counted=counted)
-    first: list[dict[str, Any]] = []
-    if log is not None and plans and not search_placement:
-        t1 = time.perf_counter()
-        first = [price_candidate(plans[0])]
-        each = time.perf_counter() - t1
-        log(f"explore: {len(plans)} valid plans ({refused} refused); the first priced in {each:.2g} s: about "
-            f"{each * len(plans) / workers:.0f} s for all")
+                                     sync_every=sync_every, cuts=cuts, counted=counted, refusals=refusals)
     extra = ["memory_fits"]
     if search_placement:
         rows = _search_rows(plans, max_placements, base.seed, workers)
         extra.append("placements_exhaustive")
     else:
-        costs = first + price_all(plans[len(first):], workers)
+        said = (f"{len(plans)} valid plans ({refused} refused, {tried[0] - refused - len(plans)} repeats), "
+                f"resolved in {time.perf_counter() - t0:.0f} s")
+        costs = _price_timed(plans, workers, log, said) if log is not None else price_all(plans, workers)
         rows = [{**plan_row(plan), **{c: cost[c] for c in COST_COLUMNS}, "memory_fits": memory_fits(plan)}
                 for plan, cost in zip(plans, costs)]
     table = pd.DataFrame(rows, columns=[*PLAN_COLUMNS, *COST_COLUMNS, *extra, "overrides"])
@@ -663,7 +759,41 @@ def explore(base: Config | dict | None = None, nodes: int | None = None, *,
         on_front[np.flatnonzero(within)] = pareto_front(table[within], objectives)
     table["on_front"] = on_front
     front = table[on_front].sort_values(list(objectives)).reset_index(drop=True)
-    return Exploration(table, front, objectives, time.perf_counter() - t0, refused)
+    return Exploration(table, front, objectives, time.perf_counter() - t0, refused,
+                       dict(refusals.most_common()), tried[0] - refused - len(plans))
+
+
+SAMPLE_PLANS = 20  # plans priced one by one for explore's time estimate, at most ...
+SAMPLE_S = 2.0  # ... and for about this many seconds
+
+
+def _price_timed(plans: list[Plan], workers: int, log: Callable[[str], None], said: str) -> list[dict[str, Any]]:
+    """:func:`price_all` of ``plans``, logging how long it will take before the bulk of the work. The first plan
+    pays for what later plans reuse (the FLOP profile, the shard sizes, the data's shape), and so, less, does
+    the first plan of each new shape; the rate is the median seconds of a sample of up to :data:`SAMPLE_PLANS`
+    others spread over the list (strategies and shapes in their share), priced one by one; the rest are
+    priced as :func:`price_all` does."""
+    if not plans:
+        log(f"explore: {said}; nothing to price")
+        return []
+    t0 = time.perf_counter()
+    done = {0: price_candidate(plans[0])}
+    first_s = time.perf_counter() - t0
+    seconds = []
+    for i in dict.fromkeys(np.linspace(1, len(plans) - 1, min(SAMPLE_PLANS, len(plans) - 1)).round().astype(int)):
+        t1 = time.perf_counter()
+        done[int(i)] = price_candidate(plans[int(i)])
+        seconds.append(time.perf_counter() - t1)
+        if sum(seconds) > SAMPLE_S:
+            break
+    each = float(np.median(seconds)) if seconds else first_s
+    rest = [i for i in range(len(plans)) if i not in done]
+    spent = time.perf_counter() - t0
+    log(f"explore: {said}; the first priced in {first_s:.2g} s (with one-time work: FLOP profile, shard sizes)"
+        + (f", {len(seconds)} more in {sum(seconds):.2g} s" if seconds else "")
+        + f": about {spent + each * len(rest) / workers:.0f} s for all")
+    done.update(zip(rest, price_all([plans[i] for i in rest], workers)))
+    return [done[i] for i in range(len(plans))]
 
 
 def _search_rows(plans: list[Plan], limit: int, seed: int, workers: int) -> list[dict[str, Any]]:
@@ -686,8 +816,21 @@ def _search_rows(plans: list[Plan], limit: int, seed: int, workers: int) -> list
 
 def _csv(rows: pd.DataFrame, drop: list[str]) -> pd.DataFrame:
     out = rows.drop(columns=["overrides", *drop]).copy()
-    out["set"] = [" ".join(f"{k}={_yaml_value(v)}" for k, v in o.items()) for o in rows["overrides"]]
+    out["set"] = [plan_set(o) for o in rows["overrides"]]
     return out
+
+
+def plan_set(overrides: dict[str, Any]) -> str:
+    """The ``set`` column of a plan: its config keys as ``KEY=VALUE`` pairs, strategy and nodes first, one
+    space between pairs; each pair is one ``--set`` of ``fplstudy run`` (:func:`set_pairs`), and together they
+    make the config of exactly that plan (with no config file: the base config's keys are among them)."""
+    return " ".join(f"{k}={_set_value(v)}" for k, v in overrides.items())
+
+
+def set_pairs(text: str) -> list[str]:
+    """The ``--set`` arguments of a ``set`` column (:func:`plan_set`): ``load_config(None, set_pairs(text))``
+    is the plan's config."""
+    return text.split()
 
 
 def front_csv(result: Exploration) -> pd.DataFrame:
@@ -701,9 +844,14 @@ def plans_csv(result: Exploration) -> pd.DataFrame:
     return _csv(result.plans, [])
 
 
-def _yaml_value(value: Any) -> str:
-    if isinstance(value, list):
-        return "[" + ",".join(str(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ",".join(f'"{k}":"{v}"' for k, v in value.items()) + "}"  # YAML flow, no spaces
-    return str(value)
+def _set_value(value: Any) -> str:
+    """A config value as ``--set`` reads it back (YAML): plain where that reads as the same value, else JSON
+    (a flow list or mapping, a quoted string), which YAML reads as written. Never a space, so that the pairs
+    of a ``set`` column split on spaces: a space inside a string is written ``\\u0020``, a YAML escape."""
+    text = str(value) if isinstance(value, (str, int, float)) and not isinstance(value, bool) else ""
+    try:
+        read = parse_yaml(text) if text and not any(c.isspace() for c in text) else None
+        same = text != "" and read == value and type(read) is type(value)
+    except YamlError:
+        same = False
+    return text if same else json.dumps(value, separators=(",", ":")).replace(" ", "\\u0020")

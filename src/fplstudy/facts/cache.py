@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from fplstudy.paths import honour_umask
+
 CACHE_VARIABLE = "FPLSTUDY_CACHE"  # the folder of fplstudy's caches; empty: no cache on disk
 
 
@@ -57,6 +59,7 @@ def write(path: Path | None, value: Any) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        honour_umask(fd)  # the mode an ordinary open gives, not mkstemp's 0600
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(value, fh)
         os.replace(tmp, path)

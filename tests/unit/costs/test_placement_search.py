@@ -282,5 +282,16 @@ def test_cli_explore_with_placement_search(tmp_path, capsys):
     assert main(args) == 0
     front = pd.read_csv(out)
     assert front["name"].str.contains("@").all() and front["set"].str.contains("placement=").all()
+    from fplstudy.config import load_config
+    from fplstudy.costs.search import OBJECTIVES, decode_name, plan_name, set_pairs
+
+    for _, row in front.iterrows():  # each row's set column gives that plan on that placement
+        plan = resolve(load_config(None, set_pairs(row["set"])))
+        shape, _, where = row["name"].partition("@")
+        assert plan_name(plan) == shape and where == ",".join(n.point for n in plan.nodes)
+        assert decode_name(row["name"])["placement"] == where
+        cost = price_candidate(plan)
+        for column in OBJECTIVES:
+            assert cost[column] == pytest.approx(row[column], rel=1e-9), (row["name"], column)
     assert main(["explore", "--set", "nodes=2", "--max-placements", "3"]) != 0
     assert "--max-placements" in capsys.readouterr().err

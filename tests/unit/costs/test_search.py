@@ -112,3 +112,128 @@ def test_cli_explore(tmp_path):
     front = pd.read_csv(out)
     assert len(front) >= 1 and {"name", "set", "energy_j", "bytes_per_round"} <= set(front.columns)
     assert np.isfinite(front["energy_j"]).all()
+
+
+# ------------------------------------------------------------------ what explore writes and prints, explained
+
+@pytest.fixture(scope="module")
+def four_nodes():
+    """Every strategy on 4 nodes, the default node count (and fpl the default strategy), so a set column that
+    left out the keys at their defaults would not say which plan it is."""
+    return explore(SMALL, 4, junctions=("shared", "concat"), cuts="balanced")
+
+
+def test_every_set_column_rebuilds_its_plan(four_nodes):
+    from fplstudy.config import load_config
+    from fplstudy.costs.search import plan_name, plans_csv, set_pairs
+
+    table = plans_csv(four_nodes)
+    assert set(table["strategy"]) == {"fl", "mp", "sl", "sfl", "fpl"}
+    for _, row in table.iterrows():
+        pairs = set_pairs(row["set"])
+        assert pairs[:2] == [f"strategy={row['strategy']}", f"nodes={row['nodes']}"], row["set"]
+        plan = resolve(load_config(None, pairs))
+        assert plan_name(plan) == row["name"], row["set"]
+        cost = price_candidate(plan)
+        for column in four_nodes.objectives:
+            assert cost[column] == pytest.approx(row[column], rel=1e-12), (row["name"], column)
+
+
+def test_set_values_read_back_as_written():
+    """A value YAML would read as another type (a device named 1) or with a space (a path) is written so that
+    --set reads it back as it was, and the pairs still split on spaces."""
+    from fplstudy.config import parse_overrides
+    from fplstudy.costs.search import plan_set, set_pairs
+
+    values = {"strategy": "fpl", "nodes": 4, "device": "1", "data_dir": "my data/x", "trunk_cuts": [3, 5],
+              "placement": {"n0": "a b", "n1": "c"}, "lr": 1e-05, "download": True, "model": "yes"}
+    text = plan_set(values)
+    assert len(set_pairs(text)) == len(values)
+    assert parse_overrides(set_pairs(text)) == values
+
+
+def test_refusals_by_reason_sum_to_the_refused(four_nodes):
+    res = four_nodes
+    assert res.refused > 0 and sum(res.refusals.values()) == res.refused
+    assert list(res.refusals.values()) == sorted(res.refusals.values(), reverse=True)
+    assert any(r.startswith("nodes: strategy centralized runs on exactly N node") for r in res.refusals)
+    counts: list[int] = []
+    plans, refused = enumerate_plans(make_config(SMALL), 4, junctions=("shared", "concat"), cuts="balanced",
+                                     counted=lambda count, nodes: counts.append(count))
+    assert (refused, len(plans)) == (res.refused, len(res.plans))
+    assert res.repeats == counts[0] - refused - len(plans) > 0  # one branch: relay is none, concat is shared
+
+
+def test_plan_names_decode_to_their_columns(four_nodes, three_nodes):
+    """The name grammar the legend explains is the one plan_name writes: every name of two searches parses by
+    its strategy's pattern into exactly the plan's columns."""
+    from fplstudy.costs.search import decode_name
+
+    for table in (four_nodes.plans, three_nodes.plans):
+        for _, row in table.iterrows():
+            parts = decode_name(row["name"])
+            assert parts.pop("strategy") == row["strategy"]
+            assert parts, row["name"]
+            for key, text in parts.items():
+                if key.endswith("_cuts"):
+                    assert text.replace("-", " ") == row[key], (row["name"], key)
+                elif key == "sync_every" and row["strategy"] == "fpl":
+                    assert text == (str(row[key]) if row["sync"] == "fedavg" else ""), row["name"]
+                else:
+                    assert text == str(row[key]), (row["name"], key)
+    with pytest.raises(ValueError, match="not a plan name"):
+        decode_name("fpl-3x1")
+
+
+MARKS = {"nodes": "-N", "branches": "BxS+T", "branch_stages": "BxS+T", "trunk_stages": "BxS+T",
+         "junction_at": "jJ", "branch_cuts": "bC", "trunk_cuts": "tC", "placement": "@P0,P1"}
+
+
+def test_the_name_legend_explains_every_part_of_the_front_names(four_nodes):
+    from fplstudy.costs.search import decode_name, name_legend
+
+    legend = "\n".join(name_legend(four_nodes.front["name"]))
+    for name in four_nodes.front["name"]:
+        parts = decode_name(name)
+        assert f"\n{parts['strategy']}-" in "\n" + legend, name
+        for key, text in parts.items():
+            if key == "sync_every":
+                assert "everyK" in legend or "fedavgK" in legend, name
+            elif key in ("junction", "sync"):
+                assert f"{text} (" in legend or f"{text}:" in legend, (name, text)
+            elif key != "strategy":
+                assert MARKS[key] in legend, (name, key)
+    placed = name_legend(["mp-2-t4@a,b"])
+    assert len(placed) == 2 and "@P0,P1" in placed[1]
+
+
+def test_cli_explore_prints_the_front_its_command_and_why_candidates_were_refused(tmp_path, capsys):
+    """The printed run command trains the front's first plan: its costs are those of the CSV's row."""
+    import json
+    import re
+    import shlex
+
+    from fplstudy.cli import main
+
+    out = tmp_path / "front.csv"
+    assert main(["explore", "--set", "max_train_samples=200", "--set", "rounds=1", "--cuts", "balanced",
+                 "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    summary = next(line for line in lines if " candidates refused" in line)
+    refused = int(re.search(r"\((\d+) candidates refused", summary).group(1))
+    start = lines.index("refused, by reason (N: a number, …: details):")
+    counts = [int(line.split()[0]) for line in lines[start + 1:] if re.match(r"^  +\d+  ", line)]
+    assert refused > 0 and sum(counts) == refused, lines
+    front = pd.read_csv(out)
+    table = lines.index("front (objectives minimised):")
+    assert lines[table + 1].split() == ["plan", "energy", "J", "sent", "MB", "makespan", "s", "memory", "MB"]
+    assert [line.split()[0] for line in lines[table + 2:table + 2 + len(front)]] == front["name"].tolist()
+    assert any(line.startswith("  fpl-BxS+T-jJ") for line in lines)
+    command = shlex.split(next(line for line in lines if line.startswith("  fplstudy run ")))
+    sets = command[3:-2:2]
+    assert sets == front["set"].iloc[0].split() and command[-2] == "--out"
+    capsys.readouterr()
+    assert main([*command[1:-1], str(tmp_path / "run")]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["bytes_total"] == front["bytes_total"].iloc[0]
+    assert metrics["energy_j"] == pytest.approx(front["energy_j_site"].iloc[0], rel=1e-9)

@@ -132,19 +132,77 @@ def test_version_and_every_key_described(capsys):
         assert len(rest.split()) >= 2, described[name]
 
 
+WRITERS = [  # every command that writes a file, on the smallest input that writes it
+    ["cost", "--set", "strategy=fl", "--set", "nodes=2", "--set", "max_train_samples=64", "--out", "{tmp}/cost"],
+    ["run", "--quiet", "--set", "strategy=fl", "--set", "nodes=2", "--set", "rounds=1", "--set", "max_train_samples=64",
+     "--set", "batch_size=16", "--out", "{tmp}/run"],
+    ["explore", "--set", "nodes=2", "--set", "max_train_samples=64", "--set", "rounds=1", "--cuts", "balanced",
+     "--out", "{tmp}/explore/front.csv", "--all-out", "{tmp}/explore/all.csv"],
+    ["plan", "--set", "strategy=fl", "--set", "nodes=2", "--figure", "{tmp}/plan/plan.png"],
+    ["calibrate", "--models", "lenet5", "--seconds", "0.05", "--out", "{tmp}/host.yaml"],  # in a folder that exists
+    ["plots-page", "--out", "{tmp}/page/plots.html"],
+    ["export-digits", "{tmp}/digits"],
+]
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
 def test_files_written_honour_the_umask(umask, tmp_path):
-    """A run's files get the mode an ordinary open would (0666 less the umask), not mkstemp's 0600."""
-    import subprocess
-    import sys
+    """Every file a command writes gets the mode an ordinary open would (0666 less the umask), not mkstemp's
+    0600 (the atomic writes' temporary files), and every folder it makes 0777 less the umask."""
+    out = tmp_path / "out"
+    argvs = [[a.replace("{tmp}", str(out)) for a in argv] for argv in WRITERS]
+    code = (f"import os, sys; os.umask({umask}); from fplstudy.cli import main; "
+            f"sys.exit(max(main(argv) for argv in {argvs!r}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "CI": "1", "FPLSTUDY_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = {str(p.relative_to(out)): p.stat().st_mode & 0o777 for p in out.rglob("*") if p.is_file()}
+    folders = {str(p.relative_to(out)): p.stat().st_mode & 0o777 for p in out.rglob("*") if p.is_dir()}
+    assert {"cost/ledger.csv", "run/metrics.json", "run/rounds.csv", "explore/front.csv", "explore/all.csv",
+            "plan/plan.png", "host.yaml", "page/plots.html", "digits/images.npy"} <= set(files), files
+    assert set(files.values()) == {0o666 & ~umask}, files
+    assert set(folders.values()) == {0o777 & ~umask}, folders
 
-    code = (f"import os; os.umask({umask}); from fplstudy.cli import main; "
-            f"raise SystemExit(main(['cost', '--set', 'strategy=fl', '--set', 'nodes=2', '--set', 'max_train_samples=64', "
-            f"'--out', {str(tmp_path / 'out')!r}]))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()}
-    assert set(modes) >= {"ledger.csv", "metrics.json"} and set(modes.values()) == {0o666 & ~umask}, modes
+
+def test_the_caches_honour_the_umask(tmp_path):
+    """The FLOP profile and the dataset split kept on disk (fplstudy.facts.cache) get the mode an ordinary
+    open gives under the umask, as every file the commands write does."""
+    code = ("import os, sys; os.umask(0o022); from fplstudy.cli import main; "
+            "sys.exit(main(['plan', '--set', 'strategy=fl', '--set', 'nodes=2']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "FPLSTUDY_CACHE": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    modes = {p.relative_to(tmp_path).as_posix(): p.stat().st_mode & 0o777 for p in tmp_path.rglob("*")}
+    assert {name.split("/")[0] for name in modes} == {"flops", "splits"}, modes
+    assert set(modes.values()) == {0o644, 0o755}, modes
+    assert all(mode == (0o755 if (tmp_path / name).is_dir() else 0o644) for name, mode in modes.items()), modes
+
+
+def test_run_says_what_it_will_train_before_it_prepares(tmp_path):
+    """The first line comes once the config is read, before torch loads and before the run folder exists; the
+    second names the plan as explore does, before the data is loaded; the progress and the closing line follow."""
+    from fplstudy.config import load_config
+    from fplstudy.costs.search import plan_name
+    from fplstudy.plans.plan import resolve
+
+    sets = ["strategy=mp", "nodes=2", "rounds=1", "max_train_samples=64", "batch_size=16"]
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "fplstudy.cli", "run", "--quiet",
+                             *(a for s in sets for a in ("--set", s)), "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "CI": "1"})
+    try:
+        first = proc.stdout.readline()
+        running, folder_at_first = proc.poll() is None, out.exists()
+        second = proc.stdout.readline()
+        rest, err = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert first.startswith("run: mp on 2 nodes, 1 round, simulated backend, into " + str(out)), first
+    assert running and not folder_at_first
+    name = plan_name(resolve(load_config(None, sets)))
+    assert second.startswith(f"run: plan {name} (MP: a chain of 2 nodes"), second
+    assert rest.splitlines()[-1].startswith("completed: 1 rounds"), rest
 
 
 def test_help_is_plain_text_and_names_every_command(capsys):

@@ -552,6 +552,12 @@ def _cmd_calibrate(args) -> int:
     return 0
 
 
+def _announces() -> bool:
+    """Whether this process says what it is about to train: not ranks 1.. of a run launched torchrun-style
+    (``RANK``), which rank 0 speaks for."""
+    return os.environ.get("RANK", "0").strip() in ("", "0")
+
+
 def run_intro(cfg: Config, args) -> str:
     """The line ``fplstudy run`` prints once its config is read, before it loads torch: what it is about to train
     and where."""
@@ -574,7 +580,8 @@ def _cmd_run(cfg: Config, args) -> int:
     from fplstudy.plans.plan import resolve
     from fplstudy.train.runner import run
 
-    print(run_plan_line(resolve(cfg)), flush=True)
+    if _announces():
+        print(run_plan_line(resolve(cfg)), flush=True)
     if args.backend == "emulated":
         return _cmd_emulated(cfg, args)
 
@@ -661,7 +668,7 @@ def _main(argv: Sequence[str] | None) -> int:
         cfg = None if args.command == "calibrate" else load_config(args.config, args.overrides)
     except ConfigError as exc:
         return _refuse(str(exc))
-    if args.command == "run":  # at once: what follows loads torch (seconds), then the data
+    if args.command == "run" and _announces():  # at once: what follows loads torch (seconds), then the data
         print(run_intro(cfg, args), flush=True)
     from fplstudy.train.runner import RunFolderError, RunInterrupted
 

@@ -41,6 +41,7 @@ else:  # visible in JupyterLab's file browser; smoke tests keep the checkout cle
     fig_dir = Path(tempfile.mkdtemp(prefix="fplstudy-figures-")) if smoke_test else where.notebook_figures
 params = smoke_params() if smoke_test else load_params(where.root / params_file)
 the_study = load_study(params)
+measured_on = figures.setting(the_study)  # under every figure: dataset, model, devices, link, seeds
 if smoke_test and not results_dir:
     scratch = Path(tempfile.mkdtemp(prefix="fplstudy-smoke-"))
     run_group(the_study, None, scratch / "runs", log=lambda line: None)
@@ -64,15 +65,15 @@ summary[["name", "seeds", "test_acc_mean_mean", "test_acc_mean_ci_low", "test_ac
 # every plan at the fixed budget: the same rounds (min_rounds when runs stop at a target accuracy)
 acc, energy, nbytes, makespan = "test_acc_budget", "energy_j_budget", "bytes_budget", "makespan_s_budget"
 figures.publish(figures.tradeoff(seeds, energy, acc, maximize_y=True),
-              fig_dir / "accuracy_vs_energy.png", "accuracy against energy")
+              fig_dir / "accuracy_vs_energy.png", "accuracy against energy", setting=measured_on)
 
 # %%
 figures.publish(figures.tradeoff(seeds, nbytes, acc, maximize_y=True),
-              fig_dir / "accuracy_vs_bytes.png", "accuracy against bytes")
+              fig_dir / "accuracy_vs_bytes.png", "accuracy against bytes", setting=measured_on)
 
 # %%
 figures.publish(figures.tradeoff(seeds, energy, makespan), fig_dir / "makespan_vs_energy.png",
-              "makespan against energy")
+              "makespan against energy", setting=measured_on)
 
 # %% [markdown]
 # ## Where the energy and the bytes go
@@ -82,13 +83,15 @@ figures.publish(figures.tradeoff(seeds, energy, makespan), fig_dir / "makespan_v
 
 # %%
 focus = summary[(summary["nodes"] == focus_nodes) & summary["partition"].isin(["iid", "features"])]
-figures.publish(figures.node_costs(costs, list(focus["name"])), fig_dir / "node_costs.png", f"{focus_nodes} nodes")
+figures.publish(figures.node_costs(costs, list(focus["name"])), fig_dir / "node_costs.png", f"{focus_nodes} nodes",
+                setting=measured_on)
 
 # %% [markdown]
 # ## Learning curves
 
 # %%
-figures.publish(figures.learning_curves(rounds, focus_nodes), fig_dir / "learning_curves.png", f"{focus_nodes} nodes")
+figures.publish(figures.learning_curves(rounds, focus_nodes), fig_dir / "learning_curves.png", f"{focus_nodes} nodes",
+                setting=measured_on)
 
 # %% [markdown]
 # ## Time and energy to accuracy
@@ -100,23 +103,24 @@ figures.publish(figures.learning_curves(rounds, focus_nodes), fig_dir / "learnin
 # %%
 target = the_study.findings.get("target_acc")
 figures.publish(figures.to_accuracy(rounds, "cum_makespan_s", target), fig_dir / "time_to_accuracy.png",
-              "time to accuracy")
+              "time to accuracy", setting=measured_on)
 
 # %%
 figures.publish(figures.to_accuracy(rounds, "cum_energy_j", target), fig_dir / "energy_to_accuracy.png",
-              "energy to accuracy")
+              "energy to accuracy", setting=measured_on)
 
 # %% [markdown]
 # ## Model-size overhead of the junction modes
 
 # %%
-figures.publish(figures.model_size_bars(summary), fig_dir / "model_size.png", "fpl plans")
+figures.publish(figures.model_size_bars(summary), fig_dir / "model_size.png", "fpl plans", setting=measured_on)
 
 # %% [markdown]
 # ## Effect of non-IID data
 
 # %%
-figures.publish(figures.non_iid(seeds), fig_dir / "non_iid.png", "plans run on both IID and Dirichlet data")
+figures.publish(figures.non_iid(seeds), fig_dir / "non_iid.png", "plans run on both IID and Dirichlet data",
+                setting=measured_on)
 
 # %% [markdown]
 # ## Findings

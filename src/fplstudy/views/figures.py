@@ -451,11 +451,58 @@ def run_overview(rounds: pd.DataFrame, costs: pd.DataFrame, title: str = ""):
     return fig
 
 
-def publish(fig, path: str | Path, what: str) -> str:
-    """Save ``fig`` (:func:`save_figure`) and say so, or say that the study has no data for ``what``."""
+def setting(study) -> str:
+    """What a study's figures were measured on, in one line: dataset and model, the devices and link (or the
+    site) that price them, and the seeds; every value any plan uses, so a sweep over one of them shows it."""
+    from fplstudy.facts.models import DATASET_DEFAULT_MODEL
+
+    configs = [plan.for_seed(study.seeds[0]) for plan in study.plans]
+
+    def values(key: str) -> str:
+        return ", ".join(sorted({str(v) for c in configs if (v := getattr(c, key, None)) is not None}))
+
+    models = ", ".join(sorted({c.model or DATASET_DEFAULT_MODEL.get(c.dataset, "its default model") for c in configs}))
+    priced = (f"site {values('topology')}" if values("topology") else
+              f"data owners {values('device')}, servers {values('server_device')}, link {values('link')}")
+    return f"{values('dataset')}, {models}; {priced}; {len(study.seeds)} seeds"
+
+
+def publish(fig, path: str | Path, what: str, setting: str | None = None) -> str:
+    """Save ``fig`` (:func:`save_figure`) and say so, or say that the study has no data for ``what``.
+
+    ``setting`` (:func:`setting`) is written in a strip under the saved PNG, so it never meets what the figure's
+    own layout placed (legends below the axes included)."""
     if fig is None:
         return f"skipped {Path(path).name}: this study has no data for {what}"
-    return f"wrote {save_figure(fig, path)}"
+    written = save_figure(fig, path)
+    if setting:
+        _add_strip(written, setting)
+    return f"wrote {written}"
+
+
+def _add_strip(path: Path, line: str) -> None:
+    """Append a strip holding ``line`` (small grey text, centred) under the PNG ``path``, in place."""
+    import io
+    import os
+
+    from PIL import Image
+
+    from fplstudy.views.style import DPI
+
+    image = Image.open(path)
+    image.load()
+    strip_fig = plt.figure(figsize=(image.width / DPI, 0.25), dpi=DPI)
+    strip_fig.text(0.5, 0.5, line, ha="center", va="center", fontsize=7, color="0.3")
+    buf = io.BytesIO()
+    strip_fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    plt.close(strip_fig)
+    strip = Image.open(buf).convert(image.mode)
+    whole = Image.new(image.mode, (image.width, image.height + strip.height), "white")
+    whole.paste(image, (0, 0))
+    whole.paste(strip.crop((0, 0, image.width, strip.height)), (0, image.height))
+    tmp = path.with_name(f".{path.name}.tmp")
+    whole.save(tmp, format="png")
+    os.replace(tmp, path)
 
 
 from fplstudy.views.planfig import draw_plan, plan_graph  # noqa: E402,F401  (the plan picture lives in planfig)

@@ -236,7 +236,8 @@ def node_costs(costs: pd.DataFrame, plans: list[str]):
         for row, (value, scale, unit) in enumerate((("energy_j", 1.0, "energy per node (J)"),
                                                     ("bytes_tx", 1e-6, "bytes sent per node (MB)"))):
             ax = axes[row][col]
-            table = part.pivot_table(index="node", columns="kind", values=value, aggfunc="sum", fill_value=0.0)
+            table = part.astype({value: float}).pivot_table(index="node", columns="kind", values=value, aggfunc="sum",
+                                                       fill_value=0.0)
             table = table.reindex(columns=[k for k in KINDS if k in table.columns]) * scale / seeds[name]
             table = table.loc[:, (table != 0).any(axis=0)]
             bottom = pd.Series(0.0, index=table.index)

@@ -206,18 +206,22 @@ def headline(study: Study, summary: pd.DataFrame) -> dict[str, Any]:
     everything else is in ``summary.csv``): plans, seeds, completed runs, and per strategy label, at its
     reference node count (4 if swept, else the largest) on IID data, the means over seeds of the test
     accuracy, the energy (J), the bytes sent (B) and the makespan (s) of the fixed budget's rounds
-    (:func:`budget_rounds`), to 4 significant digits."""
+    (:func:`budget_rounds`), to 4 significant digits; with a target accuracy, also the rounds and the energy
+    to reach it (means over the seeds that did)."""
     out: dict[str, Any] = {"plans": int(summary.shape[0]), "seeds": len(study.seeds),
                            "runs_completed": int(summary["seeds"].sum())}
     iid = summary[summary["partition"].isin(["iid", "features"])]
     columns = {"test_acc": "test_acc_budget_mean", "energy_j": "energy_j_budget_mean",  # every plan, same rounds
-               "bytes_total": "bytes_budget_mean", "makespan_s": "makespan_s_budget_mean"}
+               "bytes_total": "bytes_budget_mean", "makespan_s": "makespan_s_budget_mean",
+               # at equal accuracy: over the seeds that reached the target (null where none did)
+               "rounds_to_target": "rounds_to_target_mean", "energy_j_to_target": "energy_j_to_target_mean"}
     out.update({key: {} for key in columns if columns[key] in summary})
     for name, row in reference_plans(iid).items():
         for key, column in columns.items():
             if key in out:
                 value = float(row[column])
-                out[key][name] = round(value, 4) if key == "test_acc" else float(f"{value:.4g}")
+                out[key][name] = (None if not math.isfinite(value) else
+                                  round(value, 4) if key == "test_acc" else float(f"{value:.4g}"))
     return out
 
 

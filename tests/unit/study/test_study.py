@@ -123,6 +123,9 @@ def test_summary_intervals_are_the_statistics_of_the_seed_rows(tiny_study):
                         ("makespan_s", "makespan_s_mean")):  # the costs beside the accuracy, per strategy
         assert headline[key]["fl@4"] == pytest.approx(fl4[column], rel=1e-3)
         assert set(headline[key]) == set(headline["test_acc"])
+    for key, column in (("rounds_to_target", "rounds_to_target_mean"), ("energy_j_to_target", "energy_j_to_target_mean")):
+        assert headline[key]["fl@4"] == pytest.approx(fl4[column], rel=1e-3)  # at equal accuracy too
+        assert set(headline[key]) == set(headline["test_acc"])
 
 
 def test_seeds_change_the_data_and_pair_the_plans(tiny_study):

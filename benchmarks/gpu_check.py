@@ -46,13 +46,13 @@ def check_plans(seeds: int) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="fplstudy-gpu-") as tmp:
         for spec in (p for p in study.plans if p.name in PLANS):
             cpu_accs, gpu_accs = [], []
-            for seed in study.seeds:
+            for i, seed in enumerate(study.seeds):
                 committed = ROOT / "results" / "runs" / spec.group / spec.name / f"seed-{seed}"
                 if not (committed / "ledger.csv").is_file():
                     committed = Path(tmp) / "cpu" / spec.name / f"seed-{seed}"
                     run(spec.for_seed(seed), committed, progress=False)
                 cpu_accs.append(_final_acc(committed))
-                if seed >= study.seeds[0] + seeds:
+                if i >= seeds:  # cuda on the study's first SEEDS seeds, whatever their numbers
                     continue
                 cfg = spec.for_seed(seed).model_copy(update={"accelerator": "cuda"})
                 gpu_dir = Path(tmp) / "gpu" / spec.name / f"seed-{seed}"

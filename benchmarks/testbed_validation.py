@@ -145,7 +145,8 @@ def main() -> int:
             path.write_text(base.read_text())
             row = calibrate(path, models=[args.model], batch_size=args.batch_size, seconds=10.0, wait_s=args.after_wait,
                             processes=hosts, clock="cpu" if args.cpu == "dilate" else "wall",
-                            fit_batch=args.fit_batch or None, cold_wait_s=args.cold_wait)[0]  # keeps the links
+                            fit_batch=args.fit_batch or None, cold_wait_s=args.cold_wait,
+                            dataset=args.dataset)[0]  # keeps the links; the runs' own samples
             fixed = sum(row.get("block_call_s", {}).values())
             print(f"calibrated with {hosts} processes at once: {row['flops_per_s']:.4g} FLOP/s, "
                   f"{1e6 * row['call_overhead_s']:.0f} us per call"

@@ -308,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clock", default="wall", metavar="wall|cpu",
                    help="time each call by the wall (default) or by its thread's CPU seconds, which the testbed's "
                         "dilate mode stretches and which waiting for a core does not lengthen")
+    p.add_argument("--dataset", default=None,
+                   help="train on this dataset's samples, the one the runs train on (default: each model's own: "
+                        "cnn digits, lenet5 mnist5k, the others cifar10); real samples time faster than random ones")
     p.add_argument("--fit-batch", type=int, default=None, metavar="B",
                    help="also measure at batch B and give each block a rate per sample plus fixed seconds per call "
                         "(block_call_s), so that a partial batch is priced below a full one's rate")
@@ -532,7 +535,7 @@ def _cmd_calibrate(args) -> int:
 
     for row in calibrate(args.out, models=args.models, batch_size=args.batch_size, seconds=args.seconds,
                          wait_s=args.after_wait, processes=args.processes, clock=args.clock,
-                         fit_batch=args.fit_batch, cold_wait_s=args.cold_wait):
+                         fit_batch=args.fit_batch, cold_wait_s=args.cold_wait, dataset=args.dataset):
         print(f"{row['profile']:24} {row['flops_per_s']:.4g} FLOP/s, {1e6 * row['call_overhead_s']:.0f} us per call, "
               f"{1e6 * row['batch_s']:.0f} us per batch outside the calls "
               f"({row['model']}, batch {row['batch_size']}, {row['steps']} steps"

@@ -1,6 +1,6 @@
 """Who takes part in each round: participation, dropout and what a missing node costs a plan.
 
-Issue 13, part 3. This module is the participation model, computed from the plan alone (no tensors, no
+This module is the participation model, computed from the plan alone (no tensors, no
 prices), round by round, as :class:`Turnout` s (:func:`plan_turnouts` reads the config keys
 ``fraction_fit``, ``dropout``, ``dropout_trace``, ``straggler_prob``, ``straggler_slowdown`` and
 ``round_deadline_s``; only the deadline needs prices: :func:`fplstudy.costs.dryrun.settle_deadline` decides which

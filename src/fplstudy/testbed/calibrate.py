@@ -49,21 +49,22 @@ from fplstudy.train.results import atomic_write_text, cpu_model
 
 WINDOWS = 5  # timed windows per model; the median is kept
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}  # what measure times a call by
-MODEL_DATASET = {"cnn": "digits", "lenet5": "mnist", "vgg11": "cifar10", "resnet18": "cifar10",
-                 "mobilenetv2": "cifar10"}  # the dataset whose input shape a model is measured on
+MODEL_DATASET = {"cnn": "digits", "lenet5": "mnist5k", "vgg11": "cifar10", "resnet18": "cifar10",
+                 "mobilenetv2": "cifar10"}  # the dataset a model is measured on unless another of its shape is named
 
 
-def training_inputs(model: str, batch_size: int) -> tuple[str, torch.Tensor, torch.Tensor]:
-    """The samples :func:`measure` trains ``model`` on: its dataset's training set (:data:`MODEL_DATASET`, split
-    as a run splits it with seed 0), or, where that dataset's files are not on this machine, as many
-    random-normal inputs of its shape with random labels. The same step runs measurably faster on real samples
-    than on random ones (cnn at batch 128 on this project's machine: 8 % on digits), so the calibration times what
-    a run computes where it can. Fewer samples than ``batch_size`` are repeated to fill a batch.
+def training_inputs(model: str, batch_size: int, dataset: str | None = None) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """The samples :func:`measure` trains ``model`` on: the training set of ``dataset`` (default: the model's own,
+    :data:`MODEL_DATASET`), split as a run splits it with seed 0, or, where that dataset's files are not on this
+    machine, as many random-normal inputs of its shape with random labels. The same step runs measurably faster
+    on real samples than on random ones (cnn at batch 128 on this project's machine: 8 % on digits; lenet5 at batch
+    64: about 25 % on mnist5k), so the calibration times what a run computes where it can: name the dataset the
+    runs train on. Fewer samples than ``batch_size`` are repeated to fill a batch.
 
     Returns:
         ``(what the inputs are, the samples, their labels)``.
     """
-    name = MODEL_DATASET[model]
+    name = dataset or MODEL_DATASET[model]
     try:
         split = load_dataset(name, seed=0)
         what, x, y = f"{name} training samples", split.x_train, split.y_train
@@ -235,7 +236,7 @@ def fit_cold(calls: int, calls_s: float, cold_calls_s: float, forward_s: float, 
 
 
 def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: float = 0.0, clock: str = "wall",
-            cold_wait_s: float = 0.0) -> dict:
+            cold_wait_s: float = 0.0, dataset: str | None = None) -> dict:
     """Time training steps of ``model`` on one thread, whole and cut into one chunk per block.
 
     The whole model is two compute calls per step (forward, backward); cut into its ``k`` blocks as the
@@ -265,8 +266,8 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: floa
     wait for a message, or open the node's round): a cut step whose every block call follows ``cold_wait_s``
     seconds of sleep (short calls) and a whole step whose forward does (a long one); :func:`fit_cold` draws the
     line through the two, ``cold_factor`` and ``cold_s``: :func:`fplstudy.costs.pricing.price_compute` prices a call that
-    starts cold at ``1 + cold_factor`` times its seconds plus ``cold_s``. (Stop 26 timed the whole step's forward
-    alone, as a factor: one long call, on which the cold start weighs less than on a stage's short calls.)
+    starts cold at ``1 + cold_factor`` times its seconds plus ``cold_s``. (A factor alone, timed on the whole step's
+    forward, underprices short calls: the cold start weighs less on one long call than on a stage's short calls.)
 
     ``clock="cpu"`` times each call by its thread's CPU seconds (``thread_time``) rather than the wall:
     what the testbed's ``dilate`` mode stretches, and not lengthened while the process waits for a core
@@ -280,6 +281,7 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: floa
         wait_s: seconds of idle before each compute call (0: a tight loop, the sustained rate).
         clock: ``"wall"`` (``perf_counter``) or ``"cpu"`` (``thread_time``), what the calls are timed by.
         cold_wait_s: seconds of idle before the forward of the cold steps (0: none timed).
+        dataset: the samples' dataset (:func:`training_inputs`; default the model's own).
 
     Returns:
         ``{"model", "flops_per_s", "call_overhead_s", "batch_s", "inputs", "batch_size", "steps", "whole_s", "cut_s",
@@ -309,7 +311,7 @@ def measure(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: floa
             from_above = torch.randn(batch_size, *adapting[1])
         tick = CLOCKS[clock]
         spent = [0.0] * len(blocks)  # seconds of each block's calls, summed over a window's cut steps
-        inputs, pool_x, pool_y = training_inputs(model, batch_size)
+        inputs, pool_x, pool_y = training_inputs(model, batch_size, dataset)
         rng = np.random.default_rng(0)
         order, at = rng.permutation(len(pool_x)), [0]
         per_batch = [0.0]  # seconds of the batches' work outside the blocks, summed over a window's steps
@@ -471,7 +473,8 @@ def _measure_child(barrier, queue, args: tuple) -> None:  # a process of measure
 
 
 def measure_together(model: str, batch_size: int = 32, seconds: float = 3.0, wait_s: float = 0.0,
-                     processes: int = 1, clock: str = "wall", cold_wait_s: float = 0.0) -> dict:
+                     processes: int = 1, clock: str = "wall", cold_wait_s: float = 0.0,
+                     dataset: str | None = None) -> dict:
     """:func:`measure` in ``processes`` processes at once (one thread each), the medians over them.
 
     A node of the emulated testbed is one process among as many as the plan has nodes, all on this
@@ -485,11 +488,11 @@ def measure_together(model: str, batch_size: int = 32, seconds: float = 3.0, wai
         ``batch_s``, the cold timings (and the line through their medians, :func:`fit_cold`), ``whole_s``, ``cut_s`` and each block's rate and seconds, ``steps`` summed, plus ``processes``.
     """
     if processes == 1:
-        return measure(model, batch_size, seconds, wait_s, clock, cold_wait_s) | {"processes": 1}
+        return measure(model, batch_size, seconds, wait_s, clock, cold_wait_s, dataset) | {"processes": 1}
     ctx = multiprocessing.get_context("spawn")
     barrier, queue = ctx.Barrier(processes), ctx.Queue()
     procs = [ctx.Process(target=_measure_child, args=(barrier, queue, (model, batch_size, seconds, wait_s, clock,
-                                                                           cold_wait_s)))
+                                                                           cold_wait_s, dataset)))
              for _ in range(processes)]
     for proc in procs:
         proc.start()
@@ -537,7 +540,7 @@ def _fit(row: dict, row2: dict) -> dict:
 
 def calibrate(out: str | Path, models: list[str] | None = None, batch_size: int = 32, seconds: float = 3.0,
               wait_s: float = 0.0, processes: int = 1, clock: str = "wall", fit_batch: int | None = None,
-              cold_wait_s: float = 0.0) -> list[dict]:
+              cold_wait_s: float = 0.0, dataset: str | None = None) -> list[dict]:
     """Measure every model and write (or update) the profiles file ``out``.
 
     An existing ``out`` keeps its other devices and links (its comments are not kept); its
@@ -552,6 +555,8 @@ def calibrate(out: str | Path, models: list[str] | None = None, batch_size: int 
     ``block_call_s``), so that the ledger prices a partial or micro-batch below the rate of a full one.
     ``cold_wait_s`` (:func:`measure`): also time short and long calls that follow that many seconds idle and write
     how much longer such a call takes, a line in its warm seconds, as ``cold_factor`` and ``cold_s`` (:func:`fit_cold`).
+    ``dataset``: the samples every model trains on (:func:`training_inputs`; default each model's own), a dataset
+    of the models' input shape: the one the runs train on.
 
     Returns:
         One dict per model (:func:`measure`'s, plus ``profile``: the device profile's name; with ``fit_batch``,
@@ -560,8 +565,8 @@ def calibrate(out: str | Path, models: list[str] | None = None, batch_size: int 
 
     Raises:
         ConfigError: an unknown model, a batch size < 1, seconds <= 0, wait_s or cold_wait_s outside [0, 10], processes
-            outside [1, 64], an unknown clock, a fit batch < 1 or equal to the batch size, or an ``out`` that
-            is not a profiles file.
+            outside [1, 64], an unknown clock, a fit batch < 1 or equal to the batch size, a dataset unknown or of
+            another input shape than a model's, or an ``out`` that is not a profiles file.
     """
     models = list(MODEL_DATASET) if models is None else models
     for m in models:
@@ -569,6 +574,14 @@ def calibrate(out: str | Path, models: list[str] | None = None, batch_size: int 
             raise ConfigError("--models", m, f"unknown model; known: {', '.join(MODEL_DATASET)}")
     if batch_size < 1:
         raise ConfigError("--batch-size", batch_size, "must be an integer >= 1")
+    if dataset is not None:
+        if dataset not in DATASET_META:
+            raise ConfigError("--dataset", dataset, f"unknown dataset; known: {', '.join(DATASET_META)}")
+        for m in models:
+            want = DATASET_META[MODEL_DATASET[m]][0]
+            if DATASET_META[dataset][0] != want:
+                raise ConfigError("--dataset", dataset, f"its samples are {DATASET_META[dataset][0]}, {m} takes {want}: "
+                                                        f"name a dataset of {m}'s input shape, or calibrate {m} apart")
     if not 0 < seconds <= 3600:
         raise ConfigError("--seconds", seconds, "must be > 0 and <= 3600")
     if not 0 <= wait_s <= 10:
@@ -598,9 +611,9 @@ def calibrate(out: str | Path, models: list[str] | None = None, batch_size: int 
     rows = []
     devices = doc.setdefault("devices", {})
     for m in models:
-        row = measure_together(m, batch_size, seconds, wait_s, processes, clock, cold_wait_s)
+        row = measure_together(m, batch_size, seconds, wait_s, processes, clock, cold_wait_s, dataset)
         if fit_batch is not None:
-            row = _fit(row, measure_together(m, fit_batch, seconds, wait_s, processes, clock))
+            row = _fit(row, measure_together(m, fit_batch, seconds, wait_s, processes, clock, dataset=dataset))
         row["profile"] = calibrated_name(m, batch_size)
         rows.append(row)
         how = (f"fplstudy calibrate, {now}: {cpu}, torch {version}, 1 thread, {m} on {row['inputs']}, "

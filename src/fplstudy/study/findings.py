@@ -42,6 +42,9 @@ TO_TARGET = ("rounds_to_target", "bytes_to_target", "energy_to_target", "time_to
 # Each family of comparisons is split in two groups, each with its own Bonferroni correction: FPL against the
 # other strategies, and FPL's shapes, junction positions and sync variants against its default shape.
 AGAINST, WITHIN = "FPL against the others", "FPL against its default shape"
+# the cost families whose lines say whether their verdict holds across the profile ranges, and the re-priced total
+# (fplstudy.study.sensitivity) each reads
+ROBUST = {"energy": "energy_j", "energy_to_target": "energy_j_to_target", "time_to_target": "makespan_s_to_target"}
 COLUMNS = ("family", "group", "a", "b", "metric", "sd_diff", "left_out", *stats.Comparison.__dataclass_fields__)
 
 
@@ -252,8 +255,10 @@ def _answer(registered: pd.DataFrame, compared: list[tuple[str, str]], target: f
 
 
 def _power_lines(f: dict[str, Any], table: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
-    """The power calculation of the accuracy family: the measured paired sd at each node count and the seeds
-    a paired t-test at the family's per-test level needs to detect ``accuracy_delta`` with 80 % power."""
+    """The power calculation of the accuracy family: at each node count, the measured paired sd of each
+    comparison and the seeds a paired t-test at the family's per-test level needs to detect ``accuracy_delta``
+    with 80 % power; a comparison that needs more seeds than the study runs is named, with whether its interval
+    already lies wholly beyond ±δ (then more seeds would not turn its verdict on δ)."""
     acc = table[(table["family"] == "accuracy") & (table["group"] == AGAINST) & table["sd_diff"].notna()]
     if acc.empty:
         return []
@@ -263,15 +268,27 @@ def _power_lines(f: dict[str, Any], table: pd.DataFrame, summary: pd.DataFrame) 
     seeds = int(acc["n"].max())
     parts = []
     for n_nodes, part in acc.groupby(acc["a"].map(nodes)):
-        sd = float(part["sd_diff"].max())
-        need = stats.seeds_needed(sd, delta, alpha) if delta > 0 else math.nan
-        parts.append(f"{int(n_nodes)} nodes: largest paired sd {sd:.4f}, {need} seeds needed"
-                     + ("" if need <= seeds else " (**more than this study runs**: differences of δ there may read "
-                        "*inconclusive*)"))
+        need = part["sd_diff"].map(lambda sd: stats.seeds_needed(sd, delta, alpha) if delta > 0 else math.nan)
+        short = part[need > seeds]
+        text = (f"{int(n_nodes)} nodes: paired sd {part['sd_diff'].min():.4f}–{part['sd_diff'].max():.4f} over "
+                f"{len(part)} comparisons, ")
+        if short.empty:
+            parts.append(text + f"at most {int(need.max())} seeds needed (met)")
+            continue
+        met = len(part) - len(short)
+        named = []
+        for i, c in short.iterrows():
+            beyond = c["ci_low"] > delta or c["ci_high"] < -delta
+            named.append(f"{c['a']} vs {c['b']} (sd {c['sd_diff']:.4f}) needs {int(need[i])}"
+                         + (f": its difference, {c['mean_diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}], lies "
+                            "wholly beyond ±δ, so its verdict does not rest on resolving δ" if beyond else
+                            " (**more than this study runs**: a difference of δ there may read *inconclusive*)"))
+        parts.append(text + (f"{met} of them need at most {int(need[need <= seeds].max())} seeds (met); " if met
+                             else "") + "; ".join(named))
     return [f"Power: a paired t-test at α/m = {alpha:.3g} (the accuracy family's per-test level) detects a true "
             f"difference of δ = {delta:g} with 80 % power when the seeds n satisfy the noncentral-t power equation "
-            f"(`fplstudy.study.stats.seeds_needed`), from the paired sd measured in this study; n = {seeds}. "
-            + "; ".join(parts) + ".", ""]
+            f"(`fplstudy.study.stats.seeds_needed`), from each comparison's paired sd measured in this study; "
+            f"n = {seeds}. " + "; ".join(parts) + ".", ""]
 
 
 def _robust(sensitivity: pd.DataFrame | None, a: str, b: str, metric: str) -> str:
@@ -283,8 +300,9 @@ def _robust(sensitivity: pd.DataFrame | None, a: str, b: str, metric: str) -> st
         return ""
     r = row.iloc[0]
     if bool(r["holds"]):
-        return f"; holds across the profile ranges (ratio {r['ratio_min']:.3g}–{r['ratio_max']:.3g})"
-    return f"; **does not hold across the profile ranges** (ratio {r['ratio_min']:.3g}–{r['ratio_max']:.3g}; flips at {_flips(r)})"
+        return f"; the point ratio's verdict holds across the profile ranges (ratio {r['ratio_min']:.3g}–{r['ratio_max']:.3g})"
+    return (f"; **the point ratio's verdict does not hold across the profile ranges** (ratio {r['ratio_min']:.3g}–"
+            f"{r['ratio_max']:.3g}; flips at {_flips(r)})")
 
 
 def _flips(r: pd.Series) -> str:
@@ -301,7 +319,8 @@ def _sensitivity_lines(sensitivity: pd.DataFrame | None) -> list[str]:
     lines = ["## Sensitivity to the profiles", "",
              f"Every run re-priced at each profile number's low and high and at Monte Carlo draws over all ranges "
              f"(`dvc repro sensitivity`, results/sensitivity/, docs/sensitivity.md): {held} of {len(sensitivity)} cost "
-             "verdicts (energy and makespan of the fixed budget) hold across the ranges.", ""]
+             "verdicts (energy and makespan, to the target accuracy and of the fixed budget) hold across the "
+             "ranges.", ""]
     for _, r in sensitivity[~sensitivity["holds"].astype(bool)].iterrows():
         lines.append(f"- {r['a']} vs {r['b']}, {r['metric']}: {r['verdict']} at the nominal profiles (ratio "
                      f"{r['ratio']:.3f}), ratio {r['ratio_min']:.3g}–{r['ratio_max']:.3g}; flips at {_flips(r)}")
@@ -319,8 +338,9 @@ def findings(findings_cfg: dict[str, Any], table: pd.DataFrame, summary: pd.Data
         table: :func:`comparisons`.
         summary: ``summary.csv``.
         budget_rounds: the study's rounds, named in the fixed-budget headings.
-        sensitivity: the profile-sensitivity verdicts (``results/sensitivity/verdicts.csv``); each fixed-budget
-            energy line then says whether its verdict holds across the profile ranges.
+        sensitivity: the profile-sensitivity verdicts (``results/sensitivity/verdicts.csv``); each line of energy
+            (to the target and of the fixed budget) and of makespan to the target then says whether its point
+            ratio's verdict holds across the profile ranges.
 
     Returns:
         Markdown lines.
@@ -379,7 +399,7 @@ def findings(findings_cfg: dict[str, Any], table: pd.DataFrame, summary: pd.Data
         for group, mine in part.groupby("group", sort=False):
             title = heading if family == "non_iid" else f"{heading} — {group}"
             lines += [title, "", f"m = {len(mine)} comparisons.", ""]
-            lines += [_claim(family, c) + (_robust(sensitivity, c["a"], c["b"], "energy_j") if family == "energy"
+            lines += [_claim(family, c) + (_robust(sensitivity, c["a"], c["b"], ROBUST[family]) if family in ROBUST
                                            else "") for _, c in mine.iterrows()]
             lines.append("")
     lines += _sensitivity_lines(sensitivity)

@@ -129,3 +129,27 @@ def test_the_geometric_interval_stays_above_zero_where_the_t_interval_does_not()
     assert low == pytest.approx(math.exp(zl)) and high == pytest.approx(math.exp(zh)) and 0 < low < high
     assert stats.errorbar(positive=True)(costs) == (low, high)
     assert all(math.isnan(v) for v in stats.geometric_interval([5.0]))
+
+
+def test_power_lines_name_each_comparison_that_needs_more_seeds_and_whether_its_interval_clears_delta():
+    """Seeds needed per comparison from its own paired sd: a wide comparison whose interval lies beyond ±δ is named
+    as resolved, one whose interval straddles δ as under-powered; the rest are counted as met."""
+    import pandas as pd
+
+    from fplstudy.study.findings import AGAINST, _power_lines
+
+    alpha, delta, n = 0.05 / 9, 0.02, 10
+    row = dict(family="accuracy", group=AGAINST, n=n, alpha=alpha)
+    table = pd.DataFrame([
+        row | dict(a="p4", b="q4", sd_diff=0.010, mean_diff=0.0, ci_low=-0.01, ci_high=0.01),
+        row | dict(a="p8", b="q8", sd_diff=0.012, mean_diff=0.0, ci_low=-0.01, ci_high=0.01),
+        row | dict(a="p8", b="wide", sd_diff=0.038, mean_diff=0.125, ci_low=0.08, ci_high=0.17),
+        row | dict(a="p8", b="straddle", sd_diff=0.038, mean_diff=0.01, ci_low=-0.03, ci_high=0.05)])
+    summary = pd.DataFrame({"name": ["p4", "p8"], "nodes": [4, 8]})
+    text = _power_lines({"accuracy_delta": delta}, table, summary)[0]
+    need = {sd: stats.seeds_needed(sd, delta, alpha) for sd in (0.010, 0.012, 0.038)}
+    assert need[0.010] <= need[0.012] <= n < need[0.038]
+    assert f"4 nodes: paired sd 0.0100–0.0100 over 1 comparisons, at most {need[0.010]} seeds needed (met)" in text
+    assert f"1 of them need at most {need[0.012]} seeds (met)" in text
+    assert f"p8 vs wide (sd 0.0380) needs {need[0.038]}: its difference, +0.125 [+0.080, +0.170], lies wholly beyond ±δ" in text
+    assert f"p8 vs straddle (sd 0.0380) needs {need[0.038]} (**more than this study runs**" in text

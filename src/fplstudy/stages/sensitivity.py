@@ -9,17 +9,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from fplstudy.config import ConfigError, StudyError
 from fplstudy.stages import output_problem
 from fplstudy.study.findings import plan_pairs
 from fplstudy.study.params import load_params, load_study
 from fplstudy.study.sensitivity import (
+    TO_TARGET_METRICS,
     load_settings,
     nominal_mismatches,
     pair_ratios,
     reprice,
     rounds_run,
     verdicts,
+    view_tables,
 )
 from fplstudy.study.tables import budget_rounds
 from fplstudy.train.results import atomic_write_text
@@ -34,7 +38,8 @@ def _csv(table) -> str:
 
 
 def run_stage(params: str | Path, runs: str | Path, ranges: str | Path, out: str | Path) -> dict[str, Any]:
-    """Validate, re-price, check the nominal prices against the runs, write the tables and the figure.
+    """Validate, re-price (the fixed budget and, with ``findings.target_acc``, the rounds to the target), check the
+    nominal prices against the runs, write the tables and the figure.
 
     Raises:
         StudyError: bad params, or a run whose nominal re-pricing differs from its ``metrics.json``.
@@ -49,18 +54,25 @@ def run_stage(params: str | Path, runs: str | Path, ranges: str | Path, out: str
     if wrong:
         raise StudyError(f"{wrong[0]} ({len(wrong)} totals differ); the runs were priced by other code or profiles: "
                          f"run `dvc repro` to retrain, or re-run this stage on the runs of this code")
-    # the verdicts are the fixed budget's (every run trains its rounds, unless it diverged before)
-    budget = budget_rounds(study)
-    table = reprice(study, ranges, draws=draws, seed=seed, completed={key: min(budget, n) for key, n in done.items()})
+    # the fixed budget's verdicts (every run's first min_rounds, unless it diverged before) and the equal-accuracy
+    # ones (every run up to the round it reached the target), priced together
+    target = study.findings.get("target_acc")
+    table, reached = view_tables(study, ranges, runs, budget_rounds(study), None if target is None else float(target),
+                                 draws=draws, seed=seed)
     pairs = plan_pairs(study.findings, table.drop_duplicates("name"))
     delta = float(study.findings.get("cost_delta", 0.0))
     ratios = pair_ratios(table, pairs)
     table_v = verdicts(table, pairs, delta)
+    if reached is not None and len(reached):
+        ratios = pd.concat([ratios, pair_ratios(reached, pairs, TO_TARGET_METRICS)], ignore_index=True)
+        table_v = pd.concat([table_v, verdicts(reached, pairs, delta, TO_TARGET_METRICS)], ignore_index=True)
     out = Path(out)
     atomic_write_text(out / "repriced.csv", _csv(table))
+    if reached is not None:
+        atomic_write_text(out / "repriced_to_target.csv", _csv(reached))
     atomic_write_text(out / "verdicts.csv", _csv(table_v))
     save_figure(figure(ratios, table_v, table), out / "sensitivity.png")
-    return {"repriced": table, "verdicts": table_v}
+    return {"repriced": table, "repriced_to_target": reached, "verdicts": table_v}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,6 +15,10 @@ A pair's ratio at a corner is the geometric mean over seeds of the per-seed rati
 findings compare log costs, so this is their point estimate); its verdict says *cheaper* below
 ``1 / (1 + δ)``, *costlier* above ``1 + δ``, else *equivalent* (δ = ``findings.cost_delta``). A verdict
 **holds** when it is the same at every corner; the numbers whose low or high end changes it are named.
+
+Both views of the findings are re-priced: the fixed budget (every run for its first ``min_rounds`` rounds) and
+equal accuracy (every run for the rounds it took to reach ``findings.target_acc``, :func:`view_tables`; a
+pair's ratio there is over the seeds where both plans reached it, as in the findings).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from fplstudy.study.tables import plan_columns
 
 METRICS = ("energy_j", "energy_j_max_node", "makespan_s", "bytes_total")  # the totals re-priced per corner
 VERDICT_METRICS = ("energy_j", "makespan_s")  # the costs whose verdicts are checked across the ranges
+TO_TARGET_METRICS = ("energy_j_to_target", "makespan_s_to_target")  # the same, to the target accuracy
 NOMINAL = "nominal"
 SIDES = ("low", "high")
 DEFAULT_DRAWS, DEFAULT_SEED = 16, 0  # sensitivity.draws and sensitivity.seed when params.yaml leaves them out
@@ -116,16 +121,6 @@ def plan_numbers(plan: Plan, ranges: dict[tuple[str, str, str], NumberRange]) ->
             if (section == "devices" and name in devices) or (section == "links" and name == plan.config.link)]
 
 
-def run_totals(plan: Plan, sizes: list[int], profiles: Profiles, events: list | None = None) -> dict[str, float]:
-    """:data:`METRICS` of ``plan`` priced with ``profiles`` (``events``: its event stream, reused where given; a
-    plan with a round deadline is settled again, as its late branches depend on the prices)."""
-    if plan.config.round_deadline_s is not None:
-        plan, events = settle_deadline(plan, sizes, profiles), None
-    events = plan_events(plan, sizes) if events is None else events
-    got = totals(plan, price(plan, events, profiles))
-    return {m: got[m] for m in METRICS}
-
-
 def rounds_run(study: Study, runs_dir: str | Path) -> dict[tuple[str, int], int]:
     """``(plan name, seed) -> rounds completed`` of every run of ``study`` in ``runs_dir`` that has a
     ``metrics.json`` (a run that stops at a target accuracy ran fewer rounds than its config's ``rounds``)."""
@@ -135,6 +130,43 @@ def rounds_run(study: Study, runs_dir: str | Path) -> dict[tuple[str, int], int]
         if path.is_file():
             out[(spec.name, s)] = int(json.loads(path.read_text())["rounds_completed"])
     return out
+
+
+def rounds_to_target(study: Study, runs_dir: str | Path, target: float) -> dict[tuple[str, int], int]:
+    """``(plan name, seed) -> rounds`` up to and including the first round at or above ``target`` test accuracy
+    (mean over branches) in each run's ``rounds.csv``; runs that never reached it are left out (the rule of
+    :func:`fplstudy.study.tables.to_target`)."""
+    out = {}
+    for spec, s, folder in study.run_dirs(runs_dir):
+        path = Path(folder) / "rounds.csv"
+        if path.is_file():
+            rounds = pd.read_csv(path)
+            hit = rounds.loc[rounds["test_acc_mean"] >= target, "round"]
+            if len(hit):
+                out[(spec.name, s)] = int(hit.min()) + 1
+    return out
+
+
+def view_tables(study: Study, ranges_file: str | Path | None, runs_dir: str | Path, budget: int,
+                target: float | None, draws: int = 0, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The fixed budget's and the equal-accuracy re-pricings of every run, priced together
+    (:func:`reprice_views`): every run for its first ``budget`` rounds (fewer where it ran fewer: it diverged), and
+    every run that reached ``target`` for the rounds it took (:func:`rounds_to_target`), its :data:`METRICS` named
+    ``<metric>_to_target``; the runs that never reached it have no rows there. Both share the corners (a Monte Carlo
+    corner draws the same numbers in both).
+
+    Returns:
+        ``(budget table, to-target table or None without a target)``, each as :func:`reprice`'s.
+    """
+    done = rounds_run(study, runs_dir)
+    views = {"budget": {key: min(budget, n) for key, n in done.items()}}
+    if target is not None:
+        views["target"] = rounds_to_target(study, runs_dir, target)
+    got = reprice_views(study, views, ranges_file, draws, seed)
+    reached = None
+    if target is not None:
+        reached = got["target"].rename(columns={m: f"{m}_to_target" for m in METRICS})
+    return got["budget"], reached
 
 
 def _as_run(cfg, rounds: int | None):
@@ -148,9 +180,6 @@ def reprice(study: Study, ranges_file: str | Path | None = None, draws: int = 0,
             runs: list | None = None, completed: dict[tuple[str, int], int] | None = None,
             nominal_only: bool = False) -> pd.DataFrame:
     """Every run of ``study`` priced at every corner (:func:`corners` of the numbers its plans use).
-
-    Runs whose plans differ only in the seed and whose shard sizes are equal (no seeded dynamics) have the same
-    events and prices; they are priced once. A corner that moves no number of a plan is its nominal totals.
 
     Args:
         study: the study (:func:`fplstudy.study.params.load_study`).
@@ -171,15 +200,43 @@ def reprice(study: Study, ranges_file: str | Path | None = None, draws: int = 0,
         RangesError: a bad ranges file, before any pricing.
     """
     runs = runs if runs is not None else [(p, s) for p in study.plans for s in study.seeds]
+    completed = completed or {}
+    view = {(spec.name, s): completed.get((spec.name, s), spec.config.rounds) for spec, s in runs}
+    return reprice_views(study, {"": view}, ranges_file, draws, seed, runs, nominal_only)[""]
+
+
+def reprice_views(study: Study, views: dict[str, dict[tuple[str, int], int]], ranges_file: str | Path | None = None,
+                  draws: int = 0, seed: int = 0, runs: list | None = None,
+                  nominal_only: bool = False) -> dict[str, pd.DataFrame]:
+    """:func:`reprice` for several views of the same runs at once, each pricing every run for its own rounds.
+
+    A view maps ``(plan name, seed)`` to the rounds to price (the fixed budget's ``min_rounds``, the rounds to the
+    target accuracy); a run absent from a view has no rows in it. Runs whose plans differ only in the seed and
+    whose shard sizes are equal (no seeded dynamics) have the same events: they are priced once per corner, for the
+    most rounds any of their views needs, and each view's totals are those of the ledger's first rounds, which are
+    the ledger of a run of that many rounds (the events of a round do not depend on the rounds after it). A corner
+    that moves no number of a plan is its nominal totals.
+
+    Returns:
+        ``{view name: reprice's table}``.
+
+    Raises:
+        StudyError: a plan on a topology (its profiles are its nodes' own), before any pricing.
+        RangesError: a bad ranges file, before any pricing.
+    """
+    runs = runs if runs is not None else [(p, s) for p in study.plans for s in study.seeds]
     for spec, _ in runs:
         if spec.config.topology is not None:
             raise StudyError(f"params.yaml: study.groups.{spec.group}: plan {spec.name} runs on topology "
                              f"{spec.config.topology!r}; the sensitivity stage re-prices plans on the uniform site "
                              f"(device, server_device, link) only: leave topology out of the study")
-    completed = completed or {}
-    plans = {(spec.name, seed): resolve(_as_run(spec.for_seed(seed), completed.get((spec.name, seed))))
-             for spec, seed in runs}
+    need = {(spec.name, s): max((v[(spec.name, s)] for v in views.values() if (spec.name, s) in v), default=0)
+            for spec, s in runs}
+    runs = [(spec, s) for spec, s in runs if need[(spec.name, s)] > 0]
+    plans = {(spec.name, s): resolve(_as_run(spec.for_seed(s), need[(spec.name, s)])) for spec, s in runs}
     profiles = {key: check_profiles(plan) for key, plan in plans.items()}
+    if not profiles:
+        return {name: pd.DataFrame() for name in views}
     first = next(iter(profiles.values()))
     if any(p != first for p in profiles.values()):
         raise StudyError("params.yaml: study.train.profiles_file: the plans load different profiles; the sensitivity "
@@ -189,25 +246,49 @@ def reprice(study: Study, ranges_file: str | Path | None = None, draws: int = 0,
     every = corners(list(used.values()), draws, seed)
     if nominal_only:
         every = [c for c in every if c.kind == NOMINAL]
-    priced: dict[tuple, list[dict[str, float]]] = {}
-    rows = []
+    groups: dict[tuple, list[tuple]] = {}  # one pricing per key: the runs that share its events
+    sizes = {}
     for spec, s in runs:
         plan = plans[(spec.name, s)]
-        sizes = cached_shard_sizes(plan)
-        key = (spec.name, tuple(sizes), plan.config.rounds) \
+        sizes[(spec.name, s)] = cached_shard_sizes(plan)
+        key = (spec.name, tuple(sizes[(spec.name, s)])) \
             if plan_turnouts(plan) is None and plan.config.round_deadline_s is None else (spec.name, s)
-        if key not in priced:
-            mine = {n.key for n in plan_numbers(plan, ranges)}
-            events = plan_events(plan, sizes)
-            nominal = run_totals(plan, sizes, first, events)
-            priced[key] = [nominal if c.kind == NOMINAL or (c.kind in SIDES and c.number not in mine)
-                           else run_totals(plan, sizes, corner_profiles(first, c), events) for c in every]
-        cols = plan_columns(study, spec)
-        for c, got in zip(every, priced[key]):
-            value = c.values[0][1] if c.kind in SIDES else math.nan
-            rows.append({**cols, "branches": len(plan.branches), "seed": s, "corner": c.name, "kind": c.kind, "number": c.number,
-                         "status": used[c.number].status if c.number else "", "value": value, **got})
-    return pd.DataFrame(rows)
+        groups.setdefault(key, []).append((spec, s))
+    rows: dict[str, list[dict]] = {name: [] for name in views}
+    for members in groups.values():
+        spec, s = max(members, key=lambda m: need[(m[0].name, m[1])])  # the run of the most rounds prices them all
+        plan = plans[(spec.name, s)]
+        mine = {n.key for n in plan_numbers(plan, ranges)}
+        events = plan_events(plan, sizes[(spec.name, s)])
+        nominal = _ledger(plan, sizes[(spec.name, s)], first, events)
+        ledgers = [nominal if c.kind == NOMINAL or (c.kind in SIDES and c.number not in mine)
+                   else _ledger(plan, sizes[(spec.name, s)], corner_profiles(first, c), events) for c in every]
+        seen: dict[tuple[int, int], dict[str, float]] = {}  # (ledger, rounds) -> totals: members share them
+        for name, view in views.items():
+            for m_spec, m_seed in members:
+                if (m_spec.name, m_seed) not in view:
+                    continue
+                r = view[(m_spec.name, m_seed)]
+                cols = plan_columns(study, m_spec)
+                for c, (p, led) in zip(every, ledgers):
+                    if (id(led), r) not in seen:
+                        got = totals(p, led[led["round"] < r] if r < p.config.rounds else led)
+                        seen[(id(led), r)] = {m: got[m] for m in METRICS}
+                    value = c.values[0][1] if c.kind in SIDES else math.nan
+                    rows[name].append({**cols, "branches": len(plan.branches), "seed": m_seed, "corner": c.name,
+                                       "kind": c.kind, "number": c.number,
+                                       "status": used[c.number].status if c.number else "", "value": value,
+                                       **seen[(id(led), r)]})
+    return {name: pd.DataFrame(part) for name, part in rows.items()}
+
+
+def _ledger(plan: Plan, sizes: list[int], profiles: Profiles, events: list) -> tuple[Plan, pd.DataFrame]:
+    """``(plan, its priced ledger)`` with ``profiles`` (a plan with a round deadline settled again, as its late
+    branches depend on the prices)."""
+    if plan.config.round_deadline_s is not None:
+        plan = settle_deadline(plan, sizes, profiles)
+        events = plan_events(plan, sizes)
+    return plan, price(plan, events, profiles)
 
 
 def nominal_mismatches(table: pd.DataFrame, study: Study, runs_dir: str | Path, rel: float = 0.0) -> list[str]:

@@ -10,14 +10,22 @@ import pandas as pd
 
 from fplstudy.study.sensitivity import SIDES
 
-TITLES = {"energy_j": "energy (all nodes)", "makespan_s": "makespan"}
+TITLES = {"energy_j": "energy (all nodes) of the fixed budget", "makespan_s": "makespan of the fixed budget",
+          "energy_j_to_target": "energy (all nodes) to the target accuracy",
+          "makespan_s_to_target": "makespan to the target accuracy"}
 
 
-def _label(row: pd.Series, table: pd.DataFrame) -> str:
-    """``fpl@4 / fl`` and, below, the nominal ratio, its verdict and whether it holds across the ranges."""
-    a, b = (table[table["name"] == n].iloc[0] for n in (row["a"], row["b"]))
+def _label(mine: pd.DataFrame, pair: tuple[str, str], table: pd.DataFrame) -> str:
+    """``fpl@4 / fl`` and, below, the nominal ratio, its verdict and whether it holds across the ranges (``mine``:
+    one metric's verdicts; a pair without one is marked as not compared)."""
+    a, b = (table[table["name"] == n].iloc[0] for n in pair)
+    head = f"{a['strategy']}@{a['nodes']} / {b['strategy']}@{b['nodes']}"
+    row = mine[(mine["a"] == pair[0]) & (mine["b"] == pair[1])]
+    if row.empty:
+        return f"{head}\nnot compared"
+    row = row.iloc[0]
     held = "holds" if row["holds"] else "FLIPS"
-    return f"{a['strategy']}@{a['nodes']} / {b['strategy']}@{b['nodes']}\n{row['ratio']:.2f} {row['verdict']}, {held}"
+    return f"{head}\n{row['ratio']:.2f} {row['verdict']}, {held}"
 
 
 def _cells(part: pd.DataFrame, verdicts: pd.DataFrame, numbers: list[str], pairs: list[tuple[str, str]]):
@@ -28,7 +36,11 @@ def _cells(part: pd.DataFrame, verdicts: pd.DataFrame, numbers: list[str], pairs
     flips = []
     for j, (a, b) in enumerate(pairs):
         mine = part[(part["a"] == a) & (part["b"] == b)]
-        verdict = verdicts[(verdicts["a"] == a) & (verdicts["b"] == b)].iloc[0]
+        found = verdicts[(verdicts["a"] == a) & (verdicts["b"] == b)]
+        if found.empty:  # no seed on which both plans reached the target
+            text[:, j] = "–"
+            continue
+        verdict = found.iloc[0]
         nominal = float(verdict["ratio"])
         flipped = set(str(verdict["flips"]).split(";")) if isinstance(verdict["flips"], str) else set()
         for i, number in enumerate(numbers):
@@ -74,7 +86,7 @@ def figure(ratios: pd.DataFrame, verdicts: pd.DataFrame, table: pd.DataFrame):
         mine = verdicts[verdicts["metric"] == metric]
         sns.heatmap(pct, ax=ax, cmap="rocket_r", vmin=0, vmax=vmax, annot=text, fmt="", annot_kws={"fontsize": 7},
                     cbar_kws={"label": "largest change\nof the ratio (%)"}, linewidths=0.5, linecolor="white",
-                    xticklabels=[_label(mine[(mine["a"] == a) & (mine["b"] == b)].iloc[0], table) for a, b in pairs],
+                    xticklabels=[_label(mine, pair, table) for pair in pairs],
                     yticklabels=[f"{n} ({statuses.get(n, '?')})" for n in numbers])
         for i, j in flips:
             ax.add_patch(Rectangle((j, i), 1, 1, fill=False, edgecolor="black", linewidth=2.2))

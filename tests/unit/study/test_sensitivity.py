@@ -135,3 +135,52 @@ def test_the_ratio_verdict_uses_the_findings_margin():
 
     assert [cost_verdict(r, 0.1) for r in (1 / 1.1 - 1e-9, 1 / 1.1 + 1e-9, 1.0, 1.1 - 1e-9, 1.1 + 1e-9)] == [
         "cheaper", "equivalent", "equivalent", "equivalent", "costlier"]
+
+
+def test_the_rounds_to_target_and_their_nominal_prices_equal_the_committed_to_target_columns():
+    """Two independent routes to the equal-accuracy costs: the aggregate stage's cumulative ledger sums up to the
+    first round at the target (results/seeds.csv) and a re-pricing of the plan for exactly that many rounds."""
+    from fplstudy.study.sensitivity import rounds_to_target
+
+    study = load_study(ROOT / "params.yaml")
+    target = float(study.findings["target_acc"])
+    seeds = pd.read_csv(ROOT / "results" / "seeds.csv").set_index(["name", "seed"])
+    reached = rounds_to_target(study, ROOT / "results" / "runs", target)
+    committed = seeds[seeds["reached"].astype(bool)]
+    assert set(reached) == set(committed.index) and len(reached) > 100
+    assert all(reached[key] == int(committed.at[key, "rounds_to_target"]) for key in reached)
+    assert not seeds[~seeds["reached"].astype(bool)].index.isin(list(reached)).any()  # "not reached" stays out
+    runs = [(_spec(study, "fl-8-iid"), 3), (_spec(study, "fpl-8-adapter-iid"), 1), (_spec(study, "sl-4-dirichlet"), 2)]
+    table = reprice(study, runs=runs, completed=reached, nominal_only=True).set_index(["name", "seed"])
+    for spec, s in runs:
+        row, want = table.loc[(spec.name, s)], committed.loc[(spec.name, s)]
+        # seeds.csv keeps 10 significant digits
+        assert row["energy_j"] == pytest.approx(want["energy_j_to_target"], rel=1e-9)
+        assert row["makespan_s"] == pytest.approx(want["makespan_s_to_target"], rel=1e-9)
+        assert row["bytes_total"] == pytest.approx(want["bytes_to_target"], rel=1e-9)
+
+
+@pytest.mark.xdist_group("tiny-study")
+def test_the_stage_checks_each_equal_accuracy_verdict_across_the_ranges_on_a_tiny_study(tmp_path: Path, tiny_study):
+    """The tiny study trained for real, then the stage: to-target verdict rows beside the fixed-budget ones, over
+    the runs that reached the target, each priced for the rounds it took."""
+    from fplstudy.study.sensitivity import TO_TARGET_METRICS, rounds_to_target
+
+    study, folder = tiny_study
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(smoke_params(), sort_keys=False))  # the groups' keys in order: the plans' names
+    rc = main(["--params", str(params), "--runs", str(folder / "runs"), "--ranges", str(ROOT / "profile_ranges.yaml"),
+               "--out", str(tmp_path / "out")])
+    assert rc == 0
+    v = pd.read_csv(tmp_path / "out" / "verdicts.csv")
+    budget = v[v["metric"].isin(["energy_j", "makespan_s"])]
+    target = v[v["metric"].isin(TO_TARGET_METRICS)]
+    assert len(budget) and len(target) and set(zip(target["a"], target["b"])) <= set(zip(budget["a"], budget["b"]))
+    priced = pd.read_csv(tmp_path / "out" / "repriced_to_target.csv")
+    reached = rounds_to_target(study, folder / "runs", float(study.findings["target_acc"]))
+    nominal = priced[priced["kind"] == NOMINAL]
+    assert set(zip(nominal["name"], nominal["seed"])) == set(reached)
+    seeds = pd.read_csv(folder / "seeds.csv").set_index(["name", "seed"])
+    for _, row in nominal.iterrows():
+        assert row["energy_j_to_target"] == pytest.approx(seeds.at[(row["name"], row["seed"]), "energy_j_to_target"],
+                                                          rel=1e-9)

@@ -46,8 +46,9 @@ study: venv
 	"$(BIN)/dvc" pull data.dvc
 	"$(BIN)/dvc" repro
 
-test: venv
-	"$(BIN)/python" -m pytest -q -m "not slow" --durations=15
+test: venv  # two workers (pytest-xdist), then the tests that time rates or short timeouts, alone
+	"$(BIN)/python" -m pytest -q -n 2 --dist loadgroup -m "not slow and not serial" --durations=15
+	"$(BIN)/python" -m pytest -q -p no:xdist -m "serial and not slow"
 
 lint: venv
 	"$(BIN)/ruff" check src tests benchmarks tools

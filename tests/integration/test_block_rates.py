@@ -312,6 +312,7 @@ def calibrated(tmp_path_factory):
     return out, rows[0]
 
 
+@pytest.mark.serial
 def test_calibrate_times_the_adapter_and_the_ledger_prices_its_two_calls_at_what_was_measured(calibrated):
     """The junction adapter is timed in steps of its own: its FLOPs per step are the ledger's count of an fpl plan's
     adapter forward and backward at cnn's default junction (two independent counts: calibrate's from the adapter's
@@ -339,6 +340,7 @@ def test_calibrate_times_the_adapter_and_the_ledger_prices_its_two_calls_at_what
     assert "junction adapter" in dev.source["block_flops_per_s"]
 
 
+@pytest.mark.serial
 def test_calibrate_writes_block_rates_whose_harmonic_mean_is_the_whole_model_rate(calibrated):
     """By construction (:func:`block_rates`) the blocks' seconds add up to ``cut_s − 2 k o``, which is
     ``whole_s − 2 o`` whenever the overhead ``o = (cut_s − whole_s) / (2k − 2)`` is positive, so the FLOP-weighted

@@ -85,6 +85,7 @@ def both(request):
     return plan, sim, dist
 
 
+@pytest.mark.xdist_group("distributed-both")
 def test_four_processes(both):
     plan, _, dist = both
     assert len(plan.nodes) == 4 and dist.world_size == 4
@@ -92,11 +93,13 @@ def test_four_processes(both):
     assert set(dist.wire["node"]) == talkers == {n.name for n in plan.nodes}
 
 
+@pytest.mark.xdist_group("distributed-both")
 def test_event_stream_equals_simulated(both):
     _, sim, dist = both
     assert dist.events == sim.events
 
 
+@pytest.mark.xdist_group("distributed-both")
 def test_wire_bytes_equal_ledger_bytes_per_node_and_kind(both):
     plan, _, dist = both
     ledger = price(plan, dist.events, check_profiles(plan))
@@ -111,6 +114,7 @@ def test_wire_bytes_equal_ledger_bytes_per_node_and_kind(both):
     assert dist.wire["header_bytes_tx"].sum() == dist.wire["header_bytes_rx"].sum() == strides
 
 
+@pytest.mark.xdist_group("distributed-both")
 def test_metrics_and_weights_equal_simulated(both):
     """Bit for bit: the hand-offs keep the simulated tensors' layout (strides), the training losses are
     listed in step order, and both runs use one intra-op thread per node."""
@@ -182,6 +186,7 @@ def test_killed_worker_stops_the_run_with_the_node_and_round_and_keeps_round_0(t
     assert _children() <= before, "a node process was left behind"
 
 
+@pytest.mark.serial
 def test_hung_worker_times_out_naming_the_node(monkeypatch):
     monkeypatch.setenv(FAULT_ENV, "n3@1:hang")  # the trunk node stops answering in round 1
     plan = _plan("fpl")

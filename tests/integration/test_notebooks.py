@@ -91,6 +91,7 @@ REDUCED = {"no-4-nodes": lambda t: t[t["nodes"] != 4], "iid-only": lambda t: t[t
            "fl-only": lambda t: t[t["strategy"] == "fl"]}
 
 
+@pytest.mark.xdist_group("tiny-study")
 @pytest.mark.parametrize("grid", sorted(REDUCED))
 def test_tradeoffs_render_on_a_reduced_grid(grid: str, tiny_study, notebook, tmp_path: Path):
     import pandas as pd
@@ -164,6 +165,7 @@ def test_dvc_passes_only_declared_parameters(notebook):
         assert "--kernel" in words
 
 
+@pytest.mark.xdist_group("repo-dvc")
 def test_dvc_names_each_group_once():
     """The train stages are exactly the study's groups (from params.yaml, expanded by DVC's foreach)."""
     dvc = str(Path(sys.executable).parent / "dvc")  # the venv's dvc, whether or not it is on PATH

@@ -245,6 +245,7 @@ async def _maybe(value):
     return await value if hasattr(value, "__await__") else value
 
 
+@pytest.mark.xdist_group("repo-dvc")
 def test_dvc_plots_show_writes_a_page_that_needs_no_network(tmp_path: Path):
     """`dvc plots show` on the committed study with the project's page template (.dvc/config points at the
     file `make venv` writes): no script or stylesheet from a remote address, Vega inline, the scatter plots

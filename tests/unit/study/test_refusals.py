@@ -76,6 +76,7 @@ def test_a_refusal_inside_a_worker_reaches_the_caller_as_its_one_line(tmp_path: 
 
 # --------------------------------------------------------------------------- run folders of another config
 
+@pytest.mark.xdist_group("tiny-study")
 def test_a_smoke_study_never_replaces_a_finished_run_of_another_config(tiny_study, tmp_path: Path):
     """A study with other settings pointed at finished runs (a smoke run into the committed results): refused
     before anything changed, naming the folder and the key; with overwrite it replaces them."""
@@ -93,6 +94,7 @@ def test_a_smoke_study_never_replaces_a_finished_run_of_another_config(tiny_stud
     assert len(records) == 3 and _files(runs) != before
 
 
+@pytest.mark.xdist_group("tiny-study")
 def test_a_finished_run_no_longer_in_the_study_is_not_deleted_without_overwrite(tiny_study, tmp_path: Path):
     the_study, folder = tiny_study
     runs = tmp_path / "runs"

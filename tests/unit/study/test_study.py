@@ -100,6 +100,7 @@ def test_a_bad_value_never_reaches_the_dvc_command(tmp_path: Path):
     assert not (tmp_path / "pwned").exists()
 
 
+@pytest.mark.xdist_group("tiny-study")
 def test_summary_intervals_are_the_statistics_of_the_seed_rows(tiny_study):
     the_study, folder = tiny_study
     seeds = pd.read_csv(folder / "seeds.csv")
@@ -128,6 +129,7 @@ def test_summary_intervals_are_the_statistics_of_the_seed_rows(tiny_study):
         assert set(headline[key]) == set(headline["test_acc"])
 
 
+@pytest.mark.xdist_group("tiny-study")
 def test_seeds_change_the_data_and_pair_the_plans(tiny_study):
     the_study, folder = tiny_study
     seeds = pd.read_csv(folder / "seeds.csv")
@@ -138,6 +140,7 @@ def test_seeds_change_the_data_and_pair_the_plans(tiny_study):
     assert len({json.dumps(v) for v in shards.values()}) == len(the_study.seeds)  # a new partition per seed
 
 
+@pytest.mark.xdist_group("tiny-study")
 def test_group_resumes_and_reruns_give_identical_files(tiny_study, tmp_path: Path):
     the_study, folder = tiny_study
     runs = tmp_path / "runs"
@@ -153,6 +156,7 @@ def test_group_resumes_and_reruns_give_identical_files(tiny_study, tmp_path: Pat
     assert not (runs / "sl" / "sl-9-stale").exists()
 
 
+@pytest.mark.xdist_group("tiny-study")
 def test_findings_name_test_n_interval_and_verdict(tiny_study):
     the_study, folder = tiny_study
     seeds = pd.read_csv(folder / "seeds.csv")
@@ -182,6 +186,7 @@ def test_findings_name_test_n_interval_and_verdict(tiny_study):
     assert any("Fixed budget: accuracy after 2 rounds" in line for line in lines)
 
 
+@pytest.mark.xdist_group("tiny-study")
 def test_findings_test_the_configured_variant_not_the_best(tiny_study):
     the_study, folder = tiny_study
     seeds = pd.read_csv(folder / "seeds.csv")
@@ -202,6 +207,7 @@ def test_runs_record_what_can_change_their_floats(tmp_path: Path):
     assert doc["config"]["threads"] == 1 and doc["code_version"]["code_hash"] == code_hash()
 
 
+@pytest.mark.xdist_group("tiny-study")
 def test_workers_do_not_change_results(tiny_study, tmp_path: Path):
     """Two runs at once (the study's default) or one at a time: the same bytes."""
     the_study, folder = tiny_study

@@ -58,7 +58,7 @@ def run_stage(params: str | Path, runs: str | Path, ranges: str | Path, out: str
     # ones (every run up to the round it reached the target), priced together
     target = study.findings.get("target_acc")
     table, reached = view_tables(study, ranges, runs, budget_rounds(study), None if target is None else float(target),
-                                 draws=draws, seed=seed)
+                                 draws=draws, seed=seed, done=done)
     pairs = plan_pairs(study.findings, table.drop_duplicates("name"))
     delta = float(study.findings.get("cost_delta", 0.0))
     ratios = pair_ratios(table, pairs)

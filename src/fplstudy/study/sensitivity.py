@@ -148,17 +148,20 @@ def rounds_to_target(study: Study, runs_dir: str | Path, target: float) -> dict[
 
 
 def view_tables(study: Study, ranges_file: str | Path | None, runs_dir: str | Path, budget: int,
-                target: float | None, draws: int = 0, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+                target: float | None, draws: int = 0, seed: int = 0,
+                done: dict[tuple[str, int], int] | None = None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """The fixed budget's and the equal-accuracy re-pricings of every run, priced together
     (:func:`reprice_views`): every run for its first ``budget`` rounds (fewer where it ran fewer: it diverged), and
     every run that reached ``target`` for the rounds it took (:func:`rounds_to_target`), its :data:`METRICS` named
     ``<metric>_to_target``; the runs that never reached it have no rows there. Both share the corners (a Monte Carlo
     corner draws the same numbers in both).
 
+    ``done``: :func:`rounds_run` of ``runs_dir`` where the caller has read it already.
+
     Returns:
         ``(budget table, to-target table or None without a target)``, each as :func:`reprice`'s.
     """
-    done = rounds_run(study, runs_dir)
+    done = rounds_run(study, runs_dir) if done is None else done
     views = {"budget": {key: min(budget, n) for key, n in done.items()}}
     if target is not None:
         views["target"] = rounds_to_target(study, runs_dir, target)

@@ -58,7 +58,7 @@ def training_inputs(model: str, batch_size: int, dataset: str | None = None) -> 
     :data:`MODEL_DATASET`), split as a run splits it with seed 0, or, where that dataset's files are not on this
     machine, as many random-normal inputs of its shape with random labels. The same step runs measurably faster
     on real samples than on random ones (cnn at batch 128 on this project's machine: 8 % on digits; lenet5 at batch
-    64: about 25 % on mnist5k), so the calibration times what a run computes where it can: name the dataset the
+    64: about 17 % on mnist5k), so the calibration times what a run computes where it can: name the dataset the
     runs train on. Fewer samples than ``batch_size`` are repeated to fill a batch.
 
     Returns:

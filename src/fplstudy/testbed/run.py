@@ -234,7 +234,8 @@ def run_emulated(cfg: Config, out: str | Path, *, time_scale: float | None = Non
                        "links": [{"ends": [a, b], "mbit": m["mbit"], "tx_bytes": tx} for (a, b, *_), m, tx in
                                  zip(emu.wiring.links, spec["links"], outcome.get("link_tx_bytes") or
                                      [[None, None]] * len(spec["links"]))]},
-                   "distributed_timeout_s": values["distributed_timeout_s"], "latency_emulated": False, "load_average_before": load0, "load_average_after": os.getloadavg()[0],
+                   "distributed_timeout_s": values["distributed_timeout_s"], "latency_emulated": False,
+                   "load_average_before": load0, "load_average_after": os.getloadavg()[0],
                    "testbed_wall_s": wall_s, "network_build_s": outcome.get("build_s")}
         write_rows_csv(out / "testbed.csv", table.to_dict("records"), TESTBED_COLUMNS)
         write_rows_csv(out / "testbed_calls.csv", calls.to_dict("records"), CALL_COLUMNS)
